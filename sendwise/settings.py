@@ -1,0 +1,98 @@
+"""One settings model for the whole system, read once (by the CLI or the service) and passed in.
+
+Everything sendwise writes lives under ``home`` (``SENDWISE_HOME``, default: the working directory at the
+moment the settings are read). Nothing here touches the file system or the environment at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ONLINE_STORES = Literal["sqlite", "redis"]
+
+
+class Settings(BaseSettings):
+    """Settings from ``SENDWISE_*`` environment variables (or keyword arguments in tests)."""
+
+    model_config = SettingsConfigDict(env_prefix="SENDWISE_", extra="forbid", strict=False)
+
+    home: Path = Field(default_factory=Path.cwd, description="where all state lives")
+    api_token: str | None = Field(default=None, description="bearer token the HTTP API requires, if set")
+    online_store: ONLINE_STORES = "sqlite"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    explore_share: float = Field(default=0.0, ge=0.0, le=1.0, description="default exploration share")
+    holdout_share: float = Field(default=0.0, ge=0.0, lt=1.0, description="global promotional holdout")
+    seed: int = 7
+    label_window_hours: int = 72
+    conversion_window_days: int = 7
+    workers: int = Field(default=1, ge=1, description="BentoML worker processes")
+
+    @field_validator("home")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    # --- the layout of the home, in one place -------------------------------------------------------
+    @property
+    def raw_dir(self) -> Path:
+        return self.home / "raw"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.home / "quarantine"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def feature_tables_dir(self) -> Path:
+        return self.home / "feature_tables"
+
+    @property
+    def feast_dir(self) -> Path:
+        return self.home / "feast"
+
+    @property
+    def decisions_dir(self) -> Path:
+        return self.home / "decisions"
+
+    @property
+    def mlruns_dir(self) -> Path:
+        return self.home / "mlruns"
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"sqlite:///{self.mlruns_dir / 'mlflow.db'}"
+
+    @property
+    def artifacts_uri(self) -> str:
+        return (self.mlruns_dir / "artifacts").as_uri()
+
+    @property
+    def bentoml_home(self) -> Path:
+        return self.home / "bentoml"
+
+    def library_environment(self) -> dict[str, str]:
+        """Environment that points MLflow, BentoML and matplotlib into the home."""
+        return {
+            "MLFLOW_TRACKING_URI": self.tracking_uri,
+            "MLFLOW_REGISTRY_URI": self.tracking_uri,
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "DO_NOT_TRACK": "true",
+            "BENTOML_HOME": str(self.bentoml_home),
+            "BENTOML_DO_NOT_TRACK": "true",
+            "MPLCONFIGDIR": str(self.home / ".matplotlib"),
+            "FEAST_USAGE": "False",
+            "SENDWISE_HOME": str(self.home),
+        }
+
+    def activate(self) -> None:
+        """Create the home and point the libraries into it (called by entry points, never on import)."""
+        self.mlruns_dir.mkdir(parents=True, exist_ok=True)
+        os.environ.update(self.library_environment())
