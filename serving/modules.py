@@ -1,0 +1,270 @@
+"""Choose an email's dynamic modules from the predictions, each with a reason a marketer can read.
+
+`choose_modules` is a plain, deterministic function: the same facts always give the same modules, in the
+order the email shows them. Each `ModuleChoice` names the offers or categories it shows (`items`), so the
+renderer draws exactly what the reason describes.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TEMPLATES: tuple[str, ...] = ("promotional", "newsletter")
+MODULE_NAMES: tuple[str, ...] = (
+    "welcome",
+    "reengagement",
+    "newsletter_digest",
+    "content_block",
+    "hero_offer",
+    "secondary_offers",
+    "category_picks",
+)
+
+REENGAGEMENT_RATIO = 0.5
+"""Below this multiple of the population's open probability, the email leads with a re-engagement block."""
+WELCOME_MAX_EMAILS = 3
+"""A customer who has received fewer emails than this is still new: the email welcomes them."""
+MAX_SECONDARY_OFFERS = 2
+MAX_CONTENT_OFFERS = 2
+MAX_CATEGORIES = 3
+MIN_AFFINITY_SHARE = 0.10
+"""Viewed categories with at least this share of product views rank ahead of stated interests."""
+
+
+class UnknownTemplateError(ValueError):
+    """A template name that sendwise does not have."""
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+        super().__init__(f"unknown template {template!r}; known templates: {', '.join(TEMPLATES)}")
+
+
+def check_template(template: str) -> str:
+    if template not in TEMPLATES:
+        raise UnknownTemplateError(template)
+    return template
+
+
+class OfferFact(BaseModel):
+    """One ranked offer for one customer, as the next-best-offer model scored it. Other fields of a scored
+    offer (margin, propensity, ...) are ignored, so a decision's offer can be passed as it is."""
+
+    offer_id: str
+    kind: str
+    category: str | None = None
+    discount_pct: float | None = None
+    conversion_probability: float = Field(ge=0.0, le=1.0)
+    expected_value: float
+    incremental_value: float | None = None
+
+
+class ModuleFacts(BaseModel):
+    """What the predictions say about one recipient, as far as choosing modules needs it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    customer_id: str
+    campaign_kind: str = "promotional"
+    campaign_topic: str | None = None
+    open_probability: float = Field(ge=0.0, le=1.0)
+    """P(human open within 72 h) at the chosen send hour."""
+    population_open_probability: float = Field(ge=0.0, le=1.0)
+    """The mean over customers, for comparison."""
+    offers: list[OfferFact] = Field(default_factory=list)
+    """Ranked best first; a `control` offer first means "send no offer"."""
+    high_value_threshold: float = Field(ge=0.0)
+    """Expected value above which an offer deserves the hero slot."""
+    category_affinity: dict[str, float] = Field(default_factory=dict)
+    """Share of the customer's product views per category."""
+    interests: list[str] = Field(default_factory=list)
+    cold_start: bool = False
+    history_emails: int = Field(default=0, ge=0)
+    """Emails this customer has received: how much history the prediction rests on."""
+
+
+class ModuleChoice(BaseModel):
+    """One module of the email, the reason for it in plain words, and what it shows."""
+
+    name: str
+    reason: str
+    items: list[str] = Field(default_factory=list)
+    """The offer ids (offer modules) or category names (category modules) the module shows, in order."""
+
+
+def choose_modules(facts: ModuleFacts, template: str = "promotional") -> list[ModuleChoice]:
+    """The modules of one email, in the order the email shows them."""
+    check_template(template)
+    intro = [_welcome(facts), _reengagement(facts)]
+    offers = _offer_modules(facts, template)
+    if template == "newsletter":
+        body = [_newsletter_digest(facts), _content_block(facts), *offers]
+    else:
+        body = [*offers, _category_picks(facts)]
+    return [choice for choice in (*intro, *body) if choice is not None]
+
+
+def _welcome(facts: ModuleFacts) -> ModuleChoice | None:
+    if facts.cold_start:
+        reason = (
+            f"new customer: {_emails(facts.history_emails)} received, "
+            "so the predictions are pooled from similar customers"
+        )
+    elif facts.history_emails < WELCOME_MAX_EMAILS:
+        received = _emails(facts.history_emails)
+        reason = f"little history: {received} received so far (fewer than {WELCOME_MAX_EMAILS})"
+    else:
+        return None
+    return ModuleChoice(name="welcome", reason=reason)
+
+
+def _reengagement(facts: ModuleFacts) -> ModuleChoice | None:
+    """Only for customers with enough history: a low pooled estimate says nothing about disengagement."""
+    if facts.cold_start or facts.history_emails < WELCOME_MAX_EMAILS:
+        return None
+    population = facts.population_open_probability
+    if population <= 0.0 or facts.open_probability >= REENGAGEMENT_RATIO * population:
+        return None
+    ratio = facts.open_probability / population
+    reason = (
+        f"open probability {_pct(facts.open_probability)} is {ratio:.2f}× the population's "
+        f"{_pct(population)} (below {REENGAGEMENT_RATIO:g}×), over {_emails(facts.history_emails)} received"
+    )
+    return ModuleChoice(name="reengagement", reason=reason)
+
+
+def _ranked_ahead_of_control(facts: ModuleFacts) -> list[tuple[int, OfferFact]]:
+    """Non-control offers with their 1-based rank, only those ranked ahead of the control arm (if any):
+    an offer ranked below it is worth less than sending no offer."""
+    ahead: list[tuple[int, OfferFact]] = []
+    for rank, offer in enumerate(facts.offers, start=1):
+        if offer.kind == "control":
+            break
+        ahead.append((rank, offer))
+    return ahead
+
+
+def _control_clause(facts: ModuleFacts) -> str:
+    return ", ahead of the control arm" if any(o.kind == "control" for o in facts.offers) else ""
+
+
+def _offer_modules(facts: ModuleFacts, template: str) -> list[ModuleChoice]:
+    """The hero offer and the secondary offers. In a newsletter, content offers go to the content block."""
+    candidates = [
+        (rank, offer)
+        for rank, offer in _ranked_ahead_of_control(facts)
+        if not (template == "newsletter" and offer.kind == "content")
+    ]
+    threshold = facts.high_value_threshold
+    hero = next(((rank, offer) for rank, offer in candidates if offer.expected_value >= threshold), None)
+    choices: list[ModuleChoice] = []
+    if hero is not None:
+        rank, offer = hero
+        reason = (
+            f"offer {offer.offer_id} expected value {offer.expected_value:.2f} ≥ threshold {threshold:.2f}; "
+            f"ranked {_ordinal(rank)} of {len(facts.offers)}{_control_clause(facts)}{_incremental(offer)}"
+        )
+        choices.append(ModuleChoice(name="hero_offer", reason=reason, items=[offer.offer_id]))
+    rest = [(rank, offer) for rank, offer in candidates if hero is None or offer is not hero[1]]
+    rest = rest[:MAX_SECONDARY_OFFERS]
+    if rest:
+        listed = "; ".join(
+            f"offer {offer.offer_id} ranked {_ordinal(rank)}, expected value {offer.expected_value:.2f}"
+            f"{_incremental(offer)}"
+            for rank, offer in rest
+        )
+        lead = "next offers" if hero is not None else f"no offer reaches the hero threshold {threshold:.2f}"
+        reason = f"{lead}{_control_clause(facts)}: {listed}"
+        choices.append(
+            ModuleChoice(name="secondary_offers", reason=reason, items=[offer.offer_id for _, offer in rest])
+        )
+    return choices
+
+
+def _content_block(facts: ModuleFacts) -> ModuleChoice | None:
+    content = [(rank, offer) for rank, offer in _ranked_ahead_of_control(facts) if offer.kind == "content"]
+    content = content[:MAX_CONTENT_OFFERS]
+    if not content:
+        return None
+    listed = "; ".join(
+        f"content offer {offer.offer_id} ranked {_ordinal(rank)} of {len(facts.offers)}, "
+        f"conversion probability {_pct(offer.conversion_probability)}{_incremental(offer)}"
+        for rank, offer in content
+    )
+    reason = f"{listed}{_control_clause(facts)}"
+    return ModuleChoice(name="content_block", reason=reason, items=[offer.offer_id for _, offer in content])
+
+
+def _newsletter_digest(facts: ModuleFacts) -> ModuleChoice:
+    """The issue's topic first, then the customer's own categories as the sections of the issue."""
+    topic = (facts.campaign_topic or "").strip()
+    issue = [(topic, "issue topic")] if topic else []
+    sections = _dedupe([*issue, *_ranked_categories(facts)])[:MAX_CATEGORIES]
+    described = ", ".join(f"{name} ({why})" for name, why in sections) or "none"
+    reason = f"newsletter on {f'topic {topic}' if topic else 'no campaign topic'}; sections: {described}"
+    return ModuleChoice(name="newsletter_digest", reason=reason, items=[name for name, _ in sections])
+
+
+def _category_picks(facts: ModuleFacts) -> ModuleChoice | None:
+    picks = _ranked_categories(facts)[:MAX_CATEGORIES]
+    if not picks:
+        return None
+    described = ", ".join(f"{name} ({why})" for name, why in picks)
+    lead = (
+        "new customer, picks from the campaign and stated interests" if facts.cold_start else "top categories"
+    )
+    return ModuleChoice(
+        name="category_picks", reason=f"{lead}: {described}", items=[name for name, _ in picks]
+    )
+
+
+def _ranked_categories(facts: ModuleFacts) -> list[tuple[str, str]]:
+    """Categories with the reason each is there, best first.
+
+    A known customer: categories with at least MIN_AFFINITY_SHARE of product views (by share), then stated
+    interests, then the other viewed categories, then the campaign topic. A cold-start customer has no views:
+    the campaign topic, then stated interests.
+    """
+    topic = [((facts.campaign_topic or "").strip(), "campaign topic")]
+    interests = [(name.strip(), "stated interest") for name in facts.interests]
+    if facts.cold_start:
+        return _dedupe([*topic, *interests])
+    viewed = sorted(
+        ((name.strip(), share) for name, share in facts.category_affinity.items() if share > 0.0),
+        key=lambda item: (-item[1], item[0]),
+    )
+    strong = [
+        (name, f"{share:.0%} of product views") for name, share in viewed if share >= MIN_AFFINITY_SHARE
+    ]
+    weak = [(name, f"{share:.1%} of product views") for name, share in viewed if share < MIN_AFFINITY_SHARE]
+    return _dedupe([*strong, *interests, *weak, *topic])
+
+
+def _dedupe(named: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Drop empty names and repeats (case-insensitive), keeping the first."""
+    seen: set[str] = set()
+    kept: list[tuple[str, str]] = []
+    for name, why in named:
+        key = name.casefold()
+        if name and key not in seen:
+            seen.add(key)
+            kept.append((name, why))
+    return kept
+
+
+def _incremental(offer: OfferFact) -> str:
+    if offer.incremental_value is None:
+        return ""
+    return f", incremental value {offer.incremental_value:.2f} over sending no offer"
+
+
+def _pct(probability: float) -> str:
+    return f"{probability:.1%}"
+
+
+def _emails(count: int) -> str:
+    return "no emails" if count == 0 else f"{count} email" + ("" if count == 1 else "s")
+
+
+def _ordinal(rank: int) -> str:
+    suffix = "th" if 10 <= rank % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(rank % 10, "th")
+    return f"{rank}{suffix}"
