@@ -1,0 +1,36 @@
+# The two commands of the README, and the benchmarks.
+SHELL := /bin/bash
+UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
+WORLD ?= worlds/demo
+CUSTOMERS ?= 10000
+DAYS ?= 90
+HOST ?= 127.0.0.1
+PORT ?= 3000
+
+.PHONY: run test install install-dev uv lint
+
+uv:
+	@command -v uv >/dev/null 2>&1 || test -x "$(HOME)/.local/bin/uv" || python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
+
+install: uv
+	$(UV) sync --frozen --no-dev
+
+install-dev: uv
+	$(UV) sync --frozen
+
+## Simulate a world, run the whole pipeline on it and serve the champions on $(HOST):$(PORT).
+run: install
+	@test -f $(WORLD)/truth/world.json || $(UV) run --no-sync sendwise simulate $(WORLD) --customers $(CUSTOMERS) --days $(DAYS)
+	$(UV) run --no-sync sendwise pipeline --data $(WORLD)
+	@token=$${SENDWISE_API_TOKEN:-$$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')}; \
+	first=$$($(UV) run --no-sync python -c "import pandas as pd; print(pd.read_parquet('raw/customers.parquet').query('consent_email')['customer_id'].iloc[0])"); \
+	echo; echo "sendwise serves on http://$(HOST):$(PORT)"; echo "token: $$token"; echo "try:"; \
+	echo "  curl -s -X POST http://$(HOST):$(PORT)/v1/decide -H 'Authorization: Bearer $$token' -H 'Content-Type: application/json' -d '{\"recipients\": [{\"customer_id\": \"'$$first'\"}]}'"; echo; \
+	SENDWISE_API_TOKEN=$$token $(UV) run --no-sync sendwise serve --host $(HOST) --port $(PORT)
+
+## Install what the tests need and run the whole suite.
+test: install-dev
+	$(UV) run --no-sync pytest -q
+
+lint:
+	$(UV) run --no-sync ruff check .

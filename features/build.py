@@ -1,0 +1,466 @@
+"""Feature tables from the raw events, built so that a feature at time t uses only events before t.
+
+Engagement rows are built at the times training needs (the start of each day a customer was sent an email
+or shown an offer) and at `as_of` for serving, not as daily snapshots of every customer. One pass over the
+days keeps each customer's decayed counts; a snapshot is the state before that day's events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from rich.progress import Progress
+
+from features.labels import label_sends
+from features.localtime import is_weekend, local_hour_weekday
+from sendwise.raw import load_table, write_parquet_atomic
+from sendwise.settings import Settings
+
+HOURS = 24
+HALF_LIFE_DAYS = 60.0
+DAY = pd.Timedelta(days=1)
+STATIC_TIMESTAMP = pd.Timestamp("2000-01-01", tz="UTC")
+SIGNALS = ("open", "click", "session")
+SCALARS = (
+    "n_emails",
+    "n_human_opens",
+    "n_clicks",
+    "n_sessions",
+    "n_purchases",
+    "purchase_value",
+    "n_opens_all",
+    "n_machine_opens",
+)
+
+
+class FeatureBuildError(RuntimeError):
+    """The raw store cannot give the features (e.g. nothing ingested yet)."""
+
+
+@dataclass
+class FeatureTables:
+    """What the feature build produced, for training and reporting."""
+
+    as_of: pd.Timestamp
+    customers: pd.DataFrame
+    sends: pd.DataFrame
+    opens: pd.DataFrame
+    exposures: pd.DataFrame
+    offers: pd.DataFrame
+    engagement_rows: int
+
+
+@dataclass
+class _Events:
+    """One kind of event as arrays: customer index, day index, local hour, weekend flag, time, value."""
+
+    customer: np.ndarray
+    day: np.ndarray
+    hour: np.ndarray
+    weekend: np.ndarray
+    seconds: np.ndarray
+    value: np.ndarray
+
+    @classmethod
+    def empty(cls) -> _Events:
+        z = np.zeros(0, dtype=np.int64)
+        return cls(z, z, z.astype(np.int8), z.astype(bool), z.astype(float), z.astype(float))
+
+
+def _default_as_of(tables: dict[str, pd.DataFrame | None]) -> pd.Timestamp:
+    latest = [t["occurred_at"].max() for t in tables.values() if t is not None and len(t)]
+    if not latest:
+        return pd.Timestamp.now(tz="UTC").floor("h")
+    return max(latest).floor("h") + pd.Timedelta(hours=1)
+
+
+def _to_events(
+    frame: pd.DataFrame, index: pd.Series, zones: pd.Series, t0: pd.Timestamp, value: str | None = None
+) -> _Events:
+    codes = frame["customer_id"].map(index)
+    frame = frame[codes.notna()]
+    if frame.empty:
+        return _Events.empty()
+    customer = codes[codes.notna()].to_numpy(dtype=np.int64)
+    times = frame["occurred_at"]
+    hour, weekday = local_hour_weekday(times, zones.iloc[customer].reset_index(drop=True))
+    seconds = (times - t0).dt.total_seconds().to_numpy()
+    values = frame[value].fillna(0.0).to_numpy(dtype=float) if value else np.ones(len(frame))
+    order = np.argsort(seconds, kind="stable")
+    return _Events(
+        customer=customer[order],
+        day=(seconds[order] // 86400).astype(np.int64),
+        hour=hour[order].astype(np.int64),
+        weekend=is_weekend(weekday)[order],
+        seconds=seconds[order],
+        value=values[order],
+    )
+
+
+def _list_column(matrix: np.ndarray, value_type: pa.DataType) -> pa.Array:
+    rows, width = matrix.shape
+    offsets = pa.array(np.arange(0, rows * width + 1, width, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1), type=value_type))
+
+
+class _State:
+    """Each customer's decayed counts, advanced one day at a time."""
+
+    def __init__(self, n_customers: int, categories: list[str]) -> None:
+        self.hours = {(s, w): np.zeros((n_customers, HOURS), np.float32) for s in SIGNALS for w in (0, 1)}
+        self.scalars = {name: np.zeros(n_customers, np.float64) for name in SCALARS}
+        self.last = {name: np.full(n_customers, np.nan) for name in ("human_open", "session", "email")}
+        self.categories = np.zeros((n_customers, max(len(categories), 1)), np.float32)
+        self.decay = 0.5 ** (1.0 / HALF_LIFE_DAYS)
+
+    def age(self) -> None:
+        for array in self.hours.values():
+            array *= self.decay
+        for array in self.scalars.values():
+            array *= self.decay
+        self.categories *= self.decay
+
+    def add_profile(self, signal: str, ev: _Events, sl: slice) -> None:
+        c, h, w = ev.customer[sl], ev.hour[sl], ev.weekend[sl]
+        for flag in (0, 1):
+            mask = w == bool(flag)
+            np.add.at(self.hours[(signal, flag)], (c[mask], h[mask]), 1.0)
+
+    def add_count(self, name: str, ev: _Events, sl: slice, use_value: bool = False) -> None:
+        np.add.at(self.scalars[name], ev.customer[sl], ev.value[sl] if use_value else 1.0)
+
+    def touch(self, name: str, ev: _Events, sl: slice) -> None:
+        self.last[name][ev.customer[sl]] = np.maximum(
+            np.nan_to_num(self.last[name][ev.customer[sl]], nan=-np.inf), ev.seconds[sl]
+        )
+
+    def snapshot(self, customers: np.ndarray, at_seconds: float) -> dict[str, np.ndarray]:
+        row: dict[str, np.ndarray] = {}
+        for name in ("n_emails", "n_human_opens", "n_clicks", "n_sessions", "n_purchases", "purchase_value"):
+            row[name] = self.scalars[name][customers].astype(np.float32)
+        opens_all = self.scalars["n_opens_all"][customers]
+        machine = self.scalars["n_machine_opens"][customers]
+        row["machine_open_share"] = np.where(opens_all > 0, machine / np.maximum(opens_all, 1e-9), 0).astype(
+            np.float32
+        )
+        for name, column in (
+            ("human_open", "days_since_human_open"),
+            ("session", "days_since_session"),
+            (
+                "email",
+                "days_since_email",
+            ),
+        ):
+            row[column] = ((at_seconds - self.last[name][customers]) / 86400.0).astype(np.float32)
+        for signal in SIGNALS:
+            row[f"{signal}_hours_weekday"] = self.hours[(signal, 0)][customers].copy()
+            row[f"{signal}_hours_weekend"] = self.hours[(signal, 1)][customers].copy()
+        row["category_views"] = self.categories[customers].copy()
+        return row
+
+
+def _sends_in_previous_week(sends: _Events, customers: np.ndarray, at_seconds: np.ndarray) -> np.ndarray:
+    """Emails each customer was sent in the 7 days before each time (the fatigue the truth knows)."""
+    if len(sends.customer) == 0:
+        return np.zeros(len(customers), np.float32)
+    span = 10.0 * 86400 * 366 * 50
+    keys = np.sort(sends.customer * span + sends.seconds)
+    upper = np.searchsorted(keys, customers * span + at_seconds, side="left")
+    lower = np.searchsorted(keys, customers * span + at_seconds - 7 * 86400, side="left")
+    return (upper - lower).astype(np.float32)
+
+
+def _ineligible_customers(email_events: pd.DataFrame | None) -> set[str]:
+    """Customers who unsubscribed, complained or hard-bounced: no more sends to them."""
+    if email_events is None or email_events.empty:
+        return set()
+    stop = email_events["event"].isin(["unsubscribe", "complaint"])
+    if "bounce_type" in email_events.columns:
+        stop |= (email_events["event"] == "bounce") & (
+            email_events["bounce_type"].astype(str).str.lower() == "hard"
+        )
+    return set(email_events.loc[stop, "customer_id"])
+
+
+def _customer_tables(
+    customers: pd.DataFrame, as_of: pd.Timestamp, ineligible: set[str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    signup = customers.get("signup_at")
+    tenure = (as_of - signup).dt.total_seconds() / 86400 if signup is not None else np.nan
+    profile = pd.DataFrame(
+        {
+            "customer_id": customers["customer_id"],
+            "event_timestamp": STATIC_TIMESTAMP,
+            "timezone": customers["timezone"].fillna("UTC"),
+            "country": customers.get("country", pd.Series(None, index=customers.index)).fillna(""),
+            "signup_at_days": pd.Series(tenure, index=customers.index).astype("float32"),
+            "interests": customers.get("interests", pd.Series("", index=customers.index)).fillna(""),
+            "profiling_allowed": customers["consent_profiling"].astype("float32"),
+            "email_eligible": (
+                customers["consent_email"].fillna(False).astype(bool)
+                & ~customers["customer_id"].isin(ineligible)
+            ).astype("float32"),
+        }
+    )
+    attribute_columns = [c for c in customers.columns if c.startswith("attr_")]
+    attributes = customers[["customer_id", *attribute_columns]].copy()
+    attributes.insert(1, "event_timestamp", STATIC_TIMESTAMP)
+    attributes["n_attributes"] = customers[attribute_columns].notna().sum(axis=1).astype("float32")
+    return profile, attributes
+
+
+def _offer_table(offers: pd.DataFrame | None) -> pd.DataFrame:
+    columns = [
+        "offer_id",
+        "event_timestamp",
+        "offer_kind",
+        "offer_category",
+        "discount_pct",
+        "price",
+        "margin",
+    ]
+    if offers is None or offers.empty:
+        return pd.DataFrame(columns=columns)
+    table = pd.DataFrame(
+        {
+            "offer_id": offers["offer_id"],
+            "event_timestamp": STATIC_TIMESTAMP,
+            "offer_kind": offers["kind"],
+            "offer_category": offers.get("category", pd.Series(None, index=offers.index)).fillna(""),
+        }
+    )
+    for column in ("discount_pct", "price", "margin"):
+        values = offers[column] if column in offers.columns else pd.Series(np.nan, index=offers.index)
+        table[column] = values.astype("float32")
+    table["margin"] = table["margin"].fillna(1.0)
+    return table
+
+
+def _exposures(offer_events: pd.DataFrame | None, window_days: int) -> pd.DataFrame:
+    columns = ["customer_id", "offer_id", "exposed_at", "propensity", "decision_id", "converted", "value"]
+    if offer_events is None or offer_events.empty:
+        return pd.DataFrame(columns=columns)
+    exposed = offer_events[offer_events["event"] == "exposed"].rename(columns={"occurred_at": "exposed_at"})
+    exposed = exposed[["customer_id", "offer_id", "exposed_at", "propensity", "decision_id"]].reset_index(
+        drop=True
+    )
+    exposed["row"] = np.arange(len(exposed))
+    converted = offer_events[offer_events["event"] == "converted"][
+        ["customer_id", "offer_id", "occurred_at", "value"]
+    ]
+    joined = exposed.merge(converted, on=["customer_id", "offer_id"], how="inner")
+    delay = joined["occurred_at"] - joined["exposed_at"]
+    joined = joined[(delay >= pd.Timedelta(0)) & (delay <= pd.Timedelta(days=window_days))]
+    first = joined.sort_values("occurred_at").drop_duplicates("row")
+    exposed["converted"] = exposed["row"].isin(first["row"])
+    exposed["value"] = exposed["row"].map(first.set_index("row")["value"]).astype(float)
+    return exposed.drop(columns="row")
+
+
+def build_feature_tables(
+    settings: Settings, as_of: pd.Timestamp | None = None, progress: bool = True
+) -> FeatureTables:
+    """Write the Parquet feature tables the Feast sources read, and return labels for training."""
+    customers = load_table(settings, "customers")
+    if customers is None or customers.empty:
+        raise FeatureBuildError(
+            f"no customers in the raw store under {settings.raw_dir}: run `sendwise ingest DATA_DIR` first"
+        )
+    email_events = load_table(settings, "email_events")
+    site_events = load_table(settings, "site_events")
+    offers = load_table(settings, "offers")
+    offer_events = load_table(settings, "offer_events")
+    campaigns = load_table(settings, "campaigns")
+    tables = {"email_events": email_events, "site_events": site_events, "offer_events": offer_events}
+    as_of = as_of if as_of is not None else _default_as_of(tables)
+    customers = customers.reset_index(drop=True)
+    index = pd.Series(np.arange(len(customers)), index=customers["customer_id"])
+    zones = customers["timezone"].fillna("UTC")
+    profiled = customers["consent_profiling"].fillna(False).astype(bool).to_numpy()
+    profiled_ids = set(customers.loc[profiled, "customer_id"])
+
+    def usable(frame: pd.DataFrame | None) -> pd.DataFrame | None:
+        """Events of customers who allow profiling, before `as_of`."""
+        if frame is None:
+            return None
+        return frame[frame["customer_id"].isin(profiled_ids) & (frame["occurred_at"] < as_of)]
+
+    ineligible = _ineligible_customers(email_events)
+    email_events, site_events, offer_events = usable(email_events), usable(site_events), usable(offer_events)
+    earliest = [
+        t["occurred_at"].min() for t in (email_events, site_events, offer_events) if t is not None and len(t)
+    ]
+    t0 = (min(earliest) if earliest else as_of - DAY).floor("D")
+
+    sends, opens = (
+        label_sends(email_events, settings.label_window_hours)
+        if email_events is not None and len(email_events)
+        else (
+            pd.DataFrame(columns=["message_id", "customer_id", "campaign_id", "send_at", "human_open"]),
+            None,
+        )
+    )
+    if campaigns is not None and len(sends):
+        info = campaigns.set_index("campaign_id")[["kind", "topic"]]
+        sends = sends.join(info, on="campaign_id")
+    if len(sends):
+        sends["kind"] = sends.get("kind", pd.Series(index=sends.index, dtype=object)).fillna("promotional")
+        sends["topic"] = sends.get("topic", pd.Series(index=sends.index, dtype=object))
+    exposures = _exposures(offer_events, settings.conversion_window_days)
+
+    human_opens = (
+        opens.loc[~opens["is_machine"], ["customer_id", "occurred_at"]] if opens is not None else None
+    )
+    clicks = email_events[email_events["event"] == "click"] if email_events is not None else None
+    sessions = None
+    purchases = None
+    views = None
+    categories: list[str] = []
+    if site_events is not None and len(site_events):
+        sessions = site_events[site_events["event"] == "session_start"]
+        if sessions.empty:
+            hourly = site_events.assign(_h=site_events["occurred_at"].dt.floor("h"))
+            sessions = hourly.drop_duplicates(["customer_id", "_h"])
+        purchases = site_events[site_events["event"] == "purchase"]
+        views = site_events[site_events["event"].isin(["product_view", "add_to_cart", "purchase"])].dropna(
+            subset=["category"]
+        )
+        categories = sorted(views["category"].astype(str).unique())
+    if offers is not None and "category" in offers.columns:
+        categories = sorted(set(categories) | set(offers["category"].dropna().astype(str)))
+
+    def events(frame: pd.DataFrame | None, value: str | None = None) -> _Events:
+        return _Events.empty() if frame is None else _to_events(frame, index, zones, t0, value)
+
+    send_events = events(sends.rename(columns={"send_at": "occurred_at"}) if len(sends) else None)
+    streams = {
+        "open": events(human_opens),
+        "click": events(clicks),
+        "session": events(sessions),
+        "purchase": events(purchases, "value"),
+        "opens_all": events(opens),
+        "machine": events(opens[opens["is_machine"]] if opens is not None else None),
+    }
+    view_events = events(views)
+    view_category = np.zeros(0, dtype=np.int64)
+    if views is not None and len(view_events.customer):
+        known = views[views["customer_id"].isin(index.index)]
+        order = np.argsort((known["occurred_at"] - t0).dt.total_seconds().to_numpy(), kind="stable")
+        view_category = pd.Categorical(known["category"].astype(str), categories=categories).codes[order]
+
+    # Which customers need a snapshot at the start of which day.
+    needed = [frame for frame in (sends, exposures.rename(columns={"exposed_at": "send_at"})) if len(frame)]
+    wanted = pd.concat([f[["customer_id", "send_at"]] for f in needed]) if needed else None
+    snapshot_days: dict[int, np.ndarray] = {}
+    if wanted is not None:
+        wanted = wanted[wanted["customer_id"].isin(index.index)]
+        day = ((wanted["send_at"] - t0).dt.total_seconds() // 86400).astype(np.int64)
+        pairs = pd.DataFrame({"c": wanted["customer_id"].map(index).to_numpy(), "d": day.to_numpy()})
+        pairs = pairs.drop_duplicates()
+        snapshot_days = {int(d): g["c"].to_numpy() for d, g in pairs.groupby("d")}
+
+    n_days = int(np.ceil((as_of - t0) / DAY))
+    state = _State(len(customers), categories)
+    bounds = {
+        name: np.searchsorted(ev.day, np.arange(n_days + 1))
+        for name, ev in {**streams, "emails": send_events, "views": view_events}.items()
+    }
+    rows: list[dict[str, np.ndarray]] = []
+    stamps: list[np.ndarray] = []
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task("building engagement features", total=n_days)
+        for d in range(n_days):
+            if d in snapshot_days:
+                who = snapshot_days[d]
+                rows.append({"_customer": who, **state.snapshot(who, d * 86400.0)})
+                stamps.append(np.full(len(who), d * 86400.0))
+            state.age()
+
+            def day_slice(name: str, d: int = d) -> slice:
+                return slice(bounds[name][d], bounds[name][d + 1])
+
+            for signal in SIGNALS:
+                state.add_profile(signal, streams[signal], day_slice(signal))
+            state.add_count("n_human_opens", streams["open"], day_slice("open"))
+            state.touch("human_open", streams["open"], day_slice("open"))
+            state.add_count("n_clicks", streams["click"], day_slice("click"))
+            state.add_count("n_sessions", streams["session"], day_slice("session"))
+            state.touch("session", streams["session"], day_slice("session"))
+            state.add_count("n_purchases", streams["purchase"], day_slice("purchase"))
+            state.add_count("purchase_value", streams["purchase"], day_slice("purchase"), use_value=True)
+            state.add_count("n_opens_all", streams["opens_all"], day_slice("opens_all"))
+            state.add_count("n_machine_opens", streams["machine"], day_slice("machine"))
+            state.add_count("n_emails", send_events, day_slice("emails"))
+            state.touch("email", send_events, day_slice("emails"))
+            views_today = day_slice("views")
+            if len(view_category) and categories:
+                np.add.at(
+                    state.categories,
+                    (view_events.customer[views_today], view_category[views_today]),
+                    1.0,
+                )
+            bar.advance(task)
+    everyone = np.arange(len(customers))
+    final_seconds = (as_of - t0).total_seconds()
+    rows.append({"_customer": everyone, **state.snapshot(everyone, final_seconds)})
+    stamps.append(np.full(len(everyone), final_seconds))
+
+    engagement_rows = _write_engagement(settings, customers, rows, stamps, t0, categories, send_events)
+    profile, attributes = _customer_tables(customers, as_of, ineligible)
+    offer_table = _offer_table(offers)
+    settings.feature_tables_dir.mkdir(parents=True, exist_ok=True)
+    for name, frame in (
+        ("customer_features", profile),
+        ("customer_attributes", attributes),
+        ("offer_features", offer_table),
+    ):
+        write_parquet_atomic(frame, settings.feature_tables_dir / f"{name}.parquet")
+    return FeatureTables(
+        as_of=as_of,
+        customers=customers,
+        sends=sends,
+        opens=opens if opens is not None else pd.DataFrame(),
+        exposures=exposures,
+        offers=offers if offers is not None else pd.DataFrame(),
+        engagement_rows=engagement_rows,
+    )
+
+
+def _write_engagement(
+    settings: Settings,
+    customers: pd.DataFrame,
+    rows: list[dict[str, np.ndarray]],
+    stamps: list[np.ndarray],
+    t0: pd.Timestamp,
+    categories: list[str],
+    send_events: _Events,
+) -> int:
+    who = np.concatenate([r["_customer"] for r in rows])
+    seconds = np.concatenate(stamps)
+    columns: dict[str, pa.Array] = {
+        "customer_id": pa.array(customers["customer_id"].to_numpy()[who].astype(str)),
+        "event_timestamp": pa.array(
+            (t0 + pd.to_timedelta(seconds, unit="s")).as_unit("us"), type=pa.timestamp("us", tz="UTC")
+        ),
+    }
+    columns["sends_7d"] = pa.array(_sends_in_previous_week(send_events, who, seconds))
+    for name in rows[0]:
+        if name == "_customer":
+            continue
+        stacked = np.concatenate([r[name] for r in rows])
+        if stacked.ndim == 2:
+            columns[name] = _list_column(stacked.astype(np.float32), pa.float32())
+        else:
+            columns[name] = pa.array(stacked.astype(np.float32))
+    names = np.array(categories or [""], dtype=object)
+    columns["category_names"] = _list_column(np.tile(names, (len(who), 1)), pa.string())
+    settings.feature_tables_dir.mkdir(parents=True, exist_ok=True)
+    target = settings.feature_tables_dir / "engagement_features.parquet"
+    temporary = target.with_suffix(".tmp")
+    pq.write_table(pa.table(columns), temporary)
+    temporary.replace(target)
+    return len(who)

@@ -1,0 +1,33 @@
+"""The Feast repository of sendwise: entities, sources, feature views and one FeatureService per model.
+
+The objects are defined at module level, as in Feast's own templates. Their sources name files relative to
+the feature tables folder of a home; `features.store` resolves them against the home before applying.
+"""
+
+from features.repo.entities import customer, offer
+from features.repo.services import FEATURE_SERVICES, next_best_offer_v1, open_propensity_v1, send_time_v1
+from features.repo.sources import (
+    customer_attributes_source,
+    customer_source,
+    engagement_source,
+    offer_source,
+)
+from features.repo.views import customer_attributes_fv, customer_fv, engagement_fv, offer_fv
+
+DEFINITIONS = [
+    customer,
+    offer,
+    customer_source,
+    customer_attributes_source,
+    engagement_source,
+    offer_source,
+    customer_fv,
+    customer_attributes_fv,
+    engagement_fv,
+    offer_fv,
+    open_propensity_v1,
+    send_time_v1,
+    next_best_offer_v1,
+]
+
+__all__ = ["DEFINITIONS", "FEATURE_SERVICES"]

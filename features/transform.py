@@ -1,0 +1,276 @@
+"""From feature rows (as Feast returns them, offline or online) to the models' design matrices.
+
+Training and serving both call these functions, so a feature means the same thing in both. The hour-relative
+features (the customer's own share of opens, clicks and site sessions at the candidate local hour) are what
+lets one model score every hour of a window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from features.localtime import local_hour_weekday
+
+HOURS = 24
+PROFILE_SIGNALS = ("open", "click", "session")
+SCALAR_FEATURES = (
+    "n_emails",
+    "n_human_opens",
+    "n_clicks",
+    "n_sessions",
+    "n_purchases",
+    "purchase_value",
+    "sends_7d",
+    "machine_open_share",
+    "days_since_human_open",
+    "days_since_session",
+    "days_since_email",
+    "signup_at_days",
+)
+OTHER_DAY_WEIGHT = 0.3
+PRIOR_OPEN_RATE = 0.2
+PRIOR_WEIGHT = 3.0
+KERNEL = np.array([0.05, 0.25, 0.4, 0.25, 0.05])
+
+
+@dataclass
+class CustomerMatrix:
+    """Feature rows as arrays: one row per customer (or per training example)."""
+
+    customer_id: np.ndarray
+    timezone: np.ndarray
+    interests: list[set[str]]
+    profiles: dict[str, np.ndarray]  # "open_weekday" -> [n, 24]
+    scalars: pd.DataFrame
+    attributes: pd.DataFrame
+    category_names: list[list[str]]
+    category_views: list[np.ndarray]
+    has_history: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.customer_id)
+
+
+def _matrix(values: pd.Series, width: int = HOURS) -> np.ndarray:
+    out = np.zeros((len(values), width), dtype=np.float32)
+    for i, value in enumerate(values.to_numpy()):
+        if value is not None and not (isinstance(value, float) and np.isnan(value)) and len(value) == width:
+            out[i] = np.asarray(value, dtype=np.float32)
+    return out
+
+
+def customer_matrix(rows: pd.DataFrame) -> CustomerMatrix:
+    """Arrays from feature rows with the columns of the customer, attribute and engagement views."""
+    n = len(rows)
+
+    def column(name: str, default: object) -> pd.Series:
+        return rows[name] if name in rows.columns else pd.Series([default] * n, index=rows.index)
+
+    profiles = {}
+    for signal in PROFILE_SIGNALS:
+        for day in ("weekday", "weekend"):
+            profiles[f"{signal}_{day}"] = _matrix(column(f"{signal}_hours_{day}", None))
+    scalars = pd.DataFrame(
+        {
+            name: pd.to_numeric(column(name, np.nan), errors="coerce").astype("float32")
+            for name in SCALAR_FEATURES
+        },
+        index=range(n),
+    )
+    attribute_columns = sorted(c for c in rows.columns if c.startswith("attr_"))
+    attributes = (
+        rows[attribute_columns].reset_index(drop=True) if attribute_columns else pd.DataFrame(index=range(n))
+    )
+    names = [
+        list(v) if v is not None and not isinstance(v, float) else [] for v in column("category_names", None)
+    ]
+    views = [
+        np.asarray(v, dtype=np.float32)
+        if v is not None and not isinstance(v, float)
+        else np.zeros(0, np.float32)
+        for v in column("category_views", None)
+    ]
+    interests = [
+        {s.strip().lower() for s in str(v).split("|") if s.strip()} if isinstance(v, str) else set()
+        for v in column("interests", "")
+    ]
+    emails = scalars["n_emails"].fillna(0).to_numpy()
+    sessions = scalars["n_sessions"].fillna(0).to_numpy()
+    return CustomerMatrix(
+        customer_id=column("customer_id", "").astype(str).to_numpy(),
+        timezone=column("timezone", "UTC").fillna("UTC").astype(str).to_numpy(),
+        interests=interests,
+        profiles=profiles,
+        scalars=scalars,
+        attributes=attributes,
+        category_names=names,
+        category_views=views,
+        has_history=(emails > 0) | (sessions > 0),
+    )
+
+
+def _smooth(profile: np.ndarray) -> np.ndarray:
+    """Circular kernel smoothing over the 24 hours of each row."""
+    half = len(KERNEL) // 2
+    padded = np.concatenate([profile[:, -half:], profile, profile[:, :half]], axis=1)
+    out = np.zeros_like(profile)
+    for k, weight in enumerate(KERNEL):
+        out += weight * padded[:, k : k + HOURS]
+    return out
+
+
+def _category_share(matrix: CustomerMatrix, rows: np.ndarray, categories: np.ndarray) -> np.ndarray:
+    """Share of each row's customer's product views that fall in the given category."""
+    out = np.zeros(len(rows), dtype=np.float32)
+    lookup: dict[int, dict[str, float]] = {}
+    for i, (r, category) in enumerate(zip(rows, categories, strict=True)):
+        if category is None or category == "" or (isinstance(category, float) and np.isnan(category)):
+            continue
+        shares = lookup.get(int(r))
+        if shares is None:
+            views = matrix.category_views[r]
+            total = float(views.sum())
+            shares = (
+                {name: float(v) / total for name, v in zip(matrix.category_names[r], views, strict=False)}
+                if total > 0
+                else {}
+            )
+            lookup[int(r)] = shares
+        out[i] = shares.get(str(category), 0.0)
+    return out
+
+
+def _interest_match(matrix: CustomerMatrix, rows: np.ndarray, categories: np.ndarray) -> np.ndarray:
+    return np.array(
+        [
+            1.0 if isinstance(c, str) and c.lower() in matrix.interests[r] else 0.0
+            for r, c in zip(rows, categories, strict=True)
+        ],
+        dtype=np.float32,
+    )
+
+
+def _engagement_scalars(matrix: CustomerMatrix, rows: np.ndarray) -> pd.DataFrame:
+    scalars = matrix.scalars.iloc[rows].reset_index(drop=True)
+    emails = scalars["n_emails"].fillna(0)
+    scalars["open_rate"] = (scalars["n_human_opens"].fillna(0) + PRIOR_WEIGHT * PRIOR_OPEN_RATE) / (
+        emails + PRIOR_WEIGHT
+    )
+    scalars["click_rate"] = (scalars["n_clicks"].fillna(0) + PRIOR_WEIGHT * 0.05) / (emails + PRIOR_WEIGHT)
+    return scalars
+
+
+def _attributes(matrix: CustomerMatrix, rows: np.ndarray) -> pd.DataFrame:
+    attributes = matrix.attributes.iloc[rows].reset_index(drop=True)
+    for column in attributes.columns:
+        if not pd.api.types.is_numeric_dtype(attributes[column]):
+            attributes[column] = attributes[column].astype("category")
+    return attributes
+
+
+def open_design(
+    matrix: CustomerMatrix,
+    rows: np.ndarray,
+    send_at: pd.Series,
+    kind: np.ndarray,
+    topic: np.ndarray,
+) -> pd.DataFrame:
+    """One design row per (customer row, send time): the open model's inputs."""
+    rows = np.asarray(rows, dtype=np.int64)
+    hour, weekday = local_hour_weekday(send_at.reset_index(drop=True), pd.Series(matrix.timezone[rows]))
+    weekend = weekday >= 5
+    utc_hour = pd.to_datetime(send_at.to_numpy(), utc=True).hour.to_numpy()
+    offset = ((hour.astype(int) - utc_hour + 12) % 24) - 12
+    columns: dict[str, np.ndarray] = {
+        "local_hour": hour.astype(np.float32),
+        "local_weekday": weekday.astype(np.float32),
+        "is_weekend": weekend.astype(np.float32),
+        "utc_offset": offset.astype(np.float32),
+    }
+    engagement_share = np.zeros(len(rows), dtype=np.float32)
+    for signal, weight in zip(PROFILE_SIGNALS, (1.0, 2.0, 1.0), strict=True):
+        weekday_profile = matrix.profiles[f"{signal}_weekday"][rows]
+        weekend_profile = matrix.profiles[f"{signal}_weekend"][rows]
+        same = np.where(weekend[:, None], weekend_profile, weekday_profile)
+        other = np.where(weekend[:, None], weekday_profile, weekend_profile)
+        blended = _smooth(same + OTHER_DAY_WEIGHT * other)
+        total = blended.sum(axis=1)
+        at_hour = blended[np.arange(len(rows)), hour]
+        share = np.where(total > 0, at_hour / np.maximum(total, 1e-9), 1.0 / HOURS)
+        peak = blended.argmax(axis=1)
+        distance = np.abs(hour.astype(int) - peak)
+        columns[f"{signal}_share_at_hour"] = share.astype(np.float32)
+        columns[f"{signal}_count_at_hour"] = at_hour.astype(np.float32)
+        columns[f"{signal}_same_day_type_total"] = same.sum(axis=1).astype(np.float32)
+        columns[f"{signal}_peak_distance"] = np.where(total > 0, np.minimum(distance, 24 - distance), np.nan)
+        columns[f"{signal}_share_vs_peak"] = np.where(
+            total > 0, at_hour / np.maximum(blended.max(axis=1), 1e-9), np.nan
+        ).astype(np.float32)
+        engagement_share += weight * share
+    columns["engagement_share_at_hour"] = engagement_share / 4.0
+    design = pd.DataFrame(columns)
+    design["campaign_kind"] = pd.Categorical(
+        kind, categories=["promotional", "newsletter", "triggered", "transactional"]
+    )
+    design["topic_affinity"] = _category_share(matrix, rows, topic)
+    design["topic_interest"] = _interest_match(matrix, rows, topic)
+    design = pd.concat([design, _engagement_scalars(matrix, rows), _attributes(matrix, rows)], axis=1)
+    return design
+
+
+@dataclass
+class OfferMatrix:
+    """The offers as arrays."""
+
+    offer_id: np.ndarray
+    kind: np.ndarray
+    category: np.ndarray
+    discount_pct: np.ndarray
+    price: np.ndarray
+    margin: np.ndarray
+
+    @classmethod
+    def from_rows(cls, rows: pd.DataFrame) -> OfferMatrix:
+        def numeric(name: str) -> np.ndarray:
+            return pd.to_numeric(
+                rows.get(name, pd.Series(np.nan, index=rows.index)), errors="coerce"
+            ).to_numpy(dtype=np.float32)
+
+        return cls(
+            offer_id=rows["offer_id"].astype(str).to_numpy(),
+            kind=rows["offer_kind"].fillna("discount").astype(str).to_numpy(),
+            category=rows["offer_category"].fillna("").astype(str).to_numpy(),
+            discount_pct=numeric("discount_pct"),
+            price=numeric("price"),
+            margin=np.nan_to_num(numeric("margin"), nan=1.0),
+        )
+
+    def __len__(self) -> int:
+        return len(self.offer_id)
+
+
+def offer_design(
+    matrix: CustomerMatrix, rows: np.ndarray, offers: OfferMatrix, offer_rows: np.ndarray
+) -> pd.DataFrame:
+    """One design row per (customer row, offer row): the next-best-offer model's inputs."""
+    rows = np.asarray(rows, dtype=np.int64)
+    offer_rows = np.asarray(offer_rows, dtype=np.int64)
+    categories = offers.category[offer_rows]
+    design = pd.DataFrame(
+        {
+            "offer_id": pd.Categorical(offers.offer_id[offer_rows]),
+            "offer_kind": pd.Categorical(
+                offers.kind[offer_rows], categories=["discount", "content", "control"]
+            ),
+            "offer_category": pd.Categorical(categories),
+            "discount_pct": offers.discount_pct[offer_rows],
+            "price": offers.price[offer_rows],
+            "margin": offers.margin[offer_rows],
+            "category_affinity": _category_share(matrix, rows, categories),
+            "category_interest": _interest_match(matrix, rows, categories),
+        }
+    )
+    return pd.concat([design, _engagement_scalars(matrix, rows), _attributes(matrix, rows)], axis=1)

@@ -1,0 +1,217 @@
+"""The `sendwise` command: simulate, ingest, train, pipeline, serve, report, evaluate."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sendwise.settings import Settings
+
+app = typer.Typer(help="sendwise: open propensity, send time and next best offer for every email recipient.")
+console = Console(stderr=False)
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class ModelOption(StrEnum):
+    open = "open"
+    send_time = "send-time"
+    offer = "offer"
+    all = "all"
+
+
+class Consent(StrEnum):
+    granted = "granted"
+    denied = "denied"
+
+
+def _settings() -> Settings:
+    settings = Settings()
+    settings.activate()
+    return settings
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code=2)
+
+
+@app.command()
+def simulate(
+    out_dir: Annotated[Path, typer.Argument(help="where to write the world (data contract + truth/)")],
+    customers: Annotated[int, typer.Option(min=10, help="number of customers")] = 10_000,
+    days: Annotated[int, typer.Option(min=7, help="days of history")] = 90,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+) -> None:
+    """Write a synthetic world in the data contract, with its ground truth in OUT_DIR/truth/."""
+    from sendwise.simulate import simulate as run
+
+    started = time.perf_counter()
+    summary = run(out_dir, customers=customers, days=days, seed=seed)
+    console.print(f"world written to {out_dir} in {time.perf_counter() - started:.1f} s")
+    console.print(summary)
+
+
+IngestTz = Annotated[str | None, typer.Option("--assume-tz", help="zone of timestamps that carry none")]
+IngestConsent = Annotated[
+    Consent | None, typer.Option("--profiling-consent", help="consent_profiling where the column is absent")
+]
+IngestDelimiter = Annotated[
+    str | None, typer.Option("--csv-delimiter", help="CSV delimiter (default: detected)")
+]
+IngestDecimal = Annotated[bool, typer.Option("--decimal-comma", help="numbers in CSV use a decimal comma")]
+
+
+def _ingest(settings: Settings, data: Path, assume_tz, profiling_consent, csv_delimiter, decimal_comma):  # type: ignore[no-untyped-def]
+    from sendwise.ingest import IngestError
+    from sendwise.ingest import ingest as run
+
+    try:
+        report = run(
+            data,
+            settings,
+            assume_tz=assume_tz,
+            profiling_consent=profiling_consent.value if profiling_consent else None,
+            csv_delimiter=csv_delimiter,
+            decimal_comma=decimal_comma,
+        )
+    except IngestError as error:
+        raise _fail(str(error)) from error
+    console.print(report.to_text(), markup=False, highlight=False)
+    return report
+
+
+@app.command()
+def ingest(
+    data_dir: Annotated[Path, typer.Argument(help="a directory laid out as the data contract says")],
+    assume_tz: IngestTz = None,
+    profiling_consent: IngestConsent = None,
+    csv_delimiter: IngestDelimiter = None,
+    decimal_comma: IngestDecimal = False,
+) -> None:
+    """Validate and load event files into the home's raw store, and print the ingest report."""
+    _ingest(_settings(), data_dir, assume_tz, profiling_consent, csv_delimiter, decimal_comma)
+
+
+def _print_training(result) -> None:  # type: ignore[no-untyped-def]
+    table = Table(title=f"models (data up to {result.as_of})")
+    for column in ("model", "valid AUC", "calibration", "promotion"):
+        table.add_column(column)
+    for promotion in result.promotions:
+        metrics = result.metrics.get(promotion.name) or result.metrics.get("open_propensity", {})
+        table.add_row(
+            f"{promotion.name} v{promotion.version}",
+            f"{metrics.get('valid_auc', float('nan')):.4f}",
+            f"{metrics.get('valid_calibration', float('nan')):.3f}",
+            ("champion: " if promotion.promoted else "kept champion: ") + promotion.reason,
+        )
+    for name, why in result.skipped.items():
+        table.add_row(name, "-", "-", f"not trained: {why}")
+    console.print(table)
+
+
+@app.command()
+def train(
+    model: Annotated[ModelOption, typer.Option(help="which model to train")] = ModelOption.all,
+    tune: Annotated[int, typer.Option(min=0, help="Optuna trials (0: fixed parameters)")] = 0,
+) -> None:
+    """Build features, train, log to MLflow, register and promote the winners."""
+    from training.train import train as run
+
+    if tune:
+        console.print("[yellow]--tune arrives with the quality release; training with fixed parameters[/]")
+    _print_training(run(_settings(), model=model.value, console=console))
+
+
+@app.command()
+def pipeline(
+    data: Annotated[Path, typer.Option("--data", help="a directory laid out as the data contract says")],
+    assume_tz: IngestTz = None,
+    profiling_consent: IngestConsent = None,
+    csv_delimiter: IngestDelimiter = None,
+    decimal_comma: IngestDecimal = False,
+) -> None:
+    """Ingest, build features, train, promote and materialize the online store."""
+    from training.train import materialize_online, prepare_features
+    from training.train import train as run
+
+    settings = _settings()
+    started = time.perf_counter()
+    _ingest(settings, data, assume_tz, profiling_consent, csv_delimiter, decimal_comma)
+    with console.status("building features and registering them with Feast"):
+        tables, store = prepare_features(settings)
+    result = run(settings, console=console, tables=tables, store=store)
+    with console.status("materializing the online store"):
+        materialize_online(settings, tables, store)
+    _print_training(result)
+    console.print(f"pipeline finished in {time.perf_counter() - started:.0f} s; home: {settings.home}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 3000,
+) -> None:
+    """Serve the champions over HTTP (BentoML)."""
+    settings = _settings()
+    if not settings.api_token:
+        console.print("[yellow]SENDWISE_API_TOKEN is not set: the API answers without authentication[/]")
+    env = {**os.environ, **settings.library_environment()}
+    command = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        "serving.service:Sendwise",
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    console.print(f"serving on http://{host}:{port} (home {settings.home})")
+    raise typer.Exit(subprocess.call(command, cwd=REPO_ROOT, env=env))
+
+
+@app.command()
+def report(
+    model: Annotated[ModelOption, typer.Option(help="which model to explain")] = ModelOption.all,
+) -> None:
+    """Write the marketer reports: what drives each model's predictions, in plain words."""
+    from training.report import write_reports
+
+    for page in write_reports(_settings(), model.value):
+        console.print(f"wrote {page}")
+
+
+@app.command()
+def evaluate(
+    world: Annotated[Path, typer.Option("--world", help="a world written by `sendwise simulate`")],
+) -> None:
+    """Print model quality against the world's ground truth and the market's baselines."""
+    from training.evaluate import evaluate as run
+
+    if not (world / "truth").is_dir():
+        raise _fail(f"{world} has no truth/ folder: evaluate needs a world written by `sendwise simulate`")
+    result = run(_settings(), world)
+    table = Table(title=f"{result.customers} customers, window from {result.window_start} (24 h)")
+    for column in ("question", "policy / measure", "value"):
+        table.add_column(column)
+    for row in result.rows():
+        table.add_row(*row)
+    console.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""Request and answer models of the HTTP API, field for field as DESIGN.md defines them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+CustomerId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
+CampaignKind = Literal["promotional", "newsletter", "triggered", "transactional"]
+MAX_RECIPIENTS = 10_000
+MAX_WINDOW_HOURS = 168
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Recipient(_Strict):
+    """One recipient; the context fields matter for customers sendwise does not know yet (cold start)."""
+
+    customer_id: CustomerId
+    timezone: str | None = None
+    country: str | None = Field(default=None, max_length=2)
+    interests: list[str] = Field(default_factory=list, max_length=50)
+    attributes: dict[str, str | float | int | bool] = Field(default_factory=dict)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as error:
+            raise ValueError(f"timezone {value!r} is not a zone name zoneinfo knows (e.g. Europe/Berlin)") from error
+        return value
+
+    @field_validator("attributes")
+    @classmethod
+    def _attr_names(cls, value: dict[str, object]) -> dict[str, object]:
+        bad = [name for name in value if not name.startswith("attr_")]
+        if bad:
+            raise ValueError(f"attribute names must start with 'attr_' as in the data contract: {bad[:3]}")
+        return value
+
+
+class Campaign(_Strict):
+    kind: CampaignKind = "promotional"
+    topic: str | None = Field(default=None, max_length=128)
+
+
+class QuietHours(_Strict):
+    start: int = Field(ge=0, le=23)
+    end: int = Field(ge=0, le=23)
+
+
+class FrequencyCap(_Strict):
+    emails: int = Field(ge=1)
+    days: int = Field(ge=1, le=365)
+
+
+class Constraints(_Strict):
+    quiet_hours: QuietHours | None = None
+    max_share_per_hour: float | None = Field(default=None, gt=0.0, le=1.0)
+    frequency_cap: FrequencyCap | None = None
+    no_repeat_offer_days: int | None = Field(default=None, ge=1, le=365)
+
+
+def next_whole_hour(now: datetime | None = None) -> datetime:
+    now = now or datetime.now(UTC)
+    return now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+
+
+class DecideRequest(_Strict):
+    recipients: list[Recipient] = Field(min_length=1, max_length=MAX_RECIPIENTS)
+    campaign: Campaign = Field(default_factory=Campaign)
+    window_start: datetime | None = None
+    window_hours: int = Field(default=24, ge=1, le=MAX_WINDOW_HOURS)
+    offer_ids: list[str] | None = None
+    k_offers: int = Field(default=3, ge=0, le=50)
+    explore_share: float | None = Field(default=None, ge=0.0, le=1.0)
+    constraints: Constraints | None = None
+
+    @field_validator("window_start")
+    @classmethod
+    def _whole_utc_hour(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("window_start needs a time zone, e.g. 2026-11-26T07:00:00Z")
+        value = value.astimezone(UTC)
+        if value.minute or value.second or value.microsecond:
+            raise ValueError("window_start must be a whole hour, e.g. 2026-11-26T07:00:00Z")
+        return value
+
+    @field_validator("constraints")
+    @classmethod
+    def _constraints_not_yet(cls, value: Constraints | None) -> Constraints | None:
+        # a field validator (not a model validator) so that the error names the field `constraints`
+        if value is not None:
+            raise ValueError(
+                "constraints are not supported yet (quiet hours, per-hour share, frequency cap and offer "
+                "repetition arrive with the decision-quality release); send the request without them"
+            )
+        return value
+
+    def resolved_window_start(self) -> datetime:
+        return self.window_start or next_whole_hour()
+
+
+class OfferScore(BaseModel):
+    offer_id: str
+    kind: str
+    conversion_probability: float
+    expected_value: float
+    incremental_value: float | None = None
+
+
+class Decision(BaseModel):
+    customer_id: str
+    decision_id: str
+    send: bool
+    send_at: datetime | None = None
+    open_probability: float | None = None
+    hourly_open_probability: list[float] = Field(default_factory=list)
+    explore: bool = False
+    propensity: float = 1.0
+    offers: list[OfferScore] = Field(default_factory=list)
+    modules: list[str] = Field(default_factory=list)
+    cold_start: bool = False
+    history_emails: int = 0
+    reasons: list[str] = Field(default_factory=list)
+
+
+class DecideResponse(BaseModel):
+    model_versions: dict[str, str | None]
+    status: Literal["ok", "degraded"] = "ok"
+    decisions: list[Decision]
+
+
+class RenderRequest(_Strict):
+    customer_id: CustomerId
+    template: str = "promotional"
+    campaign: Campaign = Field(default_factory=Campaign)
+    recipient: Recipient | None = None
+    unsubscribe_url: str | None = Field(default=None, max_length=2000)
+
+
+class RenderedModule(BaseModel):
+    name: str
+    reason: str
+
+
+class RenderResponse(BaseModel):
+    customer_id: str
+    template: str
+    send: bool
+    subject: str | None
+    html: str | None
+    text: str | None
+    modules: list[RenderedModule]
+    reasons: list[str] = Field(default_factory=list)
+
+
+ModelName = Literal["open_propensity", "send_time", "next_best_offer"]
+
+
+class ExplainRequest(_Strict):
+    customer_id: CustomerId
+    model: ModelName = "open_propensity"
+    campaign: Campaign = Field(default_factory=Campaign)
+    top: int = Field(default=5, ge=1, le=30)
+
+
+class Driver(BaseModel):
+    feature: str
+    value: float | str | None
+    shap_value: float
+    sentence: str
+
+
+class ExplainResponse(BaseModel):
+    customer_id: str
+    model: str
+    model_version: str | None
+    prediction: float
+    base_value: float
+    drivers: list[Driver]
+
+
+class ModelsResponse(BaseModel):
+    """`GET /v1/models`: the registered model versions being served, and whether answers are degraded."""
+
+    model_versions: dict[str, str | None]
+    status: Literal["ok", "degraded"] = "ok"
+    reasons: list[str] = Field(default_factory=list)
+
+
+class FieldError(BaseModel):
+    """One problem with a request, naming the field (`recipients[3].customer_id`, or `body`)."""
+
+    field: str
+    message: str
+
+
+class ErrorAnswer(BaseModel):
+    """Every 4xx and 5xx answer of the `/v1` routes: a short error, one readable sentence, the fields."""
+
+    error: str
+    message: str
+    details: list[FieldError] = Field(default_factory=list)

@@ -1,0 +1,118 @@
+"""Training sets: labels from the feature build, features through each model's Feast FeatureService."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from feast import FeatureStore
+
+from features.build import FeatureTables
+from features.transform import CustomerMatrix, OfferMatrix, customer_matrix, offer_design, open_design
+
+VALID_SHARE = 0.2
+
+
+@dataclass
+class TrainingSet:
+    """A design matrix with labels, the time of each example and the time split."""
+
+    design: pd.DataFrame
+    label: np.ndarray
+    times: pd.Series
+    cut: pd.Timestamp
+    feature_service: str
+    weight: np.ndarray | None = None
+
+    @property
+    def train(self) -> np.ndarray:
+        return (self.times < self.cut).to_numpy()
+
+    @property
+    def valid(self) -> np.ndarray:
+        return (self.times >= self.cut).to_numpy()
+
+    def window(self) -> dict[str, str]:
+        return {
+            "data_start": str(self.times.min()),
+            "train_end": str(self.cut),
+            "valid_start": str(self.cut),
+            "data_end": str(self.times.max()),
+        }
+
+
+def historical_features(store: FeatureStore, service: str, entity_df: pd.DataFrame) -> pd.DataFrame:
+    """Point-in-time feature rows for the entity rows, in their order (Feast may reorder them)."""
+    entity_df = entity_df.assign(_row=np.arange(len(entity_df)))
+    rows = store.get_historical_features(
+        entity_df=entity_df, features=store.get_feature_service(service)
+    ).to_df()
+    return rows.sort_values("_row").reset_index(drop=True)
+
+
+def _time_cut(times: pd.Series) -> pd.Timestamp:
+    return times.quantile(1 - VALID_SHARE)
+
+
+def open_training_set(store: FeatureStore, tables: FeatureTables, label_hours: int) -> TrainingSet | None:
+    """Sends whose 72-hour label window has closed, with the open model's features at the send time."""
+    sends = tables.sends
+    if sends is None or len(sends) == 0 or "human_open" not in sends.columns:
+        return None
+    sends = sends[sends["send_at"] <= tables.as_of - pd.Timedelta(hours=label_hours)]
+    sends = sends[sends["customer_id"].isin(tables.customers["customer_id"])].reset_index(drop=True)
+    if len(sends) < 200 or sends["human_open"].nunique() < 2:
+        return None
+    entity_df = pd.DataFrame({"customer_id": sends["customer_id"], "event_timestamp": sends["send_at"]})
+    rows = historical_features(store, "open_propensity_v1", entity_df)
+    matrix = customer_matrix(rows)
+    design = open_design(
+        matrix, np.arange(len(sends)), sends["send_at"], sends["kind"].to_numpy(), sends["topic"].to_numpy()
+    )
+    return TrainingSet(
+        design=design,
+        label=sends["human_open"].to_numpy(dtype=np.float32),
+        times=sends["send_at"],
+        cut=_time_cut(sends["send_at"]),
+        feature_service="open_propensity_v1",
+    )
+
+
+def offer_training_set(
+    store: FeatureStore, tables: FeatureTables, window_days: int
+) -> tuple[TrainingSet, OfferMatrix] | None:
+    """Offer exposures whose conversion window has closed, with the offer model's features."""
+    exposures = tables.exposures
+    if exposures is None or len(exposures) == 0 or tables.offers is None or len(tables.offers) == 0:
+        return None
+    exposures = exposures[exposures["exposed_at"] <= tables.as_of - pd.Timedelta(days=window_days)]
+    exposures = exposures[exposures["offer_id"].isin(tables.offers["offer_id"])]
+    exposures = exposures[exposures["customer_id"].isin(tables.customers["customer_id"])].reset_index(
+        drop=True
+    )
+    if len(exposures) < 200 or exposures["converted"].nunique() < 2:
+        return None
+    entity_df = pd.DataFrame(
+        {
+            "customer_id": exposures["customer_id"],
+            "offer_id": exposures["offer_id"],
+            "event_timestamp": exposures["exposed_at"],
+        }
+    )
+    rows = historical_features(store, "next_best_offer_v1", entity_df)
+    matrix: CustomerMatrix = customer_matrix(rows)
+    offers = OfferMatrix.from_rows(rows)
+    design = offer_design(matrix, np.arange(len(rows)), offers, np.arange(len(rows)))
+    propensity = pd.to_numeric(exposures["propensity"], errors="coerce").fillna(1.0).clip(0.01, 1.0)
+    return (
+        TrainingSet(
+            design=design,
+            label=exposures["converted"].to_numpy(dtype=np.float32),
+            times=exposures["exposed_at"],
+            cut=_time_cut(exposures["exposed_at"]),
+            feature_service="next_best_offer_v1",
+            weight=None if propensity.eq(1.0).all() else (1.0 / propensity).to_numpy(),
+        ),
+        offers,
+    )

@@ -1,0 +1,152 @@
+"""SHAP explanations in plain words: per prediction (the API) and per model (the marketer report)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import shap
+
+READABLE = {
+    "local_hour": "the local hour of the send",
+    "local_weekday": "the local weekday of the send",
+    "is_weekend": "a weekend send",
+    "utc_offset": "the customer's time zone",
+    "open_share_at_hour": "the share of the customer's past opens at this hour",
+    "click_share_at_hour": "the share of the customer's past clicks at this hour",
+    "session_share_at_hour": "the share of the customer's site visits at this hour",
+    "engagement_share_at_hour": "how much of the customer's activity falls at this hour",
+    "open_share_vs_peak": "how close this hour is to the customer's usual opening hour",
+    "click_share_vs_peak": "how close this hour is to the customer's usual clicking hour",
+    "session_share_vs_peak": "how close this hour is to the customer's usual browsing hour",
+    "open_peak_distance": "hours away from the customer's usual opening hour",
+    "session_peak_distance": "hours away from the customer's usual browsing hour",
+    "click_peak_distance": "hours away from the customer's usual clicking hour",
+    "open_rate": "the customer's past open rate",
+    "click_rate": "the customer's past click rate",
+    "sends_7d": "emails sent to the customer in the last 7 days",
+    "n_emails": "emails the customer has received",
+    "n_human_opens": "emails the customer has opened",
+    "n_sessions": "site visits",
+    "n_purchases": "purchases",
+    "purchase_value": "money spent",
+    "days_since_human_open": "days since the customer last opened an email",
+    "days_since_session": "days since the customer last visited the site",
+    "days_since_email": "days since the last email",
+    "machine_open_share": "the share of the customer's opens made by machines (privacy proxies)",
+    "topic_affinity": "the customer's interest in the campaign's topic",
+    "topic_interest": "the topic being one of the customer's stated interests",
+    "campaign_kind": "the kind of campaign",
+    "category_affinity": "the customer's interest in the offer's category",
+    "category_interest": "the offer's category being one of the customer's stated interests",
+    "discount_pct": "the size of the discount",
+    "margin": "the offer's margin",
+    "offer_kind": "the kind of offer",
+    "offer_category": "the offer's category",
+    "offer_id": "the offer itself",
+}
+
+
+def readable(feature: str) -> str:
+    if feature.startswith("attr_"):
+        return f"the customer attribute {feature[5:].replace('_', ' ')}"
+    return READABLE.get(feature, feature.replace("_", " "))
+
+
+def _format(value: object) -> str:
+    if isinstance(value, float | np.floating):
+        return "unknown" if np.isnan(value) else f"{value:.3g}"
+    return str(value)
+
+
+def sentence(feature: str, value: object, contribution: float) -> str:
+    direction = "raises" if contribution > 0 else "lowers"
+    return f"{readable(feature)} ({_format(value)}) {direction} the prediction ({contribution:+.2f} log-odds)"
+
+
+def shap_values(booster: lgb.Booster, design: pd.DataFrame) -> tuple[np.ndarray, float]:
+    """SHAP values in log-odds and the base value, with SHAP's exact tree explainer."""
+    explainer = shap.TreeExplainer(booster)
+    values = explainer.shap_values(design)
+    if isinstance(values, list):
+        values = values[-1]
+    base = explainer.expected_value
+    base = float(np.ravel(base)[-1])
+    return np.asarray(values), base
+
+
+def explain_rows(booster: lgb.Booster, design: pd.DataFrame, top: int = 5) -> tuple[float, list[list[dict]]]:
+    """Each row's strongest drivers as dicts with feature, value, shap_value and a sentence."""
+    values, base = shap_values(booster, design)
+    out = []
+    for r in range(len(design)):
+        order = np.argsort(-np.abs(values[r]))[:top]
+        drivers = []
+        for j in order:
+            feature = design.columns[j]
+            value = design.iloc[r, j]
+            plain = (
+                None
+                if pd.isna(value)
+                else (float(value) if isinstance(value, int | float | np.number) else str(value))
+            )
+            drivers.append(
+                {
+                    "feature": feature,
+                    "value": plain,
+                    "shap_value": float(values[r, j]),
+                    "sentence": sentence(feature, value, float(values[r, j])),
+                }
+            )
+        out.append(drivers)
+    return base, out
+
+
+def global_report(
+    booster: lgb.Booster, design: pd.DataFrame, title: str, out_dir: Path, top: int = 10
+) -> Path:
+    """A marketer's page: the strongest drivers overall in plain words, with a bar chart of mean |SHAP|."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values, _ = shap_values(booster, design)
+    importance = pd.Series(np.abs(values).mean(axis=0), index=design.columns).sort_values(ascending=False)
+    direction = pd.Series(
+        [
+            np.corrcoef(pd.to_numeric(design[c], errors="coerce").fillna(0), values[:, i])[0, 1]
+            if pd.api.types.is_numeric_dtype(design[c]) and design[c].nunique() > 1
+            else np.nan
+            for i, c in enumerate(design.columns)
+        ],
+        index=design.columns,
+    )
+    head = importance.head(top)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figure, axis = plt.subplots(figsize=(8, 0.4 * len(head) + 1.5))
+    axis.barh([readable(f) for f in head.index[::-1]], head.to_numpy()[::-1], color="#2b6cb0")
+    axis.set_xlabel("mean |SHAP value| (log-odds)")
+    axis.set_title(title)
+    figure.tight_layout()
+    image = out_dir / f"{title.lower().replace(' ', '_')}_drivers.png"
+    figure.savefig(image, dpi=110)
+    plt.close(figure)
+    lines = [f"# What drives {title}", "", f"![drivers]({image.name})", ""]
+    for rank, (feature, weight) in enumerate(head.items(), start=1):
+        d = direction.get(feature)
+        how = (
+            "the higher it is, the higher the prediction"
+            if d is not None and not np.isnan(d) and d > 0.2
+            else "the higher it is, the lower the prediction"
+            if d is not None and not np.isnan(d) and d < -0.2
+            else "its effect depends on the customer"
+        )
+        lines.append(
+            f"{rank}. **{readable(feature)}** — moves the prediction by {weight:.2f} log-odds on average; {how}."
+        )
+    page = out_dir / f"{title.lower().replace(' ', '_')}.md"
+    page.write_text("\n".join(lines) + "\n")
+    return page
