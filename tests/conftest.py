@@ -1,0 +1,62 @@
+"""Shared fixtures: one small simulated world, run once through the real pipeline (CLI included)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from sendwise.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / "shared"
+WORLD_CUSTOMERS = 1500
+WORLD_DAYS = 45
+WORLD_SEED = 3
+
+
+@dataclass
+class PipelineHome:
+    world: Path
+    settings: Settings
+    output: str
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded world of 1,500 customers over 45 days, with its truth."""
+    from sendwise.simulate import simulate
+
+    world = tmp_path_factory.mktemp("world")
+    simulate(world, customers=WORLD_CUSTOMERS, days=WORLD_DAYS, seed=WORLD_SEED, progress=False)
+    return world
+
+
+@pytest.fixture(scope="session")
+def pipeline_home(small_world: Path, tmp_path_factory: pytest.TempPathFactory) -> PipelineHome:
+    """`sendwise pipeline --data WORLD` run through the real CLI into a home of its own."""
+    from sendwise.cli import app
+
+    home = tmp_path_factory.mktemp("home")
+    env = {"SENDWISE_HOME": str(home), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    result = CliRunner().invoke(app, ["pipeline", "--data", str(small_world)], env=env)
+    if result.exit_code != 0:
+        raise AssertionError(f"pipeline failed ({result.exit_code}):\n{result.output}\n{result.exception!r}")
+    settings = Settings(home=home)
+    settings.activate()
+    return PipelineHome(world=small_world, settings=settings, output=result.output)
+
+
+@pytest.fixture(scope="session")
+def engine(pipeline_home: PipelineHome):  # type: ignore[no-untyped-def]
+    from serving.engine import Engine
+
+    return Engine.load(pipeline_home.settings)
+
+
+@pytest.fixture(autouse=True)
+def _no_telemetry() -> None:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

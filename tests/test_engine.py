@@ -1,0 +1,127 @@
+"""The decision functions directly, on the small world's champions: values, not shapes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sendwise.raw import load_table
+from serving.schemas import DecideRequest, ExplainRequest, Recipient, RenderRequest
+
+pytestmark = [pytest.mark.integration]
+START = datetime(2026, 12, 1, 7, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def customers(pipeline_home) -> pd.DataFrame:  # type: ignore[no-untyped-def]
+    frame = load_table(pipeline_home.settings, "customers")
+    assert frame is not None
+    return frame
+
+
+def _decide(engine, ids: list[str], **kwargs):  # type: ignore[no-untyped-def]
+    request = DecideRequest(recipients=[Recipient(customer_id=i) for i in ids], window_start=START, **kwargs)
+    return engine.decide(request)
+
+
+def test_decisions_in_order_with_send_at_at_the_best_hour(engine, customers) -> None:  # type: ignore[no-untyped-def]
+    ids = customers.loc[customers["consent_email"] & customers["consent_profiling"], "customer_id"].head(60).tolist()
+    answer = _decide(engine, ids, window_hours=36)
+    assert [d.customer_id for d in answer.decisions] == ids
+    assert len({d.decision_id for d in answer.decisions}) == len(ids)
+    assert set(answer.model_versions) == {"open_propensity", "send_time", "next_best_offer"}
+    best_hours = set()
+    sent = [d for d in answer.decisions if d.send]
+    assert len(sent) >= 50  # the rest unsubscribed, complained or hard-bounced
+    for d in answer.decisions:
+        if not d.send:
+            assert "unsubscribed" in d.reasons[0]
+            continue
+        curve = np.array(d.hourly_open_probability)
+        assert len(curve) == 36 and ((curve >= 0) & (curve <= 1)).all()
+        k = (d.send_at - START) / timedelta(hours=1)
+        assert k == int(k) and 0 <= k < 36
+        assert d.open_probability == curve[int(k)] == curve.max()
+        assert not d.explore and d.propensity == 1.0
+        best_hours.add(d.send_at.hour)
+    assert len(best_hours) >= 4  # people in many zones with their own hours do not share one best hour
+
+
+def test_no_consent_no_send_no_offer(engine, customers) -> None:  # type: ignore[no-untyped-def]
+    refused = customers.loc[~customers["consent_email"], "customer_id"].head(10).tolist()
+    assert refused
+    for d in _decide(engine, refused).decisions:
+        assert d.send is False and d.send_at is None and d.offers == [] and d.open_probability is None
+        assert "consent" in d.reasons[0]
+
+
+def test_offers_ranked_by_value_over_the_control_arm(engine, customers) -> None:  # type: ignore[no-untyped-def]
+    ids = customers.loc[customers["consent_email"], "customer_id"].head(30).tolist()
+    answer = _decide(engine, ids, k_offers=20)
+    offers = load_table(engine.settings, "offers")
+    ineligible = set(offers.loc[(offers["inventory"] == 0) | (offers["ends_at"] < pd.Timestamp(START)), "offer_id"])
+    assert ineligible  # the world has a sold-out and an expired offer
+    for d in [d for d in answer.decisions if d.send]:
+        assert d.offers and not ineligible & {o.offer_id for o in d.offers}
+        control = [o for o in d.offers if o.kind == "control"]
+        assert len(control) == 1 and control[0].incremental_value == pytest.approx(0.0)
+        values = [o.incremental_value for o in d.offers]
+        assert values == sorted(values, reverse=True)
+        for o in d.offers:
+            assert 0 < o.conversion_probability < 1
+            assert o.incremental_value == pytest.approx(o.expected_value - control[0].expected_value)
+    limited = _decide(engine, ids[:3], k_offers=2, offer_ids=["of-01", "of-02", "of-03"])
+    for d in limited.decisions:
+        assert len(d.offers) == 2 and {o.offer_id for o in d.offers} <= {"of-01", "of-02", "of-03"}
+
+
+def test_cold_start_uses_the_context_given(engine) -> None:  # type: ignore[no-untyped-def]
+    tokyo = Recipient(customer_id="new-1", timezone="Asia/Tokyo", interests=["books"])
+    new_york = Recipient(customer_id="new-2", timezone="America/New_York", interests=["books"])
+    answer = engine.decide(DecideRequest(recipients=[tokyo, new_york], window_start=START))
+    a, b = answer.decisions
+    assert a.cold_start and b.cold_start and a.send and b.send
+    assert "unknown customer" in a.reasons[0] and "Asia/Tokyo" in a.reasons[0]
+    # The same pooled daily rhythm, shifted by the 14 hours between the zones.
+    assert a.send_at != b.send_at
+    assert np.corrcoef(np.roll(a.hourly_open_probability, 14), b.hourly_open_probability)[0, 1] > 0.5
+
+
+def test_exploration_share_and_propensities(engine, customers) -> None:  # type: ignore[no-untyped-def]
+    ids = customers.loc[customers["consent_email"], "customer_id"].head(400).tolist()
+    answer = _decide(engine, ids, explore_share=0.25)
+    sent = [d for d in answer.decisions if d.send]
+    explored = [d for d in sent if d.explore]
+    assert 0.15 < len(explored) / len(sent) < 0.35
+    for d in explored:
+        k = int((d.send_at - START) / timedelta(hours=1))
+        on_best = k == int(np.argmax(d.hourly_open_probability))
+        assert d.propensity == pytest.approx(0.25 / 24 + (0.75 if on_best else 0))
+    for d in sent:
+        if not d.explore:
+            assert d.propensity == pytest.approx(0.75 + 0.25 / 24)
+    log = sorted(engine.settings.decisions_dir.glob("*.jsonl"))
+    assert log and explored[0].decision_id in log[-1].read_text()
+
+
+def test_render_personalizes_and_always_offers_unsubscribe(engine, customers) -> None:  # type: ignore[no-untyped-def]
+    known = customers.loc[customers["consent_email"], "customer_id"].iloc[0]
+    for template in ("promotional", "newsletter"):
+        email = engine.render(RenderRequest(customer_id=known, template=template))
+        assert email.send and "unsubscribe" in email.html.lower() and "unsubscribe" in email.text.lower()
+        assert email.modules and all(m.reason for m in email.modules)
+    refused = customers.loc[~customers["consent_email"], "customer_id"].iloc[0]
+    blocked = engine.render(RenderRequest(customer_id=refused))
+    assert not blocked.send and blocked.html is None
+
+
+def test_explain_names_drivers_in_plain_words(engine, customers) -> None:  # type: ignore[no-untyped-def]
+    known = customers.loc[customers["consent_email"] & customers["consent_profiling"], "customer_id"].iloc[0]
+    answer = engine.explain(ExplainRequest(customer_id=known, model="open_propensity", top=4))
+    assert len(answer.drivers) == 4 and 0 < answer.prediction < 1
+    assert all(("raises" in d.sentence) or ("lowers" in d.sentence) for d in answer.drivers)
+    shap_sum = sum(d.shap_value for d in answer.drivers)
+    assert abs(shap_sum) > 0
