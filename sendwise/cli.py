@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -34,6 +35,8 @@ class Consent(StrEnum):
 
 
 def _settings() -> Settings:
+    # Library deprecation notices (ibis, SQLAlchemy) say nothing a user of sendwise can act on.
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     settings = Settings()
     settings.activate()
     return settings

@@ -236,7 +236,7 @@ class Engine:
         eligible = _eligible_offers(self.offers, at, offer_ids)
         model = self.models.get("next_best_offer")
         if eligible.empty or model is None or self.offer_features is None:
-            return eligible, np.zeros((len(matrix), len(eligible)))
+            return pd.DataFrame(), np.zeros((len(matrix), 0))
         features = self.offer_features.set_index("offer_id").loc[eligible["offer_id"]].reset_index()
         offers = OfferMatrix.from_rows(features)
         n, m = len(matrix), len(offers)
@@ -361,6 +361,10 @@ class Engine:
             reasons.append("profiling consent not given: population-level predictions only")
         else:
             reasons.append(f"prediction rests on {emails} past emails of this customer")
+        if "open_propensity" not in self.models and "send_time" not in self.models:
+            reasons.append("no open model trained yet: a flat population prior, every hour alike")
+        if value is None and self.offers is not None and len(self.offers) and "next_best_offer" not in self.models:
+            reasons.append("no next-best-offer model trained yet: no offer chosen")
         best = int(np.argmax(curve))
         hours = len(curve)
         if explore:

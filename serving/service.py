@@ -1,0 +1,130 @@
+"""The BentoML service: a thin shell over `serving.engine.Engine`.
+
+Routes (all JSON; `/v1/*` need `Authorization: Bearer <token>` when `SENDWISE_API_TOKEN` is set):
+
+- `POST /v1/decide`, `POST /v1/render`, `POST /v1/explain`: the request model of `serving.schemas` is the
+  whole body (a positional-only parameter makes it BentoML's root input, not a field of a wrapper);
+- `GET /v1/models`: a small FastAPI app mounted on the service, its route a method of this class;
+- `GET /healthz`, `/livez`, `/readyz`, `/metrics`, `/docs.json`: BentoML's own. `/readyz` stays ready when a
+  dependency is degraded; the answers, `/v1/models` and the `sendwise_degraded` metric say so instead.
+
+The APIs are plain (sync) methods: BentoML runs them in its thread pool (`threads`), so the event loop keeps
+answering health checks while a big batch is being decided. An exception in the engine becomes a 500 for that
+request only (BentoML logs it); `serving.http_app.ApiGuard` shapes every `/v1` error answer.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, cast
+
+import bentoml
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from sendwise.settings import Settings
+from serving.http_app import ApiGuard, quiet_client_errors, status_metrics
+from serving.schemas import (
+    DecideRequest,
+    DecideResponse,
+    ErrorAnswer,
+    ExplainRequest,
+    ExplainResponse,
+    ModelsResponse,
+    RenderRequest,
+    RenderResponse,
+)
+
+if TYPE_CHECKING:
+    from serving.engine import Engine
+
+logger = logging.getLogger(__name__)
+
+ENGINE_THREADS = 4
+REQUEST_TIMEOUT_SECONDS = 300
+
+
+def load_engine(settings: Settings) -> Engine:
+    """The engine with the champions, imported here rather than at the top: LightGBM, Feast and MLflow take
+    seconds to import, and `bentoml serve` imports this module in its supervisor process too."""
+    from serving.engine import Engine
+
+    return Engine.load(settings)
+
+
+info_app = FastAPI(title="sendwise", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+@bentoml.service(threads=ENGINE_THREADS, traffic={"timeout": REQUEST_TIMEOUT_SECONDS})
+@bentoml.asgi_app(info_app, path="/v1", name="sendwise-info")
+class Sendwise:
+    """sendwise: open propensity, best send hour and next best offer for each email recipient."""
+
+    def __init__(self) -> None:
+        settings = Settings()
+        settings.activate()
+        self.settings = settings
+        self.engine = load_engine(settings)
+        quiet_client_errors()
+
+    @bentoml.api(route="/v1/decide")
+    def decide(self, request: DecideRequest, /) -> DecideResponse:
+        """One decision per recipient, in request order: whether and when to send, offers, reasons."""
+        return self.engine.decide(request)
+
+    @bentoml.api(route="/v1/render")
+    def render(self, request: RenderRequest, /) -> RenderResponse:
+        """One recipient's email: the chosen modules with their reasons, subject, HTML and plain text."""
+        return self.engine.render(request)
+
+    @bentoml.api(route="/v1/explain")
+    def explain(self, request: ExplainRequest, /) -> ExplainResponse:
+        """The top drivers of one recipient's prediction by one model, in plain words, with SHAP values."""
+        return self.engine.explain(request)
+
+    @info_app.get(
+        "/models",
+        response_model=ModelsResponse,
+        responses={500: {"model": ErrorAnswer}},
+        summary="The model versions being served, and whether answers are degraded",
+    )
+    def models(self) -> Any:
+        try:
+            return self.served_models()
+        except Exception:
+            logger.exception("GET /v1/models failed")
+            answer = ErrorAnswer(
+                error="internal error", message="an unexpected error occurred; the server log has the details"
+            )
+            return JSONResponse(answer.model_dump(), status_code=500)
+
+    def served_models(self) -> ModelsResponse:
+        status = self.engine.status()
+        return ModelsResponse.model_validate(
+            {
+                "model_versions": self.engine.model_versions(),
+                "status": status.get("status", "ok"),
+                "reasons": status.get("reasons", []),
+            }
+        )
+
+    def __metrics__(self, content: str) -> str:
+        """BentoML's hook on `/metrics`: add whether answers are degraded and the versions served."""
+        try:
+            extra = status_metrics(self.engine.status(), self.engine.model_versions())
+        except Exception:
+            logger.exception("engine status failed while serving /metrics")
+            extra = status_metrics({"status": "degraded"}, {})
+        if content and not content.endswith("\n"):
+            content += "\n"
+        return content + extra
+
+
+def _api_token() -> str | None:
+    """The token the running service was started with (its settings are read in `__init__`)."""
+    token: str | None = bentoml.get_current_service().settings.api_token
+    return token
+
+
+# mypy keeps the class type through class decorators; `Sendwise` is a bentoml.Service here
+cast("bentoml.Service[Any]", Sendwise).add_asgi_middleware(ApiGuard, token=_api_token)
