@@ -200,6 +200,7 @@ def _customer_tables(
             "signup_at_days": pd.Series(tenure, index=customers.index).astype("float32"),
             "interests": customers.get("interests", pd.Series("", index=customers.index)).fillna(""),
             "profiling_allowed": customers["consent_profiling"].astype("float32"),
+            "consent_email": customers["consent_email"].fillna(False).astype("float32"),
             "email_eligible": (
                 customers["consent_email"].fillna(False).astype(bool)
                 & ~customers["customer_id"].isin(ineligible)

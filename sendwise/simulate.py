@@ -1382,9 +1382,11 @@ def _offers_csv(offers: pd.DataFrame) -> pd.DataFrame:
 
 def _write(out_dir: Path, world: World, tables: _Tables) -> dict[str, int]:
     """Write the data files and the truth; returns rows written per table."""
-    tables.customers_csv.to_csv(out_dir / "customers.csv", sep=";", index=False, encoding="utf-8-sig")
+    # customers.csv: comma-separated with a byte-order mark (as spreadsheet exports write it); offers.csv uses
+    # semicolons, so the ingest detects both delimiters on every simulated world.
+    tables.customers_csv.to_csv(out_dir / "customers.csv", index=False, encoding="utf-8-sig")
     tables.campaigns_csv.to_csv(out_dir / "campaigns.csv", index=False, encoding="utf-8")
-    tables.offers_csv.to_csv(out_dir / "offers.csv", index=False, encoding="utf-8")
+    tables.offers_csv.to_csv(out_dir / "offers.csv", sep=";", index=False, encoding="utf-8")
     parts_dir = out_dir / "email_events"
     parts_dir.mkdir(exist_ok=True)
     for old in parts_dir.glob("part-*.parquet"):

@@ -66,6 +66,29 @@ class LoadedModel:
 
 
 @dataclass
+class _Batch:
+    """What one decide call computes for all its recipients at once."""
+
+    start: datetime
+    kind: str
+    topic: str | None
+    k_offers: int
+    explore_share: float
+    matrix: CustomerMatrix
+    known: np.ndarray
+    profiled: np.ndarray
+    consent: np.ndarray
+    eligible: np.ndarray
+    curves: np.ndarray
+    explore: np.ndarray
+    explore_hour: np.ndarray
+    offers: pd.DataFrame
+    conversion: np.ndarray
+    value: np.ndarray
+    control: np.ndarray
+
+
+@dataclass
 class Population:
     """What an average known customer looks like to the models, for modules and reasons."""
 
@@ -183,7 +206,14 @@ class Engine:
         """Feature rows with cold-start context filled in; (rows, known, profiled, degraded)."""
         ids = [r.customer_id for r in recipients]
         rows, degraded = self._online_rows(ids)
-        for column in ("timezone", "interests", "email_eligible", "profiling_allowed", "country"):
+        for column in (
+            "timezone",
+            "interests",
+            "consent_email",
+            "email_eligible",
+            "profiling_allowed",
+            "country",
+        ):
             if column not in rows.columns:
                 rows[column] = None
         known = rows["timezone"].notna().to_numpy()
@@ -267,85 +297,65 @@ class Engine:
     # --- decisions -------------------------------------------------------------------------------
     def decide(self, request: DecideRequest) -> DecideResponse:
         start = request.resolved_window_start()
-        hours = request.window_hours
         kind, topic = request.campaign.kind, request.campaign.topic
         explore_share = (
             self.settings.explore_share if request.explore_share is None else request.explore_share
         )
         rows, known, profiled, degraded = self._customer_rows(request.recipients)
         matrix = customer_matrix(rows)
-        eligible_flag = pd.to_numeric(rows["email_eligible"], errors="coerce").to_numpy()
-        curves = self._curves(matrix, start, hours, kind, topic)
         offers, conversion = self._offer_scores(matrix, start, request.offer_ids)
         margins = offers["margin"].fillna(1.0).to_numpy() if len(offers) else np.zeros(0)
-        value = conversion * margins[None, :] if len(offers) else conversion
         kinds = offers["kind"].to_numpy() if len(offers) else np.zeros(0, dtype=object)
-        control = np.flatnonzero(kinds == "control")
+        n = len(request.recipients)
         with self._rng_lock:
-            explore_draw = self._rng.random(len(request.recipients))
-            explore_hour = self._rng.integers(0, hours, len(request.recipients))
-        decisions = []
-        for i, recipient in enumerate(request.recipients):
-            decisions.append(
-                self._decision(
-                    i,
-                    recipient,
-                    known[i],
-                    profiled[i],
-                    eligible_flag[i],
-                    curves[i],
-                    start,
-                    explore_draw[i] < explore_share,
-                    int(explore_hour[i]),
-                    explore_share,
-                    offers,
-                    conversion[i] if len(offers) else None,
-                    value[i] if len(offers) else None,
-                    control,
-                    request.k_offers,
-                    kind,
-                    topic,
-                    matrix,
-                )
-            )
+            explore_draw = self._rng.random(n)
+            explore_hour = self._rng.integers(0, request.window_hours, n)
+        batch = _Batch(
+            start=start,
+            kind=kind,
+            topic=topic,
+            k_offers=request.k_offers,
+            explore_share=explore_share,
+            matrix=matrix,
+            known=known,
+            profiled=profiled,
+            consent=pd.to_numeric(rows["consent_email"], errors="coerce").fillna(0).to_numpy() > 0,
+            eligible=pd.to_numeric(rows["email_eligible"], errors="coerce").fillna(0).to_numpy() > 0,
+            curves=self._curves(matrix, start, request.window_hours, kind, topic),
+            explore=explore_draw < explore_share,
+            explore_hour=explore_hour,
+            offers=offers,
+            conversion=conversion,
+            value=conversion * margins[None, :],
+            control=np.flatnonzero(kinds == "control"),
+        )
+        decisions = [self._decision(batch, i, r) for i, r in enumerate(request.recipients)]
         self._log_decisions(decisions, request)
         return DecideResponse(
             model_versions=self.model_versions(), status="degraded" if degraded else "ok", decisions=decisions
         )
 
-    def _decision(
-        self,
-        i: int,
-        recipient: Recipient,
-        known: bool,
-        profiled: bool,
-        eligible: float,
-        curve: np.ndarray,
-        start: datetime,
-        explore: bool,
-        explore_hour: int,
-        explore_share: float,
-        offers: pd.DataFrame,
-        conversion: np.ndarray | None,
-        value: np.ndarray | None,
-        control: np.ndarray,
-        k_offers: int,
-        kind: str,
-        topic: str | None,
-        matrix: CustomerMatrix,
-    ) -> Decision:
+    def _decision(self, batch: _Batch, i: int, recipient: Recipient) -> Decision:
         decision_id = f"d-{uuid.uuid4().hex}"
-        emails = int(np.nan_to_num(matrix.scalars["n_emails"].iloc[i], nan=0.0))
-        if known and not eligible > 0:
+        emails = int(np.nan_to_num(batch.matrix.scalars["n_emails"].iloc[i], nan=0.0))
+        curve = batch.curves[i]
+        known = bool(batch.known[i])
+        if known and not batch.consent[i]:
             return Decision(
                 customer_id=recipient.customer_id,
                 decision_id=decision_id,
                 send=False,
-                cold_start=False,
                 history_emails=emails,
-                reasons=[
-                    "no email may be sent: email consent not given, or unsubscribed, complained or hard-bounced"
-                ],
+                reasons=["no email consent: never scheduled, rendered or offered anything"],
+            )
+        if known and not batch.eligible[i]:
+            return Decision(
+                customer_id=recipient.customer_id,
+                decision_id=decision_id,
+                send=False,
+                hourly_open_probability=[float(x) for x in curve],
+                history_emails=emails,
+                reasons=["no longer eligible for sends: unsubscribed, complained or hard-bounced"],
             )
         reasons = []
         if not known:
@@ -357,69 +367,58 @@ class Engine:
                     else " (no time zone given: UTC assumed)"
                 )
             )
-        elif not profiled:
+        elif not batch.profiled[i]:
             reasons.append("profiling consent not given: population-level predictions only")
         else:
             reasons.append(f"prediction rests on {emails} past emails of this customer")
         if "open_propensity" not in self.models and "send_time" not in self.models:
             reasons.append("no open model trained yet: a flat population prior, every hour alike")
-        if value is None and self.offers is not None and len(self.offers) and "next_best_offer" not in self.models:
+        if (
+            batch.offers.empty
+            and self.offers is not None
+            and len(self.offers)
+            and "next_best_offer" not in self.models
+        ):
             reasons.append("no next-best-offer model trained yet: no offer chosen")
         best = int(np.argmax(curve))
         hours = len(curve)
-        if explore:
-            chosen = explore_hour
-            propensity = explore_share / hours + ((1 - explore_share) if chosen == best else 0.0)
-            reasons.append(
-                f"exploration: a random hour for {explore_share:.0%} of recipients, to keep learning"
-            )
+        share = batch.explore_share
+        if batch.explore[i]:
+            chosen = int(batch.explore_hour[i])
+            propensity = share / hours + ((1 - share) if chosen == best else 0.0)
+            reasons.append(f"exploration: a random hour for {share:.0%} of recipients, to keep learning")
         else:
             chosen = best
-            propensity = (1 - explore_share) + explore_share / hours
+            propensity = (1 - share) + share / hours
             reasons.append(
                 f"best hour of the window: {curve[best]:.1%} open probability vs {curve.mean():.1%} on average"
             )
-        ranked: list[OfferScore] = []
-        facts_offers: list[OfferFact] = []
-        if value is not None and conversion is not None and len(offers):
-            baseline = float(value[control].max()) if len(control) else None
-            incremental = value - baseline if baseline is not None else None
-            order = np.argsort(-(incremental if incremental is not None else value), kind="stable")
-            for j in order[: max(k_offers, 0)]:
-                offer = offers.iloc[j]
-                score = OfferScore(
-                    offer_id=str(offer["offer_id"]),
-                    kind=str(offer["kind"]),
-                    conversion_probability=float(conversion[j]),
-                    expected_value=float(value[j]),
-                    incremental_value=None if incremental is None else float(incremental[j]),
-                )
-                ranked.append(score)
-                facts_offers.append(
-                    OfferFact(
-                        **score.model_dump(),
-                        category=None if pd.isna(offer.get("category")) else str(offer.get("category")),
-                        discount_pct=None
-                        if pd.isna(offer.get("discount_pct"))
-                        else float(offer.get("discount_pct")),
-                    )
-                )
-            if ranked and ranked[0].kind == "control":
-                reasons.append("no offer adds value over sending none for this customer")
+        ranked, facts_offers = self._rank_offers(batch, i)
+        if ranked and ranked[0].kind == "control":
+            reasons.append("no offer adds value over sending none for this customer")
         facts = self._facts(
-            i, recipient, matrix, float(curve[chosen]), facts_offers, kind, topic, not known, emails
+            i,
+            recipient,
+            batch.matrix,
+            float(curve[chosen]),
+            facts_offers,
+            batch.kind,
+            batch.topic,
+            not known,
+            emails,
         )
         modules = [
-            m.name for m in choose_modules(facts, "newsletter" if kind == "newsletter" else "promotional")
+            m.name
+            for m in choose_modules(facts, "newsletter" if batch.kind == "newsletter" else "promotional")
         ]
         return Decision(
             customer_id=recipient.customer_id,
             decision_id=decision_id,
             send=True,
-            send_at=start + timedelta(hours=chosen),
+            send_at=batch.start + timedelta(hours=chosen),
             open_probability=float(curve[chosen]),
             hourly_open_probability=[float(x) for x in curve],
-            explore=bool(explore),
+            explore=bool(batch.explore[i]),
             propensity=float(propensity),
             offers=ranked,
             modules=modules,
@@ -427,6 +426,37 @@ class Engine:
             history_emails=emails,
             reasons=reasons,
         )
+
+    @staticmethod
+    def _rank_offers(batch: _Batch, i: int) -> tuple[list[OfferScore], list[OfferFact]]:
+        """The top offers for row i: by value over the control arm where there is one, else by value."""
+        if batch.offers.empty:
+            return [], []
+        value, conversion = batch.value[i], batch.conversion[i]
+        baseline = float(value[batch.control].max()) if len(batch.control) else None
+        incremental = value - baseline if baseline is not None else None
+        order = np.argsort(-(incremental if incremental is not None else value), kind="stable")
+        ranked: list[OfferScore] = []
+        facts: list[OfferFact] = []
+        for j in order[: max(batch.k_offers, 0)]:
+            offer = batch.offers.iloc[j]
+            score = OfferScore(
+                offer_id=str(offer["offer_id"]),
+                kind=str(offer["kind"]),
+                conversion_probability=float(conversion[j]),
+                expected_value=float(value[j]),
+                incremental_value=None if incremental is None else float(incremental[j]),
+            )
+            ranked.append(score)
+            category, discount = offer.get("category"), offer.get("discount_pct")
+            facts.append(
+                OfferFact(
+                    **score.model_dump(),
+                    category=None if pd.isna(category) else str(category),
+                    discount_pct=None if pd.isna(discount) else float(discount),
+                )
+            )
+        return ranked, facts
 
     def _facts(
         self,

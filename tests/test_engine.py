@@ -37,8 +37,9 @@ def test_decisions_in_order_with_send_at_at_the_best_hour(engine, customers) -> 
     sent = [d for d in answer.decisions if d.send]
     assert len(sent) >= 50  # the rest unsubscribed, complained or hard-bounced
     for d in answer.decisions:
-        if not d.send:
-            assert "unsubscribed" in d.reasons[0]
+        if not d.send:  # consented, but unsubscribed since: still scored, never scheduled
+            assert "unsubscribed" in d.reasons[0] and d.send_at is None and d.offers == []
+            assert len(d.hourly_open_probability) == 36
             continue
         curve = np.array(d.hourly_open_probability)
         assert len(curve) == 36 and ((curve >= 0) & (curve <= 1)).all()
@@ -55,7 +56,8 @@ def test_no_consent_no_send_no_offer(engine, customers) -> None:  # type: ignore
     assert refused
     for d in _decide(engine, refused).decisions:
         assert d.send is False and d.send_at is None and d.offers == [] and d.open_probability is None
-        assert "consent" in d.reasons[0]
+        assert d.hourly_open_probability == [] and d.modules == []
+        assert "no email consent" in d.reasons[0]
 
 
 def test_offers_ranked_by_value_over_the_control_arm(engine, customers) -> None:  # type: ignore[no-untyped-def]

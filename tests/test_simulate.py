@@ -70,7 +70,7 @@ def data(world_dir: tuple[Path, SimulationSummary]) -> dict[str, pd.DataFrame]:
         "site": valid(site, SITE_EVENTS),
         "offer": valid(offer, {"exposed", "clicked", "converted"}),
         "customers": pd.read_csv(
-            out / "customers.csv", sep=";", dtype=str, keep_default_na=False, encoding="utf-8-sig"
+            out / "customers.csv", dtype=str, keep_default_na=False, encoding="utf-8-sig"
         ),
     }
 
@@ -108,7 +108,7 @@ def test_layout_and_formats(world_dir: tuple[Path, SimulationSummary]) -> None:
         (out / "customers.csv")
         .read_text(encoding="utf-8-sig")
         .splitlines()[0]
-        .startswith("customer_id;timezone;")
+        .startswith("customer_id,timezone,")
     )
     parts = sorted((out / "email_events").glob("*.parquet"))
     assert parts and all(p.name.startswith("part-") for p in parts)
@@ -118,7 +118,7 @@ def test_layout_and_formats(world_dir: tuple[Path, SimulationSummary]) -> None:
         for name in ("event_id", "customer_id", "event"):
             assert schema.field(name).type == pa.string(), (path, name)
     customers = pd.read_csv(
-        out / "customers.csv", sep=";", dtype=str, keep_default_na=False, encoding="utf-8-sig"
+        out / "customers.csv", dtype=str, keep_default_na=False, encoding="utf-8-sig"
     )
     well_formed = customers["customer_id"].str.fullmatch(r"c-\d{6}")
     assert (~well_formed).sum() == 2  # the two broken rows
@@ -406,7 +406,7 @@ def test_offers_eligibility_and_expected_values(
     offers = world.offers
     assert len(offers) == 13 and (offers["kind"] == "control").sum() == 1
     assert offers.loc[offers["kind"] == "control", "margin"].item() == 20
-    csv = pd.read_csv(world_dir[0] / "offers.csv", dtype={"offer_id": str})
+    csv = pd.read_csv(world_dir[0] / "offers.csv", sep=";", dtype={"offer_id": str})
     ended = pd.to_datetime(csv["ends_at"], utc=True) <= END
     ineligible = set(offers.loc[~offers["eligible"], "offer_id"])
     assert ineligible == set(csv.loc[(csv["inventory"] == 0) | ended, "offer_id"]) and len(ineligible) == 2

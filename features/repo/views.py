@@ -27,6 +27,7 @@ customer_fv = FeatureView(
         Field(name="signup_at_days", dtype=Float32),
         Field(name="interests", dtype=String),
         Field(name="profiling_allowed", dtype=Float32),
+        Field(name="consent_email", dtype=Float32),
         Field(name="email_eligible", dtype=Float32),
     ],
     source=customer_source,

@@ -1,0 +1,148 @@
+"""End to end: the real `bentoml serve` over HTTP on the small world's champions."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import numpy as np
+import pytest
+
+from sendwise.raw import load_table
+from tests.conftest import REPO_ROOT, SHARED
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
+TOKEN = "e2e-test-token"
+START = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def service(pipeline_home) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    port = _free_port()
+    env = {
+        **os.environ,
+        **pipeline_home.settings.library_environment(),
+        "SENDWISE_API_TOKEN": TOKEN,
+    }
+    log = open(pipeline_home.settings.home / "serve.log", "wb")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bentoml", "serve", "serving.service:Sendwise", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise AssertionError((pipeline_home.settings.home / "serve.log").read_text()[-4000:])
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    # readiness comes before the first API answer only once the engine is loaded
+                    if httpx.get(f"{url}/v1/models", headers=_auth(), timeout=30).status_code == 200:
+                        break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        else:
+            raise AssertionError("bentoml serve did not become ready in 180 s")
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        log.close()
+
+
+def _auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKEN}"}
+
+
+def test_decide_over_http_answers_values(service: str, pipeline_home) -> None:  # type: ignore[no-untyped-def]
+    customers = load_table(pipeline_home.settings, "customers")
+    assert customers is not None
+    consented = customers.loc[customers["consent_email"], "customer_id"].head(200).tolist()
+    refused = customers.loc[~customers["consent_email"], "customer_id"].head(5).tolist()
+    ids = [*consented[:100], *refused, "someone-new", *consented[100:]]
+    body = {
+        "recipients": [{"customer_id": i} for i in ids[:-1]]
+        + [{"customer_id": ids[-1], "timezone": "Asia/Tokyo", "interests": ["books"]}],
+        "campaign": {"kind": "promotional", "topic": "outdoor"},
+        "window_start": START.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "window_hours": 24,
+    }
+    answer = httpx.post(f"{service}/v1/decide", json=body, headers=_auth(), timeout=120)
+    assert answer.status_code == 200, answer.text
+    data = answer.json()
+    assert [d["customer_id"] for d in data["decisions"]] == ids
+    assert all(data["model_versions"][m] for m in ("open_propensity", "send_time", "next_best_offer"))
+    for d in data["decisions"]:
+        if d["customer_id"] in refused:
+            assert not d["send"] and d["send_at"] is None and d["offers"] == []
+            continue
+        if not d["send"]:
+            continue
+        curve = np.array(d["hourly_open_probability"])
+        assert len(curve) == 24 and (curve >= 0).all() and (curve <= 1).all()
+        k = (datetime.fromisoformat(d["send_at"].replace("Z", "+00:00")) - START) / timedelta(hours=1)
+        assert k == int(k) and 0 <= k < 24
+        assert d["open_probability"] == pytest.approx(curve[int(k)]) == pytest.approx(curve.max())
+        assert d["offers"] and d["modules"]
+    new = data["decisions"][100 + len(refused)]
+    assert new["cold_start"] is True and new["send"] is True
+
+
+def test_render_over_http(service: str, pipeline_home) -> None:  # type: ignore[no-untyped-def]
+    customers = load_table(pipeline_home.settings, "customers")
+    assert customers is not None
+    known = customers.loc[customers["consent_email"], "customer_id"].iloc[3]
+    answer = httpx.post(
+        f"{service}/v1/render",
+        json={"customer_id": known, "template": "newsletter", "campaign": {"kind": "newsletter", "topic": "books"}},
+        headers=_auth(),
+        timeout=60,
+    )
+    assert answer.status_code == 200, answer.text
+    email = answer.json()
+    assert email["send"] and email["subject"] and "unsubscribe" in email["text"].lower()
+    assert "newsletter_digest" in [m["name"] for m in email["modules"]]
+    assert all(m["reason"] for m in email["modules"])
+
+
+def test_constraints_are_refused_until_supported(service: str) -> None:
+    body = {"recipients": [{"customer_id": "c-000001"}], "constraints": {"max_share_per_hour": 0.2}}
+    answer = httpx.post(f"{service}/v1/decide", json=body, headers=_auth(), timeout=30)
+    assert answer.status_code == 422
+    assert "constraints" in answer.text and "not supported yet" in answer.text
+
+
+def test_api_conformance_checker_passes(service: str, pipeline_home) -> None:  # type: ignore[no-untyped-def]
+    checker = SHARED / "tools" / "api_conformance.py"
+    if not checker.exists():
+        pytest.skip(f"{checker} is not beside the checkout")
+    run = subprocess.run(
+        [sys.executable, str(checker), str(pipeline_home.world), "--url", service, "--token", TOKEN],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert " 0 failed" in run.stdout
