@@ -144,9 +144,7 @@ class _State:
             row[name] = self.scalars[name][customers].astype(np.float32)
         opens_all = self.scalars["n_opens_all"][customers]
         machine = self.scalars["n_machine_opens"][customers]
-        row["machine_open_share"] = np.where(opens_all > 0, machine / np.maximum(opens_all, 1e-9), 0).astype(
-            np.float32
-        )
+        row["machine_open_share"] = np.where(opens_all > 0, machine / np.maximum(opens_all, 1e-9), 0).astype(np.float32)
         for name, column in (
             ("human_open", "days_since_human_open"),
             ("session", "days_since_session"),
@@ -180,9 +178,7 @@ def _ineligible_customers(email_events: pd.DataFrame | None) -> set[str]:
         return set()
     stop = email_events["event"].isin(["unsubscribe", "complaint"])
     if "bounce_type" in email_events.columns:
-        stop |= (email_events["event"] == "bounce") & (
-            email_events["bounce_type"].astype(str).str.lower() == "hard"
-        )
+        stop |= (email_events["event"] == "bounce") & (email_events["bounce_type"].astype(str).str.lower() == "hard")
     return set(email_events.loc[stop, "customer_id"])
 
 
@@ -202,8 +198,7 @@ def _customer_tables(
             "profiling_allowed": customers["consent_profiling"].astype("float32"),
             "consent_email": customers["consent_email"].fillna(False).astype("float32"),
             "email_eligible": (
-                customers["consent_email"].fillna(False).astype(bool)
-                & ~customers["customer_id"].isin(ineligible)
+                customers["consent_email"].fillna(False).astype(bool) & ~customers["customer_id"].isin(ineligible)
             ).astype("float32"),
         }
     )
@@ -246,13 +241,9 @@ def _exposures(offer_events: pd.DataFrame | None, window_days: int) -> pd.DataFr
     if offer_events is None or offer_events.empty:
         return pd.DataFrame(columns=columns)
     exposed = offer_events[offer_events["event"] == "exposed"].rename(columns={"occurred_at": "exposed_at"})
-    exposed = exposed[["customer_id", "offer_id", "exposed_at", "propensity", "decision_id"]].reset_index(
-        drop=True
-    )
+    exposed = exposed[["customer_id", "offer_id", "exposed_at", "propensity", "decision_id"]].reset_index(drop=True)
     exposed["row"] = np.arange(len(exposed))
-    converted = offer_events[offer_events["event"] == "converted"][
-        ["customer_id", "offer_id", "occurred_at", "value"]
-    ]
+    converted = offer_events[offer_events["event"] == "converted"][["customer_id", "offer_id", "occurred_at", "value"]]
     joined = exposed.merge(converted, on=["customer_id", "offer_id"], how="inner")
     delay = joined["occurred_at"] - joined["exposed_at"]
     joined = joined[(delay >= pd.Timedelta(0)) & (delay <= pd.Timedelta(days=window_days))]
@@ -262,9 +253,7 @@ def _exposures(offer_events: pd.DataFrame | None, window_days: int) -> pd.DataFr
     return exposed.drop(columns="row")
 
 
-def build_feature_tables(
-    settings: Settings, as_of: pd.Timestamp | None = None, progress: bool = True
-) -> FeatureTables:
+def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, progress: bool = True) -> FeatureTables:
     """Write the Parquet feature tables the Feast sources read, and return labels for training."""
     customers = load_table(settings, "customers")
     if customers is None or customers.empty:
@@ -292,9 +281,7 @@ def build_feature_tables(
 
     ineligible = _ineligible_customers(email_events)
     email_events, site_events, offer_events = usable(email_events), usable(site_events), usable(offer_events)
-    earliest = [
-        t["occurred_at"].min() for t in (email_events, site_events, offer_events) if t is not None and len(t)
-    ]
+    earliest = [t["occurred_at"].min() for t in (email_events, site_events, offer_events) if t is not None and len(t)]
     t0 = (min(earliest) if earliest else as_of - DAY).floor("D")
 
     sends, opens = (
@@ -313,9 +300,7 @@ def build_feature_tables(
         sends["topic"] = sends.get("topic", pd.Series(index=sends.index, dtype=object))
     exposures = _exposures(offer_events, settings.conversion_window_days)
 
-    human_opens = (
-        opens.loc[~opens["is_machine"], ["customer_id", "occurred_at"]] if opens is not None else None
-    )
+    human_opens = opens.loc[~opens["is_machine"], ["customer_id", "occurred_at"]] if opens is not None else None
     clicks = email_events[email_events["event"] == "click"] if email_events is not None else None
     sessions = None
     purchases = None

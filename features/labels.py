@@ -72,9 +72,7 @@ def label_sends(email_events: pd.DataFrame, label_hours: int = 72) -> tuple[pd.D
     sends = message_sends(email_events)
     opens = classify_opens(email_events, sends)
     window = pd.Timedelta(hours=label_hours)
-    human = opens[
-        ~opens["is_machine"] & (opens["delay_s"] >= 0) & (opens["delay_s"] <= window.total_seconds())
-    ]
+    human = opens[~opens["is_machine"] & (opens["delay_s"] >= 0) & (opens["delay_s"] <= window.total_seconds())]
     first_open = human.groupby("message_id")["occurred_at"].min()
     clicks = email_events[email_events["event"] == "click"]
     clicked_ids = set(clicks["message_id"])

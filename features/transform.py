@@ -74,23 +74,14 @@ def customer_matrix(rows: pd.DataFrame) -> CustomerMatrix:
         for day in ("weekday", "weekend"):
             profiles[f"{signal}_{day}"] = _matrix(column(f"{signal}_hours_{day}", None))
     scalars = pd.DataFrame(
-        {
-            name: pd.to_numeric(column(name, np.nan), errors="coerce").astype("float32")
-            for name in SCALAR_FEATURES
-        },
+        {name: pd.to_numeric(column(name, np.nan), errors="coerce").astype("float32") for name in SCALAR_FEATURES},
         index=range(n),
     )
     attribute_columns = sorted(c for c in rows.columns if c.startswith("attr_"))
-    attributes = (
-        rows[attribute_columns].reset_index(drop=True) if attribute_columns else pd.DataFrame(index=range(n))
-    )
-    names = [
-        list(v) if v is not None and not isinstance(v, float) else [] for v in column("category_names", None)
-    ]
+    attributes = rows[attribute_columns].reset_index(drop=True) if attribute_columns else pd.DataFrame(index=range(n))
+    names = [list(v) if v is not None and not isinstance(v, float) else [] for v in column("category_names", None)]
     views = [
-        np.asarray(v, dtype=np.float32)
-        if v is not None and not isinstance(v, float)
-        else np.zeros(0, np.float32)
+        np.asarray(v, dtype=np.float32) if v is not None and not isinstance(v, float) else np.zeros(0, np.float32)
         for v in column("category_views", None)
     ]
     interests = [
@@ -235,9 +226,9 @@ class OfferMatrix:
     @classmethod
     def from_rows(cls, rows: pd.DataFrame) -> OfferMatrix:
         def numeric(name: str) -> np.ndarray:
-            return pd.to_numeric(
-                rows.get(name, pd.Series(np.nan, index=rows.index)), errors="coerce"
-            ).to_numpy(dtype=np.float32)
+            return pd.to_numeric(rows.get(name, pd.Series(np.nan, index=rows.index)), errors="coerce").to_numpy(
+                dtype=np.float32
+            )
 
         return cls(
             offer_id=rows["offer_id"].astype(str).to_numpy(),
@@ -252,9 +243,7 @@ class OfferMatrix:
         return len(self.offer_id)
 
 
-def offer_design(
-    matrix: CustomerMatrix, rows: np.ndarray, offers: OfferMatrix, offer_rows: np.ndarray
-) -> pd.DataFrame:
+def offer_design(matrix: CustomerMatrix, rows: np.ndarray, offers: OfferMatrix, offer_rows: np.ndarray) -> pd.DataFrame:
     """One design row per (customer row, offer row): the next-best-offer model's inputs."""
     rows = np.asarray(rows, dtype=np.int64)
     offer_rows = np.asarray(offer_rows, dtype=np.int64)
@@ -262,9 +251,7 @@ def offer_design(
     design = pd.DataFrame(
         {
             "offer_id": pd.Categorical(offers.offer_id[offer_rows]),
-            "offer_kind": pd.Categorical(
-                offers.kind[offer_rows], categories=["discount", "content", "control"]
-            ),
+            "offer_kind": pd.Categorical(offers.kind[offer_rows], categories=["discount", "content", "control"]),
             "offer_category": pd.Categorical(categories),
             "discount_pct": offers.discount_pct[offer_rows],
             "price": offers.price[offer_rows],

@@ -67,9 +67,7 @@ IngestTz = Annotated[str | None, typer.Option("--assume-tz", help="zone of times
 IngestConsent = Annotated[
     Consent | None, typer.Option("--profiling-consent", help="consent_profiling where the column is absent")
 ]
-IngestDelimiter = Annotated[
-    str | None, typer.Option("--csv-delimiter", help="CSV delimiter (default: detected)")
-]
+IngestDelimiter = Annotated[str | None, typer.Option("--csv-delimiter", help="CSV delimiter (default: detected)")]
 IngestDecimal = Annotated[bool, typer.Option("--decimal-comma", help="numbers in CSV use a decimal comma")]
 
 

@@ -91,9 +91,7 @@ class TableReport(BaseModel):
     quarantined: int
     top_reasons: list[ReasonCount] = Field(default_factory=list)
     added: int = Field(description="rows new to the raw store")
-    updated: int = Field(
-        default=0, description="stored customers, campaigns or offers replaced by a newer row"
-    )
+    updated: int = Field(default=0, description="stored customers, campaigns or offers replaced by a newer row")
     rows_in_store: int
     span: TimeSpan = Field(default_factory=TimeSpan, description="time span of the rows read and accepted")
     store_span: TimeSpan = Field(default_factory=TimeSpan, description="time span of the raw table")
@@ -110,9 +108,7 @@ class TimezoneCoverage(BaseModel):
     country: int = 0
     activity: int = 0
     unknown: int = 0
-    unknown_names: int = Field(
-        default=0, description="given names zoneinfo does not know (treated as missing)"
-    )
+    unknown_names: int = Field(default=0, description="given names zoneinfo does not know (treated as missing)")
 
 
 class IngestOptions(BaseModel):
@@ -297,8 +293,7 @@ def _discover(data_dir: Path, warnings: list[str]) -> dict[str, _Source]:
         formats = {fmt for p in parts if (fmt := _format_of(p))}
         if len(formats) > 1:
             listing = "; ".join(
-                f".{fmt}: " + ", ".join(p.name for p in parts if _format_of(p) == fmt)
-                for fmt in sorted(formats)
+                f".{fmt}: " + ", ".join(p.name for p in parts if _format_of(p) == fmt) for fmt in sorted(formats)
             )
             raise IngestError(
                 f"{entry}/: the parts mix formats ({listing}). A table folder holds parts of one format "
@@ -351,16 +346,12 @@ def _read_csv(path: Path, label: str, options: _Options) -> _Read:
         try:
             header_line = head.split(b"\n", 1)[0].decode("utf-8-sig")
         except UnicodeDecodeError as error:
-            raise IngestError(
-                f"{label}: not UTF-8 text ({error}). Export it as UTF-8 (a BOM is fine)."
-            ) from error
+            raise IngestError(f"{label}: not UTF-8 text ({error}). Export it as UTF-8 (a BOM is fine).") from error
     delimiter = options.csv_delimiter or _detect_delimiter(header_line)
     names = [name.strip() for name in next(csv.reader([header_line], delimiter=delimiter))]
     doubled = sorted({name for name in names if names.count(name) > 1})
     if doubled:
-        raise IngestError(
-            f"{label}: column {doubled[0]} appears more than once; keep one and run the ingest again."
-        )
+        raise IngestError(f"{label}: column {doubled[0]} appears more than once; keep one and run the ingest again.")
     malformed: list[str] = []
 
     def skip(row: pacsv.InvalidRow) -> str:
@@ -371,9 +362,7 @@ def _read_csv(path: Path, label: str, options: _Options) -> _Read:
         table = pacsv.read_csv(
             path,
             read_options=pacsv.ReadOptions(column_names=names, skip_rows=1),
-            parse_options=pacsv.ParseOptions(
-                delimiter=delimiter, newlines_in_values=True, invalid_row_handler=skip
-            ),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True, invalid_row_handler=skip),
             convert_options=pacsv.ConvertOptions(
                 column_types=dict.fromkeys(names, pa.string()),
                 strings_can_be_null=True,
@@ -383,9 +372,7 @@ def _read_csv(path: Path, label: str, options: _Options) -> _Read:
         )
     except pa.ArrowInvalid as error:
         if "utf8" in str(error).lower():
-            raise IngestError(
-                f"{label}: not UTF-8 text ({error}). Export it as UTF-8 (a BOM is fine)."
-            ) from error
+            raise IngestError(f"{label}: not UTF-8 text ({error}). Export it as UTF-8 (a BOM is fine).") from error
         raise IngestError(f"{label}: not readable as CSV with delimiter {delimiter!r} ({error}).") from error
     frame = table.to_pandas(types_mapper={pa.string(): STRING, pa.large_string(): STRING}.get)
     return _Read(frame, malformed, len(names), delimiter, names)
@@ -418,9 +405,7 @@ def _canonical_columns(table: Table, frame: pd.DataFrame, label: str, warnings: 
     seen = Counter(renamed.values())
     doubled = [name for name, count in seen.items() if count > 1]
     if doubled:
-        raise IngestError(
-            f"{label}: column {doubled[0]} appears more than once; keep one and run the ingest again."
-        )
+        raise IngestError(f"{label}: column {doubled[0]} appears more than once; keep one and run the ingest again.")
     if unknown:
         warnings.append(f"{label}: columns not in the contract were ignored: {', '.join(unknown)}")
     return frame[list(renamed)].rename(columns=renamed)
@@ -462,9 +447,7 @@ def _parse_numbers(raw: pd.Series, decimal_comma: bool) -> tuple[pd.Series, np.n
             text = text.where(~thousands, text.str.replace(".", "", regex=False))
         text = text.str.replace(",", ".", regex=False)
     try:
-        numbers = pd.Series(
-            pa.array(text.array).cast(pa.float64()).to_numpy(zero_copy_only=False), index=raw.index
-        )
+        numbers = pd.Series(pa.array(text.array).cast(pa.float64()).to_numpy(zero_copy_only=False), index=raw.index)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         numbers = pd.to_numeric(pd.Series(text.to_numpy(dtype=object, na_value=None)), errors="coerce")
         numbers.index = raw.index
@@ -523,9 +506,7 @@ def _localize(
     if assume_tz is None or not zoneless.any():
         return _Timestamps(pd.Series(pd.NaT, index=wall.index, dtype=TIMESTAMP), bad, zoneless, text)
     # an ambiguous wall time (the hour repeated when clocks go back) is read as the first of the two
-    localized = wall.dt.tz_localize(
-        assume_tz, ambiguous=np.ones(len(wall), dtype=bool), nonexistent="shift_forward"
-    )
+    localized = wall.dt.tz_localize(assume_tz, ambiguous=np.ones(len(wall), dtype=bool), nonexistent="shift_forward")
     return _Timestamps(localized.dt.tz_convert("UTC").astype(TIMESTAMP), bad, zoneless, text)
 
 
@@ -733,9 +714,7 @@ class _FileChecker:
                 )
         array = values.to_numpy()
         if column.kind == Kind.INT:
-            problems.add(
-                np.isfinite(array) & (array != np.floor(array)), f"{column.name}: not a whole number"
-            )
+            problems.add(np.isfinite(array) & (array != np.floor(array)), f"{column.name}: not a whole number")
         outside = np.zeros(len(array), dtype=bool)
         with np.errstate(invalid="ignore"):
             if column.low is not None:
@@ -748,9 +727,7 @@ class _FileChecker:
     def choices(self, column: Column, raw: pd.Series, problems: _Problems) -> tuple[pd.Series, np.ndarray]:
         text = _text(raw)
         codes, uniques = pd.factorize(text)
-        lookup = np.array(
-            [contract.canonical_choice(column, str(word)) for word in uniques] + [None], dtype=object
-        )
+        lookup = np.array([contract.canonical_choice(column, str(word)) for word in uniques] + [None], dtype=object)
         values = pd.Series(lookup[codes], index=raw.index, dtype=object)
         invalid = text.notna().to_numpy() & values.isna().to_numpy()
         problems.add(invalid, f"{column.name}: not {contract.choice_text(column)}")
@@ -871,11 +848,7 @@ def _read_table(source: _Source, options: _Options, warnings: list[str], progres
         filled = {None: "denied", True: "granted", False: "denied"}[options.profiling_consent]
         warnings.append(
             f"customers: {missing_profiling:,} rows have no consent_profiling value; read as {filled}"
-            + (
-                ""
-                if options.profiling_consent is not None
-                else " (the safe choice; pass --profiling-consent)"
-            )
+            + ("" if options.profiling_consent is not None else " (the safe choice; pass --profiling-consent)")
         )
     return _Batch(
         table=table,
@@ -1039,9 +1012,7 @@ def _activity(email_events: pd.DataFrame | None, site_events: pd.DataFrame | Non
     if site_events is not None:
         parts.append(site_events.loc[site_events["event"] == "session_start", ["customer_id", "occurred_at"]])
     if not parts:
-        return pd.DataFrame(
-            {"customer_id": pd.Series(dtype=object), "occurred_at": pd.Series(dtype=TIMESTAMP)}
-        )
+        return pd.DataFrame({"customer_id": pd.Series(dtype=object), "occurred_at": pd.Series(dtype=TIMESTAMP)})
     return pd.concat(parts, ignore_index=True)
 
 
@@ -1057,9 +1028,7 @@ def _assign_timezones(
     return customers, Counter(zones["source"])
 
 
-def _impute_margins(
-    offers: pd.DataFrame, offer_events: pd.DataFrame | None, warnings: list[str]
-) -> pd.DataFrame:
+def _impute_margins(offers: pd.DataFrame, offer_events: pd.DataFrame | None, warnings: list[str]) -> pd.DataFrame:
     """A missing margin is the offer's mean observed conversion value, else 1 (contract, offers)."""
     missing = offers["margin"].isna()
     if not missing.any():
@@ -1107,9 +1076,7 @@ def _check_currency(batches: dict[str, _Batch], previous: str | None) -> str | N
             for value in values:
                 found.setdefault(value, set()).add(label)
     if len(found) > 1:
-        listing = "; ".join(
-            f"{value} in {', '.join(sorted(files))}" for value, files in sorted(found.items())
-        )
+        listing = "; ".join(f"{value} in {', '.join(sorted(files))}" for value, files in sorted(found.items()))
         raise IngestError(
             f"column currency: the data mixes currencies ({listing}). The contract allows one currency per "
             "dataset: convert the amounts upstream, or ingest each currency into its own home."
@@ -1236,9 +1203,7 @@ def ingest(
             bars.advance(name)
         final = {name: merges[name].frame if name in merges else stored[name] for name in contract.TABLES}
         activity = _activity(final["email_events"], final["site_events"])
-        merges["customers"].frame, zone_sources = _assign_timezones(
-            merges["customers"].frame, activity, warnings
-        )
+        merges["customers"].frame, zone_sources = _assign_timezones(merges["customers"].frame, activity, warnings)
         if "offers" in merges:
             merges["offers"].frame = _impute_margins(merges["offers"].frame, final["offer_events"], warnings)
         final = {name: merges[name].frame if name in merges else stored[name] for name in contract.TABLES}

@@ -199,9 +199,7 @@ class LoggedPolicy:
     per_discount_point: float = 0.02
     control_score: float = 0.3
 
-    def probabilities(
-        self, menu: OfferMenu, interests: np.ndarray, topic: np.ndarray, utc_s: np.ndarray
-    ) -> np.ndarray:
+    def probabilities(self, menu: OfferMenu, interests: np.ndarray, topic: np.ndarray, utc_s: np.ndarray) -> np.ndarray:
         """[n, n_offers] probability of each offer for each send; rows sum to 1, unavailable offers get 0.
 
         `interests` is an [n, n_categories] boolean matrix of the customers' declared interests, `topic` the
@@ -210,8 +208,7 @@ class LoggedPolicy:
         has_category = menu.category >= 0
         score = (
             self.topic_match * ((menu.category[None, :] == topic[:, None]) & has_category[None, :])
-            + self.interest_match
-            * (interests[:, np.where(has_category, menu.category, 0)] & has_category[None, :])
+            + self.interest_match * (interests[:, np.where(has_category, menu.category, 0)] & has_category[None, :])
             + self.per_discount_point * menu.discount_pct[None, :]
             + np.where(menu.is_control, self.control_score, 0.0)[None, :]
         )
@@ -289,9 +286,7 @@ def simulate(
             "policy": asdict(policy),
             "rates": asdict(rates),
         }
-        world = World(
-            end=end, coefficients=coefficients, customer_params=params, offer_params=offers, meta=meta
-        )
+        world = World(end=end, coefficients=coefficients, customer_params=params, offer_params=offers, meta=meta)
         world.clock(start_s - 2 * DAY, end_s + 5 * DAY)
         run = _Run(world, campaigns, policy, rates, streams[2], start_s, end_s)
         run.baseline_sessions(streams[3])
@@ -352,9 +347,7 @@ def make_customers(n: int, rng: np.random.Generator, start_s: float, rates: Rate
             "consent_profiling": rng.random(n) >= rates.consent_profiling_false,
             "interests": declared_interests(rng, affinity),
             "signup_at": pd.to_datetime(np.round(signup_s), unit="s", utc=True),
-            "updated_at": pd.to_datetime(
-                np.round(signup_s + rng.random(n) * (start_s - signup_s)), unit="s", utc=True
-            ),
+            "updated_at": pd.to_datetime(np.round(signup_s + rng.random(n) * (start_s - signup_s)), unit="s", utc=True),
             "attr_loyalty_tier": _loyalty_tier(rng, base),
             "attr_age_band": rng.choice(
                 ["18-24", "25-34", "35-44", "45-54", "55-64", "65+"],
@@ -376,9 +369,7 @@ def make_customers(n: int, rng: np.random.Generator, start_s: float, rates: Rate
             "bad_address": rng.random(n) < rates.bad_address,
             "device_user_agent": _device_user_agents(rng, is_mpp),
             "session_rate": np.clip(0.22 * np.exp(0.5 * (base + 0.7) + rng.normal(0.0, 0.5, n)), 0.01, 3.0),
-            "audience_share": rng.beta(
-                7.0 * rates.audience_share_mean, 7.0 * (1 - rates.audience_share_mean), n
-            ),
+            "audience_share": rng.beta(7.0 * rates.audience_share_mean, 7.0 * (1 - rates.audience_share_mean), n),
             "sends_in_prev_7d": np.zeros(n, dtype=np.int64),
             "suppressed": np.zeros(n, dtype=bool),
         }
@@ -410,9 +401,7 @@ def activity_profiles(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.
     return weekday, weekend
 
 
-def _von_mises_mixture(
-    centers: np.ndarray, weights: np.ndarray, kappa: np.ndarray, floor: float = 0.06
-) -> np.ndarray:
+def _von_mises_mixture(centers: np.ndarray, weights: np.ndarray, kappa: np.ndarray, floor: float = 0.06) -> np.ndarray:
     hours = np.arange(24) + 0.5
     angle = 2 * np.pi * (hours[None, None, :] - centers[:, :, None]) / 24.0
     bumps = np.exp(kappa[:, :, None] * (np.cos(angle) - 1.0))
@@ -439,9 +428,7 @@ def declared_interests(rng: np.random.Generator, affinity: np.ndarray) -> np.nda
 def interest_matrix(interests: pd.Series) -> np.ndarray:
     """[n, n_categories] boolean: the customer declared an interest in the category."""
     values = interests.fillna("").astype(str).to_numpy()
-    return np.stack(
-        [np.char.find(("|" + values + "|").astype(str), f"|{c}|") >= 0 for c in CATEGORIES], axis=1
-    )
+    return np.stack([np.char.find(("|" + values + "|").astype(str), f"|{c}|") >= 0 for c in CATEGORIES], axis=1)
 
 
 def _loyalty_tier(rng: np.random.Generator, base: np.ndarray) -> np.ndarray:
@@ -484,9 +471,7 @@ def make_campaigns(rng: np.random.Generator, start_s: float, days: int, rates: R
         week = np.arange(week_start, min(days, week_start + 7))
         n_this_week = round(rates.campaigns_per_week * len(week) / 7)
         n_promotional = max(1, round(rates.promotional_share * n_this_week)) if n_this_week else 0
-        kinds = rng.permutation(
-            ["promotional"] * n_promotional + ["newsletter"] * (n_this_week - n_promotional)
-        )
+        kinds = rng.permutation(["promotional"] * n_promotional + ["newsletter"] * (n_this_week - n_promotional))
         for day, kind in zip(np.sort(rng.choice(week, n_this_week, replace=False)), kinds, strict=True):
             day_start = start_s + day * DAY
             hour_of_day = int(to_timestamp(day_start).hour)
@@ -529,9 +514,7 @@ class _Rows:
     def add(self, **columns: Any) -> None:
         sizes = [np.size(v) for v in columns.values() if np.ndim(v) > 0]
         n = sizes[0] if sizes else 1
-        self._parts.append(
-            {k: np.full(n, v) if np.ndim(v) == 0 else np.asarray(v) for k, v in columns.items()}
-        )
+        self._parts.append({k: np.full(n, v) if np.ndim(v) == 0 else np.asarray(v) for k, v in columns.items()})
 
     def columns(self, names: tuple[str, ...]) -> dict[str, np.ndarray]:
         if not self._parts:
@@ -642,9 +625,7 @@ class _Run:
         self.offer_kind = world.offer_params["kind"].to_numpy()
         self.menu = OfferMenu.from_offers(world.offer_params)
         catalog_rng = np.random.default_rng(1234)
-        self.product_price = np.round(
-            catalog_rng.lognormal(3.6, 0.6, len(CATEGORIES) * _PRODUCTS_PER_CATEGORY), 2
-        )
+        self.product_price = np.round(catalog_rng.lognormal(3.6, 0.6, len(CATEGORIES) * _PRODUCTS_PER_CATEGORY), 2)
         self.suppressed_at = np.full(self.n, np.inf)
         self.last_triggered = np.full(self.n, -np.inf)
         self.ring = np.full((self.n, _RING), -np.inf)
@@ -695,9 +676,7 @@ class _Run:
         )
         return audience, t
 
-    def sessions(
-        self, c: np.ndarray, t: np.ndarray, topic: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def sessions(self, c: np.ndarray, t: np.ndarray, topic: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Site events of sessions starting at `t` (a topic leads the first product view: a click's session).
 
         A session has page views, product views (category by affinity), some products put in the cart, and
@@ -712,9 +691,7 @@ class _Run:
         has_cart = np.bincount(views.session[carted], minlength=n) > 0
         purchased = has_cart & (self.rng.random(n) < 0.35)
         rows = _session_rows(views, carted, purchased, n, self.rng.poisson(1.5, n) + 1)
-        cart_value = np.bincount(
-            views.session[carted], weights=self.product_price[views.product[carted]], minlength=n
-        )
+        cart_value = np.bincount(views.session[carted], weights=self.product_price[views.product[carted]], minlength=n)
         first_cart = np.full(n, -1)
         first_cart[views.session[carted][::-1]] = np.flatnonzero(carted)[::-1]
         bought = rows.event == PURCHASE
@@ -727,9 +704,7 @@ class _Run:
         elapsed = np.cumsum(gaps)
         elapsed -= np.maximum.accumulate(np.where(first_row, elapsed, 0.0))
         at = t[rows.session] + elapsed
-        self.site.add(
-            c=c[rows.session], ev=rows.event, t=at, cat=rows.category, product=rows.product, value=rows.value
-        )
+        self.site.add(c=c[rows.session], ev=rows.event, t=at, cat=rows.category, product=rows.product, value=rows.value)
 
         is_cart = np.flatnonzero(rows.event == ADD_TO_CART)
         cart_sessions = rows.session[is_cart]
@@ -869,9 +844,7 @@ class _Run:
         reopen_t = open_t[again] + rng.exponential(4 * HOUR, len(again))
         self._log(sent, OPEN, again, reopen_t, flag=0, ua=self.device_ua[c[again]], source=HUMAN)
 
-        p_click = sigmoid(
-            -1.6 + 0.5 * self.world.affinity_effect(c[h], topic[h]) + 0.3 * (self.base[c[h]] + 0.7)
-        )
+        p_click = sigmoid(-1.6 + 0.5 * self.world.affinity_effect(c[h], topic[h]) + 0.3 * (self.base[c[h]] + 0.7))
         clicked = np.zeros(n, dtype=bool)
         clicked[h] = rng.random(len(h)) < p_click
         k = np.flatnonzero(clicked)
@@ -980,15 +953,11 @@ class _Run:
         shared = rng.random(len(p)) < rates.open_conversion_coupling
         u_conv = np.where(shared, u_open[p], rng.random(len(p)))
         converted[p] = u_conv < p_conv[p]
-        self.offer.add(
-            c=c[p], o=chosen, msg=msg[p], ev=EXPOSED, t=t[p], value=np.nan, propensity=propensity[p]
-        )
+        self.offer.add(c=c[p], o=chosen, msg=msg[p], ev=EXPOSED, t=t[p], value=np.nan, propensity=propensity[p])
 
         k = p[~np.isnan(click_t[p]) & (self.offer_kind[offer[p]] != "control")]
         k = k[rng.random(len(k)) < rates.offer_click_given_click]
-        self.offer.add(
-            c=c[k], o=offer[k], msg=msg[k], ev=OFFER_CLICKED, t=click_t[k], value=np.nan, propensity=np.nan
-        )
+        self.offer.add(c=c[k], o=offer[k], msg=msg[k], ev=OFFER_CLICKED, t=click_t[k], value=np.nan, propensity=np.nan)
 
         v = np.flatnonzero(converted)
         opened = ~np.isnan(open_t[v])
@@ -1133,9 +1102,7 @@ def _email_table(
     }
     table = pa.table(columns)
     table = table.take(pa.array(_duplicated_order(n, rates.duplicate_email_rows, rng)))
-    junk = _junk_rows(
-        table, rng, {"event": ["deferred", "opne", "link_clicked", "block"]}, prefix="ee-bad-", count=24
-    )
+    junk = _junk_rows(table, rng, {"event": ["deferred", "opne", "link_clicked", "block"]}, prefix="ee-bad-", count=24)
     unknown = _unknown_customer_rows(table, rng, len(customer_ids), 12, "ee-unk-", ("sent", "delivered"))
     return _interleave(table, [junk, unknown], rng)
 
@@ -1168,9 +1135,7 @@ def _site_table(
     )
     table = table.take(pa.array(_duplicated_order(n, rates.duplicate_other_rows, rng)))
     junk = _junk_rows(table, rng, {"event": ["add_to_wishlist", "search"]}, prefix="se-bad-", count=12)
-    unknown = _unknown_customer_rows(
-        table, rng, len(customer_ids), 20, "se-unk-", ("session_start", "page_view")
-    )
+    unknown = _unknown_customer_rows(table, rng, len(customer_ids), 20, "se-unk-", ("session_start", "page_view"))
     return _interleave(table, [junk, unknown], rng)
 
 
@@ -1268,9 +1233,7 @@ def _opens_truth(email: dict[str, np.ndarray], customer_ids: np.ndarray) -> pd.D
             "event_id": format_ids("ee-", email["event_id"][rows], 9).to_pandas(),
             "message_id": format_ids("m-", email["msg"][rows], 8).to_pandas(),
             "customer_id": customer_ids[email["c"][rows]],
-            "occurred_at": pd.to_datetime(
-                np.round(email["t"][rows] * 1e6).astype(np.int64), unit="us", utc=True
-            ),
+            "occurred_at": pd.to_datetime(np.round(email["t"][rows] * 1e6).astype(np.int64), unit="us", utc=True),
             "is_machine": source != HUMAN,
             "source": np.array(["human", "mpp", "scanner"], dtype=object)[source],
         }
@@ -1397,12 +1360,8 @@ def _write(out_dir: Path, world: World, tables: _Tables) -> dict[str, int]:
     pq.write_table(tables.offer_events, out_dir / "offer_events.parquet")
     world.save(out_dir)
     truth_dir = out_dir / "truth"
-    pq.write_table(
-        pa.Table.from_pandas(tables.opens, preserve_index=False), truth_dir / "email_opens.parquet"
-    )
-    pq.write_table(
-        pa.Table.from_pandas(tables.messages, preserve_index=False), truth_dir / "messages.parquet"
-    )
+    pq.write_table(pa.Table.from_pandas(tables.opens, preserve_index=False), truth_dir / "email_opens.parquet")
+    pq.write_table(pa.Table.from_pandas(tables.messages, preserve_index=False), truth_dir / "messages.parquet")
     return {
         "customers": len(tables.customers_csv),
         "campaigns": len(tables.campaigns_csv),

@@ -79,9 +79,7 @@ def country_zones() -> dict[str, str]:
     for row in _tzdata_lines("zone.tab"):
         if row[2] in known_zones():
             zones_of.setdefault(row[0], []).append(row[2])
-    return {
-        country: zones[0] for country, zones in zones_of.items() if len({_clock(zone) for zone in zones}) == 1
-    }
+    return {country: zones[0] for country, zones in zones_of.items() if len({_clock(zone) for zone in zones}) == 1}
 
 
 def canonical_zone_names(values: pd.Series) -> pd.Series:
@@ -107,9 +105,7 @@ def _local_hours(times: pd.Series, zones: pd.Series) -> np.ndarray:
     return hours
 
 
-def best_offsets(
-    activity: pd.DataFrame, known: pd.Series, candidates: pd.Index
-) -> tuple[pd.Series, str | None]:
+def best_offsets(activity: pd.DataFrame, known: pd.Series, candidates: pd.Index) -> tuple[pd.Series, str | None]:
     """The whole-hour UTC offset for each candidate customer whose activity says enough.
 
     ``activity`` has ``customer_id`` and ``occurred_at`` (UTC); ``known`` maps customer_id to a zone. Returns
@@ -121,10 +117,7 @@ def best_offsets(
         return empty, None
     zones = activity["customer_id"].map(known)
     population = activity.loc[zones.notna()]
-    if (
-        len(population) < MIN_POPULATION_EVENTS
-        or population["customer_id"].nunique() < MIN_POPULATION_CUSTOMERS
-    ):
+    if len(population) < MIN_POPULATION_EVENTS or population["customer_id"].nunique() < MIN_POPULATION_CUSTOMERS:
         return empty, (
             f"time zones were not inferred from activity: customers with a known zone have "
             f"{len(population)} activity events (at least {MIN_POPULATION_EVENTS} from "

@@ -82,9 +82,7 @@ def utc_seconds(values: Any) -> np.ndarray:
     if isinstance(values, str | datetime | pd.Timestamp | np.datetime64):
         stamp = pd.Timestamp(values)
         if stamp.tzinfo is None:
-            raise ValueError(
-                f"time stamp {values!r} has no time zone; give it in UTC, e.g. '2026-11-01T14:00Z'"
-            )
+            raise ValueError(f"time stamp {values!r} has no time zone; give it in UTC, e.g. '2026-11-01T14:00Z'")
         return np.array([(stamp - _EPOCH) / pd.Timedelta(seconds=1)])
     index = pd.DatetimeIndex(values)
     if index.tz is None:
@@ -160,9 +158,7 @@ class World:
         truth_dir = Path(world_dir) / TRUTH_DIR
         world_json = truth_dir / _WORLD_JSON
         if not world_json.is_file():
-            raise FileNotFoundError(
-                f"{world_json} not found: is {world_dir} a world written by `sendwise simulate`?"
-            )
+            raise FileNotFoundError(f"{world_json} not found: is {world_dir} a world written by `sendwise simulate`?")
         meta = json.loads(world_json.read_text(encoding="utf-8"))
         return cls(
             end=pd.Timestamp(meta["end"]),
@@ -180,9 +176,7 @@ class World:
         meta = {**self.meta, "end": self.end.isoformat(), "coefficients": asdict(self.coefficients)}
         meta["categories"] = list(self.categories)
         (truth_dir / _WORLD_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
-        pq.write_table(
-            pa.Table.from_pandas(self.customer_params, preserve_index=False), truth_dir / _CUSTOMERS_PARQUET
-        )
+        pq.write_table(pa.Table.from_pandas(self.customer_params, preserve_index=False), truth_dir / _CUSTOMERS_PARQUET)
         offers = self.offer_params.assign(eligible=self._eligible())
         pq.write_table(pa.Table.from_pandas(offers, preserve_index=False), truth_dir / _OFFERS_PARQUET)
         self.truth_dir = truth_dir
@@ -232,12 +226,8 @@ class World:
         c = np.atleast_1d(self.customer_index(customer_ids))
         t = utc_seconds(send_times)
         c, t = np.broadcast_arrays(c, t)
-        sends = (
-            self._sends7[c] if sends_in_prev_7d is None else np.asarray(sends_in_prev_7d, dtype=np.float64)
-        )
-        return self.open_probability_at(
-            c, t, self._kind_codes(kind, len(c)), self._topic_codes(topic, len(c)), sends
-        )
+        sends = self._sends7[c] if sends_in_prev_7d is None else np.asarray(sends_in_prev_7d, dtype=np.float64)
+        return self.open_probability_at(c, t, self._kind_codes(kind, len(c)), self._topic_codes(topic, len(c)), sends)
 
     def hourly_open_probability(
         self,
@@ -264,20 +254,12 @@ class World:
         `offer_ids=None` means every offer, in the order of `world.offers`.
         """
         c = np.atleast_1d(self.customer_index(customer_ids))
-        o = (
-            np.arange(len(self.offer_params))
-            if offer_ids is None
-            else np.atleast_1d(self.offer_index(offer_ids))
-        )
+        o = np.arange(len(self.offer_params)) if offer_ids is None else np.atleast_1d(self.offer_index(offer_ids))
         return self.conversion_probability_at(c[:, None], o[None, :])
 
     def offer_expected_value(self, customer_ids: Any, offer_ids: Any = None) -> np.ndarray:
         """[n, m]: conversion probability × the offer's margin."""
-        o = (
-            np.arange(len(self.offer_params))
-            if offer_ids is None
-            else np.atleast_1d(self.offer_index(offer_ids))
-        )
+        o = np.arange(len(self.offer_params)) if offer_ids is None else np.atleast_1d(self.offer_index(offer_ids))
         return self.conversion_probability(customer_ids, self._offer_ids[o]) * self._margin[o][None, :]
 
     # --- the true probabilities, by row position (what the simulator draws from) ------------------------

@@ -53,9 +53,7 @@ BLANK_ENGAGEMENT = (
     "days_since_session",
     "days_since_email",
 )
-PROFILE_COLUMNS = tuple(
-    f"{s}_hours_{d}" for s in ("open", "click", "session") for d in ("weekday", "weekend")
-)
+PROFILE_COLUMNS = tuple(f"{s}_hours_{d}" for s in ("open", "click", "session") for d in ("weekday", "weekend"))
 FALLBACK_OPEN_PROBABILITY = 0.2
 
 
@@ -154,8 +152,7 @@ class Engine:
             offer_features = (
                 store.get_online_features(
                     features=[
-                        f"offer_fv:{c}"
-                        for c in ("offer_kind", "offer_category", "discount_pct", "price", "margin")
+                        f"offer_fv:{c}" for c in ("offer_kind", "offer_category", "discount_pct", "price", "margin")
                     ],
                     entity_rows=[{"offer_id": o} for o in offers["offer_id"]],
                 )
@@ -200,9 +197,7 @@ class Engine:
         self.degraded_reasons = []
         return pd.concat(parts, ignore_index=True), False
 
-    def _customer_rows(
-        self, recipients: list[Recipient]
-    ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, bool]:
+    def _customer_rows(self, recipients: list[Recipient]) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, bool]:
         """Feature rows with cold-start context filled in; (rows, known, profiled, degraded)."""
         ids = [r.customer_id for r in recipients]
         rows, degraded = self._online_rows(ids)
@@ -217,9 +212,7 @@ class Engine:
             if column not in rows.columns:
                 rows[column] = None
         known = rows["timezone"].notna().to_numpy()
-        profiled = (
-            known & (pd.to_numeric(rows["profiling_allowed"], errors="coerce").fillna(0) > 0).to_numpy()
-        )
+        profiled = known & (pd.to_numeric(rows["profiling_allowed"], errors="coerce").fillna(0) > 0).to_numpy()
         for i, recipient in enumerate(recipients):
             if known[i]:
                 continue
@@ -243,9 +236,7 @@ class Engine:
         return rows, known, profiled, degraded
 
     # --- predictions -----------------------------------------------------------------------------
-    def _curves(
-        self, matrix: CustomerMatrix, start: datetime, hours: int, kind: str, topic: str | None
-    ) -> np.ndarray:
+    def _curves(self, matrix: CustomerMatrix, start: datetime, hours: int, kind: str, topic: str | None) -> np.ndarray:
         n = len(matrix)
         model = self.models.get("send_time") or self.models.get("open_propensity")
         if model is None or n == 0:
@@ -253,9 +244,7 @@ class Engine:
         rows = np.repeat(np.arange(n), hours)
         stamps = pd.date_range(start, periods=hours, freq="h", tz=UTC)
         times = pd.Series(np.tile(stamps.tz_convert(None).to_numpy(), n)).dt.tz_localize("UTC")
-        design = open_design(
-            matrix, rows, times, np.full(len(rows), kind), np.full(len(rows), topic, dtype=object)
-        )
+        design = open_design(matrix, rows, times, np.full(len(rows), kind), np.full(len(rows), topic, dtype=object))
         prediction = model.booster.predict(design[model.booster.feature_name()])
         return np.clip(prediction.reshape(n, hours), 0.0, 1.0)
 
@@ -298,9 +287,7 @@ class Engine:
     def decide(self, request: DecideRequest) -> DecideResponse:
         start = request.resolved_window_start()
         kind, topic = request.campaign.kind, request.campaign.topic
-        explore_share = (
-            self.settings.explore_share if request.explore_share is None else request.explore_share
-        )
+        explore_share = self.settings.explore_share if request.explore_share is None else request.explore_share
         rows, known, profiled, degraded = self._customer_rows(request.recipients)
         matrix = customer_matrix(rows)
         offers, conversion = self._offer_scores(matrix, start, request.offer_ids)
@@ -361,11 +348,7 @@ class Engine:
         if not known:
             reasons.append(
                 "unknown customer: predictions pooled from customers with no history"
-                + (
-                    f" in {recipient.timezone}"
-                    if recipient.timezone
-                    else " (no time zone given: UTC assumed)"
-                )
+                + (f" in {recipient.timezone}" if recipient.timezone else " (no time zone given: UTC assumed)")
             )
         elif not batch.profiled[i]:
             reasons.append("profiling consent not given: population-level predictions only")
@@ -373,12 +356,7 @@ class Engine:
             reasons.append(f"prediction rests on {emails} past emails of this customer")
         if "open_propensity" not in self.models and "send_time" not in self.models:
             reasons.append("no open model trained yet: a flat population prior, every hour alike")
-        if (
-            batch.offers.empty
-            and self.offers is not None
-            and len(self.offers)
-            and "next_best_offer" not in self.models
-        ):
+        if batch.offers.empty and self.offers is not None and len(self.offers) and "next_best_offer" not in self.models:
             reasons.append("no next-best-offer model trained yet: no offer chosen")
         best = int(np.argmax(curve))
         hours = len(curve)
@@ -407,10 +385,7 @@ class Engine:
             not known,
             emails,
         )
-        modules = [
-            m.name
-            for m in choose_modules(facts, "newsletter" if batch.kind == "newsletter" else "promotional")
-        ]
+        modules = [m.name for m in choose_modules(facts, "newsletter" if batch.kind == "newsletter" else "promotional")]
         return Decision(
             customer_id=recipient.customer_id,
             decision_id=decision_id,
@@ -588,15 +563,13 @@ class Engine:
         from training.explain import explain_rows
 
         recipient = Recipient(customer_id=request.customer_id)
-        rows, known, _, _ = self._customer_rows([recipient])
+        rows, _, _, _ = self._customer_rows([recipient])
         matrix = customer_matrix(rows)
         name = request.model
         model = self.models.get(name)
         if model is None:
             raise LookupError(f"no champion for {name} yet: run `sendwise pipeline --data DIR`")
-        start = request_start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(
-            hours=1
-        )
+        start = request_start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
         if name == "next_best_offer":
             offers, _ = self._offer_scores(matrix, start, None)
             if offers.empty:

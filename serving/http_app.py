@@ -138,9 +138,7 @@ class _ErrorShaper:
         if message.get("more_body", False):
             return
         status, answer = _answer_from_body(self._start["status"], b"".join(self._chunks))
-        kept = [
-            (k, v) for k, v in self._start.get("headers", ()) if k not in (b"content-type", b"content-length")
-        ]
+        kept = [(k, v) for k, v in self._start.get("headers", ()) if k not in (b"content-type", b"content-length")]
         await send_answer(self._send, status, answer, kept)
 
 
@@ -151,9 +149,7 @@ class ApiGuard:
     because the settings are read when the service starts, not when this module is imported.
     """
 
-    def __init__(
-        self, app: ASGIApp, *, token: Callable[[], str | None], max_body_bytes: int = MAX_BODY_BYTES
-    ) -> None:
+    def __init__(self, app: ASGIApp, *, token: Callable[[], str | None], max_body_bytes: int = MAX_BODY_BYTES) -> None:
         self.app = app
         self.token = token
         self.max_body_bytes = max_body_bytes

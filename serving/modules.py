@@ -209,12 +209,8 @@ def _category_picks(facts: ModuleFacts) -> ModuleChoice | None:
     if not picks:
         return None
     described = ", ".join(f"{name} ({why})" for name, why in picks)
-    lead = (
-        "new customer, picks from the campaign and stated interests" if facts.cold_start else "top categories"
-    )
-    return ModuleChoice(
-        name="category_picks", reason=f"{lead}: {described}", items=[name for name, _ in picks]
-    )
+    lead = "new customer, picks from the campaign and stated interests" if facts.cold_start else "top categories"
+    return ModuleChoice(name="category_picks", reason=f"{lead}: {described}", items=[name for name, _ in picks])
 
 
 def _ranked_categories(facts: ModuleFacts) -> list[tuple[str, str]]:
@@ -232,9 +228,7 @@ def _ranked_categories(facts: ModuleFacts) -> list[tuple[str, str]]:
         ((name.strip(), share) for name, share in facts.category_affinity.items() if share > 0.0),
         key=lambda item: (-item[1], item[0]),
     )
-    strong = [
-        (name, f"{share:.0%} of product views") for name, share in viewed if share >= MIN_AFFINITY_SHARE
-    ]
+    strong = [(name, f"{share:.0%} of product views") for name, share in viewed if share >= MIN_AFFINITY_SHARE]
     weak = [(name, f"{share:.1%} of product views") for name, share in viewed if share < MIN_AFFINITY_SHARE]
     return _dedupe([*strong, *interests, *weak, *topic])
 

@@ -106,8 +106,7 @@ def render_email(
     unsubscribe = _safe_url(unsubscribe_url)
     if unsubscribe is None:
         raise ValueError(
-            "unsubscribe_url must be a non-empty link (not javascript:, vbscript: or data:), "
-            f"got {unsubscribe_url!r}"
+            f"unsubscribe_url must be a non-empty link (not javascript:, vbscript: or data:), got {unsubscribe_url!r}"
         )
     modules = [_module_view(choice, facts, offers_catalog or {}) for choice in choices]
     subject = _subject(template, facts, modules, brand)

@@ -39,7 +39,17 @@ def service(pipeline_home) -> Iterator[str]:  # type: ignore[no-untyped-def]
     }
     log = open(pipeline_home.settings.home / "serve.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", "serving.service:Sendwise", "--host", "127.0.0.1", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "bentoml",
+            "serve",
+            "serving.service:Sendwise",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
         cwd=REPO_ROOT,
         env=env,
         stdout=log,
@@ -53,10 +63,10 @@ def service(pipeline_home) -> Iterator[str]:  # type: ignore[no-untyped-def]
             if process.poll() is not None:
                 raise AssertionError((pipeline_home.settings.home / "serve.log").read_text()[-4000:])
             try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    # readiness comes before the first API answer only once the engine is loaded
-                    if httpx.get(f"{url}/v1/models", headers=_auth(), timeout=30).status_code == 200:
-                        break
+                ready = httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+                # the engine loads in the worker: wait for a real answer, not only for readiness
+                if ready and httpx.get(f"{url}/v1/models", headers=_auth(), timeout=30).status_code == 200:
+                    break
             except httpx.HTTPError:
                 pass
             time.sleep(1)
@@ -116,7 +126,11 @@ def test_render_over_http(service: str, pipeline_home) -> None:  # type: ignore[
     known = customers.loc[customers["consent_email"], "customer_id"].iloc[3]
     answer = httpx.post(
         f"{service}/v1/render",
-        json={"customer_id": known, "template": "newsletter", "campaign": {"kind": "newsletter", "topic": "books"}},
+        json={
+            "customer_id": known,
+            "template": "newsletter",
+            "campaign": {"kind": "newsletter", "topic": "books"},
+        },
         headers=_auth(),
         timeout=60,
     )

@@ -182,9 +182,7 @@ def test_parquet_without_zone_needs_assume_tz(data: Path, settings: Settings) ->
             "occurred_at": [pd.Timestamp("2026-11-20 10:00")],
         }
     ).to_parquet(data / "email_events.parquet")
-    with pytest.raises(
-        IngestError, match=r"email_events\.parquet, column occurred_at: 1 timestamps have no time zone"
-    ):
+    with pytest.raises(IngestError, match=r"email_events\.parquet, column occurred_at: 1 timestamps have no time zone"):
         run(data, settings)
     run(data, settings, assume_tz="America/New_York")
     assert stored(settings, "email_events")["occurred_at"].tolist() == [pd.Timestamp("2026-11-20T15:00Z")]
@@ -192,12 +190,8 @@ def test_parquet_without_zone_needs_assume_tz(data: Path, settings: Settings) ->
 
 def test_folder_of_parts(data: Path, settings: Settings) -> None:
     write_customers(data)
-    write_email_events(
-        data, [["e1", "c1", "m1", "sent", "2026-11-20T08:00:00Z", None]], "email_events/part-0.csv"
-    )
-    write_email_events(
-        data, [["e2", "c2", "m2", "sent", "2026-11-21T08:00:00Z", None]], "email_events/part-1.csv"
-    )
+    write_email_events(data, [["e1", "c1", "m1", "sent", "2026-11-20T08:00:00Z", None]], "email_events/part-0.csv")
+    write_email_events(data, [["e2", "c2", "m2", "sent", "2026-11-21T08:00:00Z", None]], "email_events/part-1.csv")
     report = run(data, settings)
     assert stored(settings, "email_events")["event_id"].tolist() == ["e1", "e2"]
     assert report.tables["email_events"].files == ["email_events/part-0.csv", "email_events/part-1.csv"]
@@ -223,9 +217,7 @@ def test_two_entries_for_one_table_are_an_error(data: Path, settings: Settings) 
 
 def test_missing_customers_is_an_error(data: Path, settings: Settings) -> None:
     write_email_events(data, [["e1", "c1", "m1", "sent", "2026-11-20T08:00:00Z", None]])
-    with pytest.raises(
-        IngestError, match=r"no customers table\. Expected customers\.csv, customers\.parquet"
-    ):
+    with pytest.raises(IngestError, match=r"no customers table\. Expected customers\.csv, customers\.parquet"):
         run(data, settings)
 
 
@@ -259,9 +251,7 @@ def test_unknown_columns_are_dropped_with_a_warning(data: Path, settings: Settin
 
 # --- ids ----------------------------------------------------------------------------------------------------
 def test_ids_over_128_characters_are_quarantined(data: Path, settings: Settings) -> None:
-    write_csv(
-        data / "customers.csv", CUSTOMER_HEADER, [["x" * 128, "1", "1", "UTC"], ["y" * 129, "1", "1", "UTC"]]
-    )
+    write_csv(data / "customers.csv", CUSTOMER_HEADER, [["x" * 128, "1", "1", "UTC"], ["y" * 129, "1", "1", "UTC"]])
     report = run(data, settings)
     assert stored(settings, "customers")["customer_id"].tolist() == ["x" * 128]
     bad = quarantine(settings, "customers")
@@ -395,9 +385,7 @@ def test_event_aliases_any_case_and_unknown_names_quarantined(data: Path, settin
     assert events["event"].tolist() == [*expected, "delivered", "open"]
     bad = quarantine(settings, "email_events")
     assert bad["event"].tolist() == ["forwarded"]
-    reason = (
-        "event: not one of sent, delivered, open, click, bounce, unsubscribe, complaint (or an alias of one)"
-    )
+    reason = "event: not one of sent, delivered, open, click, bounce, unsubscribe, complaint (or an alias of one)"
     assert bad["_reason"].tolist() == [reason]
     assert report.tables["email_events"].top_reasons[0].reason == reason
 
@@ -495,9 +483,7 @@ def test_a_second_export_adds_to_what_is_there(data: Path, settings: Settings, t
     assert (report.tables["customers"].added, report.tables["customers"].duplicates) == (1, 1)
 
 
-def test_customers_latest_updated_at_wins_and_later_row_on_tie(
-    data: Path, settings: Settings, tmp_path: Path
-) -> None:
+def test_customers_latest_updated_at_wins_and_later_row_on_tie(data: Path, settings: Settings, tmp_path: Path) -> None:
     header = ["customer_id", "consent_email", "consent_profiling", "interests", "updated_at"]
     rows: list[list[object]] = [
         ["a", "1", "1", "old", "2026-11-02T00:00:00Z"],
@@ -661,9 +647,7 @@ def test_missing_consent_profiling_column_needs_the_option(data: Path, settings:
 
 def test_missing_required_column_names_file_and_column(data: Path, settings: Settings) -> None:
     write_csv(data / "customers.csv", ["customer_id", "consent_profiling"], [["c1", "true"]])
-    with pytest.raises(
-        IngestError, match=r"customers\.csv, column consent_email: missing\. The customers table"
-    ):
+    with pytest.raises(IngestError, match=r"customers\.csv, column consent_email: missing\. The customers table"):
         run(data, settings)
 
 
@@ -687,9 +671,7 @@ def test_mixed_currencies_are_an_error(data: Path, settings: Settings) -> None:
         ["c1", "purchase", "2026-11-20T09:00:00Z", "12", "usd"],
     ]
     write_csv(data / "site_events.csv", header, rows)
-    with pytest.raises(
-        IngestError, match=r"mixes currencies \(EUR in site_events.csv; USD in site_events.csv\)"
-    ):
+    with pytest.raises(IngestError, match=r"mixes currencies \(EUR in site_events.csv; USD in site_events.csv\)"):
         run(data, settings)
 
 
@@ -773,9 +755,7 @@ def test_load_table_of_a_table_never_ingested(settings: Settings) -> None:
         load_table(settings, "clicks")
 
 
-def test_progress_bars_go_to_stderr(
-    data: Path, settings: Settings, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_progress_bars_go_to_stderr(data: Path, settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
     write_customers(data)
     write_email_events(data, [["e1", "c1", "m1", "sent", "2026-11-20T08:00:00Z", None]])
     ingest(data, settings, progress=True)

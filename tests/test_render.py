@@ -61,9 +61,7 @@ def by_name(choices: list[ModuleChoice]) -> dict[str, ModuleChoice]:
 def render(template: str = "promotional", facts: ModuleFacts | None = None, **kwargs: Any) -> RenderedEmail:
     facts = facts or make_facts()
     kwargs.setdefault("offers_catalog", CATALOG)
-    return render_email(
-        template, facts, choose_modules(facts, template), unsubscribe_url=UNSUBSCRIBE, **kwargs
-    )
+    return render_email(template, facts, choose_modules(facts, template), unsubscribe_url=UNSUBSCRIBE, **kwargs)
 
 
 class Page(HTMLParser):

@@ -72,9 +72,7 @@ class FakeEngine:
                     open_probability=curve[best],
                     hourly_open_probability=curve,
                     offers=[
-                        OfferScore(
-                            offer_id="of-7", kind="discount", conversion_probability=0.05, expected_value=1.9
-                        )
+                        OfferScore(offer_id="of-7", kind="discount", conversion_probability=0.05, expected_value=1.9)
                     ],
                     modules=["hero_offer"],
                     cold_start=recipient.timezone is not None,
@@ -103,9 +101,7 @@ class FakeEngine:
             model_version=VERSIONS[request.model],
             prediction=0.3,
             base_value=0.2,
-            drivers=[Driver(feature="opens_30d", value=4.0, shap_value=0.1, sentence="opened 4 emails")][
-                : request.top
-            ],
+            drivers=[Driver(feature="opens_30d", value=4.0, shap_value=0.1, sentence="opened 4 emails")][: request.top],
         )
 
     def model_versions(self) -> dict[str, str | None]:
@@ -149,9 +145,7 @@ def fresh_metrics(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     from bentoml._internal.configuration.containers import BentoMLContainer
     from bentoml._internal.server.metrics.prometheus import PrometheusClient
 
-    monkeypatch.setattr(
-        prometheus_client, "REGISTRY", prometheus_client.CollectorRegistry(auto_describe=True)
-    )
+    monkeypatch.setattr(prometheus_client, "REGISTRY", prometheus_client.CollectorRegistry(auto_describe=True))
     with BentoMLContainer.metrics_client.patch(PrometheusClient(multiproc=False)):
         yield
 
@@ -227,9 +221,7 @@ async def test_decide_takes_the_request_as_the_whole_body_and_answers_in_order(
 
 
 async def test_render_and_explain_answer_the_engine(client: httpx.AsyncClient) -> None:
-    render = await client.post(
-        "/v1/render", json={"customer_id": "c-1", "template": "promotional"}, headers=AUTH
-    )
+    render = await client.post("/v1/render", json={"customer_id": "c-1", "template": "promotional"}, headers=AUTH)
     explain = await client.post(
         "/v1/explain", json={"customer_id": "c-1", "model": "send_time", "top": 3}, headers=AUTH
     )
@@ -242,9 +234,7 @@ async def test_render_and_explain_answer_the_engine(client: httpx.AsyncClient) -
     assert explain.json()["drivers"][0]["sentence"] == "opened 4 emails"
 
 
-async def test_models_lists_the_versions_served_and_the_status(
-    client: httpx.AsyncClient, engine: FakeEngine
-) -> None:
+async def test_models_lists_the_versions_served_and_the_status(client: httpx.AsyncClient, engine: FakeEngine) -> None:
     ok = await client.get("/v1/models", headers=AUTH)
     engine.degraded = True
     degraded = await client.get("/v1/models", headers=AUTH)
@@ -284,9 +274,7 @@ async def test_health_and_docs_are_served_without_a_token(client: httpx.AsyncCli
     assert body_schema["required"] == ["recipients"]
 
 
-async def test_health_answers_while_a_big_batch_is_being_decided(
-    client: httpx.AsyncClient, engine: FakeEngine
-) -> None:
+async def test_health_answers_while_a_big_batch_is_being_decided(client: httpx.AsyncClient, engine: FakeEngine) -> None:
     import anyio
 
     engine.release.clear()
@@ -345,9 +333,7 @@ async def test_v1_routes_need_the_bearer_token(
 
 
 async def test_the_token_scheme_is_case_insensitive(client: httpx.AsyncClient) -> None:
-    response = await client.post(
-        "/v1/decide", json=_decide_body("c-1"), headers={"Authorization": f"bearer {TOKEN}"}
-    )
+    response = await client.post("/v1/decide", json=_decide_body("c-1"), headers={"Authorization": f"bearer {TOKEN}"})
 
     assert response.status_code == 200
 
@@ -397,11 +383,7 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], int, str, str]] = [
     ),
     (
         "unknown time zone",
-        {
-            "json": {
-                "recipients": [{"customer_id": "c-1"}, {"customer_id": "c-2", "timezone": "Mars/Olympus"}]
-            }
-        },
+        {"json": {"recipients": [{"customer_id": "c-1"}, {"customer_id": "c-2", "timezone": "Mars/Olympus"}]}},
         422,
         "recipients[1].timezone",
         "Mars/Olympus",
@@ -445,9 +427,7 @@ async def test_bad_render_and_explain_requests_name_the_field(client: httpx.Asyn
     assert explain.json()["details"][0]["field"] == "model"
 
 
-async def test_a_body_over_the_limit_is_refused_with_413(
-    client: httpx.AsyncClient, engine: FakeEngine
-) -> None:
+async def test_a_body_over_the_limit_is_refused_with_413(client: httpx.AsyncClient, engine: FakeEngine) -> None:
     big = b'{"recipients": [' + b'{"customer_id": "c-1"},' * 1_000_000 + b'{"customer_id": "c-2"}]}'
 
     response = await client.post("/v1/decide", content=big, headers=AUTH)
@@ -520,8 +500,7 @@ def test_field_names_read_like_paths() -> None:
 
 def test_many_errors_are_summarized() -> None:
     errors = [
-        {"type": "string_too_long", "loc": ("recipients", i, "customer_id"), "msg": "too long"}
-        for i in range(80)
+        {"type": "string_too_long", "loc": ("recipients", i, "customer_id"), "msg": "too long"} for i in range(80)
     ]
 
     status, answer = validation_answer(errors)

@@ -57,11 +57,7 @@ def data(world_dir: tuple[Path, SimulationSummary]) -> dict[str, pd.DataFrame]:
         frame["canonical"] = frame["event"].str.lower().replace(ALIASES)
 
     def valid(frame: pd.DataFrame, events: set[str]) -> pd.DataFrame:
-        ok = (
-            frame["canonical"].isin(events)
-            & frame["customer_id"].str.strip().ne("")
-            & frame["occurred_at"].notna()
-        )
+        ok = frame["canonical"].isin(events) & frame["customer_id"].str.strip().ne("") & frame["occurred_at"].notna()
         return frame[ok].drop_duplicates()
 
     return {
@@ -69,9 +65,7 @@ def data(world_dir: tuple[Path, SimulationSummary]) -> dict[str, pd.DataFrame]:
         "email": valid(email, EMAIL_EVENTS),
         "site": valid(site, SITE_EVENTS),
         "offer": valid(offer, {"exposed", "clicked", "converted"}),
-        "customers": pd.read_csv(
-            out / "customers.csv", dtype=str, keep_default_na=False, encoding="utf-8-sig"
-        ),
+        "customers": pd.read_csv(out / "customers.csv", dtype=str, keep_default_na=False, encoding="utf-8-sig"),
     }
 
 
@@ -104,12 +98,7 @@ def profile_mass(world: World, customer_ids: pd.Series, times: pd.Series) -> np.
 def test_layout_and_formats(world_dir: tuple[Path, SimulationSummary]) -> None:
     out, summary = world_dir
     assert (out / "customers.csv").read_bytes()[:3] == b"\xef\xbb\xbf"
-    assert (
-        (out / "customers.csv")
-        .read_text(encoding="utf-8-sig")
-        .splitlines()[0]
-        .startswith("customer_id,timezone,")
-    )
+    assert (out / "customers.csv").read_text(encoding="utf-8-sig").splitlines()[0].startswith("customer_id,timezone,")
     parts = sorted((out / "email_events").glob("*.parquet"))
     assert parts and all(p.name.startswith("part-") for p in parts)
     for path in [*parts, out / "site_events.parquet", out / "offer_events.parquet"]:
@@ -117,19 +106,13 @@ def test_layout_and_formats(world_dir: tuple[Path, SimulationSummary]) -> None:
         assert schema.field("occurred_at").type == pa.timestamp("us", tz="UTC"), path
         for name in ("event_id", "customer_id", "event"):
             assert schema.field(name).type == pa.string(), (path, name)
-    customers = pd.read_csv(
-        out / "customers.csv", dtype=str, keep_default_na=False, encoding="utf-8-sig"
-    )
+    customers = pd.read_csv(out / "customers.csv", dtype=str, keep_default_na=False, encoding="utf-8-sig")
     well_formed = customers["customer_id"].str.fullmatch(r"c-\d{6}")
     assert (~well_formed).sum() == 2  # the two broken rows
     assert customers.loc[well_formed, "customer_id"].nunique() == CUSTOMERS
     stamps = pd.concat([customers["signup_at"], customers["updated_at"]])
     iso = stamps.str.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(Z|[+-]\d\d:\d\d)")
-    assert (
-        iso.mean() > 0.99
-        and (stamps.str.endswith("Z")).any()
-        and (stamps.str.contains(r"[+-]\d\d:\d\d$")).any()
-    )
+    assert iso.mean() > 0.99 and (stamps.str.endswith("Z")).any() and (stamps.str.contains(r"[+-]\d\d:\d\d$")).any()
     assert set(customers["consent_email"]) == {"true", "false"}
     assert {"attr_loyalty_tier", "attr_age_band"} <= set(customers.columns)
     campaigns = pd.read_csv(out / "campaigns.csv", dtype=str, keep_default_na=False)
@@ -188,9 +171,9 @@ def test_customers_zones_consent_and_interests(data: dict[str, pd.DataFrame], wo
     assert all(zone in zoneinfo.available_timezones() for zone in truth["timezone"].unique())
     blank = customers["timezone"].eq("").to_numpy()
     assert 0.01 <= blank.mean() <= 0.06
-    assert not truth["country"].to_numpy()[blank].tolist() or set(
-        truth["country"].to_numpy()[blank]
-    ).isdisjoint({"US", "CA", "AU"})
+    assert not truth["country"].to_numpy()[blank].tolist() or set(truth["country"].to_numpy()[blank]).isdisjoint(
+        {"US", "CA", "AU"}
+    )
     assert (customers["timezone"].to_numpy()[~blank] == truth["timezone"].to_numpy()[~blank]).all()
     assert 0.02 <= (~truth["consent_email"]).mean() <= 0.1
     assert 0.02 <= (~truth["consent_profiling"]).mean() <= 0.1
@@ -203,9 +186,7 @@ def test_customers_zones_consent_and_interests(data: dict[str, pd.DataFrame], wo
     assert customers["country"].str.fullmatch(r"[A-Z]{2}").all() and "UK" in set(customers["country"])
 
 
-def test_stale_customer_rows_are_older_than_the_current_ones(
-    data: dict[str, pd.DataFrame], world: World
-) -> None:
+def test_stale_customer_rows_are_older_than_the_current_ones(data: dict[str, pd.DataFrame], world: World) -> None:
     customers = data["customers"]
     customers = customers[customers["customer_id"].str.fullmatch(r"c-\d{6}")]
     repeated = customers[customers["customer_id"].duplicated(keep=False)].copy()
@@ -232,9 +213,7 @@ def test_mpp_customers_get_a_machine_open_for_every_delivered_email(
     email, opens = data["email"], world.email_opens()
     mpp = set(world.customer_params.loc[world.customer_params["is_mpp"], "customer_id"])
     assert 0.2 <= len(mpp) / CUSTOMERS <= 0.4
-    delivered = email[
-        (email["canonical"] == "delivered") & (email["occurred_at"] < END - pd.Timedelta(minutes=10))
-    ]
+    delivered = email[(email["canonical"] == "delivered") & (email["occurred_at"] < END - pd.Timedelta(minutes=10))]
     delivered_mpp = delivered[delivered["customer_id"].isin(mpp)].set_index("message_id")["occurred_at"]
     machine = opens[opens["source"] == "mpp"].set_index("message_id")["occurred_at"]
     assert machine.index.is_unique and set(delivered_mpp.index) <= set(machine.index)
@@ -274,9 +253,7 @@ def test_machine_opens_do_not_depend_on_interest(world: World) -> None:
     assert human[high].mean() > human[low].mean() + 0.2
 
 
-def test_blast_hour_dominates_but_some_sends_are_at_other_hours(
-    data: dict[str, pd.DataFrame], world: World
-) -> None:
+def test_blast_hour_dominates_but_some_sends_are_at_other_hours(data: dict[str, pd.DataFrame], world: World) -> None:
     messages = world.messages()
     campaign = messages[messages["kind"] != "triggered"]
     hours = campaign["sent_at"].dt.hour
@@ -302,9 +279,7 @@ def test_triggered_emails_follow_an_abandoned_cart(data: dict[str, pd.DataFrame]
         assert row.topic in set(cart_category["category"])
 
 
-def test_fatigue_state_at_end_counts_the_last_week_of_sends(
-    data: dict[str, pd.DataFrame], world: World
-) -> None:
+def test_fatigue_state_at_end_counts_the_last_week_of_sends(data: dict[str, pd.DataFrame], world: World) -> None:
     sent = data["email"][data["email"]["canonical"] == "sent"]
     last_week = sent[sent["occurred_at"] >= END - pd.Timedelta(days=7)]
     counts = last_week.groupby("customer_id").size()
@@ -322,9 +297,7 @@ def test_human_opens_peak_at_each_customers_active_hours(world: World) -> None:
     assert 24 * mass.mean() > 1.7  # a uniform hour would give 1.0
 
     params = world.customer_params.set_index("customer_id").loc[human["customer_id"]]
-    hour, weekend = local_clock(
-        human["occurred_at"].reset_index(drop=True), params["timezone"].reset_index(drop=True)
-    )
+    hour, weekend = local_clock(human["occurred_at"].reset_index(drop=True), params["timezone"].reset_index(drop=True))
     profiles = np.where(
         weekend[:, None],
         np.stack(params["weekend_activity"].to_numpy()),
@@ -400,9 +373,7 @@ def test_weekends_have_their_own_active_hours(world: World) -> None:
 
 
 # --- offers -------------------------------------------------------------------------------------------
-def test_offers_eligibility_and_expected_values(
-    world: World, world_dir: tuple[Path, SimulationSummary]
-) -> None:
+def test_offers_eligibility_and_expected_values(world: World, world_dir: tuple[Path, SimulationSummary]) -> None:
     offers = world.offers
     assert len(offers) == 13 and (offers["kind"] == "control").sum() == 1
     assert offers.loc[offers["kind"] == "control", "margin"].item() == 20
@@ -441,9 +412,7 @@ def test_exposures_carry_the_logged_policy_propensity(data: dict[str, pd.DataFra
         OfferMenu.from_offers(world.offer_params), interest_matrix(params["interests"]), topic, seconds
     )
     chosen = world.offer_index(exposed["offer_id"])
-    np.testing.assert_allclose(
-        probabilities[np.arange(len(chosen)), chosen], exposed["propensity"], rtol=1e-9
-    )
+    np.testing.assert_allclose(probabilities[np.arange(len(chosen)), chosen], exposed["propensity"], rtol=1e-9)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
     assert (exposed["propensity"] > 0).all() and (exposed["propensity"] <= 1).all()
     assert exposed["propensity"].min() >= policy.epsilon / len(world.offers) - 1e-12
@@ -456,32 +425,21 @@ def test_exposures_carry_the_logged_policy_propensity(data: dict[str, pd.DataFra
         assert (exposed.loc[exposed["offer_id"] == offer_id, "occurred_at"] < ends_at).all()
 
 
-def test_conversions_follow_exposures_and_appear_as_purchases(
-    data: dict[str, pd.DataFrame], world: World
-) -> None:
+def test_conversions_follow_exposures_and_appear_as_purchases(data: dict[str, pd.DataFrame], world: World) -> None:
     offer = data["offer"]
     exposed = offer[offer["canonical"] == "exposed"].set_index("message_id")
     converted = offer[offer["canonical"] == "converted"]
     assert len(converted) >= 10 and (converted["value"] > 0).all()
-    delay = (
-        converted["occurred_at"].to_numpy() - exposed.loc[converted["message_id"], "occurred_at"].to_numpy()
-    )
+    delay = converted["occurred_at"].to_numpy() - exposed.loc[converted["message_id"], "occurred_at"].to_numpy()
     assert (delay > pd.Timedelta(0)).all() and (delay < pd.Timedelta(days=7)).all()
-    assert (
-        converted["offer_id"].to_numpy() == exposed.loc[converted["message_id"], "offer_id"].to_numpy()
-    ).all()
+    assert (converted["offer_id"].to_numpy() == exposed.loc[converted["message_id"], "offer_id"].to_numpy()).all()
     purchases = data["site"][data["site"]["canonical"] == "purchase"]
     keys = set(zip(purchases["customer_id"], purchases["occurred_at"], strict=True))
     assert all(key in keys for key in zip(converted["customer_id"], converted["occurred_at"], strict=True))
     messages = world.messages().dropna(subset=["conversion_probability"])
-    assert messages["converted_7d"].mean() == pytest.approx(
-        messages["conversion_probability"].mean(), abs=0.015
-    )
+    assert messages["converted_7d"].mean() == pytest.approx(messages["conversion_probability"].mean(), abs=0.015)
     control = messages[messages["offer_id"] == "of-00"]
-    assert (
-        len(control) > 0
-        and control["conversion_probability"].mean() < messages["conversion_probability"].mean()
-    )
+    assert len(control) > 0 and control["conversion_probability"].mean() < messages["conversion_probability"].mean()
 
 
 def test_clicks_lead_to_a_session(data: dict[str, pd.DataFrame]) -> None:
@@ -521,15 +479,8 @@ def test_simulate_validates_its_arguments(tmp_path: Path) -> None:
 
 def test_summary_counts_match_the_truth(world_dir: tuple[Path, SimulationSummary], world: World) -> None:
     _, summary = world_dir
-    assert (
-        summary.customers == CUSTOMERS
-        and summary.end == END
-        and summary.start == END - pd.Timedelta(days=DAYS)
-    )
+    assert summary.customers == CUSTOMERS and summary.end == END and summary.start == END - pd.Timedelta(days=DAYS)
     assert summary.emails_sent == len(world.messages())
     opens = world.email_opens()
-    assert (
-        summary.human_opens == (~opens["is_machine"]).sum()
-        and summary.machine_opens == opens["is_machine"].sum()
-    )
+    assert summary.human_opens == (~opens["is_machine"]).sum() and summary.machine_opens == opens["is_machine"].sum()
     assert re.fullmatch(r"m-\d{8}", world.messages()["message_id"].iloc[0])

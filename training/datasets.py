@@ -45,9 +45,7 @@ class TrainingSet:
 def historical_features(store: FeatureStore, service: str, entity_df: pd.DataFrame) -> pd.DataFrame:
     """Point-in-time feature rows for the entity rows, in their order (Feast may reorder them)."""
     entity_df = entity_df.assign(_row=np.arange(len(entity_df)))
-    rows = store.get_historical_features(
-        entity_df=entity_df, features=store.get_feature_service(service)
-    ).to_df()
+    rows = store.get_historical_features(entity_df=entity_df, features=store.get_feature_service(service)).to_df()
     return rows.sort_values("_row").reset_index(drop=True)
 
 
@@ -88,9 +86,7 @@ def offer_training_set(
         return None
     exposures = exposures[exposures["exposed_at"] <= tables.as_of - pd.Timedelta(days=window_days)]
     exposures = exposures[exposures["offer_id"].isin(tables.offers["offer_id"])]
-    exposures = exposures[exposures["customer_id"].isin(tables.customers["customer_id"])].reset_index(
-        drop=True
-    )
+    exposures = exposures[exposures["customer_id"].isin(tables.customers["customer_id"])].reset_index(drop=True)
     if len(exposures) < 200 or exposures["converted"].nunique() < 2:
         return None
     entity_df = pd.DataFrame(

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from rich.progress import Progress
-from sendwise.truth import World
 
 from features.labels import label_sends
 from features.localtime import local_hour_weekday
 from sendwise.raw import load_table
 from sendwise.settings import Settings
+from sendwise.truth import World
 from serving.engine import Engine
 from serving.schemas import DecideRequest, Recipient
 from training.models import auc
@@ -78,9 +78,7 @@ def most_frequent_engagement_hour(settings: Settings, customers: pd.DataFrame) -
     hour, _ = local_hour_weekday(both["occurred_at"], zones)
     both["hour"] = hour
     counts = both.groupby(["customer_id", "hour"]).size().reset_index(name="n")
-    top = counts.sort_values(["customer_id", "n", "hour"], ascending=[True, False, True]).drop_duplicates(
-        "customer_id"
-    )
+    top = counts.sort_values(["customer_id", "n", "hour"], ascending=[True, False, True]).drop_duplicates("customer_id")
     return top.set_index("customer_id")["hour"]
 
 
@@ -92,9 +90,7 @@ def evaluate(settings: Settings, world_dir: Path, progress: bool = True, seed: i
     truth_customers = world.customers[world.customers["consent_email"].astype(bool)]
     raw_customers = load_table(settings, "customers")
     if raw_customers is None:
-        raise RuntimeError(
-            f"the home {settings.home} has no ingested data: run `sendwise pipeline --data {world_dir}`"
-        )
+        raise RuntimeError(f"the home {settings.home} has no ingested data: run `sendwise pipeline --data {world_dir}`")
     ids = [c for c in truth_customers["customer_id"] if c in set(raw_customers["customer_id"])]
     decisions = _decide_all(engine, ids, start, progress)
     sent = [d for d in decisions if d.send]
@@ -130,9 +126,7 @@ def evaluate(settings: Settings, world_dir: Path, progress: bool = True, seed: i
     draws = rng.random(truth.shape) < truth
     result.open_model["sendwise AUC"] = auc(draws.ravel(), predicted.ravel())
     result.open_model["true-probability AUC"] = auc(draws.ravel(), truth.ravel())
-    result.open_model["AUC ratio"] = (
-        result.open_model["sendwise AUC"] / result.open_model["true-probability AUC"]
-    )
+    result.open_model["AUC ratio"] = result.open_model["sendwise AUC"] / result.open_model["true-probability AUC"]
     result.open_model["mean predicted / mean true"] = float(predicted.mean() / truth.mean())
 
     offers = world.offers[world.offers["eligible"].astype(bool) & (world.offers["kind"] != "control")]
@@ -140,12 +134,8 @@ def evaluate(settings: Settings, world_dir: Path, progress: bool = True, seed: i
         offer_ids = offers["offer_id"].tolist()
         value_truth = world.offer_expected_value(ids, offer_ids)
         column = {o: j for j, o in enumerate(offer_ids)}
-        picked = np.array(
-            [next((column[o.offer_id] for o in d.offers if o.offer_id in column), -1) for d in sent]
-        )
-        got = np.where(
-            picked >= 0, value_truth[np.arange(n), np.maximum(picked, 0)], value_truth.mean(axis=1)
-        )
+        picked = np.array([next((column[o.offer_id] for o in d.offers if o.offer_id in column), -1) for d in sent])
+        got = np.where(picked >= 0, value_truth[np.arange(n), np.maximum(picked, 0)], value_truth.mean(axis=1))
         top = value_truth.max(axis=1).sum()
         result.offer["sendwise"] = float(got.sum() / top)
         result.offer["random offer"] = float(value_truth.mean(axis=1).sum() / top)

@@ -24,6 +24,13 @@ READABLE = {
     "open_peak_distance": "hours away from the customer's usual opening hour",
     "session_peak_distance": "hours away from the customer's usual browsing hour",
     "click_peak_distance": "hours away from the customer's usual clicking hour",
+    "open_count_at_hour": "recent opens by the customer at this hour",
+    "click_count_at_hour": "recent clicks by the customer at this hour",
+    "session_count_at_hour": "recent site visits by the customer at this hour",
+    "open_same_day_type_total": "recent opens on this kind of day (weekday or weekend)",
+    "click_same_day_type_total": "recent clicks on this kind of day (weekday or weekend)",
+    "session_same_day_type_total": "recent site visits on this kind of day (weekday or weekend)",
+    "signup_at_days": "days since the customer joined the list",
     "open_rate": "the customer's past open rate",
     "click_rate": "the customer's past click rate",
     "sends_7d": "emails sent to the customer in the last 7 days",
@@ -88,9 +95,7 @@ def explain_rows(booster: lgb.Booster, design: pd.DataFrame, top: int = 5) -> tu
             feature = design.columns[j]
             value = design.iloc[r, j]
             plain = (
-                None
-                if pd.isna(value)
-                else (float(value) if isinstance(value, int | float | np.number) else str(value))
+                None if pd.isna(value) else (float(value) if isinstance(value, int | float | np.number) else str(value))
             )
             drivers.append(
                 {
@@ -104,9 +109,7 @@ def explain_rows(booster: lgb.Booster, design: pd.DataFrame, top: int = 5) -> tu
     return base, out
 
 
-def global_report(
-    booster: lgb.Booster, design: pd.DataFrame, title: str, out_dir: Path, top: int = 10
-) -> Path:
+def global_report(booster: lgb.Booster, design: pd.DataFrame, title: str, out_dir: Path, top: int = 10) -> Path:
     """A marketer's page: the strongest drivers overall in plain words, with a bar chart of mean |SHAP|."""
     import matplotlib
 

@@ -71,8 +71,7 @@ def fit_binary(data: TrainingSet, seed: int, params: dict[str, object] | None = 
         "valid_auc": auc(label, prediction),
         "valid_logloss": float(
             -np.mean(
-                label * np.log(np.clip(prediction, 1e-7, 1))
-                + (1 - label) * np.log(np.clip(1 - prediction, 1e-7, 1))
+                label * np.log(np.clip(prediction, 1e-7, 1)) + (1 - label) * np.log(np.clip(1 - prediction, 1e-7, 1))
             )
         ),
         "valid_calibration": float(prediction.mean() / max(label.mean(), 1e-9)),

@@ -43,9 +43,7 @@ def _log_run(
         mlflow.log_params({k: v for k, v in fitted.params.items() if k not in ("verbose",)})
         mlflow.log_params({"feature_service": data.feature_service, **data.window()})
         mlflow.log_metrics({**fitted.metrics, **extra_metrics})
-        mlflow.set_tags(
-            {"feature_service": data.feature_service, "code_version": code_version(), "model": name}
-        )
+        mlflow.set_tags({"feature_service": data.feature_service, "code_version": code_version(), "model": name})
         return log_booster(fitted.booster, registered)
 
 
@@ -54,9 +52,7 @@ def train_open(settings: Settings, data: TrainingSet, result: TrainResult, names
     valid_times = data.times[data.valid]
     off = off_schedule_mask(valid_times)
     label = data.label[data.valid]
-    hour_auc = (
-        auc(label[off], fitted.valid_prediction[off]) if off.sum() > 50 else fitted.metrics["valid_auc"]
-    )
+    hour_auc = auc(label[off], fitted.valid_prediction[off]) if off.sum() > 50 else fitted.metrics["valid_auc"]
     extra = {"valid_off_schedule_auc": hour_auc}
     versions = _log_run("open_propensity", data, fitted, extra, names)
     result.metrics["open_propensity"] = {**fitted.metrics, **extra}
@@ -70,17 +66,13 @@ def train_open(settings: Settings, data: TrainingSet, result: TrainResult, names
             )
         else:
             scorer = champion_auc_scorer(valid_design[off], label[off])
-            result.promotions.append(
-                promote(client, name, versions[name], hour_auc, scorer, "off-schedule valid AUC")
-            )
+            result.promotions.append(promote(client, name, versions[name], hour_auc, scorer, "off-schedule valid AUC"))
 
 
 def train_offer(settings: Settings, tables: FeatureTables, store, result: TrainResult) -> None:  # type: ignore[no-untyped-def]
     found = offer_training_set(store, tables, settings.conversion_window_days)
     if found is None:
-        result.skipped["next_best_offer"] = (
-            "no offers or too few closed offer exposures (need 200 with conversions)"
-        )
+        result.skipped["next_best_offer"] = "no offers or too few closed offer exposures (need 200 with conversions)"
         return
     data, _ = found
     fitted = fit_binary(data, seed=settings.seed, params={"min_data_in_leaf": 50})
@@ -133,9 +125,7 @@ def train(
             data = open_training_set(store, tables, settings.label_window_hours)  # type: ignore[arg-type]
             if data is None:
                 for name in names:
-                    result.skipped[name] = (
-                        "no email events, or too few sends with a closed 72-hour window (need 200)"
-                    )
+                    result.skipped[name] = "no email events, or too few sends with a closed 72-hour window (need 200)"
             else:
                 train_open(settings, data, result, names)
     if model in ("offer", "all"):
