@@ -1,6 +1,7 @@
 # The two commands of the README, and the benchmarks.
 SHELL := /bin/bash
-UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
+# uv from PATH, else the one `make uv` installs with pip (run as a module, wherever pip put it).
+UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 WORLD ?= worlds/demo
 CUSTOMERS ?= 10000
 DAYS ?= 90
@@ -10,7 +11,7 @@ PORT ?= 3000
 .PHONY: run test install install-dev uv lint
 
 uv:
-	@command -v uv >/dev/null 2>&1 || test -x "$(HOME)/.local/bin/uv" || python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 
 install: uv
 	$(UV) sync --frozen --no-dev
