@@ -24,9 +24,9 @@ run: install
 	@test -f $(WORLD)/truth/world.json || $(UV) run --no-sync sendwise simulate $(WORLD) --customers $(CUSTOMERS) --days $(DAYS)
 	$(UV) run --no-sync sendwise pipeline --data $(WORLD)
 	@token=$${SENDWISE_API_TOKEN:-$$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')}; \
-	first=$$($(UV) run --no-sync python -c "import pandas as pd; print(pd.read_parquet('raw/customers.parquet').query('consent_email')['customer_id'].iloc[0])"); \
+	first=$$($(UV) run --no-sync python -c "import pandas as pd; c = pd.read_parquet('feature_tables/customer_features.parquet'); print(c.loc[c.email_eligible > 0, 'customer_id'].iloc[0])"); \
 	echo; echo "sendwise serves on http://$(HOST):$(PORT)"; echo "token: $$token"; echo "try:"; \
-	echo "  curl -s -X POST http://$(HOST):$(PORT)/v1/decide -H 'Authorization: Bearer $$token' -H 'Content-Type: application/json' -d '{\"recipients\": [{\"customer_id\": \"'$$first'\"}]}'"; echo; \
+	echo "  curl -s -X POST http://$(HOST):$(PORT)/v1/decide -H 'Authorization: Bearer $$token' -H 'Content-Type: application/json' -d '{\"recipients\": [{\"customer_id\": \"$$first\"}]}'"; echo; \
 	SENDWISE_API_TOKEN=$$token $(UV) run --no-sync sendwise serve --host $(HOST) --port $(PORT)
 
 ## Install what the tests need and run the whole suite.
