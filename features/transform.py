@@ -113,24 +113,39 @@ def _smooth(profile: np.ndarray) -> np.ndarray:
     return out
 
 
-def _category_share(matrix: CustomerMatrix, rows: np.ndarray, categories: np.ndarray) -> np.ndarray:
-    """Share of each row's customer's product views that fall in the given category."""
-    out = np.zeros(len(rows), dtype=np.float32)
-    lookup: dict[int, dict[str, float]] = {}
-    for i, (r, category) in enumerate(zip(rows, categories, strict=True)):
-        if category is None or category == "" or (isinstance(category, float) and np.isnan(category)):
-            continue
-        shares = lookup.get(int(r))
-        if shares is None:
-            views = matrix.category_views[r]
-            total = float(views.sum())
-            shares = (
-                {name: float(v) / total for name, v in zip(matrix.category_names[r], views, strict=False)}
-                if total > 0
-                else {}
-            )
-            lookup[int(r)] = shares
-        out[i] = shares.get(str(category), 0.0)
+def _share_matrix(matrix: CustomerMatrix) -> tuple[list[str], np.ndarray]:
+    """Each customer's share of product views per category, over the union of the categories seen."""
+    vocabulary = sorted({name for names in matrix.category_names for name in names})
+    position = {name: k for k, name in enumerate(vocabulary)}
+    shares = np.zeros((len(matrix), max(len(vocabulary), 1)), dtype=np.float32)
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for r, names in enumerate(matrix.category_names):
+        if names and len(names) == len(matrix.category_views[r]):
+            groups.setdefault(tuple(names), []).append(r)
+    for names, members in groups.items():  # rows of one snapshot share their category list: stack them
+        views = np.stack([matrix.category_views[r] for r in members])
+        total = views.sum(axis=1, keepdims=True)
+        columns = [position[name] for name in names]
+        shares[np.ix_(members, columns)] = np.divide(views, total, out=np.zeros_like(views), where=total > 0)
+    return vocabulary, shares
+
+
+def _category_share(
+    matrix: CustomerMatrix, rows: np.ndarray, categories: np.ndarray, no_category: str = "zero"
+) -> np.ndarray:
+    """Share of each row's customer's product views in the given category.
+
+    Where a row has no category (a campaign without a topic), `no_category="average"` gives the share of an
+    average category (1 / number of categories) for customers with views, matching "no topic, no effect".
+    """
+    vocabulary, shares = _share_matrix(matrix)
+    values = pd.Series(np.asarray(categories, dtype=object)).where(lambda v: v.notna(), "").astype(str)
+    codes = pd.Categorical(values, categories=vocabulary).codes if vocabulary else np.full(len(rows), -1)
+    out = np.where(codes >= 0, shares[rows, np.maximum(codes, 0)], 0.0).astype(np.float32)
+    if no_category == "average" and vocabulary:
+        has_views = shares.sum(axis=1) > 0
+        missing = (values == "").to_numpy()
+        out = np.where(missing & has_views[rows], 1.0 / len(vocabulary), out).astype(np.float32)
     return out
 
 
@@ -206,7 +221,7 @@ def open_design(
     design["campaign_kind"] = pd.Categorical(
         kind, categories=["promotional", "newsletter", "triggered", "transactional"]
     )
-    design["topic_affinity"] = _category_share(matrix, rows, topic)
+    design["topic_affinity"] = _category_share(matrix, rows, topic, no_category="average")
     design["topic_interest"] = _interest_match(matrix, rows, topic)
     design = pd.concat([design, _engagement_scalars(matrix, rows), _attributes(matrix, rows)], axis=1)
     return design

@@ -129,7 +129,15 @@ def train(
 
     if tune:
         console.print("[yellow]--tune arrives with the quality release; training with fixed parameters[/]")
-    _print_training(run(_settings(), model=model.value, console=console))
+    from training.train import materialize_online, prepare_features
+
+    settings = _settings()
+    with console.status("building features and registering them with Feast"):
+        tables, store = prepare_features(settings)
+    result = run(settings, model=model.value, console=console, tables=tables, store=store)
+    with console.status("materializing the online store"):
+        materialize_online(settings, tables, store)  # serving reads the features training just built
+    _print_training(result)
 
 
 @app.command()

@@ -96,6 +96,11 @@ def evaluate(settings: Settings, world_dir: Path, progress: bool = True, seed: i
     sent = [d for d in decisions if d.send]
     ids = [d.customer_id for d in sent]
     n = len(ids)
+    if n == 0:
+        raise RuntimeError(
+            f"no customer of {world_dir} may be emailed according to the home {settings.home}: "
+            "run `sendwise pipeline --data` on this world into this home first"
+        )
     truth = world.hourly_open_probability(ids, start, hours=WINDOW_HOURS)
     best = truth.max(axis=1)
     chosen = np.array([int((pd.Timestamp(d.send_at) - start) / pd.Timedelta(hours=1)) for d in sent])
