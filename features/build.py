@@ -22,6 +22,8 @@ from sendwise.settings import Settings
 
 HOURS = 24
 HALF_LIFE_DAYS = 60.0
+PROFILE_HALF_LIFE_DAYS = 180.0
+"""Daily rhythms change slowly: hour profiles keep a longer memory than counts and rates."""
 DAY = pd.Timedelta(days=1)
 STATIC_TIMESTAMP = pd.Timestamp("2000-01-01", tz="UTC")
 SIGNALS = ("open", "click", "session")
@@ -116,10 +118,11 @@ class _State:
         self.last = {name: np.full(n_customers, np.nan) for name in ("human_open", "session", "email")}
         self.categories = np.zeros((n_customers, max(len(categories), 1)), np.float32)
         self.decay = 0.5 ** (1.0 / HALF_LIFE_DAYS)
+        self.profile_decay = 0.5 ** (1.0 / PROFILE_HALF_LIFE_DAYS)
 
     def age(self) -> None:
         for array in self.hours.values():
-            array *= self.decay
+            array *= self.profile_decay
         for array in self.scalars.values():
             array *= self.decay
         self.categories *= self.decay

@@ -34,6 +34,13 @@ OTHER_DAY_WEIGHT = 0.3
 PRIOR_OPEN_RATE = 0.2
 PRIOR_WEIGHT = 3.0
 KERNEL = np.array([0.05, 0.25, 0.4, 0.25, 0.05])
+ACTIVITY_SIGMA_HOURS = 3.0
+"""Width of the Gaussian kernel for the activity estimate: a person's active hours are broad, and with a few
+dozen site visits per quarter a narrow kernel follows the noise (docs/features.md has the measurement)."""
+ACTIVITY_OTHER_DAY_WEIGHT = 0.15
+ACTIVITY_PRIOR_VISITS = 1.0
+"""Pseudo-visits spread evenly over the day, so a thin history does not produce a confident peak."""
+ACTIVITY_SIGNALS = {"session": 1.0, "click": 1.0, "open": 0.5}
 
 
 @dataclass
@@ -130,6 +137,35 @@ def _share_matrix(matrix: CustomerMatrix) -> tuple[list[str], np.ndarray]:
     return vocabulary, shares
 
 
+def _gaussian_smooth(profile: np.ndarray, sigma: float) -> np.ndarray:
+    """Circular Gaussian smoothing over the 24 hours of each row."""
+    offsets = np.arange(-12, 12)
+    weights = np.exp(-0.5 * (offsets / sigma) ** 2)
+    weights /= weights.sum()
+    out = np.zeros_like(profile, dtype=np.float64)
+    for offset, weight in zip(offsets, weights, strict=True):
+        out += weight * np.roll(profile, offset, axis=1)
+    return out
+
+
+def activity_estimate(matrix: CustomerMatrix, signals: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Each customer's estimated share of activity per local hour, (weekday [n, 24], weekend [n, 24]).
+
+    Visits (and clicks and opens, by weight) by local hour, the other kind of day counted at a low weight,
+    smoothed with a broad kernel and shrunk toward an even day.
+    """
+    curves = []
+    for day, other in (("weekday", "weekend"), ("weekend", "weekday")):
+        counts = np.zeros((len(matrix), HOURS))
+        for signal, weight in signals.items():
+            counts += weight * (
+                matrix.profiles[f"{signal}_{day}"] + ACTIVITY_OTHER_DAY_WEIGHT * matrix.profiles[f"{signal}_{other}"]
+            )
+        smoothed = _gaussian_smooth(counts, ACTIVITY_SIGMA_HOURS) + ACTIVITY_PRIOR_VISITS / HOURS
+        curves.append(smoothed / smoothed.sum(axis=1, keepdims=True))
+    return curves[0], curves[1]
+
+
 def _category_share(
     matrix: CustomerMatrix, rows: np.ndarray, categories: np.ndarray, no_category: str = "zero"
 ) -> np.ndarray:
@@ -217,6 +253,12 @@ def open_design(
         ).astype(np.float32)
         engagement_share += weight * share
     columns["engagement_share_at_hour"] = engagement_share / 4.0
+    index = np.arange(len(rows))
+    for name, signals in (("visit_activity", {"session": 1.0}), ("activity", ACTIVITY_SIGNALS)):
+        weekday_curve, weekend_curve = activity_estimate(matrix, signals)
+        curve = np.where(weekend[:, None], weekend_curve[rows], weekday_curve[rows])
+        columns[f"{name}_at_hour"] = (HOURS * curve[index, hour]).astype(np.float32)
+        columns[f"{name}_vs_peak"] = (curve[index, hour] / curve.max(axis=1)).astype(np.float32)
     design = pd.DataFrame(columns)
     design["campaign_kind"] = pd.Categorical(
         kind, categories=["promotional", "newsletter", "triggered", "transactional"]

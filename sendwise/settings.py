@@ -26,7 +26,13 @@ class Settings(BaseSettings):
     online_store: ONLINE_STORES = "sqlite"
     redis_url: str = "redis://127.0.0.1:6379/0"
     explore_share: float = Field(default=0.0, ge=0.0, le=1.0, description="default exploration share")
-    holdout_share: float = Field(default=0.0, ge=0.0, lt=1.0, description="global promotional holdout")
+    holdout_share: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="share of customers (stable by id) never sent promotional or newsletter email, so that "
+        "realized lift can be measured; triggered and transactional email is not held out",
+    )
     seed: int = 7
     label_window_hours: int = 72
     conversion_window_days: int = 7

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
+from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
@@ -17,13 +19,16 @@ import orjson
 import pandas as pd
 from feast import FeatureStore
 
+from features.labels import message_sends
 from features.store import open_store
 from features.transform import CustomerMatrix, OfferMatrix, customer_matrix, offer_design, open_design
 from sendwise.raw import load_table
 from sendwise.settings import Settings
+from serving.assign import HourPlan, describe_quiet, in_holdout, local_window_hours, plan_hours, quiet
 from serving.modules import ModuleFacts, OfferFact, check_template, choose_modules
 from serving.render import render_email
 from serving.schemas import (
+    Constraints,
     DecideRequest,
     DecideResponse,
     Decision,
@@ -55,6 +60,10 @@ BLANK_ENGAGEMENT = (
 )
 PROFILE_COLUMNS = tuple(f"{s}_hours_{d}" for s in ("open", "click", "session") for d in ("weekday", "weekend"))
 FALLBACK_OPEN_PROBABILITY = 0.2
+NANOS_PER_DAY = 86_400 * 10**9
+# Marketing email whose lift the global holdout measures; triggered and transactional email is never held out.
+HELD_OUT_KINDS = frozenset({"promotional", "newsletter"})
+OFFER_MODULES = ("hero_offer", "secondary_offers", "content_block")
 
 
 @dataclass
@@ -79,11 +88,22 @@ class _Batch:
     eligible: np.ndarray
     curves: np.ndarray
     explore: np.ndarray
-    explore_hour: np.ndarray
+    plan: HourPlan
+    blocked: list[str | None]
+    holdout: np.ndarray
+    constraints: Constraints
+    zones: list[str]
     offers: pd.DataFrame
     conversion: np.ndarray
     value: np.ndarray
     control: np.ndarray
+    excluded: list[np.ndarray]
+    shown_offers: dict[str, list[str]] = field(default_factory=dict)
+
+    @cached_property
+    def offer_rows(self) -> list[dict[str, object]]:
+        """The offers as plain records (reading a DataFrame row per recipient and offer is slow)."""
+        return [{str(k): v for k, v in row.items()} for row in self.offers.to_dict("records")]
 
 
 @dataclass
@@ -111,6 +131,173 @@ def _eligible_offers(offers: pd.DataFrame | None, at: datetime, offer_ids: list[
     return offers[keep].reset_index(drop=True)
 
 
+def _optional_str(value: object) -> str | None:
+    return None if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
+
+
+def _optional_float(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]
+
+
+def _nanos(stamp: datetime | pd.Timestamp) -> int:
+    return int(pd.Timestamp(stamp).value)
+
+
+def _nanos_column(times: pd.Series) -> np.ndarray:
+    """UTC timestamps (any unit) as int64 nanoseconds since the epoch."""
+    return pd.to_datetime(times, utc=True).dt.tz_convert(None).to_numpy().astype("datetime64[ns]").view(np.int64)
+
+
+@dataclass
+class _Timeline:
+    """Each customer's event times (ns since the epoch), sorted, with a label per event, in flat arrays."""
+
+    spans: dict[str, tuple[int, int]]
+    times: np.ndarray
+    labels: np.ndarray
+
+    @classmethod
+    def empty(cls) -> _Timeline:
+        return cls({}, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=object))
+
+    @classmethod
+    def build(cls, customers: pd.Series, times: pd.Series, labels: pd.Series | None = None) -> _Timeline:
+        if len(customers) == 0:
+            return cls.empty()
+        codes, names = pd.factorize(customers.astype(str), sort=False)
+        stamps = _nanos_column(times)
+        order = np.lexsort((stamps, codes))
+        codes = codes[order]
+        first = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+        last = np.r_[first[1:], len(codes)]
+        spans = {str(names[codes[a]]): (int(a), int(b)) for a, b in zip(first, last, strict=True)}
+        values = labels.astype(object).to_numpy()[order] if labels is not None else np.zeros(len(order), dtype=object)
+        return cls(spans, stamps[order], values)
+
+    def _slice(self, customer_id: str, low: int, high: int) -> slice:
+        a, b = self.spans.get(customer_id, (0, 0))
+        times = self.times[a:b]
+        return slice(a + int(np.searchsorted(times, low, "left")), a + int(np.searchsorted(times, high, "left")))
+
+    def count(self, customer_id: str, low: int, high: int) -> int:
+        """Events in [low, high)."""
+        part = self._slice(customer_id, low, high)
+        return part.stop - part.start
+
+    def labels_between(self, customer_id: str, low: int, high: int) -> set[str]:
+        return {str(x) for x in self.labels[self._slice(customer_id, low, high)]}
+
+
+class SendHistory:
+    """What each customer was sent and shown: the raw store's sends and offer exposures up to where its data
+    ends, then the sends sendwise itself decided (its decision log: `send: true`, at their `send_at`).
+
+    Why both: the ESP's events are what was really sent, but they arrive with the next export; a decision is
+    known the moment it is made, and counting it keeps two campaigns decided on the same day from both passing
+    a frequency cap. A decision counts only after the raw store ends and only if its decision_id is not among
+    the raw sends, so nothing is counted twice once the sends come back. A decided send that the sending system
+    dropped still counts: the cap errs on the side of sending less. The raw store is loaded once; the log is
+    read as it grows, each file from where it was last read.
+    """
+
+    def __init__(
+        self,
+        decisions_dir: Path,
+        sends: _Timeline,
+        exposures: _Timeline,
+        sends_end: int | None = None,
+        exposures_end: int | None = None,
+        known_decisions: set[str] | None = None,
+    ) -> None:
+        self.decisions_dir = decisions_dir
+        self.sends = sends
+        self.exposures = exposures
+        self.sends_end = sends_end
+        self.exposures_end = exposures_end
+        self.known_decisions = known_decisions or set()
+        self._decided: dict[str, list[tuple[int, tuple[str, ...]]]] = {}
+        self._offsets: dict[Path, int] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_raw(cls, settings: Settings) -> SendHistory:
+        sends, exposures = _Timeline.empty(), _Timeline.empty()
+        sends_end = exposures_end = None
+        known: set[str] = set()
+        events = load_table(settings, "email_events")
+        if events is not None and len(events):
+            table = message_sends(events)
+            sends = _Timeline.build(table["customer_id"], table["send_at"])
+            sends_end = int(sends.times.max()) if len(sends.times) else None
+            known = set(table["decision_id"].dropna().astype(str))
+        offer_events = load_table(settings, "offer_events")
+        if offer_events is not None and len(offer_events):
+            shown = offer_events[offer_events["event"] == "exposed"]
+            exposures = _Timeline.build(shown["customer_id"], shown["occurred_at"], shown["offer_id"])
+            exposures_end = int(exposures.times.max()) if len(exposures.times) else None
+        return cls(settings.decisions_dir, sends, exposures, sends_end, exposures_end, known)
+
+    def _read_log(self) -> None:
+        if not self.decisions_dir.is_dir():
+            return
+        for path in sorted(self.decisions_dir.glob("*.jsonl")):
+            offset = self._offsets.get(path, 0)
+            size = path.stat().st_size
+            if size <= offset:
+                continue
+            with path.open("rb") as handle:
+                handle.seek(offset)
+                chunk = handle.read(size - offset)
+            complete = chunk.rfind(b"\n") + 1
+            self._offsets[path] = offset + complete
+            for line in chunk[:complete].splitlines():
+                self._add_logged(line)
+
+    def _add_logged(self, line: bytes) -> None:
+        try:
+            entry = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            return
+        if not entry.get("send") or not entry.get("send_at") or entry.get("decision_id") in self.known_decisions:
+            return
+        at = int(datetime.fromisoformat(entry["send_at"]).timestamp()) * 10**9
+        shown = entry.get("exposed_offer_ids")
+        if shown is None:  # written before the log said which offers the email carried: the top one did
+            shown = entry.get("offer_ids", [])[:1]
+        self._decided.setdefault(str(entry["customer_id"]), []).append((at, tuple(str(o) for o in shown)))
+
+    def _logged(self, customer_id: str, low: int, high: int, after: int | None) -> list[tuple[str, ...]]:
+        return [
+            offers
+            for at, offers in self._decided.get(customer_id, ())
+            if low <= at < high and (after is None or at > after)
+        ]
+
+    def sends_before(self, customer_ids: list[str], start: datetime, days: int) -> tuple[np.ndarray, np.ndarray]:
+        """(sends in the raw store, sends decided by sendwise since it ends) in the `days` before `start`."""
+        high = _nanos(start)
+        low = high - days * NANOS_PER_DAY
+        with self._lock:
+            self._read_log()
+            raw = np.array([self.sends.count(c, low, high) for c in customer_ids], dtype=np.int64)
+            decided = np.array([len(self._logged(c, low, high, self.sends_end)) for c in customer_ids], dtype=np.int64)
+        return raw, decided
+
+    def offers_shown_before(self, customer_ids: list[str], start: datetime, days: int) -> list[set[str]]:
+        """The offers each customer was exposed to in the `days` before `start` (raw exposures, then decisions)."""
+        high = _nanos(start)
+        low = high - days * NANOS_PER_DAY
+        with self._lock:
+            self._read_log()
+            shown = []
+            for c in customer_ids:
+                offers = self.exposures.labels_between(c, low, high)
+                for logged in self._logged(c, low, high, self.exposures_end):
+                    offers.update(logged)
+                shown.append(offers)
+        return shown
+
+
 class Engine:
     """Champions and features, loaded once; decisions, renders and explanations per request."""
 
@@ -121,12 +308,14 @@ class Engine:
         models: dict[str, LoadedModel],
         offers: pd.DataFrame | None,
         offer_features: pd.DataFrame | None,
+        history: SendHistory | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.models = models
         self.offers = offers
         self.offer_features = offer_features
+        self.history = history or SendHistory(settings.decisions_dir, _Timeline.empty(), _Timeline.empty())
         self.degraded_reasons: list[str] = []
         self._log_lock = threading.Lock()
         self._rng = np.random.default_rng()
@@ -138,7 +327,7 @@ class Engine:
     # --- loading ---------------------------------------------------------------------------------
     @classmethod
     def load(cls, settings: Settings) -> Engine:
-        """The champions from MLflow, the Feast store and the offers of the home."""
+        """The champions from MLflow, the Feast store, the offers and the send history of the home."""
         client = connect(settings)
         models: dict[str, LoadedModel] = {}
         for name in MODEL_NAMES:
@@ -159,7 +348,7 @@ class Engine:
                 .to_df()
                 .reset_index(drop=True)
             )
-        return cls(settings, store, models, offers, offer_features)
+        return cls(settings, store, models, offers, offer_features, SendHistory.from_raw(settings))
 
     def model_versions(self) -> dict[str, str | None]:
         return {name: (self.models[name].version if name in self.models else None) for name in MODEL_NAMES}
@@ -231,8 +420,8 @@ class Engine:
             for column in (*PROFILE_COLUMNS, "category_views", "category_names"):
                 if column in rows.columns:
                     rows[column] = rows[column].astype(object)
-                    for i in np.flatnonzero(blank):
-                        rows.at[i, column] = None
+                    for row in np.flatnonzero(blank):
+                        rows.at[row, column] = None
         return rows, known, profiled, degraded
 
     # --- predictions -----------------------------------------------------------------------------
@@ -245,7 +434,7 @@ class Engine:
         stamps = pd.date_range(start, periods=hours, freq="h", tz=UTC)
         times = pd.Series(np.tile(stamps.tz_convert(None).to_numpy(), n)).dt.tz_localize("UTC")
         design = open_design(matrix, rows, times, np.full(len(rows), kind), np.full(len(rows), topic, dtype=object))
-        prediction = model.booster.predict(design[model.booster.feature_name()])
+        prediction = np.asarray(model.booster.predict(design[model.booster.feature_name()]))
         return np.clip(prediction.reshape(n, hours), 0.0, 1.0)
 
     def _offer_scores(
@@ -260,7 +449,7 @@ class Engine:
         offers = OfferMatrix.from_rows(features)
         n, m = len(matrix), len(offers)
         design = offer_design(matrix, np.repeat(np.arange(n), m), offers, np.tile(np.arange(m), n))
-        probability = model.booster.predict(design[model.booster.feature_name()]).reshape(n, m)
+        probability = np.asarray(model.booster.predict(design[model.booster.feature_name()])).reshape(n, m)
         return eligible.assign(margin=offers.margin), np.clip(probability, 0.0, 1.0)
 
     def _measure_population(self) -> Population:
@@ -287,16 +476,35 @@ class Engine:
     def decide(self, request: DecideRequest) -> DecideResponse:
         start = request.resolved_window_start()
         kind, topic = request.campaign.kind, request.campaign.topic
+        constraints = request.constraints or Constraints()
         explore_share = self.settings.explore_share if request.explore_share is None else request.explore_share
         rows, known, profiled, degraded = self._customer_rows(request.recipients)
         matrix = customer_matrix(rows)
         offers, conversion = self._offer_scores(matrix, start, request.offer_ids)
         margins = offers["margin"].fillna(1.0).to_numpy() if len(offers) else np.zeros(0)
         kinds = offers["kind"].to_numpy() if len(offers) else np.zeros(0, dtype=object)
-        n = len(request.recipients)
+        n, hours = len(request.recipients), request.window_hours
+        ids = [r.customer_id for r in request.recipients]
+        zones = [z if isinstance(z, str) and z else "UTC" for z in rows["timezone"]]
+        consent = pd.to_numeric(rows["consent_email"], errors="coerce").fillna(0).to_numpy() > 0
+        eligible = pd.to_numeric(rows["email_eligible"], errors="coerce").fillna(0).to_numpy() > 0
+        curves = self._curves(matrix, start, hours, kind, topic)
+        holdout = in_holdout(ids, self.settings.holdout_share)
+        # Consent and eligibility first (`_decision` answers those in their own shape), then the constraints.
+        blocked: list[str | None] = [
+            "no consent" if k and not c else "not eligible" if k and not e else None
+            for k, c, e in zip(known, consent, eligible, strict=True)
+        ]
+        if kind in HELD_OUT_KINDS:
+            self._block_holdout(blocked, holdout, kind)
+        if constraints.frequency_cap is not None:
+            self._block_frequency(blocked, ids, start, constraints)
+        allowed = self._allowed_hours(blocked, start, hours, zones, constraints)
+        sendable = np.array([b is None for b in blocked], dtype=bool)
         with self._rng_lock:
-            explore_draw = self._rng.random(n)
-            explore_hour = self._rng.integers(0, request.window_hours, n)
+            explore = self._rng.random(n) < explore_share
+            hour_draws = self._rng.random(n)
+        plan = plan_hours(curves, allowed, sendable, explore, hour_draws, explore_share, constraints.max_share_per_hour)
         batch = _Batch(
             start=start,
             kind=kind,
@@ -306,33 +514,98 @@ class Engine:
             matrix=matrix,
             known=known,
             profiled=profiled,
-            consent=pd.to_numeric(rows["consent_email"], errors="coerce").fillna(0).to_numpy() > 0,
-            eligible=pd.to_numeric(rows["email_eligible"], errors="coerce").fillna(0).to_numpy() > 0,
-            curves=self._curves(matrix, start, request.window_hours, kind, topic),
-            explore=explore_draw < explore_share,
-            explore_hour=explore_hour,
+            consent=consent,
+            eligible=eligible,
+            curves=curves,
+            explore=explore & sendable & (plan.hours >= 0),
+            plan=plan,
+            blocked=blocked,
+            holdout=holdout,
+            constraints=constraints,
+            zones=zones,
             offers=offers,
             conversion=conversion,
             value=conversion * margins[None, :],
             control=np.flatnonzero(kinds == "control"),
+            excluded=self._repeated_offers(ids, offers, start, constraints.no_repeat_offer_days, sendable),
         )
         decisions = [self._decision(batch, i, r) for i, r in enumerate(request.recipients)]
-        self._log_decisions(decisions, request)
+        self._log_decisions(decisions, request, batch.shown_offers)
         return DecideResponse(
             model_versions=self.model_versions(), status="degraded" if degraded else "ok", decisions=decisions
         )
+
+    @staticmethod
+    def _allowed_hours(
+        blocked: list[str | None], start: datetime, hours: int, zones: list[str], constraints: Constraints
+    ) -> np.ndarray:
+        """[n, hours]: the hours outside each recipient's local quiet hours; blocks those left with none."""
+        if constraints.quiet_hours is None:
+            return np.ones((len(zones), hours), dtype=bool)
+        q = constraints.quiet_hours
+        allowed = ~quiet(local_window_hours(start, hours, zones), q.start, q.end)
+        for i in np.flatnonzero(~allowed.any(axis=1)):
+            if blocked[i] is None:
+                blocked[i] = (
+                    f"quiet hours {describe_quiet(q.start, q.end)} in {zones[i]} leave no hour "
+                    f"of the {hours}-hour window"
+                )
+        return allowed
+
+    def _block_holdout(self, blocked: list[str | None], holdout: np.ndarray, kind: str) -> None:
+        share = self.settings.holdout_share
+        for i in np.flatnonzero(holdout):
+            if blocked[i] is None:
+                blocked[i] = (
+                    f"in the global holdout ({share:.1%} of customers, chosen stably by customer id): "
+                    f"never sent {kind} email, so that the realized lift of sending can be measured"
+                )
+
+    def _block_frequency(
+        self, blocked: list[str | None], ids: list[str], start: datetime, constraints: Constraints
+    ) -> None:
+        cap = constraints.frequency_cap
+        assert cap is not None
+        rows = [i for i, b in enumerate(blocked) if b is None]
+        raw, decided = self.history.sends_before([ids[i] for i in rows], start, cap.days)
+        for i, from_raw, from_log in zip(rows, raw, decided, strict=True):
+            total = int(from_raw + from_log)
+            if total >= cap.emails:
+                blocked[i] = (
+                    f"frequency cap reached: {total} emails in the {cap.days} days before the window "
+                    f"({from_raw} sent per the ESP's events, {from_log} decided by sendwise since they end), "
+                    f"cap {cap.emails} in {cap.days} days"
+                )
+
+    def _repeated_offers(
+        self, ids: list[str], offers: pd.DataFrame, start: datetime, days: int | None, sendable: np.ndarray
+    ) -> list[np.ndarray]:
+        """Per recipient, the columns of the (non-control) offers shown to them within `days` before `start`."""
+        none = np.zeros(0, dtype=np.int64)
+        if days is None or offers.empty:
+            return [none] * len(ids)
+        column = {str(o): j for j, o in enumerate(offers["offer_id"])}
+        control = set(offers.loc[offers["kind"] == "control", "offer_id"].astype(str))
+        rows = np.flatnonzero(sendable)
+        shown = self.history.offers_shown_before([ids[i] for i in rows], start, days)
+        excluded = [none] * len(ids)
+        for i, seen in zip(rows, shown, strict=True):
+            excluded[i] = np.array(sorted(column[o] for o in seen if o in column and o not in control), dtype=np.int64)
+        return excluded
 
     def _decision(self, batch: _Batch, i: int, recipient: Recipient) -> Decision:
         decision_id = f"d-{uuid.uuid4().hex}"
         emails = int(np.nan_to_num(batch.matrix.scalars["n_emails"].iloc[i], nan=0.0))
         curve = batch.curves[i]
         known = bool(batch.known[i])
+        in_holdout = bool(batch.holdout[i])
         if known and not batch.consent[i]:
             return Decision(
                 customer_id=recipient.customer_id,
                 decision_id=decision_id,
                 send=False,
                 history_emails=emails,
+                holdout=in_holdout,
                 reasons=["no email consent: never scheduled, rendered or offered anything"],
             )
         if known and not batch.eligible[i]:
@@ -342,7 +615,19 @@ class Engine:
                 send=False,
                 hourly_open_probability=[float(x) for x in curve],
                 history_emails=emails,
+                holdout=in_holdout,
                 reasons=["no longer eligible for sends: unsubscribed, complained or hard-bounced"],
+            )
+        chosen = int(batch.plan.hours[i])
+        if batch.blocked[i] is not None or chosen < 0:
+            return Decision(
+                customer_id=recipient.customer_id,
+                decision_id=decision_id,
+                send=False,
+                hourly_open_probability=[float(x) for x in curve],
+                history_emails=emails,
+                holdout=in_holdout,
+                reasons=[batch.blocked[i] or self._no_room_reason(batch)],
             )
         reasons = []
         if not known:
@@ -358,20 +643,14 @@ class Engine:
             reasons.append("no open model trained yet: a flat population prior, every hour alike")
         if batch.offers.empty and self.offers is not None and len(self.offers) and "next_best_offer" not in self.models:
             reasons.append("no next-best-offer model trained yet: no offer chosen")
-        best = int(np.argmax(curve))
-        hours = len(curve)
-        share = batch.explore_share
-        if batch.explore[i]:
-            chosen = int(batch.explore_hour[i])
-            propensity = share / hours + ((1 - share) if chosen == best else 0.0)
-            reasons.append(f"exploration: a random hour for {share:.0%} of recipients, to keep learning")
-        else:
-            chosen = best
-            propensity = (1 - share) + share / hours
-            reasons.append(
-                f"best hour of the window: {curve[best]:.1%} open probability vs {curve.mean():.1%} on average"
-            )
+        if in_holdout:
+            reasons.append(f"in the global holdout, but {batch.kind} email is never held out")
+        reasons.extend(self._hour_reasons(batch, i))
         ranked, facts_offers = self._rank_offers(batch, i)
+        if len(batch.excluded[i]):
+            names = ", ".join(str(batch.offer_rows[j]["offer_id"]) for j in batch.excluded[i])
+            days = batch.constraints.no_repeat_offer_days
+            reasons.append(f"left out, shown to this customer in the {days} days before the window: {names}")
         if ranked and ranked[0].kind == "control":
             reasons.append("no offer adds value over sending none for this customer")
         facts = self._facts(
@@ -385,7 +664,8 @@ class Engine:
             not known,
             emails,
         )
-        modules = [m.name for m in choose_modules(facts, "newsletter" if batch.kind == "newsletter" else "promotional")]
+        choices = choose_modules(facts, "newsletter" if batch.kind == "newsletter" else "promotional")
+        batch.shown_offers[decision_id] = [item for m in choices if m.name in OFFER_MODULES for item in m.items]
         return Decision(
             customer_id=recipient.customer_id,
             decision_id=decision_id,
@@ -394,13 +674,61 @@ class Engine:
             open_probability=float(curve[chosen]),
             hourly_open_probability=[float(x) for x in curve],
             explore=bool(batch.explore[i]),
-            propensity=float(propensity),
+            propensity=float(batch.plan.propensity[i]),
             offers=ranked,
-            modules=modules,
+            modules=[m.name for m in choices],
             cold_start=not known,
             history_emails=emails,
+            holdout=in_holdout,
             reasons=reasons,
         )
+
+    @staticmethod
+    def _no_room_reason(batch: _Batch) -> str:
+        return (
+            f"per-hour cap: at most {batch.plan.capacity} of this batch's sends per hour, and every allowed hour "
+            "of the window is full"
+        )
+
+    @staticmethod
+    def _hour_reasons(batch: _Batch, i: int) -> list[str]:
+        """Why this hour: the best (allowed) one, an exploration, or where the per-hour cap moved the send."""
+        curve, plan, constraints = batch.curves[i], batch.plan, batch.constraints
+        chosen, best = int(plan.hours[i]), int(plan.best[i])
+        quiet_hours = constraints.quiet_hours
+        outside = (
+            f" outside quiet hours {describe_quiet(quiet_hours.start, quiet_hours.end)} ({batch.zones[i]} time)"
+            if quiet_hours is not None
+            else ""
+        )
+        reasons = []
+        if batch.explore[i]:
+            reasons.append(
+                f"exploration: a random hour{outside} for {batch.explore_share:.0%} of recipients, to keep learning"
+            )
+        elif chosen == best:
+            reasons.append(
+                f"best hour of the window{outside}: {curve[best]:.1%} open probability vs {curve.mean():.1%} on average"
+            )
+            overall = int(np.argmax(curve))
+            if overall != best:
+                reasons.append(
+                    f"the best hour of all, {batch.start + timedelta(hours=overall):%H:00} UTC "
+                    f"({curve[overall]:.1%}), is quiet"
+                )
+        else:
+            at = batch.start + timedelta(hours=chosen)
+            was = batch.start + timedelta(hours=best)
+            reasons.append(
+                f"moved by the per-hour cap (at most {plan.capacity} of this batch's sends per hour) from "
+                f"{was:%Y-%m-%d %H:00} UTC ({curve[best]:.1%}) to {at:%Y-%m-%d %H:00} UTC ({curve[chosen]:.1%}): "
+                f"costs {100 * (curve[best] - curve[chosen]):.2f} points of open probability"
+            )
+        if plan.capacity is not None and batch.explore_share > 0:
+            reasons.append(
+                "propensity approximate: under the per-hour cap the hour the policy gives depends on the batch"
+            )
+        return reasons
 
     @staticmethod
     def _rank_offers(batch: _Batch, i: int) -> tuple[list[OfferScore], list[OfferFact]]:
@@ -411,10 +739,12 @@ class Engine:
         baseline = float(value[batch.control].max()) if len(batch.control) else None
         incremental = value - baseline if baseline is not None else None
         order = np.argsort(-(incremental if incremental is not None else value), kind="stable")
+        if len(batch.excluded[i]):
+            order = order[~np.isin(order, batch.excluded[i])]
         ranked: list[OfferScore] = []
         facts: list[OfferFact] = []
         for j in order[: max(batch.k_offers, 0)]:
-            offer = batch.offers.iloc[j]
+            offer = batch.offer_rows[j]
             score = OfferScore(
                 offer_id=str(offer["offer_id"]),
                 kind=str(offer["kind"]),
@@ -466,8 +796,15 @@ class Engine:
             history_emails=emails,
         )
 
-    def _log_decisions(self, decisions: list[Decision], request: DecideRequest) -> None:
-        """Append every decision (with its exploration flag and propensity) to the day's decision log."""
+    def _log_decisions(
+        self, decisions: list[Decision], request: DecideRequest, shown: dict[str, list[str]] | None = None
+    ) -> None:
+        """Append every decision (with its exploration flag and propensity) to the day's decision log.
+
+        `exposed_offer_ids` are the offers the email's modules carry (what a no-repeat rule counts as shown);
+        `offer_ids` the whole ranking.
+        """
+        shown = shown or {}
         now = datetime.now(UTC)
         self.settings.decisions_dir.mkdir(parents=True, exist_ok=True)
         path = self.settings.decisions_dir / f"{now:%Y-%m-%d}.jsonl"
@@ -483,6 +820,8 @@ class Engine:
                     "explore": d.explore,
                     "propensity": d.propensity,
                     "offer_ids": [o.offer_id for o in d.offers],
+                    "exposed_offer_ids": shown.get(d.decision_id, []),
+                    "holdout": d.holdout,
                     "model_versions": self.model_versions(),
                 }
             )
@@ -543,8 +882,8 @@ class Engine:
         return [
             OfferFact(
                 **o.model_dump(),
-                category=catalog.get(o.offer_id, {}).get("category"),
-                discount_pct=catalog.get(o.offer_id, {}).get("discount_pct"),
+                category=_optional_str(catalog.get(o.offer_id, {}).get("category")),
+                discount_pct=_optional_float(catalog.get(o.offer_id, {}).get("discount_pct")),
             )
             for o in decision.offers
         ]
@@ -572,7 +911,7 @@ class Engine:
         start = request_start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
         if name == "next_best_offer":
             offers, _ = self._offer_scores(matrix, start, None)
-            if offers.empty:
+            if offers.empty or self.offer_features is None:
                 raise LookupError("no eligible offers to explain")
             features = self.offer_features.set_index("offer_id").loc[offers["offer_id"]].reset_index()
             design = offer_design(

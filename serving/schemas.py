@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
 CustomerId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
 CampaignKind = Literal["promotional", "newsletter", "triggered", "transactional"]
@@ -54,20 +54,55 @@ class Campaign(_Strict):
 
 
 class QuietHours(_Strict):
+    """No sends from `start`:00 until `end`:00 in each recipient's local time; start > end wraps midnight
+    (22 -> 7: 22:00 to 06:59 are quiet)."""
+
     start: int = Field(ge=0, le=23)
     end: int = Field(ge=0, le=23)
 
+    @field_validator("end")
+    @classmethod
+    def _not_empty(cls, value: int, info: ValidationInfo) -> int:
+        if info.data.get("start") == value:
+            raise ValueError(
+                f"quiet hours from {value} to {value} are ambiguous (no hour or every hour): give end != start"
+            )
+        return value
+
 
 class FrequencyCap(_Strict):
+    """Skip a recipient who already got `emails` or more emails in the `days` before the window."""
+
     emails: int = Field(ge=1)
     days: int = Field(ge=1, le=365)
 
 
 class Constraints(_Strict):
-    quiet_hours: QuietHours | None = None
-    max_share_per_hour: float | None = Field(default=None, gt=0.0, le=1.0)
-    frequency_cap: FrequencyCap | None = None
-    no_repeat_offer_days: int | None = Field(default=None, ge=1, le=365)
+    """The sender's rules for one batch (DESIGN.md): quiet hours, the most of the batch one hour may get, a
+    frequency cap and no offer repeated within N days."""
+
+    quiet_hours: QuietHours | None = Field(
+        default=None, description="hours in each recipient's local time that no send may fall in"
+    )
+    max_share_per_hour: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1.0,
+        description="the most any one hour may get: ceil(share × the recipients of this batch that are sent); the "
+        "batch is assigned so that the summed open probability is as high as the cap allows",
+    )
+    frequency_cap: FrequencyCap | None = Field(
+        default=None,
+        description="skip a recipient with `emails` or more sends in the `days` before the window: the ESP's "
+        "sends in the raw store, then sendwise's own decisions with send: true after the store's data ends",
+    )
+    no_repeat_offer_days: int | None = Field(
+        default=None,
+        ge=1,
+        le=365,
+        description="leave out offers the recipient was exposed to (or that sendwise decided to send them) in "
+        "the N days before the window; the control offer is exempt",
+    )
 
 
 def next_whole_hour(now: datetime | None = None) -> datetime:
@@ -97,17 +132,6 @@ class DecideRequest(_Strict):
             raise ValueError("window_start must be a whole hour, e.g. 2026-11-26T07:00:00Z")
         return value
 
-    @field_validator("constraints")
-    @classmethod
-    def _constraints_not_yet(cls, value: Constraints | None) -> Constraints | None:
-        # a field validator (not a model validator) so that the error names the field `constraints`
-        if value is not None:
-            raise ValueError(
-                "constraints are not supported yet (quiet hours, per-hour share, frequency cap and offer "
-                "repetition arrive with the decision-quality release); send the request without them"
-            )
-        return value
-
     def resolved_window_start(self) -> datetime:
         return self.window_start or next_whole_hour()
 
@@ -133,6 +157,11 @@ class Decision(BaseModel):
     modules: list[str] = Field(default_factory=list)
     cold_start: bool = False
     history_emails: int = 0
+    holdout: bool = Field(
+        default=False,
+        description="the customer is in the global holdout (SENDWISE_HOLDOUT_SHARE, stable by id): never sent "
+        "promotional or newsletter email; triggered and transactional email is not held out",
+    )
     reasons: list[str] = Field(default_factory=list)
 
 

@@ -141,11 +141,37 @@ def test_render_over_http(service: str, pipeline_home) -> None:  # type: ignore[
     assert all(m["reason"] for m in email["modules"])
 
 
-def test_constraints_are_refused_until_supported(service: str) -> None:
-    body = {"recipients": [{"customer_id": "c-000001"}], "constraints": {"max_share_per_hour": 0.2}}
-    answer = httpx.post(f"{service}/v1/decide", json=body, headers=_auth(), timeout=30)
-    assert answer.status_code == 422
-    assert "constraints" in answer.text and "not supported yet" in answer.text
+def test_constraints_over_http(service: str, pipeline_home) -> None:  # type: ignore[no-untyped-def]
+    from zoneinfo import ZoneInfo
+
+    customers = load_table(pipeline_home.settings, "customers")
+    assert customers is not None
+    chosen = customers[customers["consent_email"]].head(300)
+    zone_of = dict(zip(chosen["customer_id"], chosen["timezone"], strict=True))
+    body = {
+        "recipients": [{"customer_id": c} for c in zone_of],
+        "window_start": START.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "constraints": {
+            "quiet_hours": {"start": 21, "end": 8},
+            "max_share_per_hour": 0.1,
+            "frequency_cap": {"emails": 50, "days": 7},
+            "no_repeat_offer_days": 14,
+        },
+    }
+    answer = httpx.post(f"{service}/v1/decide", json=body, headers=_auth(), timeout=120)
+    assert answer.status_code == 200, answer.text
+    decisions = answer.json()["decisions"]
+    assert [d["customer_id"] for d in decisions] == list(zone_of)
+    sent = [d for d in decisions if d["send"]]
+    assert len(sent) >= 250
+    at = [datetime.fromisoformat(d["send_at"].replace("Z", "+00:00")) for d in sent]
+    per_hour = np.unique([a.isoformat() for a in at], return_counts=True)[1]
+    assert per_hour.max() <= int(np.ceil(0.1 * len(sent)))
+    for d, when in zip(sent, at, strict=True):
+        assert 8 <= when.astimezone(ZoneInfo(zone_of[d["customer_id"]])).hour < 21
+        assert len(d["hourly_open_probability"]) == 24 and d["holdout"] is False
+        k = int((when - START) / timedelta(hours=1))
+        assert d["open_probability"] == pytest.approx(d["hourly_open_probability"][k])
 
 
 def test_api_conformance_checker_passes(service: str, pipeline_home) -> None:  # type: ignore[no-untyped-def]

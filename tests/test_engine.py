@@ -127,3 +127,26 @@ def test_explain_names_drivers_in_plain_words(engine, customers) -> None:  # typ
     assert all(("raises" in d.sentence) or ("lowers" in d.sentence) for d in answer.drivers)
     shap_sum = sum(d.shap_value for d in answer.drivers)
     assert abs(shap_sum) > 0
+
+
+def test_decision_log_records_the_offers_each_email_carries(engine, customers) -> None:  # type: ignore[no-untyped-def]
+    import orjson
+
+    ids = customers.loc[customers["consent_email"], "customer_id"].head(40).tolist()
+    answer = _decide(engine, ids, window_hours=6)
+    log = sorted(engine.settings.decisions_dir.glob("*.jsonl"))[-1].read_bytes().splitlines()
+    logged = {entry["decision_id"]: entry for entry in map(orjson.loads, log[-len(ids) :])}
+    for d in answer.decisions:
+        entry = logged[d.decision_id]
+        assert entry["send"] == d.send and entry["holdout"] is False
+        if not d.send:
+            assert entry["exposed_offer_ids"] == [] and entry["send_at"] is None
+            continue
+        assert entry["send_at"] == d.send_at.isoformat()
+        ahead = []  # the modules carry offers ranked ahead of the control arm: a hero and up to two more
+        for o in d.offers:
+            if o.kind == "control":
+                break
+            ahead.append(o.offer_id)
+        shown = entry["exposed_offer_ids"]
+        assert set(ahead[:2]) <= set(shown) <= set(ahead) and len(shown) <= 3

@@ -390,13 +390,50 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], int, str, str]] = [
     ),
     ("unknown field", {"json": _decide_body("c-1", windw_hours=24)}, 422, "windw_hours", "unknown field"),
     (
-        "constraints",
-        {"json": _decide_body("c-1", constraints={"quiet_hours": {"start": 22, "end": 7}})},
+        "quiet hours of no length",
+        {"json": _decide_body("c-1", constraints={"quiet_hours": {"start": 7, "end": 7}})},
         422,
-        "constraints",
-        "not supported yet",
+        "constraints.quiet_hours.end",
+        "ambiguous",
+    ),
+    (
+        "per-hour share above 1",
+        {"json": _decide_body("c-1", constraints={"max_share_per_hour": 1.5})},
+        422,
+        "constraints.max_share_per_hour",
+        "less than or equal to 1",
+    ),
+    (
+        "frequency cap of 0 emails",
+        {"json": _decide_body("c-1", constraints={"frequency_cap": {"emails": 0, "days": 7}})},
+        422,
+        "constraints.frequency_cap.emails",
+        "greater than or equal to 1",
+    ),
+    (
+        "unknown constraint",
+        {"json": _decide_body("c-1", constraints={"max_per_day": 3})},
+        422,
+        "constraints.max_per_day",
+        "unknown field",
     ),
 ]
+
+
+async def test_constraints_reach_the_engine_as_given(client: httpx.AsyncClient, engine: FakeEngine) -> None:
+    constraints = {
+        "quiet_hours": {"start": 22, "end": 7},
+        "max_share_per_hour": 0.2,
+        "frequency_cap": {"emails": 3, "days": 7},
+        "no_repeat_offer_days": 14,
+    }
+    response = await client.post("/v1/decide", json=_decide_body("c-1", "c-2", constraints=constraints), headers=AUTH)
+
+    assert response.status_code == 200, response.text
+    assert [d["customer_id"] for d in response.json()["decisions"]] == ["c-1", "c-2"]
+    assert all(d["holdout"] is False for d in response.json()["decisions"])
+    (request,) = engine.requests
+    assert request.constraints.model_dump() == constraints
 
 
 @pytest.mark.parametrize(

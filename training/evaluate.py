@@ -2,8 +2,12 @@
 
 For a 24-hour window that starts when the data ends, over customers with email consent, without exploration:
 - send-time efficiency = sum of the true open probability at the chosen hour / sum at each customer's best
-  hour; beside it a random hour, the best single UTC hour for everyone, and each customer's most frequent
-  past engagement hour (human opens and clicks) in local time;
+  hour; beside it sendwise under a 10% per-hour cap (decided in batches of up to 10,000, the API's most: a
+  cap is a share of one batch) and the best any assignment under that cap could do (the truth's own), a
+  random hour, the best single UTC hour for everyone, each customer's most frequent past engagement hour
+  (human opens and clicks) in local time, and a strong heuristic: each customer's kernel-smoothed histogram
+  of human opens, clicks and site sessions by local hour, weekdays and weekends apart;
+- how long deciding takes, with the cap and without it, on the same recipients;
 - offer efficiency = sum of the true expected value of the top non-control offer / sum of the best one;
   beside it a random offer and the best single offer for everyone;
 - the open model's AUC on outcomes drawn from the true probabilities, beside the true probabilities' AUC on
@@ -12,6 +16,7 @@ For a 24-hour window that starts when the data ends, over customers with email c
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,16 +25,24 @@ import pandas as pd
 from rich.progress import Progress
 
 from features.labels import label_sends
-from features.localtime import local_hour_weekday
+from features.localtime import is_weekend, local_hour_weekday
 from sendwise.raw import load_table
 from sendwise.settings import Settings
 from sendwise.truth import World
+from serving.assign import assign_hours, greedy_hours, hour_capacity
 from serving.engine import Engine
-from serving.schemas import DecideRequest, Recipient
+from serving.schemas import MAX_RECIPIENTS, Constraints, DecideRequest, Decision, Recipient
 from training.models import auc
 
-BATCH = 5000
+BATCH = MAX_RECIPIENTS
 WINDOW_HOURS = 24
+CAP_SHARE = 0.1
+WARM_UP = 50
+# The heuristic baseline: a Gaussian kernel over the circular clock, the other day type's activity counted
+# at this weight (weekend histograms are thin), and the population's histogram as a prior worth this many events.
+KERNEL_SIGMA_HOURS = 1.5
+OTHER_DAY_TYPE_WEIGHT = 0.3
+POPULATION_PRIOR_EVENTS = 1.0
 
 
 @dataclass
@@ -39,18 +52,31 @@ class Evaluation:
     send_time: dict[str, float] = field(default_factory=dict)
     offer: dict[str, float] = field(default_factory=dict)
     open_model: dict[str, float] = field(default_factory=dict)
+    cap: dict[str, float] = field(default_factory=dict)
+    timing: dict[str, float] = field(default_factory=dict)
 
     def rows(self) -> list[tuple[str, str, str]]:
         out = [("send time", k, f"{v:.4f}") for k, v in self.send_time.items()]
+        out += [("per-hour cap", k, f"{v:.4f}") for k, v in self.cap.items()]
         out += [("next best offer", k, f"{v:.4f}") for k, v in self.offer.items()]
         out += [("open propensity", k, f"{v:.4f}") for k, v in self.open_model.items()]
+        out += [("decide time", k, f"{v:.2f} s") for k, v in self.timing.items()]
         return out
 
 
-def _decide_all(engine: Engine, ids: list[str], start: pd.Timestamp, progress: bool) -> list:
-    decisions = []
+def _decide_all(
+    engine: Engine,
+    ids: list[str],
+    start: pd.Timestamp,
+    progress: bool,
+    constraints: Constraints | None = None,
+    label: str = "deciding",
+) -> tuple[list[Decision], float]:
+    """Decisions for `ids` in batches of the API's most, and the seconds the decide calls took."""
+    decisions: list[Decision] = []
+    seconds = 0.0
     with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task("deciding", total=len(ids))
+        task = bar.add_task(label, total=len(ids))
         for i in range(0, len(ids), BATCH):
             chunk = ids[i : i + BATCH]
             request = DecideRequest(
@@ -59,10 +85,24 @@ def _decide_all(engine: Engine, ids: list[str], start: pd.Timestamp, progress: b
                 window_hours=WINDOW_HOURS,
                 explore_share=0.0,
                 k_offers=50,
+                constraints=constraints,
             )
+            began = time.perf_counter()
             decisions.extend(engine.decide(request).decisions)
+            seconds += time.perf_counter() - began
             bar.advance(task, len(chunk))
-    return decisions
+    return decisions, seconds
+
+
+def _window_hours(start: pd.Timestamp, ids: list[str], zone_of: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """[n, window]: each window hour's local clock hour and whether it falls on a local weekend."""
+    n = len(ids)
+    zones = pd.Series(ids).map(zone_of).fillna("UTC")
+    stamps = pd.date_range(start, periods=WINDOW_HOURS, freq="h").tz_convert(None).to_numpy()
+    hour, weekday = local_hour_weekday(
+        pd.Series(np.tile(stamps, n)).dt.tz_localize("UTC"), pd.Series(np.repeat(zones.to_numpy(), WINDOW_HOURS))
+    )
+    return hour.reshape(n, WINDOW_HOURS).astype(np.int64), is_weekend(weekday).reshape(n, WINDOW_HOURS)
 
 
 def most_frequent_engagement_hour(settings: Settings, customers: pd.DataFrame) -> pd.Series:
@@ -82,6 +122,167 @@ def most_frequent_engagement_hour(settings: Settings, customers: pd.DataFrame) -
     return top.set_index("customer_id")["hour"]
 
 
+def _circular_smooth(histograms: np.ndarray, sigma: float = KERNEL_SIGMA_HOURS) -> np.ndarray:
+    """Gaussian kernel smoothing along the last axis (24 clock hours), wrapping midnight."""
+    offsets = np.arange(-12, 12)
+    weights = np.exp(-0.5 * (offsets / sigma) ** 2)
+    weights /= weights.sum()
+    out = np.zeros_like(histograms, dtype=float)
+    for offset, weight in zip(offsets, weights, strict=True):
+        out += weight * np.roll(histograms, offset, axis=-1)
+    return out
+
+
+def engagement_histograms(settings: Settings, customers: pd.DataFrame) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Each customer's kernel-smoothed counts of human opens, clicks and site sessions by local hour, [2, 24]
+    with weekdays in row 0 and weekends in row 1; and the population's smoothed histogram as shares.
+
+    Only customers who gave profiling consent are profiled, as in the service.
+    """
+    profiled = customers.loc[customers["consent_profiling"].astype(bool), ["customer_id", "timezone"]]
+    zone_of = profiled.set_index("customer_id")["timezone"]
+    parts = []
+    events = load_table(settings, "email_events")
+    if events is not None and len(events):
+        _, opens = label_sends(events, settings.label_window_hours)
+        parts.append(opens.loc[~opens["is_machine"], ["customer_id", "occurred_at"]])
+        parts.append(events.loc[events["event"] == "click", ["customer_id", "occurred_at"]])
+    site = load_table(settings, "site_events")
+    if site is not None and len(site):
+        parts.append(site.loc[site["event"] == "session_start", ["customer_id", "occurred_at"]])
+    if not parts:
+        return {}, np.full((2, 24), 1.0 / 48)
+    activity = pd.concat(parts, ignore_index=True)
+    activity = activity[activity["customer_id"].isin(zone_of.index)].reset_index(drop=True)
+    hour, weekday = local_hour_weekday(activity["occurred_at"], activity["customer_id"].map(zone_of))
+    codes, names = pd.factorize(activity["customer_id"])
+    counts = np.zeros((len(names), 2, 24))
+    np.add.at(counts, (codes, is_weekend(weekday).astype(np.int64), hour.astype(np.int64)), 1.0)
+    smooth = _circular_smooth(counts)
+    population = smooth.sum(axis=0)
+    total = population.sum()
+    population = population / total if total > 0 else np.full((2, 24), 1.0 / 48)
+    return {str(name): smooth[i] for i, name in enumerate(names)}, population
+
+
+def kernel_histogram_hours(
+    settings: Settings, customers: pd.DataFrame, ids: list[str], local_hour: np.ndarray, weekend: np.ndarray
+) -> np.ndarray:
+    """For each customer, the window hour whose local hour and day type their smoothed histogram rates highest.
+
+    score = own[day type, hour] + 0.3 × own[other day type, hour] + 1 event × the population's share there, so
+    that sparse histories lean on the population and customers without history fall back to it entirely.
+    """
+    histograms, population = engagement_histograms(settings, customers)
+    n = len(ids)
+    day = weekend.astype(np.int64)
+    prior = POPULATION_PRIOR_EVENTS * population[day, local_hour]
+    own = np.zeros((n, WINDOW_HOURS))
+    for i, customer_id in enumerate(ids):
+        histogram = histograms.get(customer_id)
+        if histogram is not None:
+            own[i] = histogram[day[i], local_hour[i]] + OTHER_DAY_TYPE_WEIGHT * histogram[1 - day[i], local_hour[i]]
+    return (own + prior).argmax(axis=1)
+
+
+def _capped_efficiency(
+    sent: list[Decision],
+    capped: list[Decision],
+    truth: np.ndarray,
+    predicted: np.ndarray,
+    start: pd.Timestamp,
+    batches: list[np.ndarray],
+    label: str,
+) -> dict[str, float]:
+    """Under a 10% cap per batch (`batches`: rows of `sent`): sendwise's efficiency (a recipient the cap left
+    unsent counts 0), a first-come greedy assignment of sendwise's own predictions under the same caps, and the
+    best assignment any policy could make knowing the truth."""
+    hour_of = {d.customer_id: int((pd.Timestamp(d.send_at) - start) / pd.Timedelta(hours=1)) for d in capped if d.send}
+    n = len(sent)
+    chosen = np.array([hour_of.get(d.customer_id, -1) for d in sent])
+    got = np.where(chosen >= 0, truth[np.arange(n), np.maximum(chosen, 0)], 0.0).sum()
+    greedy = best = 0.0
+    for rows in batches:
+        everywhere = np.ones((len(rows), truth.shape[1]), dtype=bool)
+        capacity = hour_capacity(CAP_SHARE, len(rows))
+        hours = greedy_hours(predicted[rows], everywhere, capacity)
+        greedy += truth[rows[hours >= 0], hours[hours >= 0]].sum()
+        best += assign_hours(truth[rows], everywhere, capacity).total
+    denominator = truth.max(axis=1).sum()
+    return {
+        f"sendwise with a 10% per-hour cap{label}": float(got / denominator),
+        f"greedy first-come on sendwise's predictions, same cap{label}": float(greedy / denominator),
+        f"best possible with the same cap (the truth's own assignment){label}": float(best / denominator),
+    }
+
+
+def _moved_share(decisions: list[Decision], sent: int) -> float:
+    moved = sum(any(r.startswith("moved by the per-hour cap") for r in d.reasons) for d in decisions if d.send)
+    return moved / sent
+
+
+def _send_time_baselines(
+    result: Evaluation,
+    settings: Settings,
+    raw_customers: pd.DataFrame,
+    sent: list[Decision],
+    truth: np.ndarray,
+    start: pd.Timestamp,
+) -> None:
+    """sendwise's send-time efficiency (unconstrained) and the baselines', into `result.send_time`."""
+    ids = [d.customer_id for d in sent]
+    n = len(ids)
+    denominator = truth.max(axis=1).sum()
+    chosen = np.array([int((pd.Timestamp(d.send_at) - start) / pd.Timedelta(hours=1)) for d in sent])
+    result.send_time["sendwise"] = float(truth[np.arange(n), chosen].sum() / denominator)
+    result.send_time["random hour"] = float(truth.mean(axis=1).sum() / denominator)
+    result.send_time["best single UTC hour"] = float(truth.sum(axis=0).max() / denominator)
+    frequent = most_frequent_engagement_hour(settings, raw_customers)
+    local, weekend = _window_hours(start, ids, raw_customers.set_index("customer_id")["timezone"])
+    habit = pd.Series(ids).map(frequent).to_numpy()
+    value = truth.mean(axis=1).copy()
+    for i in np.flatnonzero(~pd.isna(habit)):
+        match = np.flatnonzero(local[i] == int(habit[i]))
+        if len(match):
+            value[i] = truth[i, match[0]]
+    result.send_time["most frequent past engagement hour"] = float(value.sum() / denominator)
+    kernel = kernel_histogram_hours(settings, raw_customers, ids, local, weekend)
+    result.send_time["kernel-smoothed engagement histogram, weekends apart"] = float(
+        truth[np.arange(n), kernel].sum() / denominator
+    )
+
+
+def _under_caps(
+    result: Evaluation,
+    engine: Engine,
+    sent: list[Decision],
+    capped: list[Decision],
+    truth: np.ndarray,
+    predicted: np.ndarray,
+    start: pd.Timestamp,
+    zone_of: pd.Series,
+    progress: bool,
+) -> None:
+    """Efficiency under a 10% per-hour cap: the whole set in one batch, then one batch per time zone (where
+    everyone's evening is the same hour, so that the cap binds)."""
+    n = len(sent)
+    ids = [d.customer_id for d in sent]
+    result.send_time.update(_capped_efficiency(sent, capped, truth, predicted, start, [np.arange(n)], ""))
+    zones = pd.Series(ids).map(zone_of).fillna("UTC")
+    batches = [np.asarray(rows) for rows in zones.groupby(zones).indices.values()]
+    per_zone: list[Decision] = []
+    cap = Constraints(max_share_per_hour=CAP_SHARE)
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task("deciding one batch per time zone under a 10% cap", total=n)
+        for rows in batches:
+            per_zone.extend(_decide_all(engine, [ids[i] for i in rows], start, False, cap)[0])
+            bar.advance(task, len(rows))
+    label = ", one batch per time zone"
+    result.send_time.update(_capped_efficiency(sent, per_zone, truth, predicted, start, batches, label))
+    result.cap["share of sends moved by a 10% cap, one batch"] = _moved_share(capped, n)
+    result.cap["share of sends moved by a 10% cap, one batch per time zone"] = _moved_share(per_zone, n)
+
+
 def evaluate(settings: Settings, world_dir: Path, progress: bool = True, seed: int = 0) -> Evaluation:
     """Score the home's champions against the world's truth (the home must have run the pipeline on it)."""
     world = World.load(world_dir)
@@ -92,7 +293,12 @@ def evaluate(settings: Settings, world_dir: Path, progress: bool = True, seed: i
     if raw_customers is None:
         raise RuntimeError(f"the home {settings.home} has no ingested data: run `sendwise pipeline --data {world_dir}`")
     ids = [c for c in truth_customers["customer_id"] if c in set(raw_customers["customer_id"])]
-    decisions = _decide_all(engine, ids, start, progress)
+    _decide_all(engine, ids[:WARM_UP], start, progress=False)  # first reads open files and caches: not timed
+    decisions, free_seconds = _decide_all(engine, ids, start, progress)
+    capped, capped_seconds = _decide_all(
+        engine, ids, start, progress, Constraints(max_share_per_hour=CAP_SHARE), label="deciding under a 10% cap"
+    )
+    decided = len(ids)
     sent = [d for d in decisions if d.send]
     ids = [d.customer_id for d in sent]
     n = len(ids)
@@ -102,31 +308,17 @@ def evaluate(settings: Settings, world_dir: Path, progress: bool = True, seed: i
             "run `sendwise pipeline --data` on this world into this home first"
         )
     truth = world.hourly_open_probability(ids, start, hours=WINDOW_HOURS)
-    best = truth.max(axis=1)
-    chosen = np.array([int((pd.Timestamp(d.send_at) - start) / pd.Timedelta(hours=1)) for d in sent])
-    result = Evaluation(customers=n, window_start=start)
-    denominator = best.sum()
-    result.send_time["sendwise"] = float(truth[np.arange(n), chosen].sum() / denominator)
-    result.send_time["random hour"] = float(truth.mean(axis=1).sum() / denominator)
-    result.send_time["best single UTC hour"] = float(truth.sum(axis=0).max() / denominator)
-    frequent = most_frequent_engagement_hour(settings, raw_customers)
-    zones = pd.Series(ids).map(raw_customers.set_index("customer_id")["timezone"]).fillna("UTC")
-    window_hours, _ = local_hour_weekday(
-        pd.Series(
-            np.tile(pd.date_range(start, periods=WINDOW_HOURS, freq="h").tz_convert(None).to_numpy(), n)
-        ).dt.tz_localize("UTC"),
-        pd.Series(np.repeat(zones.to_numpy(), WINDOW_HOURS)),
-    )
-    local = window_hours.reshape(n, WINDOW_HOURS)
-    habit = pd.Series(ids).map(frequent).to_numpy()
-    value = truth.mean(axis=1).copy()
-    for i in np.flatnonzero(~pd.isna(habit)):
-        match = np.flatnonzero(local[i] == int(habit[i]))
-        if len(match):
-            value[i] = truth[i, match[0]]
-    result.send_time["most frequent past engagement hour"] = float(value.sum() / denominator)
-
     predicted = np.array([d.hourly_open_probability for d in sent])
+    result = Evaluation(customers=n, window_start=start)
+    _send_time_baselines(result, settings, raw_customers, sent, truth, start)
+    zone_of = raw_customers.set_index("customer_id")["timezone"]
+    _under_caps(result, engine, sent, capped, truth, predicted, start, zone_of, progress)
+    result.timing[f"{decided} recipients in one call, no constraints"] = free_seconds
+    result.timing[f"{decided} recipients in one call, 10% per-hour cap"] = capped_seconds
+    began = time.perf_counter()
+    assign_hours(predicted, np.ones_like(predicted, dtype=bool), hour_capacity(CAP_SHARE, n))
+    result.timing["the assignment alone, same recipients"] = time.perf_counter() - began
+
     rng = np.random.default_rng(seed)
     draws = rng.random(truth.shape) < truth
     result.open_model["sendwise AUC"] = auc(draws.ravel(), predicted.ravel())

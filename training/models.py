@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import lightgbm as lgb
 import numpy as np
@@ -21,9 +23,38 @@ BASE_PARAMS: dict[str, object] = {
     "lambda_l2": 1.0,
     "verbose": -1,
     "num_threads": 2,
+    # Keep every feature in the binned Dataset whatever min_data_in_leaf is, so that one Dataset serves
+    # every tuning trial and a champion's parameters can be refit on it (LightGBM refuses otherwise).
+    "feature_pre_filter": False,
 }
 MAX_ROUNDS = 1500
 EARLY_STOPPING = 50
+HELD_OUT = "held_out"
+
+# Parameters a loaded booster reports that describe the machine or the run, not the model's recipe.
+_NOT_RECIPE = {
+    "num_iterations",
+    "early_stopping_round",
+    "early_stopping_min_delta",
+    "num_machines",
+    "local_listen_port",
+    "time_out",
+    "machine_list_filename",
+    "machines",
+    "gpu_platform_id",
+    "gpu_device_id",
+    "gpu_use_dp",
+    "num_gpu",
+    "verbosity",
+}
+
+
+@dataclass
+class HeldOutFit:
+    """A booster fit on the earlier part only, early-stopped on the later part, and its predictions there."""
+
+    booster: lgb.Booster
+    prediction: np.ndarray = field(repr=False)
 
 
 @dataclass
@@ -42,45 +73,100 @@ def auc(label: np.ndarray, score: np.ndarray) -> float:
     return float(roc_auc_score(label, score))
 
 
-def fit_binary(data: TrainingSet, seed: int, params: dict[str, object] | None = None) -> FittedModel:
-    """Fit with early stopping on the held-out window, then refit on all of it for that many rounds."""
-    params = {**BASE_PARAMS, **(params or {}), "seed": seed}
-    train, valid = data.train, data.valid
-    weight = data.weight
+def logloss(label: np.ndarray, prediction: np.ndarray) -> float:
+    p = np.clip(prediction, 1e-7, 1 - 1e-7)
+    return float(-np.mean(label * np.log(p) + (1 - label) * np.log(1 - p)))
 
-    def dataset(mask: np.ndarray) -> lgb.Dataset:
-        return lgb.Dataset(
-            data.design[mask],
-            label=data.label[mask],
-            weight=None if weight is None else weight[mask],
-            free_raw_data=False,
-        )
 
-    train_set = dataset(train)
-    valid_set = dataset(valid)
+def _dataset(
+    data: TrainingSet,
+    mask: np.ndarray,
+    params: dict[str, object],
+    columns: Sequence[str] | None = None,
+    reference: lgb.Dataset | None = None,
+) -> lgb.Dataset:
+    design = data.design[mask] if columns is None else data.design.loc[mask, list(columns)]
+    return lgb.Dataset(
+        design,
+        label=data.label[mask],
+        weight=None if data.weight is None else data.weight[mask],
+        reference=reference,
+        params=dataset_params(params),
+        free_raw_data=False,
+    )
+
+
+def dataset_params(params: dict[str, object]) -> dict[str, object]:
+    """What the binned Dataset depends on; the rest of the parameters may change between fits that share it."""
+    keys = ("seed", "max_bin", "min_data_in_bin", "bin_construct_sample_cnt", "feature_pre_filter", "verbose")
+    return {k: params[k] for k in keys if k in params}
+
+
+def held_out_datasets(
+    data: TrainingSet, params: dict[str, object], columns: Sequence[str] | None = None
+) -> tuple[lgb.Dataset, lgb.Dataset]:
+    """The earlier part as the training Dataset and the later part binned like it, built once."""
+    train = _dataset(data, data.train, params, columns).construct()
+    return train, _dataset(data, data.valid, params, columns, reference=train).construct()
+
+
+def fit_held_out(
+    data: TrainingSet,
+    params: dict[str, object],
+    callbacks: Sequence[Any] = (),
+    datasets: tuple[lgb.Dataset, lgb.Dataset] | None = None,
+    columns: Sequence[str] | None = None,
+) -> HeldOutFit:
+    """Fit on the earlier part, early-stopped on the later part's first metric (`metric`, else log loss)."""
+    train_set, valid_set = datasets or held_out_datasets(data, params, columns)
     booster = lgb.train(
         params,
         train_set,
         num_boost_round=MAX_ROUNDS,
         valid_sets=[valid_set],
-        callbacks=[lgb.early_stopping(EARLY_STOPPING, verbose=False)],
+        valid_names=[HELD_OUT],
+        callbacks=[*callbacks, lgb.early_stopping(EARLY_STOPPING, first_metric_only=True, verbose=False)],
     )
-    prediction = booster.predict(data.design[valid], num_iteration=booster.best_iteration)
-    label = data.label[valid]
+    design = data.design[data.valid] if columns is None else data.design.loc[data.valid, list(columns)]
+    return HeldOutFit(
+        booster=booster, prediction=np.asarray(booster.predict(design, num_iteration=booster.best_iteration))
+    )
+
+
+def recipe(booster: lgb.Booster) -> dict[str, object]:
+    """The parameters a (loaded) booster was trained with, enough to train it again on other rows."""
+    params = {k: v for k, v in booster.params.items() if k not in _NOT_RECIPE}
+    return {**params, "verbose": -1}
+
+
+def refit_held_out(data: TrainingSet, booster: lgb.Booster) -> np.ndarray:
+    """Train `booster`'s recipe (parameters and features) on the earlier part; predictions on the later part.
+
+    Raises ValueError when the training set lacks a feature the booster uses.
+    """
+    columns = booster.feature_name()
+    missing = [c for c in columns if c not in data.design.columns]
+    if missing:
+        raise ValueError(f"features missing: {missing[:5]}")
+    return fit_held_out(data, recipe(booster), columns=columns).prediction
+
+
+def fit_binary(data: TrainingSet, seed: int, params: dict[str, object] | None = None) -> FittedModel:
+    """Fit with early stopping on the held-out window, then refit on all of it for that many rounds."""
+    params = {**BASE_PARAMS, **(params or {}), "seed": seed}
+    held_out = fit_held_out(data, params)
+    booster, prediction = held_out.booster, held_out.prediction
+    label = data.label[data.valid]
     metrics = {
         "valid_auc": auc(label, prediction),
-        "valid_logloss": float(
-            -np.mean(
-                label * np.log(np.clip(prediction, 1e-7, 1)) + (1 - label) * np.log(np.clip(1 - prediction, 1e-7, 1))
-            )
-        ),
+        "valid_logloss": logloss(label, prediction),
         "valid_calibration": float(prediction.mean() / max(label.mean(), 1e-9)),
-        "valid_rows": float(valid.sum()),
-        "train_rows": float(train.sum()),
+        "valid_rows": float(data.valid.sum()),
+        "train_rows": float(data.train.sum()),
         "best_iteration": float(booster.best_iteration),
     }
     rounds = max(int(booster.best_iteration * 1.1), 10)
-    final = lgb.train(params, dataset(np.ones(len(data.label), dtype=bool)), num_boost_round=rounds)
+    final = lgb.train(params, _dataset(data, np.ones(len(data.label), dtype=bool), params), num_boost_round=rounds)
     return FittedModel(
         booster=final,
         params={**params, "num_boost_round": rounds},

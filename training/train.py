@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import tempfile
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import mlflow
@@ -15,9 +18,23 @@ from features.store import apply_definitions, materialize, open_store
 from sendwise.settings import Settings
 from training.datasets import TrainingSet, offer_training_set, open_training_set
 from training.models import FittedModel, auc, fit_binary
-from training.registry import Promotion, champion_auc_scorer, code_version, connect, log_booster, promote
+from training.registry import (
+    HeldOut,
+    Promotion,
+    code_version,
+    connect,
+    log_booster,
+    promote,
+    record_promotions,
+)
+from training.tuning import DEFAULT_TIMEOUT_S, OBJECTIVE, TuningResult
+from training.tuning import tune as run_study
 
 ModelChoice = Literal["open", "send-time", "offer", "all"]
+OFFER_PARAMS: dict[str, object] = {"min_data_in_leaf": 50}
+OPEN_BUDGET_SHARE = 0.7
+"""Share of the tuning budget the open model's study may use when the offer model is tuned after it."""
+MIN_OFF_SCHEDULE = 50
 
 
 @dataclass
@@ -28,6 +45,57 @@ class TrainResult:
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     promotions: list[Promotion] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    tuning: dict[str, TuningResult] = field(default_factory=dict)
+
+    def tuning_lines(self) -> list[str]:
+        """One line per tuned model: trials, time, and the best objective beside the fixed parameters'."""
+        lines = []
+        for name, tuning in self.tuning.items():
+            counts, metrics = tuning.counts(), tuning.mlflow_metrics()
+            default = metrics.get("tuning_default_value", float("nan"))
+            stopped = f", {counts['stopped']} stopped by the time budget" if counts["stopped"] else ""
+            lines.append(
+                f"tuned {name}: {counts['total']} trials ({counts['complete']} complete, {counts['pruned']} pruned"
+                f"{stopped}) in {tuning.seconds:.0f} s; {OBJECTIVE} {tuning.best_value:.4f} "
+                f"(fixed parameters {default:.4f})"
+            )
+        return lines
+
+
+@dataclass
+class Tuner:
+    """How a training job tunes: trials per model, and one wall-time budget for all its studies."""
+
+    trials: int = 0
+    timeout_s: float | None = DEFAULT_TIMEOUT_S
+    seed: int = 0
+    console: Console | None = None
+    progress: bool = True
+    spent_s: float = 0.0
+
+    def __call__(
+        self, data: TrainingSet, name: str, base_params: dict[str, object] | None = None, share: float = 1.0
+    ) -> TuningResult | None:
+        """A study for one model with `share` of the budget left (None: fixed parameters)."""
+        if self.trials < 1:
+            return None
+        timeout = None if self.timeout_s is None else (self.timeout_s - self.spent_s) * share
+        if timeout is not None and timeout <= 0:
+            return None
+        started = time.monotonic()
+        try:
+            return run_study(
+                data,
+                self.trials,
+                self.seed,
+                timeout,
+                base_params=base_params,
+                progress=self.progress,
+                console=self.console,
+                description=f"tuning {name}",
+            )
+        finally:
+            self.spent_s += time.monotonic() - started
 
 
 def off_schedule_mask(times: pd.Series) -> np.ndarray:
@@ -36,60 +104,87 @@ def off_schedule_mask(times: pd.Series) -> np.ndarray:
     return (hours != hours.mode().iloc[0]).to_numpy()
 
 
+def _log_tuning(tuning: TuningResult) -> None:
+    """The study with the active run: its settings and best trial, trials.csv, study.db and plots."""
+    mlflow.log_params(tuning.mlflow_params())
+    mlflow.log_metrics(tuning.mlflow_metrics())
+    with tempfile.TemporaryDirectory() as directory:
+        tuning.write_artifacts(Path(directory))
+        mlflow.log_artifacts(directory, artifact_path="tuning")
+
+
 def _log_run(
-    name: str, data: TrainingSet, fitted: FittedModel, extra_metrics: dict[str, float], registered: list[str]
-) -> dict[str, str]:
-    with mlflow.start_run(run_name=name):
+    name: str,
+    data: TrainingSet,
+    fitted: FittedModel,
+    extra_metrics: dict[str, float],
+    registered: list[str],
+    tuning: TuningResult | None = None,
+) -> tuple[str, dict[str, str]]:
+    """Log and register one model; returns the run id and name -> version."""
+    with mlflow.start_run(run_name=name) as run:
         mlflow.log_params({k: v for k, v in fitted.params.items() if k not in ("verbose",)})
         mlflow.log_params({"feature_service": data.feature_service, **data.window()})
         mlflow.log_metrics({**fitted.metrics, **extra_metrics})
-        mlflow.set_tags({"feature_service": data.feature_service, "code_version": code_version(), "model": name})
-        return log_booster(fitted.booster, registered)
+        mlflow.set_tags(
+            {
+                "feature_service": data.feature_service,
+                "code_version": code_version(),
+                "model": name,
+                "tuned": str(tuning is not None).lower(),
+            }
+        )
+        if tuning is not None:
+            _log_tuning(tuning)
+        return run.info.run_id, log_booster(fitted.booster, registered)
 
 
-def train_open(settings: Settings, data: TrainingSet, result: TrainResult, names: list[str]) -> None:
-    fitted = fit_binary(data, seed=settings.seed)
-    valid_times = data.times[data.valid]
-    off = off_schedule_mask(valid_times)
+def train_open(
+    settings: Settings, data: TrainingSet, result: TrainResult, names: list[str], tuning: TuningResult | None = None
+) -> None:
+    fitted = fit_binary(data, seed=settings.seed, params=tuning.params if tuning else None)
+    off = off_schedule_mask(data.times[data.valid])
+    enough_off = off.sum() > MIN_OFF_SCHEDULE
     label = data.label[data.valid]
-    hour_auc = auc(label[off], fitted.valid_prediction[off]) if off.sum() > 50 else fitted.metrics["valid_auc"]
+    hour_auc = auc(label[off], fitted.valid_prediction[off]) if enough_off else fitted.metrics["valid_auc"]
     extra = {"valid_off_schedule_auc": hour_auc}
-    versions = _log_run("open_propensity", data, fitted, extra, names)
+    run_id, versions = _log_run("open_propensity", data, fitted, extra, names, tuning)
     result.metrics["open_propensity"] = {**fitted.metrics, **extra}
+    if tuning is not None:
+        result.tuning["open_propensity"] = tuning
     client = connect(settings)
-    valid_design = data.design[data.valid]
-    for name in names:
-        if name == "open_propensity":
-            scorer = champion_auc_scorer(valid_design, label)
-            result.promotions.append(
-                promote(client, name, versions[name], fitted.metrics["valid_auc"], scorer, "valid AUC")
-            )
-        else:
-            scorer = champion_auc_scorer(valid_design[off], label[off])
-            result.promotions.append(promote(client, name, versions[name], hour_auc, scorer, "off-schedule valid AUC"))
+    held_out = HeldOut(data)
+    criteria = {  # name -> (metric, held-out rows it is taken over)
+        "open_propensity": ("valid AUC", None),
+        "send_time": ("off-schedule valid AUC", off) if enough_off else ("valid AUC", None),
+    }
+    promotions = [
+        promote(client, name, versions[name], fitted.valid_prediction, held_out, *criteria[name]) for name in names
+    ]
+    record_promotions(client, run_id, promotions)
+    result.promotions.extend(promotions)
 
 
-def train_offer(settings: Settings, tables: FeatureTables, store, result: TrainResult) -> None:  # type: ignore[no-untyped-def]
+def train_offer(  # type: ignore[no-untyped-def]
+    settings: Settings, tables: FeatureTables, store, result: TrainResult, tuner: Tuner | None = None
+) -> None:
     found = offer_training_set(store, tables, settings.conversion_window_days)
     if found is None:
         result.skipped["next_best_offer"] = "no offers or too few closed offer exposures (need 200 with conversions)"
         return
     data, _ = found
-    fitted = fit_binary(data, seed=settings.seed, params={"min_data_in_leaf": 50})
-    versions = _log_run("next_best_offer", data, fitted, {}, ["next_best_offer"])
+    tuning = tuner(data, "next_best_offer", base_params=OFFER_PARAMS) if tuner else None
+    fitted = fit_binary(data, seed=settings.seed, params={**OFFER_PARAMS, **(tuning.params if tuning else {})})
+    run_id, versions = _log_run("next_best_offer", data, fitted, {}, ["next_best_offer"], tuning)
     result.metrics["next_best_offer"] = fitted.metrics
+    if tuning is not None:
+        result.tuning["next_best_offer"] = tuning
     client = connect(settings)
-    scorer = champion_auc_scorer(data.design[data.valid], data.label[data.valid])
-    result.promotions.append(
-        promote(
-            client,
-            "next_best_offer",
-            versions["next_best_offer"],
-            fitted.metrics["valid_auc"],
-            scorer,
-            "valid AUC",
-        )
+    decision = promote(
+        client, "next_best_offer", versions["next_best_offer"], fitted.valid_prediction, HeldOut(data), "valid AUC"
     )
+    record_promotions(client, run_id, [decision])
+    result.promotions.append(decision)
 
 
 def prepare_features(settings: Settings, progress: bool = True) -> tuple[FeatureTables, object]:
@@ -107,14 +202,21 @@ def train(
     console: Console | None = None,
     tables: FeatureTables | None = None,
     store: object | None = None,
+    tune: int = 0,
+    tune_timeout_s: float | None = DEFAULT_TIMEOUT_S,
 ) -> TrainResult:
-    """Build features, train the chosen models, log and register them, promote the ones that win."""
+    """Build features, train the chosen models, log and register them, promote the ones that win.
+
+    With `tune` > 0 each model gets an Optuna study of at most that many trials before its fit, all studies
+    together within `tune_timeout_s` seconds; the studies are kept with the models' MLflow runs.
+    """
     console = console or Console(quiet=not progress)
     connect(settings)
     if tables is None or store is None:
         with console.status("building features"):
             tables, store = prepare_features(settings, progress=progress)
     result = TrainResult(as_of=tables.as_of)
+    tuner = Tuner(trials=tune, timeout_s=tune_timeout_s, seed=settings.seed, console=console, progress=progress)
     if model in ("open", "send-time", "all"):
         names = {
             "open": ["open_propensity"],
@@ -127,10 +229,12 @@ def train(
                 for name in names:
                     result.skipped[name] = "no email events, or too few sends with a closed 72-hour window (need 200)"
             else:
-                train_open(settings, data, result, names)
+                share = OPEN_BUDGET_SHARE if model == "all" else 1.0
+                tuning = tuner(data, "open_propensity", share=share)
+                train_open(settings, data, result, names, tuning)
     if model in ("offer", "all"):
         with console.status("training the next-best-offer model"):
-            train_offer(settings, tables, store, result)
+            train_offer(settings, tables, store, result, tuner)
     return result
 
 
