@@ -16,7 +16,7 @@ from features.localtime import local_hour_weekday
 
 HOURS = 24
 PROFILE_SIGNALS = ("open", "click", "session")
-SCALAR_FEATURES = (
+ENGAGEMENT_FEATURES = (
     "n_emails",
     "n_human_opens",
     "n_clicks",
@@ -28,8 +28,9 @@ SCALAR_FEATURES = (
     "days_since_human_open",
     "days_since_session",
     "days_since_email",
-    "signup_at_days",
 )
+"""Engagement built from the customer's own events (blanked when profiling consent is not given)."""
+SCALAR_FEATURES = (*ENGAGEMENT_FEATURES, "signup_at_days")
 OTHER_DAY_WEIGHT = 0.3
 PRIOR_OPEN_RATE = 0.2
 PRIOR_WEIGHT = 3.0

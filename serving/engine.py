@@ -21,7 +21,15 @@ from feast import FeatureStore
 
 from features.labels import message_sends
 from features.store import open_store
-from features.transform import CustomerMatrix, OfferMatrix, customer_matrix, offer_design, open_design
+from features.transform import (
+    ENGAGEMENT_FEATURES,
+    PROFILE_SIGNALS,
+    CustomerMatrix,
+    OfferMatrix,
+    customer_matrix,
+    offer_design,
+    open_design,
+)
 from sendwise.raw import load_table
 from sendwise.settings import Settings
 from serving.assign import HourPlan, describe_quiet, in_holdout, local_window_hours, plan_hours, quiet
@@ -45,20 +53,7 @@ from training.registry import MODEL_NAMES, champion, connect
 
 ONLINE_CHUNK = 1000
 SAMPLE_FOR_POPULATION = 400
-BLANK_ENGAGEMENT = (
-    "n_emails",
-    "n_human_opens",
-    "n_clicks",
-    "n_sessions",
-    "n_purchases",
-    "purchase_value",
-    "sends_7d",
-    "machine_open_share",
-    "days_since_human_open",
-    "days_since_session",
-    "days_since_email",
-)
-PROFILE_COLUMNS = tuple(f"{s}_hours_{d}" for s in ("open", "click", "session") for d in ("weekday", "weekend"))
+PROFILE_COLUMNS = tuple(f"{s}_hours_{d}" for s in PROFILE_SIGNALS for d in ("weekday", "weekend"))
 FALLBACK_OPEN_PROBABILITY = 0.2
 NANOS_PER_DAY = 86_400 * 10**9
 # Marketing email whose lift the global holdout measures; triggered and transactional email is never held out.
@@ -414,7 +409,7 @@ class Engine:
                 rows.at[i, name] = value
         blank = ~profiled
         if blank.any():
-            for column in BLANK_ENGAGEMENT:
+            for column in ENGAGEMENT_FEATURES:
                 if column in rows.columns:
                     rows.loc[blank, column] = np.nan
             for column in (*PROFILE_COLUMNS, "category_views", "category_names"):
