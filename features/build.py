@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.progress import Progress
 
+from features.activity import Evidence, RhythmPrior, fit_prior
 from features.labels import label_sends
 from features.localtime import is_weekend, local_hour_weekday
 from sendwise.raw import load_table, write_parquet_atomic
@@ -66,11 +67,12 @@ class _Events:
     weekend: np.ndarray
     seconds: np.ndarray
     value: np.ndarray
+    slot: np.ndarray  # local weekday × 24 + hour of `slot_column` (the send of an open), else 0
 
     @classmethod
     def empty(cls) -> _Events:
         z = np.zeros(0, dtype=np.int64)
-        return cls(z, z, z.astype(np.int8), z.astype(bool), z.astype(float), z.astype(float))
+        return cls(z, z, z.astype(np.int8), z.astype(bool), z.astype(float), z.astype(float), z)
 
 
 def _default_as_of(tables: dict[str, pd.DataFrame | None]) -> pd.Timestamp:
@@ -81,7 +83,12 @@ def _default_as_of(tables: dict[str, pd.DataFrame | None]) -> pd.Timestamp:
 
 
 def _to_events(
-    frame: pd.DataFrame, index: pd.Series, zones: pd.Series, t0: pd.Timestamp, value: str | None = None
+    frame: pd.DataFrame,
+    index: pd.Series,
+    zones: pd.Series,
+    t0: pd.Timestamp,
+    value: str | None = None,
+    slot_column: str | None = None,
 ) -> _Events:
     codes = frame["customer_id"].map(index)
     frame = frame[codes.notna()]
@@ -92,6 +99,10 @@ def _to_events(
     hour, weekday = local_hour_weekday(times, zones.iloc[customer].reset_index(drop=True))
     seconds = (times - t0).dt.total_seconds().to_numpy()
     values = frame[value].fillna(0.0).to_numpy(dtype=float) if value else np.ones(len(frame))
+    slot = np.zeros(len(frame), dtype=np.int64)
+    if slot_column is not None:
+        slot_hour, slot_weekday = local_hour_weekday(frame[slot_column], zones.iloc[customer].reset_index(drop=True))
+        slot = slot_weekday.astype(np.int64) * HOURS + slot_hour.astype(np.int64)
     order = np.argsort(seconds, kind="stable")
     return _Events(
         customer=customer[order],
@@ -100,6 +111,7 @@ def _to_events(
         weekend=is_weekend(weekday)[order],
         seconds=seconds[order],
         value=values[order],
+        slot=slot[order],
     )
 
 
@@ -117,11 +129,12 @@ class _State:
         self.scalars = {name: np.zeros(n_customers, np.float64) for name in SCALARS}
         self.last = {name: np.full(n_customers, np.nan) for name in ("human_open", "session", "email")}
         self.categories = np.zeros((n_customers, max(len(categories), 1)), np.float32)
+        self.rhythm = Evidence.zeros(n_customers)  # visits stay in `hours`; first opens and their send slots here
         self.decay = 0.5 ** (1.0 / HALF_LIFE_DAYS)
         self.profile_decay = 0.5 ** (1.0 / PROFILE_HALF_LIFE_DAYS)
 
     def age(self) -> None:
-        for array in self.hours.values():
+        for array in (*self.hours.values(), self.rhythm.opens, self.rhythm.open_slots):
             array *= self.profile_decay
         for array in self.scalars.values():
             array *= self.decay
@@ -133,6 +146,15 @@ class _State:
             mask = w == bool(flag)
             np.add.at(self.hours[(signal, flag)], (c[mask], h[mask]), 1.0)
 
+    def add_first_opens(self, ev: _Events, sl: slice) -> None:
+        c = ev.customer[sl]
+        np.add.at(self.rhythm.opens, (c, ev.hour[sl] + HOURS * ev.weekend[sl]), 1.0)
+        np.add.at(self.rhythm.open_slots, (c, ev.slot[sl]), 1.0)
+
+    def evidence(self, customers: np.ndarray) -> Evidence:
+        visits = np.concatenate([self.hours[("session", 0)][customers], self.hours[("session", 1)][customers]], axis=1)
+        return Evidence(visits, self.rhythm.opens[customers], self.rhythm.open_slots[customers])
+
     def add_count(self, name: str, ev: _Events, sl: slice, use_value: bool = False) -> None:
         np.add.at(self.scalars[name], ev.customer[sl], ev.value[sl] if use_value else 1.0)
 
@@ -141,7 +163,9 @@ class _State:
             np.nan_to_num(self.last[name][ev.customer[sl]], nan=-np.inf), ev.seconds[sl]
         )
 
-    def snapshot(self, customers: np.ndarray, at_seconds: float) -> dict[str, np.ndarray]:
+    def snapshot(
+        self, customers: np.ndarray, at_seconds: float, prior: RhythmPrior, zones: np.ndarray
+    ) -> dict[str, np.ndarray]:
         row: dict[str, np.ndarray] = {}
         for name in ("n_emails", "n_human_opens", "n_clicks", "n_sessions", "n_purchases", "purchase_value"):
             row[name] = self.scalars[name][customers].astype(np.float32)
@@ -161,7 +185,19 @@ class _State:
             row[f"{signal}_hours_weekday"] = self.hours[(signal, 0)][customers].copy()
             row[f"{signal}_hours_weekend"] = self.hours[(signal, 1)][customers].copy()
         row["category_views"] = self.categories[customers].copy()
+        rhythm = prior.posterior_mean(self.evidence(customers), zones[customers])
+        row["rhythm_weekday"], row["rhythm_weekend"] = rhythm[:, :HOURS], rhythm[:, HOURS:]
         return row
+
+
+def _final_evidence(n_customers: int, streams: dict[str, _Events]) -> Evidence:
+    """Every customer's visits and first opens up to `as_of`, undecayed: what the rhythm prior is fitted on."""
+    evidence = Evidence.zeros(n_customers)
+    visits, opens = streams["session"], streams["first_open"]
+    np.add.at(evidence.visits, (visits.customer, visits.hour + HOURS * visits.weekend), 1.0)
+    np.add.at(evidence.opens, (opens.customer, opens.hour + HOURS * opens.weekend), 1.0)
+    np.add.at(evidence.open_slots, (opens.customer, opens.slot), 1.0)
+    return evidence
 
 
 def _sends_in_previous_week(sends: _Events, customers: np.ndarray, at_seconds: np.ndarray) -> np.ndarray:
@@ -334,6 +370,15 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
         "opens_all": events(opens),
         "machine": events(opens[opens["is_machine"]] if opens is not None else None),
     }
+    first_opens = None
+    if len(sends) and "first_human_open_at" in sends.columns:
+        opened = sends[sends["first_human_open_at"].notna()]
+        first_opens = opened[["customer_id", "send_at"]].assign(occurred_at=opened["first_human_open_at"])
+    streams["first_open"] = (
+        _Events.empty() if first_opens is None else _to_events(first_opens, index, zones, t0, slot_column="send_at")
+    )
+    zone_codes = zones.to_numpy(dtype=object)
+    prior = fit_prior(_final_evidence(len(customers), streams), zone_codes)
     view_events = events(views)
     view_category = np.zeros(0, dtype=np.int64)
     if views is not None and len(view_events.customer):
@@ -365,7 +410,7 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
         for d in range(n_days):
             if d in snapshot_days:
                 who = snapshot_days[d]
-                rows.append({"_customer": who, **state.snapshot(who, d * 86400.0)})
+                rows.append({"_customer": who, **state.snapshot(who, d * 86400.0, prior, zone_codes)})
                 stamps.append(np.full(len(who), d * 86400.0))
             state.age()
 
@@ -374,6 +419,7 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
 
             for signal in SIGNALS:
                 state.add_profile(signal, streams[signal], day_slice(signal))
+            state.add_first_opens(streams["first_open"], day_slice("first_open"))
             state.add_count("n_human_opens", streams["open"], day_slice("open"))
             state.touch("human_open", streams["open"], day_slice("open"))
             state.add_count("n_clicks", streams["click"], day_slice("click"))
@@ -395,7 +441,7 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
             bar.advance(task)
     everyone = np.arange(len(customers))
     final_seconds = (as_of - t0).total_seconds()
-    rows.append({"_customer": everyone, **state.snapshot(everyone, final_seconds)})
+    rows.append({"_customer": everyone, **state.snapshot(everyone, final_seconds, prior, zone_codes)})
     stamps.append(np.full(len(everyone), final_seconds))
 
     engagement_rows = _write_engagement(settings, customers, rows, stamps, t0, categories, send_events)
@@ -403,6 +449,7 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
     offer_table = _offer_table(offers)
     settings.feature_tables_dir.mkdir(parents=True, exist_ok=True)
     for name, frame in (
+        ("rhythm_priors", prior.zone_means()),
         ("customer_features", profile),
         ("customer_attributes", attributes),
         ("offer_features", offer_table),

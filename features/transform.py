@@ -1,8 +1,10 @@
 """From feature rows (as Feast returns them, offline or online) to the models' design matrices.
 
 Training and serving both call these functions, so a feature means the same thing in both. The hour-relative
-features (the customer's own share of opens, clicks and site sessions at the candidate local hour) are what
-lets one model score every hour of a window.
+features (the customer's estimated rhythm at the candidate local hour, from features/activity.py) are what lets
+one model score every hour of a window; they are the only features that vary between the hours of one
+customer's window besides the day type, so the hours are ranked by the rhythm and not by the sender's past
+schedule.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from features.localtime import local_hour_weekday
 
 HOURS = 24
 PROFILE_SIGNALS = ("open", "click", "session")
+MONOTONE = {"rhythm_at_hour": 1, "rhythm_vs_peak": 1}
+"""More of the customer's activity at the hour never makes an open less likely."""
 ENGAGEMENT_FEATURES = (
     "n_emails",
     "n_human_opens",
@@ -31,17 +35,8 @@ ENGAGEMENT_FEATURES = (
 )
 """Engagement built from the customer's own events (blanked when profiling consent is not given)."""
 SCALAR_FEATURES = (*ENGAGEMENT_FEATURES, "signup_at_days")
-OTHER_DAY_WEIGHT = 0.3
 PRIOR_OPEN_RATE = 0.2
 PRIOR_WEIGHT = 3.0
-KERNEL = np.array([0.05, 0.25, 0.4, 0.25, 0.05])
-ACTIVITY_SIGMA_HOURS = 3.0
-"""Width of the Gaussian kernel for the activity estimate: a person's active hours are broad, and with a few
-dozen site visits per quarter a narrow kernel follows the noise (docs/features.md has the measurement)."""
-ACTIVITY_OTHER_DAY_WEIGHT = 0.15
-ACTIVITY_PRIOR_VISITS = 1.0
-"""Pseudo-visits spread evenly over the day, so a thin history does not produce a confident peak."""
-ACTIVITY_SIGNALS = {"session": 1.0, "click": 1.0, "open": 0.5}
 
 
 @dataclass
@@ -81,6 +76,8 @@ def customer_matrix(rows: pd.DataFrame) -> CustomerMatrix:
     for signal in PROFILE_SIGNALS:
         for day in ("weekday", "weekend"):
             profiles[f"{signal}_{day}"] = _matrix(column(f"{signal}_hours_{day}", None))
+    for day in ("weekday", "weekend"):
+        profiles[f"rhythm_{day}"] = _matrix(column(f"rhythm_{day}", None))
     scalars = pd.DataFrame(
         {name: pd.to_numeric(column(name, np.nan), errors="coerce").astype("float32") for name in SCALAR_FEATURES},
         index=range(n),
@@ -111,16 +108,6 @@ def customer_matrix(rows: pd.DataFrame) -> CustomerMatrix:
     )
 
 
-def _smooth(profile: np.ndarray) -> np.ndarray:
-    """Circular kernel smoothing over the 24 hours of each row."""
-    half = len(KERNEL) // 2
-    padded = np.concatenate([profile[:, -half:], profile, profile[:, :half]], axis=1)
-    out = np.zeros_like(profile)
-    for k, weight in enumerate(KERNEL):
-        out += weight * padded[:, k : k + HOURS]
-    return out
-
-
 def _share_matrix(matrix: CustomerMatrix) -> tuple[list[str], np.ndarray]:
     """Each customer's share of product views per category, over the union of the categories seen."""
     vocabulary = sorted({name for names in matrix.category_names for name in names})
@@ -136,35 +123,6 @@ def _share_matrix(matrix: CustomerMatrix) -> tuple[list[str], np.ndarray]:
         columns = [position[name] for name in names]
         shares[np.ix_(members, columns)] = np.divide(views, total, out=np.zeros_like(views), where=total > 0)
     return vocabulary, shares
-
-
-def _gaussian_smooth(profile: np.ndarray, sigma: float) -> np.ndarray:
-    """Circular Gaussian smoothing over the 24 hours of each row."""
-    offsets = np.arange(-12, 12)
-    weights = np.exp(-0.5 * (offsets / sigma) ** 2)
-    weights /= weights.sum()
-    out = np.zeros_like(profile, dtype=np.float64)
-    for offset, weight in zip(offsets, weights, strict=True):
-        out += weight * np.roll(profile, offset, axis=1)
-    return out
-
-
-def activity_estimate(matrix: CustomerMatrix, signals: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
-    """Each customer's estimated share of activity per local hour, (weekday [n, 24], weekend [n, 24]).
-
-    Visits (and clicks and opens, by weight) by local hour, the other kind of day counted at a low weight,
-    smoothed with a broad kernel and shrunk toward an even day.
-    """
-    curves = []
-    for day, other in (("weekday", "weekend"), ("weekend", "weekday")):
-        counts = np.zeros((len(matrix), HOURS))
-        for signal, weight in signals.items():
-            counts += weight * (
-                matrix.profiles[f"{signal}_{day}"] + ACTIVITY_OTHER_DAY_WEIGHT * matrix.profiles[f"{signal}_{other}"]
-            )
-        smoothed = _gaussian_smooth(counts, ACTIVITY_SIGMA_HOURS) + ACTIVITY_PRIOR_VISITS / HOURS
-        curves.append(smoothed / smoothed.sum(axis=1, keepdims=True))
-    return curves[0], curves[1]
 
 
 def _category_share(
@@ -228,38 +186,23 @@ def open_design(
     utc_hour = pd.to_datetime(send_at.to_numpy(), utc=True).hour.to_numpy()
     offset = ((hour.astype(int) - utc_hour + 12) % 24) - 12
     columns: dict[str, np.ndarray] = {
-        "local_hour": hour.astype(np.float32),
         "local_weekday": weekday.astype(np.float32),
         "is_weekend": weekend.astype(np.float32),
         "utc_offset": offset.astype(np.float32),
     }
-    engagement_share = np.zeros(len(rows), dtype=np.float32)
-    for signal, weight in zip(PROFILE_SIGNALS, (1.0, 2.0, 1.0), strict=True):
-        weekday_profile = matrix.profiles[f"{signal}_weekday"][rows]
-        weekend_profile = matrix.profiles[f"{signal}_weekend"][rows]
-        same = np.where(weekend[:, None], weekend_profile, weekday_profile)
-        other = np.where(weekend[:, None], weekday_profile, weekend_profile)
-        blended = _smooth(same + OTHER_DAY_WEIGHT * other)
-        total = blended.sum(axis=1)
-        at_hour = blended[np.arange(len(rows)), hour]
-        share = np.where(total > 0, at_hour / np.maximum(total, 1e-9), 1.0 / HOURS)
-        peak = blended.argmax(axis=1)
-        distance = np.abs(hour.astype(int) - peak)
-        columns[f"{signal}_share_at_hour"] = share.astype(np.float32)
-        columns[f"{signal}_count_at_hour"] = at_hour.astype(np.float32)
+    for signal in PROFILE_SIGNALS:
+        same = np.where(
+            weekend[:, None], matrix.profiles[f"{signal}_weekend"][rows], matrix.profiles[f"{signal}_weekday"][rows]
+        )
         columns[f"{signal}_same_day_type_total"] = same.sum(axis=1).astype(np.float32)
-        columns[f"{signal}_peak_distance"] = np.where(total > 0, np.minimum(distance, 24 - distance), np.nan)
-        columns[f"{signal}_share_vs_peak"] = np.where(
-            total > 0, at_hour / np.maximum(blended.max(axis=1), 1e-9), np.nan
-        ).astype(np.float32)
-        engagement_share += weight * share
-    columns["engagement_share_at_hour"] = engagement_share / 4.0
-    index = np.arange(len(rows))
-    for name, signals in (("visit_activity", {"session": 1.0}), ("activity", ACTIVITY_SIGNALS)):
-        weekday_curve, weekend_curve = activity_estimate(matrix, signals)
-        curve = np.where(weekend[:, None], weekend_curve[rows], weekday_curve[rows])
-        columns[f"{name}_at_hour"] = (HOURS * curve[index, hour]).astype(np.float32)
-        columns[f"{name}_vs_peak"] = (curve[index, hour] / curve.max(axis=1)).astype(np.float32)
+    rhythm = np.where(
+        weekend[:, None], matrix.profiles["rhythm_weekend"][rows], matrix.profiles["rhythm_weekday"][rows]
+    )
+    total = rhythm.sum(axis=1)
+    rhythm = np.where(total[:, None] > 0, rhythm / np.maximum(total, 1e-9)[:, None], 1.0 / HOURS)
+    at_hour = rhythm[np.arange(len(rows)), hour]
+    columns["rhythm_at_hour"] = (HOURS * at_hour).astype(np.float32)
+    columns["rhythm_vs_peak"] = (at_hour / rhythm.max(axis=1)).astype(np.float32)
     design = pd.DataFrame(columns)
     design["campaign_kind"] = pd.Categorical(
         kind, categories=["promotional", "newsletter", "triggered", "transactional"]

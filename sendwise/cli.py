@@ -239,6 +239,8 @@ def evaluate(
     for row in result.rows():
         table.add_row(*row)
     console.print(table)
+    if result.reliability_plot is not None:
+        console.print(f"reliability curve: {result.reliability_plot}")
 
 
 @app.command()

@@ -304,8 +304,14 @@ class Engine:
         offers: pd.DataFrame | None,
         offer_features: pd.DataFrame | None,
         history: SendHistory | None = None,
+        rhythm_priors: pd.DataFrame | None = None,
     ) -> None:
         self.settings = settings
+        self.rhythm_priors = (
+            {}
+            if rhythm_priors is None
+            else dict(zip(rhythm_priors["timezone"], rhythm_priors.itertuples(), strict=True))
+        )
         self.store = store
         self.models = models
         self.offers = offers
@@ -343,7 +349,9 @@ class Engine:
                 .to_df()
                 .reset_index(drop=True)
             )
-        return cls(settings, store, models, offers, offer_features, SendHistory.from_raw(settings))
+        priors_path = settings.feature_tables_dir / "rhythm_priors.parquet"
+        priors = pd.read_parquet(priors_path) if priors_path.exists() else None
+        return cls(settings, store, models, offers, offer_features, SendHistory.from_raw(settings), priors)
 
     def model_versions(self) -> dict[str, str | None]:
         return {name: (self.models[name].version if name in self.models else None) for name in MODEL_NAMES}
@@ -408,6 +416,7 @@ class Engine:
                     continue
                 rows.at[i, name] = value
         blank = ~profiled
+        self._pool_rhythms(rows, blank)
         if blank.any():
             for column in ENGAGEMENT_FEATURES:
                 if column in rows.columns:
@@ -418,6 +427,21 @@ class Engine:
                     for row in np.flatnonzero(blank):
                         rows.at[row, column] = None
         return rows, known, profiled, degraded
+
+    def _pool_rhythms(self, rows: pd.DataFrame, pooled: np.ndarray) -> None:
+        """Customers without their own history (unknown, or no profiling consent) get their zone's rhythm."""
+        if not self.rhythm_priors:
+            return
+        for day in ("weekday", "weekend"):
+            column = f"rhythm_{day}"
+            if column not in rows.columns:
+                rows[column] = None
+            rows[column] = rows[column].astype(object)
+            for row in np.flatnonzero(pooled):
+                zone = rows.at[row, "timezone"]
+                prior = self.rhythm_priors.get(zone) or self.rhythm_priors.get("")
+                if prior is not None:
+                    rows.at[row, column] = getattr(prior, day)
 
     # --- predictions -----------------------------------------------------------------------------
     def _curves(self, matrix: CustomerMatrix, start: datetime, hours: int, kind: str, topic: str | None) -> np.ndarray:

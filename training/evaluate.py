@@ -11,7 +11,10 @@ For a 24-hour window that starts when the data ends, over customers with email c
 - offer efficiency = sum of the true expected value of the top non-control offer / sum of the best one;
   beside it a random offer and the best single offer for everyone;
 - the open model's AUC on outcomes drawn from the true probabilities, beside the true probabilities' AUC on
-  the same draws, and mean predicted over mean true probability.
+  the same draws, mean predicted over mean true probability, and a reliability curve (deciles of the
+  prediction; a table and reports/reliability.png in the home);
+- send-time efficiency apart for customers who allow profiling and those who do not (their zone's rhythm);
+- the machine-open detector's precision and recall against the world's truth, beside the ESP's flag alone.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ WARM_UP = 50
 KERNEL_SIGMA_HOURS = 1.5
 OTHER_DAY_TYPE_WEIGHT = 0.3
 POPULATION_PRIOR_EVENTS = 1.0
+RELIABILITY_BINS = 10
 
 
 @dataclass
@@ -54,12 +58,23 @@ class Evaluation:
     open_model: dict[str, float] = field(default_factory=dict)
     cap: dict[str, float] = field(default_factory=dict)
     timing: dict[str, float] = field(default_factory=dict)
+    detector: dict[str, float] = field(default_factory=dict)
+    reliability: pd.DataFrame | None = None
+    reliability_plot: Path | None = None
 
     def rows(self) -> list[tuple[str, str, str]]:
         out = [("send time", k, f"{v:.4f}") for k, v in self.send_time.items()]
         out += [("per-hour cap", k, f"{v:.4f}") for k, v in self.cap.items()]
         out += [("next best offer", k, f"{v:.4f}") for k, v in self.offer.items()]
         out += [("open propensity", k, f"{v:.4f}") for k, v in self.open_model.items()]
+        if self.reliability is not None:
+            out += [
+                ("reliability", f"decile {i + 1}: mean predicted / mean true", f"{r.predicted:.3f} / {r.true:.3f}")
+                for i, r in enumerate(self.reliability.itertuples())
+            ]
+        out += [
+            ("machine opens", k, f"{v:,.0f}" if k == "opens checked" else f"{v:.4f}") for k, v in self.detector.items()
+        ]
         out += [("decide time", k, f"{v:.2f} s") for k, v in self.timing.items()]
         return out
 
@@ -250,6 +265,70 @@ def _send_time_baselines(
     result.send_time["kernel-smoothed engagement histogram, weekends apart"] = float(
         truth[np.arange(n), kernel].sum() / denominator
     )
+    _send_time_by_history(result, raw_customers, sent, truth, chosen)
+
+
+def _send_time_by_history(
+    result: Evaluation, raw_customers: pd.DataFrame, sent: list[Decision], truth: np.ndarray, chosen: np.ndarray
+) -> None:
+    """sendwise's send-time efficiency for customers on their own history and for those on their zone's."""
+    profiled = raw_customers.set_index("customer_id")["consent_profiling"].fillna(False).astype(bool)
+    own = pd.Series([d.customer_id for d in sent]).map(profiled).fillna(False).to_numpy(dtype=bool)
+    rows = np.arange(len(sent))
+    for label, mask in (
+        ("customers who allow profiling (their own history)", own),
+        ("customers who do not (their time zone's rhythm)", ~own),
+    ):
+        if mask.any():
+            got = truth[rows[mask], chosen[mask]].sum() / truth[mask].max(axis=1).sum()
+            result.send_time[f"sendwise, {label}: {int(mask.sum())}"] = float(got)
+
+
+def detector_quality(settings: Settings, world: World) -> dict[str, float]:
+    """Precision and recall of the machine-open detector (and of the ESP's flag alone) against the truth."""
+    events = load_table(settings, "email_events")
+    if events is None or events.empty:
+        return {}
+    _, opens = label_sends(events)
+    truth = world.email_opens().drop_duplicates("event_id").set_index("event_id")["is_machine"]
+    joined = opens.join(truth.rename("true_machine"), on="event_id", how="inner")
+    actual = joined["true_machine"].astype(bool)
+    out: dict[str, float] = {"opens checked": float(len(joined)), "machine share": float(actual.mean())}
+    for name, detected in (("detector", joined["is_machine"]), ("ESP flag alone", joined["flagged"])):
+        detected = detected.astype(bool)
+        hits = float((detected & actual).sum())
+        out[f"{name} precision"] = hits / max(float(detected.sum()), 1.0)
+        out[f"{name} recall"] = hits / max(float(actual.sum()), 1.0)
+    return out
+
+
+def reliability(predicted: np.ndarray, truth: np.ndarray, bins: int = RELIABILITY_BINS) -> pd.DataFrame:
+    """Mean predicted and mean true open probability per decile of the prediction (a reliability curve)."""
+    frame = pd.DataFrame({"predicted": predicted.ravel(), "true": truth.ravel()})
+    frame["bin"] = pd.qcut(frame["predicted"].rank(method="first"), bins, labels=False)
+    table = frame.groupby("bin").agg(predicted=("predicted", "mean"), true=("true", "mean"), rows=("true", "size"))
+    return table.reset_index(drop=True)
+
+
+def plot_reliability(table: pd.DataFrame, path: Path) -> Path:
+    """The reliability curve as a PNG: predicted against true, with the diagonal of perfect calibration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5, 5))
+    top = float(max(table["predicted"].max(), table["true"].max())) * 1.05
+    axis.plot([0, top], [0, top], color="grey", linestyle="--", label="perfectly calibrated")
+    axis.plot(table["predicted"], table["true"], marker="o", label="sendwise (deciles of the prediction)")
+    axis.set_xlabel("mean predicted open probability")
+    axis.set_ylabel("mean true open probability")
+    axis.set_title("Open propensity: reliability on the evaluation window")
+    axis.legend(loc="upper left")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    return path
 
 
 def _under_caps(
@@ -325,6 +404,9 @@ def evaluate(settings: Settings, world_dir: Path, progress: bool = True, seed: i
     result.open_model["true-probability AUC"] = auc(draws.ravel(), truth.ravel())
     result.open_model["AUC ratio"] = result.open_model["sendwise AUC"] / result.open_model["true-probability AUC"]
     result.open_model["mean predicted / mean true"] = float(predicted.mean() / truth.mean())
+    result.reliability = reliability(predicted, truth)
+    result.reliability_plot = plot_reliability(result.reliability, settings.reports_dir / "reliability.png")
+    result.detector = detector_quality(settings, world)
 
     offers = world.offers[world.offers["eligible"].astype(bool) & (world.offers["kind"] != "control")]
     if len(offers) and any(d.offers for d in sent):

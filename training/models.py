@@ -10,6 +10,7 @@ import lightgbm as lgb
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from features.transform import MONOTONE
 from training.datasets import TrainingSet
 
 BASE_PARAMS: dict[str, object] = {
@@ -102,6 +103,14 @@ def dataset_params(params: dict[str, object]) -> dict[str, object]:
     return {k: params[k] for k in keys if k in params}
 
 
+def with_constraints(params: dict[str, object], columns: Sequence[str]) -> dict[str, object]:
+    """`params` with the monotone constraints of the features among `columns` (features/transform.py)."""
+    signs = [MONOTONE.get(column, 0) for column in columns]
+    if not any(signs):
+        return params
+    return {**params, "monotone_constraints": signs, "monotone_constraints_method": "advanced"}
+
+
 def held_out_datasets(
     data: TrainingSet, params: dict[str, object], columns: Sequence[str] | None = None
 ) -> tuple[lgb.Dataset, lgb.Dataset]:
@@ -119,6 +128,7 @@ def fit_held_out(
 ) -> HeldOutFit:
     """Fit on the earlier part, early-stopped on the later part's first metric (`metric`, else log loss)."""
     train_set, valid_set = datasets or held_out_datasets(data, params, columns)
+    params = with_constraints(params, list(data.design.columns) if columns is None else list(columns))
     booster = lgb.train(
         params,
         train_set,
@@ -153,7 +163,7 @@ def refit_held_out(data: TrainingSet, booster: lgb.Booster) -> np.ndarray:
 
 def fit_binary(data: TrainingSet, seed: int, params: dict[str, object] | None = None) -> FittedModel:
     """Fit with early stopping on the held-out window, then refit on all of it for that many rounds."""
-    params = {**BASE_PARAMS, **(params or {}), "seed": seed}
+    params = with_constraints({**BASE_PARAMS, **(params or {}), "seed": seed}, list(data.design.columns))
     held_out = fit_held_out(data, params)
     booster, prediction = held_out.booster, held_out.prediction
     label = data.label[data.valid]

@@ -65,6 +65,8 @@ engagement_fv = FeatureView(
         Field(name="click_hours_weekend", dtype=Array(Float32)),
         Field(name="session_hours_weekday", dtype=Array(Float32)),
         Field(name="session_hours_weekend", dtype=Array(Float32)),
+        Field(name="rhythm_weekday", dtype=Array(Float32)),
+        Field(name="rhythm_weekend", dtype=Array(Float32)),
         Field(name="category_names", dtype=Array(String)),
         Field(name="category_views", dtype=Array(Float32)),
     ],
