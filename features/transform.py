@@ -35,6 +35,11 @@ ENGAGEMENT_FEATURES = (
 )
 """Engagement built from the customer's own events (blanked when profiling consent is not given)."""
 SCALAR_FEATURES = (*ENGAGEMENT_FEATURES, "signup_at_days")
+CUMULATIVE = ("n_human_opens", "n_clicks", "n_sessions", "n_purchases", "purchase_value")
+"""Decayed counts grow over the first months of data, so a model would read "more opens" where there is only
+"later": the open model sees them per email received instead (`open_rate`, `sessions_per_email`, ...), which
+brought its calibration from 1.058 to 1.042. The offer model keeps both: spend so far is what a customer is
+worth, and on the Starbucks data the policy lost a point without it."""
 PRIOR_OPEN_RATE = 0.2
 PRIOR_WEIGHT = 3.0
 
@@ -154,14 +159,17 @@ def _interest_match(matrix: CustomerMatrix, rows: np.ndarray, categories: np.nda
     )
 
 
-def _engagement_scalars(matrix: CustomerMatrix, rows: np.ndarray) -> pd.DataFrame:
+def _engagement_scalars(matrix: CustomerMatrix, rows: np.ndarray, cumulative: bool = False) -> pd.DataFrame:
+    """Rates per email received; with `cumulative`, the decayed counts too (what a customer is worth)."""
     scalars = matrix.scalars.iloc[rows].reset_index(drop=True)
     emails = scalars["n_emails"].fillna(0)
     scalars["open_rate"] = (scalars["n_human_opens"].fillna(0) + PRIOR_WEIGHT * PRIOR_OPEN_RATE) / (
         emails + PRIOR_WEIGHT
     )
     scalars["click_rate"] = (scalars["n_clicks"].fillna(0) + PRIOR_WEIGHT * 0.05) / (emails + PRIOR_WEIGHT)
-    return scalars
+    for name in ("n_sessions", "n_purchases", "purchase_value"):
+        scalars[name.removeprefix("n_") + "_per_email"] = scalars[name].fillna(0) / (emails + PRIOR_WEIGHT)
+    return scalars if cumulative else scalars.drop(columns=list(CUMULATIVE))
 
 
 def _attributes(matrix: CustomerMatrix, rows: np.ndarray) -> pd.DataFrame:
@@ -190,11 +198,6 @@ def open_design(
         "is_weekend": weekend.astype(np.float32),
         "utc_offset": offset.astype(np.float32),
     }
-    for signal in PROFILE_SIGNALS:
-        same = np.where(
-            weekend[:, None], matrix.profiles[f"{signal}_weekend"][rows], matrix.profiles[f"{signal}_weekday"][rows]
-        )
-        columns[f"{signal}_same_day_type_total"] = same.sum(axis=1).astype(np.float32)
     rhythm = np.where(
         weekend[:, None], matrix.profiles["rhythm_weekend"][rows], matrix.profiles["rhythm_weekday"][rows]
     )
@@ -261,4 +264,5 @@ def offer_design(matrix: CustomerMatrix, rows: np.ndarray, offers: OfferMatrix, 
             "category_interest": _interest_match(matrix, rows, categories),
         }
     )
-    return pd.concat([design, _engagement_scalars(matrix, rows), _attributes(matrix, rows)], axis=1)
+    engagement = _engagement_scalars(matrix, rows, cumulative=True)
+    return pd.concat([design, engagement, _attributes(matrix, rows)], axis=1)

@@ -55,6 +55,8 @@ ONLINE_CHUNK = 1000
 SAMPLE_FOR_POPULATION = 400
 PROFILE_COLUMNS = tuple(f"{s}_hours_{d}" for s in PROFILE_SIGNALS for d in ("weekday", "weekend"))
 FALLBACK_OPEN_PROBABILITY = 0.2
+LITTLE_HISTORY_EVENTS = 5
+"""Fewer recent visits and opens than this: the rhythm is mostly the prior of the customer's time zone."""
 NANOS_PER_DAY = 86_400 * 10**9
 # Marketing email whose lift the global holdout measures; triggered and transactional email is never held out.
 HELD_OUT_KINDS = frozenset({"promotional", "newsletter"})
@@ -428,6 +430,19 @@ class Engine:
                         rows.at[row, column] = None
         return rows, known, profiled, degraded
 
+    def _history_reason(self, batch: _Batch, i: int, emails: int) -> str:
+        """How much of the customer's own history the prediction rests on (decayed counts, rounded)."""
+        scalars = batch.matrix.scalars.iloc[i]
+        visits = round(float(np.nan_to_num(scalars["n_sessions"], nan=0.0)))
+        opens = round(float(np.nan_to_num(scalars["n_human_opens"], nan=0.0)))
+        reason = (
+            f"prediction rests on {emails} past emails, {opens} human opens and {visits} site visits of this customer"
+        )
+        if visits + opens < LITTLE_HISTORY_EVENTS:
+            zone = batch.zones[i]
+            reason += f" (little history: the send time leans on the daily rhythm of customers in {zone})"
+        return reason
+
     def _pool_rhythms(self, rows: pd.DataFrame, pooled: np.ndarray) -> None:
         """Customers without their own history (unknown, or no profiling consent) get their zone's rhythm."""
         if not self.rhythm_priors:
@@ -651,13 +666,14 @@ class Engine:
         reasons = []
         if not known:
             reasons.append(
-                "unknown customer: predictions pooled from customers with no history"
-                + (f" in {recipient.timezone}" if recipient.timezone else " (no time zone given: UTC assumed)")
+                "unknown customer: no history of their own; open probability from similar customers (the context "
+                "given: time zone, interests, attributes), send time from the daily rhythm of customers in "
+                + (recipient.timezone if recipient.timezone else "UTC (no time zone given)")
             )
         elif not batch.profiled[i]:
             reasons.append("profiling consent not given: population-level predictions only")
         else:
-            reasons.append(f"prediction rests on {emails} past emails of this customer")
+            reasons.append(self._history_reason(batch, i, emails))
         if "open_propensity" not in self.models and "send_time" not in self.models:
             reasons.append("no open model trained yet: a flat population prior, every hour alike")
         if batch.offers.empty and self.offers is not None and len(self.offers) and "next_best_offer" not in self.models:

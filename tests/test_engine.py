@@ -92,6 +92,37 @@ def test_cold_start_uses_the_context_given(engine) -> None:  # type: ignore[no-u
     assert np.corrcoef(np.roll(a.hourly_open_probability, 14), b.hourly_open_probability)[0, 1] > 0.5
 
 
+def test_cold_start_send_time_follows_the_rhythm_of_the_zone(engine, pipeline_home) -> None:  # type: ignore[no-untyped-def]
+    priors = pd.read_parquet(pipeline_home.settings.feature_tables_dir / "rhythm_priors.parquet")
+    zones = priors[priors["timezone"] != ""].sort_values("customers", ascending=False)["timezone"].head(4).tolist()
+    recipients = [Recipient(customer_id=f"new-{k}", timezone=z) for k, z in enumerate(zones)]
+    answer = engine.decide(DecideRequest(recipients=recipients, window_start=START))
+    stamps = pd.date_range(START, periods=24, freq="h")
+    own_peaks = []
+    for zone, decision in zip(zones, answer.decisions, strict=True):
+        assert decision.cold_start and decision.send and zone in decision.reasons[0]
+        prior = priors.set_index("timezone").loc[zone]
+        local = stamps.tz_convert(zone)
+        rhythm = np.where(
+            local.dayofweek >= 5, np.stack(prior["weekend"])[local.hour], np.stack(prior["weekday"])[local.hour]
+        )
+        curve = np.array(decision.hourly_open_probability)
+        # More of the zone's activity at an hour never lowers the prediction: the rhythm's peak is the curve's.
+        assert curve[int(rhythm.argmax())] == pytest.approx(curve.max(), abs=1e-9)
+        own_peaks.append(int(np.stack(prior["weekday"]).argmax()))
+    # Each zone has its own prior (fitted on its customers), not one global default.
+    global_prior = priors.set_index("timezone").loc[""]
+    assert any(not np.allclose(np.stack(p), np.stack(global_prior["weekday"])) for p in priors["weekday"][1:])
+
+
+def test_a_thin_history_says_so(engine, customers) -> None:  # type: ignore[no-untyped-def]
+    ids = customers.loc[customers["consent_email"] & customers["consent_profiling"], "customer_id"].tolist()
+    decisions = [d for d in _decide(engine, ids[:400]).decisions if d.send]
+    said = [r for d in decisions for r in d.reasons if r.startswith("prediction rests on")]
+    assert len(said) == len(decisions)
+    assert any("little history" in r for r in said) and any("little history" not in r for r in said)
+
+
 def test_exploration_share_and_propensities(engine, customers) -> None:  # type: ignore[no-untyped-def]
     ids = customers.loc[customers["consent_email"], "customer_id"].head(400).tolist()
     answer = _decide(engine, ids, explore_share=0.25)

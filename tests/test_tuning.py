@@ -231,3 +231,27 @@ def test_cli_tuning_budget_default_is_the_library_default() -> None:
 
     for command in (cli.train, cli.pipeline):
         assert inspect.signature(command).parameters["tune_timeout"].default == DEFAULT_TIMEOUT_S
+
+
+def test_examples_at_one_instant_are_split_by_customer_not_by_time() -> None:
+    from training.datasets import VALID_SHARE, TrainingSet, _split
+
+    customers = pd.Series([f"c-{i:05d}" for i in range(5000)])
+    once = pd.Series(pd.Timestamp("2008-03-01", tz="UTC"), index=customers.index)
+    cut, by_customer = _split(once, customers)
+    assert by_customer is not None
+    data = TrainingSet(
+        design=pd.DataFrame({"x": np.arange(5000)}),
+        label=np.zeros(5000),
+        times=once,
+        cut=cut,
+        feature_service="s",
+        held_out_customers=by_customer,
+    )
+    assert abs(data.valid.mean() - VALID_SHARE) < 0.03 and (data.train == ~data.valid).all()
+    assert "by a hash of their id" in data.window()["split"]
+    again = _split(once, customers.sample(frac=1.0, random_state=1).sort_index())[1]
+    assert again is not None and (again == by_customer).all()  # stable: the same customers every time
+    spread = pd.Series(pd.date_range("2026-01-01", periods=5000, freq="h", tz="UTC"))
+    cut, by_customer = _split(spread, customers)
+    assert by_customer is None and (spread >= cut).mean() == pytest.approx(VALID_SHARE, abs=0.01)

@@ -24,22 +24,40 @@ class TrainingSet:
     cut: pd.Timestamp
     feature_service: str
     weight: np.ndarray | None = None
+    held_out_customers: np.ndarray | None = None
+    """Set when the examples have too few distinct times to split by time (an experiment logged at one
+    instant): then the held-out part is a stable share of the customers instead."""
 
     @property
     def train(self) -> np.ndarray:
-        return (self.times < self.cut).to_numpy()
+        return ~self.valid
 
     @property
     def valid(self) -> np.ndarray:
+        if self.held_out_customers is not None:
+            return self.held_out_customers
         return (self.times >= self.cut).to_numpy()
 
     def window(self) -> dict[str, str]:
+        split = {"split": "by time"}
+        if self.held_out_customers is not None:
+            split = {"split": f"{VALID_SHARE:.0%} of customers by a hash of their id (examples share one time)"}
         return {
             "data_start": str(self.times.min()),
             "train_end": str(self.cut),
             "valid_start": str(self.cut),
             "data_end": str(self.times.max()),
+            **split,
         }
+
+
+def _split(times: pd.Series, customers: pd.Series) -> tuple[pd.Timestamp, np.ndarray | None]:
+    """The time cut, and where time cannot split the examples (nothing before the cut), a customer split."""
+    cut = _time_cut(times)
+    if (times < cut).mean() >= VALID_SHARE / 2:
+        return cut, None
+    bucket = pd.util.hash_pandas_object(customers.astype(str), index=False).to_numpy() % 1000
+    return cut, bucket < VALID_SHARE * 1000
 
 
 def historical_features(store: FeatureStore, service: str, entity_df: pd.DataFrame) -> pd.DataFrame:
@@ -63,6 +81,7 @@ def open_training_set(store: FeatureStore, tables: FeatureTables, label_hours: i
     if len(sends) < 200 or sends["human_open"].nunique() < 2:
         return None
     entity_df = pd.DataFrame({"customer_id": sends["customer_id"], "event_timestamp": sends["send_at"]})
+    cut, by_customer = _split(sends["send_at"], sends["customer_id"])
     rows = historical_features(store, "open_propensity_v1", entity_df)
     matrix = customer_matrix(rows)
     design = open_design(
@@ -72,8 +91,9 @@ def open_training_set(store: FeatureStore, tables: FeatureTables, label_hours: i
         design=design,
         label=sends["human_open"].to_numpy(dtype=np.float32),
         times=sends["send_at"],
-        cut=_time_cut(sends["send_at"]),
+        cut=cut,
         feature_service="open_propensity_v1",
+        held_out_customers=by_customer,
     )
 
 
@@ -96,6 +116,7 @@ def offer_training_set(
             "event_timestamp": exposures["exposed_at"],
         }
     )
+    cut, by_customer = _split(exposures["exposed_at"], exposures["customer_id"])
     rows = historical_features(store, "next_best_offer_v1", entity_df)
     matrix: CustomerMatrix = customer_matrix(rows)
     offers = OfferMatrix.from_rows(rows)
@@ -106,7 +127,8 @@ def offer_training_set(
             design=design,
             label=exposures["converted"].to_numpy(dtype=np.float32),
             times=exposures["exposed_at"],
-            cut=_time_cut(exposures["exposed_at"]),
+            cut=cut,
+            held_out_customers=by_customer,
             feature_service="next_best_offer_v1",
             weight=None if propensity.eq(1.0).all() else (1.0 / propensity).to_numpy(),
         ),
