@@ -255,3 +255,30 @@ def test_examples_at_one_instant_are_split_by_customer_not_by_time() -> None:
     spread = pd.Series(pd.date_range("2026-01-01", periods=5000, freq="h", tz="UTC"))
     cut, by_customer = _split(spread, customers)
     assert by_customer is None and (spread >= cut).mean() == pytest.approx(VALID_SHARE, abs=0.01)
+
+
+def test_fatigue_is_counted_at_the_moment_of_each_send() -> None:
+    from training.datasets import sends_in_previous_week
+
+    t = pd.Timestamp("2026-10-01 00:00", tz="UTC")
+    sends = pd.DataFrame(
+        {
+            "customer_id": ["a", "a", "a", "b", "a"],
+            "send_at": [t, t + pd.Timedelta(hours=9), t + pd.Timedelta(days=3), t, t + pd.Timedelta(days=8)],
+        }
+    )
+    asked = pd.DataFrame(
+        {
+            "customer_id": ["a", "a", "a", "b", "c", "a"],
+            "at": [
+                t,  # nothing before the first send
+                t + pd.Timedelta(hours=10),  # both sends of that day count, not only those before midnight
+                t + pd.Timedelta(days=7, hours=5),  # the first send left the window 5 hours ago, two remain
+                t + pd.Timedelta(hours=1),
+                t + pd.Timedelta(days=1),  # a customer without sends
+                t + pd.Timedelta(days=8),  # a send at exactly that time is not before it
+            ],
+        }
+    )
+    counts = sends_in_previous_week(sends, asked["customer_id"], asked["at"])
+    assert counts.tolist() == [0, 2, 2, 1, 0, 1]

@@ -12,6 +12,7 @@ from features.build import FeatureTables
 from features.transform import CustomerMatrix, OfferMatrix, customer_matrix, offer_design, open_design
 
 VALID_SHARE = 0.2
+EPOCH = pd.Timestamp("2000-01-01", tz="UTC")
 
 
 @dataclass
@@ -71,6 +72,20 @@ def _time_cut(times: pd.Series) -> pd.Timestamp:
     return times.quantile(1 - VALID_SHARE)
 
 
+def sends_in_previous_week(sends: pd.DataFrame, customers: pd.Series, at: pd.Series) -> np.ndarray:
+    """For each (customer, time): the emails `sends` has for the customer in the 7 days before that time."""
+    codes, names = pd.factorize(sends["customer_id"])
+
+    def seconds(times: pd.Series) -> np.ndarray:
+        return (times - EPOCH).dt.total_seconds().to_numpy().astype(np.int64)
+
+    keys = np.sort((codes.astype(np.int64) << 32) + seconds(sends["send_at"]))  # customer-major, then time
+    where = pd.Index(names).get_indexer(customers)
+    asked = (np.maximum(where, 0).astype(np.int64) << 32) + seconds(at)
+    counts = np.searchsorted(keys, asked, side="left") - np.searchsorted(keys, asked - 7 * 86400, side="left")
+    return np.where(where >= 0, counts, 0).astype(np.float32)
+
+
 def open_training_set(store: FeatureStore, tables: FeatureTables, label_hours: int) -> TrainingSet | None:
     """Sends whose 72-hour label window has closed, with the open model's features at the send time."""
     sends = tables.sends
@@ -84,6 +99,9 @@ def open_training_set(store: FeatureStore, tables: FeatureTables, label_hours: i
     cut, by_customer = _split(sends["send_at"], sends["customer_id"])
     rows = historical_features(store, "open_propensity_v1", entity_df)
     matrix = customer_matrix(rows)
+    # Fatigue at the moment of each send, not at the start of its day: a day-start count misses the sends
+    # earlier that day, and a blurred count teaches the model too weak a fatigue effect.
+    matrix.scalars["sends_7d"] = sends_in_previous_week(tables.sends, sends["customer_id"], sends["send_at"])
     design = open_design(
         matrix, np.arange(len(sends)), sends["send_at"], sends["kind"].to_numpy(), sends["topic"].to_numpy()
     )
