@@ -20,6 +20,10 @@ HOURS = 24
 PROFILE_SIGNALS = ("open", "click", "session")
 MONOTONE = {"rhythm_at_hour": 1, "rhythm_vs_peak": 1}
 """More of the customer's activity at the hour never makes an open less likely."""
+HOUR_FEATURES = ("rhythm_at_hour", "rhythm_vs_peak", "local_weekday", "is_weekend")
+"""What varies between the hours of one customer's window. The booster keeps them apart from every other
+feature (no tree mixes the two groups), so the log-odds of an open are the customer's part plus the hour's
+part: a curve is one customer row plus a table of hours, which is what makes campaign-scale scoring cheap."""
 ENGAGEMENT_FEATURES = (
     "n_emails",
     "n_human_opens",

@@ -181,3 +181,29 @@ def test_decision_log_records_the_offers_each_email_carries(engine, customers) -
             ahead.append(o.offer_id)
         shown = entry["exposed_offer_ids"]
         assert set(ahead[:2]) <= set(shown) <= set(ahead) and len(shown) <= 3
+
+
+def test_open_log_odds_are_a_customer_part_plus_an_hour_part(engine, customers) -> None:  # type: ignore[no-untyped-def]
+    """No tree mixes the hour features with the others, so swapping hours shifts every customer alike."""
+    from features.transform import HOUR_FEATURES, customer_matrix, open_design
+
+    ids = customers.loc[customers["consent_email"] & customers["consent_profiling"], "customer_id"].head(40).tolist()
+    rows, _, _, _ = engine._customer_rows([Recipient(customer_id=i) for i in ids])
+    matrix = customer_matrix(rows)
+    n, hours = len(ids), 24
+    window = pd.date_range(START, periods=hours, freq="h").tz_convert(None).to_numpy()
+    stamps = pd.Series(np.tile(window, n)).dt.tz_localize("UTC")
+    design = open_design(
+        matrix, np.repeat(np.arange(n), hours), stamps, np.full(n * hours, "promotional"), np.full(n * hours, None)
+    )
+    booster = engine.models["open_propensity"].booster
+    columns = booster.feature_name()
+    assert set(HOUR_FEATURES) <= set(columns)
+    hour_columns = list(HOUR_FEATURES)
+    # Every customer row with the hour features of customer 0's 24 hours.
+    swapped = design.copy()
+    swapped[hour_columns] = np.tile(design[hour_columns].to_numpy()[:hours], (n, 1))
+    raw = booster.predict(swapped[columns], raw_score=True).reshape(n, hours)
+    shifts = raw - raw[:, :1]
+    assert np.ptp(shifts, axis=0).max() < 1e-9  # the same hour effect for every customer
+    assert np.ptp(raw[:, 0]) > 0.1  # while the customers themselves differ

@@ -191,7 +191,7 @@ def test_tuned_pipeline_keeps_the_study_and_the_promotion_with_the_run(small_wor
 
     home = tmp_path / "home"
     env = {"SENDWISE_HOME": str(home), "MLFLOW_DISABLE_TELEMETRY": "true"}
-    args = ["pipeline", "--data", str(small_world), "--tune", "5", "--tune-timeout", "120"]
+    args = ["pipeline", "--data", str(small_world), "--tune", "5", "--tune-timeout", "900"]  # trials, not time, stop it
     result = CliRunner().invoke(app, args, env=env)
     assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
     assert "tuned open_propensity: 5 trials" in result.output

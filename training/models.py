@@ -10,7 +10,7 @@ import lightgbm as lgb
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from features.transform import MONOTONE
+from features.transform import HOUR_FEATURES, MONOTONE
 from training.datasets import TrainingSet
 
 BASE_PARAMS: dict[str, object] = {
@@ -104,11 +104,22 @@ def dataset_params(params: dict[str, object]) -> dict[str, object]:
 
 
 def with_constraints(params: dict[str, object], columns: Sequence[str]) -> dict[str, object]:
-    """`params` with the monotone constraints of the features among `columns` (features/transform.py)."""
+    """`params` with the monotone and interaction constraints of the features among `columns`.
+
+    The hour features (features/transform.py) only interact with each other, so the open model's log-odds
+    are a customer part plus an hour part.
+    """
     signs = [MONOTONE.get(column, 0) for column in columns]
     if not any(signs):
         return params
-    return {**params, "monotone_constraints": signs, "monotone_constraints_method": "advanced"}
+    hour = [k for k, column in enumerate(columns) if column in HOUR_FEATURES]
+    rest = [k for k, column in enumerate(columns) if column not in HOUR_FEATURES]
+    return {
+        **params,
+        "monotone_constraints": signs,
+        "monotone_constraints_method": "advanced",
+        "interaction_constraints": [hour, rest],
+    }
 
 
 def held_out_datasets(
