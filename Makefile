@@ -8,7 +8,7 @@ DAYS ?= 90
 HOST ?= 127.0.0.1
 PORT ?= 3000
 
-.PHONY: run test install install-dev uv lint
+.PHONY: run test install install-dev uv lint bench
 
 uv:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -35,3 +35,8 @@ test: install-dev
 
 lint:
 	$(UV) run --no-sync ruff check .
+
+## Run the benchmarks of issue 4 and print the table (bench/README.md); e.g. make bench BENCH_ARGS="--quick".
+BENCH_ARGS ?=
+bench: install-dev
+	MLFLOW_DISABLE_TELEMETRY=true $(UV) run --no-sync python -m bench $(BENCH_ARGS)
