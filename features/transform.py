@@ -184,6 +184,21 @@ def _attributes(matrix: CustomerMatrix, rows: np.ndarray) -> pd.DataFrame:
     return attributes
 
 
+def rhythm_features(
+    matrix: CustomerMatrix, rows: np.ndarray, hour: np.ndarray, weekend: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The customer's rhythm at each row's local hour: 24 × its share of the day, and its ratio to the peak."""
+    weekday_rhythm, weekend_rhythm = matrix.profiles["rhythm_weekday"], matrix.profiles["rhythm_weekend"]
+    rhythm = np.where(weekend[:, None], weekend_rhythm[rows], weekday_rhythm[rows])
+    total = rhythm.sum(axis=1)
+    rhythm = np.where(total[:, None] > 0, rhythm / np.maximum(total, 1e-9)[:, None], 1.0 / HOURS)
+    at_hour = rhythm[np.arange(len(rows)), hour]
+    return {
+        "rhythm_at_hour": (HOURS * at_hour).astype(np.float32),
+        "rhythm_vs_peak": (at_hour / rhythm.max(axis=1)).astype(np.float32),
+    }
+
+
 def open_design(
     matrix: CustomerMatrix,
     rows: np.ndarray,
@@ -202,14 +217,7 @@ def open_design(
         "is_weekend": weekend.astype(np.float32),
         "utc_offset": offset.astype(np.float32),
     }
-    rhythm = np.where(
-        weekend[:, None], matrix.profiles["rhythm_weekend"][rows], matrix.profiles["rhythm_weekday"][rows]
-    )
-    total = rhythm.sum(axis=1)
-    rhythm = np.where(total[:, None] > 0, rhythm / np.maximum(total, 1e-9)[:, None], 1.0 / HOURS)
-    at_hour = rhythm[np.arange(len(rows)), hour]
-    columns["rhythm_at_hour"] = (HOURS * at_hour).astype(np.float32)
-    columns["rhythm_vs_peak"] = (at_hour / rhythm.max(axis=1)).astype(np.float32)
+    columns.update(rhythm_features(matrix, rows, hour, weekend))
     design = pd.DataFrame(columns)
     design["campaign_kind"] = pd.Categorical(
         kind, categories=["promotional", "newsletter", "triggered", "transactional"]

@@ -29,10 +29,12 @@ from features.transform import (
     customer_matrix,
     offer_design,
     open_design,
+    rhythm_features,
 )
 from sendwise.raw import load_table
 from sendwise.settings import Settings
 from serving.assign import HourPlan, describe_quiet, in_holdout, local_window_hours, plan_hours, quiet
+from serving.curves import CurveScorer, window_clock
 from serving.modules import ModuleFacts, OfferFact, check_template, choose_modules
 from serving.render import render_email
 from serving.schemas import (
@@ -55,6 +57,10 @@ ONLINE_CHUNK = 1000
 SAMPLE_FOR_POPULATION = 400
 PROFILE_COLUMNS = tuple(f"{s}_hours_{d}" for s in PROFILE_SIGNALS for d in ("weekday", "weekend"))
 FALLBACK_OPEN_PROBABILITY = 0.2
+CHECK_CUSTOMERS = 50
+CHECK_HOURS = 48
+CURVE_TOLERANCE = 1e-9
+"""Curves from the tabulated hour part must equal scoring every hour (to rounding) or are not used."""
 LITTLE_HISTORY_EVENTS = 5
 """Fewer recent visits and opens than this: the rhythm is mostly the prior of the customer's time zone."""
 NANOS_PER_DAY = 86_400 * 10**9
@@ -323,6 +329,8 @@ class Engine:
         self._log_lock = threading.Lock()
         self._rng = np.random.default_rng()
         self._rng_lock = threading.Lock()
+        self._scorers: dict[int, CurveScorer | None] = {}  # by booster: its tabulated hour part, or None
+        self._scorer_lock = threading.Lock()
         self.population = Population(FALLBACK_OPEN_PROBABILITY, 1.0)
         if store is not None:
             self.population = self._measure_population()
@@ -465,11 +473,65 @@ class Engine:
         if model is None or n == 0:
             return np.full((n, hours), FALLBACK_OPEN_PROBABILITY)
         rows = np.repeat(np.arange(n), hours)
-        stamps = pd.date_range(start, periods=hours, freq="h", tz=UTC)
-        times = pd.Series(np.tile(stamps.tz_convert(None).to_numpy(), n)).dt.tz_localize("UTC")
-        design = open_design(matrix, rows, times, np.full(len(rows), kind), np.full(len(rows), topic, dtype=object))
+        hour, weekday = window_clock(pd.Timestamp(start), hours, matrix.timezone)
+        hour_features = {
+            **rhythm_features(matrix, rows, hour.ravel(), weekday.ravel() >= 5),
+            "local_weekday": weekday.ravel(),
+        }
+        first = open_design(
+            matrix,
+            np.arange(n),
+            pd.Series(pd.Timestamp(start), index=range(n)),
+            np.full(n, kind),
+            np.full(n, topic, dtype=object),
+        )
+        scorer = self._curve_scorer(model, first, matrix, start, kind, topic)
+        if scorer is not None:
+            return np.clip(scorer.curves(first, hour_features, hours), 0.0, 1.0)
+        design = self._window_design(matrix, np.arange(n), start, hours, kind, topic)
         prediction = np.asarray(model.booster.predict(design[model.booster.feature_name()]))
         return np.clip(prediction.reshape(n, hours), 0.0, 1.0)
+
+    @staticmethod
+    def _window_design(
+        matrix: CustomerMatrix, customers: np.ndarray, start: datetime, hours: int, kind: str, topic: str | None
+    ) -> pd.DataFrame:
+        """A design row per (customer, hour of the window): what the booster would score hour by hour."""
+        rows = np.repeat(customers, hours)
+        stamps = pd.date_range(start, periods=hours, freq="h", tz=UTC)
+        times = pd.Series(np.tile(stamps.tz_convert(None).to_numpy(), len(customers))).dt.tz_localize("UTC")
+        return open_design(matrix, rows, times, np.full(len(rows), kind), np.full(len(rows), topic, dtype=object))
+
+    def _curve_scorer(
+        self,
+        model: LoadedModel,
+        first: pd.DataFrame,
+        matrix: CustomerMatrix,
+        start: datetime,
+        kind: str,
+        topic: str | None,
+    ) -> CurveScorer | None:
+        """The model's tabulated hour part, checked against scoring every hour once per model version."""
+        key = id(model.booster)
+        if key in self._scorers:
+            return self._scorers[key]
+        with self._scorer_lock:
+            if key not in self._scorers:
+                scorer: CurveScorer | None = CurveScorer.build(model.booster, first.iloc[:1])
+                sample = np.arange(min(len(first), CHECK_CUSTOMERS))
+                hours = CHECK_HOURS
+                rows = np.repeat(sample, hours)
+                hour, weekday = window_clock(pd.Timestamp(start), hours, matrix.timezone[sample])
+                features = {
+                    **rhythm_features(matrix, rows, hour.ravel(), weekday.ravel() >= 5),
+                    "local_weekday": weekday.ravel(),
+                }
+                full = self._window_design(matrix, sample, start, hours, kind, topic)
+                gap = scorer.check(full, first.iloc[sample], features) if scorer is not None else np.inf
+                if not gap <= CURVE_TOLERANCE:
+                    scorer = None  # a champion whose hour features interact with the rest: score every hour
+                self._scorers[key] = scorer
+        return self._scorers[key]
 
     def _offer_scores(
         self, matrix: CustomerMatrix, at: datetime, offer_ids: list[str] | None

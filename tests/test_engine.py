@@ -207,3 +207,32 @@ def test_open_log_odds_are_a_customer_part_plus_an_hour_part(engine, customers) 
     shifts = raw - raw[:, :1]
     assert np.ptp(shifts, axis=0).max() < 1e-9  # the same hour effect for every customer
     assert np.ptp(raw[:, 0]) > 0.1  # while the customers themselves differ
+
+
+def test_curves_from_the_hour_table_equal_scoring_every_hour(engine, customers, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The campaign-scale curve (a row per customer plus a table of hours) is the booster's own, hour by hour."""
+    import serving.engine as engine_module
+    from features.transform import customer_matrix
+
+    ids = customers.loc[customers["consent_email"], "customer_id"].head(300).tolist()
+    saturday = datetime(2026, 12, 5, 3, tzinfo=UTC)  # the window crosses a weekend in every zone
+    answer = engine.decide(
+        DecideRequest(recipients=[Recipient(customer_id=i) for i in ids], window_start=saturday, window_hours=60)
+    )
+    fast = np.array([d.hourly_open_probability for d in answer.decisions])
+    assert engine._scorers[id(engine.models["send_time"].booster)] is not None  # the table was used
+    rows, _, _, _ = engine._customer_rows([Recipient(customer_id=i) for i in ids])
+    matrix = customer_matrix(rows)
+    booster = engine.models["send_time"].booster
+    design = engine._window_design(matrix, np.arange(len(ids)), saturday, 60, "promotional", None)
+    direct = np.asarray(booster.predict(design[booster.feature_name()])).reshape(len(ids), 60)
+    assert np.abs(fast - direct).max() < 1e-9
+    # A champion whose hour part cannot be tabulated (here: a tolerance nothing meets) is scored hour by hour.
+    monkeypatch.setattr(engine_module, "CURVE_TOLERANCE", -1.0)
+    monkeypatch.setattr(engine, "_scorers", {})
+    again = engine.decide(
+        DecideRequest(recipients=[Recipient(customer_id=i) for i in ids[:40]], window_start=saturday, window_hours=60)
+    )
+    assert engine._scorers[id(engine.models["send_time"].booster)] is None
+    slow = np.array([d.hourly_open_probability for d in again.decisions])
+    assert np.abs(slow - direct[:40]).max() < 1e-12

@@ -1,0 +1,123 @@
+"""Open-probability curves at campaign scale: one model row per customer plus a table of hours.
+
+The open model's hour features (features/transform.py `HOUR_FEATURES`) only interact with each other, so its
+log-odds are a customer part plus an hour part. The hour part is a sum of trees over the rhythm at the hour,
+its ratio to the peak and the local weekday: piecewise constant between the trees' thresholds, so it is
+tabulated exactly once per model (the booster scores one grid row per cell, with any fixed customer part).
+A curve then costs one booster row per customer and a table look-up per hour, instead of a booster row per
+hour. `CurveScorer.check` compares the two on real rows and the engine falls back to scoring every hour when
+they differ (a champion trained before the constraint).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+
+from features.transform import HOURS
+
+AT_HOUR, VS_PEAK, WEEKDAY, WEEKEND = "rhythm_at_hour", "rhythm_vs_peak", "local_weekday", "is_weekend"
+TOLERANCE = 1e-9
+
+
+def _thresholds(booster: lgb.Booster, feature: str) -> np.ndarray:
+    """Every threshold the trees split `feature` on, sorted."""
+    index = booster.feature_name().index(feature)
+    found: set[float] = set()
+
+    def walk(node: dict[str, Any]) -> None:
+        if "split_feature" not in node:
+            return
+        if node["split_feature"] == index:
+            found.add(float(node["threshold"]))
+        walk(node["left_child"])
+        walk(node["right_child"])
+
+    for tree in booster.dump_model()["tree_info"]:
+        walk(tree["tree_structure"])
+    return np.array(sorted(found), dtype=np.float64)
+
+
+def _representatives(thresholds: np.ndarray) -> np.ndarray:
+    """One float32 value per cell: the largest at or below each threshold (x <= t goes left), and one above."""
+    below = thresholds.astype(np.float32)
+    below = np.where(below.astype(np.float64) > thresholds, np.nextafter(below, np.float32(-np.inf)), below)
+    top = np.float32(thresholds[-1] + 1.0) if len(thresholds) else np.float32(0.0)
+    return np.append(below, top).astype(np.float32)
+
+
+def _cell(thresholds: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The cell of each value: the first threshold at or above it (LightGBM sends x <= t left)."""
+    return np.searchsorted(thresholds, values.astype(np.float32).astype(np.float64), side="left")
+
+
+@dataclass
+class CurveScorer:
+    """The hour part of one booster's log-odds, tabulated over the cells of its hour features."""
+
+    booster: lgb.Booster
+    at_thresholds: np.ndarray
+    vs_thresholds: np.ndarray
+    table: np.ndarray  # [at cells, vs cells, 7 weekdays]: the hour part, up to a constant
+
+    @classmethod
+    def build(cls, booster: lgb.Booster, reference: pd.DataFrame) -> CurveScorer:
+        """Tabulate with `reference` (one design row) as the fixed customer part of every grid row."""
+        at_thresholds, vs_thresholds = _thresholds(booster, AT_HOUR), _thresholds(booster, VS_PEAK)
+        at, vs = _representatives(at_thresholds), _representatives(vs_thresholds)
+        weekdays = np.arange(7)
+        grid_at, grid_vs, grid_day = np.meshgrid(at, vs, weekdays, indexing="ij")
+        rows = reference.iloc[np.zeros(grid_at.size, dtype=np.int64)].reset_index(drop=True)
+        rows[AT_HOUR] = grid_at.ravel().astype(np.float32)
+        rows[VS_PEAK] = grid_vs.ravel().astype(np.float32)
+        rows[WEEKDAY] = grid_day.ravel().astype(np.float32)
+        rows[WEEKEND] = (grid_day.ravel() >= 5).astype(np.float32)
+        raw = np.asarray(booster.predict(rows[booster.feature_name()], raw_score=True))
+        return cls(booster, at_thresholds, vs_thresholds, raw.reshape(len(at), len(vs), 7))
+
+    def hour_part(self, at_hour: np.ndarray, vs_peak: np.ndarray, weekday: np.ndarray) -> np.ndarray:
+        return self.table[_cell(self.at_thresholds, at_hour), _cell(self.vs_thresholds, vs_peak), weekday]
+
+    def curves(self, first_hour: pd.DataFrame, hour_features: dict[str, np.ndarray], hours: int) -> np.ndarray:
+        """[n, hours] open probabilities.
+
+        `first_hour`: each customer's design row at the first hour of the window (the booster scores these);
+        `hour_features`: rhythm_at_hour, rhythm_vs_peak and local_weekday of every (customer, hour), row-major.
+        """
+        n = len(first_hour)
+        raw_first = np.asarray(self.booster.predict(first_hour[self.booster.feature_name()], raw_score=True))
+        parts = self.hour_part(
+            hour_features[AT_HOUR], hour_features[VS_PEAK], hour_features[WEEKDAY].astype(np.int64)
+        ).reshape(n, hours)
+        customer = raw_first - parts[:, 0]
+        return 1.0 / (1.0 + np.exp(-(customer[:, None] + parts)))
+
+    def check(self, full_design: pd.DataFrame, first_hour: pd.DataFrame, hour_features: dict[str, np.ndarray]) -> float:
+        """Largest difference in probability between the table and scoring every (customer, hour) row."""
+        hours = len(full_design) // max(len(first_hour), 1)
+        direct = np.asarray(self.booster.predict(full_design[self.booster.feature_name()])).reshape(-1, hours)
+        return float(np.abs(self.curves(first_hour, hour_features, hours) - direct).max())
+
+
+def window_clock(start: pd.Timestamp, hours: int, zones: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[n, hours] local hour and local weekday (Monday 0) of each hour of the window in each row's zone."""
+    stamps = pd.date_range(start, periods=hours, freq="h", tz="UTC")
+    hour = np.empty((len(zones), hours), dtype=np.int64)
+    weekday = np.empty((len(zones), hours), dtype=np.int64)
+    codes, unique = pd.factorize(pd.Series(zones).fillna("UTC"))
+    for code, zone in enumerate(unique):
+        try:
+            local = stamps.tz_convert(zone)
+        except (KeyError, ValueError):
+            local = stamps
+        rows = codes == code
+        hour[rows] = local.hour.to_numpy()
+        weekday[rows] = local.dayofweek.to_numpy()
+    return hour, weekday
+
+
+__all__ = ["HOURS", "CurveScorer", "window_clock"]
