@@ -108,6 +108,30 @@ class _Batch:
         """The offers as plain records (reading a DataFrame row per recipient and offer is slow)."""
         return [{str(k): v for k, v in row.items()} for row in self.offers.to_dict("records")]
 
+    @cached_property
+    def offer_facts(self) -> list[tuple[str, str, str | None, float | None]]:
+        """Each offer's id, kind, category and discount, converted once per batch."""
+        out = []
+        for offer in self.offer_rows:
+            category, discount = offer.get("category"), offer.get("discount_pct")
+            out.append(
+                (
+                    str(offer["offer_id"]),
+                    str(offer["kind"]),
+                    None if pd.isna(category) else str(category),  # type: ignore[arg-type]
+                    None if pd.isna(discount) else float(discount),  # type: ignore[arg-type]
+                )
+            )
+        return out
+
+    @cached_property
+    def history(self) -> dict[str, np.ndarray]:
+        """Emails, human opens and site visits of each row (decayed counts, rounded): what a prediction rests on."""
+        return {
+            name: np.rint(np.nan_to_num(self.matrix.scalars[name].to_numpy(dtype=np.float64), nan=0.0)).astype(int)
+            for name in ("n_emails", "n_human_opens", "n_sessions")
+        }
+
 
 @dataclass
 class Population:
@@ -440,9 +464,7 @@ class Engine:
 
     def _history_reason(self, batch: _Batch, i: int, emails: int) -> str:
         """How much of the customer's own history the prediction rests on (decayed counts, rounded)."""
-        scalars = batch.matrix.scalars.iloc[i]
-        visits = round(float(np.nan_to_num(scalars["n_sessions"], nan=0.0)))
-        opens = round(float(np.nan_to_num(scalars["n_human_opens"], nan=0.0)))
+        visits, opens = int(batch.history["n_sessions"][i]), int(batch.history["n_human_opens"][i])
         reason = (
             f"prediction rests on {emails} past emails, {opens} human opens and {visits} site visits of this customer"
         )
@@ -691,7 +713,7 @@ class Engine:
 
     def _decision(self, batch: _Batch, i: int, recipient: Recipient) -> Decision:
         decision_id = f"d-{uuid.uuid4().hex}"
-        emails = int(np.nan_to_num(batch.matrix.scalars["n_emails"].iloc[i], nan=0.0))
+        emails = int(batch.history["n_emails"][i])
         curve = batch.curves[i]
         known = bool(batch.known[i])
         in_holdout = bool(batch.holdout[i])
@@ -841,23 +863,16 @@ class Engine:
         ranked: list[OfferScore] = []
         facts: list[OfferFact] = []
         for j in order[: max(batch.k_offers, 0)]:
-            offer = batch.offer_rows[j]
-            score = OfferScore(
-                offer_id=str(offer["offer_id"]),
-                kind=str(offer["kind"]),
-                conversion_probability=float(conversion[j]),
-                expected_value=float(value[j]),
-                incremental_value=None if incremental is None else float(incremental[j]),
-            )
-            ranked.append(score)
-            category, discount = offer.get("category"), offer.get("discount_pct")
-            facts.append(
-                OfferFact(
-                    **score.model_dump(),
-                    category=None if pd.isna(category) else str(category),
-                    discount_pct=None if pd.isna(discount) else float(discount),
-                )
-            )
+            offer_id, kind, category, discount = batch.offer_facts[j]
+            fields = {
+                "offer_id": offer_id,
+                "kind": kind,
+                "conversion_probability": float(conversion[j]),
+                "expected_value": float(value[j]),
+                "incremental_value": None if incremental is None else float(incremental[j]),
+            }
+            ranked.append(OfferScore(**fields))  # validated init is faster than model_construct in pydantic 2
+            facts.append(OfferFact(**fields, category=category, discount_pct=discount))
         return ranked, facts
 
     def _facts(
