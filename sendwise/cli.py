@@ -1,4 +1,4 @@
-"""The `sendwise` command: simulate, ingest, train, pipeline, serve, report, evaluate."""
+"""The `sendwise` command: simulate, ingest, train, pipeline, decide, serve, report, evaluate."""
 
 from __future__ import annotations
 
@@ -176,6 +176,72 @@ def pipeline(
         console.print(line)
     _print_training(result)
     console.print(f"pipeline finished in {time.perf_counter() - started:.0f} s; home: {settings.home}")
+
+
+@app.command()
+def decide(
+    recipients: Annotated[Path, typer.Argument(help="recipients: .csv, .jsonl or .parquet with a customer_id column")],
+    out: Annotated[Path, typer.Option("--out", help="where to write the decisions, one JSON object per line")],
+    settings_json: Annotated[
+        Path | None,
+        typer.Option(
+            "--request",
+            help="a JSON file with what /v1/decide takes besides recipients: campaign, window_start, window_hours, "
+            "offer_ids, k_offers, explore_share, constraints",
+        ),
+    ] = None,
+    kind: Annotated[str | None, typer.Option(help="campaign kind (overrides --request)")] = None,
+    topic: Annotated[str | None, typer.Option(help="campaign topic (overrides --request)")] = None,
+    window_start: Annotated[str | None, typer.Option(help="a whole UTC hour, e.g. 2026-11-27T07:00:00Z")] = None,
+) -> None:
+    """Decide a whole campaign from a file, in batches, without an HTTP call held open (serving/bulk.py)."""
+    import json
+
+    from pydantic import ValidationError
+    from rich.progress import Progress
+
+    from serving.bulk import BulkInputError, decide_all, read_recipients
+    from serving.engine import Engine
+    from serving.schemas import DecideRequest, Recipient
+
+    body: dict[str, object] = {}
+    if settings_json is not None:
+        try:
+            body = json.loads(settings_json.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise _fail(f"--request {settings_json}: {error}") from error
+        if not isinstance(body, dict) or "recipients" in body:
+            raise _fail(f"--request {settings_json}: give a JSON object without recipients (they come from the file)")
+    campaign = dict(body.get("campaign") or {})  # type: ignore[call-overload]
+    if kind is not None:
+        campaign["kind"] = kind
+    if topic is not None:
+        campaign["topic"] = topic
+    body = {**body, "campaign": campaign, "recipients": [{"customer_id": "template"}]}
+    if window_start is not None:
+        body["window_start"] = window_start
+    try:
+        request = DecideRequest.model_validate(body)
+        everyone = read_recipients(recipients)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise _fail(f"the request: {problems}") from error
+    except BulkInputError as error:
+        raise _fail(str(error)) from error
+    request = request.model_copy(update={"recipients": [Recipient(customer_id="template")]})
+    engine = Engine.load(_settings())
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("deciding", total=len(everyone))
+        summary = decide_all(engine, everyone, out, request, progress=lambda k: bar.advance(task, k))
+    rate = summary.recipients / max(summary.seconds, 1e-9)
+    console.print(
+        f"{summary.recipients:,} decisions ({summary.sent:,} sends) in {summary.batches} batches, "
+        f"{summary.seconds:.1f} s ({rate:,.0f}/s): {summary.output}"
+    )
+    if summary.status.get("degraded"):
+        console.print(
+            f"[yellow]{summary.status['degraded']} batches were answered degraded: see `sendwise serve` /readyz"
+        )
 
 
 @app.command()
