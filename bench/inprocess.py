@@ -282,6 +282,41 @@ def rows(timings: list[BatchTiming], floor: Floor | None) -> list[Row]:
     return out
 
 
+def time_bulk(home: BenchHome, plan: Plan, console: Console) -> Row:
+    """The bulk path (`sendwise decide`): every emailable customer of the home, from a file to a file."""
+    import tempfile
+    from pathlib import Path
+
+    from serving.bulk import decide_file
+    from serving.engine import Engine
+
+    settings = home.settings
+    settings.activate()
+    clear_decision_log(settings)
+    engine = Engine.load(settings)
+    count = min(len(home.recipients), plan.bulk_recipients)
+    with tempfile.TemporaryDirectory() as directory:
+        source, out = Path(directory) / "campaign.csv", Path(directory) / "decisions.jsonl"
+        pd.DataFrame({"customer_id": home.recipients[:count]}).to_csv(source, index=False)
+        template = decide_request(home.recipients[:1], home.window_start)
+        with progress(console) as bar:
+            task = bar.add_task(f"sendwise decide, {count:,} recipients", total=count)
+            summary = decide_file(engine, source, out, template, progress=lambda k: bar.advance(task, k))
+        written = out.stat().st_size
+    clear_decision_log(settings)
+    per_second = summary.recipients / summary.seconds
+    return Row(
+        SECTION,
+        f"bulk path, {summary.recipients:,} recipients file to file",
+        per_second,
+        rate(per_second),
+        TARGET_RATE,
+        f"`sendwise decide`: read, {summary.batches} batches of decide, {written / 1e6:,.0f} MB of JSON lines "
+        f"written, in {seconds(summary.seconds)}",
+    )
+
+
 def run(home: BenchHome, plan: Plan, console: Console) -> list[Row]:
     timings = time_decide(home, plan, console)
-    return rows(timings, time_floor(home, plan, console))
+    out = rows(timings, time_floor(home, plan, console))
+    return [*out, time_bulk(home, plan, console)]

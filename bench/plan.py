@@ -32,6 +32,8 @@ class Plan:
     repeats: tuple[int, ...] = (50, 10, 3)
     """Timed decide calls per batch size (the median is reported)."""
     floor_repeats: int = 5
+    bulk_recipients: int = 100_000
+    """How many of the home's emailable customers the bulk path (`sendwise decide`) decides, file to file."""
     http_batch_calls: int = 10
     single_seconds: float = 20.0
     """How long each single-recipient load runs (after a short warm-up)."""
@@ -50,6 +52,7 @@ class Plan:
             online_customers=200_000,
             repeats=(10, 3, 1),
             floor_repeats=2,
+            bulk_recipients=20_000,
             http_batch_calls=3,
             single_seconds=5.0,
             quick=True,
