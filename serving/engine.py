@@ -18,6 +18,8 @@ import numpy as np
 import orjson
 import pandas as pd
 from feast import FeatureStore
+from feast.online_response import OnlineResponse
+from feast.type_map import feast_value_type_to_python_type
 
 from features.labels import message_sends
 from features.store import open_store
@@ -67,6 +69,33 @@ NANOS_PER_DAY = 86_400 * 10**9
 # Marketing email whose lift the global holdout measures; triggered and transactional email is never held out.
 HELD_OUT_KINDS = frozenset({"promotional", "newsletter"})
 OFFER_MODULES = ("hero_offer", "secondary_offers", "content_block")
+
+
+_PLAIN_VALUES = frozenset({"float_val", "double_val", "int32_val", "int64_val", "bool_val", "string_val"})
+_PLAIN_LISTS = frozenset(
+    {"float_list_val", "double_list_val", "int32_list_val", "int64_list_val", "bool_list_val", "string_list_val"}
+)
+
+
+def response_columns(response: OnlineResponse) -> dict[str, list[object]]:
+    """`response.to_dict()`, with the value types the views use decoded in place (to_dict converts each value
+    through Feast's general converter, the largest part of reading a campaign's rows); any other type still
+    goes through that converter."""
+    columns: dict[str, list[object]] = {}
+    for name, vector in zip(response.proto.metadata.feature_names.val, response.proto.results, strict=True):
+        values: list[object] = []
+        for value in vector.values:
+            kind = value.WhichOneof("val")
+            if kind is None:
+                values.append(None)
+            elif kind in _PLAIN_VALUES:
+                values.append(getattr(value, kind))
+            elif kind in _PLAIN_LISTS:
+                values.append(list(getattr(value, kind).val))
+            else:
+                values.append(feast_value_type_to_python_type(value))
+        columns[name] = values
+    return columns
 
 
 @dataclass
@@ -416,7 +445,7 @@ class Engine:
                 response = self.store.get_online_features(
                     features=service, entity_rows=[{"customer_id": c} for c in chunk]
                 )
-                parts.append(pd.DataFrame(response.to_dict()))
+                parts.append(pd.DataFrame(response_columns(response)))
         except Exception as error:  # noqa: BLE001 - the online store being down degrades, never fails
             self.degraded_reasons = [f"online store unavailable: {type(error).__name__}: {error}"]
             return pd.DataFrame({"customer_id": customer_ids}), True

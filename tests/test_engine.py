@@ -236,3 +236,17 @@ def test_curves_from_the_hour_table_equal_scoring_every_hour(engine, customers, 
     assert engine._scorers[id(engine.models["send_time"].booster)] is None
     slow = np.array([d.hourly_open_probability for d in again.decisions])
     assert np.abs(slow - direct[:40]).max() < 1e-12
+
+
+def test_online_rows_decode_like_feast(engine, customers) -> None:  # type: ignore[no-untyped-def]
+    from serving.engine import response_columns
+
+    ids = [*customers["customer_id"].head(200).tolist(), "nobody-1"]
+    service = engine.store.get_feature_service("open_propensity_v1")
+    response = engine.store.get_online_features(features=service, entity_rows=[{"customer_id": c} for c in ids])
+    ours, feasts = response_columns(response), response.to_dict()
+    assert list(ours) == list(feasts)
+    for name in feasts:
+        assert ours[name] == feasts[name], name
+    assert any(isinstance(v, list) and len(v) == 24 for v in ours["rhythm_weekday"])
+    assert ours["timezone"][-1] is None  # an unknown customer
