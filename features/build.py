@@ -200,15 +200,19 @@ def _final_evidence(n_customers: int, streams: dict[str, _Events]) -> Evidence:
     return evidence
 
 
+def count_in_previous_week(
+    codes: np.ndarray, seconds: np.ndarray, at_codes: np.ndarray, at_seconds: np.ndarray
+) -> np.ndarray:
+    """For each (customer code, time): the events of that customer (`codes`, `seconds`) in the 7 days before
+    it. Times are whole seconds on any common origin; codes are non-negative integers."""
+    keys = np.sort((codes.astype(np.int64) << 32) + np.floor(seconds).astype(np.int64))  # customer-major
+    asked = (at_codes.astype(np.int64) << 32) + np.floor(at_seconds).astype(np.int64)
+    return np.searchsorted(keys, asked, side="left") - np.searchsorted(keys, asked - 7 * 86400, side="left")
+
+
 def _sends_in_previous_week(sends: _Events, customers: np.ndarray, at_seconds: np.ndarray) -> np.ndarray:
     """Emails each customer was sent in the 7 days before each time (the fatigue the truth knows)."""
-    if len(sends.customer) == 0:
-        return np.zeros(len(customers), np.float32)
-    span = 10.0 * 86400 * 366 * 50
-    keys = np.sort(sends.customer * span + sends.seconds)
-    upper = np.searchsorted(keys, customers * span + at_seconds, side="left")
-    lower = np.searchsorted(keys, customers * span + at_seconds - 7 * 86400, side="left")
-    return (upper - lower).astype(np.float32)
+    return count_in_previous_week(sends.customer, sends.seconds, customers, at_seconds).astype(np.float32)
 
 
 def _ineligible_customers(email_events: pd.DataFrame | None) -> set[str]:

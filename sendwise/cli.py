@@ -69,6 +69,10 @@ IngestConsent = Annotated[
 ]
 IngestDelimiter = Annotated[str | None, typer.Option("--csv-delimiter", help="CSV delimiter (default: detected)")]
 IngestDecimal = Annotated[bool, typer.Option("--decimal-comma", help="numbers in CSV use a decimal comma")]
+TuneTrials = Annotated[
+    int, typer.Option(min=0, help="Optuna trials per model (0: fixed parameters; 40 suits 10,000 customers)")
+]
+TuneTimeout = Annotated[float, typer.Option(min=1, help="seconds all the studies of one run may take together")]
 
 
 def _ingest(settings: Settings, data: Path, assume_tz, profiling_consent, csv_delimiter, decimal_comma):  # type: ignore[no-untyped-def]
@@ -122,12 +126,8 @@ def _print_training(result) -> None:  # type: ignore[no-untyped-def]
 @app.command()
 def train(
     model: Annotated[ModelOption, typer.Option(help="which model to train")] = ModelOption.all,
-    tune: Annotated[
-        int, typer.Option(min=0, help="Optuna trials per model (0: fixed parameters; 40 suits 10,000 customers)")
-    ] = 0,
-    tune_timeout: Annotated[
-        float, typer.Option(min=1, help="seconds all the studies of one run may take together")
-    ] = 540.0,
+    tune: TuneTrials = 0,
+    tune_timeout: TuneTimeout = 540.0,
 ) -> None:
     """Build features, train (and tune), log to MLflow, register and promote the winners."""
     from training.train import materialize_online, prepare_features
@@ -153,12 +153,8 @@ def pipeline(
     profiling_consent: IngestConsent = None,
     csv_delimiter: IngestDelimiter = None,
     decimal_comma: IngestDecimal = False,
-    tune: Annotated[
-        int, typer.Option(min=0, help="Optuna trials per model (0: fixed parameters; 40 suits 10,000 customers)")
-    ] = 0,
-    tune_timeout: Annotated[
-        float, typer.Option(min=1, help="seconds all the studies of one run may take together")
-    ] = 540.0,
+    tune: TuneTrials = 0,
+    tune_timeout: TuneTimeout = 540.0,
 ) -> None:
     """Ingest, build features, train (and tune), promote and materialize the online store."""
     from training.train import materialize_online, prepare_features
@@ -202,7 +198,7 @@ def decide(
 
     from serving.bulk import BulkInputError, decide_all, read_recipients
     from serving.engine import Engine
-    from serving.schemas import DecideRequest, Recipient
+    from serving.schemas import DecideRequest
 
     body: dict[str, object] = {}
     if settings_json is not None:
@@ -228,7 +224,6 @@ def decide(
         raise _fail(f"the request: {problems}") from error
     except BulkInputError as error:
         raise _fail(str(error)) from error
-    request = request.model_copy(update={"recipients": [Recipient(customer_id="template")]})
     engine = Engine.load(_settings())
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("deciding", total=len(everyone))

@@ -43,20 +43,23 @@ def in_holdout(customer_ids: Sequence[str], share: float) -> np.ndarray:
 
 
 # --- quiet hours in local time --------------------------------------------------------------------
-def local_window_hours(start: datetime, hours: int, zones: Sequence[str | None]) -> np.ndarray:
-    """[n, hours]: the local clock hour (0-23) of each hour of the window in each row's zone (None: UTC)."""
+def local_window_clock(start: datetime, hours: int, zones: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
+    """[n, hours] each: the local clock hour (0-23) and weekday (Monday 0) of each hour of the window in each
+    row's zone (None or an unknown name: UTC), converted once per zone."""
     stamps = pd.date_range(start, periods=hours, freq="h", tz=UTC)
-    out = np.empty((len(zones), hours), dtype=np.int8)
+    hour = np.empty((len(zones), hours), dtype=np.int64)
+    weekday = np.empty((len(zones), hours), dtype=np.int64)
     by_zone: dict[str, list[int]] = {}
     for i, zone in enumerate(zones):
         by_zone.setdefault(zone or "UTC", []).append(i)
     for zone, rows in by_zone.items():
         try:
-            local = stamps.tz_convert(zone).hour.to_numpy()
+            local = stamps.tz_convert(zone)
         except (KeyError, ValueError):
-            local = stamps.hour.to_numpy()
-        out[rows] = local
-    return out
+            local = stamps
+        hour[rows] = local.hour.to_numpy()
+        weekday[rows] = local.dayofweek.to_numpy()
+    return hour, weekday
 
 
 def quiet(local_hours: np.ndarray, start: int, end: int) -> np.ndarray:

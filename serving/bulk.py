@@ -12,6 +12,7 @@ half-written file under the output name.
 from __future__ import annotations
 
 import csv
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,8 +134,6 @@ def decide_all(
     progress: Callable[[int], None] | None = None,
 ) -> BulkSummary:
     """`decide_file` for recipients already read."""
-    import time
-
     template = request or DecideRequest(recipients=[Recipient(customer_id="template")])
     out_path.parent.mkdir(parents=True, exist_ok=True)
     partial = out_path.with_name(out_path.name + ".partial")

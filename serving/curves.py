@@ -103,21 +103,4 @@ class CurveScorer:
         return float(np.abs(self.curves(first_hour, hour_features, hours) - direct).max())
 
 
-def window_clock(start: pd.Timestamp, hours: int, zones: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """[n, hours] local hour and local weekday (Monday 0) of each hour of the window in each row's zone."""
-    stamps = pd.date_range(start, periods=hours, freq="h", tz="UTC")
-    hour = np.empty((len(zones), hours), dtype=np.int64)
-    weekday = np.empty((len(zones), hours), dtype=np.int64)
-    codes, unique = pd.factorize(pd.Series(zones).fillna("UTC"))
-    for code, zone in enumerate(unique):
-        try:
-            local = stamps.tz_convert(zone)
-        except (KeyError, ValueError):
-            local = stamps
-        rows = codes == code
-        hour[rows] = local.hour.to_numpy()
-        weekday[rows] = local.dayofweek.to_numpy()
-    return hour, weekday
-
-
-__all__ = ["HOURS", "CurveScorer", "window_clock"]
+__all__ = ["HOURS", "CurveScorer"]

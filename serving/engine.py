@@ -35,8 +35,8 @@ from features.transform import (
 )
 from sendwise.raw import load_table
 from sendwise.settings import Settings
-from serving.assign import HourPlan, describe_quiet, in_holdout, local_window_hours, plan_hours, quiet
-from serving.curves import CurveScorer, window_clock
+from serving.assign import HourPlan, describe_quiet, in_holdout, local_window_clock, plan_hours, quiet
+from serving.curves import CurveScorer
 from serving.modules import ModuleFacts, OfferFact, check_template, choose_modules
 from serving.render import render_email
 from serving.schemas import (
@@ -523,12 +523,6 @@ class Engine:
         model = self.models.get("send_time") or self.models.get("open_propensity")
         if model is None or n == 0:
             return np.full((n, hours), FALLBACK_OPEN_PROBABILITY)
-        rows = np.repeat(np.arange(n), hours)
-        hour, weekday = window_clock(pd.Timestamp(start), hours, matrix.timezone)
-        hour_features = {
-            **rhythm_features(matrix, rows, hour.ravel(), weekday.ravel() >= 5),
-            "local_weekday": weekday.ravel(),
-        }
         first = open_design(
             matrix,
             np.arange(n),
@@ -538,10 +532,23 @@ class Engine:
         )
         scorer = self._curve_scorer(model, first, matrix, start, kind, topic)
         if scorer is not None:
+            hour_features = self._hour_features(matrix, np.arange(n), start, hours)
             return np.clip(scorer.curves(first, hour_features, hours), 0.0, 1.0)
         design = self._window_design(matrix, np.arange(n), start, hours, kind, topic)
         prediction = np.asarray(model.booster.predict(design[model.booster.feature_name()]))
         return np.clip(prediction.reshape(n, hours), 0.0, 1.0)
+
+    @staticmethod
+    def _hour_features(
+        matrix: CustomerMatrix, customers: np.ndarray, start: datetime, hours: int
+    ) -> dict[str, np.ndarray]:
+        """The hour features of every (customer, hour of the window), row-major: what the hour table looks up."""
+        hour, weekday = local_window_clock(start, hours, matrix.timezone[customers])
+        rows = np.repeat(customers, hours)
+        return {
+            **rhythm_features(matrix, rows, hour.ravel(), weekday.ravel() >= 5),
+            "local_weekday": weekday.ravel(),
+        }
 
     @staticmethod
     def _window_design(
@@ -568,20 +575,13 @@ class Engine:
             return self._scorers[key]
         with self._scorer_lock:
             if key not in self._scorers:
-                scorer: CurveScorer | None = CurveScorer.build(model.booster, first.iloc[:1])
+                scorer = CurveScorer.build(model.booster, first.iloc[:1])
                 sample = np.arange(min(len(first), CHECK_CUSTOMERS))
-                hours = CHECK_HOURS
-                rows = np.repeat(sample, hours)
-                hour, weekday = window_clock(pd.Timestamp(start), hours, matrix.timezone[sample])
-                features = {
-                    **rhythm_features(matrix, rows, hour.ravel(), weekday.ravel() >= 5),
-                    "local_weekday": weekday.ravel(),
-                }
-                full = self._window_design(matrix, sample, start, hours, kind, topic)
-                gap = scorer.check(full, first.iloc[sample], features) if scorer is not None else np.inf
-                if not gap <= CURVE_TOLERANCE:
-                    scorer = None  # a champion whose hour features interact with the rest: score every hour
-                self._scorers[key] = scorer
+                features = self._hour_features(matrix, sample, start, CHECK_HOURS)
+                full = self._window_design(matrix, sample, start, CHECK_HOURS, kind, topic)
+                gap = scorer.check(full, first.iloc[sample], features)
+                # A champion whose hour features interact with the rest is scored hour by hour.
+                self._scorers[key] = scorer if gap <= CURVE_TOLERANCE else None
         return self._scorers[key]
 
     def _offer_scores(
@@ -690,7 +690,7 @@ class Engine:
         if constraints.quiet_hours is None:
             return np.ones((len(zones), hours), dtype=bool)
         q = constraints.quiet_hours
-        allowed = ~quiet(local_window_hours(start, hours, zones), q.start, q.end)
+        allowed = ~quiet(local_window_clock(start, hours, zones)[0], q.start, q.end)
         for i in np.flatnonzero(~allowed.any(axis=1)):
             if blocked[i] is None:
                 blocked[i] = (
@@ -746,36 +746,26 @@ class Engine:
         curve = batch.curves[i]
         known = bool(batch.known[i])
         in_holdout = bool(batch.holdout[i])
+
+        def not_sent(reason: str, scored: bool = True) -> Decision:
+            """No send (the curve kept where the customer may be scored), and why."""
+            return Decision(
+                customer_id=recipient.customer_id,
+                decision_id=decision_id,
+                send=False,
+                hourly_open_probability=[float(x) for x in curve] if scored else [],
+                history_emails=emails,
+                holdout=in_holdout,
+                reasons=[reason],
+            )
+
         if known and not batch.consent[i]:
-            return Decision(
-                customer_id=recipient.customer_id,
-                decision_id=decision_id,
-                send=False,
-                history_emails=emails,
-                holdout=in_holdout,
-                reasons=["no email consent: never scheduled, rendered or offered anything"],
-            )
+            return not_sent("no email consent: never scheduled, rendered or offered anything", scored=False)
         if known and not batch.eligible[i]:
-            return Decision(
-                customer_id=recipient.customer_id,
-                decision_id=decision_id,
-                send=False,
-                hourly_open_probability=[float(x) for x in curve],
-                history_emails=emails,
-                holdout=in_holdout,
-                reasons=["no longer eligible for sends: unsubscribed, complained or hard-bounced"],
-            )
+            return not_sent("no longer eligible for sends: unsubscribed, complained or hard-bounced")
         chosen = int(batch.plan.hours[i])
         if batch.blocked[i] is not None or chosen < 0:
-            return Decision(
-                customer_id=recipient.customer_id,
-                decision_id=decision_id,
-                send=False,
-                hourly_open_probability=[float(x) for x in curve],
-                history_emails=emails,
-                holdout=in_holdout,
-                reasons=[batch.blocked[i] or self._no_room_reason(batch)],
-            )
+            return not_sent(batch.blocked[i] or self._no_room_reason(batch))
         reasons = []
         if not known:
             reasons.append(

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from feast import FeatureStore
 
-from features.build import FeatureTables
+from features.build import FeatureTables, count_in_previous_week
 from features.transform import CustomerMatrix, OfferMatrix, customer_matrix, offer_design, open_design
 
 VALID_SHARE = 0.2
@@ -75,14 +75,13 @@ def _time_cut(times: pd.Series) -> pd.Timestamp:
 def sends_in_previous_week(sends: pd.DataFrame, customers: pd.Series, at: pd.Series) -> np.ndarray:
     """For each (customer, time): the emails `sends` has for the customer in the 7 days before that time."""
     codes, names = pd.factorize(sends["customer_id"])
-
-    def seconds(times: pd.Series) -> np.ndarray:
-        return (times - EPOCH).dt.total_seconds().to_numpy().astype(np.int64)
-
-    keys = np.sort((codes.astype(np.int64) << 32) + seconds(sends["send_at"]))  # customer-major, then time
     where = pd.Index(names).get_indexer(customers)
-    asked = (np.maximum(where, 0).astype(np.int64) << 32) + seconds(at)
-    counts = np.searchsorted(keys, asked, side="left") - np.searchsorted(keys, asked - 7 * 86400, side="left")
+    counts = count_in_previous_week(
+        codes,
+        (sends["send_at"] - EPOCH).dt.total_seconds().to_numpy(),
+        np.maximum(where, 0),
+        (at - EPOCH).dt.total_seconds().to_numpy(),
+    )
     return np.where(where >= 0, counts, 0).astype(np.float32)
 
 
