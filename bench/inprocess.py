@@ -1,10 +1,11 @@
 """Benchmarks 1 and 2: full decisions per second in process, and the floor the trees themselves set.
 
-1. `Engine.decide` (what `/v1/decide` runs, without HTTP) on requests of 1, 100 and 10,000 recipients drawn at
-   random from the customers that may be emailed: a promotional campaign with a topic, a 24-hour window from
-   where the world's data ends, every eligible offer ranked (`k_offers` at the API's most) and the modules
-   chosen. The request is built before the clock starts; everything `decide` does (online features, scoring,
-   assignment, offers, modules, reasons, the decision log) is timed. Each size's median call is reported.
+1. `Engine.decide_json` (what `/v1/decide` runs, without HTTP: the answer built and encoded) on requests of 1,
+   100 and 10,000 recipients drawn at random from the customers that may be emailed: a promotional campaign
+   with a topic, a 24-hour window from where the world's data ends, every eligible offer ranked (`k_offers` at
+   the API's most) and the modules chosen. The request is built before the clock starts; everything
+   `decide_json` does (online features, scoring, assignment, offers, modules, reasons, the decision log, the
+   JSON) is timed. Each size's median call is reported.
 2. The floor: one LightGBM `predict` per champion over the rows a plain design needs for the largest batch,
    24 send hours and every eligible offer per recipient, from real online feature rows. Only `predict` is
    timed, on the matrices LightGBM itself would convert the design frames to, so the floor is the trees' cost
@@ -22,6 +23,7 @@ from datetime import UTC, datetime
 
 import lightgbm as lgb
 import numpy as np
+import orjson
 import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -88,7 +90,7 @@ class BatchTiming:
 
 
 def time_decide(home: BenchHome, plan: Plan, console: Console) -> list[BatchTiming]:
-    """Median `Engine.decide` time per batch size, on recipients drawn afresh for every call."""
+    """Median `Engine.decide_json` time per batch size, on recipients drawn afresh for every call."""
     from serving.engine import Engine
 
     settings = home.settings
@@ -107,7 +109,7 @@ def time_decide(home: BenchHome, plan: Plan, console: Console) -> list[BatchTimi
     def draw(n: int) -> DecideRequest:
         return decide_request(rng.choice(pool, size=n, replace=False).tolist(), home.window_start)
 
-    engine.decide(draw(WARM_UP))  # the first call opens files and fills caches: not timed
+    engine.decide_json(draw(WARM_UP))  # the first call opens files and fills caches: not timed
     timings = []
     with progress(console) as bar:
         for size in plan.batch_sizes:
@@ -116,12 +118,13 @@ def time_decide(home: BenchHome, plan: Plan, console: Console) -> list[BatchTimi
             for _ in range(plan.repeats_for(size)):
                 request = draw(size)
                 began = time.perf_counter()
-                answer = engine.decide(request)
+                encoded = engine.decide_json(request)
                 spent.append(time.perf_counter() - began)
-                if len(answer.decisions) != size:
-                    raise RuntimeError(f"decide answered {len(answer.decisions)} decisions for {size} recipients")
-                offers = max([offers, *(len(d.offers) for d in answer.decisions if d.send)])
-                sent += sum(d.send for d in answer.decisions)
+                decisions = orjson.loads(encoded)["decisions"]
+                if len(decisions) != size:
+                    raise RuntimeError(f"decide answered {len(decisions)} decisions for {size} recipients")
+                offers = max([offers, *(len(d["offers"]) for d in decisions if d["send"])])
+                sent += sum(d["send"] for d in decisions)
                 total += size
                 bar.advance(task)
             timings.append(BatchTiming(size, spent, offers, sent / total))
@@ -248,7 +251,7 @@ def rows(timings: list[BatchTiming], floor: Floor | None) -> list[Row]:
                 timing.rate,
                 rate(timing.rate),
                 TARGET_RATE if timing is largest else None,
-                f"median of {len(timing.seconds)} Engine.decide calls: {seconds(timing.median_s)} per call; "
+                f"median of {len(timing.seconds)} Engine.decide_json calls: {seconds(timing.median_s)} per call; "
                 f"{timing.offers_ranked} offers ranked; {timing.sent_share:.0%} sent",
             )
         )

@@ -1,12 +1,13 @@
 """Benchmark 4: the service's resident memory with `online_customers` (1,000,000) customers in the online store.
 
-The home is a copy of the benchmark home whose Feast SQLite online store is grown to `online_customers`
-customers with synthetic rows: customer `syn-0000001` gets every online feature row of a real customer (the
-real ones in turn), under its own entity key serialized by Feast itself. The rows are copied inside SQLite:
-writing a million customers through `FeatureStore.write_to_online_store` converts every value to protobuf in
-Python and takes about 17 minutes on two cores (measured: 1 s per 1,000 customers), longer than the whole
-benchmark may take. Reading a few synthetic customers back through Feast checks that they are what Feast
-would serve. The raw store (and so the send history the engine loads) stays the world's.
+The home is a copy of the benchmark home whose customer feature tables (the Parquet sources of the Feast views
+the engine serves from) are grown to `online_customers` customers: customer `syn-0000001` gets the latest
+materialized row of a real customer (the real ones in turn) under its own id. The engine reads them into its
+in-memory snapshot of the online features (serving/snapshot.py), exactly as it reads a real home's; Feast's
+SQLite online store keeps only the real customers (writing a million there converts every value to protobuf
+in Python, about 17 minutes, and the engine no longer reads customers from it). Reading a few synthetic
+customers back through the snapshot checks they equal the customers they copy. The raw store (and so the send
+history the engine loads) stays the world's.
 
 Measured: the resident set of `bentoml serve`'s process tree (supervisor and workers, summed, so shared pages
 count once per process and the figure errs high), sampled every 50 ms: once started and idle, and at its peak
@@ -18,15 +19,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import sqlite3
 import time
-import warnings
 from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from feast import FeatureStore
+import pyarrow as pa
+import pyarrow.parquet as pq
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -39,92 +39,70 @@ from bench.server import serve
 from bench.world import BenchHome, clear_decision_log
 from features.store import open_store
 from sendwise.settings import Settings
+from serving.snapshot import FeatureSnapshot, latest_rows, view_sources
 
 SECTION = "4 memory"
 TARGET = Target("at most", 1.5e9, "≤ 1.50 GB")
 MARKER = "bench-online.json"
+LAYOUT = "feature-tables"  # how the copy was grown: a copy grown another way is built again
 SYNTHETIC_PREFIX = "syn-"
 CLONE_CHUNK = 50_000
 IDLE_S = 5.0
 CHECKED = 5
 
 
-def _key(customer_id: str) -> bytes:
-    """The customer's entity key as Feast serializes it in the online store."""
-    from feast.infra.key_encoding_utils import serialize_entity_key
-    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-    from feast.protos.feast.types.Value_pb2 import Value
-
-    key = EntityKey(join_keys=["customer_id"], entity_values=[Value(string_val=customer_id)])
-    return serialize_entity_key(key, entity_key_serialization_version=3)
-
-
-def _customer_tables(store: FeatureStore, connection: sqlite3.Connection) -> list[str]:
-    """The online tables of the views keyed by customer, named as Feast's SQLite store names them."""
-    present = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    wanted = [f"{store.project}_{view.name}" for view in store.list_feature_views() if "customer" in view.entities]
-    missing = [name for name in wanted if name not in present]
-    if missing or not wanted:
-        raise RuntimeError(
-            f"the online store has no table {missing or wanted} for the customer views (it has {sorted(present)}): "
-            "Feast's SQLite layout is not the one this benchmark copies rows in"
-        )
-    return wanted
-
-
 def synthetic_id(k: int) -> str:
     return f"{SYNTHETIC_PREFIX}{k:07d}"
 
 
-def fill_online_store(settings: Settings, real_ids: list[str], total: int, console: Console) -> int:
-    """Grow the online store to `total` customers with copies of the real ones; how many were added."""
-    added = total - len(real_ids)
+def fill_feature_tables(settings: Settings, total: int, console: Console) -> int:
+    """Grow the customer views' feature tables to `total` customers: synthetic customer k gets the latest row
+    (as materialized) of the k-th real one, in turn, under its own id; how many were added."""
+    store = open_store(settings)
+    sources = view_sources(store, settings)
+    real = {s.view: latest_rows(s, with_timestamp=True) for s in sources}
+    customers = real["customer_fv"].num_rows
+    added = total - customers
     if added <= 0:
         return 0
-    store = open_store(settings)
-    connection = sqlite3.connect(settings.feast_dir / "online.db")
-    try:
-        connection.execute("PRAGMA synchronous = OFF")
-        tables = _customer_tables(store, connection)
-        sources = [_key(c) for c in real_ids]
-        connection.execute("CREATE TEMP TABLE clone (k INTEGER PRIMARY KEY, dst BLOB, src BLOB)")
-        columns = "entity_key, feature_name, value, value_text, vector_value, event_ts, created_ts"
-        copied = ", ".join(f"t.{c.strip()}" for c in columns.split(",")[1:])
-        with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
-        ) as bar:
-            task = bar.add_task(f"synthetic customers into {len(tables)} online tables", total=added * len(tables))
-            for start in range(0, added, CLONE_CHUNK):
-                chunk = range(start, min(start + CLONE_CHUNK, added))
-                rows = [(k, _key(synthetic_id(k + 1)), sources[k % len(sources)]) for k in chunk]
-                with connection:
-                    connection.execute("DELETE FROM clone")
-                    connection.executemany("INSERT INTO clone VALUES (?, ?, ?)", rows)
-                    for table in tables:
-                        connection.execute(
-                            f'INSERT OR REPLACE INTO "{table}" ({columns}) SELECT c.dst, {copied} '
-                            f'FROM clone c JOIN "{table}" t ON t.entity_key = c.src ORDER BY c.k'
-                        )
-                        bar.advance(task, len(chunk))
-    finally:
-        connection.close()
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as bar:
+        task = bar.add_task(f"synthetic customers into {len(sources)} feature tables", total=added * len(sources))
+        for source in sources:
+            latest = real[source.view]
+            original = pq.read_table(source.path)
+            grown = source.path.with_suffix(".growing")
+            with pq.ParquetWriter(grown, original.schema) as writer:
+                writer.write_table(original)
+                for start in range(0, added, CLONE_CHUNK):
+                    ks = np.arange(start, min(start + CLONE_CHUNK, added))
+                    chunk = latest.take(pa.array(ks % latest.num_rows))
+                    ids = pa.array([synthetic_id(int(k) + 1) for k in ks], type=pa.string())
+                    chunk = chunk.set_column(chunk.schema.get_field_index("customer_id"), "customer_id", ids)
+                    missing = [f.name for f in original.schema if f.name not in chunk.column_names]
+                    for name in missing:
+                        chunk = chunk.append_column(name, pa.nulls(len(ks), original.schema.field(name).type))
+                    writer.write_table(chunk.select(original.schema.names).cast(original.schema))
+                    bar.advance(task, len(ks))
+            del original
+            grown.replace(source.path)
     return added
 
 
-def check_synthetic(settings: Settings, real_ids: list[str], added: int) -> None:
-    """A few synthetic customers read back through Feast equal the real customers they were copied from."""
-    store = open_store(settings)
-    service = store.get_feature_service("send_time_v1")
-    picks = np.linspace(0, added - 1, CHECKED).astype(int)
-    pairs = [(synthetic_id(int(k) + 1), real_ids[int(k) % len(real_ids)]) for k in picks]
-    entity_rows = [{"customer_id": c} for pair in pairs for c in pair]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        read = pd.DataFrame(store.get_online_features(features=service, entity_rows=entity_rows).to_dict())
-    values = read.drop(columns=["customer_id"]).astype(str)
-    for i, (synthetic, real) in enumerate(pairs):
-        if values.iloc[2 * i].tolist() != values.iloc[2 * i + 1].tolist() or read["timezone"].iloc[2 * i] is None:
-            raise RuntimeError(f"online features of {synthetic} read back through Feast differ from {real}'s")
+def check_synthetic(settings: Settings, added: int) -> None:
+    """A few synthetic customers, as the engine's snapshot reads them, equal the real customers they copy."""
+    snapshot = FeatureSnapshot.load(open_store(settings), settings)
+    real = len(snapshot) - added
+    for k in np.linspace(0, added - 1, CHECKED).astype(int):
+        copy, source = snapshot.rows([synthetic_id(int(k) + 1), str(snapshot.index[int(k) % real])])
+        if copy == snapshot.empty_row or not snapshot.known[copy]:
+            raise RuntimeError(f"synthetic customer {synthetic_id(int(k) + 1)} is not in the snapshot")
+        same = np.array_equal(snapshot.scalars[copy], snapshot.scalars[source], equal_nan=True) and np.array_equal(
+            snapshot.rhythm[copy], snapshot.rhythm[source]
+        )
+        if not same:
+            raise RuntimeError(f"the features of {synthetic_id(int(k) + 1)} differ from the customer it copies")
 
 
 def prepare_online_home(home: BenchHome, plan: Plan, console: Console) -> tuple[Settings, list[str]]:
@@ -142,7 +120,7 @@ def prepare_online_home(home: BenchHome, plan: Plan, console: Console) -> tuple[
     everyone = real_ids + [synthetic_id(k + 1) for k in range(added)]
     marker_path = target / MARKER
     marker = json.loads(marker_path.read_text()) if marker_path.exists() else {}
-    if not plan.rebuild and marker.get("source_built_at") == home.built_at:
+    if not plan.rebuild and marker.get("source_built_at") == home.built_at and marker.get("layout") == LAYOUT:
         return Settings(home=target), everyone
     console.rule(f"[bold]growing a copy of the home to {plan.online_customers:,} customers online")
     began = time.perf_counter()
@@ -151,11 +129,13 @@ def prepare_online_home(home: BenchHome, plan: Plan, console: Console) -> tuple[
         shutil.copytree(home.settings.home, target, ignore=shutil.ignore_patterns("decisions", "bentoml", "*.log"))
     settings = Settings(home=target)
     settings.activate()
-    fill_online_store(settings, real_ids, plan.online_customers, console)
+    fill_feature_tables(settings, plan.online_customers, console)
     if added:
-        check_synthetic(settings, real_ids, added)
-    marker_path.write_text(json.dumps({"source_built_at": home.built_at, "customers": plan.online_customers}))
-    console.print(f"[dim]online store grown in {time.perf_counter() - began:.0f} s[/]")
+        check_synthetic(settings, added)
+    marker_path.write_text(
+        json.dumps({"source_built_at": home.built_at, "customers": plan.online_customers, "layout": LAYOUT})
+    )
+    console.print(f"[dim]feature tables grown in {time.perf_counter() - began:.0f} s[/]")
     return settings, everyone
 
 
@@ -192,7 +172,8 @@ def run(home: BenchHome, plan: Plan, console: Console) -> list[Row]:
             peak if not outcome.errors else None,
             gigabytes(peak),
             TARGET,
-            f"peak through 2 decide calls of {BATCH:,}{errors}; online.db {_size(settings.feast_dir / 'online.db')}; "
+            f"peak through 2 decide calls of {BATCH:,}{errors}; engagement table "
+            f"{_size(settings.feature_tables_dir / 'engagement_features.parquet')}; "
             f"send history from the raw store of the {plan.customers:,}-customer world"
             + ("" if judged else f"; not judged: the target is at {ISSUE_ONLINE_CUSTOMERS:,} customers"),
             judged=judged,

@@ -144,11 +144,12 @@ def decide_all(
         with partial.open("wb") as sink:
             for first in range(0, len(recipients), batch_size):
                 chunk = recipients[first : first + batch_size]
-                answer = engine.decide(template.model_copy(update={"recipients": chunk}))
-                status[answer.status] = status.get(answer.status, 0) + 1
-                for decision in answer.decisions:
-                    sent += decision.send
-                    sink.write(orjson.dumps(decision.model_dump(mode="json")) + b"\n")
+                answer = engine.decide_payload(template.model_copy(update={"recipients": chunk}))
+                state = str(answer["status"])
+                status[state] = status.get(state, 0) + 1
+                decisions: list[dict[str, object]] = answer["decisions"]  # type: ignore[assignment]
+                sent += sum(bool(d["send"]) for d in decisions)
+                sink.write(b"".join(orjson.dumps(d, option=orjson.OPT_APPEND_NEWLINE) for d in decisions))
                 batches += 1
                 if progress is not None:
                     progress(len(chunk))

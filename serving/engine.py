@@ -6,8 +6,10 @@ of its request, so everything the service does can be tested without starting it
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
-import uuid
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -18,8 +20,6 @@ import numpy as np
 import orjson
 import pandas as pd
 from feast import FeatureStore
-from feast.online_response import OnlineResponse
-from feast.type_map import feast_value_type_to_python_type
 
 from features.labels import message_sends
 from features.store import open_store
@@ -28,7 +28,6 @@ from features.transform import (
     PROFILE_SIGNALS,
     CustomerMatrix,
     OfferMatrix,
-    customer_matrix,
     offer_design,
     open_design,
     rhythm_features,
@@ -37,7 +36,15 @@ from sendwise.raw import load_table
 from sendwise.settings import Settings
 from serving.assign import HourPlan, describe_quiet, in_holdout, local_window_clock, plan_hours, quiet
 from serving.curves import CurveScorer
-from serving.modules import ModuleFacts, OfferFact, check_template, choose_modules
+from serving.modules import (
+    ModuleFacts,
+    OfferFact,
+    OfferRef,
+    check_template,
+    choose_modules,
+    has_category_picks,
+    module_plan,
+)
 from serving.render import render_email
 from serving.schemas import (
     Constraints,
@@ -47,15 +54,20 @@ from serving.schemas import (
     Driver,
     ExplainRequest,
     ExplainResponse,
-    OfferScore,
     Recipient,
     RenderedModule,
     RenderRequest,
     RenderResponse,
 )
+from serving.snapshot import FeatureSnapshot, snapshot_signature
 from training.registry import MODEL_NAMES, champion, connect
 
-ONLINE_CHUNK = 1000
+logger = logging.getLogger(__name__)
+
+SNAPSHOT_CHECK_SECONDS = 10.0
+"""How often a decision looks whether the feature tables or the registry changed (a new materialization)."""
+OFFER_CHUNK = 20_000
+"""Customers whose offers are scored per booster call when a snapshot is read."""
 SAMPLE_FOR_POPULATION = 400
 PROFILE_COLUMNS = tuple(f"{s}_hours_{d}" for s in PROFILE_SIGNALS for d in ("weekday", "weekend"))
 FALLBACK_OPEN_PROBABILITY = 0.2
@@ -71,53 +83,56 @@ HELD_OUT_KINDS = frozenset({"promotional", "newsletter"})
 OFFER_MODULES = ("hero_offer", "secondary_offers", "content_block")
 
 
-_PLAIN_VALUES = frozenset({"float_val", "double_val", "int32_val", "int64_val", "bool_val", "string_val"})
-_PLAIN_LISTS = frozenset(
-    {"float_list_val", "double_list_val", "int32_list_val", "int64_list_val", "bool_list_val", "string_list_val"}
-)
-
-
-def response_columns(response: OnlineResponse) -> dict[str, list[object]]:
-    """`response.to_dict()`, with the value types the views use decoded in place (to_dict converts each value
-    through Feast's general converter, the largest part of reading a campaign's rows); any other type still
-    goes through that converter."""
-    columns: dict[str, list[object]] = {}
-    for name, vector in zip(response.proto.metadata.feature_names.val, response.proto.results, strict=True):
-        values: list[object] = []
-        for value in vector.values:
-            kind = value.WhichOneof("val")
-            if kind is None:
-                values.append(None)
-            elif kind in _PLAIN_VALUES:
-                values.append(getattr(value, kind))
-            elif kind in _PLAIN_LISTS:
-                values.append(list(getattr(value, kind).val))
-            else:
-                values.append(feast_value_type_to_python_type(value))
-        columns[name] = values
-    return columns
-
-
 @dataclass
 class LoadedModel:
     version: str
     booster: lgb.Booster
 
 
+@dataclass(frozen=True)
+class OnlineState:
+    """One snapshot of the online features with every known customer's offer scores, swapped as a whole."""
+
+    snapshot: FeatureSnapshot
+    offer_table: np.ndarray  # [snapshot rows + 1, catalog offers] float32, NaN where not scored
+    offer_columns: dict[str, int]
+
+
+@dataclass
+class Served:
+    """A batch's feature rows as the models see them: the request's context overlaid for customers sendwise
+    does not know, and only population-level features for those who do not allow profiling."""
+
+    online: OnlineState
+    matrix: CustomerMatrix
+    rows: np.ndarray  # snapshot rows (its empty row for customers it does not have)
+    known: np.ndarray
+    profiled: np.ndarray
+    consent: np.ndarray
+    eligible: np.ndarray
+    any_views: np.ndarray  # product views of their own that modules may use
+    degraded: bool
+
+    @cached_property
+    def history(self) -> dict[str, np.ndarray]:
+        """Emails, human opens and site visits of each row (decayed counts, rounded): what a prediction rests on."""
+        return {
+            name: np.rint(np.nan_to_num(self.matrix.scalars[name].to_numpy(dtype=np.float64), nan=0.0)).astype(int)
+            for name in ("n_emails", "n_human_opens", "n_sessions")
+        }
+
+
 @dataclass
 class _Batch:
-    """What one decide call computes for all its recipients at once."""
+    """What one decide call computes for all its recipients at once, as plain lists where the per-recipient
+    loop reads them (indexing numpy arrays one element at a time is what made that loop slow)."""
 
     start: datetime
     kind: str
     topic: str | None
     k_offers: int
     explore_share: float
-    matrix: CustomerMatrix
-    known: np.ndarray
-    profiled: np.ndarray
-    consent: np.ndarray
-    eligible: np.ndarray
+    served: Served
     curves: np.ndarray
     explore: np.ndarray
     plan: HourPlan
@@ -133,15 +148,10 @@ class _Batch:
     shown_offers: dict[str, list[str]] = field(default_factory=dict)
 
     @cached_property
-    def offer_rows(self) -> list[dict[str, object]]:
-        """The offers as plain records (reading a DataFrame row per recipient and offer is slow)."""
-        return [{str(k): v for k, v in row.items()} for row in self.offers.to_dict("records")]
-
-    @cached_property
     def offer_facts(self) -> list[tuple[str, str, str | None, float | None]]:
         """Each offer's id, kind, category and discount, converted once per batch."""
         out = []
-        for offer in self.offer_rows:
+        for offer in self.offers.to_dict("records"):
             category, discount = offer.get("category"), offer.get("discount_pct")
             out.append(
                 (
@@ -154,12 +164,24 @@ class _Batch:
         return out
 
     @cached_property
-    def history(self) -> dict[str, np.ndarray]:
-        """Emails, human opens and site visits of each row (decayed counts, rounded): what a prediction rests on."""
-        return {
-            name: np.rint(np.nan_to_num(self.matrix.scalars[name].to_numpy(dtype=np.float64), nan=0.0)).astype(int)
-            for name in ("n_emails", "n_human_opens", "n_sessions")
-        }
+    def ranking(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """(offer columns of every row, best first; the incremental value over the control arm, if any)."""
+        if not len(self.offers):
+            return np.zeros((len(self.zones), 0), dtype=np.int64), None
+        incremental = None
+        if len(self.control):
+            incremental = self.value - self.value[:, self.control].max(axis=1, keepdims=True)
+        order = np.argsort(-(incremental if incremental is not None else self.value), axis=1, kind="stable")
+        return order, incremental
+
+    @cached_property
+    def window_times(self) -> list[tuple[str, str]]:
+        """Each hour of the window as the answer writes it (JSON, Z) and as the decision log does (isoformat)."""
+        out = []
+        for h in range(self.curves.shape[1]):
+            at = self.start + timedelta(hours=h)
+            out.append((at.strftime("%Y-%m-%dT%H:%M:%SZ"), at.isoformat()))
+        return out
 
 
 @dataclass
@@ -384,8 +406,13 @@ class Engine:
         self._rng_lock = threading.Lock()
         self._scorers: dict[int, CurveScorer | None] = {}  # by booster: its tabulated hour part, or None
         self._scorer_lock = threading.Lock()
+        self._online: OnlineState | None = None
+        self._snapshot_lock = threading.Lock()
+        self._snapshot_checked = 0.0
+        self._failed_signature: tuple[tuple[str, int], ...] | None = None
         self.population = Population(FALLBACK_OPEN_PROBABILITY, 1.0)
         if store is not None:
+            self._refresh_snapshot()
             self.population = self._measure_population()
 
     # --- loading ---------------------------------------------------------------------------------
@@ -433,67 +460,104 @@ class Engine:
         }
 
     # --- features --------------------------------------------------------------------------------
-    def _online_rows(self, customer_ids: list[str]) -> tuple[pd.DataFrame, bool]:
-        """Online feature rows in request order; (rows, degraded)."""
-        if self.store is None:
-            return pd.DataFrame({"customer_id": customer_ids}), True
-        service = self.store.get_feature_service("open_propensity_v1")
-        parts = []
-        try:
-            for start in range(0, len(customer_ids), ONLINE_CHUNK):
-                chunk = customer_ids[start : start + ONLINE_CHUNK]
-                response = self.store.get_online_features(
-                    features=service, entity_rows=[{"customer_id": c} for c in chunk]
-                )
-                parts.append(pd.DataFrame(response_columns(response)))
-        except Exception as error:  # noqa: BLE001 - the online store being down degrades, never fails
-            self.degraded_reasons = [f"online store unavailable: {type(error).__name__}: {error}"]
-            return pd.DataFrame({"customer_id": customer_ids}), True
-        self.degraded_reasons = []
-        return pd.concat(parts, ignore_index=True), False
+    def _refresh_snapshot(self) -> None:
+        """Load the online features (and score every known customer's offers) when the Feast sources or the
+        registry changed since the snapshot was read; a failed read keeps the old snapshot and says so."""
+        assert self.store is not None
+        with self._snapshot_lock:
+            self._snapshot_checked = time.monotonic()
+            signature = snapshot_signature(self.settings)
+            current = self._online
+            if signature == self._failed_signature or (current is not None and signature == current.snapshot.signature):
+                return
+            try:
+                snapshot = FeatureSnapshot.load(self.store, self.settings)
+                table, columns = self._score_offers(snapshot)
+            except Exception as error:  # an unreadable store degrades the answers, never fails them
+                logger.exception("reading the online features failed; answers come from the last snapshot read")
+                self.degraded_reasons = [f"online features unavailable: {type(error).__name__}: {error}"]
+                self._failed_signature = signature  # tried again once the files change
+                return
+            self._failed_signature = None
+            self._online = OnlineState(snapshot, table, columns)
+            self.degraded_reasons = []
 
-    def _customer_rows(self, recipients: list[Recipient]) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, bool]:
-        """Feature rows with cold-start context filled in; (rows, known, profiled, degraded)."""
+    def _current_online(self) -> OnlineState | None:
+        if self.store is not None and time.monotonic() - self._snapshot_checked > SNAPSHOT_CHECK_SECONDS:
+            self._refresh_snapshot()
+        return self._online
+
+    def _served(self, recipients: list[Recipient]) -> Served:
+        """The recipients' feature rows as the models see them."""
+        online = self._current_online()
         ids = [r.customer_id for r in recipients]
-        rows, degraded = self._online_rows(ids)
-        for column in (
-            "timezone",
-            "interests",
-            "consent_email",
-            "email_eligible",
-            "profiling_allowed",
-            "country",
-        ):
-            if column not in rows.columns:
-                rows[column] = None
-        known = rows["timezone"].notna().to_numpy()
-        profiled = known & (pd.to_numeric(rows["profiling_allowed"], errors="coerce").fillna(0) > 0).to_numpy()
-        for i, recipient in enumerate(recipients):
-            if known[i]:
-                continue
-            rows.at[i, "timezone"] = recipient.timezone or "UTC"
-            rows.at[i, "interests"] = "|".join(recipient.interests)
-            rows.at[i, "country"] = recipient.country
-            for name, value in recipient.attributes.items():
-                if name not in rows.columns:
-                    continue
-                rows.at[i, name] = value
-        blank = ~profiled
-        self._pool_rhythms(rows, blank)
-        if blank.any():
-            for column in ENGAGEMENT_FEATURES:
-                if column in rows.columns:
-                    rows.loc[blank, column] = np.nan
-            for column in (*PROFILE_COLUMNS, "category_views", "category_names"):
-                if column in rows.columns:
-                    rows[column] = rows[column].astype(object)
-                    for row in np.flatnonzero(blank):
-                        rows.at[row, column] = None
-        return rows, known, profiled, degraded
+        if online is None:
+            empty = FeatureSnapshot.empty()
+            online = OnlineState(empty, np.zeros((1, 0), dtype=np.float32), {})
+            return self._serve(online, ids, empty.rows(ids), recipients, degraded=True)
+        return self._serve(online, ids, online.snapshot.rows(ids), recipients, degraded=bool(self.degraded_reasons))
+
+    def _serve(
+        self,
+        online: OnlineState,
+        ids: list[str],
+        rows: np.ndarray,
+        recipients: list[Recipient] | None,
+        degraded: bool = False,
+    ) -> Served:
+        """Snapshot rows with the request's context for unknown customers (time zone, interests, attributes),
+        and, for everyone without profiling consent, their zone's rhythm in place of their own history."""
+        snapshot = online.snapshot
+        matrix = snapshot.matrix(ids, rows)
+        known = snapshot.known[rows]
+        profiled = known & (snapshot.consent["profiling_allowed"][rows] > 0)
+        unknown = np.flatnonzero(~known)
+        if recipients is not None and len(unknown):
+            columns = set(matrix.attributes.columns)
+            for i in unknown:
+                recipient = recipients[i]
+                matrix.timezone[i] = recipient.timezone or "UTC"
+                matrix.interests[i] = {s.strip().lower() for s in "|".join(recipient.interests).split("|") if s.strip()}
+                for name, value in recipient.attributes.items():
+                    if name in columns:
+                        matrix.attributes.loc[i, name] = value
+        matrix.timezone[unknown] = [z if isinstance(z, str) and z else "UTC" for z in matrix.timezone[unknown]]
+        blank = np.flatnonzero(~profiled)
+        if len(blank):
+            engagement = [c for c in ENGAGEMENT_FEATURES if c in matrix.scalars.columns]
+            matrix.scalars.loc[blank, engagement] = np.nan
+            for i in blank:
+                matrix.category_names[i] = []
+                matrix.category_views[i] = np.zeros(0, dtype=np.float32)
+            self._pool_rhythms(matrix, blank)
+            matrix.has_history[blank] = False
+        return Served(
+            online=online,
+            matrix=matrix,
+            rows=rows,
+            known=known,
+            profiled=profiled,
+            consent=snapshot.consent["consent_email"][rows] > 0,
+            eligible=snapshot.consent["email_eligible"][rows] > 0,
+            any_views=profiled & (snapshot.views[rows] > 0).any(axis=1),
+            degraded=degraded,
+        )
+
+    def _pool_rhythms(self, matrix: CustomerMatrix, pooled: np.ndarray) -> None:
+        """Customers without their own history (unknown, or no profiling consent) get their zone's rhythm, or a
+        flat day where no zone prior exists: never their own."""
+        for day in ("weekday", "weekend"):
+            profile = matrix.profiles[f"rhythm_{day}"]
+            profile[pooled] = 0.0
+            for zone in np.unique(matrix.timezone[pooled]):
+                prior = self.rhythm_priors.get(zone) or self.rhythm_priors.get("")
+                if prior is not None:
+                    profile[pooled[matrix.timezone[pooled] == zone]] = np.asarray(getattr(prior, day), np.float32)
 
     def _history_reason(self, batch: _Batch, i: int, emails: int) -> str:
         """How much of the customer's own history the prediction rests on (decayed counts, rounded)."""
-        visits, opens = int(batch.history["n_sessions"][i]), int(batch.history["n_human_opens"][i])
+        history = batch.served.history
+        visits, opens = int(history["n_sessions"][i]), int(history["n_human_opens"][i])
         reason = (
             f"prediction rests on {emails} past emails, {opens} human opens and {visits} site visits of this customer"
         )
@@ -501,21 +565,6 @@ class Engine:
             zone = batch.zones[i]
             reason += f" (little history: the send time leans on the daily rhythm of customers in {zone})"
         return reason
-
-    def _pool_rhythms(self, rows: pd.DataFrame, pooled: np.ndarray) -> None:
-        """Customers without their own history (unknown, or no profiling consent) get their zone's rhythm."""
-        if not self.rhythm_priors:
-            return
-        for day in ("weekday", "weekend"):
-            column = f"rhythm_{day}"
-            if column not in rows.columns:
-                rows[column] = None
-            rows[column] = rows[column].astype(object)
-            for row in np.flatnonzero(pooled):
-                zone = rows.at[row, "timezone"]
-                prior = self.rhythm_priors.get(zone) or self.rhythm_priors.get("")
-                if prior is not None:
-                    rows.at[row, column] = getattr(prior, day)
 
     # --- predictions -----------------------------------------------------------------------------
     def _curves(self, matrix: CustomerMatrix, start: datetime, hours: int, kind: str, topic: str | None) -> np.ndarray:
@@ -585,19 +634,55 @@ class Engine:
         return self._scorers[key]
 
     def _offer_scores(
-        self, matrix: CustomerMatrix, at: datetime, offer_ids: list[str] | None
+        self, served: Served, at: datetime, offer_ids: list[str] | None
     ) -> tuple[pd.DataFrame, np.ndarray]:
-        """(eligible offers, conversion probability [customers, offers])."""
+        """(eligible offers, conversion probability [customers, offers]): looked up for known customers (scored
+        when the snapshot was read), scored now for the others (their context comes with the request)."""
         eligible = _eligible_offers(self.offers, at, offer_ids)
         model = self.models.get("next_best_offer")
         if eligible.empty or model is None or self.offer_features is None:
-            return pd.DataFrame(), np.zeros((len(matrix), 0))
-        features = self.offer_features.set_index("offer_id").loc[eligible["offer_id"]].reset_index()
-        offers = OfferMatrix.from_rows(features)
-        n, m = len(matrix), len(offers)
-        design = offer_design(matrix, np.repeat(np.arange(n), m), offers, np.tile(np.arange(m), n))
-        probability = np.asarray(model.booster.predict(design[model.booster.feature_name()])).reshape(n, m)
-        return eligible.assign(margin=offers.margin), np.clip(probability, 0.0, 1.0)
+            return pd.DataFrame(), np.zeros((len(served.matrix), 0))
+        offers = self._offer_matrix(eligible["offer_id"])
+        online = served.online
+        columns = np.array([online.offer_columns.get(str(o), -1) for o in offers.offer_id], dtype=np.int64)
+        if len(columns) and (columns >= 0).all():
+            conversion = online.offer_table[served.rows][:, columns].astype(np.float64)
+            missing = np.flatnonzero(~served.known | np.isnan(conversion).any(axis=1))
+        else:
+            conversion = np.zeros((len(served.matrix), len(offers)))
+            missing = np.arange(len(served.matrix))
+        if len(missing):
+            conversion[missing] = self._offer_probabilities(served.matrix, missing, offers, model)
+        return eligible.assign(margin=offers.margin), np.clip(conversion, 0.0, 1.0)
+
+    def _offer_matrix(self, offer_ids: pd.Series) -> OfferMatrix:
+        assert self.offer_features is not None
+        return OfferMatrix.from_rows(self.offer_features.set_index("offer_id").loc[offer_ids].reset_index())
+
+    @staticmethod
+    def _offer_probabilities(
+        matrix: CustomerMatrix, rows: np.ndarray, offers: OfferMatrix, model: LoadedModel
+    ) -> np.ndarray:
+        """[rows, offers]: the next-best-offer model on every (customer row, offer)."""
+        n, m = len(rows), len(offers)
+        design = offer_design(matrix, np.repeat(rows, m), offers, np.tile(np.arange(m), n))
+        return np.asarray(model.booster.predict(design[model.booster.feature_name()])).reshape(n, m)
+
+    def _score_offers(self, snapshot: FeatureSnapshot) -> tuple[np.ndarray, dict[str, int]]:
+        """Every known customer's conversion probability for every offer of the catalog, scored once per
+        snapshot in chunks: the offer model reads no request context, so a decision looks its offers up."""
+        model = self.models.get("next_best_offer")
+        if model is None or self.offer_features is None or self.offers is None or not len(self.offers):
+            return np.zeros((len(snapshot) + 1, 0), dtype=np.float32), {}
+        offers = self._offer_matrix(self.offers["offer_id"])
+        table = np.full((len(snapshot) + 1, len(offers)), np.nan, dtype=np.float32)
+        known = np.flatnonzero(snapshot.known)
+        ids = snapshot.index.to_numpy()
+        for first in range(0, len(known), OFFER_CHUNK):
+            rows = known[first : first + OFFER_CHUNK]
+            served = self._serve(OnlineState(snapshot, table, {}), ids[rows].tolist(), rows, None)
+            table[rows] = self._offer_probabilities(served.matrix, np.arange(len(rows)), offers, model)
+        return table, {str(o): j for j, o in enumerate(offers.offer_id)}
 
     def _measure_population(self) -> Population:
         """Mean best-hour open probability and the median best offer value of a sample of known customers."""
@@ -607,11 +692,10 @@ class Engine:
         sample = customers["customer_id"].sample(
             n=min(SAMPLE_FOR_POPULATION, len(customers)), random_state=self.settings.seed
         )
-        rows, _, _, _ = self._customer_rows([Recipient(customer_id=c) for c in sample])
-        matrix = customer_matrix(rows)
+        served = self._served([Recipient(customer_id=c) for c in sample])
         start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-        curves = self._curves(matrix, start, 24, "promotional", None)
-        _, probability = self._offer_scores(matrix, start, None)
+        curves = self._curves(served.matrix, start, 24, "promotional", None)
+        _, probability = self._offer_scores(served, start, None)
         threshold = 1.0
         eligible = _eligible_offers(self.offers, start, None)
         if probability.size:
@@ -621,26 +705,33 @@ class Engine:
 
     # --- decisions -------------------------------------------------------------------------------
     def decide(self, request: DecideRequest) -> DecideResponse:
+        """The answer of `/v1/decide` as a model (the service sends `decide_payload` encoded as it is)."""
+        return DecideResponse.model_validate(self.decide_payload(request))
+
+    def decide_json(self, request: DecideRequest) -> bytes:
+        """The answer of `/v1/decide`, encoded: what the service and the bulk path send."""
+        return orjson.dumps(self.decide_payload(request))
+
+    def decide_payload(self, request: DecideRequest) -> dict[str, object]:
+        """One decision per recipient, in request order, as plain data in the shape of `DecideResponse`."""
         start = request.resolved_window_start()
         kind, topic = request.campaign.kind, request.campaign.topic
         constraints = request.constraints or Constraints()
         explore_share = self.settings.explore_share if request.explore_share is None else request.explore_share
-        rows, known, profiled, degraded = self._customer_rows(request.recipients)
-        matrix = customer_matrix(rows)
-        offers, conversion = self._offer_scores(matrix, start, request.offer_ids)
+        served = self._served(request.recipients)
+        matrix, known = served.matrix, served.known
+        offers, conversion = self._offer_scores(served, start, request.offer_ids)
         margins = offers["margin"].fillna(1.0).to_numpy() if len(offers) else np.zeros(0)
         kinds = offers["kind"].to_numpy() if len(offers) else np.zeros(0, dtype=object)
         n, hours = len(request.recipients), request.window_hours
         ids = [r.customer_id for r in request.recipients]
-        zones = [z if isinstance(z, str) and z else "UTC" for z in rows["timezone"]]
-        consent = pd.to_numeric(rows["consent_email"], errors="coerce").fillna(0).to_numpy() > 0
-        eligible = pd.to_numeric(rows["email_eligible"], errors="coerce").fillna(0).to_numpy() > 0
+        zones = matrix.timezone.tolist()
         curves = self._curves(matrix, start, hours, kind, topic)
         holdout = in_holdout(ids, self.settings.holdout_share)
         # Consent and eligibility first (`_decision` answers those in their own shape), then the constraints.
         blocked: list[str | None] = [
             "no consent" if k and not c else "not eligible" if k and not e else None
-            for k, c, e in zip(known, consent, eligible, strict=True)
+            for k, c, e in zip(known.tolist(), served.consent.tolist(), served.eligible.tolist(), strict=True)
         ]
         if kind in HELD_OUT_KINDS:
             self._block_holdout(blocked, holdout, kind)
@@ -658,11 +749,7 @@ class Engine:
             topic=topic,
             k_offers=request.k_offers,
             explore_share=explore_share,
-            matrix=matrix,
-            known=known,
-            profiled=profiled,
-            consent=consent,
-            eligible=eligible,
+            served=served,
             curves=curves,
             explore=explore & sendable & (plan.hours >= 0),
             plan=plan,
@@ -676,11 +763,13 @@ class Engine:
             control=np.flatnonzero(kinds == "control"),
             excluded=self._repeated_offers(ids, offers, start, constraints.no_repeat_offer_days, sendable),
         )
-        decisions = [self._decision(batch, i, r) for i, r in enumerate(request.recipients)]
-        self._log_decisions(decisions, request, batch.shown_offers)
-        return DecideResponse(
-            model_versions=self.model_versions(), status="degraded" if degraded else "ok", decisions=decisions
-        )
+        decisions = self._decisions(batch, request.recipients)
+        self._log_decisions(decisions, request, batch.shown_offers, dict(batch.window_times))
+        return {
+            "model_versions": self.model_versions(),
+            "status": "degraded" if served.degraded else "ok",
+            "decisions": decisions,
+        }
 
     @staticmethod
     def _allowed_hours(
@@ -740,86 +829,150 @@ class Engine:
             excluded[i] = np.array(sorted(column[o] for o in seen if o in column and o not in control), dtype=np.int64)
         return excluded
 
-    def _decision(self, batch: _Batch, i: int, recipient: Recipient) -> Decision:
-        decision_id = f"d-{uuid.uuid4().hex}"
-        emails = int(batch.history["n_emails"][i])
-        curve = batch.curves[i]
-        known = bool(batch.known[i])
-        in_holdout = bool(batch.holdout[i])
-
-        def not_sent(reason: str, scored: bool = True) -> Decision:
-            """No send (the curve kept where the customer may be scored), and why."""
-            return Decision(
-                customer_id=recipient.customer_id,
-                decision_id=decision_id,
-                send=False,
-                hourly_open_probability=[float(x) for x in curve] if scored else [],
-                history_emails=emails,
-                holdout=in_holdout,
-                reasons=[reason],
-            )
-
-        if known and not batch.consent[i]:
-            return not_sent("no email consent: never scheduled, rendered or offered anything", scored=False)
-        if known and not batch.eligible[i]:
-            return not_sent("no longer eligible for sends: unsubscribed, complained or hard-bounced")
-        chosen = int(batch.plan.hours[i])
-        if batch.blocked[i] is not None or chosen < 0:
-            return not_sent(batch.blocked[i] or self._no_room_reason(batch))
-        reasons = []
-        if not known:
-            reasons.append(
-                "unknown customer: no history of their own; open probability from similar customers (the context "
-                "given: time zone, interests, attributes), send time from the daily rhythm of customers in "
-                + (recipient.timezone if recipient.timezone else "UTC (no time zone given)")
-            )
-        elif not batch.profiled[i]:
-            reasons.append("profiling consent not given: population-level predictions only")
-        else:
-            reasons.append(self._history_reason(batch, i, emails))
+    def _decisions(self, batch: _Batch, recipients: list[Recipient]) -> list[dict[str, object]]:
+        """Every recipient's decision as plain data. What varies by row is computed for the whole batch first,
+        as arrays turned into lists; the loop only picks from them and writes the reasons."""
+        n = len(recipients)
+        served, plan, curves = batch.served, batch.plan, batch.curves
+        everyone = np.arange(n)
+        curve_lists = curves.tolist()
+        chosen_hours, best_hours = plan.hours.tolist(), plan.best.tolist()
+        chosen_p = curves[everyone, np.maximum(plan.hours, 0)].tolist() if n else []
+        best_p = curves[everyone, np.maximum(plan.best, 0)].tolist() if n else []
+        mean_p = curves.mean(axis=1).tolist() if curves.shape[1] else [0.0] * n
+        overall = curves.argmax(axis=1).tolist() if curves.shape[1] else [0] * n
+        overall_p = curves.max(axis=1).tolist() if curves.shape[1] else [0.0] * n
+        emails = served.history["n_emails"].tolist()
+        known, profiled = served.known.tolist(), served.profiled.tolist()
+        consent, eligible = served.consent.tolist(), served.eligible.tolist()
+        holdout, explore = batch.holdout.tolist(), batch.explore.tolist()
+        propensity = plan.propensity.tolist()
+        any_views = served.any_views.tolist()
+        order, incremental = batch.ranking
+        k = max(batch.k_offers, 0)
+        top = order[:, :k]
+        top_rows = top.tolist()
+        conversion = np.take_along_axis(batch.conversion, top, axis=1).tolist()
+        value = np.take_along_axis(batch.value, top, axis=1).tolist()
+        gain = np.take_along_axis(incremental, top, axis=1).tolist() if incremental is not None else None
+        facts = batch.offer_facts
+        notes = []
         if "open_propensity" not in self.models and "send_time" not in self.models:
-            reasons.append("no open model trained yet: a flat population prior, every hour alike")
+            notes.append("no open model trained yet: a flat population prior, every hour alike")
         if batch.offers.empty and self.offers is not None and len(self.offers) and "next_best_offer" not in self.models:
-            reasons.append("no next-best-offer model trained yet: no offer chosen")
-        if in_holdout:
-            reasons.append(f"in the global holdout, but {batch.kind} email is never held out")
-        reasons.extend(self._hour_reasons(batch, i))
-        ranked, facts_offers = self._rank_offers(batch, i)
-        if len(batch.excluded[i]):
-            names = ", ".join(str(batch.offer_rows[j]["offer_id"]) for j in batch.excluded[i])
-            days = batch.constraints.no_repeat_offer_days
-            reasons.append(f"left out, shown to this customer in the {days} days before the window: {names}")
-        if ranked and ranked[0].kind == "control":
-            reasons.append("no offer adds value over sending none for this customer")
-        facts = self._facts(
-            i,
-            recipient,
-            batch.matrix,
-            float(curve[chosen]),
-            facts_offers,
-            batch.kind,
-            batch.topic,
-            not known,
-            emails,
-        )
-        choices = choose_modules(facts, "newsletter" if batch.kind == "newsletter" else "promotional")
-        batch.shown_offers[decision_id] = [item for m in choices if m.name in OFFER_MODULES for item in m.items]
-        return Decision(
-            customer_id=recipient.customer_id,
-            decision_id=decision_id,
-            send=True,
-            send_at=batch.start + timedelta(hours=chosen),
-            open_probability=float(curve[chosen]),
-            hourly_open_probability=[float(x) for x in curve],
-            explore=bool(batch.explore[i]),
-            propensity=float(batch.plan.propensity[i]),
-            offers=ranked,
-            modules=[m.name for m in choices],
-            cold_start=not known,
-            history_emails=emails,
-            holdout=in_holdout,
-            reasons=reasons,
-        )
+            notes.append("no next-best-offer model trained yet: no offer chosen")
+        template = "newsletter" if batch.kind == "newsletter" else "promotional"
+        threshold = max(self.population.high_value_threshold, 0.0)
+        population = self.population.open_probability
+        stamps = batch.window_times
+        ids = os.urandom(16 * n).hex()
+        out: list[dict[str, object]] = []
+        for i, recipient in enumerate(recipients):
+            decision_id = f"d-{ids[32 * i : 32 * i + 32]}"
+            reason = None
+            scored = True
+            if known[i] and not consent[i]:
+                reason, scored = "no email consent: never scheduled, rendered or offered anything", False
+            elif known[i] and not eligible[i]:
+                reason = "no longer eligible for sends: unsubscribed, complained or hard-bounced"
+            elif batch.blocked[i] is not None or chosen_hours[i] < 0:
+                reason = batch.blocked[i] or self._no_room_reason(batch)
+            if reason is not None:
+                out.append(
+                    {
+                        "customer_id": recipient.customer_id,
+                        "decision_id": decision_id,
+                        "send": False,
+                        "send_at": None,
+                        "open_probability": None,
+                        "hourly_open_probability": curve_lists[i] if scored else [],
+                        "explore": False,
+                        "propensity": 1.0,
+                        "offers": [],
+                        "modules": [],
+                        "cold_start": False,
+                        "history_emails": emails[i],
+                        "holdout": holdout[i],
+                        "reasons": [reason],
+                    }
+                )
+                continue
+            chosen = chosen_hours[i]
+            if not known[i]:
+                reasons = [
+                    "unknown customer: no history of their own; open probability from similar customers (the "
+                    "context given: time zone, interests, attributes), send time from the daily rhythm of customers "
+                    "in " + (recipient.timezone if recipient.timezone else "UTC (no time zone given)")
+                ]
+            elif not profiled[i]:
+                reasons = ["profiling consent not given: population-level predictions only"]
+            else:
+                reasons = [self._history_reason(batch, i, emails[i])]
+            reasons.extend(notes)
+            if holdout[i]:
+                reasons.append(f"in the global holdout, but {batch.kind} email is never held out")
+            reasons.extend(
+                self._hour_reasons(
+                    batch, i, chosen, best_hours[i], (chosen_p[i], best_p[i], mean_p[i]), overall[i], overall_p[i]
+                )
+            )
+            columns = top_rows[i]
+            ranked_conversion, ranked_value = conversion[i], value[i]
+            ranked_gain = gain[i] if gain is not None else None
+            if len(batch.excluded[i]):
+                columns = [j for j in order[i].tolist() if j not in set(batch.excluded[i].tolist())][:k]
+                ranked_conversion = [float(batch.conversion[i, j]) for j in columns]
+                ranked_value = [float(batch.value[i, j]) for j in columns]
+                ranked_gain = [float(incremental[i, j]) for j in columns] if incremental is not None else None
+                names = ", ".join(facts[j][0] for j in batch.excluded[i].tolist())
+                days = batch.constraints.no_repeat_offer_days
+                reasons.append(f"left out, shown to this customer in the {days} days before the window: {names}")
+            ranked = [
+                {
+                    "offer_id": facts[j][0],
+                    "kind": facts[j][1],
+                    "conversion_probability": ranked_conversion[r],
+                    "expected_value": ranked_value[r],
+                    "incremental_value": None if ranked_gain is None else ranked_gain[r],
+                }
+                for r, j in enumerate(columns)
+            ]
+            if ranked and ranked[0]["kind"] == "control":
+                reasons.append("no offer adds value over sending none for this customer")
+            modules = module_plan(
+                template,
+                [OfferRef(facts[j][0], facts[j][1], ranked_value[r]) for r, j in enumerate(columns)],
+                threshold,
+                cold_start=not known[i],
+                history_emails=emails[i],
+                open_probability=chosen_p[i],
+                population_open_probability=population,
+                has_categories=has_category_picks(
+                    not known[i], batch.topic, list(served.matrix.interests[i]), any_views[i]
+                ),
+            )
+            batch.shown_offers[decision_id] = [
+                item for name, items in modules if name in OFFER_MODULES for item in items
+            ]
+            out.append(
+                {
+                    "customer_id": recipient.customer_id,
+                    "decision_id": decision_id,
+                    "send": True,
+                    "send_at": stamps[chosen][0],
+                    "open_probability": chosen_p[i],
+                    "hourly_open_probability": curve_lists[i],
+                    "explore": explore[i],
+                    "propensity": propensity[i],
+                    "offers": ranked,
+                    "modules": [name for name, _ in modules],
+                    "cold_start": not known[i],
+                    "history_emails": emails[i],
+                    "holdout": holdout[i],
+                    "reasons": reasons,
+                }
+            )
+        return out
 
     @staticmethod
     def _no_room_reason(batch: _Batch) -> str:
@@ -829,10 +982,19 @@ class Engine:
         )
 
     @staticmethod
-    def _hour_reasons(batch: _Batch, i: int) -> list[str]:
-        """Why this hour: the best (allowed) one, an exploration, or where the per-hour cap moved the send."""
-        curve, plan, constraints = batch.curves[i], batch.plan, batch.constraints
-        chosen, best = int(plan.hours[i]), int(plan.best[i])
+    def _hour_reasons(
+        batch: _Batch,
+        i: int,
+        chosen: int,
+        best: int,
+        probabilities: tuple[float, float, float],
+        overall: int,
+        overall_p: float,
+    ) -> list[str]:
+        """Why this hour: the best (allowed) one, an exploration, or where the per-hour cap moved the send.
+        `probabilities`: the open probability at the chosen hour, at the best allowed hour, and on average."""
+        chosen_p, best_p, mean_p = probabilities
+        plan, constraints = batch.plan, batch.constraints
         quiet_hours = constraints.quiet_hours
         outside = (
             f" outside quiet hours {describe_quiet(quiet_hours.start, quiet_hours.end)} ({batch.zones[i]} time)"
@@ -846,53 +1008,26 @@ class Engine:
             )
         elif chosen == best:
             reasons.append(
-                f"best hour of the window{outside}: {curve[best]:.1%} open probability vs {curve.mean():.1%} on average"
+                f"best hour of the window{outside}: {best_p:.1%} open probability vs {mean_p:.1%} on average"
             )
-            overall = int(np.argmax(curve))
             if overall != best:
                 reasons.append(
-                    f"the best hour of all, {batch.start + timedelta(hours=overall):%H:00} UTC "
-                    f"({curve[overall]:.1%}), is quiet"
+                    f"the best hour of all, {batch.start + timedelta(hours=overall):%H:00} UTC ({overall_p:.1%}), "
+                    "is quiet"
                 )
         else:
             at = batch.start + timedelta(hours=chosen)
             was = batch.start + timedelta(hours=best)
             reasons.append(
                 f"moved by the per-hour cap (at most {plan.capacity} of this batch's sends per hour) from "
-                f"{was:%Y-%m-%d %H:00} UTC ({curve[best]:.1%}) to {at:%Y-%m-%d %H:00} UTC ({curve[chosen]:.1%}): "
-                f"costs {100 * (curve[best] - curve[chosen]):.2f} points of open probability"
+                f"{was:%Y-%m-%d %H:00} UTC ({best_p:.1%}) to {at:%Y-%m-%d %H:00} UTC ({chosen_p:.1%}): "
+                f"costs {100 * (best_p - chosen_p):.2f} points of open probability"
             )
         if plan.capacity is not None and batch.explore_share > 0:
             reasons.append(
                 "propensity approximate: under the per-hour cap the hour the policy gives depends on the batch"
             )
         return reasons
-
-    @staticmethod
-    def _rank_offers(batch: _Batch, i: int) -> tuple[list[OfferScore], list[OfferFact]]:
-        """The top offers for row i: by value over the control arm where there is one, else by value."""
-        if batch.offers.empty:
-            return [], []
-        value, conversion = batch.value[i], batch.conversion[i]
-        baseline = float(value[batch.control].max()) if len(batch.control) else None
-        incremental = value - baseline if baseline is not None else None
-        order = np.argsort(-(incremental if incremental is not None else value), kind="stable")
-        if len(batch.excluded[i]):
-            order = order[~np.isin(order, batch.excluded[i])]
-        ranked: list[OfferScore] = []
-        facts: list[OfferFact] = []
-        for j in order[: max(batch.k_offers, 0)]:
-            offer_id, kind, category, discount = batch.offer_facts[j]
-            fields = {
-                "offer_id": offer_id,
-                "kind": kind,
-                "conversion_probability": float(conversion[j]),
-                "expected_value": float(value[j]),
-                "incremental_value": None if incremental is None else float(incremental[j]),
-            }
-            ranked.append(OfferScore(**fields))  # validated init is faster than model_construct in pydantic 2
-            facts.append(OfferFact(**fields, category=category, discount_pct=discount))
-        return ranked, facts
 
     def _facts(
         self,
@@ -928,35 +1063,41 @@ class Engine:
         )
 
     def _log_decisions(
-        self, decisions: list[Decision], request: DecideRequest, shown: dict[str, list[str]] | None = None
+        self,
+        decisions: list[dict[str, object]],
+        request: DecideRequest,
+        shown: dict[str, list[str]],
+        logged_times: dict[str, str],
     ) -> None:
         """Append every decision (with its exploration flag and propensity) to the day's decision log.
 
         `exposed_offer_ids` are the offers the email's modules carry (what a no-repeat rule counts as shown);
         `offer_ids` the whole ranking.
         """
-        shown = shown or {}
         now = datetime.now(UTC)
+        decided_at = now.isoformat()
+        campaign = request.campaign.model_dump()
+        versions = self.model_versions()
         self.settings.decisions_dir.mkdir(parents=True, exist_ok=True)
         path = self.settings.decisions_dir / f"{now:%Y-%m-%d}.jsonl"
         lines = b"".join(
             orjson.dumps(
                 {
-                    "decision_id": d.decision_id,
-                    "customer_id": d.customer_id,
-                    "decided_at": now.isoformat(),
-                    "campaign": request.campaign.model_dump(),
-                    "send": d.send,
-                    "send_at": d.send_at.isoformat() if d.send_at else None,
-                    "explore": d.explore,
-                    "propensity": d.propensity,
-                    "offer_ids": [o.offer_id for o in d.offers],
-                    "exposed_offer_ids": shown.get(d.decision_id, []),
-                    "holdout": d.holdout,
-                    "model_versions": self.model_versions(),
-                }
+                    "decision_id": d["decision_id"],
+                    "customer_id": d["customer_id"],
+                    "decided_at": decided_at,
+                    "campaign": campaign,
+                    "send": d["send"],
+                    "send_at": logged_times.get(d["send_at"]) if d["send_at"] else None,  # type: ignore[arg-type]
+                    "explore": d["explore"],
+                    "propensity": d["propensity"],
+                    "offer_ids": [o["offer_id"] for o in d["offers"]],  # type: ignore[attr-defined]
+                    "exposed_offer_ids": shown.get(d["decision_id"], []),  # type: ignore[arg-type]
+                    "holdout": d["holdout"],
+                    "model_versions": versions,
+                },
+                option=orjson.OPT_APPEND_NEWLINE,
             )
-            + b"\n"
             for d in decisions
         )
         with self._log_lock, path.open("ab") as handle:
@@ -980,8 +1121,8 @@ class Engine:
                 modules=[],
                 reasons=decision.reasons,
             )
-        rows, known, _, _ = self._customer_rows([recipient])
-        matrix = customer_matrix(rows)
+        served = self._served([recipient])
+        matrix, known = served.matrix, served.known
         offers = self._offer_facts(decision)
         facts = self._facts(
             0,
@@ -1033,15 +1174,15 @@ class Engine:
         from training.explain import explain_rows
 
         recipient = Recipient(customer_id=request.customer_id)
-        rows, _, _, _ = self._customer_rows([recipient])
-        matrix = customer_matrix(rows)
+        served = self._served([recipient])
+        matrix = served.matrix
         name = request.model
         model = self.models.get(name)
         if model is None:
             raise LookupError(f"no champion for {name} yet: run `sendwise pipeline --data DIR`")
         start = request_start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
         if name == "next_best_offer":
-            offers, _ = self._offer_scores(matrix, start, None)
+            offers, _ = self._offer_scores(served, start, None)
             if offers.empty or self.offer_features is None:
                 raise LookupError("no eligible offers to explain")
             features = self.offer_features.set_index("offer_id").loc[offers["offer_id"]].reset_index()

@@ -7,6 +7,9 @@ renderer draws exactly what the reason describes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import NamedTuple, Protocol, TypeVar
+
 from pydantic import BaseModel, ConfigDict, Field
 
 TEMPLATES: tuple[str, ...] = ("promotional", "newsletter")
@@ -91,6 +94,69 @@ class ModuleChoice(BaseModel):
     """The offer ids (offer modules) or category names (category modules) the module shows, in order."""
 
 
+class RankedOffer(Protocol):
+    """What choosing the modules reads of a ranked offer (an `OfferFact`, or an `OfferRef` at campaign scale)."""
+
+    @property
+    def offer_id(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def expected_value(self) -> float: ...
+
+
+class OfferRef(NamedTuple):
+    offer_id: str
+    kind: str
+    expected_value: float
+
+
+Ranked = TypeVar("Ranked", bound=RankedOffer)
+
+
+def module_plan(
+    template: str,
+    offers: Sequence[RankedOffer],
+    high_value_threshold: float,
+    *,
+    cold_start: bool,
+    history_emails: int,
+    open_probability: float,
+    population_open_probability: float,
+    has_categories: bool,
+) -> list[tuple[str, list[str]]]:
+    """The modules `choose_modules` picks (names, and the offers the offer modules show), without writing the
+    reasons: what a decision carries, at campaign scale. Both read the same rules; `has_categories` is
+    `has_category_picks` of the recipient."""
+    plan: list[tuple[str, list[str]]] = []
+    if _wants_welcome(cold_start, history_emails):
+        plan.append(("welcome", []))
+    if _wants_reengagement(cold_start, history_emails, open_probability, population_open_probability):
+        plan.append(("reengagement", []))
+    hero, rest = _hero_and_rest(offers, template, high_value_threshold)
+    slots = [("hero_offer", [hero[1].offer_id])] if hero else []
+    if rest:
+        slots.append(("secondary_offers", [offer.offer_id for _, offer in rest]))
+    if template == "newsletter":
+        plan.append(("newsletter_digest", []))
+        content = _content_offers(offers)
+        if content:
+            plan.append(("content_block", [offer.offer_id for _, offer in content]))
+        plan.extend(slots)
+    else:
+        plan.extend(slots)
+        if has_categories:
+            plan.append(("category_picks", []))
+    return plan
+
+
+def has_category_picks(cold_start: bool, topic: str | None, interests: Sequence[str], any_views: bool) -> bool:
+    """Whether `_ranked_categories` names anything: viewed categories (known customers), interests, a topic."""
+    if (topic or "").strip() or any(name.strip() for name in interests):
+        return True
+    return any_views and not cold_start
+
+
 def choose_modules(facts: ModuleFacts, template: str = "promotional") -> list[ModuleChoice]:
     """The modules of one email, in the order the email shows them."""
     check_template(template)
@@ -103,7 +169,20 @@ def choose_modules(facts: ModuleFacts, template: str = "promotional") -> list[Mo
     return [choice for choice in (*intro, *body) if choice is not None]
 
 
+def _wants_welcome(cold_start: bool, history_emails: int) -> bool:
+    return cold_start or history_emails < WELCOME_MAX_EMAILS
+
+
+def _wants_reengagement(cold_start: bool, history_emails: int, probability: float, population: float) -> bool:
+    """Only with enough history: a low pooled estimate says nothing about disengagement."""
+    if cold_start or history_emails < WELCOME_MAX_EMAILS or population <= 0.0:
+        return False
+    return probability < REENGAGEMENT_RATIO * population
+
+
 def _welcome(facts: ModuleFacts) -> ModuleChoice | None:
+    if not _wants_welcome(facts.cold_start, facts.history_emails):
+        return None
     if facts.cold_start:
         reason = (
             f"new customer: {_emails(facts.history_emails)} received, "
@@ -112,17 +191,12 @@ def _welcome(facts: ModuleFacts) -> ModuleChoice | None:
     elif facts.history_emails < WELCOME_MAX_EMAILS:
         received = _emails(facts.history_emails)
         reason = f"little history: {received} received so far (fewer than {WELCOME_MAX_EMAILS})"
-    else:
-        return None
     return ModuleChoice(name="welcome", reason=reason)
 
 
 def _reengagement(facts: ModuleFacts) -> ModuleChoice | None:
-    """Only for customers with enough history: a low pooled estimate says nothing about disengagement."""
-    if facts.cold_start or facts.history_emails < WELCOME_MAX_EMAILS:
-        return None
     population = facts.population_open_probability
-    if population <= 0.0 or facts.open_probability >= REENGAGEMENT_RATIO * population:
+    if not _wants_reengagement(facts.cold_start, facts.history_emails, facts.open_probability, population):
         return None
     ratio = facts.open_probability / population
     reason = (
@@ -132,11 +206,11 @@ def _reengagement(facts: ModuleFacts) -> ModuleChoice | None:
     return ModuleChoice(name="reengagement", reason=reason)
 
 
-def _ranked_ahead_of_control(facts: ModuleFacts) -> list[tuple[int, OfferFact]]:
+def _ranked_ahead_of_control(offers: Sequence[Ranked]) -> list[tuple[int, Ranked]]:
     """Non-control offers with their 1-based rank, only those ranked ahead of the control arm (if any):
     an offer ranked below it is worth less than sending no offer."""
-    ahead: list[tuple[int, OfferFact]] = []
-    for rank, offer in enumerate(facts.offers, start=1):
+    ahead: list[tuple[int, Ranked]] = []
+    for rank, offer in enumerate(offers, start=1):
         if offer.kind == "control":
             break
         ahead.append((rank, offer))
@@ -149,13 +223,8 @@ def _control_clause(facts: ModuleFacts) -> str:
 
 def _offer_modules(facts: ModuleFacts, template: str) -> list[ModuleChoice]:
     """The hero offer and the secondary offers. In a newsletter, content offers go to the content block."""
-    candidates = [
-        (rank, offer)
-        for rank, offer in _ranked_ahead_of_control(facts)
-        if not (template == "newsletter" and offer.kind == "content")
-    ]
     threshold = facts.high_value_threshold
-    hero = next(((rank, offer) for rank, offer in candidates if offer.expected_value >= threshold), None)
+    hero, rest = _hero_and_rest(facts.offers, template, threshold)
     choices: list[ModuleChoice] = []
     if hero is not None:
         rank, offer = hero
@@ -164,8 +233,6 @@ def _offer_modules(facts: ModuleFacts, template: str) -> list[ModuleChoice]:
             f"ranked {_ordinal(rank)} of {len(facts.offers)}{_control_clause(facts)}{_incremental(offer)}"
         )
         choices.append(ModuleChoice(name="hero_offer", reason=reason, items=[offer.offer_id]))
-    rest = [(rank, offer) for rank, offer in candidates if hero is None or offer is not hero[1]]
-    rest = rest[:MAX_SECONDARY_OFFERS]
     if rest:
         listed = "; ".join(
             f"offer {offer.offer_id} ranked {_ordinal(rank)}, expected value {offer.expected_value:.2f}"
@@ -180,9 +247,28 @@ def _offer_modules(facts: ModuleFacts, template: str) -> list[ModuleChoice]:
     return choices
 
 
+def _hero_and_rest(
+    offers: Sequence[Ranked], template: str, threshold: float
+) -> tuple[tuple[int, Ranked] | None, list[tuple[int, Ranked]]]:
+    """The hero (the first candidate worth the threshold) and up to MAX_SECONDARY_OFFERS other candidates."""
+    candidates = [
+        (rank, offer)
+        for rank, offer in _ranked_ahead_of_control(offers)
+        if not (template == "newsletter" and offer.kind == "content")
+    ]
+    hero = next(((rank, offer) for rank, offer in candidates if offer.expected_value >= threshold), None)
+    rest = [(rank, offer) for rank, offer in candidates if hero is None or offer is not hero[1]]
+    return hero, rest[:MAX_SECONDARY_OFFERS]
+
+
+def _content_offers(offers: Sequence[Ranked]) -> list[tuple[int, Ranked]]:
+    return [(rank, offer) for rank, offer in _ranked_ahead_of_control(offers) if offer.kind == "content"][
+        :MAX_CONTENT_OFFERS
+    ]
+
+
 def _content_block(facts: ModuleFacts) -> ModuleChoice | None:
-    content = [(rank, offer) for rank, offer in _ranked_ahead_of_control(facts) if offer.kind == "content"]
-    content = content[:MAX_CONTENT_OFFERS]
+    content = _content_offers(facts.offers)
     if not content:
         return None
     listed = "; ".join(

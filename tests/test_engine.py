@@ -185,11 +185,10 @@ def test_decision_log_records_the_offers_each_email_carries(engine, customers) -
 
 def test_open_log_odds_are_a_customer_part_plus_an_hour_part(engine, customers) -> None:  # type: ignore[no-untyped-def]
     """No tree mixes the hour features with the others, so swapping hours shifts every customer alike."""
-    from features.transform import HOUR_FEATURES, customer_matrix, open_design
+    from features.transform import HOUR_FEATURES, open_design
 
     ids = customers.loc[customers["consent_email"] & customers["consent_profiling"], "customer_id"].head(40).tolist()
-    rows, _, _, _ = engine._customer_rows([Recipient(customer_id=i) for i in ids])
-    matrix = customer_matrix(rows)
+    matrix = engine._served([Recipient(customer_id=i) for i in ids]).matrix
     n, hours = len(ids), 24
     window = pd.date_range(START, periods=hours, freq="h").tz_convert(None).to_numpy()
     stamps = pd.Series(np.tile(window, n)).dt.tz_localize("UTC")
@@ -212,7 +211,6 @@ def test_open_log_odds_are_a_customer_part_plus_an_hour_part(engine, customers) 
 def test_curves_from_the_hour_table_equal_scoring_every_hour(engine, customers, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """The campaign-scale curve (a row per customer plus a table of hours) is the booster's own, hour by hour."""
     import serving.engine as engine_module
-    from features.transform import customer_matrix
 
     ids = customers.loc[customers["consent_email"], "customer_id"].head(300).tolist()
     saturday = datetime(2026, 12, 5, 3, tzinfo=UTC)  # the window crosses a weekend in every zone
@@ -221,8 +219,7 @@ def test_curves_from_the_hour_table_equal_scoring_every_hour(engine, customers, 
     )
     fast = np.array([d.hourly_open_probability for d in answer.decisions])
     assert engine._scorers[id(engine.models["send_time"].booster)] is not None  # the table was used
-    rows, _, _, _ = engine._customer_rows([Recipient(customer_id=i) for i in ids])
-    matrix = customer_matrix(rows)
+    matrix = engine._served([Recipient(customer_id=i) for i in ids]).matrix
     booster = engine.models["send_time"].booster
     design = engine._window_design(matrix, np.arange(len(ids)), saturday, 60, "promotional", None)
     direct = np.asarray(booster.predict(design[booster.feature_name()])).reshape(len(ids), 60)
@@ -236,17 +233,3 @@ def test_curves_from_the_hour_table_equal_scoring_every_hour(engine, customers, 
     assert engine._scorers[id(engine.models["send_time"].booster)] is None
     slow = np.array([d.hourly_open_probability for d in again.decisions])
     assert np.abs(slow - direct[:40]).max() < 1e-12
-
-
-def test_online_rows_decode_like_feast(engine, customers) -> None:  # type: ignore[no-untyped-def]
-    from serving.engine import response_columns
-
-    ids = [*customers["customer_id"].head(200).tolist(), "nobody-1"]
-    service = engine.store.get_feature_service("open_propensity_v1")
-    response = engine.store.get_online_features(features=service, entity_rows=[{"customer_id": c} for c in ids])
-    ours, feasts = response_columns(response), response.to_dict()
-    assert list(ours) == list(feasts)
-    for name in feasts:
-        assert ours[name] == feasts[name], name
-    assert any(isinstance(v, list) and len(v) == 24 for v in ours["rhythm_weekday"])
-    assert ours["timezone"][-1] is None  # an unknown customer

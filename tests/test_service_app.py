@@ -81,6 +81,9 @@ class FakeEngine:
             )
         return DecideResponse(model_versions=VERSIONS, status=self._status()["status"], decisions=decisions)
 
+    def decide_json(self, request: DecideRequest) -> bytes:
+        return self.decide(request).model_dump_json().encode()
+
     def render(self, request: RenderRequest) -> RenderResponse:
         self.requests.append(request)
         return RenderResponse(
