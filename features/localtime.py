@@ -7,19 +7,26 @@ import pandas as pd
 
 
 def local_hour_weekday(times: pd.Series, zones: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """(hour 0-23, weekday 0=Monday) of each UTC time in the zone beside it; unknown zones count as UTC."""
-    times = pd.Series(pd.to_datetime(times.to_numpy(), utc=True), index=range(len(times)))
-    zones = pd.Series(zones.to_numpy(), index=range(len(zones))).fillna("UTC")
-    hours = np.empty(len(times), dtype=np.int8)
-    weekdays = np.empty(len(times), dtype=np.int8)
-    for zone, index in zones.groupby(zones, sort=False).groups.items():
-        positions = np.asarray(index)
+    """(hour 0-23, weekday 0=Monday) of each UTC time in the zone beside it; unknown zones count as UTC.
+
+    Converted once per zone; when every row has the same time (a campaign's window start), once per zone and
+    not per row."""
+    stamps = pd.DatetimeIndex(pd.to_datetime(pd.Series(times).reset_index(drop=True), utc=True))
+    codes, names = pd.factorize(pd.Series(zones.to_numpy(), dtype=object).fillna("UTC"), sort=False)
+    hours = np.empty(len(stamps), dtype=np.int8)
+    weekdays = np.empty(len(stamps), dtype=np.int8)
+    same_time = len(stamps) > 0 and bool((stamps.asi8 == stamps.asi8[0]).all())
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
+    for k, zone in enumerate(names):
+        positions = order[bounds[k] : bounds[k + 1]]
+        part = stamps[positions[:1]] if same_time else stamps[positions]
         try:
-            local = times.iloc[positions].dt.tz_convert(str(zone))
+            local = part.tz_convert(str(zone))
         except (KeyError, ValueError):
-            local = times.iloc[positions]
-        hours[positions] = local.dt.hour.to_numpy()
-        weekdays[positions] = local.dt.weekday.to_numpy()
+            local = part
+        hours[positions] = local.hour.to_numpy()
+        weekdays[positions] = local.dayofweek.to_numpy()
     return hours, weekdays
 
 

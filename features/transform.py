@@ -187,15 +187,19 @@ def _attributes(matrix: CustomerMatrix, rows: np.ndarray) -> pd.DataFrame:
 def rhythm_features(
     matrix: CustomerMatrix, rows: np.ndarray, hour: np.ndarray, weekend: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """The customer's rhythm at each row's local hour: 24 × its share of the day, and its ratio to the peak."""
-    weekday_rhythm, weekend_rhythm = matrix.profiles["rhythm_weekday"], matrix.profiles["rhythm_weekend"]
-    rhythm = np.where(weekend[:, None], weekend_rhythm[rows], weekday_rhythm[rows])
-    total = rhythm.sum(axis=1)
-    rhythm = np.where(total[:, None] > 0, rhythm / np.maximum(total, 1e-9)[:, None], 1.0 / HOURS)
-    at_hour = rhythm[np.arange(len(rows)), hour]
+    """The customer's rhythm at each row's local hour: 24 × its share of the day, and its ratio to the peak.
+
+    Each customer's two days are normalized once and then looked up (rows repeat a customer once per hour of a
+    window); a day without activity is flat."""
+    days = np.stack([matrix.profiles["rhythm_weekday"], matrix.profiles["rhythm_weekend"]], axis=1)
+    total = days.sum(axis=2, keepdims=True)
+    shares = np.where(total > 0, days / np.maximum(total, 1e-9), 1.0 / HOURS)
+    day = np.asarray(weekend, dtype=np.int64)
+    at_hour = shares[rows, day, hour]
+    peak = shares.max(axis=2)[rows, day]
     return {
         "rhythm_at_hour": (HOURS * at_hour).astype(np.float32),
-        "rhythm_vs_peak": (at_hour / rhythm.max(axis=1)).astype(np.float32),
+        "rhythm_vs_peak": (at_hour / peak).astype(np.float32),
     }
 
 

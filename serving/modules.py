@@ -8,7 +8,6 @@ renderer draws exactly what the reason describes.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -94,29 +93,11 @@ class ModuleChoice(BaseModel):
     """The offer ids (offer modules) or category names (category modules) the module shows, in order."""
 
 
-class RankedOffer(Protocol):
-    """What choosing the modules reads of a ranked offer (an `OfferFact`, or an `OfferRef` at campaign scale)."""
-
-    @property
-    def offer_id(self) -> str: ...
-    @property
-    def kind(self) -> str: ...
-    @property
-    def expected_value(self) -> float: ...
-
-
-class OfferRef(NamedTuple):
-    offer_id: str
-    kind: str
-    expected_value: float
-
-
-Ranked = TypeVar("Ranked", bound=RankedOffer)
-
-
 def module_plan(
     template: str,
-    offers: Sequence[RankedOffer],
+    offer_ids: Sequence[str],
+    kinds: Sequence[str],
+    values: Sequence[float],
     high_value_threshold: float,
     *,
     cold_start: bool,
@@ -126,28 +107,48 @@ def module_plan(
     has_categories: bool,
 ) -> list[tuple[str, list[str]]]:
     """The modules `choose_modules` picks (names, and the offers the offer modules show), without writing the
-    reasons: what a decision carries, at campaign scale. Both read the same rules; `has_categories` is
+    reasons: what a decision carries, at campaign scale. The ranked offers come as parallel lists (ids, kinds,
+    expected values); both functions read the same rules (`offer_slots`), and `has_categories` is
     `has_category_picks` of the recipient."""
     plan: list[tuple[str, list[str]]] = []
     if _wants_welcome(cold_start, history_emails):
         plan.append(("welcome", []))
     if _wants_reengagement(cold_start, history_emails, open_probability, population_open_probability):
         plan.append(("reengagement", []))
-    hero, rest = _hero_and_rest(offers, template, high_value_threshold)
-    slots = [("hero_offer", [hero[1].offer_id])] if hero else []
+    hero, rest, content = offer_slots(kinds, values, template, high_value_threshold)
+    slots = [("hero_offer", [offer_ids[hero]])] if hero is not None else []
     if rest:
-        slots.append(("secondary_offers", [offer.offer_id for _, offer in rest]))
+        slots.append(("secondary_offers", [offer_ids[j] for j in rest]))
     if template == "newsletter":
         plan.append(("newsletter_digest", []))
-        content = _content_offers(offers)
         if content:
-            plan.append(("content_block", [offer.offer_id for _, offer in content]))
+            plan.append(("content_block", [offer_ids[j] for j in content]))
         plan.extend(slots)
     else:
         plan.extend(slots)
         if has_categories:
             plan.append(("category_picks", []))
     return plan
+
+
+def offer_slots(
+    kinds: Sequence[str], values: Sequence[float], template: str, threshold: float
+) -> tuple[int | None, list[int], list[int]]:
+    """Positions in the ranking (0-based) of the hero offer, the secondary offers and the content offers.
+
+    Only offers ranked ahead of the control arm (if any) are candidates: one ranked below it is worth less than
+    sending no offer. The hero is the first candidate worth `threshold`; in a newsletter content offers go to
+    the content block instead."""
+    ahead = []
+    for j, kind in enumerate(kinds):
+        if kind == "control":
+            break
+        ahead.append(j)
+    candidates = [j for j in ahead if not (template == "newsletter" and kinds[j] == "content")]
+    hero = next((j for j in candidates if values[j] >= threshold), None)
+    rest = [j for j in candidates if j != hero][:MAX_SECONDARY_OFFERS]
+    content = [j for j in ahead if kinds[j] == "content"][:MAX_CONTENT_OFFERS]
+    return hero, rest, content
 
 
 def has_category_picks(cold_start: bool, topic: str | None, interests: Sequence[str], any_views: bool) -> bool:
@@ -206,17 +207,6 @@ def _reengagement(facts: ModuleFacts) -> ModuleChoice | None:
     return ModuleChoice(name="reengagement", reason=reason)
 
 
-def _ranked_ahead_of_control(offers: Sequence[Ranked]) -> list[tuple[int, Ranked]]:
-    """Non-control offers with their 1-based rank, only those ranked ahead of the control arm (if any):
-    an offer ranked below it is worth less than sending no offer."""
-    ahead: list[tuple[int, Ranked]] = []
-    for rank, offer in enumerate(offers, start=1):
-        if offer.kind == "control":
-            break
-        ahead.append((rank, offer))
-    return ahead
-
-
 def _control_clause(facts: ModuleFacts) -> str:
     return ", ahead of the control arm" if any(o.kind == "control" for o in facts.offers) else ""
 
@@ -224,60 +214,40 @@ def _control_clause(facts: ModuleFacts) -> str:
 def _offer_modules(facts: ModuleFacts, template: str) -> list[ModuleChoice]:
     """The hero offer and the secondary offers. In a newsletter, content offers go to the content block."""
     threshold = facts.high_value_threshold
-    hero, rest = _hero_and_rest(facts.offers, template, threshold)
+    offers = facts.offers
+    hero, rest, _ = offer_slots([o.kind for o in offers], [o.expected_value for o in offers], template, threshold)
     choices: list[ModuleChoice] = []
     if hero is not None:
-        rank, offer = hero
+        offer = offers[hero]
         reason = (
             f"offer {offer.offer_id} expected value {offer.expected_value:.2f} ≥ threshold {threshold:.2f}; "
-            f"ranked {_ordinal(rank)} of {len(facts.offers)}{_control_clause(facts)}{_incremental(offer)}"
+            f"ranked {_ordinal(hero + 1)} of {len(offers)}{_control_clause(facts)}{_incremental(offer)}"
         )
         choices.append(ModuleChoice(name="hero_offer", reason=reason, items=[offer.offer_id]))
     if rest:
         listed = "; ".join(
-            f"offer {offer.offer_id} ranked {_ordinal(rank)}, expected value {offer.expected_value:.2f}"
-            f"{_incremental(offer)}"
-            for rank, offer in rest
+            f"offer {offers[j].offer_id} ranked {_ordinal(j + 1)}, expected value {offers[j].expected_value:.2f}"
+            f"{_incremental(offers[j])}"
+            for j in rest
         )
         lead = "next offers" if hero is not None else f"no offer reaches the hero threshold {threshold:.2f}"
         reason = f"{lead}{_control_clause(facts)}: {listed}"
-        choices.append(
-            ModuleChoice(name="secondary_offers", reason=reason, items=[offer.offer_id for _, offer in rest])
-        )
+        choices.append(ModuleChoice(name="secondary_offers", reason=reason, items=[offers[j].offer_id for j in rest]))
     return choices
 
 
-def _hero_and_rest(
-    offers: Sequence[Ranked], template: str, threshold: float
-) -> tuple[tuple[int, Ranked] | None, list[tuple[int, Ranked]]]:
-    """The hero (the first candidate worth the threshold) and up to MAX_SECONDARY_OFFERS other candidates."""
-    candidates = [
-        (rank, offer)
-        for rank, offer in _ranked_ahead_of_control(offers)
-        if not (template == "newsletter" and offer.kind == "content")
-    ]
-    hero = next(((rank, offer) for rank, offer in candidates if offer.expected_value >= threshold), None)
-    rest = [(rank, offer) for rank, offer in candidates if hero is None or offer is not hero[1]]
-    return hero, rest[:MAX_SECONDARY_OFFERS]
-
-
-def _content_offers(offers: Sequence[Ranked]) -> list[tuple[int, Ranked]]:
-    return [(rank, offer) for rank, offer in _ranked_ahead_of_control(offers) if offer.kind == "content"][
-        :MAX_CONTENT_OFFERS
-    ]
-
-
 def _content_block(facts: ModuleFacts) -> ModuleChoice | None:
-    content = _content_offers(facts.offers)
+    offers = facts.offers
+    _, _, content = offer_slots([o.kind for o in offers], [o.expected_value for o in offers], "newsletter", 0.0)
     if not content:
         return None
     listed = "; ".join(
-        f"content offer {offer.offer_id} ranked {_ordinal(rank)} of {len(facts.offers)}, "
-        f"conversion probability {_pct(offer.conversion_probability)}{_incremental(offer)}"
-        for rank, offer in content
+        f"content offer {offers[j].offer_id} ranked {_ordinal(j + 1)} of {len(offers)}, "
+        f"conversion probability {_pct(offers[j].conversion_probability)}{_incremental(offers[j])}"
+        for j in content
     )
     reason = f"{listed}{_control_clause(facts)}"
-    return ModuleChoice(name="content_block", reason=reason, items=[offer.offer_id for _, offer in content])
+    return ModuleChoice(name="content_block", reason=reason, items=[offers[j].offer_id for j in content])
 
 
 def _newsletter_digest(facts: ModuleFacts) -> ModuleChoice:

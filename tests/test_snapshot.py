@@ -14,7 +14,7 @@ import pytest
 from features.transform import OfferMatrix, customer_matrix, offer_design, open_design
 from sendwise.raw import load_table
 from sendwise.settings import Settings
-from serving.modules import ModuleFacts, OfferFact, OfferRef, choose_modules, has_category_picks, module_plan
+from serving.modules import ModuleFacts, OfferFact, choose_modules, has_category_picks, module_plan
 from serving.schemas import DecideRequest, Recipient
 
 pytestmark = [pytest.mark.integration]
@@ -158,7 +158,9 @@ def test_module_plan_picks_what_choose_modules_picks() -> None:
             chosen = [(m.name, m.items) for m in choose_modules(facts, template)]
             planned = module_plan(
                 template,
-                [OfferRef(o.offer_id, o.kind, o.expected_value) for o in offers],
+                [o.offer_id for o in offers],
+                [o.kind for o in offers],
+                [o.expected_value for o in offers],
                 facts.high_value_threshold,
                 cold_start=cold,
                 history_emails=facts.history_emails,
