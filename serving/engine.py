@@ -38,7 +38,7 @@ from features.transform import (
 from sendwise.raw import load_table
 from sendwise.settings import Settings
 from serving.assign import HourPlan, describe_quiet, in_holdout, local_window_clock, plan_hours, quiet
-from serving.curves import CurveScorer
+from serving.curves import CurveScorer, prediction_threads
 from serving.modules import (
     ModuleFacts,
     OfferFact,
@@ -69,6 +69,8 @@ logger = logging.getLogger(__name__)
 SNAPSHOT_CHECK_SECONDS = 10.0
 """How often a decision looks whether the feature tables or the registry changed (a new materialization)."""
 OFFER_CHUNK = 20_000
+OFFER_SETS_KEPT = 256
+"""Eligible offer sets remembered (by window start and offer list); all are forgotten when more are asked for."""
 """Customers whose offers are scored per booster call when a snapshot is read."""
 SAMPLE_FOR_POPULATION = 400
 PROFILE_COLUMNS = tuple(f"{s}_hours_{d}" for s in PROFILE_SIGNALS for d in ("weekday", "weekend"))
@@ -165,27 +167,12 @@ class _Batch:
     constraints: Constraints
     zones: list[str]
     offers: pd.DataFrame
+    offer_facts: list[tuple[str, str, str | None, float | None]]
     conversion: np.ndarray
     value: np.ndarray
     control: np.ndarray
     excluded: list[np.ndarray]
     shown_offers: dict[str, list[str]] = field(default_factory=dict)
-
-    @cached_property
-    def offer_facts(self) -> list[tuple[str, str, str | None, float | None]]:
-        """Each offer's id, kind, category and discount, converted once per batch."""
-        out = []
-        for offer in self.offers.to_dict("records"):
-            category, discount = offer.get("category"), offer.get("discount_pct")
-            out.append(
-                (
-                    str(offer["offer_id"]),
-                    str(offer["kind"]),
-                    None if pd.isna(category) else str(category),  # type: ignore[arg-type]
-                    None if pd.isna(discount) else float(discount),  # type: ignore[arg-type]
-                )
-            )
-        return out
 
     @cached_property
     def ranking(self) -> tuple[np.ndarray, np.ndarray | None]:
@@ -206,6 +193,35 @@ class _Batch:
             at = self.start + timedelta(hours=h)
             out.append((at.strftime("%Y-%m-%dT%H:%M:%SZ"), at.isoformat()))
         return out
+
+
+@dataclass(frozen=True)
+class OfferSet:
+    """The offers eligible for one window start, with what scoring and ranking them needs."""
+
+    offers: pd.DataFrame  # with each offer's margin
+    matrix: OfferMatrix
+    facts: list[tuple[str, str, str | None, float | None]]  # id, kind, category, discount
+
+    @property
+    def ids(self) -> list[str]:
+        return [f[0] for f in self.facts]
+
+
+def _offer_facts(offers: pd.DataFrame) -> list[tuple[str, str, str | None, float | None]]:
+    """Each offer's id, kind, category and discount as plain values."""
+    out = []
+    for offer in offers.to_dict("records"):
+        category, discount = offer.get("category"), offer.get("discount_pct")
+        out.append(
+            (
+                str(offer["offer_id"]),
+                str(offer["kind"]),
+                None if pd.isna(category) else str(category),  # type: ignore[arg-type]
+                None if pd.isna(discount) else float(discount),  # type: ignore[arg-type]
+            )
+        )
+    return out
 
 
 @dataclass
@@ -431,6 +447,7 @@ class Engine:
         self._scorers: dict[int, CurveScorer | None] = {}  # by booster: its tabulated hour part, or None
         self._scorer_lock = threading.Lock()
         self._online: OnlineState | None = None
+        self._offer_sets: dict[tuple[datetime, tuple[str, ...] | None], OfferSet | None] = {}
         self._snapshot_lock = threading.Lock()
         self._snapshot_checked = 0.0
         self._failed_signature: tuple[tuple[str, int], ...] | None = None
@@ -659,25 +676,43 @@ class Engine:
 
     def _offer_scores(
         self, served: Served, at: datetime, offer_ids: list[str] | None
-    ) -> tuple[pd.DataFrame, np.ndarray]:
+    ) -> tuple[OfferSet | None, np.ndarray]:
         """(eligible offers, conversion probability [customers, offers]): looked up for known customers (scored
         when the snapshot was read), scored now for the others (their context comes with the request)."""
-        eligible = _eligible_offers(self.offers, at, offer_ids)
         model = self.models.get("next_best_offer")
-        if eligible.empty or model is None or self.offer_features is None:
-            return pd.DataFrame(), np.zeros((len(served.matrix), 0))
-        offers = self._offer_matrix(eligible["offer_id"])
+        if model is None or self.offer_features is None:
+            return None, np.zeros((len(served.matrix), 0))
+        chosen = self._offer_set(at, offer_ids)
+        if chosen is None:
+            return None, np.zeros((len(served.matrix), 0))
         online = served.online
-        columns = np.array([online.offer_columns.get(str(o), -1) for o in offers.offer_id], dtype=np.int64)
+        columns = np.array([online.offer_columns.get(o, -1) for o in chosen.ids], dtype=np.int64)
         if len(columns) and (columns >= 0).all():
             conversion = online.offer_table[served.rows][:, columns].astype(np.float64)
             missing = np.flatnonzero(~served.known | np.isnan(conversion).any(axis=1))
         else:
-            conversion = np.zeros((len(served.matrix), len(offers)))
+            conversion = np.zeros((len(served.matrix), len(chosen.ids)))
             missing = np.arange(len(served.matrix))
         if len(missing):
-            conversion[missing] = self._offer_probabilities(served.matrix, missing, offers, model)
-        return eligible.assign(margin=offers.margin), np.clip(conversion, 0.0, 1.0)
+            conversion[missing] = self._offer_probabilities(served.matrix, missing, chosen.matrix, model)
+        return chosen, np.clip(conversion, 0.0, 1.0)
+
+    def _offer_set(self, at: datetime, offer_ids: list[str] | None) -> OfferSet | None:
+        """The offers eligible at `at` (among `offer_ids`), converted once per window start and list."""
+        key = (at, None if offer_ids is None else tuple(offer_ids))
+        found = self._offer_sets.get(key)
+        if found is not None or key in self._offer_sets:
+            return found
+        eligible = _eligible_offers(self.offers, at, offer_ids)
+        chosen = None
+        if not eligible.empty:
+            matrix = self._offer_matrix(eligible["offer_id"])
+            eligible = eligible.assign(margin=matrix.margin)
+            chosen = OfferSet(eligible, matrix, _offer_facts(eligible))
+        if len(self._offer_sets) >= OFFER_SETS_KEPT:
+            self._offer_sets.clear()
+        self._offer_sets[key] = chosen
+        return chosen
 
     def _offer_matrix(self, offer_ids: pd.Series) -> OfferMatrix:
         assert self.offer_features is not None
@@ -690,7 +725,9 @@ class Engine:
         """[rows, offers]: the next-best-offer model on every (customer row, offer)."""
         n, m = len(rows), len(offers)
         design = offer_design(matrix, np.repeat(rows, m), offers, np.tile(np.arange(m), n))
-        return np.asarray(model.booster.predict(design[model.booster.feature_name()])).reshape(n, m)
+        booster = model.booster
+        scores = booster.predict(design[booster.feature_name()], num_threads=prediction_threads(len(design)))
+        return np.asarray(scores).reshape(n, m)
 
     def _score_offers(self, snapshot: FeatureSnapshot) -> tuple[np.ndarray, dict[str, int]]:
         """Every known customer's conversion probability for every offer of the catalog, scored once per
@@ -744,7 +781,8 @@ class Engine:
         explore_share = self.settings.explore_share if request.explore_share is None else request.explore_share
         served = self._served(request.recipients)
         matrix, known = served.matrix, served.known
-        offers, conversion = self._offer_scores(served, start, request.offer_ids)
+        chosen, conversion = self._offer_scores(served, start, request.offer_ids)
+        offers = chosen.offers if chosen is not None else pd.DataFrame()
         margins = offers["margin"].fillna(1.0).to_numpy() if len(offers) else np.zeros(0)
         kinds = offers["kind"].to_numpy() if len(offers) else np.zeros(0, dtype=object)
         n, hours = len(request.recipients), request.window_hours
@@ -782,6 +820,7 @@ class Engine:
             constraints=constraints,
             zones=zones,
             offers=offers,
+            offer_facts=chosen.facts if chosen is not None else [],
             conversion=conversion,
             value=conversion * margins[None, :],
             control=np.flatnonzero(kinds == "control"),
@@ -1210,16 +1249,11 @@ class Engine:
             raise LookupError(f"no champion for {name} yet: run `sendwise pipeline --data DIR`")
         start = request_start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
         if name == "next_best_offer":
-            offers, _ = self._offer_scores(served, start, None)
-            if offers.empty or self.offer_features is None:
+            chosen, _ = self._offer_scores(served, start, None)
+            if chosen is None:
                 raise LookupError("no eligible offers to explain")
-            features = self.offer_features.set_index("offer_id").loc[offers["offer_id"]].reset_index()
-            design = offer_design(
-                matrix,
-                np.zeros(len(offers), dtype=np.int64),
-                OfferMatrix.from_rows(features),
-                np.arange(len(offers)),
-            )
+            count = len(chosen.ids)
+            design = offer_design(matrix, np.zeros(count, dtype=np.int64), chosen.matrix, np.arange(count))
         else:
             curve = self._curves(matrix, request_start, 24, request.campaign.kind, request.campaign.topic)[0]
             best = request_start + timedelta(hours=int(np.argmax(curve)))
