@@ -918,10 +918,13 @@ class Engine:
         order, incremental = batch.ranking
         k = max(batch.k_offers, 0)
         top = order[:, :k]
-        top_rows = top.tolist()
         conversion = np.take_along_axis(batch.conversion, top, axis=1).tolist()
         value = np.take_along_axis(batch.value, top, axis=1).tolist()
         gain = np.take_along_axis(incremental, top, axis=1).tolist() if incremental is not None else None
+        none_gains = [None] * k
+        offer_ids = np.array([f[0] for f in batch.offer_facts] or [""], dtype=object)
+        offer_kinds = np.array([f[1] for f in batch.offer_facts] or [""], dtype=object)
+        top_ids, top_kinds = offer_ids[top].tolist(), offer_kinds[top].tolist()
         facts = batch.offer_facts
         notes = []
         if "open_propensity" not in self.models and "send_time" not in self.models:
@@ -983,33 +986,37 @@ class Engine:
                     batch, i, chosen, best_hours[i], (chosen_p[i], best_p[i], mean_p[i]), overall[i], overall_p[i]
                 )
             )
-            columns = top_rows[i]
+            ranked_ids, ranked_kinds = top_ids[i], top_kinds[i]
             ranked_conversion, ranked_value = conversion[i], value[i]
-            ranked_gain = gain[i] if gain is not None else None
+            ranked_gain = gain[i] if gain is not None else none_gains
             if len(batch.excluded[i]):
-                columns = [j for j in order[i].tolist() if j not in set(batch.excluded[i].tolist())][:k]
+                left_out = set(batch.excluded[i].tolist())
+                columns = [j for j in order[i].tolist() if j not in left_out][:k]
+                ranked_ids, ranked_kinds = [facts[j][0] for j in columns], [facts[j][1] for j in columns]
                 ranked_conversion = [float(batch.conversion[i, j]) for j in columns]
                 ranked_value = [float(batch.value[i, j]) for j in columns]
-                ranked_gain = [float(incremental[i, j]) for j in columns] if incremental is not None else None
-                names = ", ".join(facts[j][0] for j in batch.excluded[i].tolist())
+                ranked_gain = [float(incremental[i, j]) for j in columns] if incremental is not None else none_gains
+                names = ", ".join(facts[j][0] for j in sorted(left_out))
                 days = batch.constraints.no_repeat_offer_days
                 reasons.append(f"left out, shown to this customer in the {days} days before the window: {names}")
             ranked = [
                 {
-                    "offer_id": facts[j][0],
-                    "kind": facts[j][1],
-                    "conversion_probability": ranked_conversion[r],
-                    "expected_value": ranked_value[r],
-                    "incremental_value": None if ranked_gain is None else ranked_gain[r],
+                    "offer_id": offer_id,
+                    "kind": offer_kind,
+                    "conversion_probability": p,
+                    "expected_value": v,
+                    "incremental_value": g,
                 }
-                for r, j in enumerate(columns)
+                for offer_id, offer_kind, p, v, g in zip(
+                    ranked_ids, ranked_kinds, ranked_conversion, ranked_value, ranked_gain, strict=False
+                )
             ]
-            if ranked and ranked[0]["kind"] == "control":
+            if ranked_kinds and ranked_kinds[0] == "control":
                 reasons.append("no offer adds value over sending none for this customer")
             modules = module_plan(
                 template,
-                [facts[j][0] for j in columns],
-                [facts[j][1] for j in columns],
+                ranked_ids,
+                ranked_kinds,
                 ranked_value,
                 threshold,
                 cold_start=not known[i],
