@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import pandas as pd
 
@@ -20,7 +22,10 @@ def local_hour_weekday(times: pd.Series, zones: pd.Series) -> tuple[np.ndarray, 
     bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
     for k, zone in enumerate(names):
         positions = order[bounds[k] : bounds[k + 1]]
-        part = stamps[positions[:1]] if same_time else stamps[positions]
+        if same_time:
+            hours[positions], weekdays[positions] = _clock_at(stamps[0], str(zone))
+            continue
+        part = stamps[positions]
         try:
             local = part.tz_convert(str(zone))
         except (KeyError, ValueError):
@@ -28,6 +33,16 @@ def local_hour_weekday(times: pd.Series, zones: pd.Series) -> tuple[np.ndarray, 
         hours[positions] = local.hour.to_numpy()
         weekdays[positions] = local.dayofweek.to_numpy()
     return hours, weekdays
+
+
+@lru_cache(maxsize=4096)
+def _clock_at(stamp: pd.Timestamp, zone: str) -> tuple[int, int]:
+    """(hour, weekday) of one UTC instant in `zone` (unknown zones: UTC); a campaign asks the same few."""
+    try:
+        local = stamp.tz_convert(zone)
+    except (KeyError, ValueError):
+        local = stamp
+    return local.hour, local.dayofweek
 
 
 def is_weekend(weekdays: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
@@ -143,12 +144,16 @@ def _category_share(
     average category (1 / number of categories) for customers with views, matching "no topic, no effect".
     """
     vocabulary, shares = _share_matrix(matrix)
-    values = pd.Series(np.asarray(categories, dtype=object)).where(lambda v: v.notna(), "").astype(str)
-    codes = pd.Categorical(values, categories=vocabulary).codes if vocabulary else np.full(len(rows), -1)
+    # each distinct category once (a campaign has one topic, an offer design a dozen categories)
+    found, distinct = pd.factorize(np.asarray(categories, dtype=object))
+    names = [str(v) for v in distinct]
+    position = {name: k for k, name in enumerate(vocabulary)}
+    coded = np.array([position.get(name, -1) for name in names] + [-1], dtype=np.int64)
+    codes = coded[found]  # -1 (no category) takes the last entry: none
     out = np.where(codes >= 0, shares[rows, np.maximum(codes, 0)], 0.0).astype(np.float32)
     if no_category == "average" and vocabulary:
         has_views = shares.sum(axis=1) > 0
-        missing = (values == "").to_numpy()
+        missing = np.array([name == "" for name in names] + [True])[found]
         out = np.where(missing & has_views[rows], 1.0 / len(vocabulary), out).astype(np.float32)
     return out
 
@@ -163,25 +168,42 @@ def _interest_match(matrix: CustomerMatrix, rows: np.ndarray, categories: np.nda
     )
 
 
-def _engagement_scalars(matrix: CustomerMatrix, rows: np.ndarray, cumulative: bool = False) -> pd.DataFrame:
+def _engagement_columns(matrix: CustomerMatrix, rows: np.ndarray, cumulative: bool = False) -> dict[str, np.ndarray]:
     """Rates per email received; with `cumulative`, the decayed counts too (what a customer is worth)."""
-    scalars = matrix.scalars.iloc[rows].reset_index(drop=True)
-    emails = scalars["n_emails"].fillna(0)
-    scalars["open_rate"] = (scalars["n_human_opens"].fillna(0) + PRIOR_WEIGHT * PRIOR_OPEN_RATE) / (
+    table = matrix.scalars[list(SCALAR_FEATURES)].to_numpy()
+    scalars = {name: table[rows, k] for k, name in enumerate(SCALAR_FEATURES)}
+    emails = np.nan_to_num(scalars["n_emails"], nan=0.0)
+    scalars["open_rate"] = (np.nan_to_num(scalars["n_human_opens"], nan=0.0) + PRIOR_WEIGHT * PRIOR_OPEN_RATE) / (
         emails + PRIOR_WEIGHT
     )
-    scalars["click_rate"] = (scalars["n_clicks"].fillna(0) + PRIOR_WEIGHT * 0.05) / (emails + PRIOR_WEIGHT)
+    scalars["click_rate"] = (np.nan_to_num(scalars["n_clicks"], nan=0.0) + PRIOR_WEIGHT * 0.05) / (
+        emails + PRIOR_WEIGHT
+    )
     for name in ("n_sessions", "n_purchases", "purchase_value"):
-        scalars[name.removeprefix("n_") + "_per_email"] = scalars[name].fillna(0) / (emails + PRIOR_WEIGHT)
-    return scalars if cumulative else scalars.drop(columns=list(CUMULATIVE))
+        scalars[name.removeprefix("n_") + "_per_email"] = np.nan_to_num(scalars[name], nan=0.0) / (
+            emails + PRIOR_WEIGHT
+        )
+    return scalars if cumulative else {k: v for k, v in scalars.items() if k not in CUMULATIVE}
+
+
+def _engagement_scalars(matrix: CustomerMatrix, rows: np.ndarray, cumulative: bool = False) -> pd.DataFrame:
+    return pd.DataFrame(_engagement_columns(matrix, rows, cumulative))
+
+
+def _attribute_columns(matrix: CustomerMatrix, rows: np.ndarray) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The attributes of the rows, and which of them are labels (categorical): the non-numeric ones."""
+    values, labels = {}, []
+    for column in matrix.attributes.columns:
+        series = matrix.attributes[column]
+        values[column] = series.to_numpy()[rows]
+        if not pd.api.types.is_numeric_dtype(series):
+            labels.append(column)
+    return values, labels
 
 
 def _attributes(matrix: CustomerMatrix, rows: np.ndarray) -> pd.DataFrame:
-    attributes = matrix.attributes.iloc[rows].reset_index(drop=True)
-    for column in attributes.columns:
-        if not pd.api.types.is_numeric_dtype(attributes[column]):
-            attributes[column] = attributes[column].astype("category")
-    return attributes
+    values, labels = _attribute_columns(matrix, rows)
+    return DesignColumns(values, dict.fromkeys(labels)).frame()
 
 
 def rhythm_features(
@@ -203,6 +225,92 @@ def rhythm_features(
     }
 
 
+@dataclass
+class DesignColumns:
+    """A design as named columns in order, before it becomes a frame: `categories` names the categorical ones,
+    each with its fixed categories or None (the values seen, as `astype("category")` infers them).
+
+    Training and the reference path read `frame()`; serving turns the columns straight into the matrix
+    LightGBM predicts from (`lightgbm_matrix`), which for a few rows costs a fraction of building the frame."""
+
+    values: dict[str, np.ndarray]
+    categories: dict[str, list[str] | None]
+
+    def frame(self) -> pd.DataFrame:
+        data: dict[str, object] = {}
+        for name, values in self.values.items():
+            if name not in self.categories:
+                data[name] = values
+            elif (fixed := self.categories[name]) is not None:
+                data[name] = pd.Categorical(values, categories=fixed)
+            else:
+                data[name] = pd.Series(values).astype("category")
+        return pd.DataFrame(data, index=range(self.rows))
+
+    @property
+    def rows(self) -> int:
+        return len(next(iter(self.values.values()))) if self.values else 0
+
+
+SMALL_LOOKUP = 256
+"""Up to this many rows, categories are coded by a dictionary; above it, by pandas."""
+
+
+def lightgbm_matrix(columns: DesignColumns, booster: lgb.Booster) -> np.ndarray | None:
+    """The float matrix LightGBM converts `columns.frame()[booster.feature_name()]` to: numbers as they are,
+    labels as their position in the categories the booster was trained with (NaN where unseen). None when the
+    booster's categorical features are not the design's, so the caller predicts from the frame instead."""
+    names = booster.feature_name()
+    categorical = [name for name in names if name in columns.categories]
+    trained = booster.pandas_categorical or []
+    if len(trained) != len(categorical) or any(name not in columns.values for name in names):
+        return None
+    known = dict(zip(categorical, trained, strict=True))
+    out = np.empty((columns.rows, len(names)), dtype=np.float64)
+    for k, name in enumerate(names):
+        values = columns.values[name]
+        if name not in known:
+            out[:, k] = values
+        elif columns.rows <= SMALL_LOOKUP:
+            position = {category: float(i) for i, category in enumerate(known[name])}
+            out[:, k] = [position.get(v, np.nan) if v is not None else np.nan for v in values]
+        else:
+            codes = pd.Categorical(values, categories=known[name]).codes.astype(np.float64)
+            out[:, k] = np.where(codes < 0, np.nan, codes)
+    return out
+
+
+CAMPAIGN_KINDS = ["promotional", "newsletter", "triggered", "transactional"]
+
+
+def open_columns(
+    matrix: CustomerMatrix,
+    rows: np.ndarray,
+    send_at: pd.Series,
+    kind: np.ndarray,
+    topic: np.ndarray,
+) -> DesignColumns:
+    """One design row per (customer row, send time): the open model's inputs, as columns."""
+    rows = np.asarray(rows, dtype=np.int64)
+    hour, weekday = local_hour_weekday(send_at.reset_index(drop=True), pd.Series(matrix.timezone[rows]))
+    weekend = weekday >= 5
+    utc_hour = pd.DatetimeIndex(pd.to_datetime(pd.Series(send_at).reset_index(drop=True), utc=True)).hour.to_numpy()
+    offset = ((hour.astype(int) - utc_hour + 12) % 24) - 12
+    values: dict[str, np.ndarray] = {
+        "local_weekday": weekday.astype(np.float32),
+        "is_weekend": weekend.astype(np.float32),
+        "utc_offset": offset.astype(np.float32),
+    }
+    values.update(rhythm_features(matrix, rows, hour, weekend))
+    values["campaign_kind"] = np.asarray(kind, dtype=object)
+    values["topic_affinity"] = _category_share(matrix, rows, topic, no_category="average")
+    values["topic_interest"] = _interest_match(matrix, rows, topic)
+    values.update(_engagement_columns(matrix, rows))
+    attributes, labels = _attribute_columns(matrix, rows)
+    values.update(attributes)
+    return DesignColumns(values, {"campaign_kind": CAMPAIGN_KINDS, **dict.fromkeys(labels)})
+
+
 def open_design(
     matrix: CustomerMatrix,
     rows: np.ndarray,
@@ -211,25 +319,7 @@ def open_design(
     topic: np.ndarray,
 ) -> pd.DataFrame:
     """One design row per (customer row, send time): the open model's inputs."""
-    rows = np.asarray(rows, dtype=np.int64)
-    hour, weekday = local_hour_weekday(send_at.reset_index(drop=True), pd.Series(matrix.timezone[rows]))
-    weekend = weekday >= 5
-    utc_hour = pd.to_datetime(send_at.to_numpy(), utc=True).hour.to_numpy()
-    offset = ((hour.astype(int) - utc_hour + 12) % 24) - 12
-    columns: dict[str, np.ndarray] = {
-        "local_weekday": weekday.astype(np.float32),
-        "is_weekend": weekend.astype(np.float32),
-        "utc_offset": offset.astype(np.float32),
-    }
-    columns.update(rhythm_features(matrix, rows, hour, weekend))
-    design = pd.DataFrame(columns)
-    design["campaign_kind"] = pd.Categorical(
-        kind, categories=["promotional", "newsletter", "triggered", "transactional"]
-    )
-    design["topic_affinity"] = _category_share(matrix, rows, topic, no_category="average")
-    design["topic_interest"] = _interest_match(matrix, rows, topic)
-    design = pd.concat([design, _engagement_scalars(matrix, rows), _attributes(matrix, rows)], axis=1)
-    return design
+    return open_columns(matrix, rows, send_at, kind, topic).frame()
 
 
 @dataclass

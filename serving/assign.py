@@ -17,6 +17,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -46,19 +47,26 @@ def in_holdout(customer_ids: Sequence[str], share: float) -> np.ndarray:
 def local_window_clock(start: datetime, hours: int, zones: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
     """[n, hours] each: the local clock hour (0-23) and weekday (Monday 0) of each hour of the window in each
     row's zone (None or an unknown name: UTC), converted once per zone."""
-    stamps = pd.date_range(start, periods=hours, freq="h", tz=UTC)
     hour = np.empty((len(zones), hours), dtype=np.int64)
     weekday = np.empty((len(zones), hours), dtype=np.int64)
     by_zone: dict[str, list[int]] = {}
     for i, zone in enumerate(zones):
         by_zone.setdefault(zone or "UTC", []).append(i)
     for zone, rows in by_zone.items():
-        try:
-            local = stamps.tz_convert(zone)
-        except (KeyError, ValueError):
-            local = stamps
-        hour[rows] = local.hour.to_numpy()
-        weekday[rows] = local.dayofweek.to_numpy()
+        hour[rows], weekday[rows] = _zone_window(start, hours, zone)
+    return hour, weekday
+
+
+@lru_cache(maxsize=4096)
+def _zone_window(start: datetime, hours: int, zone: str) -> tuple[np.ndarray, np.ndarray]:
+    """The local hours and weekdays of one window in one zone (windows repeat: every request of an hour)."""
+    stamps = pd.date_range(start, periods=hours, freq="h", tz=UTC)
+    try:
+        local = stamps.tz_convert(zone)
+    except (KeyError, ValueError):
+        local = stamps
+    hour, weekday = local.hour.to_numpy().astype(np.int64), local.dayofweek.to_numpy().astype(np.int64)
+    hour.flags.writeable = weekday.flags.writeable = False
     return hour, weekday
 
 

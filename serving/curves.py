@@ -90,18 +90,18 @@ class CurveScorer:
     def hour_part(self, at_hour: np.ndarray, vs_peak: np.ndarray, weekday: np.ndarray) -> np.ndarray:
         return self.table[_cell(self.at_thresholds, at_hour), _cell(self.vs_thresholds, vs_peak), weekday]
 
-    def curves(self, first_hour: pd.DataFrame, hour_features: dict[str, np.ndarray], hours: int) -> np.ndarray:
+    def curves(
+        self, first_hour: pd.DataFrame | np.ndarray, hour_features: dict[str, np.ndarray], hours: int
+    ) -> np.ndarray:
         """[n, hours] open probabilities.
 
-        `first_hour`: each customer's design row at the first hour of the window (the booster scores these);
+        `first_hour`: each customer's design row at the first hour of the window (the booster scores these), as
+        a frame or as the matrix LightGBM converts one to (`features.transform.lightgbm_matrix`);
         `hour_features`: rhythm_at_hour, rhythm_vs_peak and local_weekday of every (customer, hour), row-major.
         """
         n = len(first_hour)
-        raw_first = np.asarray(
-            self.booster.predict(
-                first_hour[self.booster.feature_name()], raw_score=True, num_threads=prediction_threads(n)
-            )
-        )
+        rows = first_hour[self.booster.feature_name()] if isinstance(first_hour, pd.DataFrame) else first_hour
+        raw_first = np.asarray(self.booster.predict(rows, raw_score=True, num_threads=prediction_threads(n)))
         parts = self.hour_part(
             hour_features[AT_HOUR], hour_features[VS_PEAK], hour_features[WEEKDAY].astype(np.int64)
         ).reshape(n, hours)

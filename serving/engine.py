@@ -30,8 +30,11 @@ from features.transform import (
     ENGAGEMENT_FEATURES,
     PROFILE_SIGNALS,
     CustomerMatrix,
+    DesignColumns,
     OfferMatrix,
+    lightgbm_matrix,
     offer_design,
+    open_columns,
     open_design,
     rhythm_features,
 )
@@ -61,7 +64,7 @@ from serving.schemas import (
     RenderRequest,
     RenderResponse,
 )
-from serving.snapshot import FeatureSnapshot, snapshot_signature
+from serving.snapshot import FeatureSnapshot, release_memory, snapshot_signature
 from training.registry import MODEL_NAMES, champion, connect
 
 logger = logging.getLogger(__name__)
@@ -521,6 +524,8 @@ class Engine:
                 return
             self._failed_signature = None
             self._online = OnlineState(snapshot, table, columns)
+            del current  # the old snapshot goes now, not at the next request
+            release_memory()
             self.degraded_reasons = []
 
     def _current_online(self) -> OnlineState | None:
@@ -613,17 +618,19 @@ class Engine:
         model = self.models.get("send_time") or self.models.get("open_propensity")
         if model is None or n == 0:
             return np.full((n, hours), FALLBACK_OPEN_PROBABILITY)
-        first = open_design(
+        columns = open_columns(
             matrix,
             np.arange(n),
             pd.Series(pd.Timestamp(start), index=range(n)),
             np.full(n, kind),
             np.full(n, topic, dtype=object),
         )
-        scorer = self._curve_scorer(model, first, matrix, start, kind, topic)
+        scorer = self._curve_scorer(model, columns, matrix, start, kind, topic)
         if scorer is not None:
+            first = lightgbm_matrix(columns, model.booster)
             hour_features = self._hour_features(matrix, np.arange(n), start, hours)
-            return np.clip(scorer.curves(first, hour_features, hours), 0.0, 1.0)
+            curves = scorer.curves(columns.frame() if first is None else first, hour_features, hours)
+            return np.clip(curves, 0.0, 1.0)
         design = self._window_design(matrix, np.arange(n), start, hours, kind, topic)
         prediction = np.asarray(model.booster.predict(design[model.booster.feature_name()]))
         return np.clip(prediction.reshape(n, hours), 0.0, 1.0)
@@ -653,18 +660,20 @@ class Engine:
     def _curve_scorer(
         self,
         model: LoadedModel,
-        first: pd.DataFrame,
+        columns: DesignColumns,
         matrix: CustomerMatrix,
         start: datetime,
         kind: str,
         topic: str | None,
     ) -> CurveScorer | None:
-        """The model's tabulated hour part, checked against scoring every hour once per model version."""
+        """The model's tabulated hour part, checked against scoring every hour once per model version (on the
+        frames training reads: the reference for the table and for the matrix the curves are scored from)."""
         key = id(model.booster)
         if key in self._scorers:
             return self._scorers[key]
         with self._scorer_lock:
             if key not in self._scorers:
+                first = columns.frame()
                 scorer = CurveScorer.build(model.booster, first.iloc[:1])
                 sample = np.arange(min(len(first), CHECK_CUSTOMERS))
                 features = self._hour_features(matrix, sample, start, CHECK_HOURS)

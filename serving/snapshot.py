@@ -14,8 +14,11 @@ snapshot does not know. `tests/test_snapshot.py` checks the designs built from i
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -35,6 +38,10 @@ BATCH_ROWS = 100_000
 customer and snapshot day, several times the customers)."""
 CONSENT_COLUMNS = ("profiling_allowed", "consent_email", "email_eligible")
 RHYTHMS = ("rhythm_weekday", "rhythm_weekend")
+CONTEXT = ("timezone", "interests", "category_names", "category_views")
+USED = frozenset((*SCALAR_FEATURES, *RHYTHMS, *CONSENT_COLUMNS, *CONTEXT))
+"""The features decisions read (with every `attr_*`): the views' other features (hourly profiles of opens,
+clicks and sessions, country) stay in the tables; reading them too tripled the memory a load peaks at."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +100,8 @@ def latest_rows(source: ViewSource, key: str = "customer_id", with_timestamp: bo
     inside = stamps <= np.datetime64(source.end.astimezone(UTC).replace(tzinfo=None), "us")
     if source.start is not None:
         inside &= stamps >= np.datetime64(source.start.astimezone(UTC).replace(tzinfo=None), "us")
-    codes, _ = pd.factorize(keys[key].to_numpy(zero_copy_only=False))
+    codes = pc.fill_null(pc.dictionary_encode(keys[key].combine_chunks()).indices, -1).to_numpy()
+    inside &= codes >= 0  # a row without a customer id is no customer's
     order = np.lexsort((stamps, codes))
     order = order[inside[order]]
     last = order[np.r_[codes[order][1:] != codes[order][:-1], True]] if len(order) else order
@@ -181,13 +189,18 @@ class FeatureSnapshot:
     def load(
         cls, store: FeatureStore, settings: Settings, progress: Callable[[str], None] | None = None
     ) -> FeatureSnapshot:
+        # The system allocator: what a load frees goes back with malloc_trim (Arrow's default, mimalloc, kept
+        # about 60 MB of a million customers' load resident).
+        pa.set_memory_pool(pa.system_memory_pool())
         signature = snapshot_signature(settings)  # before reading: a change while reading is seen next time
         sources = view_sources(store, settings)
         tables: dict[str, pa.Table] = {}
         for source in sources:
             if progress:
                 progress(f"reading the latest {source.view} rows")
-            tables[source.view] = latest_rows(source)
+            used = tuple(f for f in source.features if f in USED or f.startswith("attr_"))
+            tables[source.view] = latest_rows(replace(source, features=used))
+        release_memory()
         return cls._from_tables(tables, signature, {s.view: s.end for s in sources})
 
     @classmethod
@@ -197,14 +210,12 @@ class FeatureSnapshot:
         signature: tuple[tuple[str, int], ...],
         materialized: dict[str, datetime | None],
     ) -> FeatureSnapshot:
-        ids = pd.Index(
-            pd.unique(
-                np.concatenate([t["customer_id"].to_numpy(zero_copy_only=False) for t in tables.values()])
-                if tables
-                else np.zeros(0, dtype=object)
-            ),
-            dtype=object,
+        keys = {view: pc.cast(t["customer_id"], pa.string()).combine_chunks() for view, t in tables.items()}
+        unique = (
+            pc.unique(pa.chunked_array(list(keys.values()), type=pa.string())) if keys else pa.array([], pa.string())
         )
+        unique = unique.drop_null()
+        ids = pd.Index(unique.to_numpy(zero_copy_only=False), dtype=object)
         n = len(ids)
         scalars = np.full((n + 1, len(SCALAR_FEATURES)), np.nan, dtype=np.float32)
         rhythm = np.zeros((n + 1, 2, HOURS), dtype=np.float32)
@@ -218,10 +229,10 @@ class FeatureSnapshot:
         views = np.zeros((n + 1, 0), dtype=np.float32)
         has_views = np.zeros(n + 1, dtype=bool)
         attributes = pd.DataFrame(index=range(n + 1))
-        for table in tables.values():
+        for view, table in tables.items():
             if table.num_rows == 0:
                 continue
-            at = ids.get_indexer(table["customer_id"].to_numpy(zero_copy_only=False))
+            at = pc.index_in(keys[view], value_set=unique).to_numpy(zero_copy_only=False)
             names = set(table.column_names)
             for k, name in enumerate(SCALAR_FEATURES):
                 if name in names:
@@ -235,30 +246,29 @@ class FeatureSnapshot:
                         pc.cast(table[name], pa.float32()).to_numpy(zero_copy_only=False), nan=0.0
                     )
             if "timezone" in names:
-                zones = table["timezone"].to_numpy(zero_copy_only=False)
-                codes, uniques = pd.factorize(zones, use_na_sentinel=True)
-                zone_names = np.concatenate([np.array([None], dtype=object), uniques.astype(object)])
+                codes, uniques = _coded(table["timezone"])
+                zone_names = np.array([None, *uniques], dtype=object)
                 zone_codes[at] = codes + 1
                 known[at] = codes >= 0
             if "interests" in names:
-                codes, uniques = pd.factorize(table["interests"].to_numpy(zero_copy_only=False))
-                interest_values = [None, *uniques.tolist()]
+                codes, uniques = _coded(table["interests"])
+                interest_values = [None, *uniques]
                 interest_codes[at] = codes + 1
             if "category_names" in names and "category_views" in names:
                 categories, views, has_views = _category_views(table, at, n + 1)
             attribute_columns = sorted(c for c in names if c.startswith("attr_"))
-            if attribute_columns:
-                frame = table.select(attribute_columns).to_pandas()
-                for column in attribute_columns:
-                    values = frame[column]
-                    if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
-                        numbers = np.full(n + 1, np.nan)
-                        numbers[at] = values.to_numpy(dtype=np.float64, na_value=np.nan)
-                        attributes[column] = numbers
-                    else:
-                        labels = np.full(n + 1, None, dtype=object)
-                        labels[at] = values.astype(object).to_numpy()
-                        attributes[column] = pd.Categorical(labels)
+            for column in attribute_columns:
+                values = table[column].combine_chunks()
+                kind = values.type
+                if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
+                    numbers = np.full(n + 1, np.nan)
+                    numbers[at] = pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False)
+                    attributes[column] = numbers
+                else:  # labels, coded in Arrow (a Python string per customer would be a million of them)
+                    encoded = pc.dictionary_encode(pc.cast(values, pa.string()))
+                    codes = np.full(n + 1, -1, dtype=np.int32)
+                    codes[at] = pc.fill_null(encoded.indices, -1).to_numpy()
+                    attributes[column] = pd.Categorical.from_codes(codes, categories=encoded.dictionary.to_pylist())
         return cls(
             index=ids,
             known=known,
@@ -278,12 +288,30 @@ class FeatureSnapshot:
         )
 
 
+def release_memory() -> None:
+    """Hand the memory a load freed back to the system: Arrow's pool and glibc's heap keep it otherwise, and
+    the service's resident memory would stay at the load's peak."""
+    pa.default_memory_pool().release_unused()
+    name = ctypes.util.find_library("c")
+    if name:
+        with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+            ctypes.CDLL(name).malloc_trim(0)
+
+
 def _plain_attributes(frame: pd.DataFrame) -> pd.DataFrame:
     """Labels back as objects (the request's context may add values the snapshot never saw); numbers stay."""
     for column in frame.columns:
         if isinstance(frame[column].dtype, pd.CategoricalDtype):
             frame[column] = frame[column].astype(object)
     return frame
+
+
+def _coded(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
+    """(codes, -1 for null; the distinct strings): coded in Arrow, without a Python string per row."""
+    encoded = pc.dictionary_encode(pc.cast(column, pa.string()).combine_chunks())
+    return pc.fill_null(encoded.indices, -1).to_numpy().astype(np.int32), [
+        str(v) for v in encoded.dictionary.to_pylist()
+    ]
 
 
 def _interest_set(value: str | None) -> frozenset[str]:
@@ -302,10 +330,14 @@ def _category_views(table: pa.Table, at: np.ndarray, rows: int) -> tuple[list[st
     usable = name_lengths == view_lengths
     has_views = np.zeros(rows, dtype=bool)
     has_views[at[usable & (name_lengths > 0)]] = True
-    flat_names = pc.list_flatten(names.filter(pa.array(usable))).to_numpy(zero_copy_only=False)
+    # coded in Arrow: a million customers name several categories each, too many to make Python strings of
+    encoded = pc.dictionary_encode(pc.list_flatten(names.filter(pa.array(usable))))
     flat_views = pc.list_flatten(counts.filter(pa.array(usable))).to_numpy(zero_copy_only=False)
-    codes, vocabulary = pd.factorize(flat_names, sort=True)
+    found = [str(v) for v in encoded.dictionary.to_pylist()]
+    vocabulary = sorted(found)
+    position = np.array([vocabulary.index(v) for v in found], dtype=np.int64)
+    codes = position[pc.fill_null(encoded.indices, 0).to_numpy()] if len(found) else np.zeros(0, dtype=np.int64)
     views = np.zeros((rows, len(vocabulary)), dtype=np.float32)
     owners = np.repeat(at[usable], name_lengths[usable])
     np.add.at(views, (owners, codes), np.nan_to_num(flat_views.astype(np.float32)))
-    return [str(v) for v in vocabulary], views, has_views
+    return vocabulary, views, has_views

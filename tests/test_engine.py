@@ -233,3 +233,42 @@ def test_curves_from_the_hour_table_equal_scoring_every_hour(engine, customers, 
     assert engine._scorers[id(engine.models["send_time"].booster)] is None
     slow = np.array([d.hourly_open_probability for d in again.decisions])
     assert np.abs(slow - direct[:40]).max() < 1e-12
+
+
+def test_the_matrix_serving_scores_equals_the_frame_training_reads(engine, customers) -> None:  # type: ignore[no-untyped-def]
+    """Serving codes labels itself instead of building the frame; the booster must see the same numbers."""
+    from features.transform import lightgbm_matrix, open_columns
+
+    ids = customers["customer_id"].head(300).tolist()
+    recipients = [Recipient(customer_id=i) for i in ids] + [
+        Recipient(
+            customer_id="new-1", timezone="Asia/Tokyo", interests=["Outdoor"], attributes={"attr_loyalty_tier": "gold"}
+        ),
+        Recipient(customer_id="new-2"),
+    ]
+    matrix = engine._served(recipients).matrix
+    n = len(recipients)
+    for rows in (np.arange(n), np.array([n - 2]), np.array([5])):  # a campaign, and single recipients
+        columns = open_columns(
+            matrix,
+            rows,
+            pd.Series([pd.Timestamp(START)] * len(rows)),
+            np.where(rows % 2 == 0, "newsletter", "promotional"),
+            np.array(["outdoor"] * len(rows), dtype=object),
+        )
+        for name in ("open_propensity", "send_time"):
+            booster = engine.models[name].booster
+            coded = lightgbm_matrix(columns, booster)
+            assert coded is not None
+            framed = booster.predict(columns.frame()[booster.feature_name()], raw_score=True)
+            assert np.array_equal(booster.predict(coded, raw_score=True), framed)
+    assert any(c in columns.categories for c in matrix.attributes.columns) or matrix.attributes.empty
+    assert "campaign_kind" in columns.categories
+    # a booster whose categorical features are not the design's is scored from the frame
+    booster = engine.models["open_propensity"].booster
+    trained = booster.pandas_categorical
+    try:
+        booster.pandas_categorical = [*trained, ["extra"]]
+        assert lightgbm_matrix(columns, booster) is None
+    finally:
+        booster.pandas_categorical = trained
