@@ -17,14 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import orjson
 import pandas as pd
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
-from serving.engine import Engine
+from serving.engine import Engine, json_lines
 from serving.schemas import MAX_RECIPIENTS, Campaign, Constraints, DecideRequest, Recipient
 
 CONTEXT_COLUMNS = ("timezone", "country", "interests")
+RECIPIENTS = TypeAdapter(list[Recipient])
 
 
 class BulkInputError(ValueError):
@@ -55,10 +55,14 @@ def _read_table(path: Path) -> pd.DataFrame:
     raise BulkInputError(f"{path}: give recipients as .csv, .jsonl or .parquet (not {suffix or 'no extension'})")
 
 
+SNIFF_LINES = 20
+"""Lines the delimiter is guessed from: csv.Sniffer's time grows fast with its sample (64 KB of ids: 0.65 s)."""
+
+
 def _delimiter(path: Path) -> str:
-    """The CSV's delimiter among , ; tab and |, from its start (a one-column file has none: a comma)."""
+    """The CSV's delimiter among , ; tab and |, from its first lines (a one-column file has none: a comma)."""
     with path.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
-        sample = handle.read(65536)
+        sample = "".join(line for _, line in zip(range(SNIFF_LINES), handle, strict=False))
     try:
         return csv.Sniffer().sniff(sample, delimiters=",;\t|").delimiter
     except csv.Error:
@@ -86,27 +90,31 @@ def read_recipients(path: Path) -> list[Recipient]:
             f"{path}: unknown columns {unknown}: recipients take customer_id, timezone, country, interests and attr_*"
         )
     attributes = [c for c in table.columns if str(c).startswith("attr_")]
-    recipients = []
-    for number, row in enumerate(table.to_dict("records"), start=2 if path.suffix.lower() == ".csv" else 1):
+    rows = []
+    for row in table.to_dict("records"):
 
         def present(name: str, row: dict[str, object] = row) -> object:
             value = row.get(name)
             return None if value is None or value == "" or (isinstance(value, float) and pd.isna(value)) else value
 
-        try:
-            recipients.append(
-                Recipient(
-                    customer_id=str(row["customer_id"]),
-                    timezone=present("timezone"),  # type: ignore[arg-type]
-                    country=present("country"),  # type: ignore[arg-type]
-                    interests=_interests(row.get("interests")),
-                    attributes={a: row[a] for a in attributes if present(a) is not None},  # type: ignore[misc]
-                )
-            )
-        except ValidationError as error:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-            line = "line" if path.suffix.lower() in (".csv", ".jsonl", ".ndjson") else "row"
-            raise BulkInputError(f"{path}, {line} {number}: {problems}") from error
+        rows.append(
+            {
+                "customer_id": str(row["customer_id"]),
+                "timezone": present("timezone"),
+                "country": present("country"),
+                "interests": _interests(row.get("interests")),
+                "attributes": {a: row[a] for a in attributes if present(a) is not None},
+            }
+        )
+    try:
+        recipients = RECIPIENTS.validate_python(rows)  # the whole file in one call: a tenth of one per row
+    except ValidationError as error:
+        errors = error.errors()
+        index = int(errors[0]["loc"][0])
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in errors if e["loc"][0] == index)
+        first = 2 if path.suffix.lower() == ".csv" else 1
+        line = "line" if path.suffix.lower() in (".csv", ".jsonl", ".ndjson") else "row"
+        raise BulkInputError(f"{path}, {line} {index + first}: {problems}") from error
     if not recipients:
         raise BulkInputError(f"{path}: no recipients")
     return recipients
@@ -149,7 +157,7 @@ def decide_all(
                 status[state] = status.get(state, 0) + 1
                 decisions: list[dict[str, object]] = answer["decisions"]  # type: ignore[assignment]
                 sent += sum(bool(d["send"]) for d in decisions)
-                sink.write(b"".join(orjson.dumps(d, option=orjson.OPT_APPEND_NEWLINE) for d in decisions))
+                sink.write(json_lines(decisions, "customer_id"))
                 batches += 1
                 if progress is not None:
                     progress(len(chunk))

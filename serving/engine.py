@@ -96,6 +96,19 @@ class LoadedModel:
     booster: lgb.Booster
 
 
+def json_lines(records: list[dict[str, object]], first_key: str) -> bytes:
+    """One JSON object per line, in one orjson call instead of one per record: the array is split where one
+    object ends and the next begins. `},{"<first_key>":` occurs only there (a quote inside a string is
+    escaped); every record must start with `first_key`, and a count of the lines checks it."""
+    if not records:
+        return b""
+    key = orjson.dumps(first_key)
+    lines = orjson.dumps(records)[1:-1].replace(b"},{" + key + b":", b"}\n{" + key + b":") + b"\n"
+    if lines.count(b"\n") != len(records):  # a nested object starting with the same key: one call each
+        return b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in records)
+    return lines
+
+
 _gc_pauses = 0
 _gc_lock = threading.Lock()
 
@@ -485,7 +498,13 @@ class Engine:
             )
         priors_path = settings.feature_tables_dir / "rhythm_priors.parquet"
         priors = pd.read_parquet(priors_path) if priors_path.exists() else None
-        return cls(settings, store, models, offers, offer_features, SendHistory.from_raw(settings), priors)
+        engine = cls(settings, store, models, offers, offer_features, SendHistory.from_raw(settings), priors)
+        # What was just loaded (models, Feast, MLflow, the snapshot) lives as long as the process: keep it out
+        # of the cycle collector's full passes, which otherwise walk all of it whenever a batch's answer, or a
+        # bulk file's recipients, allocate enough to trigger one.
+        gc.collect()
+        gc.freeze()
+        return engine
 
     def model_versions(self) -> dict[str, str | None]:
         return {name: (self.models[name].version if name in self.models else None) for name in MODEL_NAMES}
@@ -1163,26 +1182,24 @@ class Engine:
         versions = self.model_versions()
         self.settings.decisions_dir.mkdir(parents=True, exist_ok=True)
         path = self.settings.decisions_dir / f"{now:%Y-%m-%d}.jsonl"
-        lines = b"".join(
-            orjson.dumps(
-                {
-                    "decision_id": d["decision_id"],
-                    "customer_id": d["customer_id"],
-                    "decided_at": decided_at,
-                    "campaign": campaign,
-                    "send": d["send"],
-                    "send_at": logged_times.get(d["send_at"]) if d["send_at"] else None,  # type: ignore[arg-type]
-                    "explore": d["explore"],
-                    "propensity": d["propensity"],
-                    "offer_ids": [o["offer_id"] for o in d["offers"]],  # type: ignore[attr-defined]
-                    "exposed_offer_ids": shown.get(d["decision_id"], []),  # type: ignore[arg-type]
-                    "holdout": d["holdout"],
-                    "model_versions": versions,
-                },
-                option=orjson.OPT_APPEND_NEWLINE,
-            )
+        entries = [
+            {
+                "decision_id": d["decision_id"],
+                "customer_id": d["customer_id"],
+                "decided_at": decided_at,
+                "campaign": campaign,
+                "send": d["send"],
+                "send_at": logged_times.get(d["send_at"]) if d["send_at"] else None,  # type: ignore[arg-type]
+                "explore": d["explore"],
+                "propensity": d["propensity"],
+                "offer_ids": [o["offer_id"] for o in d["offers"]],  # type: ignore[attr-defined]
+                "exposed_offer_ids": shown.get(d["decision_id"], []),  # type: ignore[arg-type]
+                "holdout": d["holdout"],
+                "model_versions": versions,
+            }
             for d in decisions
-        )
+        ]
+        lines = json_lines(entries, "decision_id")
         with self._log_lock, path.open("ab") as handle:
             handle.write(lines)
 

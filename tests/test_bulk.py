@@ -70,3 +70,20 @@ def test_a_bad_row_is_named_and_nothing_is_written(pipeline_home, known, tmp_pat
     assert result.exit_code == 2 and "no customer_id column (columns: id)" in " ".join(result.output.split())
     result = _run(pipeline_home, str(source), "--out", str(out), "--window-start", "2026-12-01T07:30:00Z")
     assert result.exit_code == 2 and "window_start must be a whole hour" in " ".join(result.output.split())
+
+
+def test_json_lines_split_one_encoding_into_one_object_per_line() -> None:
+    import orjson
+
+    from serving.engine import json_lines
+
+    tricky = 'c-1"},{"customer_id":"x\n'  # the separator inside a string: escaped there, so not split
+    records = [
+        {"customer_id": tricky, "offers": [{"offer_id": "of-1"}, {"offer_id": "of-2"}], "reasons": ["a", "b"]},
+        {"customer_id": "c-2", "nested": {"customer_id": "inner"}, "reasons": []},
+        {"customer_id": "c-3", "list": [{"customer_id": "first key again"}, {"customer_id": "and again"}]},
+    ]
+    for part in (records[:2], records, records[:1], []):
+        encoded = json_lines(part, "customer_id")
+        assert [orjson.loads(line) for line in encoded.splitlines()] == part
+        assert encoded.count(b"\n") == len(part)
