@@ -29,7 +29,7 @@ class Plan:
     min_offers: int = 12
     online_customers: int = ISSUE_ONLINE_CUSTOMERS
     batch_sizes: tuple[int, ...] = (1, 100, 10_000)
-    repeats: tuple[int, ...] = (50, 10, 3)
+    repeats: tuple[int, ...] = (50, 20, 9)
     """Timed decide calls per batch size (the median is reported)."""
     floor_repeats: int = 5
     bulk_recipients: int = 100_000
@@ -50,7 +50,7 @@ class Plan:
         quick = cls(
             customers=20_000,
             online_customers=200_000,
-            repeats=(10, 3, 1),
+            repeats=(10, 3, 3),
             floor_repeats=2,
             bulk_recipients=20_000,
             http_batch_calls=3,

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 from pydantic import TypeAdapter, ValidationError
 
-from serving.engine import Engine, json_lines
+from serving.engine import Engine, collector_paused, json_lines
 from serving.schemas import MAX_RECIPIENTS, Campaign, Constraints, DecideRequest, Recipient
 
 CONTEXT_COLUMNS = ("timezone", "country", "interests")
@@ -130,7 +130,9 @@ def decide_file(
 ) -> BulkSummary:
     """Decide every recipient of the file with `request`'s campaign, window and constraints (its own
     recipients are ignored); a per-hour cap is a share of each batch, as over HTTP."""
-    return decide_all(engine, read_recipients(recipients_path), out_path, request, batch_size, progress)
+    with collector_paused():  # 100,000s of recipients that live until the end: no cycle among them
+        recipients = read_recipients(recipients_path)
+    return decide_all(engine, recipients, out_path, request, batch_size, progress)
 
 
 def decide_all(
@@ -152,12 +154,14 @@ def decide_all(
         with partial.open("wb") as sink:
             for first in range(0, len(recipients), batch_size):
                 chunk = recipients[first : first + batch_size]
-                answer = engine.decide_payload(template.model_copy(update={"recipients": chunk}))
-                state = str(answer["status"])
-                status[state] = status.get(state, 0) + 1
-                decisions: list[dict[str, object]] = answer["decisions"]  # type: ignore[assignment]
-                sent += sum(bool(d["send"]) for d in decisions)
-                sink.write(json_lines(decisions, "customer_id"))
+                with collector_paused():  # until the batch is written: its objects go before a collection runs
+                    answer = engine.decide_payload(template.model_copy(update={"recipients": chunk}))
+                    state = str(answer["status"])
+                    status[state] = status.get(state, 0) + 1
+                    decisions: list[dict[str, object]] = answer["decisions"]  # type: ignore[assignment]
+                    sent += sum(bool(d["send"]) for d in decisions)
+                    sink.write(json_lines(decisions, "customer_id"))
+                    del answer, decisions
                 batches += 1
                 if progress is not None:
                     progress(len(chunk))

@@ -114,10 +114,11 @@ _gc_lock = threading.Lock()
 
 
 @contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Python's cycle collector off while a batch's answer is built (from the first pause to the last resume,
-    across threads). The answer is 100,000s of new dicts and lists without a cycle among them, and every
-    full collection they trigger walks everything the process holds: a third of a 10,000-recipient decide."""
+def collector_paused() -> Iterator[None]:
+    """Python's cycle collector off while a batch is decided (from the first pause to the last resume, across
+    threads). A batch allocates 100,000s of dicts, lists and sets without a cycle among them (its features,
+    its answer), and every full collection they trigger walks everything the process holds that is not frozen:
+    a third of a 10,000-recipient decide."""
     global _gc_pauses
     with _gc_lock:
         _gc_pauses += 1
@@ -799,10 +800,15 @@ class Engine:
 
     def decide_json(self, request: DecideRequest) -> bytes:
         """The answer of `/v1/decide`, encoded: what the service and the bulk path send."""
-        return orjson.dumps(self.decide_payload(request))
+        with collector_paused():  # until the answer is bytes: its objects are gone before a collection runs
+            return orjson.dumps(self._decide_payload(request))
 
     def decide_payload(self, request: DecideRequest) -> dict[str, object]:
         """One decision per recipient, in request order, as plain data in the shape of `DecideResponse`."""
+        with collector_paused():
+            return self._decide_payload(request)
+
+    def _decide_payload(self, request: DecideRequest) -> dict[str, object]:
         start = request.resolved_window_start()
         kind, topic = request.campaign.kind, request.campaign.topic
         constraints = request.constraints or Constraints()
@@ -854,8 +860,7 @@ class Engine:
             control=np.flatnonzero(kinds == "control"),
             excluded=self._repeated_offers(ids, offers, start, constraints.no_repeat_offer_days, sendable),
         )
-        with _collector_paused():
-            decisions = self._decisions(batch, request.recipients)
+        decisions = self._decisions(batch, request.recipients)
         self._log_decisions(decisions, request, batch.shown_offers, dict(batch.window_times))
         return {
             "model_versions": self.model_versions(),
