@@ -87,3 +87,27 @@ def test_json_lines_split_one_encoding_into_one_object_per_line() -> None:
         encoded = json_lines(part, "customer_id")
         assert [orjson.loads(line) for line in encoded.splitlines()] == part
         assert encoded.count(b"\n") == len(part)
+
+
+def test_recipients_carry_only_the_context_the_file_has(tmp_path: Path) -> None:
+    from serving.bulk import read_recipients
+
+    source = tmp_path / "recipients.parquet"
+    pd.DataFrame(
+        {
+            "customer_id": ["c-1", "new-2", "new-3"],
+            "timezone": [None, "Asia/Tokyo", ""],
+            "interests": [None, "books| outdoor", ""],
+            "attr_loyalty_tier": ["gold", None, "basic"],
+            "attr_age": [31.0, float("nan"), 40.0],
+        }
+    ).to_parquet(source)
+    first, second, third = read_recipients(source)
+    assert (first.customer_id, first.timezone, first.interests) == ("c-1", None, [])
+    assert first.attributes == {"attr_loyalty_tier": "gold", "attr_age": 31.0}
+    assert (second.timezone, second.interests, second.attributes) == ("Asia/Tokyo", ["books", "outdoor"], {})
+    assert third.attributes == {"attr_loyalty_tier": "basic", "attr_age": 40.0} and third.timezone is None
+    ids_only = tmp_path / "ids.csv"
+    ids_only.write_text("customer_id\n c-9 \n")
+    (only,) = read_recipients(ids_only)
+    assert (only.customer_id, only.timezone, only.attributes) == ("c-9", None, {})  # stripped, defaults
