@@ -46,6 +46,8 @@ K_OFFERS = 50
 WARM_UP = 100
 TARGET_RATE = Target("at least", 20_000, "≥ 20,000/s")
 TARGET_OVERHEAD = Target("at most", 1.5, "≤ 1.5×")
+BULK_RUNS = 3
+"""Times the bulk path decides its file (the median is reported)."""
 ONLINE_CHUNK = 1000
 
 
@@ -302,20 +304,25 @@ def time_bulk(home: BenchHome, plan: Plan, console: Console) -> Row:
         source, out = Path(directory) / "campaign.csv", Path(directory) / "decisions.jsonl"
         pd.DataFrame({"customer_id": home.recipients[:count]}).to_csv(source, index=False)
         template = decide_request(home.recipients[:1], home.window_start)
+        spent = []
         with progress(console) as bar:
-            task = bar.add_task(f"sendwise decide, {count:,} recipients", total=count)
-            summary = decide_file(engine, source, out, template, progress=lambda k: bar.advance(task, k))
+            task = bar.add_task(f"sendwise decide, {count:,} recipients", total=count * BULK_RUNS)
+            for _ in range(BULK_RUNS):
+                began = time.perf_counter()  # reading the file included: what the job costs
+                summary = decide_file(engine, source, out, template, progress=lambda k: bar.advance(task, k))
+                spent.append(time.perf_counter() - began)
+                clear_decision_log(settings)
         written = out.stat().st_size
-    clear_decision_log(settings)
-    per_second = summary.recipients / summary.seconds
+    median = statistics.median(spent)
+    per_second = summary.recipients / median
     return Row(
         SECTION,
         f"bulk path, {summary.recipients:,} recipients file to file",
         per_second,
         rate(per_second),
         TARGET_RATE,
-        f"`sendwise decide`: read, {summary.batches} batches of decide, {written / 1e6:,.0f} MB of JSON lines "
-        f"written, in {seconds(summary.seconds)}",
+        f"`sendwise decide`, median of {BULK_RUNS} runs: read and check the CSV, {summary.batches} batches of "
+        f"decide, {written / 1e6:,.0f} MB of JSON lines written, in {seconds(median)}",
     )
 
 
