@@ -127,10 +127,10 @@ def _share_matrix(matrix: CustomerMatrix) -> tuple[list[str], np.ndarray]:
     for r, names in enumerate(matrix.category_names):
         if names and len(names) == len(matrix.category_views[r]):
             groups.setdefault(tuple(names), []).append(r)
-    for names, members in groups.items():  # rows of one snapshot share their category list: stack them
+    for group, members in groups.items():  # rows of one snapshot share their category list: stack them
         views = np.stack([matrix.category_views[r] for r in members])
         total = views.sum(axis=1, keepdims=True)
-        columns = [position[name] for name in names]
+        columns = [position[name] for name in group]
         shares[np.ix_(members, columns)] = np.divide(views, total, out=np.zeros_like(views), where=total > 0)
     return vocabulary, shares
 

@@ -1194,11 +1194,11 @@ class Engine:
                 "decided_at": decided_at,
                 "campaign": campaign,
                 "send": d["send"],
-                "send_at": logged_times.get(d["send_at"]) if d["send_at"] else None,  # type: ignore[arg-type]
+                "send_at": logged_times.get(str(d["send_at"])) if d["send_at"] else None,
                 "explore": d["explore"],
                 "propensity": d["propensity"],
                 "offer_ids": [o["offer_id"] for o in d["offers"]],  # type: ignore[attr-defined]
-                "exposed_offer_ids": shown.get(d["decision_id"], []),  # type: ignore[arg-type]
+                "exposed_offer_ids": shown.get(str(d["decision_id"]), []),
                 "holdout": d["holdout"],
                 "model_versions": versions,
             }

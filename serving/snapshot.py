@@ -27,7 +27,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from feast import FeatureStore
+from feast import FeatureStore, FileSource
 
 from features.transform import HOURS, SCALAR_FEATURES, CustomerMatrix
 from sendwise.settings import Settings
@@ -70,6 +70,8 @@ def view_sources(store: FeatureStore, settings: Settings) -> list[ViewSource]:
     for projection in service.feature_view_projections:
         view = store.get_feature_view(projection.name)
         source = view.batch_source
+        if not isinstance(source, FileSource):
+            raise TypeError(f"{view.name} reads {type(source).__name__}: the snapshot reads Parquet file sources")
         intervals = view.materialization_intervals
         sources.append(
             ViewSource(
