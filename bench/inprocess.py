@@ -311,8 +311,9 @@ def time_bulk(home: BenchHome, plan: Plan, console: Console) -> Row:
                 began = time.perf_counter()  # reading the file included: what the job costs
                 summary = decide_file(engine, source, out, template, progress=lambda k: bar.advance(task, k))
                 spent.append(time.perf_counter() - began)
+                written = out.stat().st_size
+                out.unlink()  # the next run writes a new file, as a campaign's job does
                 clear_decision_log(settings)
-        written = out.stat().st_size
     median = statistics.median(spent)
     per_second = summary.recipients / median
     return Row(

@@ -12,6 +12,7 @@ half-written file under the output name.
 from __future__ import annotations
 
 import csv
+import gc
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -137,6 +138,7 @@ def decide_file(
     recipients are ignored); a per-hour cap is a share of each batch, as over HTTP."""
     with collector_paused():  # 100,000s of recipients that live until the end: no cycle among them
         recipients = read_recipients(recipients_path)
+        gc.freeze()  # nor need they be walked by every collection while the job runs
     return decide_all(engine, recipients, out_path, request, batch_size, progress)
 
 
