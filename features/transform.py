@@ -9,6 +9,7 @@ schedule.
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 import lightgbm as lgb
@@ -55,13 +56,12 @@ class CustomerMatrix:
 
     customer_id: np.ndarray
     timezone: np.ndarray
-    interests: list[set[str]]
+    interests: list[AbstractSet[str]]
     profiles: dict[str, np.ndarray]  # "open_weekday" -> [n, 24]
     scalars: pd.DataFrame
     attributes: pd.DataFrame
     category_names: list[list[str]]
     category_views: list[np.ndarray]
-    has_history: np.ndarray
 
     def __len__(self) -> int:
         return len(self.customer_id)
@@ -99,12 +99,10 @@ def customer_matrix(rows: pd.DataFrame) -> CustomerMatrix:
         np.asarray(v, dtype=np.float32) if v is not None and not isinstance(v, float) else np.zeros(0, np.float32)
         for v in column("category_views", None)
     ]
-    interests = [
+    interests: list[AbstractSet[str]] = [
         {s.strip().lower() for s in str(v).split("|") if s.strip()} if isinstance(v, str) else set()
         for v in column("interests", "")
     ]
-    emails = scalars["n_emails"].fillna(0).to_numpy()
-    sessions = scalars["n_sessions"].fillna(0).to_numpy()
     return CustomerMatrix(
         customer_id=column("customer_id", "").astype(str).to_numpy(),
         timezone=column("timezone", "UTC").fillna("UTC").astype(str).to_numpy(),
@@ -114,7 +112,6 @@ def customer_matrix(rows: pd.DataFrame) -> CustomerMatrix:
         attributes=attributes,
         category_names=names,
         category_views=views,
-        has_history=(emails > 0) | (sessions > 0),
     )
 
 
@@ -186,10 +183,6 @@ def _engagement_columns(matrix: CustomerMatrix, rows: np.ndarray, cumulative: bo
     return scalars if cumulative else {k: v for k, v in scalars.items() if k not in CUMULATIVE}
 
 
-def _engagement_scalars(matrix: CustomerMatrix, rows: np.ndarray, cumulative: bool = False) -> pd.DataFrame:
-    return pd.DataFrame(_engagement_columns(matrix, rows, cumulative))
-
-
 def _attribute_columns(matrix: CustomerMatrix, rows: np.ndarray) -> tuple[dict[str, np.ndarray], list[str]]:
     """The attributes of the rows, and which of them are labels (categorical): the non-numeric ones."""
     values, labels = {}, []
@@ -199,11 +192,6 @@ def _attribute_columns(matrix: CustomerMatrix, rows: np.ndarray) -> tuple[dict[s
         if not pd.api.types.is_numeric_dtype(series):
             labels.append(column)
     return values, labels
-
-
-def _attributes(matrix: CustomerMatrix, rows: np.ndarray) -> pd.DataFrame:
-    values, labels = _attribute_columns(matrix, rows)
-    return DesignColumns(values, dict.fromkeys(labels)).frame()
 
 
 def rhythm_features(
@@ -353,22 +341,26 @@ class OfferMatrix:
         return len(self.offer_id)
 
 
+OFFER_KINDS = ["discount", "content", "control"]
+
+
 def offer_design(matrix: CustomerMatrix, rows: np.ndarray, offers: OfferMatrix, offer_rows: np.ndarray) -> pd.DataFrame:
     """One design row per (customer row, offer row): the next-best-offer model's inputs."""
     rows = np.asarray(rows, dtype=np.int64)
     offer_rows = np.asarray(offer_rows, dtype=np.int64)
     categories = offers.category[offer_rows]
-    design = pd.DataFrame(
-        {
-            "offer_id": pd.Categorical(offers.offer_id[offer_rows]),
-            "offer_kind": pd.Categorical(offers.kind[offer_rows], categories=["discount", "content", "control"]),
-            "offer_category": pd.Categorical(categories),
-            "discount_pct": offers.discount_pct[offer_rows],
-            "price": offers.price[offer_rows],
-            "margin": offers.margin[offer_rows],
-            "category_affinity": _category_share(matrix, rows, categories),
-            "category_interest": _interest_match(matrix, rows, categories),
-        }
-    )
-    engagement = _engagement_scalars(matrix, rows, cumulative=True)
-    return pd.concat([design, engagement, _attributes(matrix, rows)], axis=1)
+    values: dict[str, np.ndarray] = {
+        "offer_id": offers.offer_id[offer_rows],
+        "offer_kind": offers.kind[offer_rows],
+        "offer_category": categories,
+        "discount_pct": offers.discount_pct[offer_rows],
+        "price": offers.price[offer_rows],
+        "margin": offers.margin[offer_rows],
+        "category_affinity": _category_share(matrix, rows, categories),
+        "category_interest": _interest_match(matrix, rows, categories),
+    }
+    values.update(_engagement_columns(matrix, rows, cumulative=True))
+    attributes, labels = _attribute_columns(matrix, rows)
+    values.update(attributes)
+    kinds = {"offer_id": None, "offer_kind": OFFER_KINDS, "offer_category": None, **dict.fromkeys(labels)}
+    return DesignColumns(values, kinds).frame()

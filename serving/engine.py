@@ -28,7 +28,6 @@ from features.labels import message_sends
 from features.store import open_store
 from features.transform import (
     ENGAGEMENT_FEATURES,
-    PROFILE_SIGNALS,
     CustomerMatrix,
     DesignColumns,
     OfferMatrix,
@@ -72,11 +71,10 @@ logger = logging.getLogger(__name__)
 SNAPSHOT_CHECK_SECONDS = 10.0
 """How often a decision looks whether the feature tables or the registry changed (a new materialization)."""
 OFFER_CHUNK = 20_000
+"""Customers whose offers are scored per booster call when a snapshot is read."""
 OFFER_SETS_KEPT = 256
 """Eligible offer sets remembered (by window start and offer list); all are forgotten when more are asked for."""
-"""Customers whose offers are scored per booster call when a snapshot is read."""
 SAMPLE_FOR_POPULATION = 400
-PROFILE_COLUMNS = tuple(f"{s}_hours_{d}" for s in PROFILE_SIGNALS for d in ("weekday", "weekend"))
 FALLBACK_OPEN_PROBABILITY = 0.2
 CHECK_CUSTOMERS = 50
 CHECK_HOURS = 48
@@ -596,7 +594,6 @@ class Engine:
                 matrix.category_names[i] = []
                 matrix.category_views[i] = np.zeros(0, dtype=np.float32)
             self._pool_rhythms(matrix, blank)
-            matrix.has_history[blank] = False
         return Served(
             online=online,
             matrix=matrix,

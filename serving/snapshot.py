@@ -148,7 +148,6 @@ class FeatureSnapshot:
     has_views: np.ndarray  # an engagement row with a category list
     attributes: pd.DataFrame  # the attr_* columns, one row per array row
     signature: tuple[tuple[str, int], ...]  # `snapshot_signature` when read: another one means a stale snapshot
-    materialized: dict[str, datetime | None]
 
     @property
     def empty_row(self) -> int:
@@ -168,24 +167,21 @@ class FeatureSnapshot:
         named = self.has_views[rows]
         vocabulary = list(self.categories)
         scalars = pd.DataFrame(self.scalars[rows], columns=list(SCALAR_FEATURES))
-        emails = np.nan_to_num(self.scalars[rows, SCALAR_FEATURES.index("n_emails")])
-        sessions = np.nan_to_num(self.scalars[rows, SCALAR_FEATURES.index("n_sessions")])
         return CustomerMatrix(
             customer_id=np.asarray(customer_ids, dtype=object),
             timezone=self.zones[self.zone_codes[rows]],
-            interests=[set(self.interest_sets[c]) for c in self.interest_codes[rows]],
+            interests=[self.interest_sets[c] for c in self.interest_codes[rows]],  # shared, never changed
             profiles={name: self.rhythm[rows, k].copy() for k, name in enumerate(RHYTHMS)},
             scalars=scalars,
             attributes=_plain_attributes(self.attributes.iloc[rows].reset_index(drop=True)),
             category_names=[vocabulary if has else [] for has in named],
             category_views=list(views),
-            has_history=(emails > 0) | (sessions > 0),
         )
 
     @classmethod
     def empty(cls) -> FeatureSnapshot:
         """No customers at all (no feature store yet): every recipient is unknown."""
-        return cls._from_tables({}, (), {})
+        return cls._from_tables({}, ())
 
     @classmethod
     def load(
@@ -203,14 +199,13 @@ class FeatureSnapshot:
             used = tuple(f for f in source.features if f in USED or f.startswith("attr_"))
             tables[source.view] = latest_rows(replace(source, features=used))
         release_memory()
-        return cls._from_tables(tables, signature, {s.view: s.end for s in sources})
+        return cls._from_tables(tables, signature)
 
     @classmethod
     def _from_tables(
         cls,
         tables: dict[str, pa.Table],
         signature: tuple[tuple[str, int], ...],
-        materialized: dict[str, datetime | None],
     ) -> FeatureSnapshot:
         keys = {view: pc.cast(t["customer_id"], pa.string()).combine_chunks() for view, t in tables.items()}
         unique = (
@@ -286,7 +281,6 @@ class FeatureSnapshot:
             has_views=has_views,
             attributes=attributes,
             signature=signature,
-            materialized=materialized,
         )
 
 
