@@ -14,12 +14,15 @@ Health (`/healthz`, `/livez`, `/readyz`), `/metrics` and the docs stay open.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import hmac
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from bentoml._internal.server.http import traffic
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -233,6 +236,50 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return await receive()
 
     return replay
+
+
+class RequestTimeout(traffic.TimeoutMiddleware):
+    """BentoML's per-request timeout (`traffic.timeout`), without its leak.
+
+    BentoML 1.4's `TimeoutMiddleware` arms a `loop.call_later` timer per request and never cancels it. The
+    timer lives for the whole timeout (300 s here) and holds the request's context: its OpenTelemetry span,
+    about 20 objects in all. At 1,000 requests a second that is millions of live objects, and the cycle
+    collector's full passes over them stalled every client for 40 ms at first, 200 ms after 8 seconds, growing
+    with the load. This one arms the timer in an empty context and cancels it when the request is done.
+    A request still running at the timeout is answered 504 in the shape of every other error.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        loop = asyncio.get_running_loop()
+        started: asyncio.Future[None] = loop.create_future()
+        timer = loop.call_later(self.timeout, self._set_timer_out, started, context=contextvars.Context())
+
+        async def send_started(message: Message) -> None:
+            if not started.done():
+                started.set_result(None)
+            await send(message)
+
+        handling = asyncio.ensure_future(self.app(scope, receive, send_started))
+        try:
+            await started
+        except TimeoutError:
+            if handling.cancel():
+                text = f"the request took longer than {self.timeout:g} s; send smaller batches"
+                await send_answer(send, 504, ErrorAnswer(error="timeout", message=text))
+        else:
+            await handling
+        finally:
+            timer.cancel()
+
+
+def fix_request_timeout() -> None:
+    """Make BentoML build its timeout middleware from `RequestTimeout`. Call it before the service's app is
+    built (`serving.service` does at import, in the server and in each worker): BentoML imports the class from
+    this module when it assembles the middlewares."""
+    traffic.TimeoutMiddleware = RequestTimeout  # type: ignore[misc]
 
 
 class QuietClientErrors(logging.Filter):

@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
 from sendwise.settings import Settings
-from serving.http_app import ApiGuard, quiet_client_errors, status_metrics
+from serving.http_app import ApiGuard, fix_request_timeout, quiet_client_errors, status_metrics
 from serving.schemas import (
     DecideRequest,
     DecideResponse,
@@ -52,6 +52,8 @@ def load_engine(settings: Settings) -> Engine:
 
     return Engine.load(settings)
 
+
+fix_request_timeout()
 
 info_app = FastAPI(title="sendwise", docs_url=None, redoc_url=None, openapi_url=None)
 

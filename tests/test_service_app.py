@@ -6,10 +6,14 @@ the error answers and the isolation of failures are checked against a small fake
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import gc
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator, Iterator
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -19,7 +23,7 @@ import pytest
 
 import serving.service as service_module
 from sendwise.settings import Settings
-from serving.http_app import QuietClientErrors, field_name, validation_answer
+from serving.http_app import QuietClientErrors, RequestTimeout, field_name, validation_answer
 from serving.schemas import (
     DecideRequest,
     DecideResponse,
@@ -567,3 +571,80 @@ def test_validation_tracebacks_become_one_info_line() -> None:
     assert QuietClientErrors().filter(record)
     assert record.levelno == logging.INFO and record.exc_info is None
     assert record.getMessage() == "Invalid request on /v1/decide [POST], answered with a 4xx"
+
+
+# --- the request timeout ------------------------------------------------------------------------------------
+
+
+class _RequestState:
+    """What a request's context holds (as its tracing span does), watched through a weak reference."""
+
+
+_request_state: contextvars.ContextVar[_RequestState] = contextvars.ContextVar("request_state")
+
+
+def _slow_app(delay_s: float) -> Callable[..., Any]:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await asyncio.sleep(delay_s)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"done"})
+
+    return app
+
+
+async def _call(app: Any, states: list[weakref.ref[_RequestState]]) -> tuple[int, bytes]:
+    """One request through `app`, in a context of its own that holds a fresh `_RequestState`, as BentoML's
+    tracing middleware, outside the timeout, puts the request's span in the context."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def traced() -> None:
+        state = _RequestState()
+        states.append(weakref.ref(state))
+        _request_state.set(state)
+        await app({"type": "http", "path": "/v1/decide", "method": "POST", "headers": []}, receive, send)
+
+    await asyncio.get_running_loop().create_task(traced(), context=contextvars.copy_context())
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return sent[0]["status"], body
+
+
+def test_bentoml_builds_its_timeout_middleware_from_request_timeout() -> None:
+    from bentoml._internal.server.http import traffic
+
+    app: Any = cast(Any, service_module.Sendwise).to_asgi()
+
+    assert traffic.TimeoutMiddleware is RequestTimeout
+    timeouts = [m for m in app.user_middleware if m.cls is RequestTimeout]
+    assert [m.kwargs["timeout"] for m in timeouts] == [service_module.REQUEST_TIMEOUT_SECONDS]
+
+
+async def test_an_answered_request_leaves_nothing_behind_until_the_timeout() -> None:
+    """BentoML's own middleware kept a timer per request for the whole timeout, and with it the request's
+    context: at a thousand requests a second, millions of objects for the cycle collector to walk."""
+    states: list[weakref.ref[_RequestState]] = []
+    guarded = RequestTimeout(_slow_app(0.0), timeout=300.0)
+
+    answers = [await _call(guarded, states) for _ in range(200)]
+    await asyncio.sleep(0)  # the loop's callbacks for the last request
+    gc.collect()
+
+    assert answers == [(200, b"done")] * 200
+    assert len(states) == 200
+    assert [ref for ref in states if ref() is not None] == []
+
+
+async def test_a_request_past_the_timeout_is_a_504_in_the_error_shape() -> None:
+    guarded = RequestTimeout(_slow_app(5.0), timeout=0.05)
+
+    status, body = await _call(guarded, [])
+
+    assert status == 504
+    answer = json.loads(body)
+    assert answer["error"] == "timeout"
+    assert answer["message"] == "the request took longer than 0.05 s; send smaller batches"
