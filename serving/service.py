@@ -8,8 +8,10 @@ Routes (all JSON; `/v1/*` need `Authorization: Bearer <token>` when `SENDWISE_AP
 - `GET /healthz`, `/livez`, `/readyz`, `/metrics`, `/docs.json`: BentoML's own. `/readyz` stays ready when a
   dependency is degraded; the answers, `/v1/models` and the `sendwise_degraded` metric say so instead.
 
-The APIs are plain (sync) methods: BentoML runs them in its thread pool (`threads`), so the event loop keeps
-answering health checks while a big batch is being decided. An exception in the engine becomes a 500 for that
+`/v1/render` and `/v1/explain` are plain (sync) methods: BentoML runs them in its thread pool (`threads`).
+`/v1/decide` is async and runs the engine in worker threads itself, merging small requests that arrive
+together (`serving.coalesce`). Either way the event loop keeps answering health checks while a big batch is
+being decided. An exception in the engine becomes a 500 for that
 request only (BentoML logs it); `serving.http_app.ApiGuard` shapes every `/v1` error answer.
 """
 
@@ -18,12 +20,14 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, cast
 
+import anyio
 import bentoml
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
 from sendwise.settings import Settings
+from serving.coalesce import DecideCoalescer
 from serving.http_app import ApiGuard, fix_request_timeout, quiet_client_errors, status_metrics
 from serving.schemas import (
     DecideRequest,
@@ -68,16 +72,32 @@ class Sendwise:
         settings.activate()
         self.settings = settings
         self.engine = load_engine(settings)
+        self._limiter: anyio.CapacityLimiter | None = None
+        self._coalescer: DecideCoalescer | None = None
         quiet_client_errors()
 
     @bentoml.api(route="/v1/decide", output_spec=DecideResponse)
-    def decide(self, request: DecideRequest, /) -> Response:
+    async def decide(self, request: DecideRequest, /) -> Response:
         """One decision per recipient, in request order: whether and when to send, offers, reasons.
 
         The engine builds the answer as plain data in the shape of `DecideResponse` and it is sent encoded as it
         is (orjson): validating 10,000 decisions into models only to serialize them again cost more than
-        deciding them."""
-        return Response(self.engine.decide_json(request), media_type="application/json")
+        deciding them. Small requests that arrive together are decided together (`serving.coalesce`); the
+        engine runs in worker threads either way, at most `ENGINE_THREADS` at once, so the event loop keeps
+        answering."""
+        limiter, coalescer = self._decide_workers()
+        if coalescer.takes(request):
+            body = await coalescer.decide(request)
+        else:
+            body = await anyio.to_thread.run_sync(self.engine.decide_json, request, limiter=limiter)
+        return Response(body, media_type="application/json")
+
+    def _decide_workers(self) -> tuple[anyio.CapacityLimiter, DecideCoalescer]:
+        """Made in the event loop on first use (anyio binds a limiter to the running loop)."""
+        if self._limiter is None or self._coalescer is None:
+            self._limiter = anyio.CapacityLimiter(ENGINE_THREADS)
+            self._coalescer = DecideCoalescer(self.engine.decide_payload, self._limiter)
+        return self._limiter, self._coalescer
 
     @bentoml.api(route="/v1/render")
     def render(self, request: RenderRequest, /) -> RenderResponse:

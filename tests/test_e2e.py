@@ -120,6 +120,56 @@ def test_decide_over_http_answers_values(service: str, pipeline_home) -> None:  
     assert new["cold_start"] is True and new["send"] is True
 
 
+def test_single_recipients_sent_at_once_get_what_one_batch_gets(service: str, pipeline_home) -> None:  # type: ignore[no-untyped-def]
+    """Triggered emails arrive one recipient at a time from many clients; the service decides those that arrive
+    together in one call (`serving.coalesce`). Each client must get its own recipient's decision, the one a
+    batch of them all gets (exploration off, so the hour is the curve's best)."""
+    import asyncio
+
+    customers = load_table(pipeline_home.settings, "customers")
+    assert customers is not None
+    ids = customers.loc[customers["consent_email"], "customer_id"].iloc[200:248].tolist()
+    common = {
+        "campaign": {"kind": "promotional", "topic": "outdoor"},
+        "window_start": START.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "explore_share": 0.0,
+        "k_offers": 5,
+    }
+    batch = httpx.post(
+        f"{service}/v1/decide", json={"recipients": [{"customer_id": i} for i in ids], **common}, headers=_auth()
+    )
+    assert batch.status_code == 200, batch.text
+    expected = {d["customer_id"]: d for d in batch.json()["decisions"]}
+
+    async def clients() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=service, headers=_auth(), timeout=60) as http:
+
+            async def client(mine: list[str]) -> list[httpx.Response]:
+                return [
+                    await http.post("/v1/decide", json={"recipients": [{"customer_id": i}], **common}) for i in mine
+                ]
+
+            answers = await asyncio.gather(*(client(ids[k::8]) for k in range(8)))
+        return [answer for k in range(len(ids)) for answer in [answers[k % 8][k // 8]]]
+
+    answers = asyncio.run(clients())
+
+    assert [a.status_code for a in answers] == [200] * len(ids)
+    singles = [a.json()["decisions"] for a in answers]
+    assert [len(d) for d in singles] == [1] * len(ids)
+    assert [d[0]["customer_id"] for d in singles] == ids
+    assert len({d[0]["decision_id"] for d in singles}) == len(ids)
+    for (single,) in singles:
+        alone, in_batch = single, expected[single["customer_id"]]
+        assert alone["hourly_open_probability"] == pytest.approx(in_batch["hourly_open_probability"], abs=1e-12)
+        assert (alone["send"], alone["send_at"], alone["modules"]) == (
+            in_batch["send"],
+            in_batch["send_at"],
+            in_batch["modules"],
+        )
+        assert alone["offers"] == in_batch["offers"]
+
+
 def test_render_over_http(service: str, pipeline_home) -> None:  # type: ignore[no-untyped-def]
     customers = load_table(pipeline_home.settings, "customers")
     assert customers is not None

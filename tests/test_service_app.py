@@ -88,6 +88,9 @@ class FakeEngine:
     def decide_json(self, request: DecideRequest) -> bytes:
         return self.decide(request).model_dump_json().encode()
 
+    def decide_payload(self, request: DecideRequest) -> dict[str, Any]:
+        return self.decide(request).model_dump(mode="json")
+
     def render(self, request: RenderRequest) -> RenderResponse:
         self.requests.append(request)
         return RenderResponse(

@@ -1,0 +1,161 @@
+"""Small `/v1/decide` requests that arrive together are decided together.
+
+A triggered email asks for one recipient. Deciding one costs a few milliseconds, nearly all of it fixed per call
+(building the design, one booster call per model, the decision log), and deciding eight costs about the same.
+So the service does not decide small requests one by one: while the engine decides, the small requests that
+arrive wait in a queue, and the next call decides every waiting request that asks the same question (the same
+campaign, window, offers and constraints: everything but the recipients) as one batch. Each client gets the
+decisions of its own recipients, in its own order, with the answer's `model_versions` and `status`.
+
+- Only requests whose every rule is per recipient are merged. `max_share_per_hour` limits what one hour gets of
+  *a batch*, so a request with it is decided on its own, as are large requests (they are batches already).
+- A merged call that fails is decided again request by request, so that a request that breaks the engine
+  fails alone (a 500 for that client) and the others are answered.
+- Exploration draws and decision ids are per recipient, so a merged decision is one the request could have got
+  alone; each merged call appends the decision log once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import orjson
+
+from serving.schemas import DecideRequest
+
+logger = logging.getLogger(__name__)
+
+MAX_MERGED_RECIPIENTS = 256
+"""A request with more recipients than this is decided on its own, and merged calls stop growing here."""
+
+Payload = dict[str, Any]
+
+
+def mergeable(request: DecideRequest, max_recipients: int = MAX_MERGED_RECIPIENTS) -> bool:
+    """A small request whose rules are all per recipient."""
+    small = len(request.recipients) <= max_recipients
+    per_recipient = request.constraints is None or request.constraints.max_share_per_hour is None
+    return small and per_recipient
+
+
+def question(request: DecideRequest) -> str:
+    """What a request asks, its recipients aside: requests merge only when this is equal."""
+    return request.model_dump_json(exclude={"recipients"})
+
+
+@dataclass
+class _Waiting:
+    request: DecideRequest
+    question: str
+    answer: asyncio.Future[bytes] = field(repr=False)
+
+
+class DecideCoalescer:
+    """Decides small requests in merged calls of `decide_payload`, in worker threads under `limiter`.
+
+    `decide_payload(request)` answers a request as plain data in the shape of `DecideResponse`: a dict with
+    `model_versions`, `status` and one decision per recipient, in order (`Engine.decide_payload`).
+    """
+
+    def __init__(
+        self,
+        decide_payload: Callable[[DecideRequest], Payload],
+        limiter: anyio.CapacityLimiter | None = None,
+        max_recipients: int = MAX_MERGED_RECIPIENTS,
+    ) -> None:
+        self._decide_payload = decide_payload
+        self._limiter = limiter
+        self._max_recipients = max_recipients
+        self._waiting: list[_Waiting] = []
+        self._draining: asyncio.Task[None] | None = None
+        self.calls = 0
+        """Merged calls made (each a `decide_payload` of one or more requests); for tests and metrics."""
+
+    def takes(self, request: DecideRequest) -> bool:
+        """Whether `request` may be merged with others (any request is answered; others are decided alone)."""
+        return mergeable(request, self._max_recipients)
+
+    async def decide(self, request: DecideRequest) -> bytes:
+        """The encoded answer to `request`, decided with whatever asks the same and waits with it."""
+        loop = asyncio.get_running_loop()
+        waiting = _Waiting(request, question(request), loop.create_future())
+        self._waiting.append(waiting)
+        if self._draining is None or self._draining.done():
+            self._draining = loop.create_task(self._drain())
+        return await waiting.answer
+
+    async def _drain(self) -> None:
+        while self._waiting:
+            group = self._take_group()
+            try:
+                answers = await anyio.to_thread.run_sync(self._decide_group, group, limiter=self._limiter)
+            except Exception as error:  # noqa: BLE001 - a single request's failure (merged ones fail alone): its 500
+                for waiting in group:
+                    if not waiting.answer.done():
+                        waiting.answer.set_exception(error)
+                continue
+            except BaseException:  # cancelled (the server stops): so are the clients waiting on it
+                for waiting in [*group, *self._waiting]:
+                    waiting.answer.cancel()
+                raise
+            for waiting, answer in zip(group, answers, strict=True):
+                if waiting.answer.done():  # the client went away
+                    continue
+                if isinstance(answer, Exception):
+                    waiting.answer.set_exception(answer)
+                else:
+                    waiting.answer.set_result(answer)
+
+    def _take_group(self) -> list[_Waiting]:
+        """The oldest waiting request, and every later one that asks the same, up to `max_recipients`."""
+        first = self._waiting[0]
+        group: list[_Waiting] = []
+        rest: list[_Waiting] = []
+        size = 0
+        for waiting in self._waiting:
+            fits = size + len(waiting.request.recipients) <= self._max_recipients or not group
+            if waiting.question == first.question and fits and self.takes(waiting.request):
+                group.append(waiting)
+                size += len(waiting.request.recipients)
+            else:
+                rest.append(waiting)
+        if not self.takes(first.request):  # only ever alone
+            group, rest = [first], self._waiting[1:]
+        self._waiting = rest
+        return group
+
+    def _decide_group(self, group: list[_Waiting]) -> list[bytes | Exception]:
+        """Runs in a worker thread: one call for the whole group, or one per request if that one fails."""
+        self.calls += 1
+        requests = [w.request for w in group]
+        if len(requests) == 1:
+            return [_encode(self._decide_payload(requests[0]))]
+        merged = requests[0].model_copy(update={"recipients": [r for q in requests for r in q.recipients]})
+        try:
+            payload = self._decide_payload(merged)
+        except Exception:
+            logger.exception("a merged decide of %d requests failed; deciding them one by one", len(requests))
+            return [self._answer_alone(q) for q in requests]
+        decisions = payload["decisions"]
+        answers: list[bytes | Exception] = []
+        at = 0
+        for q in requests:
+            part = decisions[at : at + len(q.recipients)]
+            at += len(q.recipients)
+            answers.append(_encode({**payload, "decisions": part}))
+        return answers
+
+    def _answer_alone(self, request: DecideRequest) -> bytes | Exception:
+        try:
+            return _encode(self._decide_payload(request))
+        except Exception as error:  # noqa: BLE001 - this client's 500, the others are answered
+            return error
+
+
+def _encode(payload: Payload) -> bytes:
+    return orjson.dumps(payload)
