@@ -39,4 +39,6 @@ lint:
 ## Run the benchmarks of issue 4 and print the table (bench/README.md); e.g. make bench BENCH_ARGS="--quick".
 BENCH_ARGS ?=
 bench: install-dev
+	@command -v wrk >/dev/null 2>&1 || { echo "installing wrk, the load generator of the single-recipient benchmarks"; \
+		$$(command -v sudo >/dev/null 2>&1 && [ "$$(id -u)" != 0 ] && echo sudo) apt-get install -y -qq wrk >/dev/null; }
 	MLFLOW_DISABLE_TELEMETRY=true $(UV) run --no-sync python -m bench $(BENCH_ARGS)

@@ -4,10 +4,11 @@
   each call with recipients drawn afresh: the median and the worst call. Time is the client's, from sending the
   request to having read the whole answer (JSON encoding both ways included).
 - Single-recipient calls from 1 and from 8 clients at once (closed loop, a different customer each call) for
-  `single_seconds` after a 2-second warm-up: p50, p99 and errors.
+  `single_seconds` after a 2-second warm-up: p50, p99 and errors, measured by wrk (`bench.wrk`): the httpx
+  generator spent a core of the two on a few hundred requests a second.
 
-The load generator runs in its own process and shares the two cores with the service: its own CPU use and the
-service's (sampled over the service's process tree in the same window) are shown beside each figure.
+The load generators run in their own processes and share the two cores with the service: their own CPU use and
+the service's (sampled over the service's process tree in the same window) are shown beside each figure.
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from bench.inprocess import decide_request
-from bench.load import Outcome, Spec
+from bench.load import DECIDE, Outcome, Spec
 from bench.plan import Plan
 from bench.procs import TreeSampler
 from bench.report import Row, Target, seconds
 from bench.server import Server, serve
 from bench.world import REPO_ROOT, BenchHome, bench_environment, clear_decision_log
+from bench.wrk import WrkRun, run_wrk
 
 SECTION = "3 over HTTP"
 BATCH = 10_000
@@ -68,7 +70,7 @@ def run_load(spec: Spec, work_dir: Path, console: Console, description: str) -> 
     return Outcome(**loaded)
 
 
-def cpu_note(outcome: Outcome, sampler: TreeSampler) -> str:
+def cpu_note(outcome: Outcome | WrkRun, sampler: TreeSampler) -> str:
     """The load generator's CPU and the service's, in cores busy, over the measured window."""
     service = sampler.cpu_share(*outcome.window)
     own = outcome.cpu_s / outcome.wall_s if outcome.wall_s else float("nan")
@@ -98,30 +100,29 @@ def batch_rows(outcome: Outcome, sampler: TreeSampler, calls: int) -> list[Row]:
     ]
 
 
-def single_rows(outcome: Outcome, sampler: TreeSampler, concurrency: int) -> list[Row]:
-    times = np.array(outcome.latencies_s)
+def single_rows(run: WrkRun, sampler: TreeSampler, concurrency: int) -> list[Row]:
     label = f"single, concurrency {concurrency}"
-    if not len(times):
-        return [Row(SECTION, label, None, "—", note=f"no answer{_errors_note(outcome)}")]
+    example = f"e.g. {run.error_example}" if run.error_example else ""
+    if not run.requests:
+        return [Row(SECTION, label, None, "—", note=f"no answer; {example}")]
     judged = concurrency == JUDGED_CONCURRENCY
-    p50, p99 = float(np.percentile(times, 50)), float(np.percentile(times, 99))
-    throughput = len(times) / outcome.wall_s
+    throughput = run.requests / run.wall_s
     return [
         Row(
             SECTION,
             f"{label}: p50",
-            p50,
-            seconds(p50),
-            note=f"{len(times):,} calls in {outcome.wall_s:.0f} s ({throughput:,.0f}/s); {cpu_note(outcome, sampler)}",
+            run.p50_s,
+            seconds(run.p50_s),
+            note=f"wrk: {run.requests:,} calls in {run.wall_s:.0f} s ({throughput:,.0f}/s); {cpu_note(run, sampler)}",
         ),
-        Row(SECTION, f"{label}: p99", p99, seconds(p99), TARGET_P99 if judged else None),
+        Row(SECTION, f"{label}: p99", run.p99_s, seconds(run.p99_s), TARGET_P99 if judged else None),
         Row(
             SECTION,
             f"{label}: errors",
-            outcome.errors,
-            f"{outcome.errors:,}",
+            run.errors,
+            f"{run.errors:,}",
             TARGET_ERRORS if judged else None,
-            _errors_note(outcome).removeprefix("; "),
+            example,
         ),
     ]
 
@@ -143,19 +144,13 @@ def _measure(server: Server, home: BenchHome, plan: Plan, console: Console, work
         outcome = run_load(spec, work_dir, console, f"{plan.http_batch_calls + 1} batches of {BATCH:,} over HTTP")
         out += batch_rows(outcome, sampler, plan.http_batch_calls)
         singles = [[str(c)] for c in rng.choice(pool, min(SINGLE_POOL, len(pool)), replace=False)]
-        bodies = str(write_bodies(work_dir / "single-bodies.jsonl", singles, home))
+        bodies = write_bodies(work_dir / "single-bodies.jsonl", singles, home)
         for concurrency in plan.concurrencies:
-            spec = Spec(
-                url=server.url,
-                token=server.token,
-                bodies=bodies,
-                concurrency=concurrency,
-                seconds=plan.single_seconds,
-                warmup_seconds=SINGLE_WARMUP_S,
-                timeout_s=30.0,
-            )
             what = f"single recipients, {concurrency} at once, {plan.single_seconds:.0f} s"
-            out += single_rows(run_load(spec, work_dir, console, what), sampler, concurrency)
+            with console.status(f"{what} (wrk)"):
+                run_wrk(server.url, server.token, bodies, DECIDE, concurrency, SINGLE_WARMUP_S)  # warm-up
+                run = run_wrk(server.url, server.token, bodies, DECIDE, concurrency, plan.single_seconds)
+            out += single_rows(run, sampler, concurrency)
     return out
 
 
