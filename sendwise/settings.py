@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     label_window_hours: int = 72
     conversion_window_days: int = 7
     workers: int = Field(default=1, ge=1, description="BentoML worker processes")
+    trace_decide: bool = Field(
+        default=False,
+        description="trace and access-log every /v1/decide request as BentoML does other routes (off: at a "
+        "thousand triggered emails a second the spans and log lines took a third of the service's CPU, and the "
+        "decision log records every decision)",
+    )
 
     @field_validator("home")
     @classmethod

@@ -36,6 +36,12 @@ MAX_DETAILS = 50
 JSON = b"application/json"
 
 
+INTERNAL_ERROR = ErrorAnswer(
+    error="internal error", message="an unexpected error occurred; the server log has the details"
+)
+"""What a 500 says: the details are in the server's log, not in the answer."""
+
+
 def is_api_path(path: str) -> bool:
     return path == API_PREFIX or path.startswith(API_PREFIX + "/")
 
@@ -85,9 +91,7 @@ def _answer_from_body(status: int, body: bytes) -> tuple[int, ErrorAnswer]:
     if isinstance(parsed, dict) and isinstance(parsed.get("detail"), list) and status == 400:
         return validation_answer([e for e in parsed["detail"] if isinstance(e, dict)])
     if status >= 500:
-        return status, ErrorAnswer(
-            error="internal error", message="an unexpected error occurred; the server log has the details"
-        )
+        return status, INTERNAL_ERROR
     if isinstance(parsed, list) and parsed and isinstance(parsed[0], dict):
         parsed = parsed[0]
     if isinstance(parsed, dict) and "error" in parsed:

@@ -651,3 +651,19 @@ async def test_a_request_past_the_timeout_is_a_504_in_the_error_shape() -> None:
     answer = json.loads(body)
     assert answer["error"] == "timeout"
     assert answer["message"] == "the request took longer than 0.05 s; send smaller batches"
+
+
+def test_decide_is_neither_traced_nor_access_logged_by_default() -> None:
+    """At a thousand triggered emails a second, BentoML's span and access-log line per request took a third of
+    the service's CPU; `SENDWISE_TRACE_DECIDE` turns them back on (the decision log records every decision)."""
+    from bentoml._internal.server.http.access import AccessLogMiddleware
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+    app: Any = cast(Any, service_module.Sendwise).to_asgi()
+    options = {m.cls: m.kwargs for m in app.user_middleware}
+
+    assert options[OpenTelemetryMiddleware]["excluded_urls"].url_disabled("http://sendwise.test/v1/decide")
+    assert not options[OpenTelemetryMiddleware]["excluded_urls"].url_disabled("http://sendwise.test/v1/render")
+    assert "/v1/decide" in options[AccessLogMiddleware]["skip_paths"]
+    assert "/v1/render" not in options[AccessLogMiddleware]["skip_paths"]
+    assert service_module.request_logging(trace_decide=True) == {}
