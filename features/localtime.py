@@ -35,6 +35,16 @@ def local_hour_weekday(times: pd.Series, zones: pd.Series) -> tuple[np.ndarray, 
     return hours, weekdays
 
 
+def clock_at(instant: pd.Timestamp, zones: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(hour, weekday) of one UTC instant in each row's zone: what `local_hour_weekday` gives when every row has
+    that time, without a Series of times to build (a campaign's window start, asked for a few recipients)."""
+    hours = np.empty(len(zones), dtype=np.int8)
+    weekdays = np.empty(len(zones), dtype=np.int8)
+    for i, zone in enumerate(zones):
+        hours[i], weekdays[i] = _clock_at(instant, zone if isinstance(zone, str) else "UTC")
+    return hours, weekdays
+
+
 @lru_cache(maxsize=4096)
 def _clock_at(stamp: pd.Timestamp, zone: str) -> tuple[int, int]:
     """(hour, weekday) of one UTC instant in `zone` (unknown zones: UTC); a campaign asks the same few."""

@@ -16,7 +16,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from features.localtime import local_hour_weekday
+from features.localtime import clock_at, local_hour_weekday
 
 HOURS = 24
 PROFILE_SIGNALS = ("open", "click", "session")
@@ -240,8 +240,9 @@ class DesignColumns:
         return len(next(iter(self.values.values()))) if self.values else 0
 
 
-SMALL_LOOKUP = 256
-"""Up to this many rows, categories are coded by a dictionary; above it, by pandas."""
+SMALL_BATCH = 256
+"""Up to this many rows, per-row work goes through Python dictionaries and caches rather than pandas, whose
+fixed cost per call is most of the time of a few rows."""
 
 
 def lightgbm_matrix(columns: DesignColumns, booster: lgb.Booster) -> np.ndarray | None:
@@ -259,7 +260,7 @@ def lightgbm_matrix(columns: DesignColumns, booster: lgb.Booster) -> np.ndarray 
         values = columns.values[name]
         if name not in known:
             out[:, k] = values
-        elif columns.rows <= SMALL_LOOKUP:
+        elif columns.rows <= SMALL_BATCH:
             position = {category: float(i) for i, category in enumerate(known[name])}
             out[:, k] = [position.get(v, np.nan) if v is not None else np.nan for v in values]
         else:
@@ -274,15 +275,22 @@ CAMPAIGN_KINDS = ["promotional", "newsletter", "triggered", "transactional"]
 def open_columns(
     matrix: CustomerMatrix,
     rows: np.ndarray,
-    send_at: pd.Series,
+    send_at: pd.Series | pd.Timestamp,
     kind: np.ndarray,
     topic: np.ndarray,
 ) -> DesignColumns:
-    """One design row per (customer row, send time): the open model's inputs, as columns."""
+    """One design row per (customer row, send time): the open model's inputs, as columns. `send_at` is a time
+    per row, or one UTC instant for every row (a campaign's window start)."""
     rows = np.asarray(rows, dtype=np.int64)
-    hour, weekday = local_hour_weekday(send_at.reset_index(drop=True), pd.Series(matrix.timezone[rows]))
+    if isinstance(send_at, pd.Timestamp):
+        instant = send_at.tz_convert("UTC") if send_at.tzinfo is not None else send_at.tz_localize("UTC")
+        hour, weekday = clock_at(instant, matrix.timezone[rows])
+        utc_hour = np.full(len(rows), instant.hour)
+    else:
+        hour, weekday = local_hour_weekday(send_at.reset_index(drop=True), pd.Series(matrix.timezone[rows]))
+        times = pd.to_datetime(pd.Series(send_at).reset_index(drop=True), utc=True)
+        utc_hour = pd.DatetimeIndex(times).hour.to_numpy()
     weekend = weekday >= 5
-    utc_hour = pd.DatetimeIndex(pd.to_datetime(pd.Series(send_at).reset_index(drop=True), utc=True)).hour.to_numpy()
     offset = ((hour.astype(int) - utc_hour + 12) % 24) - 12
     values: dict[str, np.ndarray] = {
         "local_weekday": weekday.astype(np.float32),

@@ -27,7 +27,6 @@ from feast import FeatureStore
 from features.labels import message_sends
 from features.store import open_store
 from features.transform import (
-    ENGAGEMENT_FEATURES,
     CustomerMatrix,
     DesignColumns,
     OfferMatrix,
@@ -157,10 +156,9 @@ class Served:
     @cached_property
     def history(self) -> dict[str, np.ndarray]:
         """Emails, human opens and site visits of each row (decayed counts, rounded): what a prediction rests on."""
-        return {
-            name: np.rint(np.nan_to_num(self.matrix.scalars[name].to_numpy(dtype=np.float64), nan=0.0)).astype(int)
-            for name in ("n_emails", "n_human_opens", "n_sessions")
-        }
+        names = ["n_emails", "n_human_opens", "n_sessions"]
+        counts = np.rint(np.nan_to_num(self.matrix.scalars[names].to_numpy(dtype=np.float64), nan=0.0)).astype(int)
+        return {name: counts[:, k] for k, name in enumerate(names)}
 
 
 @dataclass
@@ -572,10 +570,11 @@ class Engine:
         """Snapshot rows with the request's context for unknown customers (time zone, interests, attributes),
         and, for everyone without profiling consent, their zone's rhythm in place of their own history."""
         snapshot = online.snapshot
-        matrix = snapshot.matrix(ids, rows)
         known = snapshot.known[rows]
         profiled = known & (snapshot.consent["profiling_allowed"][rows] > 0)
         unknown = np.flatnonzero(~known)
+        blank = np.flatnonzero(~profiled)
+        matrix = snapshot.matrix(ids, rows, blank=blank)  # no engagement features for them
         if recipients is not None and len(unknown):
             columns = set(matrix.attributes.columns)
             for i in unknown:
@@ -586,10 +585,7 @@ class Engine:
                     if name in columns:
                         matrix.attributes.loc[i, name] = value
         matrix.timezone[unknown] = [z if isinstance(z, str) and z else "UTC" for z in matrix.timezone[unknown]]
-        blank = np.flatnonzero(~profiled)
         if len(blank):
-            engagement = [c for c in ENGAGEMENT_FEATURES if c in matrix.scalars.columns]
-            matrix.scalars.loc[blank, engagement] = np.nan
             for i in blank:
                 matrix.category_names[i] = []
                 matrix.category_views[i] = np.zeros(0, dtype=np.float32)
@@ -636,11 +632,7 @@ class Engine:
         if model is None or n == 0:
             return np.full((n, hours), FALLBACK_OPEN_PROBABILITY)
         columns = open_columns(
-            matrix,
-            np.arange(n),
-            pd.Series(pd.Timestamp(start), index=range(n)),
-            np.full(n, kind),
-            np.full(n, topic, dtype=object),
+            matrix, np.arange(n), pd.Timestamp(start), np.full(n, kind), np.full(n, topic, dtype=object)
         )
         scorer = self._curve_scorer(model, columns, matrix, start, kind, topic)
         if scorer is not None:

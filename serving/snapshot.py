@@ -20,6 +20,7 @@ import ctypes.util
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from feast import FeatureStore, FileSource
 
-from features.transform import HOURS, SCALAR_FEATURES, CustomerMatrix
+from features.transform import ENGAGEMENT_FEATURES, HOURS, SCALAR_FEATURES, CustomerMatrix
 from sendwise.settings import Settings
 
 SERVICE = "open_propensity_v1"
@@ -161,22 +162,31 @@ class FeatureSnapshot:
         found = self.index.get_indexer(customer_ids)
         return np.where(found < 0, self.empty_row, found)
 
-    def matrix(self, customer_ids: list[str], rows: np.ndarray) -> CustomerMatrix:
-        """The rows as the models' input arrays (copies: the engine overlays context and blanks consent)."""
+    def matrix(self, customer_ids: list[str], rows: np.ndarray, blank: np.ndarray | None = None) -> CustomerMatrix:
+        """The rows as the models' input arrays (copies: the engine overlays context). The positions in `blank`
+        get no engagement features (NaN), as for a customer without profiling consent."""
         views = self.views[rows]
         named = self.has_views[rows]
         vocabulary = list(self.categories)
-        scalars = pd.DataFrame(self.scalars[rows], columns=list(SCALAR_FEATURES))
+        scalars = self.scalars[rows]
+        if blank is not None and len(blank):
+            scalars[np.ix_(blank, np.arange(len(ENGAGEMENT_FEATURES)))] = np.nan
         return CustomerMatrix(
             customer_id=np.asarray(customer_ids, dtype=object),
             timezone=self.zones[self.zone_codes[rows]],
             interests=[self.interest_sets[c] for c in self.interest_codes[rows]],  # shared, never changed
             profiles={name: self.rhythm[rows, k].copy() for k, name in enumerate(RHYTHMS)},
-            scalars=scalars,
-            attributes=_plain_attributes(self.attributes.iloc[rows].reset_index(drop=True)),
+            scalars=pd.DataFrame(scalars, columns=list(SCALAR_FEATURES), copy=False),
+            attributes=pd.DataFrame(
+                {name: column.take(rows) for name, column in self._plain_attributes.items()}, index=range(len(rows))
+            ),
             category_names=[vocabulary if has else [] for has in named],
             category_views=list(views),
         )
+
+    @cached_property
+    def _plain_attributes(self) -> dict[str, _PlainColumn]:
+        return {name: _PlainColumn.of(self.attributes[name]) for name in self.attributes.columns}
 
     @classmethod
     def empty(cls) -> FeatureSnapshot:
@@ -294,12 +304,23 @@ def release_memory() -> None:
             ctypes.CDLL(name).malloc_trim(0)
 
 
-def _plain_attributes(frame: pd.DataFrame) -> pd.DataFrame:
-    """Labels back as objects (the request's context may add values the snapshot never saw); numbers stay."""
-    for column in frame.columns:
-        if isinstance(frame[column].dtype, pd.CategoricalDtype):
-            frame[column] = frame[column].astype(object)
-    return frame
+@dataclass(frozen=True)
+class _PlainColumn:
+    """An attribute column as `take` hands it out: labels as objects (the request's context may add values the
+    snapshot never saw, and NaN where missing), numbers as they are."""
+
+    values: np.ndarray  # numbers, or the labels followed by NaN
+    codes: np.ndarray | None  # labels: each row's position in `values`, -1 (the NaN at the end) where missing
+
+    @classmethod
+    def of(cls, column: pd.Series) -> _PlainColumn:
+        if isinstance(column.dtype, pd.CategoricalDtype):
+            labels = np.array([*column.cat.categories, np.nan], dtype=object)
+            return cls(labels, column.cat.codes.to_numpy())
+        return cls(column.to_numpy(), None)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        return self.values[rows] if self.codes is None else self.values[self.codes[rows]]
 
 
 def _coded(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:

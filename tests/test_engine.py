@@ -262,6 +262,15 @@ def test_the_matrix_serving_scores_equals_the_frame_training_reads(engine, custo
             assert coded is not None
             framed = booster.predict(columns.frame()[booster.feature_name()], raw_score=True)
             assert np.array_equal(booster.predict(coded, raw_score=True), framed)
+        # one instant for every row (what the engine passes: the window start) is the same design
+        at_once = open_columns(
+            matrix,
+            rows,
+            pd.Timestamp(START),
+            np.where(rows % 2 == 0, "newsletter", "promotional"),
+            np.array(["outdoor"] * len(rows), dtype=object),
+        )
+        pd.testing.assert_frame_equal(at_once.frame(), columns.frame())
     assert any(c in columns.categories for c in matrix.attributes.columns) or matrix.attributes.empty
     assert "campaign_kind" in columns.categories
     # a booster whose categorical features are not the design's is scored from the frame

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.localtime import local_hour_weekday
+from features.localtime import clock_at, local_hour_weekday
 from serving.assign import local_window_clock
 
 ZONES = ["Europe/Berlin", "America/Vancouver", "Asia/Kolkata", "Australia/Lord_Howe", "UTC", None, "Not/AZone"]
@@ -42,6 +42,17 @@ def test_local_hour_weekday_equals_converting_each_time(unit: str, same_time: bo
     start = datetime(2026, 3, 29, 1, tzinfo=UTC)  # Europe's switch to summer time
     hours, weekdays = local_hour_weekday(pd.Series([pd.Timestamp(start)] * n), pd.Series(zones, dtype=object))
     assert hours.tolist() == _one_by_one(pd.Series([pd.Timestamp(start)] * n), zones)[0]
+
+
+@pytest.mark.parametrize("unit", ["s", "us", "ns"])
+def test_one_instant_in_many_zones_equals_converting_each_row(unit: str) -> None:
+    zones = np.array(ZONES * 3, dtype=object)
+    for start in (datetime(2026, 3, 29, 1, tzinfo=UTC), datetime(2026, 11, 1, 15, tzinfo=UTC)):
+        instant = pd.Timestamp(start).as_unit(unit)
+        hours, weekdays = clock_at(instant, zones)
+        expected = _one_by_one(pd.Series([instant] * len(zones)), list(zones))
+        assert (hours.tolist(), weekdays.tolist()) == expected
+        assert hours.dtype == weekdays.dtype == np.int8  # as local_hour_weekday gives them
 
 
 def test_window_clock_matches_the_row_conversion_across_a_switch() -> None:
