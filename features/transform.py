@@ -9,6 +9,7 @@ schedule.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
@@ -165,9 +166,17 @@ def _interest_match(matrix: CustomerMatrix, rows: np.ndarray, categories: np.nda
     )
 
 
+def frame_columns(frame: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
+    """`frame[names].to_numpy()`, without the selection when the frame has exactly those columns (a serving
+    matrix does; selecting costs 0.1 ms, more than the rest of a small design)."""
+    if list(frame.columns) == list(names):
+        return frame.to_numpy()
+    return frame[list(names)].to_numpy()
+
+
 def _engagement_columns(matrix: CustomerMatrix, rows: np.ndarray, cumulative: bool = False) -> dict[str, np.ndarray]:
     """Rates per email received; with `cumulative`, the decayed counts too (what a customer is worth)."""
-    table = matrix.scalars[list(SCALAR_FEATURES)].to_numpy()
+    table = frame_columns(matrix.scalars, SCALAR_FEATURES)
     scalars = {name: table[rows, k] for k, name in enumerate(SCALAR_FEATURES)}
     emails = np.nan_to_num(scalars["n_emails"], nan=0.0)
     scalars["open_rate"] = (np.nan_to_num(scalars["n_human_opens"], nan=0.0) + PRIOR_WEIGHT * PRIOR_OPEN_RATE) / (

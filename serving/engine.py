@@ -27,9 +27,11 @@ from feast import FeatureStore
 from features.labels import message_sends
 from features.store import open_store
 from features.transform import (
+    SCALAR_FEATURES,
     CustomerMatrix,
     DesignColumns,
     OfferMatrix,
+    frame_columns,
     lightgbm_matrix,
     offer_design,
     open_columns,
@@ -156,9 +158,9 @@ class Served:
     @cached_property
     def history(self) -> dict[str, np.ndarray]:
         """Emails, human opens and site visits of each row (decayed counts, rounded): what a prediction rests on."""
-        names = ["n_emails", "n_human_opens", "n_sessions"]
-        counts = np.rint(np.nan_to_num(self.matrix.scalars[names].to_numpy(dtype=np.float64), nan=0.0)).astype(int)
-        return {name: counts[:, k] for k, name in enumerate(names)}
+        table = frame_columns(self.matrix.scalars, SCALAR_FEATURES)
+        counts = np.rint(np.nan_to_num(table.astype(np.float64), nan=0.0)).astype(int)
+        return {name: counts[:, SCALAR_FEATURES.index(name)] for name in ("n_emails", "n_human_opens", "n_sessions")}
 
 
 @dataclass
