@@ -36,7 +36,6 @@ class Settings(BaseSettings):
     seed: int = 7
     label_window_hours: int = 72
     conversion_window_days: int = 7
-    workers: int = Field(default=1, ge=1, description="BentoML worker processes")
     trace_decide: bool = Field(
         default=False,
         description="trace and access-log every /v1/decide request as BentoML does other routes (off: at a "
