@@ -35,9 +35,17 @@ def local_hour_weekday(times: pd.Series, zones: pd.Series) -> tuple[np.ndarray, 
     return hours, weekdays
 
 
+FEW_ROWS = 256
+"""Up to this many rows, `clock_at` looks each row's zone up; above it, it converts each distinct zone once."""
+
+
 def clock_at(instant: pd.Timestamp, zones: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(hour, weekday) of one UTC instant in each row's zone: what `local_hour_weekday` gives when every row has
     that time, without a Series of times to build (a campaign's window start, asked for a few recipients)."""
+    if len(zones) > FEW_ROWS:  # each zone once
+        codes, names = pd.factorize(pd.Series(zones, dtype=object).fillna("UTC"), sort=False)
+        clocks = np.array([_clock_at(instant, str(zone)) for zone in names], dtype=np.int8).reshape(-1, 2)
+        return clocks[codes, 0], clocks[codes, 1]
     hours = np.empty(len(zones), dtype=np.int8)
     weekdays = np.empty(len(zones), dtype=np.int8)
     for i, zone in enumerate(zones):

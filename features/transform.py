@@ -17,7 +17,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from features.localtime import clock_at, local_hour_weekday
+from features.localtime import FEW_ROWS, clock_at, local_hour_weekday
 
 HOURS = 24
 PROFILE_SIGNALS = ("open", "click", "session")
@@ -249,11 +249,6 @@ class DesignColumns:
         return len(next(iter(self.values.values()))) if self.values else 0
 
 
-SMALL_BATCH = 256
-"""Up to this many rows, per-row work goes through Python dictionaries and caches rather than pandas, whose
-fixed cost per call is most of the time of a few rows."""
-
-
 def lightgbm_matrix(columns: DesignColumns, booster: lgb.Booster) -> np.ndarray | None:
     """The float matrix LightGBM converts `columns.frame()[booster.feature_name()]` to: numbers as they are,
     labels as their position in the categories the booster was trained with (NaN where unseen). None when the
@@ -269,7 +264,7 @@ def lightgbm_matrix(columns: DesignColumns, booster: lgb.Booster) -> np.ndarray 
         values = columns.values[name]
         if name not in known:
             out[:, k] = values
-        elif columns.rows <= SMALL_BATCH:
+        elif columns.rows <= FEW_ROWS:  # a dictionary; pandas' fixed cost is most of the time of a few rows
             position = {category: float(i) for i, category in enumerate(known[name])}
             out[:, k] = [position.get(v, np.nan) if v is not None else np.nan for v in values]
         else:

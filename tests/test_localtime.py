@@ -46,7 +46,11 @@ def test_local_hour_weekday_equals_converting_each_time(unit: str, same_time: bo
 
 @pytest.mark.parametrize("unit", ["s", "us", "ns"])
 def test_one_instant_in_many_zones_equals_converting_each_row(unit: str) -> None:
-    zones = np.array(ZONES * 3, dtype=object)
+    for zones in (np.array(ZONES * 3, dtype=object), np.array(ZONES * 100, dtype=object)):  # few rows, many
+        _check_clock_at(unit, zones)
+
+
+def _check_clock_at(unit: str, zones: np.ndarray) -> None:
     for start in (datetime(2026, 3, 29, 1, tzinfo=UTC), datetime(2026, 11, 1, 15, tzinfo=UTC)):
         instant = pd.Timestamp(start).as_unit(unit)
         hours, weekdays = clock_at(instant, zones)
