@@ -3,9 +3,16 @@
 A triggered email asks for one recipient. Deciding one costs a few milliseconds, nearly all of it fixed per call
 (building the design, one booster call per model, the decision log), and deciding eight costs about the same.
 So the service does not decide small requests one by one: while the engine decides, the small requests that
-arrive wait in a queue, and the next call decides every waiting request that asks the same question (the same
-campaign, window, offers and constraints: everything but the recipients) as one batch. Each client gets the
-decisions of its own recipients, in its own order, with the answer's `model_versions` and `status`.
+arrive wait, and the next call decides every waiting request that asks the same question (the same campaign,
+window, offers and constraints: everything but the recipients) as one batch. Each client gets the decisions of
+its own recipients, in its own order, with the answer's `model_versions` and `status`.
+
+The calls run on the event loop itself, not in a worker thread. A merged call of up to 256 recipients takes a
+few milliseconds; handing it to a thread cost more than that in the two threads' contention for the
+interpreter lock (at 8 clients: 880 requests a second in threads, 1,850 on the loop, p99 15 -> 7 ms, on the
+20,000-customer bench home). While a call runs, the requests that arrive wait in their sockets; before the next
+call the loop is given `GATHER_YIELDS` turns to read them, so that they join it. Health checks wait at most
+one call; large requests are decided in worker threads by the service, never here.
 
 - Only requests whose every rule is per recipient are merged. `max_share_per_hour` limits what one hour gets of
   *a batch*, so a request with it is decided on its own, as are large requests (they are batches already).
@@ -23,7 +30,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import anyio
 import orjson
 
 from serving.schemas import DecideRequest
@@ -32,6 +38,9 @@ logger = logging.getLogger(__name__)
 
 MAX_MERGED_RECIPIENTS = 256
 """A request with more recipients than this is decided on its own, and merged calls stop growing here."""
+GATHER_YIELDS = 3
+"""Turns of the event loop before a merged call: a request read from its socket takes a few awaits through the
+middlewares to reach the queue (measured: 3 gave the largest calls and the lowest p99; 0 halved the rate)."""
 
 Payload = dict[str, Any]
 
@@ -56,7 +65,7 @@ class _Waiting:
 
 
 class DecideCoalescer:
-    """Decides small requests in merged calls of `decide_payload`, in worker threads under `limiter`.
+    """Decides small requests in merged calls of `decide_payload`, on the event loop.
 
     `decide_payload(request)` answers a request as plain data in the shape of `DecideResponse`: a dict with
     `model_versions`, `status` and one decision per recipient, in order (`Engine.decide_payload`).
@@ -65,11 +74,9 @@ class DecideCoalescer:
     def __init__(
         self,
         decide_payload: Callable[[DecideRequest], Payload],
-        limiter: anyio.CapacityLimiter | None = None,
         max_recipients: int = MAX_MERGED_RECIPIENTS,
     ) -> None:
         self._decide_payload = decide_payload
-        self._limiter = limiter
         self._max_recipients = max_recipients
         self._waiting: list[_Waiting] = []
         self._draining: asyncio.Task[None] | None = None
@@ -91,9 +98,11 @@ class DecideCoalescer:
 
     async def _drain(self) -> None:
         while self._waiting:
+            for _ in range(GATHER_YIELDS):  # let the requests already received reach the queue
+                await asyncio.sleep(0)
             group = self._take_group()
             try:
-                answers = await anyio.to_thread.run_sync(self._decide_group, group, limiter=self._limiter)
+                answers = self._decide_group(group)
             except Exception as error:  # noqa: BLE001 - a single request's failure (merged ones fail alone): its 500
                 for waiting in group:
                     if not waiting.answer.done():
@@ -130,7 +139,7 @@ class DecideCoalescer:
         return group
 
     def _decide_group(self, group: list[_Waiting]) -> list[bytes | Exception]:
-        """Runs in a worker thread: one call for the whole group, or one per request if that one fails."""
+        """One call for the whole group, or one per request if that one fails."""
         self.calls += 1
         requests = [w.request for w in group]
         if len(requests) == 1:

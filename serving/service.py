@@ -9,9 +9,9 @@ Routes (all JSON; `/v1/*` need `Authorization: Bearer <token>` when `SENDWISE_AP
   dependency is degraded; the answers, `/v1/models` and the `sendwise_degraded` metric say so instead.
 
 `/v1/render` and `/v1/explain` are plain (sync) methods: BentoML runs them in its thread pool (`threads`).
-`/v1/decide` is async and runs the engine in worker threads itself, merging small requests that arrive
-together (`serving.coalesce`). Either way the event loop keeps answering health checks while a big batch is
-being decided. An exception in the engine becomes a 500 for that
+`/v1/decide` is async: small requests that arrive together are merged and decided on the event loop (a few
+milliseconds a call, `serving.coalesce`), larger ones in worker threads, so the event loop keeps answering
+health checks while a big batch is being decided. An exception in the engine becomes a 500 for that
 request only (BentoML logs it); `serving.http_app.ApiGuard` shapes every `/v1` error answer.
 """
 
@@ -110,9 +110,9 @@ class Sendwise:
 
         The engine builds the answer as plain data in the shape of `DecideResponse` and it is sent encoded as it
         is (orjson): validating 10,000 decisions into models only to serialize them again cost more than
-        deciding them. Small requests that arrive together are decided together (`serving.coalesce`); the
-        engine runs in worker threads either way, at most `ENGINE_THREADS` at once, so the event loop keeps
-        answering."""
+        deciding them. Small requests that arrive together are decided together, on the event loop
+        (`serving.coalesce`: a few milliseconds a call); larger ones in worker threads, at most
+        `ENGINE_THREADS` at once, so the event loop keeps answering while a big batch is decided."""
         return Response(await self.decide_body(request), media_type="application/json")
 
     async def decide_body(self, request: DecideRequest) -> bytes:
@@ -126,7 +126,7 @@ class Sendwise:
         """Made in the event loop on first use (anyio binds a limiter to the running loop)."""
         if self._limiter is None or self._coalescer is None:
             self._limiter = anyio.CapacityLimiter(ENGINE_THREADS)
-            self._coalescer = DecideCoalescer(self.engine.decide_payload, self._limiter)
+            self._coalescer = DecideCoalescer(self.engine.decide_payload)
         return self._limiter, self._coalescer
 
     @bentoml.api(route="/v1/render")
