@@ -466,6 +466,11 @@ class Engine:
         self._snapshot_lock = threading.Lock()
         self._snapshot_checked = 0.0
         self._failed_signature: tuple[tuple[str, int], ...] | None = None
+        self.refresh_in_background = False
+        """When set (the service sets it), a changed feature table is read in a thread of its own while answers
+        keep coming from the last snapshot: the service decides small requests on its event loop, which must
+        not stop for the seconds (a minute at a million customers) a read takes."""
+        self._refreshing: threading.Thread | None = None
         self.population = Population(FALLBACK_OPEN_PROBABILITY, 1.0)
         if store is not None:
             self._refresh_snapshot()
@@ -548,8 +553,18 @@ class Engine:
 
     def _current_online(self) -> OnlineState | None:
         if self.store is not None and time.monotonic() - self._snapshot_checked > SNAPSHOT_CHECK_SECONDS:
-            self._refresh_snapshot()
+            if not self.refresh_in_background:
+                self._refresh_snapshot()
+            elif self._refreshing is None or not self._refreshing.is_alive():
+                self._snapshot_checked = time.monotonic()  # one check at a time
+                self._refreshing = threading.Thread(target=self._refresh_snapshot, name="snapshot", daemon=True)
+                self._refreshing.start()
         return self._online
+
+    def wait_for_refresh(self, timeout: float | None = None) -> None:
+        """Until a background read of the online features (if one runs) is done: for tests and tools."""
+        if self._refreshing is not None:
+            self._refreshing.join(timeout)
 
     def _served(self, recipients: list[Recipient]) -> Served:
         """The recipients' feature rows as the models see them."""

@@ -100,6 +100,7 @@ class Sendwise:
         settings.activate()
         self.settings = settings
         self.engine = load_engine(settings)
+        self.engine.refresh_in_background = True  # small decides run on the event loop (serving.coalesce)
         self._limiter: anyio.CapacityLimiter | None = None
         self._coalescer: DecideCoalescer | None = None
         quiet_client_errors()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from sendwise.raw import load_table
 from sendwise.settings import Settings
 from serving.modules import ModuleFacts, OfferFact, choose_modules, has_category_picks, module_plan
 from serving.schemas import DecideRequest, Recipient
+from serving.snapshot import FeatureSnapshot
 
 pytestmark = [pytest.mark.integration]
 START = datetime(2026, 12, 5, 3, tzinfo=UTC)
@@ -106,6 +108,40 @@ def test_a_new_feature_table_is_served_without_a_restart(pipeline_home, customer
     assert not after[target].send
     assert after[target].reasons == ["no email consent: never scheduled, rendered or offered anything"]
     assert sum(d.send for d in after.values()) == sum(d.send for d in before.values()) - 1
+
+
+def test_in_the_service_a_new_table_is_read_in_the_background(  # type: ignore[no-untyped-def]
+    pipeline_home, customer_ids, tmp_path, monkeypatch
+) -> None:
+    """The service decides small requests on its event loop: a read of changed tables must not hold them."""
+    engine, settings = _copied_engine(pipeline_home, tmp_path, monkeypatch)
+    engine.refresh_in_background = True
+    request = DecideRequest(recipients=[Recipient(customer_id=c) for c in customer_ids[:200]], window_start=START)
+    before = {d.customer_id: d for d in engine.decide(request).decisions}
+    engine.wait_for_refresh()  # the check that decide started found nothing new
+    target = next(c for c, d in before.items() if d.send)
+    path = settings.feature_tables_dir / "customer_features.parquet"
+    table = pq.read_table(path).to_pandas()
+    table.loc[table["customer_id"] == target, "consent_email"] = 0.0
+    table.to_parquet(path, index=False)
+    loading = threading.Event()
+    release = threading.Event()
+    real_load = FeatureSnapshot.load
+
+    def slow_load(*args, **kwargs):  # type: ignore[no-untyped-def]
+        loading.set()
+        assert release.wait(30)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(FeatureSnapshot, "load", slow_load)
+    during = {d.customer_id: d for d in engine.decide(request).decisions}  # answered while the read waits
+    assert loading.wait(30)
+    assert during[target].send  # still the last snapshot
+    release.set()
+    engine.wait_for_refresh(30)
+    after = {d.customer_id: d for d in engine.decide(request).decisions}
+    assert not after[target].send
+    assert after[target].reasons == ["no email consent: never scheduled, rendered or offered anything"]
 
 
 def test_an_unreadable_feature_table_keeps_the_last_snapshot_and_says_so(  # type: ignore[no-untyped-def]
