@@ -177,7 +177,8 @@ class ApiGuard:
         body = await self._read_body(scope, receive, send)
         if body is None:
             return
-        await self.app(_as_json(scope), _replay(body, receive), _ErrorShaper(send))
+        whole = {"type": "http.request", "body": body, "more_body": False}
+        await self.app(_as_json(scope), replay(whole, receive), _ErrorShaper(send))
 
     @staticmethod
     async def _unauthorized(scope: Scope, send: Send) -> None:
@@ -229,17 +230,18 @@ def _as_json(scope: Scope) -> Scope:
     return {**scope, "headers": [*headers, (b"content-type", JSON)]}
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
+def replay(first: Message, receive: Receive) -> Receive:
+    """A `receive` that hands out `first` (a body already read), then whatever `receive` gives."""
     sent = False
 
-    async def replay() -> Message:
+    async def replayed() -> Message:
         nonlocal sent
         if not sent:
             sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
+            return first
         return await receive()
 
-    return replay
+    return replayed
 
 
 class RequestTimeout(traffic.TimeoutMiddleware):

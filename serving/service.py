@@ -26,7 +26,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sendwise.settings import Settings
 from serving.coalesce import DecideCoalescer
@@ -35,6 +35,7 @@ from serving.http_app import (
     ApiGuard,
     fix_request_timeout,
     quiet_client_errors,
+    replay,
     send_answer,
     status_metrics,
 )
@@ -199,7 +200,7 @@ class DecideLane:
         try:
             request = DecideRequest.model_validate_json(message.get("body", b""))
         except ValidationError:
-            await self.app(scope, _replay(message, receive), send)
+            await self.app(scope, replay(message, receive), send)
             return
         try:
             body = await cast("Sendwise", bentoml.get_current_service()).decide_body(request)
@@ -210,19 +211,6 @@ class DecideLane:
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-def _replay(message: Message, receive: Receive) -> Receive:
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return message
-        return await receive()
-
-    return replay
 
 
 # mypy keeps the class type through class decorators; `Sendwise` is a bentoml.Service here
