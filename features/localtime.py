@@ -14,17 +14,15 @@ def local_hour_weekday(times: pd.Series, zones: pd.Series) -> tuple[np.ndarray, 
     Converted once per zone; when every row has the same time (a campaign's window start), once per zone and
     not per row."""
     stamps = pd.DatetimeIndex(pd.to_datetime(pd.Series(times).reset_index(drop=True), utc=True))
+    if len(stamps) > 0 and bool((stamps.asi8 == stamps.asi8[0]).all()):
+        return clock_at(stamps[0], zones.to_numpy())
     codes, names = pd.factorize(pd.Series(zones.to_numpy(), dtype=object).fillna("UTC"), sort=False)
     hours = np.empty(len(stamps), dtype=np.int8)
     weekdays = np.empty(len(stamps), dtype=np.int8)
-    same_time = len(stamps) > 0 and bool((stamps.asi8 == stamps.asi8[0]).all())
     order = np.argsort(codes, kind="stable")
     bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
     for k, zone in enumerate(names):
         positions = order[bounds[k] : bounds[k + 1]]
-        if same_time:
-            hours[positions], weekdays[positions] = _clock_at(stamps[0], str(zone))
-            continue
         part = stamps[positions]
         try:
             local = part.tz_convert(str(zone))

@@ -80,8 +80,6 @@ class DecideCoalescer:
         self._max_recipients = max_recipients
         self._waiting: list[_Waiting] = []
         self._draining: asyncio.Task[None] | None = None
-        self.calls = 0
-        """Merged calls made (each a `decide_payload` of one or more requests); for tests and metrics."""
 
     def takes(self, request: DecideRequest) -> bool:
         """Whether `request` may be merged with others (any request is answered; others are decided alone)."""
@@ -97,28 +95,28 @@ class DecideCoalescer:
         return await waiting.answer
 
     async def _drain(self) -> None:
-        while self._waiting:
-            for _ in range(GATHER_YIELDS):  # let the requests already received reach the queue
-                await asyncio.sleep(0)
-            group = self._take_group()
-            try:
-                answers = self._decide_group(group)
-            except Exception as error:  # noqa: BLE001 - a single request's failure (merged ones fail alone): its 500
-                for waiting in group:
-                    if not waiting.answer.done():
-                        waiting.answer.set_exception(error)
+        try:
+            while self._waiting:
+                for _ in range(GATHER_YIELDS):  # let the requests already received reach the queue
+                    await asyncio.sleep(0)
+                self._answer(self._take_group())
+        except asyncio.CancelledError:  # the server stops: so do the clients waiting
+            for waiting in self._waiting:
+                waiting.answer.cancel()
+            raise
+
+    def _answer(self, group: list[_Waiting]) -> None:
+        try:
+            answers = self._decide_group(group)
+        except Exception as error:  # noqa: BLE001 - a single request's failure (merged ones fail alone): its 500
+            answers = [error] * len(group)
+        for waiting, answer in zip(group, answers, strict=True):
+            if waiting.answer.done():  # the client went away
                 continue
-            except BaseException:  # cancelled (the server stops): so are the clients waiting on it
-                for waiting in [*group, *self._waiting]:
-                    waiting.answer.cancel()
-                raise
-            for waiting, answer in zip(group, answers, strict=True):
-                if waiting.answer.done():  # the client went away
-                    continue
-                if isinstance(answer, Exception):
-                    waiting.answer.set_exception(answer)
-                else:
-                    waiting.answer.set_result(answer)
+            if isinstance(answer, Exception):
+                waiting.answer.set_exception(answer)
+            else:
+                waiting.answer.set_result(answer)
 
     def _take_group(self) -> list[_Waiting]:
         """The oldest waiting request, and every later one that asks the same, up to `max_recipients`."""
@@ -140,10 +138,9 @@ class DecideCoalescer:
 
     def _decide_group(self, group: list[_Waiting]) -> list[bytes | Exception]:
         """One call for the whole group, or one per request if that one fails."""
-        self.calls += 1
         requests = [w.request for w in group]
         if len(requests) == 1:
-            return [_encode(self._decide_payload(requests[0]))]
+            return [orjson.dumps(self._decide_payload(requests[0]))]
         merged = requests[0].model_copy(update={"recipients": [r for q in requests for r in q.recipients]})
         try:
             payload = self._decide_payload(merged)
@@ -156,15 +153,11 @@ class DecideCoalescer:
         for q in requests:
             part = decisions[at : at + len(q.recipients)]
             at += len(q.recipients)
-            answers.append(_encode({**payload, "decisions": part}))
+            answers.append(orjson.dumps({**payload, "decisions": part}))
         return answers
 
     def _answer_alone(self, request: DecideRequest) -> bytes | Exception:
         try:
-            return _encode(self._decide_payload(request))
+            return orjson.dumps(self._decide_payload(request))
         except Exception as error:  # noqa: BLE001 - this client's 500, the others are answered
             return error
-
-
-def _encode(payload: Payload) -> bytes:
-    return orjson.dumps(payload)

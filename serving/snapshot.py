@@ -20,7 +20,6 @@ import ctypes.util
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -147,7 +146,7 @@ class FeatureSnapshot:
     categories: list[str]  # the vocabulary of product-view categories
     views: np.ndarray  # [rows, categories] float32
     has_views: np.ndarray  # an engagement row with a category list
-    attributes: pd.DataFrame  # the attr_* columns, one row per array row
+    attributes: dict[str, _PlainColumn]  # the attr_* columns, one value per array row
     signature: tuple[tuple[str, int], ...]  # `snapshot_signature` when read: another one means a stale snapshot
 
     @property
@@ -178,15 +177,11 @@ class FeatureSnapshot:
             profiles={name: self.rhythm[rows, k].copy() for k, name in enumerate(RHYTHMS)},
             scalars=pd.DataFrame(scalars, columns=list(SCALAR_FEATURES), copy=False),
             attributes=pd.DataFrame(
-                {name: column.take(rows) for name, column in self._plain_attributes.items()}, index=range(len(rows))
+                {name: column.take(rows) for name, column in self.attributes.items()}, index=range(len(rows))
             ),
             category_names=[vocabulary if has else [] for has in named],
             category_views=list(views),
         )
-
-    @cached_property
-    def _plain_attributes(self) -> dict[str, _PlainColumn]:
-        return {name: _PlainColumn.of(self.attributes[name]) for name in self.attributes.columns}
 
     @classmethod
     def empty(cls) -> FeatureSnapshot:
@@ -235,7 +230,7 @@ class FeatureSnapshot:
         categories: list[str] = []
         views = np.zeros((n + 1, 0), dtype=np.float32)
         has_views = np.zeros(n + 1, dtype=bool)
-        attributes = pd.DataFrame(index=range(n + 1))
+        attributes: dict[str, _PlainColumn] = {}
         for view, table in tables.items():
             if table.num_rows == 0:
                 continue
@@ -270,12 +265,13 @@ class FeatureSnapshot:
                 if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
                     numbers = np.full(n + 1, np.nan)
                     numbers[at] = pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False)
-                    attributes[column] = numbers
+                    attributes[column] = _PlainColumn(numbers, None)
                 else:  # labels, coded in Arrow (a Python string per customer would be a million of them)
                     encoded = pc.dictionary_encode(pc.cast(values, pa.string()))
                     codes = np.full(n + 1, -1, dtype=np.int32)
                     codes[at] = pc.fill_null(encoded.indices, -1).to_numpy()
-                    attributes[column] = pd.Categorical.from_codes(codes, categories=encoded.dictionary.to_pylist())
+                    labels = np.array([*encoded.dictionary.to_pylist(), np.nan], dtype=object)
+                    attributes[column] = _PlainColumn(labels, codes)
         return cls(
             index=ids,
             known=known,
@@ -311,13 +307,6 @@ class _PlainColumn:
 
     values: np.ndarray  # numbers, or the labels followed by NaN
     codes: np.ndarray | None  # labels: each row's position in `values`, -1 (the NaN at the end) where missing
-
-    @classmethod
-    def of(cls, column: pd.Series) -> _PlainColumn:
-        if isinstance(column.dtype, pd.CategoricalDtype):
-            labels = np.array([*column.cat.categories, np.nan], dtype=object)
-            return cls(labels, column.cat.codes.to_numpy())
-        return cls(column.to_numpy(), None)
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         return self.values[rows] if self.codes is None else self.values[self.codes[rows]]
