@@ -189,6 +189,10 @@ def decide(
     kind: Annotated[str | None, typer.Option(help="campaign kind (overrides --request)")] = None,
     topic: Annotated[str | None, typer.Option(help="campaign topic (overrides --request)")] = None,
     window_start: Annotated[str | None, typer.Option(help="a whole UTC hour, e.g. 2026-11-27T07:00:00Z")] = None,
+    processes: Annotated[
+        int | None,
+        typer.Option(min=1, help="worker processes deciding batches side by side [default: one per core]"),
+    ] = None,
 ) -> None:
     """Decide a whole campaign from a file, in batches, without an HTTP call held open (serving/bulk.py)."""
     import json
@@ -196,7 +200,7 @@ def decide(
     from pydantic import ValidationError
     from rich.progress import Progress
 
-    from serving.bulk import BulkInputError, decide_all, read_recipients
+    from serving.bulk import BulkError, BulkInputError, decide_all, read_recipients
     from serving.engine import Engine
     from serving.schemas import DecideRequest
 
@@ -227,7 +231,12 @@ def decide(
     engine = Engine.load(_settings())
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("deciding", total=len(everyone))
-        summary = decide_all(engine, everyone, out, request, progress=lambda k: bar.advance(task, k))
+        try:
+            summary = decide_all(
+                engine, everyone, out, request, progress=lambda k: bar.advance(task, k), processes=processes
+            )
+        except BulkError as error:
+            raise _fail(str(error)) from error
     rate = summary.recipients / max(summary.seconds, 1e-9)
     console.print(
         f"{summary.recipients:,} decisions ({summary.sent:,} sends) in {summary.batches} batches, "

@@ -27,9 +27,20 @@ SMALL_BATCH_ROWS = 2_000
 thread start-up on a busy machine for a 0.1 ms prediction)."""
 
 
+_one_thread = False
+
+
+def predict_on_one_thread() -> None:
+    """From now on this process predicts on one thread. For a process forked after LightGBM's OpenMP team
+    ran: GNU libgomp's threads do not survive a fork, and a predict on more than one hangs (LightGBM's FAQ)."""
+    global _one_thread
+    _one_thread = True
+
+
 def prediction_threads(rows: int) -> int:
-    """LightGBM's `num_threads` for a predict over `rows` rows: 1 for small ones, its default (0) otherwise."""
-    return 1 if rows < SMALL_BATCH_ROWS else 0
+    """LightGBM's `num_threads` for a predict over `rows` rows: 1 for small ones (and in a forked process), its
+    default (0: OpenMP's, a thread per core) otherwise."""
+    return 1 if _one_thread or rows < SMALL_BATCH_ROWS else 0
 
 
 def _thresholds(booster: lgb.Booster, feature: str) -> np.ndarray:
@@ -84,7 +95,9 @@ class CurveScorer:
         rows[VS_PEAK] = grid_vs.ravel().astype(np.float32)
         rows[WEEKDAY] = grid_day.ravel().astype(np.float32)
         rows[WEEKEND] = (grid_day.ravel() >= 5).astype(np.float32)
-        raw = np.asarray(booster.predict(rows[booster.feature_name()], raw_score=True))
+        raw = np.asarray(
+            booster.predict(rows[booster.feature_name()], raw_score=True, num_threads=prediction_threads(len(rows)))
+        )
         return cls(booster, at_thresholds, vs_thresholds, raw.reshape(len(at), len(vs), 7))
 
     def hour_part(self, at_hour: np.ndarray, vs_peak: np.ndarray, weekday: np.ndarray) -> np.ndarray:
@@ -111,8 +124,9 @@ class CurveScorer:
     def check(self, full_design: pd.DataFrame, first_hour: pd.DataFrame, hour_features: dict[str, np.ndarray]) -> float:
         """Largest difference in probability between the table and scoring every (customer, hour) row."""
         hours = len(full_design) // max(len(first_hour), 1)
-        direct = np.asarray(self.booster.predict(full_design[self.booster.feature_name()])).reshape(-1, hours)
+        rows = full_design[self.booster.feature_name()]
+        direct = np.asarray(self.booster.predict(rows, num_threads=prediction_threads(len(rows)))).reshape(-1, hours)
         return float(np.abs(self.curves(first_hour, hour_features, hours) - direct).max())
 
 
-__all__ = ["HOURS", "CurveScorer"]
+__all__ = ["HOURS", "CurveScorer", "predict_on_one_thread", "prediction_threads"]

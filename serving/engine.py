@@ -41,7 +41,7 @@ from features.transform import (
 from sendwise.raw import load_table
 from sendwise.settings import Settings
 from serving.assign import HourPlan, describe_quiet, in_holdout, local_window_clock, plan_hours, quiet
-from serving.curves import CurveScorer, prediction_threads
+from serving.curves import CurveScorer, predict_on_one_thread, prediction_threads
 from serving.modules import (
     ModuleFacts,
     OfferFact,
@@ -476,6 +476,13 @@ class Engine:
             self._refresh_snapshot()
             self.population = self._measure_population()
 
+    def after_fork(self) -> None:
+        """In a process forked from the one that loaded this engine (the bulk path's workers): a random stream
+        of its own, else every worker draws the same explorations; and predictions on one thread."""
+        with self._rng_lock:
+            self._rng = np.random.default_rng()
+        predict_on_one_thread()
+
     # --- loading ---------------------------------------------------------------------------------
     @classmethod
     def load(cls, settings: Settings) -> Engine:
@@ -658,7 +665,8 @@ class Engine:
             curves = scorer.curves(columns.frame() if first is None else first, hour_features, hours)
             return np.clip(curves, 0.0, 1.0)
         design = self._window_design(matrix, np.arange(n), start, hours, kind, topic)
-        prediction = np.asarray(model.booster.predict(design[model.booster.feature_name()]))
+        rows = design[model.booster.feature_name()]
+        prediction = np.asarray(model.booster.predict(rows, num_threads=prediction_threads(len(rows))))
         return np.clip(prediction.reshape(n, hours), 0.0, 1.0)
 
     @staticmethod
@@ -1309,7 +1317,7 @@ class Engine:
                 np.array([request.campaign.topic], dtype=object),
             )
         design = design[model.booster.feature_name()]
-        prediction = model.booster.predict(design)
+        prediction = model.booster.predict(design, num_threads=prediction_threads(len(design)))
         row = int(np.argmax(prediction))
         base, drivers = explain_rows(model.booster, design.iloc[[row]], top=request.top)
         return ExplainResponse(

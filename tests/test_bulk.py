@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import orjson
@@ -51,7 +52,7 @@ def test_a_campaign_file_is_decided_in_batches_in_input_order(pipeline_home, kno
     assert per_hour.max() <= -(-0.2 * len(sent) // 1)  # the cap is a share of the batch
     assert lines[-1]["cold_start"] and "Asia/Tokyo" in lines[-1]["reasons"][0]
     assert f"{len(lines):,} decisions ({len(sent):,} sends) in 1 batches" in " ".join(result.output.split())
-    assert not list(out.parent.glob("*.partial"))
+    assert not list(out.parent.glob("*.partial*"))
 
 
 def test_a_bad_row_is_named_and_nothing_is_written(pipeline_home, known, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -63,7 +64,7 @@ def test_a_bad_row_is_named_and_nothing_is_written(pipeline_home, known, tmp_pat
     said = " ".join(result.output.split())  # the console wraps long lines
     assert result.exit_code == 2
     assert "line 2" in said and "timezone" in said and "Mars/Olympus" in said
-    assert not out.exists() and not list(tmp_path.glob("*.partial"))
+    assert not out.exists() and not list(tmp_path.glob("*.partial*"))
     missing = tmp_path / "ids.csv"
     missing.write_text("id\nc-1\n")
     result = _run(pipeline_home, str(missing), "--out", str(out))
@@ -111,3 +112,99 @@ def test_recipients_carry_only_the_context_the_file_has(tmp_path: Path) -> None:
     ids_only.write_text("customer_id\n c-9 \n")
     (only,) = read_recipients(ids_only)
     assert (only.customer_id, only.timezone, only.attributes) == ("c-9", None, {})  # stripped, defaults
+
+
+def _request(explore_share: float):  # type: ignore[no-untyped-def]
+    from serving.schemas import DecideRequest
+
+    body = {"recipients": [{"customer_id": "t"}], "window_start": WINDOW, "k_offers": 3, "explore_share": explore_share}
+    return DecideRequest.model_validate(body)
+
+
+def _recipients(known: list[str]):  # type: ignore[no-untyped-def]
+    from serving.schemas import Recipient
+
+    return [Recipient(customer_id=c) for c in known] + [Recipient(customer_id="new-2", timezone="Europe/Paris")]
+
+
+def _logged_ids(engine) -> list[str]:  # type: ignore[no-untyped-def]
+    return [
+        orjson.loads(line)["decision_id"]
+        for path in sorted(engine.settings.decisions_dir.glob("*.jsonl"))
+        for line in path.read_bytes().splitlines()
+    ]
+
+
+def test_worker_processes_decide_what_one_process_decides(engine, known, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from serving.bulk import decide_all
+
+    recipients = _recipients(known)
+    logged = set(_logged_ids(engine))
+    one = decide_all(engine, recipients, tmp_path / "one.jsonl", _request(0.0), batch_size=40, processes=1)
+    two = decide_all(engine, recipients, tmp_path / "two.jsonl", _request(0.0), batch_size=40, processes=2)
+    assert one.batches == two.batches == 7  # 40 first, in this process, then 211 in 6 batches of at most 40
+    assert (two.recipients, two.sent, two.status) == (one.recipients, one.sent, one.status)
+    alone, forked = (
+        [orjson.loads(line) for line in (tmp_path / name).read_bytes().splitlines()]
+        for name in ("one.jsonl", "two.jsonl")
+    )
+    assert [d["customer_id"] for d in forked] == [r.customer_id for r in recipients]
+    ids = [d.pop("decision_id") for d in forked] + [d.pop("decision_id") for d in alone]
+    assert forked == alone  # the same hours, probabilities, offers, modules and reasons
+    new = [i for i in _logged_ids(engine) if i not in logged]  # every worker's decisions reached the log
+    assert sorted(new) == sorted(ids) and len(set(ids)) == len(ids)
+
+
+def test_each_worker_process_draws_its_own_explorations(engine, known, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from serving.bulk import _ranges, decide_all
+
+    out = tmp_path / "explored.jsonl"
+    decide_all(engine, _recipients(known), out, _request(0.5), batch_size=40, processes=2)
+    explored = [orjson.loads(line)["explore"] for line in out.read_bytes().splitlines()]
+    batches = [tuple(explored[first:last]) for first, last in _ranges(len(explored), 40, 2)[1:]]  # the workers''
+    assert 0.3 < sum(explored) / len(explored) < 0.7
+    assert len(set(batches)) == len(batches)  # forked with the parent's random state, they would repeat
+
+
+def test_a_failing_worker_stops_the_job_and_nothing_is_written(  # type: ignore[no-untyped-def]
+    engine, known, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from serving.bulk import BulkError, decide_all
+
+    parent, decide = os.getpid(), engine.decide_payload
+    recipients = _recipients(known)
+
+    def failing(request):  # type: ignore[no-untyped-def]
+        ids = {r.customer_id for r in request.recipients}
+        if known[100] in ids and os.getpid() != parent:
+            raise ValueError(f"the offer table went away while deciding {known[100]}")
+        if known[200] in ids and os.getpid() != parent:
+            os._exit(3)  # a worker killed outright, as the kernel's OOM killer would
+        return decide(request)
+
+    monkeypatch.setattr(engine, "decide_payload", failing)  # the workers fork with it
+    out = tmp_path / "decisions.jsonl"
+    with pytest.raises(ValueError, match=f"went away while deciding {known[100]}"):
+        decide_all(engine, recipients[:150], out, _request(0.0), batch_size=40, processes=2)
+    assert not out.exists() and not list(tmp_path.glob("*.partial*"))
+    with pytest.raises(BulkError, match="a worker process of the bulk job died"):
+        decide_all(engine, recipients[150:], out, _request(0.0), batch_size=40, processes=2)
+    assert not out.exists() and not list(tmp_path.glob("*.partial*"))
+    monkeypatch.undo()
+    summary = decide_all(engine, recipients, out, _request(0.0), batch_size=40, processes=2)  # and it recovers
+    assert summary.recipients == len(out.read_bytes().splitlines()) == len(recipients)
+
+
+def test_batches_cover_every_recipient_once_and_split_evenly_among_workers() -> None:
+    from serving.bulk import WARM_RECIPIENTS, _ranges
+
+    for total, size, workers in [(91_371, 5_000, 2), (251, 40, 2), (251, 40, 3), (1_001, 1_000, 2), (7, 40, 2)]:
+        ranges = _ranges(total, size, workers)
+        assert ranges[0] == (0, min(WARM_RECIPIENTS, size, total)) and ranges[-1][1] == total
+        assert all(a == b for (_, a), (b, _) in pairwise(ranges))  # contiguous, in order
+        sizes = [b - a for a, b in ranges[1:]]
+        assert all(0 < s <= size for s in sizes) and max(sizes, default=0) - min(sizes, default=0) <= 1
+        assert len(sizes) <= 1 or len(sizes) % workers == 0
+    assert len(_ranges(91_371, 5_000, 2)) == 1 + 20  # 90,371 after the first batch: 19 would do, 20 split evenly
