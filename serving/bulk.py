@@ -219,10 +219,11 @@ def _append(sink: BinaryIO, part: Path) -> None:
                 if copied == 0:
                     break
                 left -= copied
-        except OSError:  # a file system without it: through user space, from where the kernel stopped
+        except OSError:  # a file system without it: the rest through user space, from where the kernel stopped
+            pass
+        sink.seek(0, os.SEEK_END)  # copy_file_range moved the descriptor's offset, not the file object's
+        if left > 0:
             shutil.copyfileobj(source, sink)
-        else:
-            sink.seek(0, os.SEEK_END)  # copy_file_range moved the descriptor's offset, not the file object's
     part.unlink()
 
 

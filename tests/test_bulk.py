@@ -208,3 +208,28 @@ def test_batches_cover_every_recipient_once_and_split_evenly_among_workers() -> 
         assert all(0 < s <= size for s in sizes) and max(sizes, default=0) - min(sizes, default=0) <= 1
         assert len(sizes) <= 1 or len(sizes) % workers == 0
     assert len(_ranges(91_371, 5_000, 2)) == 1 + 20  # 90,371 after the first batch: 19 would do, 20 split evenly
+
+
+def test_parts_are_appended_whole_with_or_without_copy_file_range(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from serving.bulk import _append
+
+    def unsupported(*args: object) -> int:
+        raise OSError(95, "Operation not supported")
+
+    for patch in (False, True):
+        if patch:
+            monkeypatch.setattr(os, "copy_file_range", unsupported)
+        out = tmp_path / f"out-{patch}.jsonl"
+        with out.open("wb") as sink:
+            sink.write(b"first\n")
+            for k, body in enumerate((b'{"a": 1}\n' * 5000, b"", b'{"b": 2}\n')):
+                part = tmp_path / f"part-{k}"
+                part.write_bytes(body)
+                _append(sink, part)
+                assert not part.exists()
+            sink.write(b"last\n")
+        assert out.read_bytes() == b"first\n" + b'{"a": 1}\n' * 5000 + b'{"b": 2}\n' + b"last\n"
