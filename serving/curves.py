@@ -43,6 +43,12 @@ def prediction_threads(rows: int) -> int:
     return 1 if _one_thread or rows < SMALL_BATCH_ROWS else 0
 
 
+def predict(booster: lgb.Booster, rows: pd.DataFrame | np.ndarray, *, raw_score: bool = False) -> np.ndarray:
+    """`booster.predict` on the threads `prediction_threads` gives: every prediction the service and the bulk
+    path make goes through here, so none can start OpenMP's team in a forked worker."""
+    return np.asarray(booster.predict(rows, raw_score=raw_score, num_threads=prediction_threads(len(rows))))
+
+
 def _thresholds(booster: lgb.Booster, feature: str) -> np.ndarray:
     """Every threshold the trees split `feature` on, sorted."""
     index = booster.feature_name().index(feature)
@@ -95,9 +101,7 @@ class CurveScorer:
         rows[VS_PEAK] = grid_vs.ravel().astype(np.float32)
         rows[WEEKDAY] = grid_day.ravel().astype(np.float32)
         rows[WEEKEND] = (grid_day.ravel() >= 5).astype(np.float32)
-        raw = np.asarray(
-            booster.predict(rows[booster.feature_name()], raw_score=True, num_threads=prediction_threads(len(rows)))
-        )
+        raw = predict(booster, rows[booster.feature_name()], raw_score=True)
         return cls(booster, at_thresholds, vs_thresholds, raw.reshape(len(at), len(vs), 7))
 
     def hour_part(self, at_hour: np.ndarray, vs_peak: np.ndarray, weekday: np.ndarray) -> np.ndarray:
@@ -114,7 +118,7 @@ class CurveScorer:
         """
         n = len(first_hour)
         rows = first_hour[self.booster.feature_name()] if isinstance(first_hour, pd.DataFrame) else first_hour
-        raw_first = np.asarray(self.booster.predict(rows, raw_score=True, num_threads=prediction_threads(n)))
+        raw_first = predict(self.booster, rows, raw_score=True)
         parts = self.hour_part(
             hour_features[AT_HOUR], hour_features[VS_PEAK], hour_features[WEEKDAY].astype(np.int64)
         ).reshape(n, hours)
@@ -124,9 +128,8 @@ class CurveScorer:
     def check(self, full_design: pd.DataFrame, first_hour: pd.DataFrame, hour_features: dict[str, np.ndarray]) -> float:
         """Largest difference in probability between the table and scoring every (customer, hour) row."""
         hours = len(full_design) // max(len(first_hour), 1)
-        rows = full_design[self.booster.feature_name()]
-        direct = np.asarray(self.booster.predict(rows, num_threads=prediction_threads(len(rows)))).reshape(-1, hours)
+        direct = predict(self.booster, full_design[self.booster.feature_name()]).reshape(-1, hours)
         return float(np.abs(self.curves(first_hour, hour_features, hours) - direct).max())
 
 
-__all__ = ["HOURS", "CurveScorer", "predict_on_one_thread", "prediction_threads"]
+__all__ = ["HOURS", "CurveScorer", "predict", "predict_on_one_thread"]

@@ -41,7 +41,7 @@ from features.transform import (
 from sendwise.raw import load_table
 from sendwise.settings import Settings
 from serving.assign import HourPlan, describe_quiet, in_holdout, local_window_clock, plan_hours, quiet
-from serving.curves import CurveScorer, predict_on_one_thread, prediction_threads
+from serving.curves import CurveScorer, predict, predict_on_one_thread
 from serving.modules import (
     ModuleFacts,
     OfferFact,
@@ -672,8 +672,7 @@ class Engine:
             curves = scorer.curves(columns.frame() if first is None else first, hour_features, hours)
             return np.clip(curves, 0.0, 1.0)
         design = self._window_design(matrix, np.arange(n), start, hours, kind, topic)
-        rows = design[model.booster.feature_name()]
-        prediction = np.asarray(model.booster.predict(rows, num_threads=prediction_threads(len(rows))))
+        prediction = predict(model.booster, design[model.booster.feature_name()])
         return np.clip(prediction.reshape(n, hours), 0.0, 1.0)
 
     @staticmethod
@@ -776,8 +775,7 @@ class Engine:
         n, m = len(rows), len(offers)
         design = offer_design(matrix, np.repeat(rows, m), offers, np.tile(np.arange(m), n))
         booster = model.booster
-        scores = booster.predict(design[booster.feature_name()], num_threads=prediction_threads(len(design)))
-        return np.asarray(scores).reshape(n, m)
+        return predict(booster, design[booster.feature_name()]).reshape(n, m)
 
     def _score_offers(self, snapshot: FeatureSnapshot) -> tuple[np.ndarray, dict[str, int]]:
         """Every known customer's conversion probability for every offer of the catalog, scored once per
@@ -1329,7 +1327,7 @@ class Engine:
                 np.array([request.campaign.topic], dtype=object),
             )
         design = design[model.booster.feature_name()]
-        prediction = model.booster.predict(design, num_threads=prediction_threads(len(design)))
+        prediction = predict(model.booster, design)
         row = int(np.argmax(prediction))
         base, drivers = explain_rows(model.booster, design.iloc[[row]], top=request.top)
         return ExplainResponse(
