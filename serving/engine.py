@@ -31,11 +31,11 @@ from features.transform import (
     CustomerMatrix,
     DesignColumns,
     OfferMatrix,
-    frame_columns,
     lightgbm_matrix,
     offer_design,
     open_columns,
     open_design,
+    is_label,
     rhythm_features,
 )
 from sendwise.raw import load_table
@@ -158,8 +158,7 @@ class Served:
     @cached_property
     def history(self) -> dict[str, np.ndarray]:
         """Emails, human opens and site visits of each row (decayed counts, rounded): what a prediction rests on."""
-        table = frame_columns(self.matrix.scalars, SCALAR_FEATURES)
-        counts = np.rint(np.nan_to_num(table.astype(np.float64), nan=0.0)).astype(int)
+        counts = np.rint(np.nan_to_num(self.matrix.scalars.astype(np.float64), nan=0.0)).astype(int)
         return {name: counts[:, SCALAR_FEATURES.index(name)] for name in ("n_emails", "n_human_opens", "n_sessions")}
 
 
@@ -607,14 +606,16 @@ class Engine:
         blank = np.flatnonzero(~profiled)
         matrix = snapshot.matrix(ids, rows, blank=blank)  # no engagement features for them
         if recipients is not None and len(unknown):
-            columns = set(matrix.attributes.columns)
+            attributes = matrix.attributes
             for i in unknown:
                 recipient = recipients[i]
                 matrix.timezone[i] = recipient.timezone or "UTC"
                 matrix.interests[i] = {s.strip().lower() for s in "|".join(recipient.interests).split("|") if s.strip()}
                 for name, value in recipient.attributes.items():
-                    if name in columns:
-                        matrix.attributes.loc[i, name] = value
+                    if name in attributes:
+                        if not is_label(attributes[name]) and not isinstance(value, int | float):
+                            attributes[name] = attributes[name].astype(object)  # a label where numbers were
+                        attributes[name][i] = value
         matrix.timezone[unknown] = [z if isinstance(z, str) and z else "UTC" for z in matrix.timezone[unknown]]
         if len(blank):
             for i in blank:

@@ -9,7 +9,14 @@ import pandas as pd
 from feast import FeatureStore
 
 from features.build import FeatureTables, count_in_previous_week
-from features.transform import CustomerMatrix, OfferMatrix, customer_matrix, offer_design, open_design
+from features.transform import (
+    SCALAR_FEATURES,
+    CustomerMatrix,
+    OfferMatrix,
+    customer_matrix,
+    offer_design,
+    open_design,
+)
 
 VALID_SHARE = 0.2
 EPOCH = pd.Timestamp("2000-01-01", tz="UTC")
@@ -100,7 +107,9 @@ def open_training_set(store: FeatureStore, tables: FeatureTables, label_hours: i
     matrix = customer_matrix(rows)
     # Fatigue at the moment of each send, not at the start of its day: a day-start count misses the sends
     # earlier that day, and a blurred count teaches the model too weak a fatigue effect.
-    matrix.scalars["sends_7d"] = sends_in_previous_week(tables.sends, sends["customer_id"], sends["send_at"])
+    matrix.scalars[:, SCALAR_FEATURES.index("sends_7d")] = sends_in_previous_week(
+        tables.sends, sends["customer_id"], sends["send_at"]
+    )
     design = open_design(
         matrix, np.arange(len(sends)), sends["send_at"], sends["kind"].to_numpy(), sends["topic"].to_numpy()
     )
