@@ -87,6 +87,14 @@ def is_label(values: np.ndarray) -> bool:
     return values.dtype.kind not in "biuf"
 
 
+def set_attribute(attributes: dict[str, np.ndarray], name: str, row: int, value: object) -> None:
+    """`attributes[name][row] = value`; a label given where the column holds numbers makes the column labels
+    (as the models read a frame's column that mixes the two)."""
+    if not is_label(attributes[name]) and not isinstance(value, int | float):
+        attributes[name] = attributes[name].astype(object)
+    attributes[name][row] = value
+
+
 def customer_matrix(rows: pd.DataFrame) -> CustomerMatrix:
     """Arrays from feature rows with the columns of the customer, attribute and engagement views."""
     n = len(rows)

@@ -35,8 +35,8 @@ from features.transform import (
     offer_design,
     open_columns,
     open_design,
-    is_label,
     rhythm_features,
+    set_attribute,
 )
 from sendwise.raw import load_table
 from sendwise.settings import Settings
@@ -613,9 +613,7 @@ class Engine:
                 matrix.interests[i] = {s.strip().lower() for s in "|".join(recipient.interests).split("|") if s.strip()}
                 for name, value in recipient.attributes.items():
                     if name in attributes:
-                        if not is_label(attributes[name]) and not isinstance(value, int | float):
-                            attributes[name] = attributes[name].astype(object)  # a label where numbers were
-                        attributes[name][i] = value
+                        set_attribute(attributes, name, i, value)
         matrix.timezone[unknown] = [z if isinstance(z, str) and z else "UTC" for z in matrix.timezone[unknown]]
         if len(blank):
             for i in blank:

@@ -235,6 +235,24 @@ def test_curves_from_the_hour_table_equal_scoring_every_hour(engine, customers, 
     assert np.abs(slow - direct[:40]).max() < 1e-12
 
 
+def test_a_label_given_where_an_attribute_holds_numbers_makes_the_column_labels() -> None:
+    """An unknown recipient's context is written into the batch's attribute arrays; a frame would upcast a
+    numeric column to objects for a label, and the models then read the column as categorical."""
+    from features.transform import is_label, set_attribute
+
+    attributes = {
+        "attr_age": np.array([31.0, np.nan, 40.0]),
+        "attr_tier": np.array(["gold", np.nan, "basic"], dtype=object),
+    }
+    set_attribute(attributes, "attr_age", 1, 25)
+    set_attribute(attributes, "attr_tier", 1, "silver")
+    assert attributes["attr_age"].dtype == np.float64 and attributes["attr_age"][1] == 25.0
+    assert attributes["attr_tier"].tolist() == ["gold", "silver", "basic"]
+    set_attribute(attributes, "attr_age", 2, "forty")
+    assert is_label(attributes["attr_age"]) and attributes["attr_age"].tolist() == [31.0, 25.0, "forty"]
+    assert not is_label(np.array([True, False])) and is_label(np.array(["a"]))
+
+
 def test_the_matrix_serving_scores_equals_the_frame_training_reads(engine, customers) -> None:  # type: ignore[no-untyped-def]
     """Serving codes labels itself instead of building the frame; the booster must see the same numbers."""
     from features.transform import lightgbm_matrix, open_columns
