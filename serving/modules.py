@@ -139,16 +139,18 @@ def offer_slots(
     Only offers ranked ahead of the control arm (if any) are candidates: one ranked below it is worth less than
     sending no offer. The hero is the first candidate worth `threshold`; in a newsletter content offers go to
     the content block instead."""
-    ahead = []
-    for j, kind in enumerate(kinds):
-        if kind == "control":
-            break
-        ahead.append(j)
-    candidates = [j for j in ahead if not (template == "newsletter" and kinds[j] == "content")]
+    try:
+        ahead = range(kinds.index("control"))
+    except ValueError:  # no control arm: every offer is a candidate
+        ahead = range(len(kinds))
+    content = [j for j in ahead if kinds[j] == "content"]
+    if template == "newsletter" and content:
+        candidates: Sequence[int] = [j for j in ahead if kinds[j] != "content"]
+    else:
+        candidates = ahead
     hero = next((j for j in candidates if values[j] >= threshold), None)
     rest = [j for j in candidates if j != hero][:MAX_SECONDARY_OFFERS]
-    content = [j for j in ahead if kinds[j] == "content"][:MAX_CONTENT_OFFERS]
-    return hero, rest, content
+    return hero, rest, content[:MAX_CONTENT_OFFERS]
 
 
 def has_category_picks(cold_start: bool, topic: str | None, interests: Sequence[str], any_views: bool) -> bool:
