@@ -135,17 +135,26 @@ def customer_matrix(rows: pd.DataFrame) -> CustomerMatrix:
 
 def _share_matrix(matrix: CustomerMatrix) -> tuple[list[str], np.ndarray]:
     """Each customer's share of product views per category, over the union of the categories seen."""
-    vocabulary = sorted({name for names in matrix.category_names for name in names})
+    # Rows with the same categories are stacked together. A snapshot's rows share one list object: rows are
+    # grouped by the object first (one look-up each), then the objects by their names.
+    by_object: dict[int, tuple[list[str], list[int]]] = {}
+    for r, names in enumerate(matrix.category_names):
+        if names:
+            members = by_object.setdefault(id(names), (names, []))[1]
+            if len(names) == len(matrix.category_views[r]):
+                members.append(r)
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for names, members in by_object.values():
+        groups.setdefault(tuple(names), []).extend(members)
+    vocabulary = sorted({name for names in groups for name in names})
     position = {name: k for k, name in enumerate(vocabulary)}
     shares = np.zeros((len(matrix), max(len(vocabulary), 1)), dtype=np.float32)
-    groups: dict[tuple[str, ...], list[int]] = {}
-    for r, names in enumerate(matrix.category_names):
-        if names and len(names) == len(matrix.category_views[r]):
-            groups.setdefault(tuple(names), []).append(r)
-    for group, members in groups.items():  # rows of one snapshot share their category list: stack them
+    for names, members in groups.items():
+        if not members:
+            continue
         views = np.stack([matrix.category_views[r] for r in members])
         total = views.sum(axis=1, keepdims=True)
-        columns = [position[name] for name in group]
+        columns = [position[name] for name in names]
         shares[np.ix_(members, columns)] = np.divide(views, total, out=np.zeros_like(views), where=total > 0)
     return vocabulary, shares
 

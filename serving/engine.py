@@ -644,15 +644,13 @@ class Engine:
                 if prior is not None:
                     profile[pooled[matrix.timezone[pooled] == zone]] = np.asarray(getattr(prior, day), np.float32)
 
-    def _history_reason(self, batch: _Batch, i: int, emails: int) -> str:
+    @staticmethod
+    def _history_reason(emails: int, opens: int, visits: int, zone: str) -> str:
         """How much of the customer's own history the prediction rests on (decayed counts, rounded)."""
-        history = batch.served.history
-        visits, opens = int(history["n_sessions"][i]), int(history["n_human_opens"][i])
         reason = (
             f"prediction rests on {emails} past emails, {opens} human opens and {visits} site visits of this customer"
         )
         if visits + opens < LITTLE_HISTORY_EVENTS:
-            zone = batch.zones[i]
             reason += f" (little history: the send time leans on the daily rhythm of customers in {zone})"
         return reason
 
@@ -959,6 +957,7 @@ class Engine:
         overall = curves.argmax(axis=1).tolist() if curves.shape[1] else [0] * n
         overall_p = curves.max(axis=1).tolist() if curves.shape[1] else [0.0] * n
         emails = served.history["n_emails"].tolist()
+        opens, visits = served.history["n_human_opens"].tolist(), served.history["n_sessions"].tolist()
         known, profiled = served.known.tolist(), served.profiled.tolist()
         consent, eligible = served.consent.tolist(), served.eligible.tolist()
         holdout, explore = batch.holdout.tolist(), batch.explore.tolist()
@@ -1050,7 +1049,7 @@ class Engine:
             elif not profiled[i]:
                 reasons = ["profiling consent not given: population-level predictions only"]
             else:
-                reasons = [self._history_reason(batch, i, emails[i])]
+                reasons = [self._history_reason(emails[i], opens[i], visits[i], batch.zones[i])]
             reasons.extend(notes)
             if holdout[i]:
                 reasons.append(f"in the global holdout, but {batch.kind} email is never held out")
