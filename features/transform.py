@@ -9,6 +9,7 @@ schedule.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
@@ -159,6 +160,19 @@ def _share_matrix(matrix: CustomerMatrix) -> tuple[list[str], np.ndarray]:
     return vocabulary, shares
 
 
+def _factorize(values: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """(each value's code, the distinct values as strings); None and NaN take -1. A dictionary for a few rows,
+    where pandas' fixed cost is most of the time."""
+    if len(values) > FEW_ROWS:
+        found, distinct = pd.factorize(np.asarray(values, dtype=object))
+        return found, [str(v) for v in distinct]
+    codes: dict[object, int] = {}
+    found = np.array(
+        [-1 if v is None or pd.isna(v) else codes.setdefault(v, len(codes)) for v in values], dtype=np.int64
+    )
+    return found, [str(v) for v in codes]
+
+
 def _category_share(
     matrix: CustomerMatrix, rows: np.ndarray, categories: np.ndarray, no_category: str = "zero"
 ) -> np.ndarray:
@@ -169,8 +183,7 @@ def _category_share(
     """
     vocabulary, shares = _share_matrix(matrix)
     # each distinct category once (a campaign has one topic, an offer design a dozen categories)
-    found, distinct = pd.factorize(np.asarray(categories, dtype=object))
-    names = [str(v) for v in distinct]
+    found, names = _factorize(categories)
     position = {name: k for k, name in enumerate(vocabulary)}
     coded = np.array([position.get(name, -1) for name in names] + [-1], dtype=np.int64)
     codes = coded[found]  # -1 (no category) takes the last entry: none
@@ -196,17 +209,13 @@ def _engagement_columns(matrix: CustomerMatrix, rows: np.ndarray, cumulative: bo
     """Rates per email received; with `cumulative`, the decayed counts too (what a customer is worth)."""
     table = matrix.scalars[rows]
     scalars = {name: table[:, k] for k, name in enumerate(SCALAR_FEATURES)}
-    emails = np.nan_to_num(scalars["n_emails"], nan=0.0)
-    scalars["open_rate"] = (np.nan_to_num(scalars["n_human_opens"], nan=0.0) + PRIOR_WEIGHT * PRIOR_OPEN_RATE) / (
-        emails + PRIOR_WEIGHT
-    )
-    scalars["click_rate"] = (np.nan_to_num(scalars["n_clicks"], nan=0.0) + PRIOR_WEIGHT * 0.05) / (
-        emails + PRIOR_WEIGHT
-    )
+    counts = np.nan_to_num(table, nan=0.0)  # no count yet is none
+    count = {name: counts[:, k] for k, name in enumerate(SCALAR_FEATURES)}
+    emails = count["n_emails"]
+    scalars["open_rate"] = (count["n_human_opens"] + PRIOR_WEIGHT * PRIOR_OPEN_RATE) / (emails + PRIOR_WEIGHT)
+    scalars["click_rate"] = (count["n_clicks"] + PRIOR_WEIGHT * 0.05) / (emails + PRIOR_WEIGHT)
     for name in ("n_sessions", "n_purchases", "purchase_value"):
-        scalars[name.removeprefix("n_") + "_per_email"] = np.nan_to_num(scalars[name], nan=0.0) / (
-            emails + PRIOR_WEIGHT
-        )
+        scalars[name.removeprefix("n_") + "_per_email"] = count[name] / (emails + PRIOR_WEIGHT)
     return scalars if cumulative else {k: v for k, v in scalars.items() if k not in CUMULATIVE}
 
 
@@ -262,11 +271,22 @@ class DesignColumns:
         return len(next(iter(self.values.values()))) if self.values else 0
 
 
+_names_of: weakref.WeakKeyDictionary[lgb.Booster, list[str]] = weakref.WeakKeyDictionary()
+
+
+def _feature_names(booster: lgb.Booster) -> list[str]:
+    """`booster.feature_name()`, asked of LightGBM once per booster (each call decodes every name again)."""
+    names = _names_of.get(booster)
+    if names is None:
+        names = _names_of[booster] = booster.feature_name()
+    return names
+
+
 def lightgbm_matrix(columns: DesignColumns, booster: lgb.Booster) -> np.ndarray | None:
     """The float matrix LightGBM converts `columns.frame()[booster.feature_name()]` to: numbers as they are,
     labels as their position in the categories the booster was trained with (NaN where unseen). None when the
     booster's categorical features are not the design's, so the caller predicts from the frame instead."""
-    names = booster.feature_name()
+    names = _feature_names(booster)
     categorical = [name for name in names if name in columns.categories]
     trained = booster.pandas_categorical or []
     if len(trained) != len(categorical) or any(name not in columns.values for name in names):

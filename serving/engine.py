@@ -224,6 +224,8 @@ class OfferSet:
     offers: pd.DataFrame  # with each offer's margin
     matrix: OfferMatrix
     facts: list[tuple[str, str, str | None, float | None]]  # id, kind, category, discount
+    margins: np.ndarray  # what a conversion is worth (1 where the catalog gives no margin)
+    kinds: np.ndarray
 
     @property
     def ids(self) -> list[str]:
@@ -755,7 +757,8 @@ class Engine:
         if not eligible.empty:
             matrix = self._offer_matrix(eligible["offer_id"])
             eligible = eligible.assign(margin=matrix.margin)
-            chosen = OfferSet(eligible, matrix, _offer_facts(eligible))
+            margins = eligible["margin"].fillna(1.0).to_numpy(dtype=np.float64)
+            chosen = OfferSet(eligible, matrix, _offer_facts(eligible), margins, eligible["kind"].to_numpy())
         if len(self._offer_sets) >= OFFER_SETS_KEPT:
             self._offer_sets.clear()
         self._offer_sets[key] = chosen
@@ -834,8 +837,8 @@ class Engine:
         matrix, known = served.matrix, served.known
         chosen, conversion = self._offer_scores(served, start, request.offer_ids)
         offers = chosen.offers if chosen is not None else pd.DataFrame()
-        margins = offers["margin"].fillna(1.0).to_numpy() if len(offers) else np.zeros(0)
-        kinds = offers["kind"].to_numpy() if len(offers) else np.zeros(0, dtype=object)
+        margins = chosen.margins if chosen is not None else np.zeros(0)
+        kinds = chosen.kinds if chosen is not None else np.zeros(0, dtype=object)
         n, hours = len(request.recipients), request.window_hours
         ids = [r.customer_id for r in request.recipients]
         zones = matrix.timezone.tolist()

@@ -253,6 +253,19 @@ def test_a_label_given_where_an_attribute_holds_numbers_makes_the_column_labels(
     assert not is_label(np.array([True, False])) and is_label(np.array(["a"]))
 
 
+def test_few_categories_are_coded_as_pandas_codes_them() -> None:
+    """A few rows are coded with a dictionary instead of `pd.factorize`: the same codes and names."""
+    from features.localtime import FEW_ROWS
+    from features.transform import _factorize
+
+    values = np.array(["outdoor", None, "books", "outdoor", np.nan, pd.NA, ""], dtype=object)
+    for rows in (values, np.resize(values, FEW_ROWS + 1)):
+        codes, names = _factorize(rows)
+        expected, distinct = pd.factorize(rows)
+        assert codes.tolist() == expected.tolist() and names == [str(v) for v in distinct]
+    assert _factorize(values)[0].tolist() == [0, -1, 1, 0, -1, -1, 2]
+
+
 def test_the_matrix_serving_scores_equals_the_frame_training_reads(engine, customers) -> None:  # type: ignore[no-untyped-def]
     """Serving codes labels itself instead of building the frame; the booster must see the same numbers."""
     from features.transform import lightgbm_matrix, open_columns
