@@ -48,7 +48,9 @@ from serving.modules import (
     check_template,
     choose_modules,
     has_category_picks,
-    module_plan,
+    offer_slots,
+    offer_slots_batch,
+    planned_modules,
 )
 from serving.render import render_email
 from serving.schemas import (
@@ -977,8 +979,9 @@ class Engine:
         # per recipient was a sixth of a campaign's decide); each decision takes its slice.
         offer_ids = np.array([f[0] for f in batch.offer_facts] or [""], dtype=object)
         offer_kinds = np.array([f[1] for f in batch.offer_facts] or [""], dtype=object)
-        top_ids, top_kinds = offer_ids[top].ravel().tolist(), offer_kinds[top].ravel().tolist()
-        value = np.take_along_axis(batch.value, top, axis=1).ravel().tolist()
+        ids_2d, kinds_2d = offer_ids[top], offer_kinds[top]
+        value_2d = np.take_along_axis(batch.value, top, axis=1)
+        top_ids, top_kinds, value = ids_2d.ravel().tolist(), kinds_2d.ravel().tolist(), value_2d.ravel().tolist()
         ranked_all = [
             {
                 "offer_id": offer_id,
@@ -1007,6 +1010,13 @@ class Engine:
         template = "newsletter" if batch.kind == "newsletter" else "promotional"
         threshold = max(self.population.high_value_threshold, 0.0)
         population = self.population.open_probability
+        # Where each row's offers go in the email, for the whole ranking at once (rows that leave offers out
+        # are placed one by one, from the offers left).
+        hero, secondary, content = offer_slots_batch(kinds_2d, value_2d, template, threshold)
+        hero_ids = np.where(hero >= 0, ids_2d[everyone, np.maximum(hero, 0)], None).tolist() if width else [None] * n
+        secondary_ids, content_ids = ids_2d[secondary].tolist(), ids_2d[content].tolist()
+        secondary_at = [0, *np.cumsum(secondary.sum(axis=1)).tolist()]
+        content_at = [0, *np.cumsum(content.sum(axis=1)).tolist()]
         stamps = batch.window_times
         ids = os.urandom(16 * n).hex()
         out: list[dict[str, object]] = []
@@ -1064,6 +1074,11 @@ class Engine:
             lo, hi = i * width, (i + 1) * width
             ranked_ids, ranked_kinds, ranked_value = top_ids[lo:hi], top_kinds[lo:hi], value[lo:hi]
             ranked = ranked_all[lo:hi]
+            slots = (
+                hero_ids[i],
+                secondary_ids[secondary_at[i] : secondary_at[i + 1]],
+                content_ids[content_at[i] : content_at[i + 1]],
+            )
             if len(batch.excluded[i]):
                 left_out = set(batch.excluded[i].tolist())
                 columns = [j for j in order[i].tolist() if j not in left_out][:k]
@@ -1082,14 +1097,17 @@ class Engine:
                 names = ", ".join(facts[j][0] for j in sorted(left_out))
                 days = batch.constraints.no_repeat_offer_days
                 reasons.append(f"left out, shown to this customer in the {days} days before the window: {names}")
+                place = offer_slots(ranked_kinds, ranked_value, template, threshold)
+                slots = (
+                    ranked_ids[place[0]] if place[0] is not None else None,
+                    [ranked_ids[j] for j in place[1]],
+                    [ranked_ids[j] for j in place[2]],
+                )
             if ranked_kinds and ranked_kinds[0] == "control":
                 reasons.append("no offer adds value over sending none for this customer")
-            modules = module_plan(
+            modules = planned_modules(
                 template,
-                ranked_ids,
-                ranked_kinds,
-                ranked_value,
-                threshold,
+                *slots,
                 cold_start=not known[i],
                 history_emails=emails[i],
                 open_probability=chosen_p[i],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 TEMPLATES: tuple[str, ...] = ("promotional", "newsletter")
@@ -110,19 +111,46 @@ def module_plan(
     reasons: what a decision carries, at campaign scale. The ranked offers come as parallel lists (ids, kinds,
     expected values); both functions read the same rules (`offer_slots`), and `has_categories` is
     `has_category_picks` of the recipient."""
+    hero, rest, content = offer_slots(kinds, values, template, high_value_threshold)
+    return planned_modules(
+        template,
+        offer_ids[hero] if hero is not None else None,
+        [offer_ids[j] for j in rest],
+        [offer_ids[j] for j in content],
+        cold_start=cold_start,
+        history_emails=history_emails,
+        open_probability=open_probability,
+        population_open_probability=population_open_probability,
+        has_categories=has_categories,
+    )
+
+
+def planned_modules(
+    template: str,
+    hero: str | None,
+    secondary: list[str],
+    content: list[str],
+    *,
+    cold_start: bool,
+    history_emails: int,
+    open_probability: float,
+    population_open_probability: float,
+    has_categories: bool,
+) -> list[tuple[str, list[str]]]:
+    """`module_plan` from the offers `offer_slots` (or `offer_slots_batch`) placed: the hero's id, the
+    secondary offers' and the content offers'."""
     plan: list[tuple[str, list[str]]] = []
     if _wants_welcome(cold_start, history_emails):
         plan.append(("welcome", []))
     if _wants_reengagement(cold_start, history_emails, open_probability, population_open_probability):
         plan.append(("reengagement", []))
-    hero, rest, content = offer_slots(kinds, values, template, high_value_threshold)
-    slots = [("hero_offer", [offer_ids[hero]])] if hero is not None else []
-    if rest:
-        slots.append(("secondary_offers", [offer_ids[j] for j in rest]))
+    slots = [("hero_offer", [hero])] if hero is not None else []
+    if secondary:
+        slots.append(("secondary_offers", secondary))
     if template == "newsletter":
         plan.append(("newsletter_digest", []))
         if content:
-            plan.append(("content_block", [offer_ids[j] for j in content]))
+            plan.append(("content_block", content))
         plan.extend(slots)
     else:
         plan.extend(slots)
@@ -151,6 +179,22 @@ def offer_slots(
     hero = next((j for j in candidates if values[j] >= threshold), None)
     rest = [j for j in candidates if j != hero][:MAX_SECONDARY_OFFERS]
     return hero, rest, content[:MAX_CONTENT_OFFERS]
+
+
+def offer_slots_batch(
+    kinds: np.ndarray, values: np.ndarray, template: str, threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`offer_slots` of every row of a ranking at once ([rows, ranked] kinds and expected values): the hero's
+    position (-1 for none), and masks of the secondary and of the content offers."""
+    n, width = kinds.shape
+    ahead = np.cumsum(kinds == "control", axis=1) == 0  # ranked before the control arm
+    content = ahead & (kinds == "content")
+    candidates = ahead & ~content if template == "newsletter" else ahead
+    worth = candidates & (values >= threshold)
+    hero = np.where(worth.any(axis=1), worth.argmax(axis=1), -1) if width else np.full(n, -1)
+    others = candidates & (np.arange(width)[None, :] != hero[:, None])
+    secondary = others & (np.cumsum(others, axis=1) <= MAX_SECONDARY_OFFERS)
+    return hero, secondary, content & (np.cumsum(content, axis=1) <= MAX_CONTENT_OFFERS)
 
 
 def has_category_picks(cold_start: bool, topic: str | None, interests: Sequence[str], any_views: bool) -> bool:

@@ -15,7 +15,15 @@ import pytest
 from features.transform import OfferMatrix, customer_matrix, offer_design, open_design
 from sendwise.raw import load_table
 from sendwise.settings import Settings
-from serving.modules import ModuleFacts, OfferFact, choose_modules, has_category_picks, module_plan
+from serving.modules import (
+    ModuleFacts,
+    OfferFact,
+    choose_modules,
+    has_category_picks,
+    module_plan,
+    offer_slots,
+    offer_slots_batch,
+)
 from serving.schemas import DecideRequest, Recipient
 from serving.snapshot import FeatureSnapshot
 
@@ -207,3 +215,27 @@ def test_module_plan_picks_what_choose_modules_picks() -> None:
             assert [i for n, i in planned if n in offer_modules] == [i for n, i in chosen if n in offer_modules]
             checked += 1
     assert checked == 6000
+
+
+def test_offer_slots_of_a_whole_ranking_equal_those_of_each_row() -> None:
+    """A campaign places every row's offers at once; each row must get what `offer_slots` gives it alone."""
+    rng = np.random.default_rng(11)
+    kinds = np.array(["discount", "content", "control"], dtype=object)
+    rows = 0
+    for _ in range(200):
+        n, width = int(rng.integers(1, 20)), int(rng.integers(0, 8))
+        ranked = rng.choice(kinds, size=(n, width), p=[0.6, 0.25, 0.15])
+        values = rng.gamma(2.0, 1.0, size=(n, width))
+        for template in ("promotional", "newsletter"):
+            threshold = float(rng.uniform(0.5, 3.0))
+            hero, secondary, content = offer_slots_batch(ranked, values, template, threshold)
+            for i in range(n):
+                alone = offer_slots(ranked[i].tolist(), values[i].tolist(), template, threshold)
+                placed = (
+                    None if hero[i] < 0 else int(hero[i]),
+                    np.flatnonzero(secondary[i]).tolist(),
+                    np.flatnonzero(content[i]).tolist(),
+                )
+                assert placed == alone, (ranked[i], values[i], template, threshold)
+                rows += 1
+    assert rows > 2000
