@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from features.transform import HOURS
+from serving.compiled import compiled
 
 AT_HOUR, VS_PEAK, WEEKDAY, WEEKEND = "rhythm_at_hour", "rhythm_vs_peak", "local_weekday", "is_weekend"
 TOLERANCE = 1e-9
@@ -45,7 +46,12 @@ def prediction_threads(rows: int) -> int:
 
 def predict(booster: lgb.Booster, rows: pd.DataFrame | np.ndarray, *, raw_score: bool = False) -> np.ndarray:
     """`booster.predict` on the threads `prediction_threads` gives: every prediction the service and the bulk
-    path make goes through here, so none can start OpenMP's team in a forked worker."""
+    path make goes through here, so none can start OpenMP's team in a forked worker. A matrix is scored by the
+    booster's compiled trees (`serving.compiled`, checked equal to LightGBM first) where they can be made."""
+    if isinstance(rows, np.ndarray):
+        trees = compiled(booster, rows)
+        if trees is not None:
+            return trees.predict(rows, raw_score=raw_score, threads=1 if _one_thread else 2)
     return np.asarray(booster.predict(rows, raw_score=raw_score, num_threads=prediction_threads(len(rows))))
 
 

@@ -41,6 +41,7 @@ from features.transform import (
 from sendwise.raw import load_table
 from sendwise.settings import Settings
 from serving.assign import HourPlan, describe_quiet, in_holdout, local_window_clock, plan_hours, quiet
+from serving.compiled import warm_up
 from serving.curves import CurveScorer, predict, predict_on_one_thread
 from serving.modules import (
     ModuleFacts,
@@ -520,6 +521,7 @@ class Engine:
             )
         priors_path = settings.feature_tables_dir / "rhythm_priors.parquet"
         priors = pd.read_parquet(priors_path) if priors_path.exists() else None
+        warm_up()  # the compiled tree walk, before any request waits for it
         engine = cls(settings, store, models, offers, offer_features, SendHistory.from_raw(settings), priors)
         # What was just loaded (models, Feast, MLflow, the snapshot) lives as long as the process: keep it out
         # of the cycle collector's full passes, which otherwise walk all of it whenever a batch's answer, or a
