@@ -150,12 +150,12 @@ def _share_matrix(matrix: CustomerMatrix) -> tuple[list[str], np.ndarray]:
     vocabulary = sorted({name for names in groups for name in names})
     position = {name: k for k, name in enumerate(vocabulary)}
     shares = np.zeros((len(matrix), max(len(vocabulary), 1)), dtype=np.float32)
-    for names, members in groups.items():
+    for group, members in groups.items():
         if not members:
             continue
         views = np.stack([matrix.category_views[r] for r in members])
         total = views.sum(axis=1, keepdims=True)
-        columns = [position[name] for name in names]
+        columns = [position[name] for name in group]
         shares[np.ix_(members, columns)] = np.divide(views, total, out=np.zeros_like(views), where=total > 0)
     return vocabulary, shares
 

@@ -101,7 +101,10 @@ class CompiledTrees:
             return None
         sigmoid = float(next((p.split(":")[1] for p in objective[1:] if p.startswith("sigmoid:")), "1"))
         parts: dict[str, list[np.ndarray]] = {k: [] for k in ("feature", "threshold", "decision", "left", "right")}
-        roots, leaves, bounds, words = [], [], [0], []
+        roots: list[int] = []
+        leaves: list[np.ndarray] = []
+        bounds: list[int] = [0]  # where each categorical split's bitset starts in `words`, and the end
+        words: list[int] = []
         nodes = leaf_base = 0
         for text in ("Tree=" + body.split("end of trees")[0]).split("\nTree="):
             tree = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)

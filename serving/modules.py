@@ -94,37 +94,6 @@ class ModuleChoice(BaseModel):
     """The offer ids (offer modules) or category names (category modules) the module shows, in order."""
 
 
-def module_plan(
-    template: str,
-    offer_ids: Sequence[str],
-    kinds: Sequence[str],
-    values: Sequence[float],
-    high_value_threshold: float,
-    *,
-    cold_start: bool,
-    history_emails: int,
-    open_probability: float,
-    population_open_probability: float,
-    has_categories: bool,
-) -> list[tuple[str, list[str]]]:
-    """The modules `choose_modules` picks (names, and the offers the offer modules show), without writing the
-    reasons: what a decision carries, at campaign scale. The ranked offers come as parallel lists (ids, kinds,
-    expected values); both functions read the same rules (`offer_slots`), and `has_categories` is
-    `has_category_picks` of the recipient."""
-    hero, rest, content = offer_slots(kinds, values, template, high_value_threshold)
-    return planned_modules(
-        template,
-        offer_ids[hero] if hero is not None else None,
-        [offer_ids[j] for j in rest],
-        [offer_ids[j] for j in content],
-        cold_start=cold_start,
-        history_emails=history_emails,
-        open_probability=open_probability,
-        population_open_probability=population_open_probability,
-        has_categories=has_categories,
-    )
-
-
 def planned_modules(
     template: str,
     hero: str | None,
@@ -137,8 +106,10 @@ def planned_modules(
     population_open_probability: float,
     has_categories: bool,
 ) -> list[tuple[str, list[str]]]:
-    """`module_plan` from the offers `offer_slots` (or `offer_slots_batch`) placed: the hero's id, the
-    secondary offers' and the content offers'."""
+    """The modules `choose_modules` picks (names, and the offers the offer modules show), without writing the
+    reasons: what a decision carries, at campaign scale. The offers come placed by `offer_slots` (or
+    `offer_slots_batch`, for a whole ranking), the rule `choose_modules` reads: the hero's id, the secondary
+    offers' and the content offers'; `has_categories` is `has_category_picks` of the recipient."""
     plan: list[tuple[str, list[str]]] = []
     if _wants_welcome(cold_start, history_emails):
         plan.append(("welcome", []))

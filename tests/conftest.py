@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -48,6 +49,16 @@ def pipeline_home(small_world: Path, tmp_path_factory: pytest.TempPathFactory) -
     settings = Settings(home=home)
     settings.activate()
     return PipelineHome(world=small_world, settings=settings, output=result.output)
+
+
+@pytest.fixture(scope="session")
+def customers(pipeline_home: PipelineHome) -> pd.DataFrame:
+    """The small world's customers, as its raw store holds them."""
+    from sendwise.raw import load_table
+
+    frame = load_table(pipeline_home.settings, "customers")
+    assert frame is not None
+    return frame
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
-import pytest
 
 from features.transform import lightgbm_matrix, open_columns
 from serving.compiled import CompiledTrees, compiled
@@ -22,15 +21,6 @@ def _rows(engine, customers, booster: lgb.Booster) -> np.ndarray:  # type: ignor
     rows = lightgbm_matrix(columns, booster)
     assert rows is not None
     return rows
-
-
-@pytest.fixture(scope="module")
-def customers(pipeline_home) -> pd.DataFrame:  # type: ignore[no-untyped-def]
-    from sendwise.raw import load_table
-
-    frame = load_table(pipeline_home.settings, "customers")
-    assert frame is not None
-    return frame
 
 
 def test_compiled_trees_equal_lightgbm_on_served_rows_missing_values_and_odd_categories(engine, customers) -> None:  # type: ignore[no-untyped-def]

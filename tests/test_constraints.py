@@ -178,13 +178,6 @@ def test_quiet_hours_of_equal_start_and_end_are_refused() -> None:
 
 # --- on the small world's champions ----------------------------------------------------------------
 @pytest.fixture(scope="module")
-def customers(pipeline_home) -> pd.DataFrame:  # type: ignore[no-untyped-def]
-    frame = load_table(pipeline_home.settings, "customers")
-    assert frame is not None
-    return frame
-
-
-@pytest.fixture(scope="module")
 def sends(pipeline_home) -> pd.DataFrame:  # type: ignore[no-untyped-def]
     events = load_table(pipeline_home.settings, "email_events")
     assert events is not None

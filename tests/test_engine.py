@@ -15,13 +15,6 @@ pytestmark = [pytest.mark.integration]
 START = datetime(2026, 12, 1, 7, tzinfo=UTC)
 
 
-@pytest.fixture(scope="module")
-def customers(pipeline_home) -> pd.DataFrame:  # type: ignore[no-untyped-def]
-    frame = load_table(pipeline_home.settings, "customers")
-    assert frame is not None
-    return frame
-
-
 def _decide(engine, ids: list[str], **kwargs):  # type: ignore[no-untyped-def]
     request = DecideRequest(recipients=[Recipient(customer_id=i) for i in ids], window_start=START, **kwargs)
     return engine.decide(request)

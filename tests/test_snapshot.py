@@ -20,9 +20,9 @@ from serving.modules import (
     OfferFact,
     choose_modules,
     has_category_picks,
-    module_plan,
     offer_slots,
     offer_slots_batch,
+    planned_modules,
 )
 from serving.schemas import DecideRequest, Recipient
 from serving.snapshot import FeatureSnapshot
@@ -166,7 +166,7 @@ def test_an_unreadable_feature_table_keeps_the_last_snapshot_and_says_so(  # typ
     assert str(reason).startswith("online features unavailable:") and "engagement_features" in str(reason)
 
 
-def test_module_plan_picks_what_choose_modules_picks() -> None:
+def test_planned_modules_are_those_choose_modules_picks() -> None:
     rng = np.random.default_rng(5)
     kinds = ["discount", "content", "control"]
     checked = 0
@@ -198,12 +198,15 @@ def test_module_plan_picks_what_choose_modules_picks() -> None:
         )
         for template in ("promotional", "newsletter"):
             chosen = [(m.name, m.items) for m in choose_modules(facts, template)]
-            planned = module_plan(
+            ids = [o.offer_id for o in offers]
+            hero, rest, content = offer_slots(
+                [o.kind for o in offers], [o.expected_value for o in offers], template, facts.high_value_threshold
+            )
+            planned = planned_modules(
                 template,
-                [o.offer_id for o in offers],
-                [o.kind for o in offers],
-                [o.expected_value for o in offers],
-                facts.high_value_threshold,
+                ids[hero] if hero is not None else None,
+                [ids[j] for j in rest],
+                [ids[j] for j in content],
                 cold_start=cold,
                 history_emails=facts.history_emails,
                 open_probability=facts.open_probability,
