@@ -274,8 +274,9 @@ class DesignColumns:
 _names_of: weakref.WeakKeyDictionary[lgb.Booster, list[str]] = weakref.WeakKeyDictionary()
 
 
-def _feature_names(booster: lgb.Booster) -> list[str]:
-    """`booster.feature_name()`, asked of LightGBM once per booster (each call decodes every name again)."""
+def feature_names(booster: lgb.Booster) -> list[str]:
+    """`booster.feature_name()`, asked of LightGBM once per booster (each call decodes every name again). The
+    list is shared: read it, never change it."""
     names = _names_of.get(booster)
     if names is None:
         names = _names_of[booster] = booster.feature_name()
@@ -286,7 +287,7 @@ def lightgbm_matrix(columns: DesignColumns, booster: lgb.Booster) -> np.ndarray 
     """The float matrix LightGBM converts `columns.frame()[booster.feature_name()]` to: numbers as they are,
     labels as their position in the categories the booster was trained with (NaN where unseen). None when the
     booster's categorical features are not the design's, so the caller predicts from the frame instead."""
-    names = _feature_names(booster)
+    names = feature_names(booster)
     categorical = [name for name in names if name in columns.categories]
     trained = booster.pandas_categorical or []
     if len(trained) != len(categorical) or any(name not in columns.values for name in names):

@@ -18,7 +18,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from features.transform import HOURS
+from features.transform import HOURS, feature_names
 from serving.compiled import compiled
 
 AT_HOUR, VS_PEAK, WEEKDAY, WEEKEND = "rhythm_at_hour", "rhythm_vs_peak", "local_weekday", "is_weekend"
@@ -107,7 +107,7 @@ class CurveScorer:
         rows[VS_PEAK] = grid_vs.ravel().astype(np.float32)
         rows[WEEKDAY] = grid_day.ravel().astype(np.float32)
         rows[WEEKEND] = (grid_day.ravel() >= 5).astype(np.float32)
-        raw = predict(booster, rows[booster.feature_name()], raw_score=True)
+        raw = predict(booster, rows[feature_names(booster)], raw_score=True)
         return cls(booster, at_thresholds, vs_thresholds, raw.reshape(len(at), len(vs), 7))
 
     def hour_part(self, at_hour: np.ndarray, vs_peak: np.ndarray, weekday: np.ndarray) -> np.ndarray:
@@ -123,7 +123,7 @@ class CurveScorer:
         `hour_features`: rhythm_at_hour, rhythm_vs_peak and local_weekday of every (customer, hour), row-major.
         """
         n = len(first_hour)
-        rows = first_hour[self.booster.feature_name()] if isinstance(first_hour, pd.DataFrame) else first_hour
+        rows = first_hour[feature_names(self.booster)] if isinstance(first_hour, pd.DataFrame) else first_hour
         raw_first = predict(self.booster, rows, raw_score=True)
         parts = self.hour_part(
             hour_features[AT_HOUR], hour_features[VS_PEAK], hour_features[WEEKDAY].astype(np.int64)
@@ -134,7 +134,7 @@ class CurveScorer:
     def check(self, full_design: pd.DataFrame, first_hour: pd.DataFrame, hour_features: dict[str, np.ndarray]) -> float:
         """Largest difference in probability between the table and scoring every (customer, hour) row."""
         hours = len(full_design) // max(len(first_hour), 1)
-        direct = predict(self.booster, full_design[self.booster.feature_name()]).reshape(-1, hours)
+        direct = predict(self.booster, full_design[feature_names(self.booster)]).reshape(-1, hours)
         return float(np.abs(self.curves(first_hour, hour_features, hours) - direct).max())
 
 

@@ -31,6 +31,7 @@ from features.transform import (
     CustomerMatrix,
     DesignColumns,
     OfferMatrix,
+    feature_names,
     lightgbm_matrix,
     offer_design,
     open_columns,
@@ -49,8 +50,8 @@ from serving.modules import (
     check_template,
     choose_modules,
     has_category_picks,
-    offer_slots,
     offer_slots_batch,
+    placed_offers,
     planned_modules,
 )
 from serving.render import render_email
@@ -676,7 +677,7 @@ class Engine:
             curves = scorer.curves(columns.frame() if first is None else first, hour_features, hours)
             return np.clip(curves, 0.0, 1.0)
         design = self._window_design(matrix, np.arange(n), start, hours, kind, topic)
-        prediction = predict(model.booster, design[model.booster.feature_name()])
+        prediction = predict(model.booster, design[feature_names(model.booster)])
         return np.clip(prediction.reshape(n, hours), 0.0, 1.0)
 
     @staticmethod
@@ -780,7 +781,7 @@ class Engine:
         n, m = len(rows), len(offers)
         design = offer_design(matrix, np.repeat(rows, m), offers, np.tile(np.arange(m), n))
         booster = model.booster
-        return predict(booster, design[booster.feature_name()]).reshape(n, m)
+        return predict(booster, design[feature_names(booster)]).reshape(n, m)
 
     def _score_offers(self, snapshot: FeatureSnapshot) -> tuple[np.ndarray, dict[str, int]]:
         """Every known customer's conversion probability for every offer of the catalog, scored once per
@@ -1099,12 +1100,7 @@ class Engine:
                 names = ", ".join(facts[j][0] for j in sorted(left_out))
                 days = batch.constraints.no_repeat_offer_days
                 reasons.append(f"left out, shown to this customer in the {days} days before the window: {names}")
-                place = offer_slots(ranked_kinds, ranked_value, template, threshold)
-                slots = (
-                    ranked_ids[place[0]] if place[0] is not None else None,
-                    [ranked_ids[j] for j in place[1]],
-                    [ranked_ids[j] for j in place[2]],
-                )
+                slots = placed_offers(ranked_ids, ranked_kinds, ranked_value, template, threshold)
             if ranked_kinds and ranked_kinds[0] == "control":
                 reasons.append("no offer adds value over sending none for this customer")
             modules = planned_modules(
@@ -1364,7 +1360,7 @@ class Engine:
                 np.array([request.campaign.kind]),
                 np.array([request.campaign.topic], dtype=object),
             )
-        design = design[model.booster.feature_name()]
+        design = design[feature_names(model.booster)]
         prediction = predict(model.booster, design)
         row = int(np.argmax(prediction))
         base, drivers = explain_rows(model.booster, design.iloc[[row]], top=request.top)

@@ -152,6 +152,19 @@ def offer_slots(
     return hero, rest, content[:MAX_CONTENT_OFFERS]
 
 
+def placed_offers(
+    offer_ids: Sequence[str], kinds: Sequence[str], values: Sequence[float], template: str, threshold: float
+) -> tuple[str | None, list[str], list[str]]:
+    """`offer_slots` as offer ids, what `planned_modules` takes: the hero (or None), the secondary offers and
+    the content offers."""
+    hero, rest, content = offer_slots(kinds, values, template, threshold)
+    return (
+        offer_ids[hero] if hero is not None else None,
+        [offer_ids[j] for j in rest],
+        [offer_ids[j] for j in content],
+    )
+
+
 def offer_slots_batch(
     kinds: np.ndarray, values: np.ndarray, template: str, threshold: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -22,6 +22,7 @@ from serving.modules import (
     has_category_picks,
     offer_slots,
     offer_slots_batch,
+    placed_offers,
     planned_modules,
 )
 from serving.schemas import DecideRequest, Recipient
@@ -198,15 +199,16 @@ def test_planned_modules_are_those_choose_modules_picks() -> None:
         )
         for template in ("promotional", "newsletter"):
             chosen = [(m.name, m.items) for m in choose_modules(facts, template)]
-            ids = [o.offer_id for o in offers]
-            hero, rest, content = offer_slots(
-                [o.kind for o in offers], [o.expected_value for o in offers], template, facts.high_value_threshold
+            slots = placed_offers(
+                [o.offer_id for o in offers],
+                [o.kind for o in offers],
+                [o.expected_value for o in offers],
+                template,
+                facts.high_value_threshold,
             )
             planned = planned_modules(
                 template,
-                ids[hero] if hero is not None else None,
-                [ids[j] for j in rest],
-                [ids[j] for j in content],
+                *slots,
                 cold_start=cold,
                 history_emails=facts.history_emails,
                 open_probability=facts.open_probability,
