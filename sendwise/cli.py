@@ -53,12 +53,52 @@ def simulate(
     customers: Annotated[int, typer.Option(min=10, help="number of customers")] = 10_000,
     days: Annotated[int, typer.Option(min=7, help="days of history")] = 90,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    realistic: Annotated[
+        bool,
+        typer.Option(
+            help="inboxes as real mail behaves: Apple's proxy opens every email of its recipients at any delay "
+            "and carries their own opens, scanners open and click, daily rhythms from the held-out families"
+        ),
+    ] = False,
+    mpp_share: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="share of recipients behind Apple's privacy proxy")
+    ] = None,
+    esp_flag_share: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="share of the proxy's opens the ESP flags as machine opens")
+    ] = None,
+    prefetch_fast_share: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="share of proxy fetches within minutes of delivery")
+    ] = None,
+    prefetch_median_hours: Annotated[
+        float | None, typer.Option(min=0.01, help="median delay of the later proxy fetches, in hours")
+    ] = None,
+    scanner_share: Annotated[
+        float | None, typer.Option(min=0.0, max=0.08, help="share of recipients behind a security scanner")
+    ] = None,
+    rhythms: Annotated[str | None, typer.Option(help="daily-rhythm families: classic, development or heldout")] = None,
 ) -> None:
-    """Write a synthetic world in the data contract, with its ground truth in OUT_DIR/truth/."""
-    from sendwise.simulate import simulate as run
+    """Write a synthetic world in the data contract, with its ground truth in OUT_DIR/truth/.
 
+    The classic world is the default; --realistic and the options after it move it toward real inboxes
+    (docs/simulator.md).
+    """
+    from sendwise.simulate import simulate as run
+    from sendwise.simulate import simulation_options
+
+    try:
+        rates, realism = simulation_options(
+            realistic=realistic,
+            mpp_share=mpp_share,
+            esp_flag_share=esp_flag_share,
+            prefetch_fast_share=prefetch_fast_share,
+            prefetch_median_hours=prefetch_median_hours,
+            scanner_share=scanner_share,
+            rhythms=rhythms,
+        )
+    except ValueError as error:
+        raise _fail(str(error)) from error
     started = time.perf_counter()
-    summary = run(out_dir, customers=customers, days=days, seed=seed)
+    summary = run(out_dir, customers=customers, days=days, seed=seed, rates=rates, realism=realism)
     console.print(f"world written to {out_dir} in {time.perf_counter() - started:.1f} s")
     console.print(summary)
 
@@ -309,6 +349,13 @@ def evaluate(
     for row in result.rows():
         table.add_row(*row)
     console.print(table)
+    kind = "a realistic world" if result.realistic else "a classic world"
+    bars = Table(title=f"targets of {kind}")
+    for column in ("target", "value", "bar", "result"):
+        bars.add_column(column)
+    for row in result.target_rows():
+        bars.add_row(*row)
+    console.print(bars)
     if result.reliability_plot is not None:
         console.print(f"reliability curve: {result.reliability_plot}")
 

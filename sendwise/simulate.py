@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from sendwise import families
 from sendwise.truth import (
     CATEGORIES,
     DAY,
@@ -152,6 +153,101 @@ class Rates:
 
 
 @dataclass(frozen=True)
+class Realism:
+    """How real inboxes depart from the classic world (docs/simulator.md, "Realistic worlds").
+
+    The defaults are the classic world. `realistic()` gives the middle of the ranges real mail shows; every
+    field can be set on its own (`sendwise simulate --realistic --mpp-share 0.6 ...`) to reach their corners.
+    """
+
+    proxy_human_opens: bool = False
+    """A proxied recipient's own opens also arrive through the proxy: its user agent, flagged by the ESP as
+    often as the proxy's fetches (the ESP cannot tell them apart). Classic: with the device's user agent."""
+    prefetch_fast_share: float = 1.0
+    """Share of the proxy's fetches made within minutes of delivery; the rest come hours later."""
+    prefetch_slow_median_hours: float = 4.0
+    """Median delay of the late fetches (log-normal, at most `PREFETCH_MAX_HOURS`)."""
+    refetch_share: float = 0.0
+    """Share of proxied emails the proxy fetches a second time, up to two days later."""
+    scanner_click_share: float = 0.0
+    """Share of scanned emails whose links the scanner also follows, seconds after delivery."""
+    rhythms: str = "classic"
+    """Daily-rhythm families: `classic`, `development` or `heldout` (sendwise/families.py)."""
+
+    @classmethod
+    def realistic(cls, **overrides: Any) -> Realism:
+        """The middle of the realistic ranges, with any field overridden."""
+        values: dict[str, Any] = {
+            "proxy_human_opens": True,
+            "prefetch_fast_share": 0.5,
+            "prefetch_slow_median_hours": 4.0,
+            "refetch_share": 0.15,
+            "scanner_click_share": 0.15,
+            "rhythms": "heldout",
+        }
+        return cls(**{**values, **overrides})
+
+    def __post_init__(self) -> None:
+        if self.rhythms not in families.CHOICES:
+            raise ValueError(f"rhythms must be one of {families.CHOICES}, not {self.rhythms!r}")
+        for name in ("prefetch_fast_share", "refetch_share", "scanner_click_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, not {getattr(self, name)}")
+        if self.prefetch_slow_median_hours <= 0:
+            raise ValueError(f"prefetch_slow_median_hours must be positive, not {self.prefetch_slow_median_hours}")
+
+
+REALISTIC_RATES: dict[str, float] = {
+    "mpp_share": 0.45,
+    "mpp_flagged": 0.7,
+    "business_share": 0.08,
+    "scanner_share_of_business": 0.5,
+}
+"""The rates of a realistic world's middle: 45% of recipients behind Apple's proxy, the ESP flagging 70% of
+the proxy's opens, security scanners on 4% of recipients."""
+SCANNED_BUSINESS_SHARE = 0.08
+"""Business accounts in a world whose scanner share is set: scanners sit on business mail servers."""
+
+
+def simulation_options(
+    *,
+    realistic: bool = False,
+    mpp_share: float | None = None,
+    esp_flag_share: float | None = None,
+    prefetch_fast_share: float | None = None,
+    prefetch_median_hours: float | None = None,
+    scanner_share: float | None = None,
+    rhythms: str | None = None,
+) -> tuple[Rates, Realism]:
+    """The rates and realism of `sendwise simulate`'s options: the classic world, or with `realistic` the
+    middle of the realistic ranges; any option given overrides either."""
+    rates = Rates(**REALISTIC_RATES) if realistic else Rates()
+    realism = Realism.realistic() if realistic else Realism()
+    overrides: dict[str, Any] = {}
+    if mpp_share is not None:
+        overrides["mpp_share"] = mpp_share
+    if esp_flag_share is not None:
+        overrides["mpp_flagged"] = esp_flag_share
+    if scanner_share is not None:
+        if not 0.0 <= scanner_share <= SCANNED_BUSINESS_SHARE:
+            raise ValueError(f"scanner share must be between 0 and {SCANNED_BUSINESS_SHARE}, not {scanner_share}")
+        overrides["business_share"] = SCANNED_BUSINESS_SHARE
+        overrides["scanner_share_of_business"] = scanner_share / SCANNED_BUSINESS_SHARE
+    changes: dict[str, Any] = {}
+    if prefetch_fast_share is not None:
+        changes["prefetch_fast_share"] = prefetch_fast_share
+    if prefetch_median_hours is not None:
+        changes["prefetch_slow_median_hours"] = prefetch_median_hours
+    if rhythms is not None:
+        changes["rhythms"] = rhythms
+    return replace(rates, **overrides), replace(realism, **changes)
+
+
+PREFETCH_MAX_HOURS = 30.0
+PREFETCH_FAST_MAX_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
 class OfferMenu:
     """The offers as arrays the logged policy scores: category code (-1: none), discount, control flag, and
     the window (seconds since the epoch) in which each could be sent: from `starts_at` until it ended or
@@ -244,11 +340,13 @@ def simulate(
     seed: int = 0,
     end: pd.Timestamp | None = None,
     progress: bool = True,
+    rates: Rates | None = None,
+    realism: Realism | None = None,
 ) -> SimulationSummary:
     """Write a synthetic world in the data contract to `out_dir` and its ground truth to `out_dir/truth/`.
 
     The data covers [end - days, end); `end` must be a whole UTC hour (default 2026-11-01T00:00Z), so the
-    same seed always gives the same world.
+    same seed always gives the same world. `rates` and `realism` default to the classic world's.
     """
     began = time.perf_counter()
     if customers < 1 or days < 1:
@@ -262,14 +360,17 @@ def simulate(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    rates, policy, coefficients = Rates(), LoggedPolicy(), Coefficients()
+    rates = rates or Rates()
+    realism = realism or Realism()
+    policy, coefficients = LoggedPolicy(), Coefficients()
     end_s = float(utc_seconds(end)[0])
     start_s = end_s - days * DAY
-    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(6)]
+    # Streams 6 and 7 only draw what a realistic world adds, so a classic world stays the same draw for draw.
+    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(8)]
     n_hours = days * 24
     with tqdm(total=n_hours + 3, desc="simulating", unit="step", disable=not progress) as bar:
         bar.set_postfix_str("customers, offers, campaigns")
-        params = make_customers(customers, streams[0], start_s, rates)
+        params = make_customers(customers, streams[0], start_s, rates, realism, streams[6])
         offers = make_offers(start_s, end_s, days, streams[1])
         campaigns = make_campaigns(streams[1], start_s, days, rates)
         meta = {
@@ -285,10 +386,11 @@ def simulate(
             "zones": [{"timezone": z, "country": c, "share": s} for z, c, s in ZONES],
             "policy": asdict(policy),
             "rates": asdict(rates),
+            "realism": asdict(realism),
         }
         world = World(end=end, coefficients=coefficients, customer_params=params, offer_params=offers, meta=meta)
         world.clock(start_s - 2 * DAY, end_s + 5 * DAY)
-        run = _Run(world, campaigns, policy, rates, streams[2], start_s, end_s)
+        run = _Run(world, campaigns, policy, rates, streams[2], start_s, end_s, realism, streams[7])
         run.baseline_sessions(streams[3])
         bar.update(1)
         bar.set_postfix_str("sending")
@@ -320,13 +422,27 @@ def simulate(
 
 
 # --- the population ----------------------------------------------------------------------------------------
-def make_customers(n: int, rng: np.random.Generator, start_s: float, rates: Rates) -> pd.DataFrame:
-    """The customers' true parameters and the attributes the shop exports (one row per customer)."""
+def make_customers(
+    n: int,
+    rng: np.random.Generator,
+    start_s: float,
+    rates: Rates,
+    realism: Realism | None = None,
+    rhythm_rng: np.random.Generator | None = None,
+) -> pd.DataFrame:
+    """The customers' true parameters and the attributes the shop exports (one row per customer).
+
+    A world of other rhythm families draws them from `rhythm_rng`; everything else is drawn as in the classic
+    world, so the same seed gives the same people with other daily rhythms.
+    """
     shares = np.array([share for _, _, share in ZONES])
     zone = rng.choice(len(ZONES), n, p=shares / shares.sum())
     timezone = np.array([z for z, _, _ in ZONES], dtype=object)[zone]
     country = np.array([c for _, c, _ in ZONES], dtype=object)[zone]
     weekday, weekend = activity_profiles(rng, n)
+    family = np.full(n, "classic", dtype=object)
+    if realism is not None and realism.rhythms != "classic":
+        weekday, weekend, family = families.draw_population(rhythm_rng or np.random.default_rng(), realism.rhythms, n)
     dormant = rng.random(n) < 0.15
     base = rng.normal(-0.7, 0.8, n) - 2.0 * dormant
     affinity = rng.dirichlet(np.full(len(CATEGORIES), 0.6), n)
@@ -361,6 +477,7 @@ def make_customers(n: int, rng: np.random.Generator, start_s: float, rates: Rate
             "hour_amplitude": 0.9 * rng.lognormal(0.0, 0.25, n),
             "weekday_activity": list(weekday),
             "weekend_activity": list(weekend),
+            "rhythm_family": family,
             "affinity": list(affinity),
             "price_sensitivity": rng.beta(2.0, 2.5, n),
             "conversion_base": -3.9 + 0.45 * (base + 0.7) + rng.normal(0.0, 0.35, n),
@@ -599,9 +716,13 @@ class _Run:
         rng: np.random.Generator,
         start_s: float,
         end_s: float,
+        realism: Realism | None = None,
+        realism_rng: np.random.Generator | None = None,
     ) -> None:
         self.world, self.campaigns, self.policy, self.rates, self.rng = world, campaigns, policy, rates, rng
         self.start_s, self.end_s = start_s, end_s
+        self.realism = realism or Realism()
+        self.realism_rng = realism_rng or np.random.default_rng()
         params = world.customer_params
         self.n = len(params)
         self.consent = params["consent_email"].to_numpy(bool)
@@ -839,10 +960,10 @@ class _Run:
         h = np.flatnonzero(human)
         open_t = np.full(n, np.nan)
         open_t[h] = np.maximum(self._human_open_times(c[h], t[h]), delivered_t[h] + 5.0)
-        self._log(sent, OPEN, h, open_t[h], flag=0, ua=self.device_ua[c[h]], source=HUMAN)
+        self._log(sent, OPEN, h, open_t[h], **self._human_open_agent(c[h]), source=HUMAN)
         again = h[rng.random(len(h)) < rates.reopen]
         reopen_t = open_t[again] + rng.exponential(4 * HOUR, len(again))
-        self._log(sent, OPEN, again, reopen_t, flag=0, ua=self.device_ua[c[again]], source=HUMAN)
+        self._log(sent, OPEN, again, reopen_t, **self._human_open_agent(c[again]), source=HUMAN)
 
         p_click = sigmoid(-1.6 + 0.5 * self.world.affinity_effect(c[h], topic[h]) + 0.3 * (self.base[c[h]] + 0.7))
         clicked = np.zeros(n, dtype=bool)
@@ -880,27 +1001,54 @@ class _Run:
             converted=converted,
         )
 
+    def _human_open_agent(self, c: np.ndarray) -> dict[str, Any]:
+        """The user agent and the ESP's flag of human opens: the device's, unflagged; for a proxied recipient
+        of a realistic world, the proxy's, flagged as often as the proxy's own fetches."""
+        if not self.realism.proxy_human_opens:
+            return {"flag": 0, "ua": self.device_ua[c]}
+        proxied = self.is_mpp[c]
+        flags = _machine_flags(self.realism_rng, len(c), self.rates.mpp_flagged)
+        return {"flag": np.where(proxied, flags, 0), "ua": np.where(proxied, _MPP_UA, self.device_ua[c])}
+
+    def _prefetch_delays(self, delay: np.ndarray) -> np.ndarray:
+        """Seconds from delivery to the proxy's fetch: the classic world's `delay`, or in a realistic world a
+        share within minutes (log-uniform from a second) and the rest hours later (log-normal)."""
+        realism, rng = self.realism, self.realism_rng
+        if realism.prefetch_fast_share >= 1.0:
+            return delay
+        n = len(delay)
+        fast = rng.random(n) < realism.prefetch_fast_share
+        soon = np.exp(rng.uniform(0.0, np.log(PREFETCH_FAST_MAX_SECONDS), n))
+        late = np.minimum(
+            rng.lognormal(np.log(realism.prefetch_slow_median_hours * HOUR), 0.8, n), PREFETCH_MAX_HOURS * HOUR
+        )
+        return np.where(fast, soon, late)
+
     def _machine_opens(
         self, sent: tuple[np.ndarray, np.ndarray, np.ndarray], delivered: np.ndarray, delivered_t: np.ndarray
     ) -> None:
-        """Every delivered email to an MPP customer is fetched by the proxy; scanners fetch within seconds."""
+        """Every delivered email to an MPP customer is fetched by the proxy; scanners fetch within seconds (and
+        in a realistic world follow some links too)."""
         rng, rates, c = self.rng, self.rates, sent[0]
         m = np.flatnonzero(delivered & self.is_mpp[c])
-        delay = 2.0 + np.minimum(rng.exponential(60.0, len(m)), 400.0)
+        delay = self._prefetch_delays(2.0 + np.minimum(rng.exponential(60.0, len(m)), 400.0))
         flag = _machine_flags(rng, len(m), rates.mpp_flagged)
-        self._log(sent, OPEN, m, delivered_t[m] + delay, flag=flag, ua=_MPP_UA, source=MPP)
+        fetched_t = delivered_t[m] + delay
+        self._log(sent, OPEN, m, fetched_t, flag=flag, ua=_MPP_UA, source=MPP)
+        if self.realism.refetch_share > 0:
+            again = self.realism_rng.random(len(m)) < self.realism.refetch_share
+            refetch_t = fetched_t[again] + self.realism_rng.uniform(HOUR, 2 * DAY, int(again.sum()))
+            flag = _machine_flags(self.realism_rng, int(again.sum()), rates.mpp_flagged)
+            self._log(sent, OPEN, m[again], refetch_t, flag=flag, ua=_MPP_UA, source=MPP)
         s = np.flatnonzero(delivered & self.is_scanner[c])
         agent = _SCANNER_UA + rng.integers(0, len(SCANNER_USER_AGENTS), len(s))
         flag = _machine_flags(rng, len(s), rates.scanner_flagged)
-        self._log(
-            sent,
-            OPEN,
-            s,
-            delivered_t[s] + rng.uniform(0.5, 15.0, len(s)),
-            flag=flag,
-            ua=agent,
-            source=SCANNER,
-        )
+        scanned_t = delivered_t[s] + rng.uniform(0.5, 15.0, len(s))
+        self._log(sent, OPEN, s, scanned_t, flag=flag, ua=agent, source=SCANNER)
+        if self.realism.scanner_click_share > 0:
+            follows = self.realism_rng.random(len(s)) < self.realism.scanner_click_share
+            click_t = scanned_t[follows] + self.realism_rng.uniform(0.5, 10.0, int(follows.sum()))
+            self._log(sent, CLICK, s[follows], click_t, ua=agent[follows], source=SCANNER)
 
     def _human_open_times(self, c: np.ndarray, t: np.ndarray) -> np.ndarray:
         """When a person who opens does: an hour of the next 72 drawn by their activity, sooner likelier."""
@@ -999,6 +1147,7 @@ class _Tables:
     site_events: pa.Table
     offer_events: pa.Table
     opens: pd.DataFrame
+    clicks: pd.DataFrame
     messages: pd.DataFrame
 
 
@@ -1015,7 +1164,8 @@ def _assemble(run: _Run, rng: np.random.Generator, dirt_rng: np.random.Generator
     order = np.lexsort((email["ev"], email["msg"], email["t"]))
     email = {k: v[order] for k, v in email.items()}
     email["event_id"] = np.arange(1, len(order) + 1)
-    opens = _opens_truth(email, customer_ids)
+    opens = _events_truth(email, customer_ids, OPEN)
+    clicks = _events_truth(email, customer_ids, CLICK)
     email_table = _email_table(email, customer_ids, campaign_ids, run.campaigns, dirt_rng, run.rates)
 
     site = run.site.columns(SITE_COLUMNS)
@@ -1040,6 +1190,7 @@ def _assemble(run: _Run, rng: np.random.Generator, dirt_rng: np.random.Generator
         site_events=site_table,
         offer_events=offer_table,
         opens=opens,
+        clicks=clicks,
         messages=_messages_truth(run, customer_ids, campaign_ids, offer_ids),
     )
 
@@ -1225,9 +1376,13 @@ def _interleave(table: pa.Table, extras: list[pa.Table], rng: np.random.Generato
     return pa.concat_tables([table, extra]).take(pa.array(order))
 
 
-def _opens_truth(email: dict[str, np.ndarray], customer_ids: np.ndarray) -> pd.DataFrame:
-    rows = email["ev"] == OPEN
-    source = email["source"][rows]
+def _events_truth(email: dict[str, np.ndarray], customer_ids: np.ndarray, event: int) -> pd.DataFrame:
+    """Every open (or click) in the data with who made it: a person, the privacy proxy or a scanner.
+
+    `via_proxy`: a person's own open that arrived through the proxy (a proxied recipient of a realistic world).
+    """
+    rows = email["ev"] == event
+    source = np.where(email["source"][rows] < 0, HUMAN, email["source"][rows])
     return pd.DataFrame(
         {
             "event_id": format_ids("ee-", email["event_id"][rows], 9).to_pandas(),
@@ -1236,6 +1391,7 @@ def _opens_truth(email: dict[str, np.ndarray], customer_ids: np.ndarray) -> pd.D
             "occurred_at": pd.to_datetime(np.round(email["t"][rows] * 1e6).astype(np.int64), unit="us", utc=True),
             "is_machine": source != HUMAN,
             "source": np.array(["human", "mpp", "scanner"], dtype=object)[source],
+            "via_proxy": (source == HUMAN) & (email["ua"][rows] == _MPP_UA),
         }
     )
 
@@ -1361,6 +1517,7 @@ def _write(out_dir: Path, world: World, tables: _Tables) -> dict[str, int]:
     world.save(out_dir)
     truth_dir = out_dir / "truth"
     pq.write_table(pa.Table.from_pandas(tables.opens, preserve_index=False), truth_dir / "email_opens.parquet")
+    pq.write_table(pa.Table.from_pandas(tables.clicks, preserve_index=False), truth_dir / "email_clicks.parquet")
     pq.write_table(pa.Table.from_pandas(tables.messages, preserve_index=False), truth_dir / "messages.parquet")
     return {
         "customers": len(tables.customers_csv),

@@ -201,8 +201,13 @@ class World:
         return self.offer_params[columns].assign(eligible=self._eligible())
 
     def email_opens(self) -> pd.DataFrame:
-        """Every open in the data: event_id, message_id, customer_id, occurred_at, is_machine, source."""
+        """Every open in the data: event_id, message_id, customer_id, occurred_at, is_machine, source, and
+        `via_proxy` (a person's own open that arrived through the privacy proxy)."""
         return self._truth_table("email_opens.parquet")
+
+    def email_clicks(self) -> pd.DataFrame:
+        """Every click in the data: event_id, message_id, customer_id, occurred_at, is_machine, source."""
+        return self._truth_table("email_clicks.parquet")
 
     def messages(self) -> pd.DataFrame:
         """Every email sent, with its true open and conversion probabilities and what happened."""

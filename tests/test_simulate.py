@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from sendwise import families
 from sendwise.simulate import (
     BLAST_HOUR_UTC,
     DEVICE_USER_AGENTS,
@@ -23,6 +24,7 @@ from sendwise.simulate import (
     SimulationSummary,
     interest_matrix,
     simulate,
+    simulation_options,
 )
 from sendwise.truth import CATEGORIES, World
 
@@ -484,3 +486,95 @@ def test_summary_counts_match_the_truth(world_dir: tuple[Path, SimulationSummary
     opens = world.email_opens()
     assert summary.human_opens == (~opens["is_machine"]).sum() and summary.machine_opens == opens["is_machine"].sum()
     assert re.fullmatch(r"m-\d{8}", world.messages()["message_id"].iloc[0])
+
+
+# --- realistic worlds ---------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def realistic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, World]:
+    """A realistic world's corner: many proxied recipients, an ESP that flags half of the proxy's opens."""
+    out = tmp_path_factory.mktemp("realistic")
+    rates, realism = simulation_options(realistic=True, mpp_share=0.6, esp_flag_share=0.5, scanner_share=0.06)
+    simulate(out, customers=CUSTOMERS, days=DAYS, seed=SEED, progress=False, rates=rates, realism=realism)
+    return out, World.load(out)
+
+
+def _seconds_after_send(events: pd.DataFrame, messages: pd.DataFrame) -> pd.Series:
+    sent = pd.Series(messages.loc[events["message_id"], "sent_at"].to_numpy(), index=events.index)
+    return (events["occurred_at"] - pd.to_datetime(sent, utc=True)).dt.total_seconds()
+
+
+def test_a_proxied_recipients_own_opens_arrive_through_the_proxy(realistic: tuple[Path, World]) -> None:
+    out, world = realistic
+    email = pq.read_table(out / "email_events").to_pandas().drop_duplicates("event_id").set_index("event_id")
+    opens = world.email_opens()
+    proxied = set(world.customer_params.loc[world.customer_params["is_mpp"], "customer_id"])
+    assert 0.5 <= len(proxied) / CUSTOMERS <= 0.7
+    own = opens[(opens["source"] == "human") & opens["customer_id"].isin(proxied)]
+    assert len(own) > 100 and own["via_proxy"].all()
+    assert (email.loc[own["event_id"], "user_agent"] == MPP_USER_AGENT).all()
+    # The ESP flags the proxy's addresses, not who opened: a person's open through it is flagged as often.
+    for rows in (own, opens[opens["source"] == "mpp"]):
+        flagged = email.loc[rows["event_id"], "machine_open"].to_numpy()
+        assert np.mean(flagged == True) == pytest.approx(0.5, abs=0.08)  # noqa: E712
+    others = opens[(opens["source"] == "human") & ~opens["customer_id"].isin(proxied)]
+    assert not others["via_proxy"].any()
+    assert email.loc[others["event_id"], "user_agent"].isin(DEVICE_USER_AGENTS).all()
+
+
+def test_proxy_fetches_come_at_delivery_or_hours_later(realistic: tuple[Path, World]) -> None:
+    _, world = realistic
+    messages = world.messages().set_index("message_id")
+    fetches = world.email_opens()
+    fetches = fetches[fetches["source"] == "mpp"].drop_duplicates("message_id")  # the first fetch of each
+    lag = _seconds_after_send(fetches, messages)
+    assert (lag < 15 * 60).mean() == pytest.approx(0.5, abs=0.07)
+    assert 2 * 3600 <= lag[lag > 15 * 60].median() <= 8 * 3600
+    assert lag.max() <= 31 * 3600
+
+
+def test_scanners_open_and_click_within_seconds(realistic: tuple[Path, World]) -> None:
+    out, world = realistic
+    clicks = world.email_clicks()
+    scanned = set(world.customer_params.loc[world.customer_params["is_scanner"], "customer_id"])
+    machine = clicks[clicks["is_machine"]]
+    assert len(machine) > 10 and set(machine["customer_id"]) <= scanned
+    messages = world.messages().set_index("message_id")
+    lag = _seconds_after_send(machine, messages)
+    assert lag.max() < 60
+    email = pq.read_table(out / "email_events").to_pandas().drop_duplicates("event_id").set_index("event_id")
+    assert not email.loc[machine["event_id"], "user_agent"].isin(DEVICE_USER_AGENTS).any()
+
+
+def test_rhythm_families_keep_the_held_out_ones_apart(tmp_path: Path) -> None:
+    rates, realism = simulation_options(rhythms="development")
+    simulate(tmp_path, customers=CUSTOMERS, days=7, seed=SEED, progress=False, rates=rates, realism=realism)
+    development = set(World.load(tmp_path).customer_params["rhythm_family"])
+    assert development == {f.name for f in families.DEVELOPMENT}
+    assert not development & {f.name for f in families.HELD_OUT}
+
+
+def test_held_out_families_include_nights_and_earlier_weekends() -> None:
+    rng = np.random.default_rng(0)
+    by_name = {f.name: f for f in families.HELD_OUT}
+    weekday, weekend = families.draw(rng, by_name["night shift"], 500)
+    assert np.isin(weekday.argmax(axis=1), [22, 23, 0, 1, 2, 3, 4, 5]).mean() > 0.9
+    weekday, weekend = families.draw(rng, by_name["weekend earlier"], 500)
+    assert (weekend.argmax(axis=1) < weekday.argmax(axis=1)).mean() > 0.9
+    assert np.allclose(weekday.sum(axis=1), 1.0) and np.allclose(weekend.sum(axis=1), 1.0)
+
+
+def test_classic_world_is_unchanged_by_the_realistic_options(
+    world_dir: tuple[Path, SimulationSummary], tmp_path: Path
+) -> None:
+    """The options draw from streams of their own: a classic world is the same world, byte for byte."""
+    rates, realism = simulation_options()
+    simulate(tmp_path, customers=CUSTOMERS, days=DAYS, seed=SEED, progress=False, rates=rates, realism=realism)
+    for name in ("customers.csv", "site_events.parquet", "offer_events.parquet"):
+        assert (tmp_path / name).read_bytes() == (world_dir[0] / name).read_bytes(), name
+
+
+def test_simulation_options_refuse_values_out_of_range() -> None:
+    with pytest.raises(ValueError, match="rhythms must be one of"):
+        simulation_options(rhythms="martian")
+    with pytest.raises(ValueError, match=r"scanner share must be between 0 and 0\.08"):
+        simulation_options(scanner_share=0.5)

@@ -47,36 +47,58 @@ KERNEL_SIGMA_HOURS = 1.5
 OTHER_DAY_TYPE_WEIGHT = 0.3
 POPULATION_PRIOR_EVENTS = 1.0
 RELIABILITY_BINS = 10
+SESSIONS_KERNEL = "kernel-smoothed histogram of site sessions alone, weekends apart"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A quality bar and whether the evaluation met it."""
+
+    name: str
+    value: float
+    bar: str
+    met: bool
 
 
 @dataclass
 class Evaluation:
     customers: int
     window_start: pd.Timestamp
+    realistic: bool = False
     send_time: dict[str, float] = field(default_factory=dict)
     offer: dict[str, float] = field(default_factory=dict)
     open_model: dict[str, float] = field(default_factory=dict)
+    proxied: dict[str, float] = field(default_factory=dict)
     cap: dict[str, float] = field(default_factory=dict)
     timing: dict[str, float] = field(default_factory=dict)
     detector: dict[str, float] = field(default_factory=dict)
     reliability: pd.DataFrame | None = None
     reliability_plot: Path | None = None
+    targets: list[Target] = field(default_factory=list)
 
     def rows(self) -> list[tuple[str, str, str]]:
         out = [("send time", k, f"{v:.4f}") for k, v in self.send_time.items()]
         out += [("per-hour cap", k, f"{v:.4f}") for k, v in self.cap.items()]
         out += [("next best offer", k, f"{v:.4f}") for k, v in self.offer.items()]
         out += [("open propensity", k, f"{v:.4f}") for k, v in self.open_model.items()]
+        out += [
+            ("proxied or not", k, f"{v:,.0f}" if k.endswith("customers") else f"{v:.4f}")
+            for k, v in self.proxied.items()
+        ]
         if self.reliability is not None:
             out += [
                 ("reliability", f"decile {i + 1}: mean predicted / mean true", f"{r.predicted:.3f} / {r.true:.3f}")
                 for i, r in enumerate(self.reliability.itertuples())
             ]
         out += [
-            ("machine opens", k, f"{v:,.0f}" if k == "opens checked" else f"{v:.4f}") for k, v in self.detector.items()
+            ("machine opens", k, f"{v:,.0f}" if k.endswith("checked") else f"{v:.4f}") for k, v in self.detector.items()
         ]
         out += [("decide time", k, f"{v:.2f} s") for k, v in self.timing.items()]
         return out
+
+    def target_rows(self) -> list[tuple[str, str, str, str]]:
+        """(target, value, bar, met or missed) for every bar this kind of world is judged by."""
+        return [(t.name, f"{t.value:.4f}", t.bar, "met" if t.met else "MISSED") for t in self.targets]
 
 
 def _decide_all(
@@ -148,16 +170,19 @@ def _circular_smooth(histograms: np.ndarray, sigma: float = KERNEL_SIGMA_HOURS) 
     return out
 
 
-def engagement_histograms(settings: Settings, customers: pd.DataFrame) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Each customer's kernel-smoothed counts of human opens, clicks and site sessions by local hour, [2, 24]
-    with weekdays in row 0 and weekends in row 1; and the population's smoothed histogram as shares.
+def engagement_histograms(
+    settings: Settings, customers: pd.DataFrame, sessions_only: bool = False
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Each customer's kernel-smoothed counts of human opens, clicks and site sessions (or of sessions alone) by
+    local hour, [2, 24] with weekdays in row 0 and weekends in row 1; and the population's smoothed histogram
+    as shares.
 
     Only customers who gave profiling consent are profiled, as in the service.
     """
     profiled = customers.loc[customers["consent_profiling"].astype(bool), ["customer_id", "timezone"]]
     zone_of = profiled.set_index("customer_id")["timezone"]
     parts = []
-    events = load_table(settings, "email_events")
+    events = None if sessions_only else load_table(settings, "email_events")
     if events is not None and len(events):
         _, opens = label_sends(events, settings.label_window_hours)
         parts.append(opens.loc[~opens["is_machine"], ["customer_id", "occurred_at"]])
@@ -181,14 +206,19 @@ def engagement_histograms(settings: Settings, customers: pd.DataFrame) -> tuple[
 
 
 def kernel_histogram_hours(
-    settings: Settings, customers: pd.DataFrame, ids: list[str], local_hour: np.ndarray, weekend: np.ndarray
+    settings: Settings,
+    customers: pd.DataFrame,
+    ids: list[str],
+    local_hour: np.ndarray,
+    weekend: np.ndarray,
+    sessions_only: bool = False,
 ) -> np.ndarray:
     """For each customer, the window hour whose local hour and day type their smoothed histogram rates highest.
 
     score = own[day type, hour] + 0.3 × own[other day type, hour] + 1 event × the population's share there, so
     that sparse histories lean on the population and customers without history fall back to it entirely.
     """
-    histograms, population = engagement_histograms(settings, customers)
+    histograms, population = engagement_histograms(settings, customers, sessions_only)
     n = len(ids)
     day = weekend.astype(np.int64)
     prior = POPULATION_PRIOR_EVENTS * population[day, local_hour]
@@ -265,6 +295,8 @@ def _send_time_baselines(
     result.send_time["kernel-smoothed engagement histogram, weekends apart"] = float(
         truth[np.arange(n), kernel].sum() / denominator
     )
+    sessions = kernel_histogram_hours(settings, raw_customers, ids, local, weekend, sessions_only=True)
+    result.send_time[SESSIONS_KERNEL] = float(truth[np.arange(n), sessions].sum() / denominator)
     _send_time_by_history(result, raw_customers, sent, truth, chosen)
 
 
@@ -284,22 +316,89 @@ def _send_time_by_history(
             result.send_time[f"sendwise, {label}: {int(mask.sum())}"] = float(got)
 
 
+def _precision_recall(out: dict[str, float], name: str, detected: pd.Series, actual: pd.Series) -> None:
+    detected, actual = detected.astype(bool), actual.astype(bool)
+    hits = float((detected & actual).sum())
+    out[f"{name} precision"] = hits / max(float(detected.sum()), 1.0)
+    out[f"{name} recall"] = hits / max(float(actual.sum()), 1.0)
+
+
 def detector_quality(settings: Settings, world: World) -> dict[str, float]:
-    """Precision and recall of the machine-open detector (and of the ESP's flag alone) against the truth."""
+    """Precision and recall of the machine-open detector against the truth, beside the ESP's flag alone.
+
+    Per open, among the recipients the truth says are not proxied: is the open a machine's?
+    """
     events = load_table(settings, "email_events")
     if events is None or events.empty:
         return {}
     _, opens = label_sends(events)
+    proxied_truth = world.customer_params.set_index("customer_id")["is_mpp"].astype(bool)
     truth = world.email_opens().drop_duplicates("event_id").set_index("event_id")["is_machine"]
     joined = opens.join(truth.rename("true_machine"), on="event_id", how="inner")
+    joined = joined[~joined["customer_id"].map(proxied_truth).fillna(False).astype(bool)]
     actual = joined["true_machine"].astype(bool)
-    out: dict[str, float] = {"opens checked": float(len(joined)), "machine share": float(actual.mean())}
-    for name, detected in (("detector", joined["is_machine"]), ("ESP flag alone", joined["flagged"])):
-        detected = detected.astype(bool)
-        hits = float((detected & actual).sum())
-        out[f"{name} precision"] = hits / max(float(detected.sum()), 1.0)
-        out[f"{name} recall"] = hits / max(float(actual.sum()), 1.0)
+    out = {
+        "opens of unproxied recipients checked": float(len(joined)),
+        "machine share of their opens": float(actual.mean()),
+    }
+    _precision_recall(out, "machine-open detector", joined["is_machine"], actual)
+    _precision_recall(out, "ESP flag alone", joined["flagged"], actual)
     return out
+
+
+def _by_proxy(
+    result: Evaluation,
+    world: World,
+    ids: list[str],
+    truth: np.ndarray,
+    predicted: np.ndarray,
+    chosen: np.ndarray,
+    draws: np.ndarray,
+) -> None:
+    """Send-time efficiency, calibration and AUC apart for proxied recipients and the others."""
+    proxied = pd.Series(ids).map(world.customer_params.set_index("customer_id")["is_mpp"]).fillna(False)
+    proxied = proxied.to_numpy(dtype=bool)
+    rows = np.arange(len(ids))
+    for label, mask in (("proxied", proxied), ("not proxied", ~proxied)):
+        if not mask.any():
+            continue
+        result.proxied[f"{label}: customers"] = float(mask.sum())
+        best = truth[mask].max(axis=1).sum()
+        result.proxied[f"{label}: send-time efficiency"] = float(truth[rows[mask], chosen[mask]].sum() / best)
+        result.proxied[f"{label}: mean predicted / mean true"] = float(predicted[mask].mean() / truth[mask].mean())
+        own = auc(draws[mask].ravel(), predicted[mask].ravel())
+        result.proxied[f"{label}: AUC ratio"] = own / auc(draws[mask].ravel(), truth[mask].ravel())
+
+
+def is_realistic(world: World) -> bool:
+    """A world with real mail's behaviours (proxied opens, held-out rhythms), judged by the realistic bars."""
+    realism = world.meta.get("realism") or {}
+    return bool(realism.get("proxy_human_opens")) or realism.get("rhythms", "classic") != "classic"
+
+
+def targets(result: Evaluation) -> list[Target]:
+    """The bars this kind of world is judged by (README, "How good it is")."""
+    send = result.send_time.get("sendwise", float("nan"))
+    calibration = result.open_model.get("mean predicted / mean true", float("nan"))
+    ratio = result.open_model.get("AUC ratio", float("nan"))
+    offer = result.offer.get("sendwise", float("nan"))
+    if not result.realistic:
+        return [
+            Target("send-time efficiency", send, ">= 0.94", send >= 0.94),
+            Target("offer efficiency", offer, ">= 0.90", offer >= 0.90),
+            Target("open model AUC / true AUC", ratio, ">= 0.955", ratio >= 0.955),
+            Target("mean predicted / mean true", calibration, "within ±6%", abs(calibration - 1) <= 0.06),
+        ]
+    margin = send - result.send_time.get(SESSIONS_KERNEL, float("nan"))
+    proxied = result.proxied.get("proxied: mean predicted / mean true", float("nan"))
+    return [
+        Target("send-time efficiency", send, ">= 0.92", send >= 0.92),
+        Target("send time over the sessions-only kernel", margin, ">= +0.02", margin >= 0.02),
+        Target("mean predicted / mean true", calibration, "within ±5%", abs(calibration - 1) <= 0.05),
+        Target("the same, proxied recipients", proxied, "within ±10%", abs(proxied - 1) <= 0.10),
+        Target("open model AUC / true AUC", ratio, ">= 0.93", ratio >= 0.93),
+        Target("offer efficiency", offer, ">= 0.90", offer >= 0.90),
+    ]
 
 
 def reliability(predicted: np.ndarray, truth: np.ndarray, bins: int = RELIABILITY_BINS) -> pd.DataFrame:
@@ -388,7 +487,7 @@ def evaluate(settings: Settings, world_dir: Path, progress: bool = True, seed: i
         )
     truth = world.hourly_open_probability(ids, start, hours=WINDOW_HOURS)
     predicted = np.array([d.hourly_open_probability for d in sent])
-    result = Evaluation(customers=n, window_start=start)
+    result = Evaluation(customers=n, window_start=start, realistic=is_realistic(world))
     _send_time_baselines(result, settings, raw_customers, sent, truth, start)
     zone_of = raw_customers.set_index("customer_id")["timezone"]
     _under_caps(result, engine, sent, capped, truth, predicted, start, zone_of, progress)
@@ -404,6 +503,8 @@ def evaluate(settings: Settings, world_dir: Path, progress: bool = True, seed: i
     result.open_model["true-probability AUC"] = auc(draws.ravel(), truth.ravel())
     result.open_model["AUC ratio"] = result.open_model["sendwise AUC"] / result.open_model["true-probability AUC"]
     result.open_model["mean predicted / mean true"] = float(predicted.mean() / truth.mean())
+    chosen = np.array([int((pd.Timestamp(d.send_at) - start) / pd.Timedelta(hours=1)) for d in sent])
+    _by_proxy(result, world, ids, truth, predicted, chosen, draws)
     result.reliability = reliability(predicted, truth)
     result.reliability_plot = plot_reliability(result.reliability, settings.reports_dir / "reliability.png")
     result.detector = detector_quality(settings, world)
@@ -419,4 +520,5 @@ def evaluate(settings: Settings, world_dir: Path, progress: bool = True, seed: i
         result.offer["sendwise"] = float(got.sum() / top)
         result.offer["random offer"] = float(value_truth.mean(axis=1).sum() / top)
         result.offer["best single offer"] = float(value_truth.sum(axis=0).max() / top)
+    result.targets = targets(result)
     return result
