@@ -1,19 +1,26 @@
-"""Each customer's daily rhythm, estimated by empirical Bayes over a bank of plausible activity shapes.
+"""Each customer's daily rhythm, estimated by empirical Bayes with a prior learned from the population itself.
 
-A quarter of site visits and a handful of opens say little about one person's best hour on their own; a
-smoothed histogram of them follows the noise. Daily rhythms, though, have a common form: one or two bumps of
-activity at some times of day, and on weekends the same bumps a little later. sendwise keeps a fixed bank of
-such shapes (weekday and weekend share of activity per local hour), learns from all customers how common each
-shape is (the nonparametric maximum-likelihood prior of Kiefer and Wolfowitz, by EM), and gives each customer
-the posterior mean shape given their own evidence:
+A quarter of site visits and a handful of opens say little about one person's best hour on their own: a
+smoothed histogram of them follows the noise. But people are not each other's strangers: whatever the
+population's daily rhythms look like (office hours, evenings, night shifts, commuters; weekends later for
+some, earlier for others), each customer's rhythm is likely to look like somebody else's. So the prior is
+built from the data:
 
-- site visits: each one a draw from the shape, at its local hour and day type;
-- the first human open of each email: a draw from the shape over the hours after the send, weighted by how
-  soon people open (an exponential with `OPEN_DELAY_HOURS`), so an open says "present then, given that the
-  email had just arrived", which corrects for the sender's own schedule instead of learning it.
+- **Candidate rhythms** are the smoothed visit histograms (weekday and weekend per local hour, a circular
+  Gaussian kernel) of the customers with the most visits, plus a flat day: shapes that occur in this
+  population, not shapes anybody drew by hand.
+- **How common each is** is the nonparametric maximum-likelihood prior over those candidates (Kiefer and
+  Wolfowitz; EM on the mixing weights), fitted on everyone's evidence, and again per time zone, shrunk toward
+  the global prior as if it had `ZONE_SHRINKAGE` more customers.
+- **Each customer's rhythm** is the posterior mean given their own evidence, leaving out the candidate made
+  from their own visits (it has already seen them: keeping it would give them their own smoothed histogram
+  back, noise and all).
 
-The prior is also fitted per time zone (shrunk toward the global one): a customer with no history gets the
-rhythm of similar customers, not one global default. docs/features.md has the measurements.
+The evidence: site visits, each a draw from the rhythm at its local hour and day type; and the first reading
+of each email (a person's open or click), a draw from the rhythm over the hours after the send weighted by
+how soon people read (`ReadingDelays`, learned from the data), so a read at 09:00 of an email sent at 08:00
+says "present then, given that the email had just arrived": the sender's schedule is divided out instead of
+learned. docs/features.md has the measurements.
 """
 
 from __future__ import annotations
@@ -24,101 +31,173 @@ import numpy as np
 import pandas as pd
 
 HOURS = 24
+DAY_TYPES = 2
 SLOTS = 7 * HOURS
 """Send slots: local weekday (Monday 0) × local hour."""
-BANK_SIZE = 20_000
-BANK_SEED = 20_251_126
-OPEN_DELAY_HOURS = 10.0
-OPEN_WINDOW_HOURS = 72
-PRIOR_ITERATIONS = 8
+READ_WINDOW_HOURS = 72
+KERNEL_SIGMA_HOURS = 1.5
+"""Width of the kernel that turns a customer's visit counts into a candidate rhythm."""
+OTHER_DAY_TYPE_WEIGHT = 0.1
+"""A candidate's weekend borrows this much of its weekday's shape (weekend visits are few), and vice versa."""
+CANDIDATE_FLOOR = 0.02
+"""Share of a candidate's day spread evenly: nobody is never around."""
+MIN_CANDIDATE_VISITS = 20
+MIN_CANDIDATES = 500
+"""Fewer customers than this with `MIN_CANDIDATE_VISITS`: the candidates are the ones with the most visits."""
+MAX_CANDIDATES = 4_000
+CANDIDATE_SEED = 20_261_205
+PRIOR_ITERATIONS = 10
 PRIOR_SUPPORT = 2_500
-"""Shapes kept after the prior is fitted (the most common ones): the rest carry almost no weight."""
+"""Candidates kept after the prior is fitted (the most common ones): the rest carry almost no weight."""
 ZONE_SHRINKAGE = 50.0
 """A time zone's prior counts as this many customers of the global prior plus its own customers."""
+DELAY_ITERATIONS = 25
 CHUNK = 2_048
+NO_OWNER = -1
 
 
 @dataclass
 class Evidence:
-    """Per customer: visits and first human opens by (day type, local hour), and the send slots of those opens."""
+    """Per customer: visits and first reads by (day type, local hour), and the send slots of those reads."""
 
     visits: np.ndarray  # [n, 48]: weekday hours 0..23, then weekend hours
-    opens: np.ndarray  # [n, 48]
-    open_slots: np.ndarray  # [n, 168]: local weekday × local hour of the send that was opened
+    reads: np.ndarray  # [n, 48]
+    read_slots: np.ndarray  # [n, 168]: local weekday × local hour of the send that was read
 
     @classmethod
     def zeros(cls, n: int) -> Evidence:
         return cls(
-            np.zeros((n, 2 * HOURS), np.float32),
-            np.zeros((n, 2 * HOURS), np.float32),
+            np.zeros((n, DAY_TYPES * HOURS), np.float32),
+            np.zeros((n, DAY_TYPES * HOURS), np.float32),
             np.zeros((n, SLOTS), np.float32),
         )
 
     def stacked(self) -> np.ndarray:
         """[n, 216]: the sufficient statistics the likelihood is linear in."""
-        return np.concatenate([self.visits + self.opens, self.open_slots], axis=1).astype(np.float32)
+        return np.concatenate([self.visits + self.reads, self.read_slots], axis=1).astype(np.float32)
 
     def amount(self) -> np.ndarray:
-        """Visits and opens behind each estimate."""
-        return self.visits.sum(axis=1) + self.opens.sum(axis=1)
+        """Visits and reads behind each estimate."""
+        return self.visits.sum(axis=1) + self.reads.sum(axis=1)
+
+    def select(self, rows: np.ndarray) -> Evidence:
+        return Evidence(self.visits[rows], self.reads[rows], self.read_slots[rows])
+
+    def visits_only(self) -> Evidence:
+        return Evidence(self.visits, np.zeros_like(self.reads), np.zeros_like(self.read_slots))
 
 
-def _von_mises(centers: np.ndarray, weights: np.ndarray, kappa: np.ndarray) -> np.ndarray:
-    hours = np.arange(HOURS) + 0.5
-    angle = 2 * np.pi * (hours[None, None, :] - centers[:, :, None]) / HOURS
-    bumps = np.exp(kappa[:, :, None] * (np.cos(angle) - 1.0))
-    bumps /= bumps.sum(axis=2, keepdims=True)
-    return (weights[:, :, None] * bumps).sum(axis=1)
-
-
-def shape_bank(size: int = BANK_SIZE, seed: int = BANK_SEED) -> np.ndarray:
-    """[size, 48] candidate rhythms: weekday then weekend share of activity per local hour (each half sums to 1).
-
-    One or two bumps anywhere in the day, broad or narrow, over a floor of activity at any hour; on weekends
-    the bumps move later by up to three hours, sometimes trade places, and an early one may become a late
-    morning. Nothing here says which shapes are common: the prior learns that from the data.
-    """
-    rng = np.random.default_rng(seed)
-    two = rng.random(size) < 0.5
-    centers = rng.uniform(0.0, HOURS, (size, 2))
-    first = np.where(two, rng.uniform(0.5, 0.9, size), 1.0)
-    weights = np.stack([first, 1.0 - first], axis=1)
-    kappa = rng.uniform(1.0, 6.0, (size, 2))
-    floor = rng.uniform(0.02, 0.15, (size, 1))
-    weekday = (1.0 - floor) * _von_mises(centers, weights, kappa) + floor / HOURS
-    weekend_centers = centers + rng.uniform(-0.5, 3.0, (size, 1))
-    late_morning = (weekend_centers < 11.0) & (rng.random((size, 2)) < 0.3)
-    weekend_centers = np.where(late_morning, rng.uniform(9.5, 11.5, (size, 2)), weekend_centers)
-    swapped = rng.random((size, 1)) < 0.3
-    weekend_weights = np.where(swapped, weights[:, ::-1], weights)
-    weekend_kappa = kappa * rng.uniform(0.6, 1.0, (size, 1))
-    weekend = (1.0 - floor) * _von_mises(weekend_centers, weekend_weights, weekend_kappa) + floor / HOURS
-    return np.concatenate([weekday, weekend], axis=1)
-
-
-def _open_normalizers(shapes: np.ndarray) -> np.ndarray:
-    """[m, 168]: for a send in each local slot, the shape's weight over the open window, soon counting more."""
-    lag = np.arange(OPEN_WINDOW_HOURS)
-    soon = np.exp(-lag / OPEN_DELAY_HOURS)
-    out = np.zeros((len(shapes), SLOTS))
+def _slot_columns() -> np.ndarray:
+    """[168, 72]: the (day type, local hour) column of each hour after a send in each local slot."""
+    out = np.zeros((SLOTS, READ_WINDOW_HOURS), dtype=np.int64)
+    lag = np.arange(READ_WINDOW_HOURS)
     for weekday in range(7):
         for hour in range(HOURS):
             t = hour + lag
             day = (weekday + t // HOURS) % 7
-            column = t % HOURS + HOURS * (day >= 5)
-            out[:, weekday * HOURS + hour] = shapes[:, column] @ soon
+            out[weekday * HOURS + hour] = t % HOURS + HOURS * (day >= 5)
     return out
+
+
+SLOT_COLUMNS = _slot_columns()
+
+
+@dataclass
+class ReadingDelays:
+    """How soon people read an email after it is sent: the weight of each hour after the send, learned from
+    the data (`fit`), apart from when they are around (their rhythm)."""
+
+    weights: np.ndarray  # [72], sums to 1
+
+    @classmethod
+    def flat(cls) -> ReadingDelays:
+        return cls(np.full(READ_WINDOW_HOURS, 1.0 / READ_WINDOW_HOURS))
+
+    @classmethod
+    def fit(cls, customer: np.ndarray, slot: np.ndarray, lag: np.ndarray, rhythms: np.ndarray) -> ReadingDelays:
+        """The delay weights g that best explain reads at `lag` hours after sends in `slot`, given each reader's
+        rhythm: the maximum of Σ log(r(slot + lag) g(lag) / Σ_l r(slot + l) g(l)), by its fixed point."""
+        if not len(lag):
+            return cls.flat()
+        counts = np.bincount(lag, minlength=READ_WINDOW_HOURS).astype(np.float64)
+        around = rhythms[customer[:, None], SLOT_COLUMNS[slot]].astype(np.float64)  # [reads, 72]
+        g = np.full(READ_WINDOW_HOURS, 1.0 / READ_WINDOW_HOURS)
+        for _ in range(DELAY_ITERATIONS):
+            exposure = (around / (around @ g)[:, None]).sum(axis=0)
+            g = np.where(exposure > 0, counts / np.maximum(exposure, 1e-12), 0.0) + 1e-6
+            g /= g.sum()
+        return cls(g)
+
+    def normalizers(self, shapes: np.ndarray) -> np.ndarray:
+        """[m, 168]: for a send in each local slot, each shape's weight over the read window."""
+        return np.einsum("msl,l->ms", shapes[:, SLOT_COLUMNS], self.weights)
+
+
+def _circular_smooth(counts: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian kernel smoothing along the last axis (24 local hours), wrapping midnight."""
+    offsets = np.arange(-12, 12)
+    weights = np.exp(-0.5 * (offsets / sigma) ** 2)
+    weights /= weights.sum()
+    out = np.zeros_like(counts, dtype=np.float64)
+    for offset, weight in zip(offsets, weights, strict=True):
+        out += weight * np.roll(counts, offset, axis=-1)
+    return out
+
+
+def candidate_rhythms(visits: np.ndarray, seed: int = CANDIDATE_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """([m, 48] candidate rhythms, [m] the customer row each was made from, -1 for the flat day).
+
+    The smoothed visit histograms of the customers with at least `MIN_CANDIDATE_VISITS` visits (at most
+    `MAX_CANDIDATES`, a seeded sample), or of the `MIN_CANDIDATES` with the most where too few have that many.
+    """
+    total = visits.sum(axis=1)
+    rich = np.flatnonzero(total >= MIN_CANDIDATE_VISITS)
+    if len(rich) < MIN_CANDIDATES:
+        rich = np.argsort(-total, kind="stable")[:MIN_CANDIDATES]
+        rich = np.sort(rich[total[rich] > 0])
+    if len(rich) > MAX_CANDIDATES:
+        rich = np.sort(np.random.default_rng(seed).choice(rich, MAX_CANDIDATES, replace=False))
+    days = _circular_smooth(visits[rich].reshape(-1, DAY_TYPES, HOURS).astype(np.float64), KERNEL_SIGMA_HOURS)
+    own = days / np.maximum(days.sum(axis=2, keepdims=True), 1e-12)
+    shapes = own + OTHER_DAY_TYPE_WEIGHT * own[:, ::-1]
+    shapes /= shapes.sum(axis=2, keepdims=True)
+    shapes = (1.0 - CANDIDATE_FLOOR) * shapes + CANDIDATE_FLOOR / HOURS
+    flat = np.full((1, DAY_TYPES * HOURS), 1.0 / HOURS)
+    return (
+        np.concatenate([shapes.reshape(-1, DAY_TYPES * HOURS), flat]).astype(np.float32),
+        np.append(rich, NO_OWNER),
+    )
+
+
+def _responsibilities(
+    stacked: np.ndarray, log_terms: np.ndarray, prior: np.ndarray, rows: np.ndarray, owners: np.ndarray
+) -> np.ndarray:
+    """[len(rows), m] posterior weight of each candidate, a customer's own candidate left out."""
+    log_likelihood = stacked @ log_terms.T
+    own = rows[:, None] == owners[None, :]
+    log_likelihood[own] = -np.inf
+    log_likelihood -= log_likelihood.max(axis=1, keepdims=True)
+    posterior = np.exp(log_likelihood) * prior
+    posterior /= posterior.sum(axis=1, keepdims=True)
+    return posterior.astype(np.float32)
+
+
+def _log_terms(shapes: np.ndarray, delays: ReadingDelays) -> np.ndarray:
+    return np.concatenate([np.log(shapes), -np.log(delays.normalizers(shapes))], axis=1).astype(np.float32)
 
 
 @dataclass
 class RhythmPrior:
-    """The fitted prior: shapes, their log-likelihood weights, and how common each is, globally and per zone."""
+    """The fitted prior: candidates, who each was made from, their log-likelihood terms, and how common each
+    is, globally and per zone."""
 
     shapes: np.ndarray  # [m, 48]
-    log_terms: np.ndarray  # [m, 216]: log shape, then −log open normalizer
+    owners: np.ndarray  # [m] customer row of each candidate (-1: none)
+    log_terms: np.ndarray  # [m, 216]: log shape, then −log read normalizer
     weights: np.ndarray  # [m]
     zone_weights: dict[str, np.ndarray]
     zone_customers: dict[str, int]
+    delays: ReadingDelays
 
     def weights_for(self, zones: np.ndarray) -> np.ndarray:
         """[n, m] prior weights of each row's time zone (the global prior for a zone not seen)."""
@@ -128,14 +207,18 @@ class RhythmPrior:
             out[zones == zone] = weights
         return out
 
-    def posterior_mean(self, evidence: Evidence, zones: np.ndarray) -> np.ndarray:
-        """[n, 48] each customer's expected rhythm given their evidence and their zone's prior."""
+    def posterior_mean(self, evidence: Evidence, zones: np.ndarray, customers: np.ndarray | None = None) -> np.ndarray:
+        """[n, 48] each customer's expected rhythm given their evidence and their zone's prior; `customers` are
+        their rows in the table the candidates were made from (their own candidate is left out)."""
         stacked = evidence.stacked()
-        out = np.empty((len(stacked), 2 * HOURS), np.float32)
+        rows = np.full(len(stacked), NO_OWNER - 1) if customers is None else np.asarray(customers, dtype=np.int64)
+        out = np.empty((len(stacked), DAY_TYPES * HOURS), np.float32)
         zones = np.asarray(zones, dtype=object)
         for start in range(0, len(stacked), CHUNK):
             part = slice(start, start + CHUNK)
-            posterior = _responsibilities(stacked[part], self.log_terms, self.weights_for(zones[part]))
+            posterior = _responsibilities(
+                stacked[part], self.log_terms, self.weights_for(zones[part]), rows[part], self.owners
+            )
             out[part] = posterior @ self.shapes
         return out
 
@@ -154,42 +237,62 @@ class RhythmPrior:
         )
 
 
-def _responsibilities(stacked: np.ndarray, log_terms: np.ndarray, prior: np.ndarray) -> np.ndarray:
-    log_likelihood = stacked @ log_terms.T
-    log_likelihood -= log_likelihood.max(axis=1, keepdims=True)
-    posterior = np.exp(log_likelihood) * prior
-    posterior /= posterior.sum(axis=1, keepdims=True)
-    return posterior.astype(np.float32)
+def _em(
+    stacked: np.ndarray, rows: np.ndarray, log_terms: np.ndarray, owners: np.ndarray, weights: np.ndarray
+) -> np.ndarray:
+    """Mixing weights after `PRIOR_ITERATIONS` EM steps from `weights`."""
+    for _ in range(PRIOR_ITERATIONS):
+        total = np.zeros(len(weights), np.float64)
+        for start in range(0, len(stacked), CHUNK):
+            part = slice(start, start + CHUNK)
+            total += _responsibilities(stacked[part], log_terms, weights, rows[part], owners).sum(axis=0)
+        weights = (total / max(len(stacked), 1)).astype(np.float32)
+    return weights
 
 
-def _log_terms(shapes: np.ndarray) -> np.ndarray:
-    return np.concatenate([np.log(shapes), -np.log(_open_normalizers(shapes))], axis=1).astype(np.float32)
+def fit_prior(
+    evidence: Evidence,
+    zones: np.ndarray,
+    reads: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> RhythmPrior:
+    """The candidates and how common each is among these customers (rows of `evidence`).
 
-
-def fit_prior(evidence: Evidence, zones: np.ndarray, bank: np.ndarray | None = None) -> RhythmPrior:
-    """How common each shape of the bank is among these customers (EM on the mixing weights only)."""
-    shapes = shape_bank() if bank is None else bank
-    log_terms = _log_terms(shapes)
+    `reads` = (customer row, send slot, hours after the send) of every first read, to learn the reading delays:
+    from the rhythms the visits alone give, then the prior is fitted again on all the evidence.
+    """
+    shapes, owners = candidate_rhythms(evidence.visits)
     zones = np.asarray(zones, dtype=object)
-    informed = evidence.amount() > 0
-    stacked = evidence.stacked()[informed]
+    informed = np.flatnonzero(evidence.amount() > 0)
     weights = np.full(len(shapes), 1.0 / len(shapes), np.float32)
+    delays = ReadingDelays.flat()
+    if reads is not None and len(reads[0]):
+        visits_only = evidence.visits_only()
+        seen = np.flatnonzero(visits_only.amount() > 0)
+        weights = _em(visits_only.stacked()[seen], seen, _log_terms(shapes, delays), owners, weights)
+        prior = RhythmPrior(shapes, owners, _log_terms(shapes, delays), weights, {}, {}, delays)
+        readers = np.unique(reads[0])
+        rhythms = np.zeros((len(evidence.visits), DAY_TYPES * HOURS), np.float32)
+        rhythms[readers] = prior.posterior_mean(visits_only.select(readers), np.full(len(readers), ""), readers)
+        delays = ReadingDelays.fit(reads[0], reads[1], reads[2], rhythms)
+    log_terms = _log_terms(shapes, delays)
+    everyone = evidence.stacked()
+    stacked = everyone[informed]
     if len(stacked):
-        for _ in range(PRIOR_ITERATIONS):
-            total = np.zeros(len(shapes), np.float64)
-            for start in range(0, len(stacked), CHUNK):
-                total += _responsibilities(stacked[start : start + CHUNK], log_terms, weights).sum(axis=0)
-            weights = (total / len(stacked)).astype(np.float32)
-    keep = np.sort(np.argsort(-weights)[: min(PRIOR_SUPPORT, len(weights))])
-    shapes, log_terms, weights = shapes[keep], log_terms[keep], weights[keep] / weights[keep].sum()
+        weights = _em(stacked, informed, log_terms, owners, weights)
+    keep = np.sort(np.argsort(-weights, kind="stable")[: min(PRIOR_SUPPORT, len(weights))])
+    if owners[-1] == NO_OWNER and len(shapes) - 1 not in keep:
+        keep = np.append(keep, len(shapes) - 1)  # the flat day stays: somewhere to go for the unusual
+    shapes, owners, log_terms = shapes[keep], owners[keep], log_terms[keep]
+    weights = weights[keep] / max(float(weights[keep].sum()), 1e-12)
     zone_weights: dict[str, np.ndarray] = {}
     zone_customers: dict[str, int] = {}
     informed_zones = zones[informed]
     for zone in sorted(set(informed_zones)):
-        members = stacked[informed_zones == zone]
+        members = informed[informed_zones == zone]
         total = np.zeros(len(shapes), np.float64)
         for start in range(0, len(members), CHUNK):
-            total += _responsibilities(members[start : start + CHUNK], log_terms, weights).sum(axis=0)
+            part = members[start : start + CHUNK]
+            total += _responsibilities(everyone[part], log_terms, weights, part, owners).sum(axis=0)
         zone_weights[zone] = ((total + ZONE_SHRINKAGE * weights) / (len(members) + ZONE_SHRINKAGE)).astype(np.float32)
         zone_customers[zone] = len(members)
-    return RhythmPrior(shapes, log_terms, weights, zone_weights, zone_customers)
+    return RhythmPrior(shapes, owners, log_terms, weights.astype(np.float32), zone_weights, zone_customers, delays)

@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.progress import Progress
 
-from features.activity import Evidence, RhythmPrior, fit_prior
-from features.labels import label_sends
+from features.activity import READ_WINDOW_HOURS, Evidence, RhythmPrior, fit_prior
+from features.labels import is_proxied, label_sends
 from features.localtime import is_weekend, local_hour_weekday
 from sendwise.raw import load_table, write_parquet_atomic
 from sendwise.settings import Settings
@@ -35,8 +35,8 @@ SCALARS = (
     "n_sessions",
     "n_purchases",
     "purchase_value",
-    "n_opens_all",
-    "n_machine_opens",
+    "n_machine_opened",
+    "n_own_opened",
 )
 
 
@@ -67,7 +67,7 @@ class _Events:
     weekend: np.ndarray
     seconds: np.ndarray
     value: np.ndarray
-    slot: np.ndarray  # local weekday × 24 + hour of `slot_column` (the send of an open), else 0
+    slot: np.ndarray  # local weekday × 24 + hour of `slot_column` (the send of a read), else 0
 
     @classmethod
     def empty(cls) -> _Events:
@@ -129,12 +129,12 @@ class _State:
         self.scalars = {name: np.zeros(n_customers, np.float64) for name in SCALARS}
         self.last = {name: np.full(n_customers, np.nan) for name in ("human_open", "session", "email")}
         self.categories = np.zeros((n_customers, max(len(categories), 1)), np.float32)
-        self.rhythm = Evidence.zeros(n_customers)  # visits stay in `hours`; first opens and their send slots here
+        self.rhythm = Evidence.zeros(n_customers)  # visits stay in `hours`; first reads and their send slots here
         self.decay = 0.5 ** (1.0 / HALF_LIFE_DAYS)
         self.profile_decay = 0.5 ** (1.0 / PROFILE_HALF_LIFE_DAYS)
 
     def age(self) -> None:
-        for array in (*self.hours.values(), self.rhythm.opens, self.rhythm.open_slots):
+        for array in (*self.hours.values(), self.rhythm.reads, self.rhythm.read_slots):
             array *= self.profile_decay
         for array in self.scalars.values():
             array *= self.decay
@@ -146,14 +146,14 @@ class _State:
             mask = w == bool(flag)
             np.add.at(self.hours[(signal, flag)], (c[mask], h[mask]), 1.0)
 
-    def add_first_opens(self, ev: _Events, sl: slice) -> None:
+    def add_first_reads(self, ev: _Events, sl: slice) -> None:
         c = ev.customer[sl]
-        np.add.at(self.rhythm.opens, (c, ev.hour[sl] + HOURS * ev.weekend[sl]), 1.0)
-        np.add.at(self.rhythm.open_slots, (c, ev.slot[sl]), 1.0)
+        np.add.at(self.rhythm.reads, (c, ev.hour[sl] + HOURS * ev.weekend[sl]), 1.0)
+        np.add.at(self.rhythm.read_slots, (c, ev.slot[sl]), 1.0)
 
     def evidence(self, customers: np.ndarray) -> Evidence:
         visits = np.concatenate([self.hours[("session", 0)][customers], self.hours[("session", 1)][customers]], axis=1)
-        return Evidence(visits, self.rhythm.opens[customers], self.rhythm.open_slots[customers])
+        return Evidence(visits, self.rhythm.reads[customers], self.rhythm.read_slots[customers])
 
     def add_count(self, name: str, ev: _Events, sl: slice, use_value: bool = False) -> None:
         np.add.at(self.scalars[name], ev.customer[sl], ev.value[sl] if use_value else 1.0)
@@ -169,9 +169,14 @@ class _State:
         row: dict[str, np.ndarray] = {}
         for name in ("n_emails", "n_human_opens", "n_clicks", "n_sessions", "n_purchases", "purchase_value"):
             row[name] = self.scalars[name][customers].astype(np.float32)
-        opens_all = self.scalars["n_opens_all"][customers]
-        machine = self.scalars["n_machine_opens"][customers]
-        row["machine_open_share"] = np.where(opens_all > 0, machine / np.maximum(opens_all, 1e-9), 0).astype(np.float32)
+        # Behind a privacy proxy (so far as the emails before this day say), opens say nothing: the models
+        # then read the customer's other signals instead (features/transform.py).
+        proxied = is_proxied(
+            self.scalars["n_emails"][customers],
+            self.scalars["n_machine_opened"][customers],
+            self.scalars["n_own_opened"][customers],
+        )
+        row["opens_observable"] = (~proxied).astype(np.float32)
         for name, column in (
             ("human_open", "days_since_human_open"),
             ("session", "days_since_session"),
@@ -185,19 +190,45 @@ class _State:
             row[f"{signal}_hours_weekday"] = self.hours[(signal, 0)][customers].copy()
             row[f"{signal}_hours_weekend"] = self.hours[(signal, 1)][customers].copy()
         row["category_views"] = self.categories[customers].copy()
-        rhythm = prior.posterior_mean(self.evidence(customers), zones[customers])
+        rhythm = prior.posterior_mean(self.evidence(customers), zones[customers], customers)
         row["rhythm_weekday"], row["rhythm_weekend"] = rhythm[:, :HOURS], rhythm[:, HOURS:]
         return row
 
 
 def _final_evidence(n_customers: int, streams: dict[str, _Events]) -> Evidence:
-    """Every customer's visits and first opens up to `as_of`, undecayed: what the rhythm prior is fitted on."""
+    """Every customer's visits and first reads up to `as_of`, undecayed: what the rhythm prior is fitted on."""
     evidence = Evidence.zeros(n_customers)
-    visits, opens = streams["session"], streams["first_open"]
+    visits, reads = streams["session"], streams["first_read"]
     np.add.at(evidence.visits, (visits.customer, visits.hour + HOURS * visits.weekend), 1.0)
-    np.add.at(evidence.opens, (opens.customer, opens.hour + HOURS * opens.weekend), 1.0)
-    np.add.at(evidence.open_slots, (opens.customer, opens.slot), 1.0)
+    np.add.at(evidence.reads, (reads.customer, reads.hour + HOURS * reads.weekend), 1.0)
+    np.add.at(evidence.read_slots, (reads.customer, reads.slot), 1.0)
     return evidence
+
+
+def _at(sends: pd.DataFrame, column: str) -> pd.DataFrame | None:
+    """The sends that have a time in `column`, with it as `occurred_at` (one event per message)."""
+    if column not in sends.columns:
+        return None
+    found = sends[sends[column].notna()]
+    return found[["customer_id", "send_at"]].assign(occurred_at=found[column])
+
+
+def _first_reads(sends: pd.DataFrame) -> pd.DataFrame | None:
+    """Each email's first reading by a person (open or click) within the read window, with its send time."""
+    reads = _at(sends, "first_read_at")
+    if reads is None:
+        return None
+    return reads[reads["occurred_at"] - reads["send_at"] < pd.Timedelta(hours=READ_WINDOW_HOURS)]
+
+
+def _read_delays(reads: pd.DataFrame, index: pd.Series, zones: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(customer row, local send slot, whole hours from the send's hour to the read) of every first read."""
+    reads = reads[reads["customer_id"].isin(index.index)]
+    customer = reads["customer_id"].map(index).to_numpy(dtype=np.int64)
+    hour, weekday = local_hour_weekday(reads["send_at"], zones.iloc[customer].reset_index(drop=True))
+    slot = weekday.astype(np.int64) * HOURS + hour.astype(np.int64)
+    lag = (reads["occurred_at"] - reads["send_at"].dt.floor("h")).dt.total_seconds() // 3600
+    return customer, slot, np.clip(lag.to_numpy(dtype=np.int64), 0, READ_WINDOW_HOURS - 1)
 
 
 def count_in_previous_week(
@@ -327,14 +358,17 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
     earliest = [t["occurred_at"].min() for t in (email_events, site_events, offer_events) if t is not None and len(t)]
     t0 = (min(earliest) if earliest else as_of - DAY).floor("D")
 
-    sends, opens = (
+    labels = (
         label_sends(email_events, settings.label_window_hours)
         if email_events is not None and len(email_events)
-        else (
-            pd.DataFrame(columns=["message_id", "customer_id", "campaign_id", "send_at", "human_open"]),
-            None,
-        )
+        else None
     )
+    sends = (
+        labels.sends
+        if labels is not None
+        else pd.DataFrame(columns=["message_id", "customer_id", "campaign_id", "send_at", "human_open"])
+    )
+    opens = labels.opens if labels is not None else None
     if campaigns is not None and len(sends):
         info = campaigns.set_index("campaign_id")[["kind", "topic"]]
         sends = sends.join(info, on="campaign_id")
@@ -344,7 +378,7 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
     exposures = _exposures(offer_events, settings.conversion_window_days)
 
     human_opens = opens.loc[~opens["is_machine"], ["customer_id", "occurred_at"]] if opens is not None else None
-    clicks = email_events[email_events["event"] == "click"] if email_events is not None else None
+    clicks = labels.clicks[~labels.clicks["is_machine"]] if labels is not None else None
     sessions = None
     purchases = None
     views = None
@@ -371,18 +405,19 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
         "click": events(clicks),
         "session": events(sessions),
         "purchase": events(purchases, "value"),
-        "opens_all": events(opens),
-        "machine": events(opens[opens["is_machine"]] if opens is not None else None),
+        "machine_opened": events(_at(sends, "machine_opened_at")),
+        "own_opened": events(_at(sends, "first_human_open_at")),
     }
-    first_opens = None
-    if len(sends) and "first_human_open_at" in sends.columns:
-        opened = sends[sends["first_human_open_at"].notna()]
-        first_opens = opened[["customer_id", "send_at"]].assign(occurred_at=opened["first_human_open_at"])
-    streams["first_open"] = (
-        _Events.empty() if first_opens is None else _to_events(first_opens, index, zones, t0, slot_column="send_at")
+    reads = _first_reads(sends)
+    streams["first_read"] = (
+        _Events.empty() if reads is None else _to_events(reads, index, zones, t0, slot_column="send_at")
     )
     zone_codes = zones.to_numpy(dtype=object)
-    prior = fit_prior(_final_evidence(len(customers), streams), zone_codes)
+    prior = fit_prior(
+        _final_evidence(len(customers), streams),
+        zone_codes,
+        _read_delays(reads, index, zones) if reads is not None else None,
+    )
     view_events = events(views)
     view_category = np.zeros(0, dtype=np.int64)
     if views is not None and len(view_events.customer):
@@ -423,7 +458,7 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
 
             for signal in SIGNALS:
                 state.add_profile(signal, streams[signal], day_slice(signal))
-            state.add_first_opens(streams["first_open"], day_slice("first_open"))
+            state.add_first_reads(streams["first_read"], day_slice("first_read"))
             state.add_count("n_human_opens", streams["open"], day_slice("open"))
             state.touch("human_open", streams["open"], day_slice("open"))
             state.add_count("n_clicks", streams["click"], day_slice("click"))
@@ -431,8 +466,8 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
             state.touch("session", streams["session"], day_slice("session"))
             state.add_count("n_purchases", streams["purchase"], day_slice("purchase"))
             state.add_count("purchase_value", streams["purchase"], day_slice("purchase"), use_value=True)
-            state.add_count("n_opens_all", streams["opens_all"], day_slice("opens_all"))
-            state.add_count("n_machine_opens", streams["machine"], day_slice("machine"))
+            state.add_count("n_machine_opened", streams["machine_opened"], day_slice("machine_opened"))
+            state.add_count("n_own_opened", streams["own_opened"], day_slice("own_opened"))
             state.add_count("n_emails", send_events, day_slice("emails"))
             state.touch("email", send_events, day_slice("emails"))
             views_today = day_slice("views")

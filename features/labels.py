@@ -1,21 +1,67 @@
-"""What sendwise derives from email events: sends, human opens (machine opens removed) and the 72-hour label.
+"""What sendwise derives from email events: sends, machine and human opens, proxied recipients, the labels.
 
-Machine opens are those the ESP flagged, and those it did not flag that look like one:
-- an open within 60 seconds of the send (security scanners fetch links and pixels in seconds);
-- an open within 15 minutes of the send whose user agent is a proxy's: a user agent seen on flagged
-  machine opens at least half of the time (Apple Mail Privacy Protection, image proxies).
-Both thresholds are documented in docs/features.md and measured against a simulated world's truth.
+An open proves little. A privacy proxy (Apple Mail Privacy Protection) fetches every email its recipients get,
+at delivery or hours later, and carries their own opens too, all under one generic user agent; security
+scanners open, and follow links, seconds after delivery. The ESP flags part of these opens as machine opens,
+but a `false` flag is not proof of a person. So sendwise reads the opens as channels:
+
+- **Machine agents.** A user agent is a machine's when the ESP flags a good share of its opens (people's mail
+  apps and browsers are never flagged, a proxy's or a scanner's are flagged whenever the ESP recognizes
+  them), or when, for the recipients who have it, it opens nearly every email they are sent (no person opens
+  nearly every email; a proxy does). Every open through a machine agent, and every flagged open, is a
+  machine open; so is every click through one (scanners follow links).
+- **Proxied recipients.** A recipient most of whose emails were opened by a machine, and who never (or
+  almost never) opened one through anything else, reads their email behind the proxy: their opens say
+  nothing about whether or when they read. Their sends carry no open label; their clicks (made in a browser)
+  still say they read. A scanned recipient's own opens come through their own mail app, so they are seen.
+
+Labels, for the other recipients: a human open is an open that is not a machine open, within the label
+window (72 hours by default) of the send; a click by a person also counts (it proves they read the email even
+when the pixel was proxied or blocked). docs/features.md has the measurements.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import pandas as pd
 
-SCANNER_SECONDS = 60
-PROXY_SECONDS = 15 * 60
-PROXY_FLAGGED_SHARE = 0.5
-PROXY_MIN_OPENS = 20
+MACHINE_AGENT_FLAGGED_SHARE = 0.2
+"""An agent the ESP flags on this share of its opens is a machine's: people's agents are flagged on almost none."""
+MACHINE_AGENT_COVERAGE = 0.9
+"""An agent that opens this share of the emails of its typical recipient is a machine's (no person opens all)."""
+MIN_AGENT_OPENS = 20
+MIN_AGENT_RECIPIENTS = 20
+MIN_DELIVERIES = 3
+"""Recipients with fewer delivered emails are not judged proxied: too little to go by."""
+PROXIED_MACHINE_SHARE = 0.5
+"""A proxied recipient's emails are (nearly) all opened by the proxy; at least this share, to be one."""
+PROXIED_OWN_SHARE = 0.05
+"""...and at most this share of them opened through anything but a machine agent."""
+NO_AGENT = ""
+
+
+@dataclass
+class Labels:
+    """Every send with its labels, every open and click classified, and each recipient's proxy status."""
+
+    sends: pd.DataFrame
+    """One row per message: message_id, customer_id, campaign_id, send_at, decision_id, first_human_open_at,
+    clicked (by a person), first_read_at (first human open or click), machine_opened_at, human_open,
+    proxied (the recipient's status: the label says nothing then)."""
+    opens: pd.DataFrame
+    """Every open with send_at, delay_s, flagged, is_machine."""
+    clicks: pd.DataFrame
+    """Every click with is_machine."""
+    recipients: pd.DataFrame
+    """Per customer (index): deliveries, machine_opened, own_opened (emails opened through their own agents),
+    proxied."""
+    machine_agents: set[str] = field(default_factory=set)
+
+    @property
+    def proxied_customers(self) -> set[str]:
+        return set(self.recipients.index[self.recipients["proxied"]])
 
 
 def message_sends(email_events: pd.DataFrame) -> pd.DataFrame:
@@ -31,53 +77,107 @@ def message_sends(email_events: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
-def proxy_user_agents(opens: pd.DataFrame) -> set[str]:
-    """User agents that the ESP flags as machines at least half of the time."""
-    if "user_agent" not in opens.columns or "machine_open" not in opens.columns:
-        return set()
-    seen = opens.dropna(subset=["user_agent"])
-    if seen.empty:
-        return set()
-    flagged = seen["machine_open"].fillna(False).astype(bool)
-    stats = flagged.groupby(seen["user_agent"]).agg(["mean", "size"])
-    chosen = stats[(stats["mean"] >= PROXY_FLAGGED_SHARE) & (stats["size"] >= PROXY_MIN_OPENS)]
-    return set(chosen.index)
+def _agents(events: pd.DataFrame) -> pd.Series:
+    if "user_agent" not in events.columns:
+        return pd.Series(NO_AGENT, index=events.index, dtype=object)
+    return events["user_agent"].fillna(NO_AGENT).astype(str)
 
 
-def classify_opens(email_events: pd.DataFrame, sends: pd.DataFrame) -> pd.DataFrame:
-    """Every open with `delay_s` after its send and `is_machine` (flagged or detected)."""
-    opens = email_events[email_events["event"] == "open"].copy()
+def _flags(opens: pd.DataFrame) -> pd.Series:
+    if "machine_open" not in opens.columns:
+        return pd.Series(False, index=opens.index)
+    return opens["machine_open"].astype("boolean").fillna(False).astype(bool)
+
+
+def machine_agents(opens: pd.DataFrame, delivered: pd.Series) -> set[str]:
+    """User agents of machines: flagged by the ESP on a good share of their opens, or opening nearly every
+    email of their typical recipient. `delivered`: emails delivered per customer."""
+    agent = _agents(opens)
+    known = agent != NO_AGENT
+    if not known.any():
+        return set()
+    found: set[str] = set()
+    flagged = _flags(opens)[known].groupby(agent[known]).agg(["mean", "size"])
+    found |= set(flagged.index[(flagged["mean"] >= MACHINE_AGENT_FLAGGED_SHARE) & (flagged["size"] >= MIN_AGENT_OPENS)])
+    pairs = opens.loc[known, ["customer_id", "message_id"]].assign(agent=agent[known]).drop_duplicates()
+    per_recipient = pairs.groupby(["agent", "customer_id"]).size().rename("opened").reset_index()
+    per_recipient["delivered"] = per_recipient["customer_id"].map(delivered).fillna(0)
+    per_recipient = per_recipient[per_recipient["delivered"] >= MIN_DELIVERIES]
+    coverage = (
+        (per_recipient["opened"] / per_recipient["delivered"]).groupby(per_recipient["agent"]).agg(["median", "size"])
+    )
+    found |= set(
+        coverage.index[(coverage["median"] >= MACHINE_AGENT_COVERAGE) & (coverage["size"] >= MIN_AGENT_RECIPIENTS)]
+    )
+    return found
+
+
+def _delivered_messages(email_events: pd.DataFrame, sends: pd.DataFrame) -> pd.DataFrame:
+    """The sends that were delivered: those with a `delivered` event, or every send where the export has none
+    (an ESP that reports sends and bounces only), less the bounced ones."""
+    if (email_events["event"] == "delivered").any():
+        delivered = set(email_events.loc[email_events["event"] == "delivered", "message_id"])
+    else:
+        delivered = set(sends["message_id"])
+    delivered -= set(email_events.loc[email_events["event"] == "bounce", "message_id"])
+    return sends[sends["message_id"].isin(delivered)]
+
+
+def label_sends(email_events: pd.DataFrame, label_hours: int = 72) -> Labels:
+    """Sends with their labels, the opens and clicks classified, and the recipients' proxy status."""
+    sends = message_sends(email_events)
     send_at = sends.set_index("message_id")["send_at"]
+    delivered = _delivered_messages(email_events, sends)
+    per_customer = delivered.groupby("customer_id").size()
+
+    opens = email_events[email_events["event"] == "open"].copy()
     opens["send_at"] = opens["message_id"].map(send_at)
     opens["delay_s"] = (opens["occurred_at"] - opens["send_at"]).dt.total_seconds()
-    flagged = (
-        opens["machine_open"].fillna(False).astype(bool)
-        if "machine_open" in opens.columns
-        else pd.Series(False, index=opens.index)
-    )
-    proxies = proxy_user_agents(opens)
-    by_proxy = (
-        opens["user_agent"].isin(proxies) & (opens["delay_s"] <= PROXY_SECONDS)
-        if proxies and "user_agent" in opens.columns
-        else pd.Series(False, index=opens.index)
-    )
-    by_scanner = opens["delay_s"].between(-1, SCANNER_SECONDS)
-    opens["flagged"] = flagged
-    opens["is_machine"] = flagged | by_proxy | by_scanner
-    return opens
+    agents = machine_agents(opens, per_customer)
+    opens["flagged"] = _flags(opens)
+    opens["is_machine"] = opens["flagged"] | _agents(opens).isin(agents)
+    clicks = email_events[email_events["event"] == "click"].copy()
+    clicks["is_machine"] = _agents(clicks).isin(agents)
 
-
-def label_sends(email_events: pd.DataFrame, label_hours: int = 72) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Sends with `human_open` (a human open within `label_hours`) and `clicked`; and the classified opens."""
-    sends = message_sends(email_events)
-    opens = classify_opens(email_events, sends)
-    window = pd.Timedelta(hours=label_hours)
-    human = opens[~opens["is_machine"] & (opens["delay_s"] >= 0) & (opens["delay_s"] <= window.total_seconds())]
+    recipients = _recipients(opens, per_customer)
+    window_s = pd.Timedelta(hours=label_hours).total_seconds()
+    human = opens[~opens["is_machine"] & (opens["delay_s"] >= 0) & (opens["delay_s"] <= window_s)]
     first_open = human.groupby("message_id")["occurred_at"].min()
-    clicks = email_events[email_events["event"] == "click"]
-    clicked_ids = set(clicks["message_id"])
+    person_clicks = clicks[~clicks["is_machine"]]
+    first_click = person_clicks.groupby("message_id")["occurred_at"].min()
+    machine = opens[opens["is_machine"]].groupby("message_id")["occurred_at"].min()
     sends["first_human_open_at"] = sends["message_id"].map(first_open)
-    # A click proves a person read the email even when the open pixel was blocked or proxied.
-    sends["clicked"] = sends["message_id"].isin(clicked_ids)
+    # A click by a person proves they read the email even when the open pixel was blocked or proxied.
+    sends["clicked"] = sends["message_id"].isin(set(person_clicks["message_id"]))
+    sends["first_read_at"] = pd.concat(
+        [sends["first_human_open_at"], sends["message_id"].map(first_click)], axis=1
+    ).min(axis=1)
+    sends["machine_opened_at"] = sends["message_id"].map(machine)
     sends["human_open"] = sends["first_human_open_at"].notna() | sends["clicked"]
-    return sends, opens
+    sends["proxied"] = sends["customer_id"].isin(set(recipients.index[recipients["proxied"]]))
+    return Labels(sends=sends, opens=opens, clicks=clicks, recipients=recipients, machine_agents=agents)
+
+
+def _recipients(opens: pd.DataFrame, delivered: pd.Series) -> pd.DataFrame:
+    """Per customer with a delivered email: how many were opened by a machine and by their own agents."""
+    machine = opens.loc[opens["is_machine"], ["customer_id", "message_id"]].drop_duplicates()
+    own = opens.loc[~opens["is_machine"], ["customer_id", "message_id"]].drop_duplicates()
+    table = pd.DataFrame({"deliveries": delivered.astype(np.int64)})
+    table["machine_opened"] = machine.groupby("customer_id").size().reindex(table.index).fillna(0).astype(np.int64)
+    table["own_opened"] = own.groupby("customer_id").size().reindex(table.index).fillna(0).astype(np.int64)
+    table["proxied"] = is_proxied(table["deliveries"], table["machine_opened"], table["own_opened"])
+    table.index.name = "customer_id"
+    return table
+
+
+def is_proxied(
+    deliveries: pd.Series | np.ndarray, machine_opened: pd.Series | np.ndarray, own_opened: pd.Series | np.ndarray
+) -> np.ndarray:
+    """Whether recipients read behind a privacy proxy: enough emails, most opened by a machine, (almost) none
+    through their own agents. Works on counts or on decayed counts alike."""
+    deliveries = np.asarray(deliveries, dtype=np.float64)
+    enough = deliveries >= MIN_DELIVERIES
+    base = np.maximum(deliveries, 1e-9)
+    machine = np.asarray(machine_opened, dtype=np.float64) / base
+    own = np.asarray(own_opened, dtype=np.float64) / base
+    return enough & (machine >= PROXIED_MACHINE_SHARE) & (own < PROXIED_OWN_SHARE)

@@ -35,7 +35,7 @@ ENGAGEMENT_FEATURES = (
     "n_purchases",
     "purchase_value",
     "sends_7d",
-    "machine_open_share",
+    "opens_observable",
     "days_since_human_open",
     "days_since_session",
     "days_since_email",
@@ -49,6 +49,11 @@ brought its calibration from 1.058 to 1.042. The offer model keeps both: spend s
 worth, and on the Starbucks data the policy lost a point without it."""
 PRIOR_OPEN_RATE = 0.2
 PRIOR_WEIGHT = 3.0
+OPEN_HISTORY = ("open_rate", "n_human_opens", "days_since_human_open")
+"""What a customer's own opens say: unknown (NaN) where `opens_observable` is 0, a customer whose opens come
+through a privacy proxy. The models learn what to predict then from customers whose opens are seen, shown
+the same way in training (training/datasets.py), so a proxied customer's open propensity rests on their
+clicks, visits, purchases and attributes instead of on opens that were never theirs."""
 
 
 @dataclass
@@ -66,6 +71,19 @@ class CustomerMatrix:
 
     def __len__(self) -> int:
         return len(self.customer_id)
+
+    def take(self, rows: np.ndarray) -> CustomerMatrix:
+        """The matrix of these rows (repeated rows are copies)."""
+        return CustomerMatrix(
+            customer_id=self.customer_id[rows],
+            timezone=self.timezone[rows],
+            interests=[self.interests[r] for r in rows],
+            profiles={name: values[rows] for name, values in self.profiles.items()},
+            scalars=self.scalars[rows],
+            attributes={name: values[rows] for name, values in self.attributes.items()},
+            category_names=[self.category_names[r] for r in rows],
+            category_views=[self.category_views[r] for r in rows],
+        )
 
 
 def _matrix(values: pd.Series, width: int = HOURS) -> np.ndarray:
@@ -216,6 +234,10 @@ def _engagement_columns(matrix: CustomerMatrix, rows: np.ndarray, cumulative: bo
     scalars["click_rate"] = (count["n_clicks"] + PRIOR_WEIGHT * 0.05) / (emails + PRIOR_WEIGHT)
     for name in ("n_sessions", "n_purchases", "purchase_value"):
         scalars[name.removeprefix("n_") + "_per_email"] = count[name] / (emails + PRIOR_WEIGHT)
+    hidden = scalars["opens_observable"] == 0
+    if hidden.any():
+        for name in OPEN_HISTORY:
+            scalars[name] = np.where(hidden, np.float32(np.nan), scalars[name]).astype(np.float32)
     return scalars if cumulative else {k: v for k, v in scalars.items() if k not in CUMULATIVE}
 
 

@@ -64,7 +64,7 @@ def test_features_use_only_events_before_their_time(pipeline_home, tmp_path: Pat
 def test_machine_open_detector_against_the_truth(pipeline_home) -> None:  # type: ignore[no-untyped-def]
     events = load_table(pipeline_home.settings, "email_events")
     assert events is not None
-    _, opens = label_sends(events)
+    opens = label_sends(events).opens
     truth = World.load(pipeline_home.world).email_opens().drop_duplicates("event_id").set_index("event_id")
     joined = opens.join(truth["is_machine"].rename("true_machine"), on="event_id", how="inner")
     assert len(joined) > 0.9 * len(opens)

@@ -19,6 +19,8 @@ from features.transform import (
 )
 
 VALID_SHARE = 0.2
+HIDDEN_OPENS_SHARE = 0.5
+"""Share of the customers whose sends are also shown with their open history hidden (open_training_set)."""
 EPOCH = pd.Timestamp("2000-01-01", tz="UTC")
 
 
@@ -92,17 +94,30 @@ def sends_in_previous_week(sends: pd.DataFrame, customers: pd.Series, at: pd.Ser
     return np.where(where >= 0, counts, 0).astype(np.float32)
 
 
+def _hash_share(customers: pd.Series, share: float, salt: str) -> np.ndarray:
+    """A stable pseudo-random `share` of the customers (by a hash of their id), the same in every run."""
+    bucket = pd.util.hash_pandas_object(customers.astype(str) + salt, index=False).to_numpy() % 1000
+    return bucket < share * 1000
+
+
 def open_training_set(store: FeatureStore, tables: FeatureTables, label_hours: int) -> TrainingSet | None:
-    """Sends whose 72-hour label window has closed, with the open model's features at the send time."""
+    """Sends whose label window has closed, with the open model's features at the send time.
+
+    The sends of proxied recipients carry no label (their opens are the proxy's: `features.labels`) and are
+    left out. So that the model can answer for proxied customers, the sends of a stable half of the others are
+    shown a second time as a proxied customer's would be (`opens_observable` 0, so their open history is
+    unknown): it learns, from people whose opens are seen, what their other signals say.
+    """
     sends = tables.sends
     if sends is None or len(sends) == 0 or "human_open" not in sends.columns:
         return None
     sends = sends[sends["send_at"] <= tables.as_of - pd.Timedelta(hours=label_hours)]
+    if "proxied" in sends.columns:
+        sends = sends[~sends["proxied"].astype(bool)]
     sends = sends[sends["customer_id"].isin(tables.customers["customer_id"])].reset_index(drop=True)
     if len(sends) < 200 or sends["human_open"].nunique() < 2:
         return None
     entity_df = pd.DataFrame({"customer_id": sends["customer_id"], "event_timestamp": sends["send_at"]})
-    cut, by_customer = _split(sends["send_at"], sends["customer_id"])
     rows = historical_features(store, "open_propensity_v1", entity_df)
     matrix = customer_matrix(rows)
     # Fatigue at the moment of each send, not at the start of its day: a day-start count misses the sends
@@ -110,17 +125,31 @@ def open_training_set(store: FeatureStore, tables: FeatureTables, label_hours: i
     matrix.scalars[:, SCALAR_FEATURES.index("sends_7d")] = sends_in_previous_week(
         tables.sends, sends["customer_id"], sends["send_at"]
     )
+    hidden = np.flatnonzero(_hash_share(sends["customer_id"], HIDDEN_OPENS_SHARE, "opens-hidden"))
+    examples = np.concatenate([np.arange(len(sends)), hidden])
+    matrix = matrix.take(examples)
+    matrix.scalars[len(sends) :, SCALAR_FEATURES.index("opens_observable")] = 0.0
     design = open_design(
-        matrix, np.arange(len(sends)), sends["send_at"], sends["kind"].to_numpy(), sends["topic"].to_numpy()
+        matrix,
+        np.arange(len(examples)),
+        sends["send_at"].iloc[examples].reset_index(drop=True),
+        sends["kind"].to_numpy()[examples],
+        sends["topic"].to_numpy()[examples],
     )
     return TrainingSet(
         design=design,
-        label=sends["human_open"].to_numpy(dtype=np.float32),
-        times=sends["send_at"],
-        cut=cut,
+        label=sends["human_open"].to_numpy(dtype=np.float32)[examples],
+        times=sends["send_at"].iloc[examples].reset_index(drop=True),
+        cut=_split(sends["send_at"], sends["customer_id"])[0],
         feature_service="open_propensity_v1",
-        held_out_customers=by_customer,
+        held_out_customers=_held_out(sends, examples),
     )
+
+
+def _held_out(sends: pd.DataFrame, examples: np.ndarray) -> np.ndarray | None:
+    """The customer split of the examples where time cannot split them (see `_split`)."""
+    _, by_customer = _split(sends["send_at"], sends["customer_id"])
+    return None if by_customer is None else by_customer[examples]
 
 
 def offer_training_set(

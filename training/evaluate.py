@@ -91,7 +91,8 @@ class Evaluation:
                 for i, r in enumerate(self.reliability.itertuples())
             ]
         out += [
-            ("machine opens", k, f"{v:,.0f}" if k.endswith("checked") else f"{v:.4f}") for k, v in self.detector.items()
+            ("machine opens and clicks", k, f"{v:,.0f}" if k.endswith("checked") else f"{v:.4f}")
+            for k, v in self.detector.items()
         ]
         out += [("decide time", k, f"{v:.2f} s") for k, v in self.timing.items()]
         return out
@@ -147,9 +148,9 @@ def most_frequent_engagement_hour(settings: Settings, customers: pd.DataFrame) -
     events = load_table(settings, "email_events")
     if events is None or events.empty:
         return pd.Series(dtype=float)
-    _, opens = label_sends(events, settings.label_window_hours)
-    human = opens.loc[~opens["is_machine"], ["customer_id", "occurred_at"]]
-    clicks = events.loc[events["event"] == "click", ["customer_id", "occurred_at"]]
+    labels = label_sends(events, settings.label_window_hours)
+    human = labels.opens.loc[~labels.opens["is_machine"], ["customer_id", "occurred_at"]]
+    clicks = labels.clicks.loc[~labels.clicks["is_machine"], ["customer_id", "occurred_at"]]
     both = pd.concat([human, clicks], ignore_index=True)
     zones = both["customer_id"].map(customers.set_index("customer_id")["timezone"]).fillna("UTC")
     hour, _ = local_hour_weekday(both["occurred_at"], zones)
@@ -184,9 +185,9 @@ def engagement_histograms(
     parts = []
     events = None if sessions_only else load_table(settings, "email_events")
     if events is not None and len(events):
-        _, opens = label_sends(events, settings.label_window_hours)
-        parts.append(opens.loc[~opens["is_machine"], ["customer_id", "occurred_at"]])
-        parts.append(events.loc[events["event"] == "click", ["customer_id", "occurred_at"]])
+        labels = label_sends(events, settings.label_window_hours)
+        parts.append(labels.opens.loc[~labels.opens["is_machine"], ["customer_id", "occurred_at"]])
+        parts.append(labels.clicks.loc[~labels.clicks["is_machine"], ["customer_id", "occurred_at"]])
     site = load_table(settings, "site_events")
     if site is not None and len(site):
         parts.append(site.loc[site["event"] == "session_start", ["customer_id", "occurred_at"]])
@@ -323,26 +324,44 @@ def _precision_recall(out: dict[str, float], name: str, detected: pd.Series, act
     out[f"{name} recall"] = hits / max(float(actual.sum()), 1.0)
 
 
+def own_opens_hidden(world: World) -> pd.Series:
+    """The truth of which customers read behind a privacy proxy that carries their own opens (a realistic
+    world's proxied customers; in a classic world a proxied customer's own opens carry their device's agent)."""
+    realism = world.meta.get("realism") or {}
+    hidden = world.customer_params["is_mpp"].astype(bool) & bool(realism.get("proxy_human_opens"))
+    return pd.Series(hidden.to_numpy(), index=world.customer_params["customer_id"])
+
+
 def detector_quality(settings: Settings, world: World) -> dict[str, float]:
     """Precision and recall of the machine-open detector against the truth, beside the ESP's flag alone.
 
-    Per open, among the recipients the truth says are not proxied: is the open a machine's?
+    Per recipient: do their own opens come through a privacy proxy (so that none of their opens can be
+    read)? Per open, among the recipients the detector does not call proxied: is it a machine's (a person's
+    own open through a proxy counts as a person's)? Per click: a scanner's, or a person's?
     """
     events = load_table(settings, "email_events")
     if events is None or events.empty:
         return {}
-    _, opens = label_sends(events)
-    proxied_truth = world.customer_params.set_index("customer_id")["is_mpp"].astype(bool)
+    labels = label_sends(events, settings.label_window_hours)
+    hidden = own_opens_hidden(world)
+    recipients = labels.recipients
+    out: dict[str, float] = {"recipients checked": float(len(recipients))}
+    actual = recipients.index.to_series().map(hidden).fillna(False).astype(bool)
+    out["proxied share (truth)"] = float(actual.mean())
+    _precision_recall(out, "proxied-recipient detector", recipients["proxied"], actual)
     truth = world.email_opens().drop_duplicates("event_id").set_index("event_id")["is_machine"]
-    joined = opens.join(truth.rename("true_machine"), on="event_id", how="inner")
-    joined = joined[~joined["customer_id"].map(proxied_truth).fillna(False).astype(bool)]
-    actual = joined["true_machine"].astype(bool)
-    out = {
-        "opens of unproxied recipients checked": float(len(joined)),
-        "machine share of their opens": float(actual.mean()),
-    }
-    _precision_recall(out, "machine-open detector", joined["is_machine"], actual)
-    _precision_recall(out, "ESP flag alone", joined["flagged"], actual)
+    opens = labels.opens.join(truth.rename("true_machine"), on="event_id", how="inner")
+    opens = opens[~opens["customer_id"].isin(labels.proxied_customers)]
+    out["opens of unproxied recipients checked"] = float(len(opens))
+    out["machine share of their opens"] = float(opens["true_machine"].mean())
+    _precision_recall(out, "machine-open detector", opens["is_machine"], opens["true_machine"])
+    _precision_recall(out, "ESP flag alone", opens["flagged"], opens["true_machine"])
+    if world.truth_dir is not None and (world.truth_dir / "email_clicks.parquet").exists():
+        truth = world.email_clicks().drop_duplicates("event_id").set_index("event_id")["is_machine"]
+        clicks = labels.clicks.join(truth.rename("true_machine"), on="event_id", how="inner")
+        out["clicks checked"] = float(len(clicks))
+        out["machine share of clicks"] = float(clicks["true_machine"].mean())
+        _precision_recall(out, "machine-click detector", clicks["is_machine"], clicks["true_machine"])
     return out
 
 
@@ -356,8 +375,7 @@ def _by_proxy(
     draws: np.ndarray,
 ) -> None:
     """Send-time efficiency, calibration and AUC apart for proxied recipients and the others."""
-    proxied = pd.Series(ids).map(world.customer_params.set_index("customer_id")["is_mpp"]).fillna(False)
-    proxied = proxied.to_numpy(dtype=bool)
+    proxied = pd.Series(ids).map(own_opens_hidden(world)).fillna(False).to_numpy(dtype=bool)
     rows = np.arange(len(ids))
     for label, mask in (("proxied", proxied), ("not proxied", ~proxied)):
         if not mask.any():

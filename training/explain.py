@@ -30,7 +30,7 @@ READABLE = {
     "days_since_human_open": "days since the customer last opened an email",
     "days_since_session": "days since the customer last visited the site",
     "days_since_email": "days since the last email",
-    "machine_open_share": "the share of the customer's opens made by machines (privacy proxies)",
+    "opens_observable": "whether the customer's own opens can be seen (not behind a privacy proxy)",
     "topic_affinity": "the customer's interest in the campaign's topic",
     "topic_interest": "the topic being one of the customer's stated interests",
     "campaign_kind": "the kind of campaign",

@@ -55,7 +55,7 @@ engagement_fv = FeatureView(
         Field(name="n_purchases", dtype=Float32),
         Field(name="purchase_value", dtype=Float32),
         Field(name="sends_7d", dtype=Float32),
-        Field(name="machine_open_share", dtype=Float32),
+        Field(name="opens_observable", dtype=Float32),
         Field(name="days_since_human_open", dtype=Float32),
         Field(name="days_since_session", dtype=Float32),
         Field(name="days_since_email", dtype=Float32),

@@ -1,0 +1,89 @@
+"""The daily-rhythm prior learned from the population: reading delays, candidates, leave-one-out posteriors."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from features.activity import (
+    HOURS,
+    READ_WINDOW_HOURS,
+    SLOT_COLUMNS,
+    Evidence,
+    ReadingDelays,
+    candidate_rhythms,
+    fit_prior,
+)
+
+
+def _bump(center: float, width: float = 1.5) -> np.ndarray:
+    hours = np.arange(HOURS) + 0.5
+    distance = np.minimum(np.abs(hours - center), HOURS - np.abs(hours - center))
+    day = np.exp(-0.5 * (distance / width) ** 2) + 0.02
+    return day / day.sum()
+
+
+def _population(n: int, rng: np.random.Generator, visits: float) -> tuple[np.ndarray, Evidence]:
+    """People of three kinds (mornings, evenings, nights; weekends two hours later), each with Poisson
+    visits drawn from their own rhythm."""
+    centers = rng.choice([8.0, 20.0, 2.0], n) + rng.normal(0.0, 0.5, n)
+    rhythms = np.stack([np.concatenate([_bump(c), _bump(c + 2.0)]) for c in centers])
+    counts = rng.poisson(visits * rhythms * np.r_[np.full(HOURS, 5 / 7), np.full(HOURS, 2 / 7)] * 2)
+    evidence = Evidence.zeros(n)
+    evidence.visits[:] = counts
+    return rhythms, evidence
+
+
+def test_reading_delays_are_learned_apart_from_when_people_are_around() -> None:
+    """Reads drawn from rhythm × a known delay curve: the fit finds the delay curve, not the rhythm."""
+    rng = np.random.default_rng(1)
+    rhythms = np.stack([np.concatenate([_bump(c), _bump(c)]) for c in rng.uniform(0, 24, 400)])
+    true = np.exp(-np.arange(READ_WINDOW_HOURS) / 6.0)
+    true /= true.sum()
+    customer = rng.integers(0, len(rhythms), 20_000)
+    slot = rng.integers(0, 7 * HOURS, len(customer))
+    weight = rhythms[customer[:, None], SLOT_COLUMNS[slot]] * true[None, :]
+    cumulative = np.cumsum(weight, axis=1)
+    lag = (cumulative < rng.random(len(customer))[:, None] * cumulative[:, -1:]).sum(axis=1)
+    fitted = ReadingDelays.fit(customer, slot, lag, rhythms).weights
+    assert np.abs(fitted - true).sum() < 0.08
+    naive = np.bincount(lag, minlength=READ_WINDOW_HOURS) / len(lag)
+    assert np.abs(fitted - true).sum() < 0.5 * np.abs(naive - true).sum()
+
+
+def test_candidates_come_from_the_customers_with_the_most_visits() -> None:
+    rng = np.random.default_rng(2)
+    _, evidence = _population(3000, rng, visits=25.0)
+    shapes, owners = candidate_rhythms(evidence.visits)
+    assert owners[-1] == -1 and np.allclose(shapes[-1], 1.0 / HOURS)  # the flat day
+    assert (evidence.visits[owners[:-1]].sum(axis=1) >= 20).all()
+    assert np.allclose(shapes[:, :HOURS].sum(axis=1), 1.0) and np.allclose(shapes[:, HOURS:].sum(axis=1), 1.0)
+
+
+def test_posterior_beats_each_customers_own_histogram_and_leaves_their_candidate_out() -> None:
+    rng = np.random.default_rng(3)
+    rhythms, evidence = _population(3000, rng, visits=12.0)
+    zones = np.full(len(rhythms), "Europe/Berlin", dtype=object)
+    prior = fit_prior(evidence, zones)
+    posterior = prior.posterior_mean(evidence, zones, np.arange(len(rhythms)))
+
+    def efficiency(estimate: np.ndarray) -> float:
+        chosen = estimate[:, :HOURS].argmax(axis=1)
+        return float(rhythms[np.arange(len(rhythms)), chosen].sum() / rhythms[:, :HOURS].max(axis=1).sum())
+
+    own = evidence.visits + 1e-3 * rng.random(evidence.visits.shape)  # ties broken at random
+    assert efficiency(posterior) > efficiency(own) + 0.05
+    assert efficiency(posterior) > 0.9
+    # A customer with a candidate of their own is not handed it back (it has seen their visits).
+    owner = int(prior.owners[0])
+    with_own = prior.posterior_mean(evidence.select(np.array([owner])), zones[:1], None)
+    without = prior.posterior_mean(evidence.select(np.array([owner])), zones[:1], np.array([owner]))
+    distance = np.abs(prior.shapes[0] - with_own[0]).sum()
+    assert distance < np.abs(prior.shapes[0] - without[0]).sum()
+
+
+def test_no_visits_at_all_gives_the_flat_day() -> None:
+    evidence = Evidence.zeros(50)
+    prior = fit_prior(evidence, np.full(50, "UTC", dtype=object))
+    rhythm = prior.posterior_mean(evidence, np.full(50, "UTC", dtype=object), np.arange(50))
+    assert np.allclose(rhythm, 1.0 / HOURS)
+    assert list(prior.zone_means()["timezone"]) == [""]
