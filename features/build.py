@@ -18,6 +18,7 @@ from rich.progress import Progress
 from features.activity import READ_WINDOW_HOURS, Evidence, RhythmPrior, fit_prior
 from features.labels import is_proxied, label_sends
 from features.localtime import is_weekend, local_hour_weekday
+from features.offer_values import offer_values
 from sendwise.raw import load_table, write_parquet_atomic
 from sendwise.settings import Settings
 
@@ -492,6 +493,7 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
         ("customer_features", profile),
         ("customer_attributes", attributes),
         ("offer_features", offer_table),
+        ("offer_values", offer_values(exposures, offers, as_of, settings.conversion_window_days)),
     ):
         write_parquet_atomic(frame, settings.feature_tables_dir / f"{name}.parquet")
     return FeatureTables(

@@ -25,6 +25,8 @@ import pandas as pd
 from feast import FeatureStore
 
 from features.labels import message_sends
+from features.offer_values import TABLE as OFFER_VALUES_TABLE
+from features.offer_values import OfferValues
 from features.store import open_store
 from features.transform import (
     SCALAR_FEATURES,
@@ -190,6 +192,8 @@ class _Batch:
     value: np.ndarray
     control: np.ndarray
     excluded: list[np.ndarray]
+    logged_values: bool = False
+    """The offers' values are the logged ones (no offer model), the same for every row."""
     ranked_offers: list[list[str]] = field(default_factory=list)  # per decision: every offer ranked
     shown_offers: list[list[str]] = field(default_factory=list)  # per decision: those the email carries
 
@@ -201,7 +205,14 @@ class _Batch:
         incremental = None
         if len(self.control):
             incremental = self.value - self.value[:, self.control].max(axis=1, keepdims=True)
-        order = np.argsort(-(incremental if incremental is not None else self.value), axis=1, kind="stable")
+        score = incremental if incremental is not None else self.value
+        if self.logged_values and len(score):
+            # One ranking shared by every row. Equal values (no conversions logged, or no exposures at all) put an
+            # offer before the control arm, then the larger margin first.
+            kinds, margins = self.offers["kind"].to_numpy(), self.offers["margin"].to_numpy(dtype=np.float64)
+            row = np.lexsort((-margins, kinds == "control", -score[0]))
+            return np.broadcast_to(row, score.shape), incremental
+        order = np.argsort(-score, axis=1, kind="stable")
         return order, incremental
 
     @property
@@ -456,8 +467,11 @@ class Engine:
         offer_features: pd.DataFrame | None,
         history: SendHistory | None = None,
         rhythm_priors: pd.DataFrame | None = None,
+        offer_values: OfferValues | None = None,
     ) -> None:
         self.settings = settings
+        self.offer_values = offer_values
+        """What each offer earned per exposure in the logged data: how offers are ranked without an offer model."""
         self.rhythm_priors = (
             {}
             if rhythm_priors is None
@@ -522,8 +536,10 @@ class Engine:
             )
         priors_path = settings.feature_tables_dir / "rhythm_priors.parquet"
         priors = pd.read_parquet(priors_path) if priors_path.exists() else None
+        values = OfferValues.read(settings.feature_tables_dir / f"{OFFER_VALUES_TABLE}.parquet")
         warm_up()  # the compiled tree walk, before any request waits for it
-        engine = cls(settings, store, models, offers, offer_features, SendHistory.from_raw(settings), priors)
+        history = SendHistory.from_raw(settings)
+        engine = cls(settings, store, models, offers, offer_features, history, priors, values)
         # What was just loaded (models, Feast, MLflow, the snapshot) lives as long as the process: keep it out
         # of the cycle collector's full passes, which otherwise walk all of it whenever a batch's answer, or a
         # bulk file's recipients, allocate enough to trigger one.
@@ -537,7 +553,9 @@ class Engine:
     def status(self) -> dict[str, object]:
         reasons = list(self.degraded_reasons)
         for name in MODEL_NAMES:
-            if name not in self.models:
+            if name == "next_best_offer" and name not in self.models:
+                reasons.append(f"no champion for {name}: {self._logged_ranking()}")
+            elif name not in self.models:
                 reasons.append(f"no champion for {name}: answers use population priors")
         if self.store is None:
             reasons.append("no feature store in the home: run `sendwise pipeline --data DIR`")
@@ -734,7 +752,9 @@ class Engine:
         """(eligible offers, conversion probability [customers, offers]): looked up for known customers (scored
         when the snapshot was read), scored now for the others (their context comes with the request)."""
         model = self.models.get("next_best_offer")
-        if model is None or self.offer_features is None:
+        if model is None:
+            return self._logged_offer_scores(served, at, offer_ids)
+        if self.offer_features is None:
             return None, np.zeros((len(served.matrix), 0))
         chosen = self._offer_set(at, offer_ids)
         if chosen is None:
@@ -750,6 +770,58 @@ class Engine:
         if len(missing):
             conversion[missing] = self._offer_probabilities(served.matrix, missing, chosen.matrix, model)
         return chosen, np.clip(conversion, 0.0, 1.0)
+
+    def _logged_offer_scores(
+        self, served: Served, at: datetime, offer_ids: list[str] | None
+    ) -> tuple[OfferSet | None, np.ndarray]:
+        """Without an offer model: every recipient gets each eligible offer's logged conversion rate (inverse-
+        propensity weighted, shrunk toward the mean over offers: `features.offer_values`), one row shared by all."""
+        n = len(served.matrix)
+        chosen = self._offer_set(at, offer_ids)
+        if chosen is None:
+            return None, np.zeros((n, 0))
+        rates = self.offer_values.rates_of(chosen.ids) if self.offer_values is not None else np.zeros(len(chosen.ids))
+        return chosen, np.broadcast_to(np.clip(rates, 0.0, 1.0), (n, len(rates)))
+
+    def _logged_ranking(self) -> str:
+        """How offers are ranked without an offer model, in plain words."""
+        values = self.offer_values
+        if values is None:
+            return (
+                "offers are ranked by margin (what a conversion is worth): the home has no table of what each offer "
+                "earned in the logged data (`sendwise pipeline` or `sendwise train` builds it)"
+            )
+        if values.exposures == 0:
+            return (
+                "offers are ranked by margin (what a conversion is worth): no offer exposure in the logged data has "
+                "a closed conversion window, and conversion probabilities are unknown (given as 0)"
+            )
+        if values.conversions == 0:
+            return (
+                f"offers are ranked by margin (what a conversion is worth): none of the {values.exposures:,} logged "
+                "offer exposures converted"
+            )
+        how = "inverse-propensity weighted, shrunk toward the mean" if values.weighted else "shrunk toward the mean"
+        return (
+            f"offers are ranked by what each earned per exposure in the logged data ({how}; {values.exposures:,} "
+            f"exposures, {values.conversions:,} conversions)"
+        )
+
+    def _offer_notes(self, batch: _Batch) -> list[str]:
+        """Why a decision's offers are what they are, where no model ranked them or none could be ranked."""
+        if batch.k_offers <= 0:
+            return []
+        if batch.offers.empty:
+            if self.offers is None or not len(self.offers):
+                return ["no offers in the data: ingest an offers table to have offers ranked"]
+            return ["no offer is eligible for this window: each is outside its dates, out of stock or not asked for"]
+        if "next_best_offer" in self.models:
+            return []
+        notes = [f"no offer model is trained yet, so {self._logged_ranking()}"]
+        unseen = self.offer_values.never_exposed(batch.offers["offer_id"].tolist()) if self.offer_values else []
+        if unseen:
+            notes.append(f"never exposed in the logged data, so given the mean over offers: {', '.join(unseen)}")
+        return notes
 
     def _offer_set(self, at: datetime, offer_ids: list[str] | None) -> OfferSet | None:
         """The offers eligible at `at` (among `offer_ids`), converted once per window start and list."""
@@ -770,8 +842,12 @@ class Engine:
         return chosen
 
     def _offer_matrix(self, offer_ids: pd.Series) -> OfferMatrix:
-        assert self.offer_features is not None
-        return OfferMatrix.from_rows(self.offer_features.set_index("offer_id").loc[offer_ids].reset_index())
+        if self.offer_features is not None:
+            rows = self.offer_features
+        else:  # no feature store: the catalog's own columns (only the logged values rank offers then)
+            assert self.offers is not None
+            rows = self.offers.rename(columns={"kind": "offer_kind", "category": "offer_category"})
+        return OfferMatrix.from_rows(rows.set_index("offer_id").loc[offer_ids].reset_index())
 
     @staticmethod
     def _offer_probabilities(
@@ -882,8 +958,9 @@ class Engine:
             offer_facts=chosen.facts if chosen is not None else [],
             conversion=conversion,
             value=conversion * margins[None, :],
-            control=np.flatnonzero(kinds == "control"),
+            control=np.flatnonzero(kinds == "control") if self._values_known() else np.zeros(0, dtype=np.int64),
             excluded=self._repeated_offers(ids, offers, start, constraints.no_repeat_offer_days, sendable),
+            logged_values="next_best_offer" not in self.models,
         )
         decisions = self._decisions(batch, request.recipients)
         self._log_decisions(decisions, request, batch, dict(batch.window_times))
@@ -892,6 +969,13 @@ class Engine:
             "status": "degraded" if served.degraded else "ok",
             "decisions": decisions,
         }
+
+    def _values_known(self) -> bool:
+        """Whether offers have conversion probabilities (a model, or logged exposures): without, no incremental
+        value over the control arm can be told."""
+        if "next_best_offer" in self.models:
+            return True
+        return self.offer_values is not None and self.offer_values.prior_rate is not None
 
     @staticmethod
     def _allowed_hours(
@@ -1008,8 +1092,7 @@ class Engine:
         notes = []
         if "open_propensity" not in self.models and "send_time" not in self.models:
             notes.append("no open model trained yet: a flat population prior, every hour alike")
-        if batch.offers.empty and self.offers is not None and len(self.offers) and "next_best_offer" not in self.models:
-            notes.append("no next-best-offer model trained yet: no offer chosen")
+        notes.extend(self._offer_notes(batch))
         template = "newsletter" if batch.kind == "newsletter" else "promotional"
         threshold = max(self.population.high_value_threshold, 0.0)
         population = self.population.open_probability

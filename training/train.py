@@ -170,7 +170,10 @@ def train_offer(  # type: ignore[no-untyped-def]
 ) -> None:
     found = offer_training_set(store, tables, settings.conversion_window_days)
     if found is None:
-        result.skipped["next_best_offer"] = "no offers or too few closed offer exposures (need 200 with conversions)"
+        result.skipped["next_best_offer"] = (
+            "no offers or too few closed offer exposures (need 200 with conversions); until then the service ranks "
+            "offers by what each earned per exposure in the logged data"
+        )
         return
     data, _ = found
     tuning = tuner(data, "next_best_offer", base_params=OFFER_PARAMS) if tuner else None
