@@ -35,7 +35,7 @@ DAY_TYPES = 2
 SLOTS = 7 * HOURS
 """Send slots: local weekday (Monday 0) × local hour."""
 READ_WINDOW_HOURS = 72
-KERNEL_SIGMA_HOURS = 1.5
+KERNEL_SIGMA_HOURS = 2.0
 """Width of the kernel that turns a customer's visit counts into a candidate rhythm."""
 OTHER_DAY_TYPE_WEIGHT = 0.1
 """A candidate's weekend borrows this much of its weekday's shape (weekend visits are few), and vice versa."""

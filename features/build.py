@@ -36,7 +36,7 @@ SCALARS = (
     "n_sessions",
     "n_purchases",
     "purchase_value",
-    "n_machine_opened",
+    "n_proxy_opened",
     "n_own_opened",
 )
 
@@ -174,7 +174,7 @@ class _State:
         # then read the customer's other signals instead (features/transform.py).
         proxied = is_proxied(
             self.scalars["n_emails"][customers],
-            self.scalars["n_machine_opened"][customers],
+            self.scalars["n_proxy_opened"][customers],
             self.scalars["n_own_opened"][customers],
         )
         row["opens_observable"] = (~proxied).astype(np.float32)
@@ -406,7 +406,7 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
         "click": events(clicks),
         "session": events(sessions),
         "purchase": events(purchases, "value"),
-        "machine_opened": events(_at(sends, "machine_opened_at")),
+        "proxy_opened": events(_at(sends, "proxy_opened_at")),
         "own_opened": events(_at(sends, "first_human_open_at")),
     }
     reads = _first_reads(sends)
@@ -467,7 +467,7 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
             state.touch("session", streams["session"], day_slice("session"))
             state.add_count("n_purchases", streams["purchase"], day_slice("purchase"))
             state.add_count("purchase_value", streams["purchase"], day_slice("purchase"), use_value=True)
-            state.add_count("n_machine_opened", streams["machine_opened"], day_slice("machine_opened"))
+            state.add_count("n_proxy_opened", streams["proxy_opened"], day_slice("proxy_opened"))
             state.add_count("n_own_opened", streams["own_opened"], day_slice("own_opened"))
             state.add_count("n_emails", send_events, day_slice("emails"))
             state.touch("email", send_events, day_slice("emails"))

@@ -10,10 +10,14 @@ but a `false` flag is not proof of a person. So sendwise reads the opens as chan
   them), or when, for the recipients who have it, it opens nearly every email they are sent (no person opens
   nearly every email; a proxy does). Every open through a machine agent, and every flagged open, is a
   machine open; so is every click through one (scanners follow links).
-- **Proxied recipients.** A recipient most of whose emails were opened by a machine, and who never (or
-  almost never) opened one through anything else, reads their email behind the proxy: their opens say
-  nothing about whether or when they read. Their sends carry no open label; their clicks (made in a browser)
-  still say they read. A scanned recipient's own opens come through their own mail app, so they are seen.
+- **Proxied recipients.** Some machine agents carry their recipients' own opens (a proxy in front of the
+  mail app); others fetch beside them (a scanner: the person's own opens come from their mail app). The
+  data tells which: the recipients an agent covers either read through agents of their own about as often
+  as everyone else, or hardly ever. A recipient most of whose emails a carrying agent opened, and who (almost)
+  never opened one through anything else, reads behind the proxy: their opens say nothing about whether or
+  when they read. Their sends carry no open label; their clicks (made in a browser) still say they read. A
+  recipient behind a fetching agent who never opens is a person who does not open: their sends keep their
+  labels, so that leaving them out does not make everyone look keener than they are.
 
 Labels, for the other recipients: a human open is an open that is not a machine open, within the label
 window (72 hours by default) of the send; a click by a person also counts (it proves they read the email even
@@ -39,6 +43,9 @@ PROXIED_MACHINE_SHARE = 0.5
 """A proxied recipient's emails are (nearly) all opened by the proxy; at least this share, to be one."""
 PROXIED_OWN_SHARE = 0.05
 """...and at most this share of them opened through anything but a machine agent."""
+CARRIER_RATIO = 0.5
+"""A machine agent carries its recipients' own opens when less than this share of them, relative to the
+recipients no machine covers, open email through their own agents."""
 NO_AGENT = ""
 
 
@@ -48,16 +55,17 @@ class Labels:
 
     sends: pd.DataFrame
     """One row per message: message_id, customer_id, campaign_id, send_at, decision_id, first_human_open_at,
-    clicked (by a person), first_read_at (first human open or click), machine_opened_at, human_open,
+    clicked (by a person), first_read_at (first human open or click), proxy_opened_at, human_open,
     proxied (the recipient's status: the label says nothing then)."""
     opens: pd.DataFrame
-    """Every open with send_at, delay_s, flagged, is_machine."""
+    """Every open with send_at, delay_s, flagged, is_machine, via_proxy (through a proxy agent)."""
     clicks: pd.DataFrame
     """Every click with is_machine."""
     recipients: pd.DataFrame
-    """Per customer (index): deliveries, machine_opened, own_opened (emails opened through their own agents),
-    proxied."""
+    """Per customer (index): deliveries, proxy_opened (emails opened through a proxy agent), own_opened (through
+    their own agents), proxied."""
     machine_agents: set[str] = field(default_factory=set)
+    proxy_agents: set[str] = field(default_factory=set)
 
     @property
     def proxied_customers(self) -> set[str]:
@@ -123,6 +131,38 @@ def _delivered_messages(email_events: pd.DataFrame, sends: pd.DataFrame) -> pd.D
     return sends[sends["message_id"].isin(delivered)]
 
 
+def proxy_agents(opens: pd.DataFrame, delivered: pd.Series) -> set[str]:
+    """The machine agents that carry their recipients' own opens (a privacy proxy in front of their mail app),
+    as opposed to those that only fetch beside them (a security scanner, or a proxy whose recipients' own opens
+    come from their devices' agents).
+
+    Judged by the recipients each agent opens most emails of: if about as many of them open email through
+    their own agents as the recipients no machine covers, the agent fetches beside them; if far fewer do, it
+    carries their opens. An agent with too few such recipients to judge is taken to carry them (their opens
+    are then not trusted as a person's).
+    """
+    machine = opens[opens["is_machine"]]
+    if machine.empty:
+        return set()
+    recipients = pd.DataFrame({"deliveries": delivered.astype(np.float64)})
+    pairs = machine[["customer_id", "message_id"]].assign(agent=_agents(machine)).drop_duplicates()
+    by_agent = pairs.groupby(["customer_id", "agent"]).size().rename("opened").reset_index()
+    top = by_agent.sort_values("opened", ascending=False, kind="stable").drop_duplicates("customer_id")
+    recipients["agent"] = top.set_index("customer_id")["agent"]
+    recipients["covered"] = top.set_index("customer_id")["opened"].reindex(recipients.index).fillna(0)
+    own = opens.loc[~opens["is_machine"], ["customer_id", "message_id"]].drop_duplicates().groupby("customer_id")
+    recipients["own"] = own.size().reindex(recipients.index).fillna(0)
+    recipients = recipients[recipients["deliveries"] >= MIN_DELIVERIES]
+    reads_own = recipients["own"] / recipients["deliveries"] >= PROXIED_OWN_SHARE
+    covered = recipients["covered"] / recipients["deliveries"] >= PROXIED_MACHINE_SHARE
+    baseline = float(reads_own[~covered].mean()) if (~covered).sum() >= MIN_AGENT_RECIPIENTS else 1.0
+    found = set()
+    for agent, members in recipients[covered].groupby("agent").groups.items():
+        if len(members) < MIN_AGENT_RECIPIENTS or reads_own[members].mean() < CARRIER_RATIO * baseline:
+            found.add(str(agent))
+    return found
+
+
 def label_sends(email_events: pd.DataFrame, label_hours: int = 72) -> Labels:
     """Sends with their labels, the opens and clicks classified, and the recipients' proxy status."""
     sends = message_sends(email_events)
@@ -139,45 +179,47 @@ def label_sends(email_events: pd.DataFrame, label_hours: int = 72) -> Labels:
     clicks = email_events[email_events["event"] == "click"].copy()
     clicks["is_machine"] = _agents(clicks).isin(agents)
 
+    carriers = proxy_agents(opens, per_customer)
+    opens["via_proxy"] = opens["is_machine"] & _agents(opens).isin(carriers)
     recipients = _recipients(opens, per_customer)
     window_s = pd.Timedelta(hours=label_hours).total_seconds()
     human = opens[~opens["is_machine"] & (opens["delay_s"] >= 0) & (opens["delay_s"] <= window_s)]
     first_open = human.groupby("message_id")["occurred_at"].min()
     person_clicks = clicks[~clicks["is_machine"]]
     first_click = person_clicks.groupby("message_id")["occurred_at"].min()
-    machine = opens[opens["is_machine"]].groupby("message_id")["occurred_at"].min()
+    proxy = opens[opens["via_proxy"]].groupby("message_id")["occurred_at"].min()
     sends["first_human_open_at"] = sends["message_id"].map(first_open)
     # A click by a person proves they read the email even when the open pixel was blocked or proxied.
     sends["clicked"] = sends["message_id"].isin(set(person_clicks["message_id"]))
     sends["first_read_at"] = pd.concat(
         [sends["first_human_open_at"], sends["message_id"].map(first_click)], axis=1
     ).min(axis=1)
-    sends["machine_opened_at"] = sends["message_id"].map(machine)
+    sends["proxy_opened_at"] = sends["message_id"].map(proxy)
     sends["human_open"] = sends["first_human_open_at"].notna() | sends["clicked"]
     sends["proxied"] = sends["customer_id"].isin(set(recipients.index[recipients["proxied"]]))
-    return Labels(sends=sends, opens=opens, clicks=clicks, recipients=recipients, machine_agents=agents)
+    return Labels(sends, opens, clicks, recipients, machine_agents=agents, proxy_agents=carriers)
 
 
 def _recipients(opens: pd.DataFrame, delivered: pd.Series) -> pd.DataFrame:
-    """Per customer with a delivered email: how many were opened by a machine and by their own agents."""
-    machine = opens.loc[opens["is_machine"], ["customer_id", "message_id"]].drop_duplicates()
+    """Per customer with a delivered email: how many were opened through a proxy and by their own agents."""
+    proxy = opens.loc[opens["via_proxy"], ["customer_id", "message_id"]].drop_duplicates()
     own = opens.loc[~opens["is_machine"], ["customer_id", "message_id"]].drop_duplicates()
     table = pd.DataFrame({"deliveries": delivered.astype(np.int64)})
-    table["machine_opened"] = machine.groupby("customer_id").size().reindex(table.index).fillna(0).astype(np.int64)
+    table["proxy_opened"] = proxy.groupby("customer_id").size().reindex(table.index).fillna(0).astype(np.int64)
     table["own_opened"] = own.groupby("customer_id").size().reindex(table.index).fillna(0).astype(np.int64)
-    table["proxied"] = is_proxied(table["deliveries"], table["machine_opened"], table["own_opened"])
+    table["proxied"] = is_proxied(table["deliveries"], table["proxy_opened"], table["own_opened"])
     table.index.name = "customer_id"
     return table
 
 
 def is_proxied(
-    deliveries: pd.Series | np.ndarray, machine_opened: pd.Series | np.ndarray, own_opened: pd.Series | np.ndarray
+    deliveries: pd.Series | np.ndarray, proxy_opened: pd.Series | np.ndarray, own_opened: pd.Series | np.ndarray
 ) -> np.ndarray:
-    """Whether recipients read behind a privacy proxy: enough emails, most opened by a machine, (almost) none
-    through their own agents. Works on counts or on decayed counts alike."""
+    """Whether recipients read behind a privacy proxy: enough emails, most opened by a proxy agent, (almost)
+    none through their own agents. Works on counts or on decayed counts alike."""
     deliveries = np.asarray(deliveries, dtype=np.float64)
     enough = deliveries >= MIN_DELIVERIES
     base = np.maximum(deliveries, 1e-9)
-    machine = np.asarray(machine_opened, dtype=np.float64) / base
+    machine = np.asarray(proxy_opened, dtype=np.float64) / base
     own = np.asarray(own_opened, dtype=np.float64) / base
     return enough & (machine >= PROXIED_MACHINE_SHARE) & (own < PROXIED_OWN_SHARE)

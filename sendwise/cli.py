@@ -326,19 +326,44 @@ def report(
 
 @app.command()
 def evaluate(
-    world: Annotated[Path, typer.Option("--world", help="a world written by `sendwise simulate`")],
+    world: Annotated[
+        Path | None, typer.Option("--world", help="a world written by `sendwise simulate`, run through the pipeline")
+    ] = None,
+    suite: Annotated[
+        str | None,
+        typer.Option(
+            help="instead: simulate the suite's worlds (realistic: held-out rhythms at the corners and middle of "
+            "the realistic ranges; classic: seeds 11 and 31), run the pipeline on each and print their targets"
+        ),
+    ] = None,
+    work_dir: Annotated[
+        Path | None, typer.Option("--work-dir", help="where a suite's worlds and homes go (default: temporary)")
+    ] = None,
+    customers: Annotated[int, typer.Option(min=10, help="customers of each suite world")] = 10_000,
+    days: Annotated[int, typer.Option(min=7, help="days of each suite world")] = 90,
+    json_path: Annotated[Path | None, typer.Option("--json", help="also write every figure to this JSON file")] = None,
 ) -> None:
-    """Print model quality against the world's ground truth and the market's baselines.
+    """Print model quality against the world's ground truth and the market's baselines, and the targets.
 
     Send-time rows are efficiencies (true open probability at the chosen hours / at everyone's best hours),
     unconstrained and under a 10% per-hour cap (a cap is a share of one decide call's batch); the decide-time
     rows are wall-clock seconds of the same calls.
     """
+    import json
+
     from training.evaluate import evaluate as run
 
+    if (world is None) == (suite is None):
+        raise _fail("give either --world WORLD_DIR (a world the home's pipeline ran on) or --suite realistic|classic")
+    if suite is not None:
+        _evaluate_suite(suite, work_dir, customers, days, json_path)
+        return
+    assert world is not None
     if not (world / "truth").is_dir():
         raise _fail(f"{world} has no truth/ folder: evaluate needs a world written by `sendwise simulate`")
     result = run(_settings(), world)
+    if json_path is not None:
+        json_path.write_text(json.dumps(result.as_dict(), indent=2, default=float))
     table = Table(
         title=f"{result.customers} customers, window from {result.window_start} (24 h)",
         caption="efficiency = true open probability at the chosen hours / at each customer's best hour; "
@@ -358,6 +383,38 @@ def evaluate(
     console.print(bars)
     if result.reliability_plot is not None:
         console.print(f"reliability curve: {result.reliability_plot}")
+
+
+def _evaluate_suite(name: str, work_dir: Path | None, customers: int, days: int, json_path: Path | None) -> None:
+    import json
+    import tempfile
+
+    from training.suite import SuiteError, run_suite
+
+    _settings()  # the libraries' environment; every world gets a home of its own
+    with tempfile.TemporaryDirectory(prefix="sendwise-suite-") as temporary:
+        root = work_dir if work_dir is not None else Path(temporary)
+        try:
+            results = run_suite(name, root, customers, days, progress=lambda what: console.print(f"world: {what}"))
+        except SuiteError as error:
+            raise _fail(str(error)) from error
+    names = [t["name"] for t in results[0].targets]
+    table = Table(title=f"targets of the {name} suite ({customers:,} customers × {days} days each)")
+    table.add_column("world (sendwise simulate flags)")
+    for target, bar in zip(names, (t["bar"] for t in results[0].targets), strict=True):
+        table.add_column(f"{target} ({bar})", justify="right")
+    for result in results:
+        cells = [f"{t['value']:.3f}" + ("" if t["met"] else " MISSED") for t in result.targets]
+        table.add_row(f"{result.scenario.name}\n{result.scenario.flags()}", *cells)
+    console.print(table)
+    missed = sum(not r.met for r in results)
+    console.print(f"{len(results) - missed} of {len(results)} worlds meet every target")
+    if json_path is not None:
+        figures = [
+            {"world": r.scenario.name, "flags": r.scenario.flags(), **r.evaluation, "seconds": r.seconds}
+            for r in results
+        ]
+        json_path.write_text(json.dumps(figures, indent=2, default=float))
 
 
 @app.command()

@@ -163,9 +163,14 @@ class Served:
 
     @cached_property
     def history(self) -> dict[str, np.ndarray]:
-        """Emails, human opens and site visits of each row (decayed counts, rounded): what a prediction rests on."""
-        counts = np.rint(np.nan_to_num(self.matrix.scalars.astype(np.float64), nan=0.0)).astype(int)
-        return {name: counts[:, SCALAR_FEATURES.index(name)] for name in ("n_emails", "n_human_opens", "n_sessions")}
+        """Emails, human opens, clicks and site visits of each row (decayed counts, rounded): what a prediction
+        rests on; and whether the customer's opens are hidden behind a privacy proxy (1: they are)."""
+        scalars = self.matrix.scalars.astype(np.float64)
+        counts = np.rint(np.nan_to_num(scalars, nan=0.0)).astype(int)
+        names = ("n_emails", "n_human_opens", "n_clicks", "n_sessions")
+        found = {name: counts[:, SCALAR_FEATURES.index(name)] for name in names}
+        found["opens_hidden"] = (scalars[:, SCALAR_FEATURES.index("opens_observable")] == 0).astype(int)
+        return found
 
 
 @dataclass
@@ -670,12 +675,21 @@ class Engine:
                     profile[pooled[matrix.timezone[pooled] == zone]] = np.asarray(getattr(prior, day), np.float32)
 
     @staticmethod
-    def _history_reason(emails: int, opens: int, visits: int, zone: str) -> str:
+    def _history_reason(emails: int, opens: int, visits: int, zone: str, clicks: int = 0, hidden: bool = False) -> str:
         """How much of the customer's own history the prediction rests on (decayed counts, rounded)."""
-        reason = (
-            f"prediction rests on {emails} past emails, {opens} human opens and {visits} site visits of this customer"
-        )
-        if visits + opens < LITTLE_HISTORY_EVENTS:
+        if hidden:
+            reason = (
+                "this customer's opens come through a privacy proxy and say nothing of whether they read: the "
+                f"prediction rests on {emails} past emails, {clicks} clicks and {visits} site visits of theirs"
+            )
+            reads = clicks
+        else:
+            reads = opens
+            reason = (
+                f"prediction rests on {emails} past emails, {opens} human opens and {visits} site visits of this "
+                "customer"
+            )
+        if visits + reads < LITTLE_HISTORY_EVENTS:
             reason += f" (little history: the send time leans on the daily rhythm of customers in {zone})"
         return reason
 
@@ -1050,6 +1064,7 @@ class Engine:
         overall_p = curves.max(axis=1).tolist() if curves.shape[1] else [0.0] * n
         emails = served.history["n_emails"].tolist()
         opens, visits = served.history["n_human_opens"].tolist(), served.history["n_sessions"].tolist()
+        clicks, hidden = served.history["n_clicks"].tolist(), served.history["opens_hidden"].tolist()
         known, profiled = served.known.tolist(), served.profiled.tolist()
         consent, eligible = served.consent.tolist(), served.eligible.tolist()
         holdout, explore = batch.holdout.tolist(), batch.explore.tolist()
@@ -1148,7 +1163,9 @@ class Engine:
             elif not profiled[i]:
                 reasons = ["profiling consent not given: population-level predictions only"]
             else:
-                reasons = [self._history_reason(emails[i], opens[i], visits[i], batch.zones[i])]
+                reasons = [
+                    self._history_reason(emails[i], opens[i], visits[i], batch.zones[i], clicks[i], bool(hidden[i]))
+                ]
             reasons.extend(notes)
             if holdout[i]:
                 reasons.append(f"in the global holdout, but {batch.kind} email is never held out")

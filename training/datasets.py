@@ -155,7 +155,14 @@ def _held_out(sends: pd.DataFrame, examples: np.ndarray) -> np.ndarray | None:
 def offer_training_set(
     store: FeatureStore, tables: FeatureTables, window_days: int
 ) -> tuple[TrainingSet, OfferMatrix] | None:
-    """Offer exposures whose conversion window has closed, with the offer model's features."""
+    """Offer exposures whose conversion window has closed, with the offer model's features.
+
+    The examples are not weighted by inverse propensity: the logging policy chose offers from what the model
+    sees too (the offer, the customer's interests and history), so the conversion probability given those is
+    learned without bias as it is, and weights of up to 1 / propensity only add variance (offer efficiency
+    0.915 unweighted against 0.907 weighted on a realistic development world, 0.917 against 0.900 on another).
+    Propensities still serve the off-policy evaluation of policies (training/offpolicy.py).
+    """
     exposures = tables.exposures
     if exposures is None or len(exposures) == 0 or tables.offers is None or len(tables.offers) == 0:
         return None
@@ -176,7 +183,6 @@ def offer_training_set(
     matrix: CustomerMatrix = customer_matrix(rows)
     offers = OfferMatrix.from_rows(rows)
     design = offer_design(matrix, np.arange(len(rows)), offers, np.arange(len(rows)))
-    propensity = pd.to_numeric(exposures["propensity"], errors="coerce").fillna(1.0).clip(0.01, 1.0)
     return (
         TrainingSet(
             design=design,
@@ -185,7 +191,6 @@ def offer_training_set(
             cut=cut,
             held_out_customers=by_customer,
             feature_service="next_best_offer_v1",
-            weight=None if propensity.eq(1.0).all() else (1.0 / propensity).to_numpy(),
         ),
         offers,
     )

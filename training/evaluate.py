@@ -97,6 +97,22 @@ class Evaluation:
         out += [("decide time", k, f"{v:.2f} s") for k, v in self.timing.items()]
         return out
 
+    def as_dict(self) -> dict[str, object]:
+        """Every figure as plain data (what `sendwise evaluate --json` writes)."""
+        return {
+            "customers": self.customers,
+            "window_start": str(self.window_start),
+            "realistic": self.realistic,
+            "send_time": self.send_time,
+            "offer": self.offer,
+            "open_model": self.open_model,
+            "proxied": self.proxied,
+            "cap": self.cap,
+            "detector": self.detector,
+            "timing": self.timing,
+            "targets": [{"name": t.name, "value": t.value, "bar": t.bar, "met": t.met} for t in self.targets],
+        }
+
     def target_rows(self) -> list[tuple[str, str, str, str]]:
         """(target, value, bar, met or missed) for every bar this kind of world is judged by."""
         return [(t.name, f"{t.value:.4f}", t.bar, "met" if t.met else "MISSED") for t in self.targets]

@@ -31,7 +31,9 @@ from training.tuning import DEFAULT_TIMEOUT_S, OBJECTIVE, TuningResult
 from training.tuning import tune as run_study
 
 ModelChoice = Literal["open", "send-time", "offer", "all"]
-OFFER_PARAMS: dict[str, object] = {"min_data_in_leaf": 50}
+OFFER_PARAMS: dict[str, object] = {"min_data_in_leaf": 100, "num_leaves": 15}
+"""Conversions are rare (a few percent of exposures): smaller trees than the open model's (offer efficiency
+0.921 against 0.915 with 31 leaves of 50 on a realistic development world)."""
 OPEN_BUDGET_SHARE = 0.7
 """Share of the tuning budget the open model's study may use when the offer model is tuned after it."""
 MIN_OFF_SCHEDULE = 50
