@@ -362,7 +362,7 @@ def detector_quality(settings: Settings, world: World) -> dict[str, float]:
     hidden = own_opens_hidden(world)
     recipients = labels.recipients
     out: dict[str, float] = {"recipients checked": float(len(recipients))}
-    actual = recipients.index.to_series().map(hidden).fillna(False).astype(bool)
+    actual = pd.Series(recipients.index.isin(hidden.index[hidden]), index=recipients.index)
     out["proxied share (truth)"] = float(actual.mean())
     _precision_recall(out, "proxied-recipient detector", recipients["proxied"], actual)
     truth = world.email_opens().drop_duplicates("event_id").set_index("event_id")["is_machine"]
@@ -391,7 +391,8 @@ def _by_proxy(
     draws: np.ndarray,
 ) -> None:
     """Send-time efficiency, calibration and AUC apart for proxied recipients and the others."""
-    proxied = pd.Series(ids).map(own_opens_hidden(world)).fillna(False).to_numpy(dtype=bool)
+    hidden = own_opens_hidden(world)
+    proxied = pd.Series(ids).isin(hidden.index[hidden]).to_numpy()
     rows = np.arange(len(ids))
     for label, mask in (("proxied", proxied), ("not proxied", ~proxied)):
         if not mask.any():
