@@ -279,17 +279,31 @@ def _offer_table(offers: pd.DataFrame | None) -> pd.DataFrame:
     return table
 
 
-def _exposures(offer_events: pd.DataFrame | None, window_days: int) -> pd.DataFrame:
-    columns = ["customer_id", "offer_id", "exposed_at", "propensity", "decision_id", "converted", "value"]
+def offer_windows(offers: pd.DataFrame | None, offer_ids: pd.Series, default_days: float) -> pd.Series:
+    """Each offer's conversion window in days: its own `conversion_window_days`, else `default_days`."""
+    own = pd.Series(dtype=float)
+    if offers is not None and "conversion_window_days" in offers.columns:
+        own = offers.set_index("offer_id")["conversion_window_days"].astype(float)
+    return offer_ids.map(own).astype(float).fillna(float(default_days))
+
+
+def _exposures(
+    offer_events: pd.DataFrame | None, window_days: float, offers: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """Every exposure with its conversion window (`window_days`: the offer's own, else the default) and whether
+    a conversion of the same customer and offer followed inside it."""
+    keys = ["customer_id", "offer_id", "exposed_at", "propensity", "decision_id"]
+    columns = [*keys, "window_days", "converted", "value"]
     if offer_events is None or offer_events.empty:
         return pd.DataFrame(columns=columns)
     exposed = offer_events[offer_events["event"] == "exposed"].rename(columns={"occurred_at": "exposed_at"})
-    exposed = exposed[["customer_id", "offer_id", "exposed_at", "propensity", "decision_id"]].reset_index(drop=True)
+    exposed = exposed[keys].reset_index(drop=True)
+    exposed["window_days"] = offer_windows(offers, exposed["offer_id"], window_days).to_numpy()
     exposed["row"] = np.arange(len(exposed))
     converted = offer_events[offer_events["event"] == "converted"][["customer_id", "offer_id", "occurred_at", "value"]]
     joined = exposed.merge(converted, on=["customer_id", "offer_id"], how="inner")
     delay = joined["occurred_at"] - joined["exposed_at"]
-    joined = joined[(delay >= pd.Timedelta(0)) & (delay <= pd.Timedelta(days=window_days))]
+    joined = joined[(delay >= pd.Timedelta(0)) & (delay <= pd.to_timedelta(joined["window_days"], unit="D"))]
     first = joined.sort_values("occurred_at").drop_duplicates("row")
     exposed["converted"] = exposed["row"].isin(first["row"])
     exposed["value"] = exposed["row"].map(first.set_index("row")["value"]).astype(float)
@@ -341,7 +355,7 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
     if len(sends):
         sends["kind"] = sends.get("kind", pd.Series(index=sends.index, dtype=object)).fillna("promotional")
         sends["topic"] = sends.get("topic", pd.Series(index=sends.index, dtype=object))
-    exposures = _exposures(offer_events, settings.conversion_window_days)
+    exposures = _exposures(offer_events, settings.conversion_window_days, offers)
 
     human_opens = opens.loc[~opens["is_machine"], ["customer_id", "occurred_at"]] if opens is not None else None
     clicks = email_events[email_events["event"] == "click"] if email_events is not None else None

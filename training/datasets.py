@@ -20,6 +20,8 @@ from features.transform import (
 
 VALID_SHARE = 0.2
 EPOCH = pd.Timestamp("2000-01-01", tz="UTC")
+MIN_EXAMPLES = 200
+"""Fewer closed sends (or offer exposures) than this train no model."""
 
 
 @dataclass
@@ -99,7 +101,7 @@ def open_training_set(store: FeatureStore, tables: FeatureTables, label_hours: i
         return None
     sends = sends[sends["send_at"] <= tables.as_of - pd.Timedelta(hours=label_hours)]
     sends = sends[sends["customer_id"].isin(tables.customers["customer_id"])].reset_index(drop=True)
-    if len(sends) < 200 or sends["human_open"].nunique() < 2:
+    if len(sends) < MIN_EXAMPLES or sends["human_open"].nunique() < 2:
         return None
     entity_df = pd.DataFrame({"customer_id": sends["customer_id"], "event_timestamp": sends["send_at"]})
     cut, by_customer = _split(sends["send_at"], sends["customer_id"])
@@ -123,17 +125,31 @@ def open_training_set(store: FeatureStore, tables: FeatureTables, label_hours: i
     )
 
 
+def window_closed(exposures: pd.DataFrame, as_of: pd.Timestamp, window_days: float) -> np.ndarray:
+    """Which exposures' conversion windows (their own `window_days`, else `window_days`) closed by `as_of`."""
+    own = exposures["window_days"] if "window_days" in exposures.columns else pd.Series(np.nan, index=exposures.index)
+    days = pd.to_numeric(own, errors="coerce").fillna(float(window_days))
+    return (exposures["exposed_at"] + pd.to_timedelta(days, unit="D") <= as_of).to_numpy()
+
+
+def closed_exposures(tables: FeatureTables, window_days: float) -> pd.DataFrame:
+    """The exposures the offer model learns from: closed windows, offers and customers known, in order."""
+    exposures = tables.exposures
+    exposures = exposures[window_closed(exposures, tables.as_of, window_days)]
+    exposures = exposures[exposures["offer_id"].isin(tables.offers["offer_id"])]
+    return exposures[exposures["customer_id"].isin(tables.customers["customer_id"])].reset_index(drop=True)
+
+
 def offer_training_set(
-    store: FeatureStore, tables: FeatureTables, window_days: int
+    store: FeatureStore, tables: FeatureTables, window_days: float
 ) -> tuple[TrainingSet, OfferMatrix] | None:
-    """Offer exposures whose conversion window has closed, with the offer model's features."""
+    """Offer exposures whose conversion window has closed, with the offer model's features. `window_days` is
+    the window of offers that set none of their own."""
     exposures = tables.exposures
     if exposures is None or len(exposures) == 0 or tables.offers is None or len(tables.offers) == 0:
         return None
-    exposures = exposures[exposures["exposed_at"] <= tables.as_of - pd.Timedelta(days=window_days)]
-    exposures = exposures[exposures["offer_id"].isin(tables.offers["offer_id"])]
-    exposures = exposures[exposures["customer_id"].isin(tables.customers["customer_id"])].reset_index(drop=True)
-    if len(exposures) < 200 or exposures["converted"].nunique() < 2:
+    exposures = closed_exposures(tables, window_days)
+    if len(exposures) < MIN_EXAMPLES or exposures["converted"].nunique() < 2:
         return None
     entity_df = pd.DataFrame(
         {

@@ -48,7 +48,7 @@ from sendwise.ingest import IngestReport, ingest
 from sendwise.raw import load_table
 from sendwise.settings import Settings
 from training import offpolicy
-from training.datasets import VALID_SHARE, TrainingSet, historical_features, offer_training_set
+from training.datasets import VALID_SHARE, TrainingSet, closed_exposures, historical_features, offer_training_set
 from training.models import auc, fit_binary
 
 DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
@@ -100,14 +100,6 @@ class _RandomSplit(TrainingSet):
         return self.valid_mask
 
 
-def _closed_exposures(tables: FeatureTables, window_days: int) -> pd.DataFrame:
-    """The exposures `offer_training_set` keeps, in its order (closed windows, known offer and customer)."""
-    exposures = tables.exposures
-    exposures = exposures[exposures["exposed_at"] <= tables.as_of - pd.Timedelta(days=window_days)]
-    exposures = exposures[exposures["offer_id"].isin(tables.offers["offer_id"])]
-    return exposures[exposures["customer_id"].isin(tables.customers["customer_id"])].reset_index(drop=True)
-
-
 def apply_fresh_definitions(store: FeatureStore, settings: Settings) -> None:
     """`features.store.apply_definitions`, from fresh FeatureService objects.
 
@@ -144,7 +136,7 @@ def run_pipeline(data_dir: Path, home: Path, as_of: pd.Timestamp | None = None, 
     if found is None:
         raise RealDataError(f"{data_dir}: the pipeline built no offer training set (too few closed exposures)")
     data, _ = found
-    exposures = _closed_exposures(tables, settings_.conversion_window_days)
+    exposures = closed_exposures(tables, settings_.conversion_window_days)
     aligned = len(exposures) == len(data.label) and (
         (exposures["exposed_at"].to_numpy() == data.times.to_numpy()).all()
         and (exposures["converted"].to_numpy(dtype=np.float32) == data.label).all()
