@@ -18,6 +18,7 @@ from rich.progress import Progress
 from features.activity import Evidence, RhythmPrior, fit_prior
 from features.labels import label_sends
 from features.localtime import is_weekend, local_hour_weekday
+from sendwise.asof import AsOf, resolve_as_of
 from sendwise.raw import load_table, write_parquet_atomic
 from sendwise.settings import Settings
 
@@ -55,6 +56,9 @@ class FeatureTables:
     exposures: pd.DataFrame
     offers: pd.DataFrame
     engagement_rows: int
+    as_of_source: str = "given"
+    """Where `as_of` came from: "given" (by the caller), "recorded" (by an ingest's --as-of) or "data" (the
+    data's end), for the sentences that say why a label window is not closed yet."""
 
 
 @dataclass
@@ -73,13 +77,6 @@ class _Events:
     def empty(cls) -> _Events:
         z = np.zeros(0, dtype=np.int64)
         return cls(z, z, z.astype(np.int8), z.astype(bool), z.astype(float), z.astype(float), z)
-
-
-def _default_as_of(tables: dict[str, pd.DataFrame | None]) -> pd.Timestamp:
-    latest = [t["occurred_at"].max() for t in tables.values() if t is not None and len(t)]
-    if not latest:
-        return pd.Timestamp.now(tz="UTC").floor("h")
-    return max(latest).floor("h") + pd.Timedelta(hours=1)
 
 
 def _to_events(
@@ -322,8 +319,9 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
     offers = load_table(settings, "offers")
     offer_events = load_table(settings, "offer_events")
     campaigns = load_table(settings, "campaigns")
-    tables = {"email_events": email_events, "site_events": site_events, "offer_events": offer_events}
-    as_of = as_of if as_of is not None else _default_as_of(tables)
+    # Without an as-of from the caller: the one an ingest recorded (--as-of), else the data's end.
+    resolved = AsOf(as_of, "given") if as_of is not None else resolve_as_of(settings)
+    as_of = resolved.time
     customers = customers.reset_index(drop=True)
     index = pd.Series(np.arange(len(customers)), index=customers["customer_id"])
     zones = customers["timezone"].fillna("UTC")
@@ -481,6 +479,7 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
         exposures=exposures,
         offers=offers if offers is not None else pd.DataFrame(),
         engagement_rows=engagement_rows,
+        as_of_source=resolved.source,
     )
 
 

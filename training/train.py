@@ -15,6 +15,7 @@ from rich.console import Console
 
 from features.build import FeatureTables, build_feature_tables
 from features.store import apply_definitions, materialize, open_store
+from sendwise.asof import AsOf, resolve_as_of
 from sendwise.settings import Settings
 from training.datasets import TrainingSet, offer_training_set, open_training_set
 from training.models import FittedModel, auc, fit_binary
@@ -46,6 +47,13 @@ class TrainResult:
     promotions: list[Promotion] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     tuning: dict[str, TuningResult] = field(default_factory=dict)
+    as_of_source: str = "given"
+    """Where `as_of` came from: "given", "recorded" (an ingest's --as-of) or "data" (the data's end)."""
+
+    def as_of_text(self) -> str:
+        """`2008-04-14 15:00 UTC, the --as-of given`."""
+        source = self.as_of_source if self.as_of_source in ("given", "recorded", "data") else "given"
+        return AsOf(self.as_of, source).describe()  # type: ignore[arg-type]
 
     def tuning_lines(self) -> list[str]:
         """One line per tuned model: trials, time, and the best objective beside the fixed parameters'."""
@@ -187,9 +195,17 @@ def train_offer(  # type: ignore[no-untyped-def]
     result.promotions.append(decision)
 
 
-def prepare_features(settings: Settings, progress: bool = True) -> tuple[FeatureTables, object]:
-    """Build the feature tables and register the Feast definitions over them."""
-    tables = build_feature_tables(settings, progress=progress)
+def prepare_features(
+    settings: Settings, progress: bool = True, as_of: pd.Timestamp | None = None
+) -> tuple[FeatureTables, object]:
+    """Build the feature tables and register the Feast definitions over them.
+
+    `as_of` is when the export was taken (`--as-of`; an `AsOfError` if the raw store holds events after it);
+    without it, the latest as-of an ingest recorded, else the data's end.
+    """
+    resolved = resolve_as_of(settings, as_of)
+    tables = build_feature_tables(settings, as_of=resolved.time, progress=progress)
+    tables.as_of_source = resolved.source
     store = open_store(settings)
     apply_definitions(store, settings)
     return tables, store
@@ -215,7 +231,7 @@ def train(
     if tables is None or store is None:
         with console.status("building features"):
             tables, store = prepare_features(settings, progress=progress)
-    result = TrainResult(as_of=tables.as_of)
+    result = TrainResult(as_of=tables.as_of, as_of_source=tables.as_of_source)
     tuner = Tuner(trials=tune, timeout_s=tune_timeout_s, seed=settings.seed, console=console, progress=progress)
     if model in ("open", "send-time", "all"):
         names = {
