@@ -17,6 +17,7 @@ from features.build import FeatureTables, build_feature_tables
 from features.store import apply_definitions, materialize, open_store
 from sendwise.asof import AsOf, resolve_as_of
 from sendwise.settings import Settings
+from training import skips
 from training.datasets import TrainingSet, offer_training_set, open_training_set
 from training.models import FittedModel, auc, fit_binary
 from training.registry import (
@@ -46,6 +47,7 @@ class TrainResult:
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     promotions: list[Promotion] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    """Model name -> why it was not trained, one sentence with the facts and the flag or data that fixes it."""
     tuning: dict[str, TuningResult] = field(default_factory=dict)
     as_of_source: str = "given"
     """Where `as_of` came from: "given", "recorded" (an ingest's --as-of) or "data" (the data's end)."""
@@ -178,7 +180,7 @@ def train_offer(  # type: ignore[no-untyped-def]
 ) -> None:
     found = offer_training_set(store, tables, settings.conversion_window_days)
     if found is None:
-        result.skipped["next_best_offer"] = "no offers or too few closed offer exposures (need 200 with conversions)"
+        result.skipped["next_best_offer"] = skips.offer_model(tables, settings)
         return
     data, _ = found
     tuning = tuner(data, "next_best_offer", base_params=OFFER_PARAMS) if tuner else None
@@ -242,8 +244,9 @@ def train(
         with console.status("training the open-propensity / send-time model"):
             data = open_training_set(store, tables, settings.label_window_hours)  # type: ignore[arg-type]
             if data is None:
+                why = skips.open_model(tables, settings)
                 for name in names:
-                    result.skipped[name] = "no email events, or too few sends with a closed 72-hour window (need 200)"
+                    result.skipped[name] = why
             else:
                 share = OPEN_BUDGET_SHARE if model == "all" else 1.0
                 tuning = tuner(data, "open_propensity", share=share)
