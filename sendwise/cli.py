@@ -365,11 +365,24 @@ def realdata(
     ] = None,
     seed: Annotated[int, typer.Option(help="the split's (and the models') seed")] = 42,
     json_path: Annotated[Path | None, typer.Option("--json", help="also write every figure to this JSON file")] = None,
+    plain_customers: Annotated[
+        int | None,
+        typer.Option(
+            "--plain-customers",
+            min=100,
+            help="Hillstrom as a plain export on a seeded sample of this many customers [default: all 64,000]",
+        ),
+    ] = None,
 ) -> None:
-    """Real data through the real pipeline: Hillstrom and Starbucks policies, evaluated off-policy with 95% CIs."""
+    """Real data through the real pipeline: Hillstrom and Starbucks policies, evaluated off-policy with 95% CIs.
+
+    Hillstrom also runs as a plain export: half of it through `sendwise pipeline --as-of`, the other half
+    decided through /v1/decide's engine as customers the home does not know.
+    """
     import json
     import tempfile
 
+    from training.plain_export import plain_export_report, plain_export_tables
     from training.realdata import hillstrom_report, hillstrom_tables, starbucks_report, starbucks_tables
 
     if only not in (None, "hillstrom", "starbucks"):
@@ -386,6 +399,10 @@ def realdata(
         if "hillstrom" in wanted:
             reports["hillstrom"] = hillstrom_report(wanted["hillstrom"], root, seed=seed)
             for table in hillstrom_tables(reports["hillstrom"]):
+                console.print(table)
+            plain = plain_export_report(wanted["hillstrom"], root, seed=seed, customers=plain_customers)
+            reports["hillstrom"]["plain_export"] = plain
+            for table in plain_export_tables(plain):
                 console.print(table)
         if "starbucks" in wanted:
             reports["starbucks"] = starbucks_report(wanted["starbucks"], root, seed=seed)
