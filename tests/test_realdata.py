@@ -234,6 +234,8 @@ def test_plain_export_trains_the_offer_model_and_decides_customers_it_never_saw(
     assert decisions["batches"] == 4
     assert plain_export["offer_model"]["train_rows"] + plain_export["offer_model"]["valid_rows"] == 32_000
     assert plain_export["served_model"]["test_auc"] > 0.55  # ranks conversions of customers it never saw
+    # a customer the home knows, decided by id, and the same customer as an unknown one with its attributes
+    assert plain_export["diagnostics"]["known_vs_unknown_max_difference"] < 1e-9
 
 
 def test_plain_export_ips_figures_come_from_the_logged_arms(plain_export: dict[str, Any]) -> None:

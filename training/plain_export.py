@@ -42,6 +42,8 @@ from training.registry import connect
 AS_OF_AFTER_SEND = pd.Timedelta(weeks=6)
 """When the export is taken: six weeks after the send, four after the 14-day conversion windows closed."""
 DECIDE_BATCH = 10_000
+PATH_CHECK = 2_000
+"""Customers of the training half decided as known and again as unknown, to compare the two paths."""
 K_OFFERS = 3
 OUTCOMES = ("conversion", "spend")
 POLICIES = {
@@ -121,6 +123,35 @@ def decide_all(
     return top, probability, value, {"cold_start": cold, "sent": sent, "model_versions": versions}
 
 
+def known_vs_unknown(engine: Engine, customers: pd.DataFrame, offer_ids: list[str]) -> float:
+    """Largest difference between the offer probabilities of customers the home knows, decided by id, and the
+    same customers decided as unknown ones (a new id) with their attributes as context."""
+    table = hillstrom.customers_table(customers)
+    known = [Recipient(customer_id=str(c)) for c in table["customer_id"]]
+    unknown = recipients(table.assign(customer_id="new-" + table["customer_id"].astype(str)))
+    _, by_id, _, facts = decide_all(engine, known, offer_ids)
+    _, by_context, _, cold = decide_all(engine, unknown, offer_ids)
+    if facts["cold_start"] != 0 or cold["cold_start"] != len(unknown):
+        raise RealDataError("the known customers were not all known, or the new ids not all unknown")
+    return float(np.nanmax(np.abs(by_id - by_context)))
+
+
+def _by_probability(test: pd.DataFrame, offer_ids: list[str], probability: np.ndarray) -> dict[str, Any]:
+    """The same model's policy ranked by purchase probability over the control's, margins left out."""
+    index = {o: j for j, o in enumerate(offer_ids)}
+    control = index[hillstrom.CONTROL_OFFER]
+    gain = np.nan_to_num(probability) - np.nan_to_num(probability[:, [control]])
+    choice = np.where(gain.max(axis=1) > 0, gain.argmax(axis=1), control)
+    actions = test["offer_id"].map(index).to_numpy(dtype=np.int64)
+    logged = offpolicy.LoggedData(
+        actions, np.full(len(test), hillstrom.PROPENSITY), test["conversion"].to_numpy(dtype=float), len(offer_ids)
+    )
+    return {
+        "shares": _shares(choice, np.array(offer_ids)),
+        "conversion_ips": offpolicy.ips(logged, choice, LEVEL).as_dict(),
+    }
+
+
 def _offer_model_metrics(settings: Settings) -> dict[str, float]:
     """The served offer model's metrics from its MLflow run (empty where there is none)."""
     client: MlflowClient = connect(settings)
@@ -187,6 +218,14 @@ def plain_export_report(
 
         step("evaluating off-policy")
         report = _evaluate(test, offer_ids, top, probability, value)
+        known = source.iloc[train_rows[:PATH_CHECK]].reset_index(drop=True)
+        report["diagnostics"] = {
+            "known_vs_unknown_max_difference": known_vs_unknown(engine, known, offer_ids),
+            "margins": {
+                str(o): float(m) for o, m in zip(engine.offers["offer_id"], engine.offers["margin"], strict=True)
+            },
+            "by_probability_alone": _by_probability(test, offer_ids, probability),
+        }
     report.update(
         {
             "dataset": "hillstrom plain export",
