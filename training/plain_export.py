@@ -219,11 +219,10 @@ def plain_export_report(
         step("evaluating off-policy")
         report = _evaluate(test, offer_ids, top, probability, value)
         known = source.iloc[train_rows[:PATH_CHECK]].reset_index(drop=True)
+        catalog = engine.offers if engine.offers is not None else pd.DataFrame({"offer_id": [], "margin": []})
         report["diagnostics"] = {
             "known_vs_unknown_max_difference": known_vs_unknown(engine, known, offer_ids),
-            "margins": {
-                str(o): float(m) for o, m in zip(engine.offers["offer_id"], engine.offers["margin"], strict=True)
-            },
+            "margins": {str(o): float(m) for o, m in zip(catalog["offer_id"], catalog["margin"], strict=True)},
             "by_probability_alone": _by_probability(test, offer_ids, probability),
         }
     report.update(
@@ -282,12 +281,12 @@ def _evaluate(
         }
         for name in targets
     }
-    versus_mens = {
+    differences = {
         name: {
             outcome: {
                 estimator: offpolicy.difference(
                     values[name][outcome][estimator], values["mens_to_all"][outcome][estimator]
-                ).as_dict()
+                )
                 for estimator in ("IPS", "DR")
             }
             for outcome in OUTCOMES
@@ -295,7 +294,11 @@ def _evaluate(
         for name in targets
         if name != "mens_to_all"
     }
-    learned = versus_mens["learned"]
+    versus_mens = {
+        name: {outcome: _estimates(by_outcome[outcome]) for outcome in OUTCOMES}
+        for name, by_outcome in differences.items()
+    }
+    learned = differences["learned"]
     logged_probability = probability[np.arange(n), actions]
     return {
         "offers": offer_ids,
@@ -313,8 +316,8 @@ def _evaluate(
         },
         "bar": {
             "offer_model_trained": True,
-            "conversion_at_least_mens": learned["conversion"]["IPS"]["high"] >= 0,
-            "spend_at_least_mens": learned["spend"]["IPS"]["high"] >= 0,
+            "conversion_at_least_mens": learned["conversion"]["IPS"].high >= 0,
+            "spend_at_least_mens": learned["spend"]["IPS"].high >= 0,
             "not_all_no_email": bool((decided != control).any()),
         },
     }

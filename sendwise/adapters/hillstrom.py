@@ -221,7 +221,7 @@ def plain_export_tables(source: pd.DataFrame, seed: int = 42) -> dict[str, pd.Da
     visit_at = utc_times(SEND_TIME + pd.to_timedelta(visit_minute, unit="min"))
     purchase_at = utc_times(SEND_TIME + pd.to_timedelta(purchase_minute, unit="min"))
     ids = source["customer_id"].to_numpy(dtype=object)
-    message = np.where(source["offer_id"] == CONTROL_OFFER, None, "msg-" + source["customer_id"]).astype(object)
+    message = np.asarray(np.where(source["offer_id"] == CONTROL_OFFER, None, "msg-" + source["customer_id"]), object)
     exposed = pd.DataFrame(
         {
             "event_id": ids + "-exposed",
