@@ -18,7 +18,7 @@ from rich.progress import Progress
 from features.activity import Evidence, RhythmPrior, fit_prior
 from features.labels import label_sends
 from features.localtime import is_weekend, local_hour_weekday
-from sendwise.asof import AsOf, resolve_as_of
+from sendwise.asof import AsOf, Source, resolve_as_of
 from sendwise.raw import load_table, write_parquet_atomic
 from sendwise.settings import Settings
 
@@ -56,7 +56,7 @@ class FeatureTables:
     exposures: pd.DataFrame
     offers: pd.DataFrame
     engagement_rows: int
-    as_of_source: str = "given"
+    as_of_source: Source = "given"
     """Where `as_of` came from: "given" (by the caller), "recorded" (by an ingest's --as-of) or "data" (the
     data's end), for the sentences that say why a label window is not closed yet."""
 

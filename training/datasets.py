@@ -125,11 +125,16 @@ def open_training_set(store: FeatureStore, tables: FeatureTables, label_hours: i
     )
 
 
-def window_closed(exposures: pd.DataFrame, as_of: pd.Timestamp, window_days: float) -> np.ndarray:
-    """Which exposures' conversion windows (their own `window_days`, else `window_days`) closed by `as_of`."""
+def window_ends(exposures: pd.DataFrame, window_days: float) -> pd.Series:
+    """When each exposure's conversion window closes: its own `window_days`, else `window_days`, after it."""
     own = exposures["window_days"] if "window_days" in exposures.columns else pd.Series(np.nan, index=exposures.index)
     days = pd.to_numeric(own, errors="coerce").fillna(float(window_days))
-    return (exposures["exposed_at"] + pd.to_timedelta(days, unit="D") <= as_of).to_numpy()
+    return exposures["exposed_at"] + pd.to_timedelta(days, unit="D")
+
+
+def window_closed(exposures: pd.DataFrame, as_of: pd.Timestamp, window_days: float) -> np.ndarray:
+    """Which exposures' conversion windows closed by `as_of`."""
+    return (window_ends(exposures, window_days) <= as_of).to_numpy()
 
 
 def closed_exposures(tables: FeatureTables, window_days: float) -> pd.DataFrame:

@@ -14,14 +14,13 @@ from features.build import FeatureTables
 from sendwise.asof import AsOf, text
 from sendwise.raw import load_table
 from sendwise.settings import Settings
-from training.datasets import MIN_EXAMPLES, window_closed
+from training.datasets import MIN_EXAMPLES, window_ends
 
 PASS_AS_OF = "pass --as-of with the time the export was taken"
 
 
 def _as_of(tables: FeatureTables) -> AsOf:
-    source = tables.as_of_source if tables.as_of_source in ("given", "recorded", "data") else "given"
-    return AsOf(tables.as_of, source)  # type: ignore[arg-type]
+    return AsOf(tables.as_of, tables.as_of_source)
 
 
 def _plural(n: int, one: str, many: str | None = None) -> str:
@@ -141,12 +140,9 @@ def offer_model(tables: FeatureTables, settings: Settings) -> str:
         )
     exposures = exposures[known]
     as_of = _as_of(tables)
-    default = settings.conversion_window_days
-    days = pd.to_numeric(exposures.get("window_days"), errors="coerce")
-    days = (days if days is not None else pd.Series(np.nan, index=exposures.index)).fillna(float(default))
-    closes = exposures["exposed_at"] + pd.to_timedelta(days, unit="D")
-    closed = exposures[window_closed(exposures, as_of.time, default)]
-    window = _window_text(days.to_numpy())
+    closes = window_ends(exposures, settings.conversion_window_days)
+    closed = exposures[(closes <= as_of.time).to_numpy()]
+    window = _window_text(((closes - exposures["exposed_at"]) / pd.Timedelta(days=1)).to_numpy())
     found = _closing(len(exposures), len(closed), closes, window, as_of, "offer exposure", "offer")
     if found is not None:
         return found

@@ -15,7 +15,7 @@ from rich.console import Console
 
 from features.build import FeatureTables, build_feature_tables
 from features.store import apply_definitions, materialize, open_store
-from sendwise.asof import AsOf, resolve_as_of
+from sendwise.asof import AsOf, Source, resolve_as_of
 from sendwise.settings import Settings
 from training import skips
 from training.datasets import TrainingSet, offer_training_set, open_training_set
@@ -49,13 +49,12 @@ class TrainResult:
     skipped: dict[str, str] = field(default_factory=dict)
     """Model name -> why it was not trained, one sentence with the facts and the flag or data that fixes it."""
     tuning: dict[str, TuningResult] = field(default_factory=dict)
-    as_of_source: str = "given"
+    as_of_source: Source = "given"
     """Where `as_of` came from: "given", "recorded" (an ingest's --as-of) or "data" (the data's end)."""
 
     def as_of_text(self) -> str:
         """`2008-04-14 15:00 UTC, the --as-of given`."""
-        source = self.as_of_source if self.as_of_source in ("given", "recorded", "data") else "given"
-        return AsOf(self.as_of, source).describe()  # type: ignore[arg-type]
+        return AsOf(self.as_of, self.as_of_source).describe()
 
     def tuning_lines(self) -> list[str]:
         """One line per tuned model: trials, time, and the best objective beside the fixed parameters'."""
