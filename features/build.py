@@ -19,6 +19,7 @@ from features.activity import READ_WINDOW_HOURS, Evidence, RhythmPrior, fit_prio
 from features.labels import is_proxied, label_sends
 from features.localtime import is_weekend, local_hour_weekday
 from features.offer_values import offer_values
+from sendwise.asof import AsOf, Source, resolve_as_of
 from sendwise.raw import load_table, write_parquet_atomic
 from sendwise.settings import Settings
 
@@ -56,6 +57,9 @@ class FeatureTables:
     exposures: pd.DataFrame
     offers: pd.DataFrame
     engagement_rows: int
+    as_of_source: Source = "given"
+    """Where `as_of` came from: "given" (by the caller), "recorded" (by an ingest's --as-of) or "data" (the
+    data's end), for the sentences that say why a label window is not closed yet."""
 
 
 @dataclass
@@ -74,13 +78,6 @@ class _Events:
     def empty(cls) -> _Events:
         z = np.zeros(0, dtype=np.int64)
         return cls(z, z, z.astype(np.int8), z.astype(bool), z.astype(float), z.astype(float), z)
-
-
-def _default_as_of(tables: dict[str, pd.DataFrame | None]) -> pd.Timestamp:
-    latest = [t["occurred_at"].max() for t in tables.values() if t is not None and len(t)]
-    if not latest:
-        return pd.Timestamp.now(tz="UTC").floor("h")
-    return max(latest).floor("h") + pd.Timedelta(hours=1)
 
 
 def _to_events(
@@ -311,17 +308,31 @@ def _offer_table(offers: pd.DataFrame | None) -> pd.DataFrame:
     return table
 
 
-def _exposures(offer_events: pd.DataFrame | None, window_days: int) -> pd.DataFrame:
-    columns = ["customer_id", "offer_id", "exposed_at", "propensity", "decision_id", "converted", "value"]
+def offer_windows(offers: pd.DataFrame | None, offer_ids: pd.Series, default_days: float) -> pd.Series:
+    """Each offer's conversion window in days: its own `conversion_window_days`, else `default_days`."""
+    own = pd.Series(dtype=float)
+    if offers is not None and "conversion_window_days" in offers.columns:
+        own = offers.set_index("offer_id")["conversion_window_days"].astype(float)
+    return offer_ids.map(own).astype(float).fillna(float(default_days))
+
+
+def _exposures(
+    offer_events: pd.DataFrame | None, window_days: float, offers: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """Every exposure with its conversion window (`window_days`: the offer's own, else the default) and whether
+    a conversion of the same customer and offer followed inside it."""
+    keys = ["customer_id", "offer_id", "exposed_at", "propensity", "decision_id"]
+    columns = [*keys, "window_days", "converted", "value"]
     if offer_events is None or offer_events.empty:
         return pd.DataFrame(columns=columns)
     exposed = offer_events[offer_events["event"] == "exposed"].rename(columns={"occurred_at": "exposed_at"})
-    exposed = exposed[["customer_id", "offer_id", "exposed_at", "propensity", "decision_id"]].reset_index(drop=True)
+    exposed = exposed[keys].reset_index(drop=True)
+    exposed["window_days"] = offer_windows(offers, exposed["offer_id"], window_days).to_numpy()
     exposed["row"] = np.arange(len(exposed))
     converted = offer_events[offer_events["event"] == "converted"][["customer_id", "offer_id", "occurred_at", "value"]]
     joined = exposed.merge(converted, on=["customer_id", "offer_id"], how="inner")
     delay = joined["occurred_at"] - joined["exposed_at"]
-    joined = joined[(delay >= pd.Timedelta(0)) & (delay <= pd.Timedelta(days=window_days))]
+    joined = joined[(delay >= pd.Timedelta(0)) & (delay <= pd.to_timedelta(joined["window_days"], unit="D"))]
     first = joined.sort_values("occurred_at").drop_duplicates("row")
     exposed["converted"] = exposed["row"].isin(first["row"])
     exposed["value"] = exposed["row"].map(first.set_index("row")["value"]).astype(float)
@@ -340,8 +351,9 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
     offers = load_table(settings, "offers")
     offer_events = load_table(settings, "offer_events")
     campaigns = load_table(settings, "campaigns")
-    tables = {"email_events": email_events, "site_events": site_events, "offer_events": offer_events}
-    as_of = as_of if as_of is not None else _default_as_of(tables)
+    # Without an as-of from the caller: the one an ingest recorded (--as-of), else the data's end.
+    resolved = AsOf(as_of, "given") if as_of is not None else resolve_as_of(settings)
+    as_of = resolved.time
     customers = customers.reset_index(drop=True)
     index = pd.Series(np.arange(len(customers)), index=customers["customer_id"])
     zones = customers["timezone"].fillna("UTC")
@@ -376,7 +388,7 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
     if len(sends):
         sends["kind"] = sends.get("kind", pd.Series(index=sends.index, dtype=object)).fillna("promotional")
         sends["topic"] = sends.get("topic", pd.Series(index=sends.index, dtype=object))
-    exposures = _exposures(offer_events, settings.conversion_window_days)
+    exposures = _exposures(offer_events, settings.conversion_window_days, offers)
 
     human_opens = opens.loc[~opens["is_machine"], ["customer_id", "occurred_at"]] if opens is not None else None
     clicks = labels.clicks[~labels.clicks["is_machine"]] if labels is not None else None
@@ -504,6 +516,7 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
         exposures=exposures,
         offers=offers if offers is not None else pd.DataFrame(),
         engagement_rows=engagement_rows,
+        as_of_source=resolved.source,
     )
 
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
-from feast import FeatureStore, FeatureView, FileSource
+from feast import FeatureService, FeatureStore, FeatureView, FileSource
 
 from features.repo import DEFINITIONS
 from sendwise.settings import Settings
@@ -44,7 +44,14 @@ def open_store(settings: Settings) -> FeatureStore:
 
 
 def _resolved(definition: object, tables_dir: Path) -> object:
-    """A copy whose file source points into the home (DuckDB reads relative paths from the cwd)."""
+    """A copy whose file source points into the home (DuckDB reads relative paths from the cwd).
+
+    Services are copied too: applying fills a service's projection of a view whose schema is inferred (the
+    `attr_*` columns) in place, and a module-level service filled by one home would name that home's attributes
+    when another home is applied in the same process, which every `get_historical_features` then refuses.
+    """
+    if isinstance(definition, FeatureService):
+        return copy.deepcopy(definition)
     if isinstance(definition, FileSource):
         resolved = copy.deepcopy(definition)
         resolved.file_options.uri = str(tables_dir / Path(definition.path).name)

@@ -113,9 +113,41 @@ TuneTrials = Annotated[
     int, typer.Option(min=0, help="Optuna trials per model (0: fixed parameters; 40 suits 10,000 customers)")
 ]
 TuneTimeout = Annotated[float, typer.Option(min=1, help="seconds all the studies of one run may take together")]
+AsOfOption = Annotated[
+    str | None,
+    typer.Option(
+        "--as-of",
+        help="when the export was taken, with Z or an offset (e.g. 2026-11-20T08:00:00Z); label windows close "
+        "relative to it [default: the latest as-of an ingest recorded, else the data's end]",
+    ),
+]
 
 
-def _ingest(settings: Settings, data: Path, assume_tz, profiling_consent, csv_delimiter, decimal_comma):  # type: ignore[no-untyped-def]
+def _as_of(text: str | None):  # type: ignore[no-untyped-def]
+    """`--as-of` as a UTC timestamp (None when not given); a time without a zone is an error."""
+    from sendwise.asof import AsOfError, parse_as_of
+
+    if text is None:
+        return None
+    try:
+        return parse_as_of(text)
+    except AsOfError as error:
+        raise _fail(str(error)) from error
+
+
+def _prepare(settings: Settings, as_of):  # type: ignore[no-untyped-def]
+    """Features built and registered with Feast, as of `as_of` (else the one recorded, else the data's end)."""
+    from sendwise.asof import AsOfError
+    from training.train import prepare_features
+
+    try:
+        with console.status("building features and registering them with Feast"):
+            return prepare_features(settings, as_of=as_of)
+    except AsOfError as error:
+        raise _fail(str(error)) from error
+
+
+def _ingest(settings: Settings, data: Path, assume_tz, profiling_consent, csv_delimiter, decimal_comma, as_of=None):  # type: ignore[no-untyped-def]
     from sendwise.ingest import IngestError
     from sendwise.ingest import ingest as run
 
@@ -127,6 +159,7 @@ def _ingest(settings: Settings, data: Path, assume_tz, profiling_consent, csv_de
             profiling_consent=profiling_consent.value if profiling_consent else None,
             csv_delimiter=csv_delimiter,
             decimal_comma=decimal_comma,
+            as_of=as_of,
         )
     except IngestError as error:
         raise _fail(str(error)) from error
@@ -141,13 +174,16 @@ def ingest(
     profiling_consent: IngestConsent = None,
     csv_delimiter: IngestDelimiter = None,
     decimal_comma: IngestDecimal = False,
+    as_of: AsOfOption = None,
 ) -> None:
-    """Validate and load event files into the home's raw store, and print the ingest report."""
-    _ingest(_settings(), data_dir, assume_tz, profiling_consent, csv_delimiter, decimal_comma)
+    """Validate and load event files into the home's raw store, record when the export was taken, and print the
+    ingest report."""
+    given = _as_of(as_of)
+    _ingest(_settings(), data_dir, assume_tz, profiling_consent, csv_delimiter, decimal_comma, given)
 
 
 def _print_training(result) -> None:  # type: ignore[no-untyped-def]
-    table = Table(title=f"models (data up to {result.as_of})")
+    table = Table(title=f"models (as of {result.as_of_text()})")
     for column in ("model", "valid AUC", "calibration", "promotion"):
         table.add_column(column)
     for promotion in result.promotions:
@@ -168,14 +204,15 @@ def train(
     model: Annotated[ModelOption, typer.Option(help="which model to train")] = ModelOption.all,
     tune: TuneTrials = 0,
     tune_timeout: TuneTimeout = 540.0,
+    as_of: AsOfOption = None,
 ) -> None:
     """Build features, train (and tune), log to MLflow, register and promote the winners."""
-    from training.train import materialize_online, prepare_features
+    from training.train import materialize_online
     from training.train import train as run
 
+    given = _as_of(as_of)
     settings = _settings()
-    with console.status("building features and registering them with Feast"):
-        tables, store = prepare_features(settings)
+    tables, store = _prepare(settings, given)
     result = run(
         settings, model=model.value, console=console, tables=tables, store=store, tune=tune, tune_timeout_s=tune_timeout
     )
@@ -195,16 +232,17 @@ def pipeline(
     decimal_comma: IngestDecimal = False,
     tune: TuneTrials = 0,
     tune_timeout: TuneTimeout = 540.0,
+    as_of: AsOfOption = None,
 ) -> None:
     """Ingest, build features, train (and tune), promote and materialize the online store."""
-    from training.train import materialize_online, prepare_features
+    from training.train import materialize_online
     from training.train import train as run
 
+    given = _as_of(as_of)
     settings = _settings()
     started = time.perf_counter()
-    _ingest(settings, data, assume_tz, profiling_consent, csv_delimiter, decimal_comma)
-    with console.status("building features and registering them with Feast"):
-        tables, store = prepare_features(settings)
+    _ingest(settings, data, assume_tz, profiling_consent, csv_delimiter, decimal_comma, given)
+    tables, store = _prepare(settings, given)
     result = run(settings, console=console, tables=tables, store=store, tune=tune, tune_timeout_s=tune_timeout)
     with console.status("materializing the online store"):
         materialize_online(settings, tables, store)
@@ -431,11 +469,24 @@ def realdata(
     ] = None,
     seed: Annotated[int, typer.Option(help="the split's (and the models') seed")] = 42,
     json_path: Annotated[Path | None, typer.Option("--json", help="also write every figure to this JSON file")] = None,
+    plain_customers: Annotated[
+        int | None,
+        typer.Option(
+            "--plain-customers",
+            min=100,
+            help="Hillstrom as a plain export on a seeded sample of this many customers [default: all 64,000]",
+        ),
+    ] = None,
 ) -> None:
-    """Real data through the real pipeline: Hillstrom and Starbucks policies, evaluated off-policy with 95% CIs."""
+    """Real data through the real pipeline: Hillstrom and Starbucks policies, evaluated off-policy with 95% CIs.
+
+    Hillstrom also runs as a plain export: half of it through `sendwise pipeline --as-of`, the other half
+    decided through /v1/decide's engine as customers the home does not know.
+    """
     import json
     import tempfile
 
+    from training.plain_export import plain_export_report, plain_export_tables
     from training.realdata import hillstrom_report, hillstrom_tables, starbucks_report, starbucks_tables
 
     if only not in (None, "hillstrom", "starbucks"):
@@ -452,6 +503,10 @@ def realdata(
         if "hillstrom" in wanted:
             reports["hillstrom"] = hillstrom_report(wanted["hillstrom"], root, seed=seed)
             for table in hillstrom_tables(reports["hillstrom"]):
+                console.print(table)
+            plain = plain_export_report(wanted["hillstrom"], root, seed=seed, customers=plain_customers)
+            reports["hillstrom"]["plain_export"] = plain
+            for table in plain_export_tables(plain):
                 console.print(table)
         if "starbucks" in wanted:
             reports["starbucks"] = starbucks_report(wanted["starbucks"], root, seed=seed)

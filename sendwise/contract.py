@@ -201,6 +201,8 @@ offers = Table(
         Column("inventory", Kind.INT),
         Column("starts_at", Kind.TIMESTAMP),
         Column("ends_at", Kind.TIMESTAMP),
+        # how long after an exposure a conversion still counts (missing: SENDWISE_CONVERSION_WINDOW_DAYS)
+        Column("conversion_window_days", Kind.FLOAT, low=0.0, low_inclusive=False),
     ),
     time_columns=("starts_at", "ends_at"),
     money=True,

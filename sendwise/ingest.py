@@ -45,7 +45,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
 
-from sendwise import contract, raw, timezones
+from sendwise import asof, contract, raw, timezones
 from sendwise.contract import Column, Kind, Table
 from sendwise.settings import Settings
 
@@ -116,6 +116,7 @@ class IngestOptions(BaseModel):
     profiling_consent: Literal["granted", "denied"] | None = None
     csv_delimiter: str | None = None
     decimal_comma: bool = False
+    as_of: datetime | None = None
 
 
 class IngestReport(BaseModel):
@@ -135,6 +136,12 @@ class IngestReport(BaseModel):
         default=None, description="share of the opens in the raw store flagged machine_open by the ESP"
     )
     timezones: TimezoneCoverage = Field(default_factory=TimezoneCoverage)
+    as_of: datetime | None = Field(
+        default=None,
+        description="when the export was taken: --as-of where given, else the data's end (the hour after the "
+        "raw store's latest event); recorded with the raw store for the feature build",
+    )
+    as_of_given: bool = False
     warnings: list[str] = Field(default_factory=list)
     report_file: str | None = None
 
@@ -204,6 +211,9 @@ class IngestReport(BaseModel):
             f"unknown (UTC) {zones.unknown:,}",
         )
         facts.add_row("currency", self.currency or "not given")
+        if self.as_of is not None:
+            how = "given with --as-of" if self.as_of_given else "the data's end: no --as-of given"
+            facts.add_row("export taken (as-of)", f"{asof.text(pd.Timestamp(self.as_of))} ({how})")
         facts.add_row("skipped tables (not in this export)", ", ".join(self.skipped_tables) or "none")
         console.print(facts)
         for warning in self.warnings:
@@ -1173,18 +1183,24 @@ def ingest(
     profiling_consent: Literal["granted", "denied"] | None = None,
     csv_delimiter: str | None = None,
     decimal_comma: bool = False,
+    as_of: datetime | pd.Timestamp | str | None = None,
     progress: bool = True,
 ) -> IngestReport:
     """Validate the contract tables in ``data_dir`` and merge them into the raw store of ``settings``.
 
     Raises ``IngestError`` for whole-file problems (before anything is written). Bad rows are quarantined.
     The report is returned, and written to ``settings.reports_dir / "ingest"`` (``<time>.json`` and
-    ``latest.json``).
+    ``latest.json``). ``as_of`` is when the export was taken (with a time zone; not before any of its events);
+    it, or without it the data's end, is recorded with the raw store (``sendwise.asof``).
     """
     clock = time.perf_counter()
     started_at = datetime.now(UTC)
     data_dir = Path(data_dir).expanduser().resolve()
     options = _check_options(assume_tz, profiling_consent, csv_delimiter, decimal_comma)
+    try:
+        given_as_of = None if as_of is None else asof.as_timestamp(as_of)
+    except asof.AsOfError as error:
+        raise IngestError(str(error)) from error
     warnings: list[str] = []
     sources = _discover(data_dir, warnings)
 
@@ -1193,6 +1209,8 @@ def ingest(
             bars.add(name, 2 * len(source.files) + 2)
         batches = {name: _read_table(source, options, warnings, bars) for name, source in sources.items()}
         currency = _check_currency(batches, _previous_currency(settings))
+        if given_as_of is not None:
+            _check_export_as_of(given_as_of, batches)
         if "offers" in batches:
             _warn_likely_fraction(batches["offers"], warnings)
 
@@ -1219,6 +1237,14 @@ def ingest(
                 raw.write_table(settings, name, merged.frame)
             _store_quarantine(settings, name, batches[name].bad, started_at)
             bars.advance(name)
+        export_latest = asof.latest_of(
+            batches[name].valid.get("occurred_at") for name in asof.EVENT_TABLES if name in batches
+        )
+        store_latest = asof.latest_of(
+            frame["occurred_at"] for name in asof.EVENT_TABLES if (frame := final[name]) is not None
+        )
+        as_of_used = given_as_of if given_as_of is not None else asof.data_end(store_latest)
+        asof.record_as_of(settings, as_of_used, given_as_of is not None, data_dir, export_latest)
 
     report = IngestReport(
         data_dir=str(data_dir),
@@ -1230,6 +1256,7 @@ def ingest(
             profiling_consent=profiling_consent,
             csv_delimiter=csv_delimiter,
             decimal_comma=decimal_comma,
+            as_of=None if given_as_of is None else given_as_of.to_pydatetime(),
         ),
         currency=currency,
         tables={name: _table_report(batches[name], merges[name], final) for name in batches},
@@ -1241,12 +1268,37 @@ def ingest(
             unknown=zone_sources.get("unknown", 0),
             unknown_names=batches["customers"].unknown_zone_names,
         ),
+        as_of=as_of_used.to_pydatetime(),
+        as_of_given=given_as_of is not None,
         warnings=warnings,
     )
     _add_open_facts(report, final["email_events"])
     report.seconds = round(time.perf_counter() - clock, 3)
     _write_report(settings, report)
     return report
+
+
+def _check_export_as_of(as_of: pd.Timestamp, batches: dict[str, _Batch]) -> None:
+    """An export cannot hold events after it was taken: an as-of before any of its events is an error that
+    names the as-of, the latest event and the files it is in (nothing is written)."""
+    late = []
+    for name in asof.EVENT_TABLES:
+        batch = batches.get(name)
+        if batch is None or "occurred_at" not in batch.valid or batch.valid.empty:
+            continue
+        times = batch.valid["occurred_at"]
+        after = int((times > as_of).sum())
+        if after:
+            late.append((times.max(), name, after, ", ".join(batch.files)))
+    if not late:
+        return
+    latest, name, after, files = max(late)
+    raise IngestError(
+        f"--as-of {asof.text(as_of)} is before the latest event of this export: {files}, column occurred_at, "
+        f"has {after:,} events after it, the latest at {asof.text(latest)}. An export cannot hold events after "
+        "it was taken: give the time the export was taken (check its time zone), or leave --as-of out to use "
+        "the data's end. Nothing was ingested."
+    )
 
 
 def _table_report(batch: _Batch, merged: _Merged, final: dict[str, pd.DataFrame | None]) -> TableReport:

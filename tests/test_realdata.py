@@ -8,9 +8,12 @@ other half. The figures and their 95% intervals are attached to each test (`reco
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -178,15 +181,18 @@ def test_realdata_command_prints_the_figures(tmp_path: Path) -> None:
     from sendwise.cli import app
 
     out = tmp_path / "figures.json"
-    result = CliRunner().invoke(
-        app, ["realdata", "--only", "hillstrom", "--work-dir", str(tmp_path / "work"), "--json", str(out)]
-    )
+    arguments = ["realdata", "--only", "hillstrom", "--work-dir", str(tmp_path / "work"), "--json", str(out)]
+    result = CliRunner().invoke(app, [*arguments, "--plain-customers", "6000"])
     assert result.exit_code == 0, result.output
     assert "uplift@30%" in result.output and "0.0661" in result.output
     assert "policies learned on 32,000 customers" in result.output
+    assert "Hillstrom as a plain export" in result.output and "Mens E-Mail to everyone" in result.output
     figures = json.loads(out.read_text())
     assert set(figures) == {"hillstrom"}
     assert figures["hillstrom"]["uplift_at_30"]["value"] > 0
+    plain = figures["hillstrom"]["plain_export"]
+    assert plain["test_customers"] == 3_000 and plain["decisions"]["cold_start"] == 3_000
+    assert set(plain["policies"]) == {"learned", "mens_to_all", "womens_to_all", "no_email"}
 
 
 def test_realdata_command_names_a_missing_dataset(tmp_path: Path) -> None:
@@ -196,3 +202,86 @@ def test_realdata_command_names_a_missing_dataset(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["realdata", "--only", "hillstrom", "--hillstrom", str(missing)])
     assert result.exit_code == 2
     assert str(missing) in result.output.replace("\n", "")
+
+
+# --- Hillstrom as a plain export: `sendwise pipeline --as-of`, then /v1/decide for customers it never saw ----------
+@pytest.fixture(scope="module")
+def plain_export(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from training.plain_export import plain_export_report
+
+    return plain_export_report(HILLSTROM_CSV, tmp_path_factory.mktemp("plain"), seed=42, progress=False)
+
+
+def _test_half() -> pd.DataFrame:
+    """The half the plain export's evaluation decides, split as its protocol says, straight from the CSV."""
+    from sklearn.model_selection import train_test_split
+
+    source = pd.read_csv(HILLSTROM_CSV)
+    strata = source["segment"] + "/" + source["conversion"].astype(str)
+    _, test = train_test_split(np.arange(len(source)), test_size=0.5, random_state=42, stratify=strata)
+    return source.iloc[np.sort(test)]
+
+
+def test_plain_export_trains_the_offer_model_and_decides_customers_it_never_saw(plain_export: dict[str, Any]) -> None:
+    assert plain_export["train_customers"] == plain_export["test_customers"] == 32_000
+    assert plain_export["command"].endswith("--as-of 2008-04-14T15:00:00Z")
+    rows = plain_export["contract_rows"]
+    assert rows["customers"] == 32_000 and rows["offers"] == 3
+    assert rows["offer_events"] == 32_000 + 578 - int(_test_half()["conversion"].sum())  # exposures + conversions
+    decisions = plain_export["decisions"]
+    assert decisions["model_versions"]["next_best_offer"] == "1"
+    assert decisions["cold_start"] == decisions["sent"] == 32_000  # every one unknown to the home, all sent
+    assert decisions["batches"] == 4
+    assert plain_export["offer_model"]["train_rows"] + plain_export["offer_model"]["valid_rows"] == 32_000
+    assert plain_export["served_model"]["test_auc"] > 0.55  # ranks conversions of customers it never saw
+    # a customer the home knows, decided by id, and the same customer as an unknown one with its attributes
+    assert plain_export["diagnostics"]["known_vs_unknown_max_difference"] < 1e-9
+
+
+def test_plain_export_ips_figures_come_from_the_logged_arms(plain_export: dict[str, Any]) -> None:
+    test = _test_half()
+    arms = {"Mens E-Mail": "mens_to_all", "Womens E-Mail": "womens_to_all", "No E-Mail": "no_email"}
+    for segment, policy in arms.items():
+        logged = (test["segment"] == segment).to_numpy()
+        for outcome in ("conversion", "spend"):
+            expected = float(np.mean(3.0 * logged * test[outcome].to_numpy(dtype=float)))
+            assert plain_export["policies"][policy][outcome]["IPS"]["value"] == pytest.approx(expected, rel=1e-9)
+    learned = plain_export["policies"]["learned"]
+    for outcome in ("conversion", "spend"):
+        ips = learned[outcome]["IPS"]
+        assert ips["low"] < ips["value"] < ips["high"] and ips["n"] == 32_000
+
+
+def test_plain_export_policy_is_at_least_mens_to_everyone(plain_export: dict[str, Any], record_property) -> None:  # type: ignore[no-untyped-def]
+    policies, versus = plain_export["policies"], plain_export["versus_mens"]
+    for outcome, scale in (("conversion", 100.0), ("spend", 1.0)):
+        _attach(record_property, f"plain export: learned {outcome} (IPS)", policies["learned"][outcome]["IPS"], scale)
+        difference = versus["learned"][outcome]["IPS"]
+        text = _attach(record_property, f"plain export: learned minus Mens, {outcome} (IPS, paired)", difference, scale)
+        assert difference["high"] >= 0, f"significantly below Mens E-Mail to everyone: {text}"
+        assert policies["learned"][outcome]["IPS"]["value"] > policies["no_email"][outcome]["IPS"]["value"]
+    assert versus["no_email"]["conversion"]["IPS"]["high"] < 0  # the baselines the bar is read against are apart
+    shares = policies["learned"]["shares"]
+    record_property("plain export: offer mix", json.dumps(shares))
+    assert shares["no-email"] < 0.5 and shares["mens-email"] > 0.5, shares  # not "no email" for everyone
+    assert all(plain_export["bar"].values()), plain_export["bar"]
+
+
+def test_plain_export_without_as_of_says_why_no_offer_model(tmp_path: Path) -> None:
+    from sendwise.adapters import hillstrom
+    from training.plain_export import run_cli
+
+    rows = np.random.default_rng(0).choice(64_000, 3_000, replace=False)
+    hillstrom.to_plain_export(HILLSTROM_CSV, tmp_path / "data", rows=rows)
+    tables = ("offer_events", "site_events")
+    latest = max(pd.read_parquet(tmp_path / "data" / f"{t}.parquet")["occurred_at"].max() for t in tables)
+    end = latest.floor("h") + pd.Timedelta(hours=1)
+    assert end < hillstrom.SEND_TIME + pd.Timedelta(days=14)  # no event in the last hour of the two weeks
+    finished = run_cli(["pipeline", "--data", str(tmp_path / "data")], tmp_path / "home")
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    text = re.sub(r"[\s│┃]+", " ", finished.stdout)
+    assert (
+        f"next_best_offer - - not trained: none of 3,000 offer exposures has a closed 14-day conversion window by "
+        f"{end:%Y-%m-%d %H:%M} UTC, the data's end; pass --as-of with the time the export was taken (200 offer "
+        "exposures are closed by 2008-03-17 15:00 UTC)" in text
+    ), text

@@ -22,6 +22,8 @@ VALID_SHARE = 0.2
 HIDDEN_OPENS_SHARE = 0.5
 """Share of the customers whose sends are also shown with their open history hidden (open_training_set)."""
 EPOCH = pd.Timestamp("2000-01-01", tz="UTC")
+MIN_EXAMPLES = 200
+"""Fewer closed sends (or offer exposures) than this train no model."""
 
 
 @dataclass
@@ -115,7 +117,7 @@ def open_training_set(store: FeatureStore, tables: FeatureTables, label_hours: i
     if "proxied" in sends.columns:
         sends = sends[~sends["proxied"].astype(bool)]
     sends = sends[sends["customer_id"].isin(tables.customers["customer_id"])].reset_index(drop=True)
-    if len(sends) < 200 or sends["human_open"].nunique() < 2:
+    if len(sends) < MIN_EXAMPLES or sends["human_open"].nunique() < 2:
         return None
     entity_df = pd.DataFrame({"customer_id": sends["customer_id"], "event_timestamp": sends["send_at"]})
     rows = historical_features(store, "open_propensity_v1", entity_df)
@@ -152,10 +154,31 @@ def _held_out(sends: pd.DataFrame, examples: np.ndarray) -> np.ndarray | None:
     return None if by_customer is None else by_customer[examples]
 
 
+def window_ends(exposures: pd.DataFrame, window_days: float) -> pd.Series:
+    """When each exposure's conversion window closes: its own `window_days`, else `window_days`, after it."""
+    own = exposures["window_days"] if "window_days" in exposures.columns else pd.Series(np.nan, index=exposures.index)
+    days = pd.to_numeric(own, errors="coerce").fillna(float(window_days))
+    return exposures["exposed_at"] + pd.to_timedelta(days, unit="D")
+
+
+def window_closed(exposures: pd.DataFrame, as_of: pd.Timestamp, window_days: float) -> np.ndarray:
+    """Which exposures' conversion windows closed by `as_of`."""
+    return (window_ends(exposures, window_days) <= as_of).to_numpy()
+
+
+def closed_exposures(tables: FeatureTables, window_days: float) -> pd.DataFrame:
+    """The exposures the offer model learns from: closed windows, offers and customers known, in order."""
+    exposures = tables.exposures
+    exposures = exposures[window_closed(exposures, tables.as_of, window_days)]
+    exposures = exposures[exposures["offer_id"].isin(tables.offers["offer_id"])]
+    return exposures[exposures["customer_id"].isin(tables.customers["customer_id"])].reset_index(drop=True)
+
+
 def offer_training_set(
-    store: FeatureStore, tables: FeatureTables, window_days: int
+    store: FeatureStore, tables: FeatureTables, window_days: float
 ) -> tuple[TrainingSet, OfferMatrix] | None:
-    """Offer exposures whose conversion window has closed, with the offer model's features.
+    """Offer exposures whose conversion window has closed, with the offer model's features. `window_days` is
+    the window of offers that set none of their own.
 
     The examples are not weighted by inverse propensity: the logging policy chose offers from what the model
     sees too (the offer, the customer's interests and history), so the conversion probability given those is
@@ -166,10 +189,8 @@ def offer_training_set(
     exposures = tables.exposures
     if exposures is None or len(exposures) == 0 or tables.offers is None or len(tables.offers) == 0:
         return None
-    exposures = exposures[exposures["exposed_at"] <= tables.as_of - pd.Timedelta(days=window_days)]
-    exposures = exposures[exposures["offer_id"].isin(tables.offers["offer_id"])]
-    exposures = exposures[exposures["customer_id"].isin(tables.customers["customer_id"])].reset_index(drop=True)
-    if len(exposures) < 200 or exposures["converted"].nunique() < 2:
+    exposures = closed_exposures(tables, window_days)
+    if len(exposures) < MIN_EXAMPLES or exposures["converted"].nunique() < 2:
         return None
     entity_df = pd.DataFrame(
         {

@@ -33,22 +33,21 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
-from feast import FeatureService, FeatureStore, FeatureView
+from feast import FeatureStore
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sklearn.model_selection import train_test_split
 
 from features.build import FeatureTables, build_feature_tables
-from features.repo import DEFINITIONS
-from features.store import _resolved, open_store
+from features.store import apply_definitions, open_store
 from features.transform import OfferMatrix, customer_matrix, offer_design
 from sendwise.adapters import hillstrom, starbucks
 from sendwise.ingest import IngestReport, ingest
 from sendwise.raw import load_table
 from sendwise.settings import Settings
 from training import offpolicy
-from training.datasets import VALID_SHARE, TrainingSet, historical_features, offer_training_set
+from training.datasets import VALID_SHARE, TrainingSet, closed_exposures, historical_features, offer_training_set
 from training.models import auc, fit_binary
 
 DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
@@ -100,51 +99,18 @@ class _RandomSplit(TrainingSet):
         return self.valid_mask
 
 
-def _closed_exposures(tables: FeatureTables, window_days: int) -> pd.DataFrame:
-    """The exposures `offer_training_set` keeps, in its order (closed windows, known offer and customer)."""
-    exposures = tables.exposures
-    exposures = exposures[exposures["exposed_at"] <= tables.as_of - pd.Timedelta(days=window_days)]
-    exposures = exposures[exposures["offer_id"].isin(tables.offers["offer_id"])]
-    return exposures[exposures["customer_id"].isin(tables.customers["customer_id"])].reset_index(drop=True)
-
-
-def apply_fresh_definitions(store: FeatureStore, settings: Settings) -> None:
-    """`features.store.apply_definitions`, from fresh FeatureService objects.
-
-    Applying lets Feast fill the module-level FeatureServices' projection of `customer_attributes_fv` (the view
-    whose schema is inferred) with the `attr_*` columns of the home it applies, and `apply_definitions` passes
-    those objects as they are: a second home applied in the same process (two datasets in one command, or a
-    test session that has already run the pipeline) then registers a service that names the first home's
-    attributes, and every `get_historical_features` fails. Fresh services built from the declared views avoid
-    it; `features/store.py` deep-copying services too would make this function unnecessary.
-    """
-    views = {d.name: d for d in DEFINITIONS if isinstance(d, FeatureView)}
-    fresh: list[object] = []
-    for definition in DEFINITIONS:
-        if isinstance(definition, FeatureService):
-            definition = FeatureService(
-                name=definition.name,
-                features=[views[p.name] for p in definition.feature_view_projections],
-                tags=dict(definition.tags),
-                description=definition.description,
-                owner=definition.owner,
-            )
-        fresh.append(_resolved(definition, settings.feature_tables_dir))
-    store.apply(fresh)  # type: ignore[arg-type]
-
-
 def run_pipeline(data_dir: Path, home: Path, as_of: pd.Timestamp | None = None, **settings: Any) -> PipelineRun:
     """Ingest `data_dir` into `home`, build and register the features, and take the offer training set."""
     settings_ = Settings(home=home, **settings)
     report = ingest(data_dir, settings_, progress=False)
     tables = build_feature_tables(settings_, as_of=as_of, progress=False)
     store = open_store(settings_)
-    apply_fresh_definitions(store, settings_)
+    apply_definitions(store, settings_)
     found = offer_training_set(store, tables, settings_.conversion_window_days)
     if found is None:
         raise RealDataError(f"{data_dir}: the pipeline built no offer training set (too few closed exposures)")
     data, _ = found
-    exposures = _closed_exposures(tables, settings_.conversion_window_days)
+    exposures = closed_exposures(tables, settings_.conversion_window_days)
     aligned = len(exposures) == len(data.label) and (
         (exposures["exposed_at"].to_numpy() == data.times.to_numpy()).all()
         and (exposures["converted"].to_numpy(dtype=np.float32) == data.label).all()

@@ -15,7 +15,9 @@ from rich.console import Console
 
 from features.build import FeatureTables, build_feature_tables
 from features.store import apply_definitions, materialize, open_store
+from sendwise.asof import AsOf, Source, resolve_as_of
 from sendwise.settings import Settings
+from training import skips
 from training.datasets import TrainingSet, offer_training_set, open_training_set
 from training.models import FittedModel, auc, fit_binary
 from training.registry import (
@@ -47,7 +49,14 @@ class TrainResult:
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     promotions: list[Promotion] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    """Model name -> why it was not trained, one sentence with the facts and the flag or data that fixes it."""
     tuning: dict[str, TuningResult] = field(default_factory=dict)
+    as_of_source: Source = "given"
+    """Where `as_of` came from: "given", "recorded" (an ingest's --as-of) or "data" (the data's end)."""
+
+    def as_of_text(self) -> str:
+        """`2008-04-14 15:00 UTC, the --as-of given`."""
+        return AsOf(self.as_of, self.as_of_source).describe()
 
     def tuning_lines(self) -> list[str]:
         """One line per tuned model: trials, time, and the best objective beside the fixed parameters'."""
@@ -172,10 +181,7 @@ def train_offer(  # type: ignore[no-untyped-def]
 ) -> None:
     found = offer_training_set(store, tables, settings.conversion_window_days)
     if found is None:
-        result.skipped["next_best_offer"] = (
-            "no offers or too few closed offer exposures (need 200 with conversions); until then the service ranks "
-            "offers by what each earned per exposure in the logged data"
-        )
+        result.skipped["next_best_offer"] = skips.offer_model(tables, settings)
         return
     data, _ = found
     tuning = tuner(data, "next_best_offer", base_params=OFFER_PARAMS) if tuner else None
@@ -192,9 +198,17 @@ def train_offer(  # type: ignore[no-untyped-def]
     result.promotions.append(decision)
 
 
-def prepare_features(settings: Settings, progress: bool = True) -> tuple[FeatureTables, object]:
-    """Build the feature tables and register the Feast definitions over them."""
-    tables = build_feature_tables(settings, progress=progress)
+def prepare_features(
+    settings: Settings, progress: bool = True, as_of: pd.Timestamp | None = None
+) -> tuple[FeatureTables, object]:
+    """Build the feature tables and register the Feast definitions over them.
+
+    `as_of` is when the export was taken (`--as-of`; an `AsOfError` if the raw store holds events after it);
+    without it, the latest as-of an ingest recorded, else the data's end.
+    """
+    resolved = resolve_as_of(settings, as_of)
+    tables = build_feature_tables(settings, as_of=resolved.time, progress=progress)
+    tables.as_of_source = resolved.source
     store = open_store(settings)
     apply_definitions(store, settings)
     return tables, store
@@ -220,7 +234,7 @@ def train(
     if tables is None or store is None:
         with console.status("building features"):
             tables, store = prepare_features(settings, progress=progress)
-    result = TrainResult(as_of=tables.as_of)
+    result = TrainResult(as_of=tables.as_of, as_of_source=tables.as_of_source)
     tuner = Tuner(trials=tune, timeout_s=tune_timeout_s, seed=settings.seed, console=console, progress=progress)
     if model in ("open", "send-time", "all"):
         names = {
@@ -231,8 +245,9 @@ def train(
         with console.status("training the open-propensity / send-time model"):
             data = open_training_set(store, tables, settings.label_window_hours)  # type: ignore[arg-type]
             if data is None:
+                why = skips.open_model(tables, settings)
                 for name in names:
-                    result.skipped[name] = "no email events, or too few sends with a closed 72-hour window (need 200)"
+                    result.skipped[name] = why
             else:
                 share = OPEN_BUDGET_SHARE if model == "all" else 1.0
                 tuning = tuner(data, "open_propensity", share=share)

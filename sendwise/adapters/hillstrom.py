@@ -42,6 +42,20 @@ Assumptions, for what the source does not say:
 8. **Margin**: the offers carry none, so the ingest gives each the mean observed conversion value (the mean
    spend per visit of that arm), as the contract says.
 9. **Spelling**: `zip_code` `Surburban` is read as `Suburban`.
+
+The plain export (`to_plain_export`) is the same experiment written as a shop and an ESP would export it after
+the fact, with nothing squeezed into a label window and no as-of anywhere in the files: the user says when the
+export was taken (`sendwise pipeline --data DIR --as-of TIME`). It differs from `to_contract` in:
+- `offers` carry `conversion_window_days = 14`, the experiment's outcome window;
+- a visit is a `session_start` site event and a bought item (`conversion`) is a `converted` offer event with
+  `value` = spend, plus a `purchase` site event with the same value and time, so the offer model learns
+  conversions (purchases), not visits;
+- **event times**: each visit at a seeded uniform time, whole minutes, from one hour after the send to two
+  hours before the two weeks end; a purchase 1 to 59 minutes after its visit (every buyer visited). No event
+  falls in the last hour of the two weeks, so without `--as-of` the data's end (the hour after the latest
+  event) is before the 14-day windows close, as for any export whose last event is not the end of its windows;
+- `customers` may be a subset (`rows`), so that half of the file can be ingested and the other half decided as
+  customers the home does not know.
 """
 
 from __future__ import annotations
@@ -56,6 +70,9 @@ from sendwise.adapters import utc_times, write_tables
 SEND_TIME = pd.Timestamp("2008-03-03T15:00:00Z")
 VISIT_WINDOW = pd.Timedelta(days=7)
 OUTCOME_DAYS = 14
+PLAIN_FIRST_MINUTE = 60
+PLAIN_LAST_MINUTE = OUTCOME_DAYS * 24 * 60 - 120
+"""Visits of the plain export fall between one hour after the send and two hours before the two weeks end."""
 ARMS = {"Mens E-Mail": "mens-email", "Womens E-Mail": "womens-email", "No E-Mail": "no-email"}
 CONTROL_OFFER = "no-email"
 PROPENSITY = 1.0 / 3.0
@@ -86,7 +103,8 @@ def read_source(csv_path: Path) -> pd.DataFrame:
     return frame
 
 
-def _customers(source: pd.DataFrame) -> pd.DataFrame:
+def customers_table(source: pd.DataFrame) -> pd.DataFrame:
+    """The contract's customers of the rows of `source`: the Hillstrom columns as `attr_*`."""
     customers = pd.DataFrame(
         {
             "customer_id": source["customer_id"],
@@ -171,7 +189,7 @@ def to_contract(csv_path: Path, out_dir: Path, seed: int = 42) -> dict[str, int]
     source = read_source(csv_path)
     offer_events, purchases = _events(source, seed)
     tables = {
-        "customers": _customers(source),
+        "customers": customers_table(source),
         "offers": _offers(),
         "offer_events": offer_events,
         "site_events": purchases,
@@ -187,3 +205,90 @@ def outcomes(csv_path: Path) -> pd.DataFrame:
     """
     source = read_source(csv_path)
     return source[["customer_id", "offer_id", "visit", "conversion", "spend"]].copy()
+
+
+def _plain_offers() -> pd.DataFrame:
+    return _offers().assign(conversion_window_days=float(OUTCOME_DAYS))
+
+
+def plain_export_tables(source: pd.DataFrame, seed: int = 42) -> dict[str, pd.DataFrame]:
+    """The rows of `source` (as `read_source` returns them) as a plain export's tables (module docstring)."""
+    source = source.reset_index(drop=True)
+    n = len(source)
+    rng = np.random.default_rng(seed)
+    visit_minute = rng.integers(PLAIN_FIRST_MINUTE, PLAIN_LAST_MINUTE, size=n)
+    purchase_minute = visit_minute + rng.integers(1, 60, size=n)
+    visit_at = utc_times(SEND_TIME + pd.to_timedelta(visit_minute, unit="min"))
+    purchase_at = utc_times(SEND_TIME + pd.to_timedelta(purchase_minute, unit="min"))
+    ids = source["customer_id"].to_numpy(dtype=object)
+    message = np.asarray(np.where(source["offer_id"] == CONTROL_OFFER, None, "msg-" + source["customer_id"]), object)
+    exposed = pd.DataFrame(
+        {
+            "event_id": ids + "-exposed",
+            "customer_id": ids,
+            "offer_id": source["offer_id"].to_numpy(),
+            "message_id": message,
+            "event": "exposed",
+            "occurred_at": utc_times(pd.Series([SEND_TIME] * n)),
+            "value": np.nan,
+            "propensity": PROPENSITY,
+        }
+    )
+    bought = (source["conversion"] == 1).to_numpy()
+    spend = source["spend"].to_numpy(dtype=float)
+    converted = pd.DataFrame(
+        {
+            "event_id": ids[bought] + "-converted",
+            "customer_id": ids[bought],
+            "offer_id": source.loc[bought, "offer_id"].to_numpy(),
+            "message_id": message[bought],
+            "event": "converted",
+            "occurred_at": purchase_at[bought].to_numpy(),
+            "value": spend[bought],
+            "propensity": np.nan,
+        }
+    )
+    visited = (source["visit"] == 1).to_numpy() | bought
+    sessions = pd.DataFrame(
+        {
+            "event_id": ids[visited] + "-visit",
+            "customer_id": ids[visited],
+            "event": "session_start",
+            "occurred_at": visit_at[visited].to_numpy(),
+            "value": np.nan,
+        }
+    )
+    purchases = pd.DataFrame(
+        {
+            "event_id": ids[bought] + "-purchase",
+            "customer_id": ids[bought],
+            "event": "purchase",
+            "occurred_at": purchase_at[bought].to_numpy(),
+            "value": spend[bought],
+        }
+    )
+    offer_events = pd.concat([exposed, converted], ignore_index=True)
+    offer_events["occurred_at"] = utc_times(offer_events["occurred_at"])
+    site_events = pd.concat([sessions, purchases], ignore_index=True)
+    site_events["occurred_at"] = utc_times(site_events["occurred_at"])
+    return {
+        "customers": customers_table(source),
+        "offers": _plain_offers(),
+        "offer_events": offer_events,
+        "site_events": site_events,
+    }
+
+
+def to_plain_export(csv_path: Path, out_dir: Path, rows: np.ndarray | None = None, seed: int = 42) -> dict[str, int]:
+    """Write the Hillstrom file (or its `rows`, 0-based) as a plain export taken after the fact into `out_dir`:
+    exposures at the send, visits and purchases over the two weeks after it, offers with their 14-day window,
+    and no as-of (module docstring). Returns the row counts written, by table."""
+    source = read_source(csv_path)
+    if rows is not None:
+        source = source.iloc[np.sort(np.asarray(rows))]
+    return write_plain_export(source, out_dir, seed)
+
+
+def write_plain_export(source: pd.DataFrame, out_dir: Path, seed: int = 42) -> dict[str, int]:
+    """`to_plain_export` of rows already read (`read_source`): the tables written, their row counts."""
+    return write_tables(plain_export_tables(source, seed), out_dir)
