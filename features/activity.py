@@ -12,9 +12,13 @@ built from the data:
 - **How common each is** is the nonparametric maximum-likelihood prior over those candidates (Kiefer and
   Wolfowitz; EM on the mixing weights), fitted on everyone's evidence, and again per time zone, shrunk toward
   the global prior as if it had `ZONE_SHRINKAGE` more customers.
-- **Each customer's rhythm** is the posterior mean given their own evidence, leaving out the candidate made
-  from their own visits (it has already seen them: keeping it would give them their own smoothed histogram
-  back, noise and all).
+- **Each customer's rhythm** is the posterior mean of their activity at each hour **relative to their own
+  peak** (1 at the peak, toward 0 where they are never around), given their own evidence, leaving out the
+  candidate made from their own visits (it has already seen them: keeping it would give them their own
+  smoothed histogram back, noise and all). Relative to the peak, not as a share of the day: the truth of an
+  hour for sending is how far it falls short of the person's best, and a customer little is known about has
+  an expected relative activity well below 1 at every hour, which a posterior mean of shares, renormalized,
+  would hide (their flat day would look like a peak at every hour).
 
 The evidence: site visits, each a draw from the rhythm at its local hour and day type; and the first reading
 of each email (a person's open or click), a draw from the rhythm over the hours after the send weighted by
@@ -207,26 +211,34 @@ class RhythmPrior:
             out[zones == zone] = weights
         return out
 
+    def relative_shapes(self) -> np.ndarray:
+        """[m, 48] each candidate's activity relative to its peak, weekdays and weekends apart."""
+        days = self.shapes.reshape(-1, DAY_TYPES, HOURS)
+        return (days / days.max(axis=2, keepdims=True)).reshape(-1, DAY_TYPES * HOURS)
+
     def posterior_mean(self, evidence: Evidence, zones: np.ndarray, customers: np.ndarray | None = None) -> np.ndarray:
-        """[n, 48] each customer's expected rhythm given their evidence and their zone's prior; `customers` are
-        their rows in the table the candidates were made from (their own candidate is left out)."""
+        """[n, 48] each customer's expected activity relative to their peak, per day type and local hour, given
+        their evidence and their zone's prior; `customers` are their rows in the table the candidates were made
+        from (their own candidate is left out)."""
         stacked = evidence.stacked()
         rows = np.full(len(stacked), NO_OWNER - 1) if customers is None else np.asarray(customers, dtype=np.int64)
         out = np.empty((len(stacked), DAY_TYPES * HOURS), np.float32)
         zones = np.asarray(zones, dtype=object)
+        relative = self.relative_shapes()
         for start in range(0, len(stacked), CHUNK):
             part = slice(start, start + CHUNK)
             posterior = _responsibilities(
                 stacked[part], self.log_terms, self.weights_for(zones[part]), rows[part], self.owners
             )
-            out[part] = posterior @ self.shapes
+            out[part] = posterior @ relative
         return out
 
     def zone_means(self) -> pd.DataFrame:
-        """One row per zone (and "" for the global prior): the expected rhythm of a customer without history."""
+        """One row per zone (and "" for the global prior): the expected rhythm of a customer without history
+        (activity relative to their peak, as `posterior_mean`)."""
         zones = ["", *sorted(self.zone_weights)]
         weights = np.stack([self.weights, *(self.zone_weights[z] for z in zones[1:])])
-        means = weights @ self.shapes
+        means = weights @ self.relative_shapes()
         return pd.DataFrame(
             {
                 "timezone": zones,

@@ -23,7 +23,7 @@ HOURS = 24
 PROFILE_SIGNALS = ("open", "click", "session")
 MONOTONE = {"rhythm_at_hour": 1, "rhythm_vs_peak": 1}
 """More of the customer's activity at the hour never makes an open less likely."""
-HOUR_FEATURES = ("rhythm_at_hour", "rhythm_vs_peak", "local_weekday", "is_weekend")
+HOUR_FEATURES = ("rhythm_at_hour", "rhythm_vs_peak", "is_weekend")
 """What varies between the hours of one customer's window. The booster keeps them apart from every other
 feature (no tree mixes the two groups), so the log-odds of an open are the customer's part plus the hour's
 part: a curve is one customer row plus a table of hours, which is what makes campaign-scale scoring cheap."""
@@ -250,19 +250,20 @@ def _attribute_columns(matrix: CustomerMatrix, rows: np.ndarray) -> tuple[dict[s
 def rhythm_features(
     matrix: CustomerMatrix, rows: np.ndarray, hour: np.ndarray, weekend: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """The customer's rhythm at each row's local hour: 24 × its share of the day, and its ratio to the peak.
+    """The customer's rhythm at each row's local hour: 24 × its share of the day, and the customer's expected
+    activity there relative to their own peak (the rhythm as features/activity.py estimates it).
 
     Each customer's two days are normalized once and then looked up (rows repeat a customer once per hour of a
-    window); a day without activity is flat."""
+    window); a day without activity is flat, at its peak everywhere."""
     days = np.stack([matrix.profiles["rhythm_weekday"], matrix.profiles["rhythm_weekend"]], axis=1)
     total = days.sum(axis=2, keepdims=True)
-    shares = np.where(total > 0, days / np.maximum(total, 1e-9), 1.0 / HOURS)
+    empty = total <= 0
+    shares = np.where(empty, 1.0 / HOURS, days / np.maximum(total, 1e-9))
+    relative = np.where(empty, 1.0, np.clip(days, 0.0, 1.0))
     day = np.asarray(weekend, dtype=np.int64)
-    at_hour = shares[rows, day, hour]
-    peak = shares.max(axis=2)[rows, day]
     return {
-        "rhythm_at_hour": (HOURS * at_hour).astype(np.float32),
-        "rhythm_vs_peak": (at_hour / peak).astype(np.float32),
+        "rhythm_at_hour": (HOURS * shares[rows, day, hour]).astype(np.float32),
+        "rhythm_vs_peak": relative[rows, day, hour].astype(np.float32),
     }
 
 
@@ -353,7 +354,6 @@ def open_columns(
     weekend = weekday >= 5
     offset = ((hour.astype(int) - utc_hour + 12) % 24) - 12
     values: dict[str, np.ndarray] = {
-        "local_weekday": weekday.astype(np.float32),
         "is_weekend": weekend.astype(np.float32),
         "utc_offset": offset.astype(np.float32),
     }

@@ -83,6 +83,9 @@ OFFER_SETS_KEPT = 256
 """Eligible offer sets remembered (by window start and offer list); all are forgotten when more are asked for."""
 SAMPLE_FOR_POPULATION = 400
 FALLBACK_OPEN_PROBABILITY = 0.2
+TIE_BREAK = 1e-8
+"""Weight of the customer's rhythm (24 × share of the day) added to an hour's probability to rank hours the
+model rates the same."""
 CHECK_CUSTOMERS = 50
 CHECK_HOURS = 48
 CURVE_TOLERANCE = 1e-9
@@ -185,6 +188,7 @@ class _Batch:
     explore_share: float
     served: Served
     curves: np.ndarray
+    ranked: np.ndarray  # the curves with ties broken by the customer's rhythm: what hours are chosen from
     explore: np.ndarray
     plan: HourPlan
     blocked: list[str | None]
@@ -695,22 +699,37 @@ class Engine:
 
     # --- predictions -----------------------------------------------------------------------------
     def _curves(self, matrix: CustomerMatrix, start: datetime, hours: int, kind: str, topic: str | None) -> np.ndarray:
+        return self._ranked_curves(matrix, start, hours, kind, topic)[0]
+
+    def _ranked_curves(
+        self, matrix: CustomerMatrix, start: datetime, hours: int, kind: str, topic: str | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """[n, hours] open probabilities, and the same with ties broken by the customer's rhythm at each hour
+        (what the send time is chosen from).
+
+        A tree model's hour part is a step function of the rhythm: the hours around a customer's peak often get
+        exactly the same probability, and the first of them (the earliest) would be chosen. Among hours the model
+        rates the same, the one where the customer is most around comes first instead (a millionth of a
+        percentage point per unit of rhythm, far below any difference the model makes)."""
         n = len(matrix)
         model = self.models.get("send_time") or self.models.get("open_propensity")
+        hour_features = self._hour_features(matrix, np.arange(n), start, hours)
+        tiebreak = TIE_BREAK * hour_features["rhythm_at_hour"].reshape(n, hours).astype(np.float64)
         if model is None or n == 0:
-            return np.full((n, hours), FALLBACK_OPEN_PROBABILITY)
+            curves = np.full((n, hours), FALLBACK_OPEN_PROBABILITY)
+            return curves, curves + tiebreak
         columns = open_columns(
             matrix, np.arange(n), pd.Timestamp(start), np.full(n, kind), np.full(n, topic, dtype=object)
         )
         scorer = self._curve_scorer(model, columns, matrix, start, kind, topic)
         if scorer is not None:
             first = lightgbm_matrix(columns, model.booster)
-            hour_features = self._hour_features(matrix, np.arange(n), start, hours)
             curves = scorer.curves(columns.frame() if first is None else first, hour_features, hours)
-            return np.clip(curves, 0.0, 1.0)
-        design = self._window_design(matrix, np.arange(n), start, hours, kind, topic)
-        prediction = predict(model.booster, design[feature_names(model.booster)])
-        return np.clip(prediction.reshape(n, hours), 0.0, 1.0)
+        else:
+            design = self._window_design(matrix, np.arange(n), start, hours, kind, topic)
+            curves = predict(model.booster, design[feature_names(model.booster)]).reshape(n, hours)
+        curves = np.clip(curves, 0.0, 1.0)
+        return curves, curves + tiebreak
 
     @staticmethod
     def _hour_features(
@@ -937,7 +956,7 @@ class Engine:
         n, hours = len(request.recipients), request.window_hours
         ids = [r.customer_id for r in request.recipients]
         zones = matrix.timezone.tolist()
-        curves = self._curves(matrix, start, hours, kind, topic)
+        curves, ranked = self._ranked_curves(matrix, start, hours, kind, topic)
         holdout = in_holdout(ids, self.settings.holdout_share)
         # Consent and eligibility first (`_decision` answers those in their own shape), then the constraints.
         blocked: list[str | None] = [
@@ -953,7 +972,7 @@ class Engine:
         with self._rng_lock:
             explore = self._rng.random(n) < explore_share
             hour_draws = self._rng.random(n)
-        plan = plan_hours(curves, allowed, sendable, explore, hour_draws, explore_share, constraints.max_share_per_hour)
+        plan = plan_hours(ranked, allowed, sendable, explore, hour_draws, explore_share, constraints.max_share_per_hour)
         batch = _Batch(
             start=start,
             kind=kind,
@@ -962,6 +981,7 @@ class Engine:
             explore_share=explore_share,
             served=served,
             curves=curves,
+            ranked=ranked,
             explore=explore & sendable & (plan.hours >= 0),
             plan=plan,
             blocked=blocked,
@@ -1060,7 +1080,7 @@ class Engine:
         chosen_p = curves[everyone, np.maximum(plan.hours, 0)].tolist() if n else []
         best_p = curves[everyone, np.maximum(plan.best, 0)].tolist() if n else []
         mean_p = curves.mean(axis=1).tolist() if curves.shape[1] else [0.0] * n
-        overall = curves.argmax(axis=1).tolist() if curves.shape[1] else [0] * n
+        overall = batch.ranked.argmax(axis=1).tolist() if curves.shape[1] else [0] * n
         overall_p = curves.max(axis=1).tolist() if curves.shape[1] else [0.0] * n
         emails = served.history["n_emails"].tolist()
         opens, visits = served.history["n_human_opens"].tolist(), served.history["n_sessions"].tolist()

@@ -74,16 +74,31 @@ def test_posterior_beats_each_customers_own_histogram_and_leaves_their_candidate
     assert efficiency(posterior) > efficiency(own) + 0.05
     assert efficiency(posterior) > 0.9
     # A customer with a candidate of their own is not handed it back (it has seen their visits).
-    owner = int(prior.owners[0])
+    top = int(np.argmax(np.where(prior.owners >= 0, prior.weights, -1.0)))  # the most common candidate
+    owner = int(prior.owners[top])
     with_own = prior.posterior_mean(evidence.select(np.array([owner])), zones[:1], None)
     without = prior.posterior_mean(evidence.select(np.array([owner])), zones[:1], np.array([owner]))
-    distance = np.abs(prior.shapes[0] - with_own[0]).sum()
-    assert distance < np.abs(prior.shapes[0] - without[0]).sum()
+    own_candidate = prior.relative_shapes()[top]
+    assert np.abs(own_candidate - with_own[0]).sum() < np.abs(own_candidate - without[0]).sum()
+
+
+def test_the_rhythm_is_activity_relative_to_the_peak_and_uncertainty_lowers_it() -> None:
+    """A customer the evidence pins down is near 1 at their peak; one nothing is known of is well below 1 at
+    every hour (their peak could be anywhere): what a send at any hour can expect of them."""
+    rng = np.random.default_rng(4)
+    _, evidence = _population(3000, rng, visits=25.0)
+    zones = np.full(3000, "UTC", dtype=object)
+    prior = fit_prior(evidence, zones)
+    known = prior.posterior_mean(evidence, zones, np.arange(3000))
+    unknown = prior.posterior_mean(Evidence.zeros(1), zones[:1])
+    assert (known.reshape(-1, 2, HOURS).max(axis=2) <= 1.0 + 1e-6).all()
+    assert np.median(known[:, :HOURS].max(axis=1)) > 0.8
+    assert unknown[0, :HOURS].max() < 0.7
 
 
 def test_no_visits_at_all_gives_the_flat_day() -> None:
     evidence = Evidence.zeros(50)
     prior = fit_prior(evidence, np.full(50, "UTC", dtype=object))
     rhythm = prior.posterior_mean(evidence, np.full(50, "UTC", dtype=object), np.arange(50))
-    assert np.allclose(rhythm, 1.0 / HOURS)
+    assert np.allclose(rhythm, 1.0)  # at its peak at every hour: nothing to tell the hours apart
     assert list(prior.zone_means()["timezone"]) == [""]
