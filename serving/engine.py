@@ -83,7 +83,7 @@ OFFER_SETS_KEPT = 256
 """Eligible offer sets remembered (by window start and offer list); all are forgotten when more are asked for."""
 SAMPLE_FOR_POPULATION = 400
 FALLBACK_OPEN_PROBABILITY = 0.2
-TIE_BREAK = 1e-8
+TIE_BREAK = 1e-10
 """Weight of the customer's rhythm (24 × share of the day) added to an hour's probability to rank hours the
 model rates the same."""
 CHECK_CUSTOMERS = 50

@@ -220,7 +220,7 @@ def test_quiet_hours_respected_in_each_recipients_local_time(engine, customers) 
         assert d.open_probability == curve[_hour(d)] == curve[allowed].max()
         assert d.propensity == 1.0 and not d.explore
         assert any("outside quiet hours 20:00–08:59" in r for r in d.reasons)
-        if not allowed[int(np.argmax(curve))]:
+        if not allowed[curve == curve.max()].any():  # every hour of the best probability is quiet
             assert any("is quiet" in r for r in d.reasons)
             checked["moved out of quiet time"] += 1
         checked[zone_of[d.customer_id]] += 1
@@ -279,7 +279,12 @@ def test_per_hour_cap_is_an_optimal_assignment(engine, customers) -> None:  # ty
     assert total <= curves.max(axis=1).sum() + 1e-12
 
     moved = [d for d in sent if any(r.startswith("moved by the per-hour cap") for r in d.reasons)]
-    assert moved and len(moved) == int((chosen != curves.argmax(axis=1)).sum())
+    # Every recipient the cap cost something was moved; one moved between hours of the same probability (its
+    # best by the rhythm, and another) costs nothing and says so.
+    lost = curves[np.arange(len(sent)), chosen] < curves.max(axis=1)
+    assert moved and {d.customer_id for d, worse in zip(sent, lost, strict=True) if worse} <= {
+        d.customer_id for d in moved
+    }
     for d in moved:
         curve = np.array(d.hourly_open_probability)
         reason = next(r for r in d.reasons if r.startswith("moved"))

@@ -91,7 +91,7 @@ class Evaluation:
                 for i, r in enumerate(self.reliability.itertuples())
             ]
         out += [
-            ("machine opens and clicks", k, f"{v:,.0f}" if k.endswith("checked") else f"{v:.4f}")
+            ("machine opens and clicks", k, f"{v:,.0f}" if k.endswith(("checked", "none")) else f"{v:.4f}")
             for k, v in self.detector.items()
         ]
         out += [("decide time", k, f"{v:.2f} s") for k, v in self.timing.items()]
@@ -334,10 +334,14 @@ def _send_time_by_history(
 
 
 def _precision_recall(out: dict[str, float], name: str, detected: pd.Series, actual: pd.Series) -> None:
+    """Precision and recall; where the truth has nothing to find, how many were found anyway."""
     detected, actual = detected.astype(bool), actual.astype(bool)
+    if not actual.any():
+        out[f"{name}: found where the truth has none"] = float(detected.sum())
+        return
     hits = float((detected & actual).sum())
     out[f"{name} precision"] = hits / max(float(detected.sum()), 1.0)
-    out[f"{name} recall"] = hits / max(float(actual.sum()), 1.0)
+    out[f"{name} recall"] = hits / float(actual.sum())
 
 
 def own_opens_hidden(world: World) -> pd.Series:
