@@ -39,16 +39,21 @@ def small_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def pipeline_home(small_world: Path, tmp_path_factory: pytest.TempPathFactory) -> PipelineHome:
     """`sendwise pipeline --data WORLD` run through the real CLI into a home of its own."""
+    settings, output = run_pipeline(small_world, tmp_path_factory.mktemp("home"))
+    return PipelineHome(world=small_world, settings=settings, output=output)
+
+
+def run_pipeline(world: Path, home: Path) -> tuple[Settings, str]:
+    """`sendwise pipeline --data WORLD` through the real CLI into `home`; its settings and what it printed."""
     from sendwise.cli import app
 
-    home = tmp_path_factory.mktemp("home")
     env = {"SENDWISE_HOME": str(home), "MLFLOW_DISABLE_TELEMETRY": "true"}
-    result = CliRunner().invoke(app, ["pipeline", "--data", str(small_world)], env=env)
+    result = CliRunner().invoke(app, ["pipeline", "--data", str(world)], env=env)
     if result.exit_code != 0:
         raise AssertionError(f"pipeline failed ({result.exit_code}):\n{result.output}\n{result.exception!r}")
     settings = Settings(home=home)
     settings.activate()
-    return PipelineHome(world=small_world, settings=settings, output=result.output)
+    return settings, result.output
 
 
 @pytest.fixture(scope="session")

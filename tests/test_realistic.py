@@ -12,10 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from sendwise.settings import Settings
 from sendwise.simulate import simulate, simulation_options
+from tests.conftest import run_pipeline
 from training.evaluate import SESSIONS_KERNEL, Evaluation, detector_quality, evaluate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -25,20 +25,12 @@ CUSTOMERS, DAYS, SEED = 2500, 42, 4242
 
 @pytest.fixture(scope="module")
 def realistic_home(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Settings]:
-    from sendwise.cli import app
-
     world = tmp_path_factory.mktemp("realistic-world")
     rates, realism = simulation_options(
         realistic=True, mpp_share=0.6, esp_flag_share=0.5, prefetch_fast_share=0.4, prefetch_median_hours=6
     )
     simulate(world, customers=CUSTOMERS, days=DAYS, seed=SEED, progress=False, rates=rates, realism=realism)
-    home = tmp_path_factory.mktemp("realistic-home")
-    env = {"SENDWISE_HOME": str(home), "MLFLOW_DISABLE_TELEMETRY": "true"}
-    result = CliRunner().invoke(app, ["pipeline", "--data", str(world)], env=env)
-    if result.exit_code != 0:
-        raise AssertionError(f"pipeline failed ({result.exit_code}):\n{result.output}\n{result.exception!r}")
-    settings = Settings(home=home)
-    settings.activate()
+    settings, _ = run_pipeline(world, tmp_path_factory.mktemp("realistic-home"))
     return world, settings
 
 

@@ -36,7 +36,7 @@ from serving.engine import Engine
 from serving.schemas import DecideRequest, Recipient
 from training import offpolicy
 from training.models import auc
-from training.realdata import LEVEL, RealDataError, _estimates, _shares, _steps
+from training.realdata import LEVEL, RealDataError, _ci, _estimates, _shares, _signed, _steps
 from training.registry import connect
 
 AS_OF_AFTER_SEND = pd.Timedelta(weeks=6)
@@ -323,16 +323,6 @@ def _evaluate(
     }
 
 
-def _ci(value: dict[str, Any], scale: float = 1.0, digits: int = 2, prefix: str = "", unit: str = "") -> str:
-    v, lo, hi = (value[key] * scale for key in ("value", "low", "high"))
-    return f"{prefix}{v:.{digits}f}{unit} [{prefix}{lo:.{digits}f}, {prefix}{hi:.{digits}f}]"
-
-
-def _signed(value: dict[str, Any], scale: float = 1.0, digits: int = 2, unit: str = "") -> str:
-    v, lo, hi = (value[key] * scale for key in ("value", "low", "high"))
-    return f"{v:+.{digits}f}{unit} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
-
-
 def plain_export_tables(report: dict[str, Any]) -> list[Table]:
     """The plain export's figures as a rich table: each policy's conversion and spend by IPS (95% intervals)."""
     table = Table(
@@ -359,6 +349,6 @@ def plain_export_tables(report: dict[str, Any]) -> list[Table]:
             _ci(policy["conversion"]["IPS"], scale=100, digits=2),
             _signed(versus["conversion"]["IPS"], scale=100, unit=" pp") if versus else "-",
             _ci(policy["spend"]["IPS"], digits=3, prefix="$"),
-            _signed(versus["spend"]["IPS"], digits=3, unit=" $") if versus else "-",
+            _signed(versus["spend"]["IPS"], digits=3, scale=1.0, unit=" $") if versus else "-",
         )
     return [table]
