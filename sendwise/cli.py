@@ -416,8 +416,8 @@ def evaluate(
     bars = Table(title=f"targets of {kind}")
     for column in ("target", "value", "bar", "result"):
         bars.add_column(column)
-    for row in result.target_rows():
-        bars.add_row(*row)
+    for target in result.target_rows():
+        bars.add_row(*target)
     console.print(bars)
     if result.reliability_plot is not None:
         console.print(f"reliability curve: {result.reliability_plot}")

@@ -197,12 +197,7 @@ class Realism:
             raise ValueError(f"prefetch_slow_median_hours must be positive, not {self.prefetch_slow_median_hours}")
 
 
-REALISTIC_RATES: dict[str, float] = {
-    "mpp_share": 0.45,
-    "mpp_flagged": 0.7,
-    "business_share": 0.08,
-    "scanner_share_of_business": 0.5,
-}
+REALISTIC_RATES = Rates(mpp_share=0.45, mpp_flagged=0.7, business_share=0.08, scanner_share_of_business=0.5)
 """The rates of a realistic world's middle: 45% of recipients behind Apple's proxy, the ESP flagging 70% of
 the proxy's opens, security scanners on 4% of recipients."""
 SCANNED_BUSINESS_SHARE = 0.08
@@ -221,7 +216,7 @@ def simulation_options(
 ) -> tuple[Rates, Realism]:
     """The rates and realism of `sendwise simulate`'s options: the classic world, or with `realistic` the
     middle of the realistic ranges; any option given overrides either."""
-    rates = Rates(**REALISTIC_RATES) if realistic else Rates()
+    rates = REALISTIC_RATES if realistic else Rates()
     realism = Realism.realistic() if realistic else Realism()
     overrides: dict[str, Any] = {}
     if mpp_share is not None:
