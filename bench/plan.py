@@ -1,4 +1,4 @@
-"""What a benchmark run measures and how often: the issue's sizes, or a quick run's smaller ones."""
+"""What a benchmark run measures and how often: the full sizes, or a quick run's smaller ones."""
 
 from __future__ import annotations
 

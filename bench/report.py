@@ -1,4 +1,4 @@
-"""The rows of the benchmark table: a measured value, the target of issue 4 beside it, and PASS or MISS."""
+"""The rows of the benchmark table: a measured value, its target beside it, and PASS or MISS."""
 
 from __future__ import annotations
 
@@ -107,5 +107,5 @@ def seconds(value: float) -> str:
 
 
 def gigabytes(value: float) -> str:
-    """Bytes in decimal gigabytes, the unit of the issue's memory target."""
+    """Bytes in decimal gigabytes, the unit of the memory target."""
     return f"{value / 1e9:,.2f} GB"

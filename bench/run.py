@@ -1,4 +1,4 @@
-"""`python -m bench`: build (or reuse) the benchmark world, run the benchmarks of issue 4, print one table.
+"""`python -m bench`: build (or reuse) the benchmark world, run the benchmarks, print one table.
 
 Sections (`--only`): `inprocess` (1: decisions per second at batch sizes 1, 100 and 10,000, and 2: the model
 floor and the ratio to it), `http` (3: the real `bentoml serve`: a 10,000-recipient batch and single
@@ -75,7 +75,7 @@ def _plan(quick: bool, **given: object) -> Plan:
 def bench(
     quick: Annotated[
         bool,
-        typer.Option("--quick", help="20,000 customers, 200,000 online, fewer repetitions (not the issue's sizes)"),
+        typer.Option("--quick", help="20,000 customers, 200,000 online, fewer repetitions (not the full sizes)"),
     ] = False,
     only: Annotated[str, typer.Option(help="comma-separated sections to run")] = ",".join(SECTIONS),
     cache: Annotated[
@@ -96,7 +96,7 @@ def bench(
     ] = False,
     json_path: Annotated[Path | None, typer.Option("--json", help="also write every row to this JSON file")] = None,
 ) -> None:
-    """Run the benchmarks of issue 4 and print one table: each figure beside its target, PASS or MISS."""
+    """Run the benchmarks and print one table: each figure beside its target, PASS or MISS."""
     os.environ.update(QUIET_ENVIRONMENT)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     plan = _plan(
@@ -128,9 +128,7 @@ def bench(
             rows += error_rows(title, error)
         console.print(f"[dim]{title}: {time.perf_counter() - section_began:.0f} s[/]")
     elapsed = time.perf_counter() - began
-    size = f"{plan.customers:,} customers × {plan.days} days" + (
-        " (quick: not the issue's sizes)" if plan.quick else ""
-    )
+    size = f"{plan.customers:,} customers × {plan.days} days" + (" (quick: not the full sizes)" if plan.quick else "")
     caption = (
         f"{started_on} at the start; load average {', '.join(f'{x:.1f}' for x in os.getloadavg())} at the end. "
         f"Ran in {elapsed / 60:.1f} min on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; home {home.settings.home}."

@@ -3,7 +3,7 @@
 A home is built exactly as a user builds one: `sendwise simulate` then `sendwise pipeline`, each in its own
 process (so the pipeline's memory never counts against the benchmark process). One change is made to the
 simulated world before the pipeline runs: catalog offers are added until at least `min_offers` are eligible
-at the decide window, because issue 4 asks for decisions over at least 12 offers and the simulator's catalog
+at the decide window, because the benchmark decides over at least 12 offers and the simulator's catalog
 has 11 eligible at its end.
 """
 

@@ -427,7 +427,7 @@ def _evaluate_suite(name: str, work_dir: Path | None, customers: int, days: int,
     import json
     import tempfile
 
-    from training.suite import SuiteError, run_suite
+    from training.evaluate import SuiteError, run_suite
 
     _settings()  # the libraries' environment; every world gets a home of its own
     with tempfile.TemporaryDirectory(prefix="sendwise-suite-") as temporary:

@@ -36,7 +36,7 @@ from serving.engine import Engine
 from serving.schemas import DecideRequest, Recipient
 from training import offpolicy
 from training.models import auc
-from training.realdata import LEVEL, RealDataError, _ci, _estimates, _shares, _signed, _steps
+from training.realdata import LEVEL, RealDataError, _ci, _estimates, _shares, _signed, _steps, arm_mix
 from training.registry import connect
 
 AS_OF_AFTER_SEND = pd.Timedelta(weeks=6)
@@ -341,11 +341,10 @@ def plain_export_tables(report: dict[str, Any]) -> list[Table]:
     for column in ("policy", "sends M/W/none", "conversion % IPS", "vs Mens", "spend/customer IPS", "vs Mens"):
         table.add_column(column, justify="left" if column == "policy" else "right")
     for name, policy in report["policies"].items():
-        shares = policy["shares"]
         versus = report["versus_mens"].get(name)
         table.add_row(
             policy["label"],
-            "/".join(f"{shares[o]:.0%}" for o in ("mens-email", "womens-email", "no-email")),
+            arm_mix(policy["shares"]),
             _ci(policy["conversion"]["IPS"], scale=100, digits=2),
             _signed(versus["conversion"]["IPS"], scale=100, unit=" pp") if versus else "-",
             _ci(policy["spend"]["IPS"], digits=3, prefix="$"),

@@ -659,6 +659,11 @@ def _signed(value: dict[str, Any], digits: int = 2, scale: float = 100.0, unit: 
     return f"{v:+.{digits}f}{unit} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
 
 
+def arm_mix(shares: dict[str, float]) -> str:
+    """A Hillstrom policy's arms as `Mens/Womens/none` percentages."""
+    return "/".join(f"{shares[o]:.0%}" for o in ("mens-email", "womens-email", "no-email"))
+
+
 def hillstrom_tables(report: dict[str, Any]) -> list[Table]:
     """The Hillstrom figures as rich tables: policies (95% intervals) and uplift@30% beside the published one."""
     policies = Table(
@@ -682,11 +687,10 @@ def hillstrom_tables(report: dict[str, Any]) -> list[Table]:
     ):
         policies.add_column(column, justify="left" if column == "policy" else "right")
     for name, policy in report["policies"].items():
-        shares = policy["shares"]
         versus = report["versus_mens"].get(name)
         policies.add_row(
             policy["label"],
-            "/".join(f"{shares[o]:.0%}" for o in ("mens-email", "womens-email", "no-email")),
+            arm_mix(policy["shares"]),
             _ci(policy["visit"]["IPS"], scale=100, digits=2),
             _ci(policy["visit"]["DR"], scale=100, digits=2),
             _signed(versus["visit"]["IPS"]) if versus else "-",
