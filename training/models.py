@@ -8,6 +8,7 @@ from typing import Any
 
 import lightgbm as lgb
 import numpy as np
+from scipy.optimize import brentq
 from sklearn.metrics import roc_auc_score
 
 from features.transform import HOUR_FEATURES, MONOTONE
@@ -172,8 +173,15 @@ def refit_held_out(data: TrainingSet, booster: lgb.Booster) -> np.ndarray:
     return fit_held_out(data, recipe(booster), columns=columns).prediction
 
 
-def fit_binary(data: TrainingSet, seed: int, params: dict[str, object] | None = None) -> FittedModel:
-    """Fit with early stopping on the held-out window, then refit on all of it for that many rounds."""
+def fit_binary(
+    data: TrainingSet, seed: int, params: dict[str, object] | None = None, recalibrate: bool = False
+) -> FittedModel:
+    """Fit with early stopping on the held-out window, then refit on all of it for that many rounds.
+
+    With `recalibrate`, the final booster's log-odds move by what the held-out window asked of the model fit
+    without it (`recalibration_shift`): a model fit on the past overpredicts the weeks after it by as much as
+    the mail's drift and its own optimism, and the final model predicts the weeks after the data the same way.
+    """
     params = with_constraints({**BASE_PARAMS, **(params or {}), "seed": seed}, list(data.design.columns))
     held_out = fit_held_out(data, params)
     booster, prediction = held_out.booster, held_out.prediction
@@ -188,9 +196,38 @@ def fit_binary(data: TrainingSet, seed: int, params: dict[str, object] | None = 
     }
     rounds = max(int(booster.best_iteration * 1.1), 10)
     final = lgb.train(params, _dataset(data, np.ones(len(data.label), dtype=bool), params), num_boost_round=rounds)
+    if recalibrate:
+        metrics["recalibration_shift"] = shift = intercept_shift(prediction, label)
+        shift_log_odds(final, shift)
     return FittedModel(
         booster=final,
         params={**params, "num_boost_round": rounds},
         metrics=metrics,
         valid_prediction=prediction,
     )
+
+
+def intercept_shift(prediction: np.ndarray, label: np.ndarray, bound: float = 1.0) -> float:
+    """The change of log-odds that makes the mean prediction the observed rate (within +-`bound`)."""
+    rate = float(np.mean(label))
+    if len(label) == 0 or not 0.0 < rate < 1.0:
+        return 0.0
+    log_odds = np.log(np.clip(prediction, 1e-9, 1 - 1e-9) / np.clip(1 - prediction, 1e-9, 1.0))
+
+    def excess(delta: float) -> float:
+        return float(np.mean(1.0 / (1.0 + np.exp(-(log_odds + delta))))) - rate
+
+    if excess(-bound) > 0:
+        return -bound
+    if excess(bound) < 0:
+        return bound
+    return float(brentq(excess, -bound, bound, xtol=1e-6))
+
+
+def shift_log_odds(booster: lgb.Booster, shift: float) -> None:
+    """Add `shift` to every raw score of `booster` (every leaf of its first tree), SHAP and all."""
+    if shift == 0.0 or booster.num_trees() == 0:
+        return
+    leaves = booster.dump_model(num_iteration=1)["tree_info"][0]["num_leaves"]
+    for leaf in range(leaves):
+        booster.set_leaf_output(0, leaf, booster.get_leaf_output(0, leaf) + shift)

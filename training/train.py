@@ -153,7 +153,7 @@ def _log_run(
 def train_open(
     settings: Settings, data: TrainingSet, result: TrainResult, names: list[str], tuning: TuningResult | None = None
 ) -> None:
-    fitted = fit_binary(data, seed=settings.seed, params=tuning.params if tuning else None)
+    fitted = fit_binary(data, seed=settings.seed, params=tuning.params if tuning else None, recalibrate=True)
     off = off_schedule_mask(data.times[data.valid])
     enough_off = off.sum() > MIN_OFF_SCHEDULE
     label = data.label[data.valid]
