@@ -22,8 +22,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from sendwise import families
-from sendwise.truth import (
+from sendwise.simulator import families
+from sendwise.simulator.truth import (
     CATEGORIES,
     DAY,
     HOUR,

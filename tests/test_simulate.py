@@ -13,7 +13,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sendwise import families
 from sendwise.simulate import (
     BLAST_HOUR_UTC,
     DEVICE_USER_AGENTS,
@@ -26,7 +25,8 @@ from sendwise.simulate import (
     simulate,
     simulation_options,
 )
-from sendwise.truth import CATEGORIES, World
+from sendwise.simulator import families
+from sendwise.simulator.truth import CATEGORIES, World
 
 CUSTOMERS, DAYS, SEED = 300, 21, 11
 END = pd.Timestamp("2026-11-01T00:00Z")

@@ -41,7 +41,7 @@ from features.localtime import is_weekend, local_hour_weekday
 from sendwise.raw import load_table
 from sendwise.settings import Settings
 from sendwise.simulate import simulate, simulation_options
-from sendwise.truth import World
+from sendwise.simulator.truth import World
 from serving.assign import assign_hours, greedy_hours, hour_capacity
 from serving.engine import Engine
 from serving.schemas import MAX_RECIPIENTS, Constraints, DecideRequest, Decision, Recipient
