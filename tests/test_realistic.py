@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from sendwise.settings import Settings
-from sendwise.simulate import simulate, simulation_options
+from sendwise.simulator import simulate, simulation_options
 from tests.conftest import run_pipeline
 from training.evaluate import SESSIONS_KERNEL, Evaluation, detector_quality, evaluate
 

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sendwise.simulate import (
+from sendwise.simulator import (
     BLAST_HOUR_UTC,
     DEVICE_USER_AGENTS,
     EMAIL_ALIASES,
@@ -21,11 +21,11 @@ from sendwise.simulate import (
     LoggedPolicy,
     OfferMenu,
     SimulationSummary,
+    families,
     interest_matrix,
     simulate,
     simulation_options,
 )
-from sendwise.simulator import families
 from sendwise.simulator.truth import CATEGORIES, World
 
 CUSTOMERS, DAYS, SEED = 300, 21, 11
