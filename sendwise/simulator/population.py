@@ -48,6 +48,8 @@ MULTI_ZONE_COUNTRIES = frozenset({"US", "CA", "AU"})
 
 # Typical peaks of daily activity (local hour, how common)
 ACTIVITY_SLOTS = ((6.5, 0.10), (8.0, 0.18), (12.5, 0.15), (16.5, 0.10), (19.5, 0.30), (22.0, 0.17))
+CLASSIC_FLOOR = 0.06
+"""Share of a classic rhythm spread evenly over the day."""
 
 
 def make_customers(
@@ -136,23 +138,14 @@ def activity_profiles(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.
     w1 = np.where(two_peaks, rng.uniform(0.55, 0.8, n), 1.0)
     weights = np.stack([w1, 1.0 - w1], axis=1)
     kappa = rng.uniform(1.5, 5.0, (n, 2))
-    weekday = _von_mises_mixture(centers, weights, kappa)
+    weekday = families.von_mises_mixture(centers, weights, kappa, CLASSIC_FLOOR)
     weekend_centers = centers + rng.uniform(0.5, 2.5, (n, 1))
     late_morning = (weekend_centers < 11.0) & (rng.random((n, 1)) < 0.35)
     weekend_centers = np.where(late_morning, rng.normal(10.5, 0.5, (n, 2)), weekend_centers)
     swap = (rng.random(n) < 0.3) & two_peaks
     weekend_weights = np.where(swap[:, None], weights[:, ::-1], weights)
-    weekend = _von_mises_mixture(weekend_centers, weekend_weights, 0.8 * kappa)
+    weekend = families.von_mises_mixture(weekend_centers, weekend_weights, 0.8 * kappa, CLASSIC_FLOOR)
     return weekday, weekend
-
-
-def _von_mises_mixture(centers: np.ndarray, weights: np.ndarray, kappa: np.ndarray, floor: float = 0.06) -> np.ndarray:
-    hours = np.arange(24) + 0.5
-    angle = 2 * np.pi * (hours[None, None, :] - centers[:, :, None]) / 24.0
-    bumps = np.exp(kappa[:, :, None] * (np.cos(angle) - 1.0))
-    bumps /= bumps.sum(axis=2, keepdims=True)
-    mixture = (1.0 - floor) * (weights[:, :, None] * bumps).sum(axis=1) + floor / 24.0
-    return mixture / mixture.sum(axis=1, keepdims=True)
 
 
 def declared_interests(rng: np.random.Generator, affinity: np.ndarray) -> np.ndarray:
