@@ -7,8 +7,8 @@ writes the data and the truth. Each part draws from a random stream of its own, 
 4. nothing (spawned so that the streams after it stay what they were); 5. the dirt of the exports;
 6. the rhythms of a world of other rhythm families; 7. what a realistic world adds to the run.
 
-So a classic world stays the same draw for draw whatever the realistic options, and the same seed always
-gives the same files.
+Streams 6 and 7 draw only what a realistic world adds, so a classic world stays the same draw for draw; the
+same seed and options always give the same files.
 """
 
 from __future__ import annotations

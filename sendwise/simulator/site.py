@@ -29,7 +29,7 @@ Carts = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 @dataclass
-class Views:
+class _Views:
     """Product views of a batch of sessions (one entry per view)."""
 
     session: np.ndarray
@@ -40,7 +40,7 @@ class Views:
 
 
 @dataclass
-class SessionRows:
+class _SessionRows:
     """Site event rows of a batch of sessions, in time order within each session."""
 
     session: np.ndarray
@@ -50,7 +50,9 @@ class SessionRows:
     value: np.ndarray
 
 
-def session_rows(views: Views, carted: np.ndarray, purchased: np.ndarray, n: int, n_pages: np.ndarray) -> SessionRows:
+def _session_rows(
+    views: _Views, carted: np.ndarray, purchased: np.ndarray, n: int, n_pages: np.ndarray
+) -> _SessionRows:
     """session_start, page views, product views (each carted one followed by add_to_cart), purchase."""
     page_session = np.repeat(np.arange(n), n_pages)
     page_rank = np.arange(len(page_session)) - np.repeat(np.cumsum(n_pages) - n_pages, n_pages)
@@ -72,7 +74,7 @@ def session_rows(views: Views, carted: np.ndarray, purchased: np.ndarray, n: int
         pieces = [np.broadcast_to(np.asarray(p[i]), (size,)) for p, size in zip(parts, sizes, strict=True)]
         return np.concatenate(pieces)[order]
 
-    return SessionRows(
+    return _SessionRows(
         session=session[order],
         event=column(2).astype(np.int64),
         category=column(3).astype(np.int64),
@@ -125,7 +127,7 @@ class Site:
         carted = self.rng.random(len(views.session)) < 0.08 + 0.4 * views.affinity
         has_cart = np.bincount(views.session[carted], minlength=n) > 0
         purchased = has_cart & (self.rng.random(n) < 0.35)
-        rows = session_rows(views, carted, purchased, n, self.rng.poisson(1.5, n) + 1)
+        rows = _session_rows(views, carted, purchased, n, self.rng.poisson(1.5, n) + 1)
         cart_value = np.bincount(views.session[carted], weights=self.product_price[views.product[carted]], minlength=n)
         first_cart = np.full(n, -1)
         first_cart[views.session[carted][::-1]] = np.flatnonzero(carted)[::-1]
@@ -150,7 +152,7 @@ class Site:
         due = at[abandoned] + 60.0 * self.rng.uniform(low, high, len(abandoned))
         return c[rows.session[abandoned]], due, rows.category[abandoned]
 
-    def _product_views(self, c: np.ndarray, topic: np.ndarray) -> Views:
+    def _product_views(self, c: np.ndarray, topic: np.ndarray) -> _Views:
         """Product views per session, each in a category drawn from the customer's affinities (a session
         that follows a click on a campaign starts with a product of the campaign's topic)."""
         rng = self.rng
@@ -163,7 +165,7 @@ class Site:
         product = category * PRODUCTS_PER_CATEGORY + rng.integers(0, PRODUCTS_PER_CATEGORY, len(session))
         cumulative = self.affinity_cum[c[session]]
         affinity = np.diff(cumulative, axis=1, prepend=0.0)[np.arange(len(session)), category]
-        return Views(session=session, rank=rank, category=category, product=product, affinity=affinity)
+        return _Views(session=session, rank=rank, category=category, product=product, affinity=affinity)
 
     def purchase_visit(
         self, c: np.ndarray, visit_t: np.ndarray, conv_t: np.ndarray, category: np.ndarray, value: np.ndarray
