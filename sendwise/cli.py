@@ -82,8 +82,8 @@ def simulate(
     The classic world is the default; --realistic and the options after it move it toward real inboxes
     (docs/simulator.md).
     """
-    from sendwise.simulate import simulate as run
-    from sendwise.simulate import simulation_options
+    from sendwise.simulator import simulate as run
+    from sendwise.simulator import simulation_options
 
     try:
         rates, realism = simulation_options(

@@ -29,7 +29,7 @@ class PipelineHome:
 @pytest.fixture(scope="session")
 def small_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A seeded world of 1,500 customers over 45 days, with its truth."""
-    from sendwise.simulate import simulate
+    from sendwise.simulator import simulate
 
     world = tmp_path_factory.mktemp("world")
     simulate(world, customers=WORLD_CUSTOMERS, days=WORLD_DAYS, seed=WORLD_SEED, progress=False)

@@ -14,7 +14,7 @@ from features.build import build_feature_tables
 from features.labels import label_sends
 from sendwise.raw import load_table
 from sendwise.settings import Settings
-from sendwise.truth import World
+from sendwise.simulator.truth import World
 from training.evaluate import evaluate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from sendwise.settings import Settings
-from sendwise.simulate import simulate, simulation_options
+from sendwise.simulator import simulate, simulation_options
 from tests.conftest import run_pipeline
 from training.evaluate import SESSIONS_KERNEL, Evaluation, detector_quality, evaluate
 
@@ -43,7 +43,7 @@ def evaluation(realistic_home: tuple[Path, Settings]) -> Evaluation:
 def test_detector_finds_proxied_recipients_and_machine_opens_and_clicks(
     realistic_home: tuple[Path, Settings],
 ) -> None:
-    from sendwise.truth import World
+    from sendwise.simulator.truth import World
 
     world, settings = realistic_home
     figures = detector_quality(settings, World.load(world))

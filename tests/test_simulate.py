@@ -13,8 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sendwise import families
-from sendwise.simulate import (
+from sendwise.simulator import (
     BLAST_HOUR_UTC,
     DEVICE_USER_AGENTS,
     EMAIL_ALIASES,
@@ -22,11 +21,12 @@ from sendwise.simulate import (
     LoggedPolicy,
     OfferMenu,
     SimulationSummary,
+    families,
     interest_matrix,
     simulate,
     simulation_options,
 )
-from sendwise.truth import CATEGORIES, World
+from sendwise.simulator.truth import CATEGORIES, World
 
 CUSTOMERS, DAYS, SEED = 300, 21, 11
 END = pd.Timestamp("2026-11-01T00:00Z")

@@ -40,8 +40,8 @@ from features.labels import label_sends
 from features.localtime import is_weekend, local_hour_weekday
 from sendwise.raw import load_table
 from sendwise.settings import Settings
-from sendwise.simulate import simulate, simulation_options
-from sendwise.truth import World
+from sendwise.simulator import simulate, simulation_options
+from sendwise.simulator.truth import World
 from serving.assign import assign_hours, greedy_hours, hour_capacity
 from serving.engine import Engine
 from serving.schemas import MAX_RECIPIENTS, Constraints, DecideRequest, Decision, Recipient

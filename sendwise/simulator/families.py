@@ -101,7 +101,9 @@ SETS: dict[str, tuple[Family, ...]] = {"development": DEVELOPMENT, "heldout": HE
 CHOICES = ("classic", "development", "heldout")
 
 
-def von_mises_mixture(centers: np.ndarray, weights: np.ndarray, kappa: np.ndarray, floor: np.ndarray) -> np.ndarray:
+def von_mises_mixture(
+    centers: np.ndarray, weights: np.ndarray, kappa: np.ndarray, floor: np.ndarray | float
+) -> np.ndarray:
     """[n, 24] share of the day per local hour: bumps on the 24-hour circle over a floor (rows sum to 1).
 
     `centers`, `weights` and `kappa` are [n, bumps]; `floor` is [n] or a scalar.

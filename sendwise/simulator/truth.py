@@ -1,6 +1,6 @@
 """The ground truth of a simulated world: the one definition of how its customers behave.
 
-`sendwise.simulate` draws every open, session and conversion from the functions here, and
+`sendwise.simulator` draws every open, session and conversion from the functions here, and
 `World.load(world_dir)` answers the same questions from `world_dir/truth/` alone, so models can be measured
 against the probabilities that made the data. docs/simulator.md describes the model in plain words.
 

@@ -1,0 +1,151 @@
+"""One table's export read and validated file by file and put together, and the checks across the tables
+that stop or warn before anything is written (one currency, an as-of after every event, discounts as
+percentages)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import pandas as pd
+
+from sendwise import asof, contract
+from sendwise.contract import Table
+from sendwise.ingest.errors import IngestError
+from sendwise.ingest.options import Options
+from sendwise.ingest.parse import format_number
+from sendwise.ingest.progress import ProgressBars
+from sendwise.ingest.read import Source, canonical_columns, format_of, read_csv, read_parquet
+from sendwise.ingest.validate import Checked, FileChecker
+
+
+@dataclass
+class Batch:
+    """One table's export: its valid rows (raw store types) and quarantined rows, from all its files."""
+
+    table: Table
+    files: list[str]
+    valid: pd.DataFrame
+    bad: pd.DataFrame
+    reasons: Counter[str]
+    rows_read: int
+    currencies: dict[str, set[str]]
+    unknown_zone_names: int
+
+
+def read_table(source: Source, options: Options, warnings: list[str], progress: ProgressBars) -> Batch:
+    """Read and validate every file of ``source``, in name order, into one ``Batch``."""
+    table = contract.TABLES[source.table]
+    checked: list[Checked] = []
+    currencies: dict[str, set[str]] = {}
+    for path in source.files:
+        label = source.label(path)
+        read = read_csv(path, label, options) if format_of(path) == "csv" else read_parquet(path, label)
+        progress.advance(table.name)
+        read.frame = canonical_columns(table, read.frame, label, warnings)
+        result = FileChecker(table, label, options, warnings).check(read)
+        checked.append(result)
+        if result.currencies:
+            currencies[label] = result.currencies
+        progress.advance(table.name)
+    valid = concat([c.valid for c in checked])
+    if table.attributes:
+        valid = unify_attributes(valid)
+    missing_profiling = sum(c.missing_profiling for c in checked)
+    if missing_profiling:
+        filled = {None: "denied", True: "granted", False: "denied"}[options.profiling_consent]
+        warnings.append(
+            f"customers: {missing_profiling:,} rows have no consent_profiling value; read as {filled}"
+            + ("" if options.profiling_consent is not None else " (the safe choice; pass --profiling-consent)")
+        )
+    return Batch(
+        table=table,
+        files=[source.label(p) for p in source.files],
+        valid=valid,
+        bad=concat([c.bad for c in checked]),
+        reasons=sum((c.reasons for c in checked), Counter()),
+        rows_read=sum(c.rows for c in checked),
+        currencies=currencies,
+        unknown_zone_names=sum(c.unknown_zone_names for c in checked),
+    )
+
+
+def concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """The frames one after the other (frames without columns left out)."""
+    frames = [f for f in frames if len(f.columns)]
+    if not frames:
+        return pd.DataFrame()
+    if len(frames) == 1:
+        return frames[0]
+    non_empty = [f for f in frames if len(f)] or frames[:1]
+    return pd.concat(non_empty, ignore_index=True)
+
+
+def unify_attributes(frame: pd.DataFrame) -> pd.DataFrame:
+    """An ``attr_*`` column stays float64 when every value is a number; else every value becomes text."""
+    for name in frame.columns:
+        if name.startswith(contract.ATTRIBUTE_PREFIX) and frame[name].dtype == object:
+            values = frame[name]
+            floats = values.map(lambda v: isinstance(v, float), na_action="ignore").fillna(False).astype(bool)
+            if floats.any():
+                values = values.copy()
+                values[floats] = values[floats].map(format_number)
+            frame[name] = values
+    return frame
+
+
+def warn_likely_fraction(batch: Batch, warnings: list[str]) -> None:
+    """Warn when an offers export gives discounts as fractions (0.2) where the contract asks for percentages."""
+    discounts = batch.valid["discount_pct"].dropna() if "discount_pct" in batch.valid else pd.Series()
+    if len(discounts) and discounts.max() <= 1 and discounts.max() > 0:
+        warnings.append(
+            f"{', '.join(batch.files)}, column discount_pct: every value is at most 1 (largest "
+            f"{discounts.max():g}); these look like fractions, but the contract asks for percentages from 0 "
+            "to 100: multiply them by 100 upstream if so"
+        )
+
+
+def check_currency(batches: dict[str, Batch], previous: str | None) -> str | None:
+    """The export's currency, else the home's (None if neither gives one); an export in several currencies,
+    or in another than the home's, is an ``IngestError``."""
+    found: dict[str, set[str]] = {}
+    for batch in batches.values():
+        for label, values in batch.currencies.items():
+            for value in values:
+                found.setdefault(value, set()).add(label)
+    if len(found) > 1:
+        listing = "; ".join(f"{value} in {', '.join(sorted(files))}" for value, files in sorted(found.items()))
+        raise IngestError(
+            f"column currency: the data mixes currencies ({listing}). The contract allows one currency per "
+            "dataset: convert the amounts upstream, or ingest each currency into its own home."
+        )
+    currency = next(iter(found), None)
+    if currency and previous and currency != previous:
+        raise IngestError(
+            f"column currency: this export is in {currency}, but the home already holds data in {previous}. "
+            "One home holds one data source in one currency: convert upstream or use another SENDWISE_HOME."
+        )
+    return currency or previous
+
+
+def check_export_as_of(as_of: pd.Timestamp, batches: dict[str, Batch]) -> None:
+    """An export cannot hold events after it was taken: an as-of before any of its events is an error that
+    names the as-of, the latest event and the files it is in (nothing is written)."""
+    late = []
+    for name in asof.EVENT_TABLES:
+        batch = batches.get(name)
+        if batch is None or "occurred_at" not in batch.valid or batch.valid.empty:
+            continue
+        times = batch.valid["occurred_at"]
+        after = int((times > as_of).sum())
+        if after:
+            late.append((times.max(), name, after, ", ".join(batch.files)))
+    if not late:
+        return
+    latest, name, after, files = max(late)
+    raise IngestError(
+        f"--as-of {asof.text(as_of)} is before the latest event of this export: {files}, column occurred_at, "
+        f"has {after:,} events after it, the latest at {asof.text(latest)}. An export cannot hold events after "
+        "it was taken: give the time the export was taken (check its time zone), or leave --as-of out to use "
+        "the data's end. Nothing was ingested."
+    )

@@ -1,0 +1,161 @@
+"""Merging an export with what the raw store and the quarantine already hold (rules in `sendwise.ingest`).
+
+Events are deduplicated by `event_id`, the stored row winning; customers, campaigns and offers are replaced
+by the later row. The counts of what was added, updated or changed nothing feed the report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sendwise import contract, raw
+from sendwise.contract import Kind, Table
+from sendwise.ingest.batch import Batch, concat, unify_attributes
+from sendwise.ingest.parse import TIMESTAMP
+from sendwise.settings import Settings
+
+
+@dataclass
+class Merged:
+    """A raw table after the merge, and what the export changed in it."""
+
+    frame: pd.DataFrame
+    duplicates: int
+    added: int
+    updated: int
+    export_keys: pd.Index  # the keys of the winning rows of this export (entity tables)
+
+
+def _raw_frame(table: Table, frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with exactly the raw store's columns, in order, and its dtypes."""
+    columns = list(contract.RAW_COLUMNS[table.name])
+    if table.attributes:
+        columns += sorted(c for c in frame.columns if c.startswith(contract.ATTRIBUTE_PREFIX))
+    frame = frame.reindex(columns=columns)
+    for column in table.columns:
+        if column.kind == Kind.TIMESTAMP:
+            frame[column.name] = frame[column.name].astype(TIMESTAMP)
+        elif column.kind in (Kind.FLOAT, Kind.INT):
+            frame[column.name] = frame[column.name].astype(float)
+        elif column.kind == Kind.BOOL:
+            frame[column.name] = frame[column.name].astype("boolean" if not column.required else bool)
+    if table.name == "customers":
+        frame["consent_profiling"] = frame["consent_profiling"].astype(bool)
+        frame["timezone_inferred"] = frame["timezone_inferred"].astype(bool)
+    return frame
+
+
+def merge(batch: Batch, stored: pd.DataFrame | None) -> Merged:
+    """The raw table ``batch.table`` with the batch merged into ``stored`` (None: never ingested)."""
+    table = batch.table
+    new = _raw_frame(table, batch.valid)
+    merged = (_merge_events if table.is_event else _merge_entities)(table, new, stored)
+    if table.attributes:
+        merged.frame = _raw_frame(table, unify_attributes(merged.frame))
+    return merged
+
+
+def _merge_events(table: Table, new: pd.DataFrame, stored: pd.DataFrame | None) -> Merged:
+    key = table.key
+    repeated = new[key].duplicated(keep="first").to_numpy()
+    new = new.loc[~repeated]
+    already = new[key].isin(stored[key]).to_numpy() if stored is not None else np.zeros(len(new), dtype=bool)
+    added = new.loc[~already]
+    duplicates = int(repeated.sum() + already.sum())
+    if stored is not None and added.empty:
+        return Merged(stored, duplicates, 0, 0, pd.Index([]))
+    frame = concat([stored, added]) if stored is not None else added
+    return Merged(_sort_events(frame, key), duplicates, len(added), 0, pd.Index([]))
+
+
+def _sort_events(frame: pd.DataFrame, key: str) -> pd.DataFrame:
+    """Events in time order, ties by id: the same rows always give the same file."""
+    keys = pa.table(
+        {
+            "time": pa.array(frame["occurred_at"].array.asi8),
+            "id": pa.array(frame[key].to_numpy(dtype=object), type=pa.string()),
+        }
+    )
+    order = pc.sort_indices(keys, sort_keys=[("time", "ascending"), ("id", "ascending")])
+    return frame.take(order.to_numpy()).reset_index(drop=True)
+
+
+def _merge_entities(table: Table, new: pd.DataFrame, stored: pd.DataFrame | None) -> Merged:
+    """The later row wins: later in the export, and the export is later than the store."""
+    key = table.key
+    if table.name == "customers":
+        combined = concat([stored, new]) if stored is not None else new
+        combined["_order"] = np.arange(len(combined))
+        combined = combined.sort_values(["updated_at", "_order"], na_position="first", kind="stable")
+        winners = combined.drop_duplicates(key, keep="last").drop(columns="_order")
+        stored_count = 0 if stored is None else len(stored)
+        from_export = winners.index.to_numpy() >= stored_count
+    else:
+        latest = new.drop_duplicates(key, keep="last")
+        kept = stored.loc[~stored[key].isin(latest[key])] if stored is not None else latest.iloc[:0]
+        winners = concat([kept, latest])
+        from_export = np.arange(len(winners)) >= len(kept)
+    export_keys = pd.Index(winners.loc[from_export, key])
+    frame = winners.sort_values(key, kind="stable", ignore_index=True)
+    added = int((~export_keys.isin(stored[key])).sum()) if stored is not None else len(export_keys)
+    return Merged(frame, len(new) - len(export_keys), added, len(export_keys) - added, export_keys)
+
+
+def count_unchanged(merged: Merged, key: str, stored: pd.DataFrame | None) -> None:
+    """Winning rows of the export identical to the stored ones changed nothing: count them as duplicates."""
+    if stored is None or merged.updated == 0:
+        return
+    keys = merged.export_keys[merged.export_keys.isin(stored[key])]
+    after = merged.frame.set_index(key).loc[keys]
+    before = stored.set_index(key).loc[keys]
+    same = _rows_equal(after, before)
+    unchanged = int(same.sum())
+    merged.duplicates += unchanged
+    merged.updated -= unchanged
+
+
+def _rows_equal(a: pd.DataFrame, b: pd.DataFrame) -> np.ndarray:
+    same = np.ones(len(a), dtype=bool)
+    for name in a.columns.union(b.columns):
+        if name not in a.columns or name not in b.columns:
+            present = a[name] if name in a.columns else b[name]
+            same &= present.isna().to_numpy()
+            continue
+        x, y = a[name], b[name]
+        both_missing = x.isna().to_numpy() & y.isna().to_numpy()
+        equal = x.to_numpy(dtype=object) == y.to_numpy(dtype=object)
+        same &= both_missing | np.asarray(equal, dtype=bool)
+    return same
+
+
+def frames_equal(a: pd.DataFrame, b: pd.DataFrame) -> bool:
+    """Same columns and the same values (missing equal to missing): writing ``a`` would change nothing."""
+    if a.shape != b.shape or list(a.columns) != list(b.columns):
+        return False
+    return bool(_rows_equal(a.reset_index(drop=True), b.reset_index(drop=True)).all())
+
+
+def store_quarantine(settings: Settings, table: str, bad: pd.DataFrame, ingested_at: datetime) -> None:
+    """Append bad rows to the table's quarantine; a row already there (same values, reason) stays once."""
+    if bad.empty:
+        return
+    path = settings.quarantine_dir / f"{table}.parquet"
+    bad = bad.assign(_ingested_at=pd.Timestamp(ingested_at).as_unit("us"))
+    stored = pd.read_parquet(path) if path.exists() else None
+    combined = concat([stored, bad]) if stored is not None else bad
+    meta = ("_file", "_row", "_ingested_at")
+    for name in combined.columns:
+        if name not in meta:
+            combined[name] = combined[name].astype(object).where(combined[name].notna(), None)
+    identity = [c for c in combined.columns if c not in meta]
+    combined = combined.loc[~combined.duplicated(identity, keep="first")].reset_index(drop=True)
+    if stored is not None and len(combined) == len(stored):
+        return
+    combined["_row"] = combined["_row"].astype("Int64")
+    raw.write_parquet_atomic(combined, path)
