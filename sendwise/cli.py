@@ -529,8 +529,9 @@ def realdata(
     import json
     import tempfile
 
-    from training.plain_export import plain_export_report, plain_export_tables
-    from training.realdata import hillstrom_report, hillstrom_tables, starbucks_report, starbucks_tables
+    from training.realdata.hillstrom import hillstrom_report, hillstrom_tables
+    from training.realdata.plain_export import plain_export_report, plain_export_tables
+    from training.realdata.starbucks import starbucks_report, starbucks_tables
 
     if only not in (None, "hillstrom", "starbucks"):
         raise _fail(f"--only must be hillstrom or starbucks, not {only!r}")

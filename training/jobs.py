@@ -8,9 +8,10 @@ Each step is a typed function of the home's settings that returns what it did. `
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -118,9 +119,11 @@ def build_features(settings: Settings, as_of: pd.Timestamp | None = None, progre
     return Features(tables, store)
 
 
-def materialize_online(features: Features) -> None:
-    """Load the features as of the tables' as-of into the online store, for serving."""
-    materialize(features.store, features.tables.as_of.to_pydatetime())
+def materialize_online(features: Features, progress: bool = True) -> None:
+    """Load the features as of the tables' as-of into the online store, for serving (Feast prints what it
+    loads unless `progress` is off)."""
+    with nullcontext() if progress else redirect_stdout(io.StringIO()):
+        materialize(features.store, features.tables.as_of.to_pydatetime())
 
 
 def train(
@@ -148,7 +151,7 @@ def train(
     )
     seconds["train"] = time.perf_counter() - started
     with _step("materialize", "materializing the online store", console, seconds):
-        materialize_online(features)  # serving reads the features training just built
+        materialize_online(features, progress)  # serving reads the features training just built
     return PipelineResult(settings, features, training, seconds=seconds)
 
 
