@@ -1,4 +1,10 @@
-"""The Feast store of a home: its `feature_store.yaml`, applying the definitions, materializing."""
+"""The Feast repository of a home: its configuration and definitions, applying them, materializing.
+
+A home's repository is `SENDWISE_HOME/feast/`: `feature_store.yaml` (DuckDB over the home's Parquet feature
+tables offline, SQLite or Redis online), `sendwise_definitions.py` (the definitions of `features.repo` resolved
+against the home, so that the Feast CLI can compare them with the registry: `sendwise feast plan`), and the
+registry and online store Feast keeps there.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +13,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
-from feast import FeatureService, FeatureStore, FeatureView, FileSource
+from feast import FeatureStore, FeatureView, FileSource
+from feast.data_source import DataSource
+from feast.feast_object import FeastObject
 
-from features.repo import DEFINITIONS
+from features.repo import DEFINITIONS, Definition
 from sendwise.settings import Settings
 
 PROJECT = "sendwise"
+DEFINITIONS_FILE = "sendwise_definitions.py"
+"""The module the Feast CLI imports from the home's repository (a name no installed package has: Feast puts
+the repository last on `sys.path`)."""
 
 
 def feature_store_yaml(settings: Settings) -> str:
@@ -33,41 +44,67 @@ def feature_store_yaml(settings: Settings) -> str:
     return yaml.safe_dump(config, sort_keys=False)
 
 
-def open_store(settings: Settings) -> FeatureStore:
-    """The home's Feast store, writing its `feature_store.yaml` first."""
-    settings.feast_dir.mkdir(parents=True, exist_ok=True)
-    path = settings.feast_dir / "feature_store.yaml"
-    text = feature_store_yaml(settings)
+def home_definitions(tables_dir: Path) -> list[Definition]:
+    """Fresh copies of every definition of `features.repo`, their file sources pointing into `tables_dir`.
+
+    Applying changes the objects it is given: it infers the schema of a view that has none (the `attr_*`
+    columns) and fills the services' projections of that view in place. Each home is applied its own copies,
+    made by one deep copy of the whole repository so that the copied views keep sharing their copied sources
+    and the copied services name the copied views; the module-level objects are never applied, and two homes
+    applied in one process never see each other's tables or attributes.
+    """
+    definitions: list[Definition] = copy.deepcopy(DEFINITIONS)
+    sources: list[DataSource | None] = [d for d in definitions if isinstance(d, FileSource)]
+    sources += [d.batch_source for d in definitions if isinstance(d, FeatureView)]
+    for source in {id(s): s for s in sources if isinstance(s, FileSource)}.values():
+        source.file_options.uri = str(tables_dir / Path(source.path).name)  # DuckDB reads relative paths from the cwd
+    return definitions
+
+
+def definitions_module(tables_dir: Path) -> str:
+    """The text of the repository's definitions module: `home_definitions`, each object under its own name."""
+    names = [d.name for d in DEFINITIONS]
+    if not all(name.isidentifier() for name in names):
+        raise ValueError(f"every Feast object of features.repo needs a name that is a Python identifier: {names}")
+    lines = [
+        '"""The Feast definitions sendwise applies to this home, for the Feast CLI (`sendwise feast ARGS...`).',
+        "",
+        "Written by sendwise at every run; the definitions themselves live in sendwise's `features/repo/`.",
+        '"""',
+        "",
+        "from pathlib import Path",
+        "",
+        "from features.store import home_definitions",
+        "",
+        f"_definitions = {{d.name: d for d in home_definitions(Path({str(tables_dir)!r}))}}",
+        *(f"{name} = _definitions[{name!r}]" for name in names),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _write_if_changed(path: Path, text: str) -> None:
     if not path.exists() or path.read_text() != text:
         path.write_text(text)
-    return FeatureStore(repo_path=str(settings.feast_dir))
 
 
-def _resolved(definition: object, tables_dir: Path) -> object:
-    """A copy whose file source points into the home (DuckDB reads relative paths from the cwd).
+def write_repository(settings: Settings) -> Path:
+    """Write the home's `feature_store.yaml` and definitions module; returns the repository's folder."""
+    settings.feast_dir.mkdir(parents=True, exist_ok=True)
+    _write_if_changed(settings.feast_dir / "feature_store.yaml", feature_store_yaml(settings))
+    _write_if_changed(settings.feast_dir / DEFINITIONS_FILE, definitions_module(settings.feature_tables_dir))
+    return settings.feast_dir
 
-    Services are copied too: applying fills a service's projection of a view whose schema is inferred (the
-    `attr_*` columns) in place, and a module-level service filled by one home would name that home's attributes
-    when another home is applied in the same process, which every `get_historical_features` then refuses.
-    """
-    if isinstance(definition, FeatureService):
-        return copy.deepcopy(definition)
-    if isinstance(definition, FileSource):
-        resolved = copy.deepcopy(definition)
-        resolved.file_options.uri = str(tables_dir / Path(definition.path).name)
-        return resolved
-    if isinstance(definition, FeatureView):
-        resolved_view = copy.deepcopy(definition)
-        source = resolved_view.batch_source
-        assert isinstance(source, FileSource)
-        source.file_options.uri = str(tables_dir / Path(source.path).name)
-        return resolved_view
-    return definition
+
+def open_store(settings: Settings) -> FeatureStore:
+    """The home's Feast store, writing its repository's files first."""
+    return FeatureStore(repo_path=str(write_repository(settings)))
 
 
 def apply_definitions(store: FeatureStore, settings: Settings) -> None:
-    """Register entities, views and services; views without a schema infer it from the tables now."""
-    store.apply([_resolved(d, settings.feature_tables_dir) for d in DEFINITIONS])  # type: ignore[arg-type]
+    """Register entities, views and services; views without a schema infer it from the home's tables now."""
+    objects: list[FeastObject] = [*home_definitions(settings.feature_tables_dir)]
+    store.apply(objects)
 
 
 def materialize(store: FeatureStore, as_of: datetime) -> None:

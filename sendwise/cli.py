@@ -1,4 +1,7 @@
-"""The `sendwise` command: simulate, ingest, train, pipeline, decide, serve, report, evaluate."""
+"""The `sendwise` command: simulate, ingest, train, pipeline, decide, serve, report, evaluate, realdata, feast.
+
+A thin shell: each command parses its options, calls a job (`training.jobs`, or the module named) and prints.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import time
 import warnings
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -17,9 +20,18 @@ from rich.table import Table
 
 from sendwise.settings import Settings
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from sendwise.ingest import IngestReport
+    from training.jobs import IngestOptions
+    from training.train import TrainResult
+
 app = typer.Typer(help="sendwise: open propensity, send time and next best offer for every email recipient.")
 console = Console(stderr=False)
 REPO_ROOT = Path(__file__).resolve().parents[1]
+FEAST_MAIN = "import sys; from feast.cli.cli import cli; sys.exit(cli(prog_name='sendwise feast'))"
+"""Feast's own command line, run by the interpreter sendwise runs in (the `feast` script may not be on PATH)."""
 
 
 class ModelOption(StrEnum):
@@ -32,6 +44,15 @@ class ModelOption(StrEnum):
 class Consent(StrEnum):
     granted = "granted"
     denied = "denied"
+
+
+MODELS: dict[ModelOption, Literal["open", "send-time", "offer", "all"]] = {
+    ModelOption.open: "open",
+    ModelOption.send_time: "send-time",
+    ModelOption.offer: "offer",
+    ModelOption.all: "all",
+}
+CONSENT: dict[Consent, Literal["granted", "denied"]] = {Consent.granted: "granted", Consent.denied: "denied"}
 
 
 def _settings() -> Settings:
@@ -123,7 +144,7 @@ AsOfOption = Annotated[
 ]
 
 
-def _as_of(text: str | None):  # type: ignore[no-untyped-def]
+def _as_of(text: str | None) -> pd.Timestamp | None:
     """`--as-of` as a UTC timestamp (None when not given); a time without a zone is an error."""
     from sendwise.asof import AsOfError, parse_as_of
 
@@ -135,36 +156,17 @@ def _as_of(text: str | None):  # type: ignore[no-untyped-def]
         raise _fail(str(error)) from error
 
 
-def _prepare(settings: Settings, as_of):  # type: ignore[no-untyped-def]
-    """Features built and registered with Feast, as of `as_of` (else the one recorded, else the data's end)."""
-    from sendwise.asof import AsOfError
-    from training.train import prepare_features
+def _ingest_options(
+    assume_tz: str | None, profiling_consent: Consent | None, csv_delimiter: str | None, decimal_comma: bool
+) -> IngestOptions:
+    from training.jobs import IngestOptions
 
-    try:
-        with console.status("building features and registering them with Feast"):
-            return prepare_features(settings, as_of=as_of)
-    except AsOfError as error:
-        raise _fail(str(error)) from error
+    consent = CONSENT[profiling_consent] if profiling_consent else None
+    return IngestOptions(assume_tz, consent, csv_delimiter, decimal_comma)
 
 
-def _ingest(settings: Settings, data: Path, assume_tz, profiling_consent, csv_delimiter, decimal_comma, as_of=None):  # type: ignore[no-untyped-def]
-    from sendwise.ingest import IngestError
-    from sendwise.ingest import ingest as run
-
-    try:
-        report = run(
-            data,
-            settings,
-            assume_tz=assume_tz,
-            profiling_consent=profiling_consent.value if profiling_consent else None,
-            csv_delimiter=csv_delimiter,
-            decimal_comma=decimal_comma,
-            as_of=as_of,
-        )
-    except IngestError as error:
-        raise _fail(str(error)) from error
+def _print_ingest(report: IngestReport) -> None:
     console.print(report.to_text(), markup=False, highlight=False)
-    return report
 
 
 @app.command()
@@ -178,11 +180,20 @@ def ingest(
 ) -> None:
     """Validate and load event files into the home's raw store, record when the export was taken, and print the
     ingest report."""
+    from training import jobs
+
     given = _as_of(as_of)
-    _ingest(_settings(), data_dir, assume_tz, profiling_consent, csv_delimiter, decimal_comma, given)
+    options = _ingest_options(assume_tz, profiling_consent, csv_delimiter, decimal_comma)
+    try:
+        report = jobs.ingest(_settings(), data_dir, options, as_of=given)
+    except jobs.JOB_ERRORS as error:
+        raise _fail(str(error)) from error
+    _print_ingest(report)
 
 
-def _print_training(result) -> None:  # type: ignore[no-untyped-def]
+def _print_training(result: TrainResult) -> None:
+    for line in result.tuning_lines():
+        console.print(line)
     table = Table(title=f"models (as of {result.as_of_text()})")
     for column in ("model", "valid AUC", "calibration", "promotion"):
         table.add_column(column)
@@ -207,20 +218,15 @@ def train(
     as_of: AsOfOption = None,
 ) -> None:
     """Build features, train (and tune), log to MLflow, register and promote the winners."""
-    from training.train import materialize_online
-    from training.train import train as run
+    from training import jobs
 
     given = _as_of(as_of)
-    settings = _settings()
-    tables, store = _prepare(settings, given)
-    result = run(
-        settings, model=model.value, console=console, tables=tables, store=store, tune=tune, tune_timeout_s=tune_timeout
-    )
-    with console.status("materializing the online store"):
-        materialize_online(settings, tables, store)  # serving reads the features training just built
-    for line in result.tuning_lines():
-        console.print(line)
-    _print_training(result)
+    options = jobs.TrainOptions(model=MODELS[model], tune=tune, tune_timeout_s=tune_timeout)
+    try:
+        result = jobs.train(_settings(), options, as_of=given, console=console)
+    except jobs.JOB_ERRORS as error:
+        raise _fail(str(error)) from error
+    _print_training(result.training)
 
 
 @app.command()
@@ -235,20 +241,24 @@ def pipeline(
     as_of: AsOfOption = None,
 ) -> None:
     """Ingest, build features, train (and tune), promote and materialize the online store."""
-    from training.train import materialize_online
-    from training.train import train as run
+    from training import jobs
 
     given = _as_of(as_of)
     settings = _settings()
     started = time.perf_counter()
-    _ingest(settings, data, assume_tz, profiling_consent, csv_delimiter, decimal_comma, given)
-    tables, store = _prepare(settings, given)
-    result = run(settings, console=console, tables=tables, store=store, tune=tune, tune_timeout_s=tune_timeout)
-    with console.status("materializing the online store"):
-        materialize_online(settings, tables, store)
-    for line in result.tuning_lines():
-        console.print(line)
-    _print_training(result)
+    try:
+        result = jobs.pipeline(
+            settings,
+            data,
+            _ingest_options(assume_tz, profiling_consent, csv_delimiter, decimal_comma),
+            jobs.TrainOptions(tune=tune, tune_timeout_s=tune_timeout),
+            as_of=given,
+            console=console,
+            ingested=_print_ingest,
+        )
+    except jobs.JOB_ERRORS as error:
+        raise _fail(str(error)) from error
+    _print_training(result.training)
     console.print(f"pipeline finished in {time.perf_counter() - started:.0f} s; home: {settings.home}")
 
 
@@ -290,7 +300,10 @@ def decide(
             raise _fail(f"--request {settings_json}: {error}") from error
         if not isinstance(body, dict) or "recipients" in body:
             raise _fail(f"--request {settings_json}: give a JSON object without recipients (they come from the file)")
-    campaign = dict(body.get("campaign") or {})  # type: ignore[call-overload]
+    given = body.get("campaign") or {}
+    if not isinstance(given, dict):
+        raise _fail(f"--request {settings_json}: campaign must be a JSON object, not {given!r}")
+    campaign: dict[str, object] = dict(given)
     if kind is not None:
         campaign["kind"] = kind
     if topic is not None:
@@ -355,11 +368,41 @@ def serve(
 def report(
     model: Annotated[ModelOption, typer.Option(help="which model to explain")] = ModelOption.all,
 ) -> None:
-    """Write the marketer reports: what drives each model's predictions, in plain words."""
-    from training.report import write_reports
+    """Write the marketer reports: what drives each champion's predictions, in plain words.
 
-    for page in write_reports(_settings(), model.value):
+    Reads the champions and the training-set samples the pipeline left in the home; builds nothing.
+    """
+    from training import jobs
+
+    result = jobs.report(_settings(), MODELS[model])
+    for page in result.pages:
         console.print(f"wrote {page}")
+    for why in result.missing.values():
+        console.print(f"[yellow]no report:[/] {why}")
+    if not result.pages:
+        raise typer.Exit(code=2)
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+def feast(ctx: typer.Context) -> None:
+    """Run the Feast CLI on the home's Feast repository, e.g. `sendwise feast plan`, `sendwise feast ui`.
+
+    Every argument goes to Feast (`sendwise feast --help` is Feast's help). The repository is SENDWISE_HOME/feast:
+    the feature_store.yaml and definitions module the pipeline writes, and the registry and online store it
+    applies and materializes.
+    """
+    from features.store import write_repository
+
+    settings = _settings()
+    repository = write_repository(settings)
+    if not (repository / "registry.db").exists():
+        console.print(f"[yellow]{repository} has no registry yet: `sendwise pipeline --data DATA_DIR` applies one[/]")
+    command = [sys.executable, "-c", FEAST_MAIN, "--chdir", str(repository), *ctx.args]
+    env = {**os.environ, **settings.library_environment()}
+    raise typer.Exit(subprocess.call(command, cwd=repository, env=env))
 
 
 @app.command()
@@ -486,8 +529,9 @@ def realdata(
     import json
     import tempfile
 
-    from training.plain_export import plain_export_report, plain_export_tables
-    from training.realdata import hillstrom_report, hillstrom_tables, starbucks_report, starbucks_tables
+    from training.realdata.hillstrom import hillstrom_report, hillstrom_tables
+    from training.realdata.plain_export import plain_export_report, plain_export_tables
+    from training.realdata.starbucks import starbucks_report, starbucks_tables
 
     if only not in (None, "hillstrom", "starbucks"):
         raise _fail(f"--only must be hillstrom or starbucks, not {only!r}")

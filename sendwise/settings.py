@@ -70,6 +70,10 @@ class Settings(BaseSettings):
         return self.home / "feast"
 
     @property
+    def training_sets_dir(self) -> Path:
+        return self.home / "training_sets"
+
+    @property
     def decisions_dir(self) -> Path:
         return self.home / "decisions"
 

@@ -8,7 +8,10 @@ other half. The figures and their 95% intervals are attached to each test (`reco
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -54,14 +57,14 @@ def _attach(record_property, name: str, value: dict[str, Any], scale: float = 1.
 
 @pytest.fixture(scope="module")
 def hillstrom(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from training.realdata import hillstrom_report
+    from training.realdata.hillstrom import hillstrom_report
 
     return hillstrom_report(HILLSTROM_CSV, tmp_path_factory.mktemp("realdata"), seed=42, progress=False)
 
 
 @pytest.fixture(scope="module")
 def starbucks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from training.realdata import starbucks_report
+    from training.realdata.starbucks import starbucks_report
 
     return starbucks_report(STARBUCKS_DIR, tmp_path_factory.mktemp("realdata"), seed=42, progress=False)
 
@@ -207,7 +210,7 @@ def test_realdata_command_names_a_missing_dataset(tmp_path: Path) -> None:
 # --- Hillstrom as a plain export: `sendwise pipeline --as-of`, then /v1/decide for customers it never saw ----------
 @pytest.fixture(scope="module")
 def plain_export(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from training.plain_export import plain_export_report
+    from training.realdata.plain_export import plain_export_report
 
     return plain_export_report(HILLSTROM_CSV, tmp_path_factory.mktemp("plain"), seed=42, progress=False)
 
@@ -267,9 +270,15 @@ def test_plain_export_policy_is_at_least_mens_to_everyone(plain_export: dict[str
     assert all(plain_export["bar"].values()), plain_export["bar"]
 
 
+def run_cli(arguments: list[str], home: Path) -> subprocess.CompletedProcess[str]:
+    """`sendwise ARGUMENTS...` in a process of its own, with `home` as SENDWISE_HOME (wide output, no colour)."""
+    env = {**os.environ, "SENDWISE_HOME": str(home), "COLUMNS": "400", "NO_COLOR": "1", "TERM": "dumb"}
+    command = [sys.executable, "-m", "sendwise.cli", *arguments]
+    return subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+
+
 def test_plain_export_without_as_of_says_why_no_offer_model(tmp_path: Path) -> None:
     from sendwise.adapters import hillstrom
-    from training.plain_export import run_cli
 
     rows = np.random.default_rng(0).choice(64_000, 3_000, replace=False)
     hillstrom.to_plain_export(HILLSTROM_CSV, tmp_path / "data", rows=rows)

@@ -8,32 +8,74 @@ import pandas as pd
 import pytest
 
 from features.build import build_feature_tables
-from features.store import apply_definitions, open_store
+from features.repo import DEFINITIONS
+from features.repo.services import next_best_offer_v1, offer_feature_refs
+from features.repo.views import customer_attributes_fv
+from features.store import apply_definitions, home_definitions, open_store
 from sendwise.ingest import ingest
 from sendwise.settings import Settings
 from training.datasets import historical_features
 
 
+def _home(tmp_path: Path, name: str, attribute: str, **settings: object) -> Settings:
+    """A home of two customers with one attribute column, ingested and its feature tables built."""
+    data = tmp_path / f"data-{name}"
+    data.mkdir()
+    pd.DataFrame(
+        {"customer_id": ["c1", "c2"], "consent_email": "true", "consent_profiling": "true", attribute: [1.0, 2.0]}
+    ).to_csv(data / "customers.csv", index=False)
+    pd.DataFrame({"offer_id": ["o1"], "kind": ["discount"]}).to_csv(data / "offers.csv", index=False)
+    home = Settings(home=tmp_path / name, **settings)  # type: ignore[arg-type]
+    ingest(data, home, as_of="2026-03-01T00:00:00Z", progress=False)
+    build_feature_tables(home, progress=False)
+    return home
+
+
 @pytest.mark.integration
-def test_homes_with_different_attributes_are_applied_in_one_process(tmp_path: Path) -> None:
-    """Applying fills a service's projection of the inferred attribute view: a module-level service filled by
-    one home made every historical read of the next home fail."""
-    for home, attribute, other in (("a", "attr_first", "attr_second"), ("b", "attr_second", "attr_first")):
-        data = tmp_path / f"data-{home}"
-        data.mkdir()
-        pd.DataFrame(
-            {"customer_id": ["c1", "c2"], "consent_email": "true", "consent_profiling": "true", attribute: [1.0, 2.0]}
-        ).to_csv(data / "customers.csv", index=False)
-        pd.DataFrame({"offer_id": ["o1"], "kind": ["discount"]}).to_csv(data / "offers.csv", index=False)
-        settings = Settings(home=tmp_path / home)
-        ingest(data, settings, as_of="2026-03-01T00:00:00Z", progress=False)
-        tables = build_feature_tables(settings, progress=False)
-        store = open_store(settings)
-        apply_definitions(store, settings)
+def test_two_homes_applied_in_one_process_each_register_their_own(tmp_path: Path) -> None:
+    """Applying infers the attribute view's schema and fills the services' projections of it in place: objects
+    shared between homes named the first home's attributes (and tables) in the second's registry."""
+    first = _home(tmp_path, "a", "attr_first", conversion_window_days=3)
+    second = _home(tmp_path, "b", "attr_second", label_window_hours=24)
+    for settings in (first, second):
+        apply_definitions(open_store(settings), settings)
+    for settings, own, other in ((first, "attr_first", "attr_second"), (second, "attr_second", "attr_first")):
+        store = open_store(settings)  # read back from the registry on disk, after both homes were applied
+        for source in store.list_data_sources():
+            assert Path(source.path).parent == settings.feature_tables_dir, source.name
+        view = store.get_feature_view("customer_attributes_fv")
+        assert {f.name for f in view.features} == {own, "n_attributes"}
+        service = store.get_feature_service("next_best_offer_v1")
+        projected = {f.name for p in service.feature_view_projections for f in p.features}
+        assert own in projected and other not in projected
         rows = historical_features(
             store,
             "next_best_offer_v1",
-            pd.DataFrame({"customer_id": ["c1", "c2"], "offer_id": "o1", "event_timestamp": tables.as_of}),
+            pd.DataFrame({"customer_id": ["c1", "c2"], "offer_id": "o1", "event_timestamp": pd.Timestamp.now("UTC")}),
         )
-        assert rows[attribute].tolist() == [1.0, 2.0]
+        assert rows[own].tolist() == [1.0, 2.0]
         assert other not in rows.columns
+    # the module-level definitions were never applied: nothing inferred, no home's path in them
+    assert customer_attributes_fv.features == []
+    projections = next_best_offer_v1.feature_view_projections
+    assert all(not p.features for p in projections if p.name == "customer_attributes_fv")
+    assert all(not Path(d.path).is_absolute() for d in DEFINITIONS if hasattr(d, "path"))
+
+
+def test_each_home_gets_copies_that_share_their_sources(tmp_path: Path) -> None:
+    definitions = {d.name: d for d in home_definitions(tmp_path / "tables")}
+    view, source = definitions["engagement_fv"], definitions["engagement_source"]
+    assert view.batch_source is source  # one object, as in features.repo: Feast's CLI finds each source once
+    assert source.path == str(tmp_path / "tables" / "engagement_features.parquet")
+    again = {d.name: d for d in home_definitions(tmp_path / "other")}
+    assert all(again[name] is not definitions[name] for name in definitions)
+
+
+def test_offer_features_come_from_the_offer_service() -> None:
+    assert offer_feature_refs() == [
+        "offer_fv:offer_kind",
+        "offer_fv:offer_category",
+        "offer_fv:discount_pct",
+        "offer_fv:price",
+        "offer_fv:margin",
+    ]

@@ -1,45 +1,55 @@
-"""Marketer reports: for each champion, its strongest drivers in plain words with a chart."""
+"""Marketer reports: for each champion, its strongest drivers in plain words with a chart.
+
+A report reads what the pipeline left in the home and rebuilds nothing: the champions from the registry and,
+for each, the sample of the training set its run kept (`training.samples`). Where either is missing, it says
+which command makes it.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from sendwise.settings import Settings
 from training.explain import global_report
-from training.train import prepare_features
+from training.registry import MODEL_NAMES, champion, connect
+from training.samples import load_sample
 
-SAMPLE_ROWS = 2000
+MODELS = {"open": ["open_propensity"], "send-time": ["send_time"], "offer": ["next_best_offer"]}
+"""`--model` -> the registered models it names (`all`: every one)."""
 
 
-def write_reports(settings: Settings, model: str = "all") -> list[Path]:
-    from training.datasets import offer_training_set, open_training_set
-    from training.registry import champion, connect
+@dataclass
+class ReportResult:
+    """The pages written, and for each model that has none, why and what to run."""
 
+    pages: list[Path] = field(default_factory=list)
+    missing: dict[str, str] = field(default_factory=dict)
+
+
+def write_reports(settings: Settings, model: str = "all") -> ReportResult:
+    """One page per champion named by `model`, in `reports/models/` of the home."""
     client = connect(settings)
-    tables, store = prepare_features(settings, progress=False)
-    out_dir = settings.reports_dir / "models"
-    pages = []
-    wanted = {"open": ["open_propensity"], "send-time": ["send_time"], "offer": ["next_best_offer"]}.get(
-        model, ["open_propensity", "send_time", "next_best_offer"]
-    )
-    for name in wanted:
+    result = ReportResult()
+    for name in MODELS.get(model, list(MODEL_NAMES)):
         found = champion(client, name)
         if found is None:
+            result.missing[name] = (
+                f"no {name} champion in the registry of {settings.home}: run `sendwise pipeline --data DATA_DIR` "
+                "(or `sendwise train` after `sendwise ingest DATA_DIR`)"
+            )
             continue
-        _, booster = found
-        if name == "next_best_offer":
-            data = offer_training_set(store, tables, settings.conversion_window_days)
-            design = data[0].design if data else None
-        else:
-            data_open = open_training_set(store, tables, settings.label_window_hours)
-            design = data_open.design if data_open else None
-        if design is None or design.empty:
+        version, booster = found
+        run_id = client.get_model_version(name, version).run_id
+        sample = load_sample(settings, run_id) if run_id else None
+        if sample is None or sample.empty:
+            result.missing[name] = (
+                f"the {name} champion (v{version}) kept no sample of its training set in "
+                f"{settings.training_sets_dir}: run `sendwise train` to train it again (it keeps one)"
+            )
             continue
-        rng = np.random.default_rng(settings.seed)
-        sample = design.iloc[rng.choice(len(design), size=min(SAMPLE_ROWS, len(design)), replace=False)]
-        sample = pd.DataFrame(sample[booster.feature_name()]).reset_index(drop=True)
-        pages.append(global_report(booster, sample, name.replace("_", " "), out_dir))
-    return pages
+        design = pd.DataFrame(sample[booster.feature_name()])
+        result.pages.append(global_report(booster, design, name.replace("_", " "), settings.reports_dir / "models"))
+    return result

@@ -1,4 +1,7 @@
-"""Training jobs: features -> LightGBM -> MLflow run -> registered version -> promotion."""
+"""Training: training sets through Feast -> LightGBM (+ Optuna) -> MLflow run -> registered version -> promotion.
+
+The steps before (ingest, feature tables, Feast) and after (the online store) are `training.jobs`'s.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +14,13 @@ from typing import Literal
 import mlflow
 import numpy as np
 import pandas as pd
+from feast import FeatureStore
 from rich.console import Console
 
-from features.build import FeatureTables, build_feature_tables
-from features.store import apply_definitions, materialize, open_store
-from sendwise.asof import AsOf, Source, resolve_as_of
+from features.build import FeatureTables
+from sendwise.asof import AsOf, Source
 from sendwise.settings import Settings
-from training import skips
+from training import samples, skips
 from training.datasets import TrainingSet, offer_training_set, open_training_set
 from training.models import FittedModel, auc, fit_binary
 from training.registry import (
@@ -160,6 +163,7 @@ def train_open(
     hour_auc = auc(label[off], fitted.valid_prediction[off]) if enough_off else fitted.metrics["valid_auc"]
     extra = {"valid_off_schedule_auc": hour_auc}
     run_id, versions = _log_run("open_propensity", data, fitted, extra, names, tuning)
+    samples.save_sample(settings, run_id, data.design)
     result.metrics["open_propensity"] = {**fitted.metrics, **extra}
     if tuning is not None:
         result.tuning["open_propensity"] = tuning
@@ -176,8 +180,8 @@ def train_open(
     result.promotions.extend(promotions)
 
 
-def train_offer(  # type: ignore[no-untyped-def]
-    settings: Settings, tables: FeatureTables, store, result: TrainResult, tuner: Tuner | None = None
+def train_offer(
+    settings: Settings, tables: FeatureTables, store: FeatureStore, result: TrainResult, tuner: Tuner | None = None
 ) -> None:
     found = offer_training_set(store, tables, settings.conversion_window_days)
     if found is None:
@@ -187,6 +191,7 @@ def train_offer(  # type: ignore[no-untyped-def]
     tuning = tuner(data, "next_best_offer", base_params=OFFER_PARAMS) if tuner else None
     fitted = fit_binary(data, seed=settings.seed, params={**OFFER_PARAMS, **(tuning.params if tuning else {})})
     run_id, versions = _log_run("next_best_offer", data, fitted, {}, ["next_best_offer"], tuning)
+    samples.save_sample(settings, run_id, data.design)
     result.metrics["next_best_offer"] = fitted.metrics
     if tuning is not None:
         result.tuning["next_best_offer"] = tuning
@@ -198,42 +203,25 @@ def train_offer(  # type: ignore[no-untyped-def]
     result.promotions.append(decision)
 
 
-def prepare_features(
-    settings: Settings, progress: bool = True, as_of: pd.Timestamp | None = None
-) -> tuple[FeatureTables, object]:
-    """Build the feature tables and register the Feast definitions over them.
-
-    `as_of` is when the export was taken (`--as-of`; an `AsOfError` if the raw store holds events after it);
-    without it, the latest as-of an ingest recorded, else the data's end.
-    """
-    resolved = resolve_as_of(settings, as_of)
-    tables = build_feature_tables(settings, as_of=resolved.time, progress=progress)
-    tables.as_of_source = resolved.source
-    store = open_store(settings)
-    apply_definitions(store, settings)
-    return tables, store
-
-
-def train(
+def train_models(
     settings: Settings,
+    tables: FeatureTables,
+    store: FeatureStore,
     model: ModelChoice = "all",
-    progress: bool = True,
-    console: Console | None = None,
-    tables: FeatureTables | None = None,
-    store: object | None = None,
     tune: int = 0,
     tune_timeout_s: float | None = DEFAULT_TIMEOUT_S,
+    console: Console | None = None,
+    progress: bool = True,
 ) -> TrainResult:
-    """Build features, train the chosen models, log and register them, promote the ones that win.
+    """Train the chosen models on the home's feature tables, log and register them, promote the ones that win.
 
     With `tune` > 0 each model gets an Optuna study of at most that many trials before its fit, all studies
-    together within `tune_timeout_s` seconds; the studies are kept with the models' MLflow runs.
+    together within `tune_timeout_s` seconds; the studies are kept with the models' MLflow runs. Each run keeps
+    a sample of its training set in the home (`training.samples`) for the reports; samples of runs that no
+    longer serve are dropped.
     """
     console = console or Console(quiet=not progress)
-    connect(settings)
-    if tables is None or store is None:
-        with console.status("building features"):
-            tables, store = prepare_features(settings, progress=progress)
+    client = connect(settings)
     result = TrainResult(as_of=tables.as_of, as_of_source=tables.as_of_source)
     tuner = Tuner(trials=tune, timeout_s=tune_timeout_s, seed=settings.seed, console=console, progress=progress)
     if model in ("open", "send-time", "all"):
@@ -243,7 +231,7 @@ def train(
             "all": ["open_propensity", "send_time"],
         }[model]
         with console.status("training the open-propensity / send-time model"):
-            data = open_training_set(store, tables, settings.label_window_hours)  # type: ignore[arg-type]
+            data = open_training_set(store, tables, settings.label_window_hours)
             if data is None:
                 why = skips.open_model(tables, settings)
                 for name in names:
@@ -255,9 +243,5 @@ def train(
     if model in ("offer", "all"):
         with console.status("training the next-best-offer model"):
             train_offer(settings, tables, store, result, tuner)
+    samples.keep_only(settings, samples.serving_runs(client))
     return result
-
-
-def materialize_online(settings: Settings, tables: FeatureTables, store: object) -> None:
-    """Load the features as of the end of the data into the online store."""
-    materialize(store, tables.as_of.to_pydatetime())  # type: ignore[arg-type]

@@ -1,11 +1,20 @@
 """The Feast repository of sendwise: entities, sources, feature views and one FeatureService per model.
 
 The objects are defined at module level, as in Feast's own templates. Their sources name files relative to
-the feature tables folder of a home; `features.store` resolves them against the home before applying.
+the feature tables folder of a home; `features.store` applies copies of them resolved against a home, and
+never these objects themselves.
 """
 
+from feast import Entity, FeatureService, FeatureView, FileSource
+
 from features.repo.entities import customer, offer
-from features.repo.services import FEATURE_SERVICES, next_best_offer_v1, open_propensity_v1, send_time_v1
+from features.repo.services import (
+    FEATURE_SERVICES,
+    next_best_offer_v1,
+    offer_feature_refs,
+    open_propensity_v1,
+    send_time_v1,
+)
 from features.repo.sources import (
     customer_attributes_source,
     customer_source,
@@ -14,7 +23,9 @@ from features.repo.sources import (
 )
 from features.repo.views import customer_attributes_fv, customer_fv, engagement_fv, offer_fv
 
-DEFINITIONS = [
+Definition = Entity | FileSource | FeatureView | FeatureService
+
+DEFINITIONS: list[Definition] = [
     customer,
     offer,
     customer_source,
@@ -30,4 +41,4 @@ DEFINITIONS = [
     next_best_offer_v1,
 ]
 
-__all__ = ["DEFINITIONS", "FEATURE_SERVICES"]
+__all__ = ["DEFINITIONS", "FEATURE_SERVICES", "Definition", "offer_feature_refs"]

@@ -1,4 +1,9 @@
-"""Feature views."""
+"""Feature views: what sendwise knows about a customer and an offer, each feature described in a user's terms.
+
+Counts and rates decay with a 60-day half-life and hour profiles with a 180-day one (`features.build`), so
+"recent" below means weighted toward the last two months (the last six for hour profiles). Hours are the
+customer's local hours. Machine opens (privacy proxies, security scanners) are never counted as opens.
+"""
 
 from datetime import timedelta
 
@@ -15,20 +20,32 @@ from features.repo.sources import (
 
 HOURS = 24
 
-# Who the customer is: time zone, country, tenure, stated interests, consent and whether email may go out
-# (email consent given and no unsubscribe, complaint or hard bounce on record).
+# Who the customer is: time zone, country, tenure, stated interests, consent and whether email may go out.
 customer_fv = FeatureView(
     name="customer_fv",
     entities=[customer],
     ttl=timedelta(0),
+    description="Who the customer is: time zone, country, tenure, stated interests and consent.",
     schema=[
-        Field(name="timezone", dtype=String),
-        Field(name="country", dtype=String),
-        Field(name="signup_at_days", dtype=Float32),
-        Field(name="interests", dtype=String),
-        Field(name="profiling_allowed", dtype=Float32),
-        Field(name="consent_email", dtype=Float32),
-        Field(name="email_eligible", dtype=Float32),
+        Field(name="timezone", dtype=String, description="The customer's IANA time zone (UTC where unknown)."),
+        Field(name="country", dtype=String, description="The customer's country, as the customers table gives it."),
+        Field(name="signup_at_days", dtype=Float32, description="Days since the customer joined the list."),
+        Field(
+            name="interests",
+            dtype=String,
+            description="The categories the customer said they are interested in, separated by '|'.",
+        ),
+        Field(
+            name="profiling_allowed",
+            dtype=Float32,
+            description="1 if the customer consented to profiling (their events may shape predictions), else 0.",
+        ),
+        Field(name="consent_email", dtype=Float32, description="1 if the customer consented to email, else 0."),
+        Field(
+            name="email_eligible",
+            dtype=Float32,
+            description="1 if email may go out: consent given and no unsubscribe, complaint or hard bounce on record.",
+        ),
     ],
     source=customer_source,
 )
@@ -39,6 +56,10 @@ customer_attributes_fv = FeatureView(
     name="customer_attributes_fv",
     entities=[customer],
     ttl=timedelta(0),
+    description=(
+        "The customer's own attributes, one feature per attr_* column of the customers table (e.g. a loyalty "
+        "tier), and n_attributes, how many of them the customer has."
+    ),
     source=customer_attributes_source,
 )
 
@@ -47,28 +68,91 @@ engagement_fv = FeatureView(
     name="engagement_fv",
     entities=[customer],
     ttl=timedelta(days=2),
+    description=(
+        "How the customer has engaged up to a point in time, from events before it only: recent counts, recency "
+        "and activity by local hour."
+    ),
     schema=[
-        Field(name="n_emails", dtype=Float32),
-        Field(name="n_human_opens", dtype=Float32),
-        Field(name="n_clicks", dtype=Float32),
-        Field(name="n_sessions", dtype=Float32),
-        Field(name="n_purchases", dtype=Float32),
-        Field(name="purchase_value", dtype=Float32),
-        Field(name="sends_7d", dtype=Float32),
-        Field(name="opens_observable", dtype=Float32),
-        Field(name="days_since_human_open", dtype=Float32),
-        Field(name="days_since_session", dtype=Float32),
-        Field(name="days_since_email", dtype=Float32),
-        Field(name="open_hours_weekday", dtype=Array(Float32)),
-        Field(name="open_hours_weekend", dtype=Array(Float32)),
-        Field(name="click_hours_weekday", dtype=Array(Float32)),
-        Field(name="click_hours_weekend", dtype=Array(Float32)),
-        Field(name="session_hours_weekday", dtype=Array(Float32)),
-        Field(name="session_hours_weekend", dtype=Array(Float32)),
-        Field(name="rhythm_weekday", dtype=Array(Float32)),
-        Field(name="rhythm_weekend", dtype=Array(Float32)),
-        Field(name="category_names", dtype=Array(String)),
-        Field(name="category_views", dtype=Array(Float32)),
+        Field(name="n_emails", dtype=Float32, description="Emails the customer received recently."),
+        Field(name="n_human_opens", dtype=Float32, description="Emails the customer opened themselves recently."),
+        Field(name="n_clicks", dtype=Float32, description="Links the customer clicked in emails recently."),
+        Field(name="n_sessions", dtype=Float32, description="Visits of the customer to the site recently."),
+        Field(name="n_purchases", dtype=Float32, description="Purchases the customer made recently."),
+        Field(name="purchase_value", dtype=Float32, description="Money the customer spent recently."),
+        Field(name="sends_7d", dtype=Float32, description="Emails sent to the customer in the last 7 days."),
+        Field(
+            name="opens_observable",
+            dtype=Float32,
+            description="1 if the customer's own opens can be seen, 0 if a privacy proxy opens their email for them.",
+        ),
+        Field(
+            name="days_since_human_open",
+            dtype=Float32,
+            description="Days since the customer last opened an email (empty if never).",
+        ),
+        Field(
+            name="days_since_session",
+            dtype=Float32,
+            description="Days since the customer last visited the site (empty if never).",
+        ),
+        Field(
+            name="days_since_email",
+            dtype=Float32,
+            description="Days since the customer was last sent an email (empty if never).",
+        ),
+        Field(
+            name="open_hours_weekday",
+            dtype=Array(Float32),
+            description="Recent opens on weekdays by local hour (24 values, midnight first).",
+        ),
+        Field(
+            name="open_hours_weekend",
+            dtype=Array(Float32),
+            description="Recent opens on weekends by local hour (24 values, midnight first).",
+        ),
+        Field(
+            name="click_hours_weekday",
+            dtype=Array(Float32),
+            description="Recent email clicks on weekdays by local hour (24 values, midnight first).",
+        ),
+        Field(
+            name="click_hours_weekend",
+            dtype=Array(Float32),
+            description="Recent email clicks on weekends by local hour (24 values, midnight first).",
+        ),
+        Field(
+            name="session_hours_weekday",
+            dtype=Array(Float32),
+            description="Recent site visits on weekdays by local hour (24 values, midnight first).",
+        ),
+        Field(
+            name="session_hours_weekend",
+            dtype=Array(Float32),
+            description="Recent site visits on weekends by local hour (24 values, midnight first).",
+        ),
+        Field(
+            name="rhythm_weekday",
+            dtype=Array(Float32),
+            description=(
+                "How active the customer usually is at each local hour of a weekday (site visits and first reads "
+                "of emails, pooled with customers of the same time zone where they have few)."
+            ),
+        ),
+        Field(
+            name="rhythm_weekend",
+            dtype=Array(Float32),
+            description="As rhythm_weekday, for weekend days.",
+        ),
+        Field(
+            name="category_names",
+            dtype=Array(String),
+            description="The product categories that category_views counts, in the same order.",
+        ),
+        Field(
+            name="category_views",
+            dtype=Array(Float32),
+            description="Recent product views, carts and purchases of the customer in each category.",
+        ),
     ],
     source=engagement_source,
 )
@@ -78,12 +162,24 @@ offer_fv = FeatureView(
     name="offer_fv",
     entities=[offer],
     ttl=timedelta(0),
+    description="What an offer is and what a conversion of it is worth.",
     schema=[
-        Field(name="offer_kind", dtype=String),
-        Field(name="offer_category", dtype=String),
-        Field(name="discount_pct", dtype=Float32),
-        Field(name="price", dtype=Float32),
-        Field(name="margin", dtype=Float32),
+        Field(
+            name="offer_kind",
+            dtype=String,
+            description="The kind of offer: discount, content, or control (the arm that sends no offer).",
+        ),
+        Field(name="offer_category", dtype=String, description="The product category the offer is for."),
+        Field(name="discount_pct", dtype=Float32, description="The discount the offer gives, in percent."),
+        Field(name="price", dtype=Float32, description="The price of what the offer sells."),
+        Field(
+            name="margin",
+            dtype=Float32,
+            description="What one conversion of the offer is worth to the business (1 where not given).",
+        ),
     ],
     source=offer_source,
 )
+
+VIEWS = [customer_fv, customer_attributes_fv, engagement_fv, offer_fv]
+"""Every feature view of the repository."""

@@ -35,10 +35,10 @@ Assumptions, for what the source does not say:
    uniformly drawn time (seeded) in the first 7 days; a purchase at the same time as the visit. Every visit of
    the source is therefore a conversion in the contract; nothing is lost, and nothing is read from the times.
    The data ends with the two-week window (`SEND_TIME` + 14 days, the features' `as_of` in
-   training/realdata.py).
+   training/realdata/hillstrom.py).
 7. **Outcomes**: a visit is the conversion (`converted`), spend is its value; `conversion` (bought) is the
    `purchase` site event. The contract has one conversion per exposure, so expected spend is worked out apart
-   (training/realdata.py: visit probability × the arm's mean spend per visit).
+   (training/realdata/hillstrom.py: visit probability × the arm's mean spend per visit).
 8. **Margin**: the offers carry none, so the ingest gives each the mean observed conversion value (the mean
    spend per visit of that arm), as the contract says.
 9. **Spelling**: `zip_code` `Surburban` is read as `Suburban`.

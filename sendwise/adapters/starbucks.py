@@ -31,7 +31,7 @@ Assumptions, for what the source does not say:
    evaluated: the policy chooses which offer a customer who gets one receives.
 5. **Conversion window**: the source records a completion only while the offer is valid (3 to 10 days), so
    the home's conversion window for this data should be the longest duration, 10 days
-   (`SENDWISE_CONVERSION_WINDOW_DAYS=10`; training/realdata.py sets it). With the default 7, completions of
+   (`SENDWISE_CONVERSION_WINDOW_DAYS=10`; training/realdata/starbucks.py sets it). With the default 7, completions of
    the two 10-day offers after their seventh day are not counted. A completion is a `converted` event without a
    value.
 6. **Margin**: the source does not say what a completion is worth; the offers carry none and no conversion has

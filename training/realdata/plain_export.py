@@ -3,8 +3,8 @@
 1. A seeded random half of the Hillstrom customers is written as a plain export taken after the fact
    (`sendwise.adapters.hillstrom.to_plain_export`: exposures at the send, visits and purchases over the two
    weeks after it, offers with their 14-day conversion window, no as-of in the files).
-2. `sendwise pipeline --data DIR --as-of <send + 6 weeks>` runs as a separate process into a home of its own,
-   as a user would type it.
+2. `sendwise pipeline --data DIR --as-of <send + 6 weeks>` runs into a home of its own: the same job
+   (`training.jobs.pipeline`) the command runs, with the options it would parse.
 3. The other half, customers that home has never seen, is decided through `Engine.decide` (the code behind
    `/v1/decide`): batches of at most 10,000 recipients, each with its Hillstrom columns as `attributes`, the
    window starting at the send time, no exploration, three offers ranked. The top offer is the decision; a
@@ -16,9 +16,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -31,12 +28,14 @@ from rich.table import Table
 from sklearn.model_selection import train_test_split
 
 from sendwise.adapters import hillstrom
+from sendwise.asof import parse_as_of
 from sendwise.settings import Settings
 from serving.engine import Engine
 from serving.schemas import DecideRequest, Recipient
-from training import offpolicy
+from training import jobs, offpolicy
 from training.models import auc
-from training.realdata import LEVEL, RealDataError, _ci, _estimates, _shares, _signed, _steps, arm_mix
+from training.realdata.harness import LEVEL, RealDataError, ci, estimates, policy_shares, signed, steps
+from training.realdata.hillstrom import arm_mix
 from training.registry import connect
 
 AS_OF_AFTER_SEND = pd.Timedelta(weeks=6)
@@ -57,20 +56,6 @@ POLICIES = {
 def as_of() -> pd.Timestamp:
     """The `--as-of` the evaluation passes: the send time + 6 weeks."""
     return hillstrom.SEND_TIME + AS_OF_AFTER_SEND
-
-
-def run_cli(arguments: list[str], home: Path) -> subprocess.CompletedProcess[str]:
-    """`sendwise ARGUMENTS...` in a process of its own, with `home` as SENDWISE_HOME (wide output, no colour)."""
-    env = {
-        **os.environ,
-        "SENDWISE_HOME": str(home),
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "COLUMNS": "400",
-        "NO_COLOR": "1",
-        "TERM": "dumb",
-    }
-    command = [sys.executable, "-m", "sendwise.cli", *arguments]
-    return subprocess.run(command, env=env, capture_output=True, text=True, check=False)
 
 
 def recipients(customers: pd.DataFrame) -> list[Recipient]:
@@ -147,7 +132,7 @@ def _by_probability(test: pd.DataFrame, offer_ids: list[str], probability: np.nd
         actions, np.full(len(test), hillstrom.PROPENSITY), test["conversion"].to_numpy(dtype=float), len(offer_ids)
     )
     return {
-        "shares": _shares(choice, np.array(offer_ids)),
+        "shares": policy_shares(choice, np.array(offer_ids)),
         "conversion_ips": offpolicy.ips(logged, choice, LEVEL).as_dict(),
     }
 
@@ -175,7 +160,7 @@ def plain_export_report(
     data_dir, home = root / "data", root / "home"
     started = time.perf_counter()
     seconds: dict[str, float] = {}
-    with _steps("Hillstrom plain export", 6, progress) as step:
+    with steps("Hillstrom plain export", 6, progress) as step:
         step("splitting the customers")
         source = hillstrom.read_source(csv)
         if customers is not None and customers < len(source):
@@ -190,25 +175,21 @@ def plain_export_report(
         step("writing the plain export of the training half")
         written = hillstrom.write_plain_export(source.iloc[train_rows], data_dir, seed=seed)
 
-        step("sendwise pipeline --data DIR --as-of ... (its own process)")
+        step("sendwise pipeline --data DIR --as-of ...")
         clock = time.perf_counter()
         command = ["pipeline", "--data", str(data_dir), "--as-of", as_of().strftime("%Y-%m-%dT%H:%M:%SZ")]
-        finished = run_cli(command, home)
+        settings = Settings(home=home)
+        pipeline = jobs.pipeline(settings, data_dir, as_of=parse_as_of(command[-1]), progress=False)
         seconds["pipeline"] = time.perf_counter() - clock
-        if finished.returncode != 0:
-            raise RealDataError(
-                f"`sendwise {' '.join(command)}` failed ({finished.returncode}):\n{finished.stdout[-3000:]}\n"
-                f"{finished.stderr[-3000:]}"
-            )
 
         step("loading the engine")
         clock = time.perf_counter()
-        settings = Settings(home=home)
         engine = Engine.load(settings)
         offer_ids = [str(o) for o in engine.offers["offer_id"]] if engine.offers is not None else []
         seconds["engine_load"] = time.perf_counter() - clock
         if "next_best_offer" not in engine.models:
-            raise RealDataError(f"the pipeline trained no offer model:\n{finished.stdout[-3000:]}")
+            why = pipeline.training.skipped.get("next_best_offer", "it was trained but not promoted")
+            raise RealDataError(f"`sendwise {' '.join(command)}` trained no offer model: {why}")
 
         clock = time.perf_counter()
         test = source.iloc[test_rows].reset_index(drop=True)
@@ -276,8 +257,8 @@ def _evaluate(
     policies = {
         name: {
             "label": POLICIES[name],
-            "shares": _shares(targets[name], np.array(offer_ids)),
-            **{outcome: _estimates(values[name][outcome]) for outcome in OUTCOMES},
+            "shares": policy_shares(targets[name], np.array(offer_ids)),
+            **{outcome: estimates(values[name][outcome]) for outcome in OUTCOMES},
         }
         for name in targets
     }
@@ -295,7 +276,7 @@ def _evaluate(
         if name != "mens_to_all"
     }
     versus_mens = {
-        name: {outcome: _estimates(by_outcome[outcome]) for outcome in OUTCOMES}
+        name: {outcome: estimates(by_outcome[outcome]) for outcome in OUTCOMES}
         for name, by_outcome in differences.items()
     }
     learned = differences["learned"]
@@ -345,9 +326,9 @@ def plain_export_tables(report: dict[str, Any]) -> list[Table]:
         table.add_row(
             policy["label"],
             arm_mix(policy["shares"]),
-            _ci(policy["conversion"]["IPS"], scale=100, digits=2),
-            _signed(versus["conversion"]["IPS"], scale=100, unit=" pp") if versus else "-",
-            _ci(policy["spend"]["IPS"], digits=3, prefix="$"),
-            _signed(versus["spend"]["IPS"], digits=3, scale=1.0, unit=" $") if versus else "-",
+            ci(policy["conversion"]["IPS"], scale=100, digits=2),
+            signed(versus["conversion"]["IPS"], scale=100, unit=" pp") if versus else "-",
+            ci(policy["spend"]["IPS"], digits=3, prefix="$"),
+            signed(versus["spend"]["IPS"], digits=3, scale=1.0, unit=" $") if versus else "-",
         )
     return [table]
