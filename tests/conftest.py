@@ -1,4 +1,8 @@
-"""Shared fixtures: one small simulated world, run once through the real pipeline (CLI included)."""
+"""Shared fixtures: one small simulated world, run once through the real pipeline (CLI included).
+
+Every test that needs that run is marked `slow` (and `integration`) here, so that `make test-fast`
+(`pytest -m "not slow"`) never starts it.
+"""
 
 from __future__ import annotations
 
@@ -76,3 +80,11 @@ def engine(pipeline_home: PipelineHome):  # type: ignore[no-untyped-def]
 @pytest.fixture(autouse=True)
 def _no_telemetry() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that needs the session's pipeline run is slow (minutes, once) and an integration test."""
+    for item in items:
+        if "pipeline_home" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+            item.add_marker(pytest.mark.integration)
