@@ -21,7 +21,7 @@ from tests.conftest import with_own_decision_log
 from tests.test_service_app import _guard_environment, fresh_metrics  # noqa: F401 - a fixture, used by name
 
 pytestmark = [pytest.mark.integration]
-START = datetime(2026, 12, 21, 7, tzinfo=UTC)  # a window of its own: no other test decides near it
+START = datetime(2026, 12, 21, 7, tzinfo=UTC)
 LOGGED_REASON = (
     "no offer model is trained yet, so offers are ranked by what each earned per exposure in the logged data "
     "(inverse-propensity weighted, shrunk toward the mean; {exposures:,} exposures, {conversions:,} conversions)"

@@ -15,6 +15,7 @@ from training.datasets import historical_features
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # two homes ingested, built and applied to Feast: 3 to 5 seconds
 def test_homes_with_different_attributes_are_applied_in_one_process(tmp_path: Path) -> None:
     """Applying fills a service's projection of the inferred attribute view: a module-level service filled by
     one home made every historical read of the next home fail."""
