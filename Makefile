@@ -1,4 +1,4 @@
-# The two commands of the README, and the benchmarks.
+# The two commands of the README (run, test), the fast lane of the tests, and the benchmarks.
 SHELL := /bin/bash
 # uv from PATH, else the one `make uv` installs with pip (run as a module, wherever pip put it).
 UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
@@ -8,7 +8,7 @@ DAYS ?= 90
 HOST ?= 127.0.0.1
 PORT ?= 3000
 
-.PHONY: run test install install-dev uv lint bench
+.PHONY: run test test-fast install install-dev uv lint bench
 
 uv:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -29,14 +29,20 @@ run: install
 	echo "  curl -s -X POST http://$(HOST):$(PORT)/v1/decide -H 'Authorization: Bearer $$token' -H 'Content-Type: application/json' -d '{\"recipients\": [{\"customer_id\": \"$$first\"}]}'"; echo; \
 	SENDWISE_API_TOKEN=$$token $(UV) run --no-sync sendwise serve --host $(HOST) --port $(PORT)
 
-## Install what the tests need and run the whole suite.
+## Install what the tests need and run the whole suite (CI runs this): minutes, most of them the pipeline run
+## on a small world that the slow tests share, and the real `bentoml serve`.
 test: install-dev
 	$(UV) run --no-sync pytest -q
+
+## The fast lane: every test that needs neither that pipeline run nor a served model (`-m "not slow"`), in under
+## a minute. One OpenMP thread: on a busy two-core machine, LightGBM's and BLAS's threads wait on each other.
+test-fast: install-dev
+	OMP_NUM_THREADS=1 $(UV) run --no-sync pytest -q -m "not slow"
 
 lint:
 	$(UV) run --no-sync ruff check .
 
-## Run the benchmarks of issue 4 and print the table (bench/README.md); e.g. make bench BENCH_ARGS="--quick".
+## Run the benchmarks and print their table (bench/README.md says what each measures); e.g. make bench BENCH_ARGS="--quick".
 BENCH_ARGS ?=
 bench: install-dev
 	@command -v wrk >/dev/null 2>&1 || { echo "installing wrk, the load generator of the single-recipient benchmarks"; \

@@ -1,16 +1,27 @@
-"""Shared fixtures: one small simulated world, run once through the real pipeline (CLI included)."""
+"""Shared fixtures: one small simulated world, run once through the real pipeline (CLI included).
+
+Every test that needs that run is marked `slow` (and `integration`) here, so that `make test-fast`
+(`pytest -m "not slow"`) never starts it. A test that decides gets a copy of the pipeline's home whose decision
+log is its own (`engine`, `home_with_own_decision_log`): what one test decides never counts in another's
+frequency cap or no-repeat rule, whatever the order the tests run in.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from sendwise.settings import Settings
+
+if TYPE_CHECKING:
+    from serving.engine import Engine
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
@@ -66,13 +77,49 @@ def customers(pipeline_home: PipelineHome) -> pd.DataFrame:
     return frame
 
 
+def home_with_own_decision_log(source: Settings, home: Path) -> Settings:
+    """A copy of `source`'s home without its decision log, and the settings that point at it.
+
+    The copy keeps the files' modification times, which are what the engine's snapshot signature reads: an
+    engine loaded on `source` serves the copy without reading its features again.
+    """
+    shutil.copytree(source.home, home, ignore=shutil.ignore_patterns(source.decisions_dir.name))
+    return source.model_copy(update={"home": home})
+
+
+def with_own_decision_log(engine: Engine, source: Settings, home: Path, monkeypatch: pytest.MonkeyPatch) -> Engine:
+    """`engine` deciding into a copy of `source`'s home for as long as `monkeypatch` lasts: its decisions are
+    logged there, and only those count in its send history (the raw store's sends and exposures, then its own)."""
+    settings = home_with_own_decision_log(source, home)
+    monkeypatch.setattr(engine, "settings", settings)
+    monkeypatch.setattr(engine, "history", type(engine.history).from_raw(settings))
+    return engine
+
+
 @pytest.fixture(scope="session")
-def engine(pipeline_home: PipelineHome):  # type: ignore[no-untyped-def]
+def loaded_engine(pipeline_home: PipelineHome) -> Engine:
+    """The small world's champions, loaded once: tests take them through `engine`."""
     from serving.engine import Engine
 
     return Engine.load(pipeline_home.settings)
 
 
+@pytest.fixture
+def engine(
+    loaded_engine: Engine, pipeline_home: PipelineHome, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Engine:
+    """The session's engine with a decision log of this test's own (it starts empty, as the pipeline left it)."""
+    return with_own_decision_log(loaded_engine, pipeline_home.settings, tmp_path / "own-home", monkeypatch)
+
+
 @pytest.fixture(autouse=True)
 def _no_telemetry() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that needs the session's pipeline run is slow (minutes, once) and an integration test."""
+    for item in items:
+        if "pipeline_home" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+            item.add_marker(pytest.mark.integration)

@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sendwise.raw import load_table
+from tests.conftest import home_with_own_decision_log
 
 pytestmark = [pytest.mark.integration]
 WINDOW = "2026-12-01T07:00:00Z"
@@ -23,14 +24,22 @@ def known(pipeline_home) -> list[str]:  # type: ignore[no-untyped-def]
     return customers.loc[customers["consent_email"], "customer_id"].head(250).tolist()
 
 
-def _run(pipeline_home, *args: str):  # type: ignore[no-untyped-def]
+def _run(home: Path, *args: str):  # type: ignore[no-untyped-def]
+    """`sendwise decide ARGS` in `home` (a copy of the pipeline's, with a decision log of the test's own)."""
     from sendwise.cli import app
 
-    env = {"SENDWISE_HOME": str(pipeline_home.settings.home), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {"SENDWISE_HOME": str(home), "MLFLOW_DISABLE_TELEMETRY": "true"}
     return CliRunner().invoke(app, ["decide", *args], env=env)
 
 
+def _logged(decisions_dir: Path) -> list[dict]:
+    """Every entry of a home's decision log."""
+    lines = [line for path in sorted(decisions_dir.glob("*.jsonl")) for line in path.read_bytes().splitlines()]
+    return [orjson.loads(line) for line in lines]
+
+
 def test_a_campaign_file_is_decided_in_batches_in_input_order(pipeline_home, known, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    settings = home_with_own_decision_log(pipeline_home.settings, tmp_path / "own-home")
     frame = pd.DataFrame({"customer_id": known, "timezone": "", "interests": ""})
     frame.loc[len(frame)] = ["new-1", "Asia/Tokyo", "books|outdoor"]
     source = tmp_path / "campaign.csv"
@@ -40,7 +49,7 @@ def test_a_campaign_file_is_decided_in_batches_in_input_order(pipeline_home, kno
         '{"campaign": {"kind": "promotional"}, "k_offers": 2, "constraints": {"max_share_per_hour": 0.2}}'
     )
     out = tmp_path / "out" / "decisions.jsonl"
-    result = _run(pipeline_home, str(source), "--out", str(out), "--request", str(request), "--window-start", WINDOW)
+    result = _run(settings.home, str(source), "--out", str(out), "--request", str(request), "--window-start", WINDOW)
     assert result.exit_code == 0, result.output
     lines = [orjson.loads(line) for line in out.read_bytes().splitlines()]
     assert [d["customer_id"] for d in lines] == [*known, "new-1"]
@@ -53,24 +62,29 @@ def test_a_campaign_file_is_decided_in_batches_in_input_order(pipeline_home, kno
     assert lines[-1]["cold_start"] and "Asia/Tokyo" in lines[-1]["reasons"][0]
     assert f"{len(lines):,} decisions ({len(sent):,} sends) in 1 batches" in " ".join(result.output.split())
     assert not list(out.parent.glob("*.partial*"))
+    logged = _logged(settings.decisions_dir)  # every decision, and nothing else, in the home's log
+    assert len(logged) == len(lines)
+    assert {e["decision_id"]: e["send"] for e in logged} == {d["decision_id"]: d["send"] for d in lines}
 
 
 def test_a_bad_row_is_named_and_nothing_is_written(pipeline_home, known, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    settings = home_with_own_decision_log(pipeline_home.settings, tmp_path / "own-home")
     source = tmp_path / "campaign.jsonl"
     rows = [{"customer_id": known[0]}, {"customer_id": known[1], "timezone": "Mars/Olympus"}]
     source.write_bytes(b"\n".join(orjson.dumps(r) for r in rows))
     out = tmp_path / "decisions.jsonl"
-    result = _run(pipeline_home, str(source), "--out", str(out), "--window-start", WINDOW)
+    result = _run(settings.home, str(source), "--out", str(out), "--window-start", WINDOW)
     said = " ".join(result.output.split())  # the console wraps long lines
     assert result.exit_code == 2
     assert "line 2" in said and "timezone" in said and "Mars/Olympus" in said
     assert not out.exists() and not list(tmp_path.glob("*.partial*"))
     missing = tmp_path / "ids.csv"
     missing.write_text("id\nc-1\n")
-    result = _run(pipeline_home, str(missing), "--out", str(out))
+    result = _run(settings.home, str(missing), "--out", str(out))
     assert result.exit_code == 2 and "no customer_id column (columns: id)" in " ".join(result.output.split())
-    result = _run(pipeline_home, str(source), "--out", str(out), "--window-start", "2026-12-01T07:30:00Z")
+    result = _run(settings.home, str(source), "--out", str(out), "--window-start", "2026-12-01T07:30:00Z")
     assert result.exit_code == 2 and "window_start must be a whole hour" in " ".join(result.output.split())
+    assert _logged(settings.decisions_dir) == []  # nothing decided
 
 
 def test_json_lines_split_one_encoding_into_one_object_per_line() -> None:
@@ -128,18 +142,14 @@ def _recipients(known: list[str]):  # type: ignore[no-untyped-def]
 
 
 def _logged_ids(engine) -> list[str]:  # type: ignore[no-untyped-def]
-    return [
-        orjson.loads(line)["decision_id"]
-        for path in sorted(engine.settings.decisions_dir.glob("*.jsonl"))
-        for line in path.read_bytes().splitlines()
-    ]
+    return [entry["decision_id"] for entry in _logged(engine.settings.decisions_dir)]
 
 
 def test_worker_processes_decide_what_one_process_decides(engine, known, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from serving.bulk import decide_all
 
     recipients = _recipients(known)
-    logged = set(_logged_ids(engine))
+    assert _logged_ids(engine) == []  # the test's own log
     one = decide_all(engine, recipients, tmp_path / "one.jsonl", _request(0.0), batch_size=40, processes=1)
     two = decide_all(engine, recipients, tmp_path / "two.jsonl", _request(0.0), batch_size=40, processes=2)
     assert one.batches == two.batches == 7  # 40 first, in this process, then 211 in 6 batches of at most 40
@@ -151,8 +161,7 @@ def test_worker_processes_decide_what_one_process_decides(engine, known, tmp_pat
     assert [d["customer_id"] for d in forked] == [r.customer_id for r in recipients]
     ids = [d.pop("decision_id") for d in forked] + [d.pop("decision_id") for d in alone]
     assert forked == alone  # the same hours, probabilities, offers, modules and reasons
-    new = [i for i in _logged_ids(engine) if i not in logged]  # every worker's decisions reached the log
-    assert sorted(new) == sorted(ids) and len(set(ids)) == len(ids)
+    assert sorted(_logged_ids(engine)) == sorted(ids) and len(set(ids)) == len(ids)  # every worker's reached it
 
 
 def test_each_worker_process_draws_its_own_explorations(engine, known, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from sendwise.raw import load_table
-from tests.conftest import REPO_ROOT, SHARED
+from tests.conftest import REPO_ROOT, SHARED, home_with_own_decision_log
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 TOKEN = "e2e-test-token"
@@ -30,14 +30,17 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def service(pipeline_home) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def service(pipeline_home, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """`bentoml serve` on a copy of the pipeline's home: one service for the module (it takes a minute to
+    start), its decision log apart from every other test's."""
+    settings = home_with_own_decision_log(pipeline_home.settings, tmp_path_factory.mktemp("e2e") / "home")
     port = _free_port()
     env = {
         **os.environ,
-        **pipeline_home.settings.library_environment(),
+        **settings.library_environment(),
         "SENDWISE_API_TOKEN": TOKEN,
     }
-    log = open(pipeline_home.settings.home / "serve.log", "wb")  # noqa: SIM115 - closed below
+    log = open(settings.home / "serve.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
         [
             sys.executable,
@@ -61,7 +64,7 @@ def service(pipeline_home) -> Iterator[str]:  # type: ignore[no-untyped-def]
     try:
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                raise AssertionError((pipeline_home.settings.home / "serve.log").read_text()[-4000:])
+                raise AssertionError((settings.home / "serve.log").read_text()[-4000:])
             try:
                 ready = httpx.get(f"{url}/readyz", timeout=2).status_code == 200
                 # the engine loads in the worker: wait for a real answer, not only for readiness

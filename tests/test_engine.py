@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import numpy as np
+import orjson
 import pandas as pd
 import pytest
 
 from sendwise.raw import load_table
+from sendwise.truth import World
 from serving.schemas import DecideRequest, ExplainRequest, Recipient, RenderRequest
 
 pytestmark = [pytest.mark.integration]
@@ -18,6 +21,14 @@ START = datetime(2026, 12, 1, 7, tzinfo=UTC)
 def _decide(engine, ids: list[str], **kwargs):  # type: ignore[no-untyped-def]
     request = DecideRequest(recipients=[Recipient(customer_id=i) for i in ids], window_start=START, **kwargs)
     return engine.decide(request)
+
+
+def _logged(engine) -> dict[str, dict]:  # type: ignore[no-untyped-def]
+    """The engine's decision log, by decision id."""
+    lines = [
+        line for p in sorted(engine.settings.decisions_dir.glob("*.jsonl")) for line in p.read_bytes().splitlines()
+    ]
+    return {entry["decision_id"]: entry for entry in map(orjson.loads, lines)}
 
 
 def test_decisions_in_order_with_send_at_at_the_best_hour(engine, customers) -> None:  # type: ignore[no-untyped-def]
@@ -91,7 +102,9 @@ def test_cold_start_send_time_follows_the_rhythm_of_the_zone(engine, pipeline_ho
     recipients = [Recipient(customer_id=f"new-{k}", timezone=z) for k, z in enumerate(zones)]
     answer = engine.decide(DecideRequest(recipients=recipients, window_start=START))
     stamps = pd.date_range(START, periods=24, freq="h")
-    own_peaks = []
+    world = World.load(pipeline_home.world)
+    true_zones = world.customers.set_index("customer_id")["timezone"]
+    own_peaks, local_hours = [], []
     for zone, decision in zip(zones, answer.decisions, strict=True):
         assert decision.cold_start and decision.send and zone in decision.reasons[0]
         prior = priors.set_index("timezone").loc[zone]
@@ -103,6 +116,14 @@ def test_cold_start_send_time_follows_the_rhythm_of_the_zone(engine, pipeline_ho
         # More of the zone's activity at an hour never lowers the prediction: the rhythm's peak is the curve's.
         assert curve[int(rhythm.argmax())] == pytest.approx(curve.max(), abs=1e-9)
         own_peaks.append(int(np.stack(prior["weekday"]).argmax()))
+        local_hours.append(decision.send_at.astimezone(ZoneInfo(zone)).hour)
+        # Against the truth: the hour is as good as the best one, on average over the zone's own customers.
+        own_customers = true_zones.index[true_zones == zone].to_numpy()
+        true = world.hourly_open_probability(own_customers, START, hours=24).mean(axis=0)
+        hour = int((decision.send_at - START) / timedelta(hours=1))
+        assert true[hour] / true.max() > 0.95, zone
+    # A window of weekdays: each zone's email goes out at its own prior's weekday peak, in its own local time.
+    assert local_hours == own_peaks
     # Each zone has its own prior (fitted on its customers), not one global default.
     global_prior = priors.set_index("timezone").loc[""]
     assert any(not np.allclose(np.stack(p), np.stack(global_prior["weekday"])) for p in priors["weekday"][1:])
@@ -134,8 +155,10 @@ def test_exploration_share_and_propensities(engine, customers) -> None:  # type:
     for d in sent:
         if not d.explore:
             assert d.propensity == pytest.approx(0.75 + 0.25 / 24)
-    log = sorted(engine.settings.decisions_dir.glob("*.jsonl"))
-    assert log and explored[0].decision_id in log[-1].read_text()
+    logged = _logged(engine)  # the test's own log: these decisions and no others
+    assert sorted(logged) == sorted(d.decision_id for d in answer.decisions)
+    for d in answer.decisions:
+        assert (logged[d.decision_id]["explore"], logged[d.decision_id]["propensity"]) == (d.explore, d.propensity)
 
 
 def test_render_personalizes_and_always_offers_unsubscribe(engine, customers) -> None:  # type: ignore[no-untyped-def]
@@ -159,12 +182,10 @@ def test_explain_names_drivers_in_plain_words(engine, customers) -> None:  # typ
 
 
 def test_decision_log_records_the_offers_each_email_carries(engine, customers) -> None:  # type: ignore[no-untyped-def]
-    import orjson
-
     ids = customers.loc[customers["consent_email"], "customer_id"].head(40).tolist()
     answer = _decide(engine, ids, window_hours=6)
-    log = sorted(engine.settings.decisions_dir.glob("*.jsonl"))[-1].read_bytes().splitlines()
-    logged = {entry["decision_id"]: entry for entry in map(orjson.loads, log[-len(ids) :])}
+    logged = _logged(engine)
+    assert len(logged) == len(ids)  # the test's own log
     for d in answer.decisions:
         entry = logged[d.decision_id]
         assert entry["send"] == d.send and entry["holdout"] is False

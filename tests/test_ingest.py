@@ -1,9 +1,10 @@
-"""The ingest against hostile files: every rule of shared/data-contract.md that the ingest enforces."""
+"""The ingest against hostile files: every rule of docs/data-contract.md that the ingest enforces."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from sendwise.settings import Settings
 from sendwise.timezones import country_zones, zone_for_offset
 
 CUSTOMER_HEADER = ["customer_id", "consent_email", "consent_profiling", "timezone"]
+CONTRACT_PAGE = Path(__file__).resolve().parents[1] / "docs" / "data-contract.md"
 
 
 # --- fixture helpers --------------------------------------------------------------------------------------
@@ -73,6 +75,34 @@ def data(tmp_path: Path) -> Path:
     folder = tmp_path / "data"
     folder.mkdir()
     return folder
+
+
+# --- the contract page's own examples ----------------------------------------------------------------------
+def test_the_contract_pages_examples_are_ingested_as_it_says(data: Path, settings: Settings) -> None:
+    """docs/data-contract.md shows one small file per table: each is ingested whole, with what the page says."""
+    text = CONTRACT_PAGE.read_text(encoding="utf-8")
+    for section in re.split(r"^## ", text, flags=re.MULTILINE):
+        table = section.split(maxsplit=1)[0]
+        example = re.search(r"```csv\n(.*?)```", section, flags=re.DOTALL)
+        if table in contract.TABLES and example:
+            (data / f"{table}.csv").write_text(example.group(1), encoding="utf-8")
+    assert sorted(p.stem for p in data.iterdir()) == sorted(contract.TABLES)
+    report = run(data, settings)
+    assert {name: (t.rows_read, t.accepted) for name, t in report.tables.items()} == {
+        "customers": (4, 4),
+        "campaigns": (2, 2),
+        "email_events": (7, 7),
+        "site_events": (3, 3),
+        "offers": (3, 3),
+        "offer_events": (4, 4),
+    }
+    customers = stored(settings, "customers").set_index("customer_id")
+    assert customers.loc["c-00124", "timezone"] == "Europe/Berlin"  # from its country
+    assert customers.loc["c-00126", "timezone"] == "UTC" and customers.loc["c-00126", "timezone_inferred"]
+    assert customers.loc["c-00123", "attr_loyalty_tier"] == "gold"
+    events = stored(settings, "email_events").set_index("event_id")
+    assert events.loc["e-1", "event"] == "sent" and events.loc["e-4", "event"] == "open"  # ESPs' names
+    assert report.currency == "EUR"
 
 
 # --- layout -----------------------------------------------------------------------------------------------

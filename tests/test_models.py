@@ -13,7 +13,8 @@ def _booster() -> tuple[lgb.Booster, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     design = rng.normal(size=(2000, 3))
     label = (design[:, 0] + rng.normal(size=2000) > 0.5).astype(int)
-    booster = lgb.train({"objective": "binary", "verbose": -1}, lgb.Dataset(design, label), num_boost_round=20)
+    params = {"objective": "binary", "verbose": -1, "num_threads": 1}  # OpenMP threads only wait on a busy machine
+    booster = lgb.train(params, lgb.Dataset(design, label), num_boost_round=20)
     return booster, design, label
 
 

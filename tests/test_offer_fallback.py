@@ -17,10 +17,11 @@ import pytest
 from features.offer_values import OfferValues, offer_values
 from sendwise.raw import load_table
 from serving.schemas import DecideRequest, Recipient, RenderRequest
+from tests.conftest import with_own_decision_log
 from tests.test_service_app import _guard_environment, fresh_metrics  # noqa: F401 - a fixture, used by name
 
 pytestmark = [pytest.mark.integration]
-START = datetime(2026, 12, 21, 7, tzinfo=UTC)  # a window of its own: no other test decides near it
+START = datetime(2026, 12, 21, 7, tzinfo=UTC)
 LOGGED_REASON = (
     "no offer model is trained yet, so offers are ranked by what each earned per exposure in the logged data "
     "(inverse-propensity weighted, shrunk toward the mean; {exposures:,} exposures, {conversions:,} conversions)"
@@ -31,9 +32,8 @@ MARGIN_REASON = (
 )
 
 
-def _without_offer_model(pipeline_home, tmp_path_factory, values: OfferValues | None = None):  # type: ignore[no-untyped-def]
-    """The home's engine as if no offer model had been trained, its decisions logged in a home of its own (so
-    that they count in no other test's frequency cap)."""
+def _without_offer_model(pipeline_home, values: OfferValues | None = None):  # type: ignore[no-untyped-def]
+    """The home's engine as if no offer model had been trained."""
     import serving.engine as engine_module
 
     real = engine_module.champion
@@ -42,14 +42,19 @@ def _without_offer_model(pipeline_home, tmp_path_factory, values: OfferValues | 
         if values is not None:
             patch.setattr(engine_module.OfferValues, "read", classmethod(lambda cls, path: values))
         engine = engine_module.Engine.load(pipeline_home.settings)
-    engine.settings = pipeline_home.settings.model_copy(update={"home": tmp_path_factory.mktemp("fallback-log")})
     assert "next_best_offer" not in engine.models and "open_propensity" in engine.models
     return engine
 
 
 @pytest.fixture(scope="module")
-def fallback(pipeline_home, tmp_path_factory):  # type: ignore[no-untyped-def]
-    return _without_offer_model(pipeline_home, tmp_path_factory)
+def loaded_fallback(pipeline_home):  # type: ignore[no-untyped-def]
+    return _without_offer_model(pipeline_home)
+
+
+@pytest.fixture
+def fallback(loaded_fallback, pipeline_home, tmp_path: Path, monkeypatch):  # type: ignore[no-untyped-def]
+    """The engine without an offer model, with a decision log of this test's own."""
+    return with_own_decision_log(loaded_fallback, pipeline_home.settings, tmp_path / "own-home", monkeypatch)
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +192,7 @@ def test_with_an_offer_champion_nothing_changes(engine, customers) -> None:  # t
 
 
 def test_without_logged_exposures_offers_are_ranked_by_margin(  # type: ignore[no-untyped-def]
-    pipeline_home, tmp_path_factory, customers, eligible
+    pipeline_home, tmp_path, monkeypatch, customers, eligible
 ) -> None:
     offers = load_table(pipeline_home.settings, "offers")
     nothing_closed = pd.DataFrame(
@@ -202,7 +207,8 @@ def test_without_logged_exposures_offers_are_ranked_by_margin(  # type: ignore[n
         }
     )
     values = OfferValues.from_table(offer_values(nothing_closed, offers, pd.Timestamp(START), 7))
-    engine = _without_offer_model(pipeline_home, tmp_path_factory, values)
+    engine = _without_offer_model(pipeline_home, values)
+    with_own_decision_log(engine, pipeline_home.settings, tmp_path / "own-home", monkeypatch)
     ids = customers.loc[customers["consent_email"], "customer_id"].head(10).tolist()
     margins = offers.set_index("offer_id")["margin"]
     kinds = offers.set_index("offer_id")["kind"]

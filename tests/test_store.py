@@ -32,6 +32,7 @@ def _home(tmp_path: Path, name: str, attribute: str, **settings: object) -> Sett
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # two homes ingested, built and applied to Feast: 3 to 5 seconds
 def test_two_homes_applied_in_one_process_each_register_their_own(tmp_path: Path) -> None:
     """Applying infers the attribute view's schema and fills the services' projections of it in place: objects
     shared between homes named the first home's attributes (and tables) in the second's registry."""

@@ -55,6 +55,8 @@ def data() -> TrainingSet:
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, MlflowClient]:
+    """A real MLflow store for the promotion tests, each under model names of its own (created with its
+    migrations, it takes about ten seconds: the tests that use it are marked slow)."""
     settings = Settings(home=tmp_path_factory.mktemp("registry_home"))
     return settings, connect(settings)
 
@@ -123,6 +125,8 @@ def test_time_budget_stops_the_study_and_the_running_trial(data: TrainingSet) ->
     assert len(stopped) == counts["stopped"] <= 1
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_worse_challenger_is_not_promoted_and_the_run_says_why(
     registry: tuple[Settings, MlflowClient], data: TrainingSet
 ) -> None:
@@ -147,6 +151,8 @@ def test_worse_challenger_is_not_promoted_and_the_run_says_why(
     assert entry["window"]["rows"] == str(int(data.valid.sum()))
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_better_challenger_is_promoted(registry: tuple[Settings, MlflowClient], data: TrainingSet) -> None:
     settings, client = registry
     register(settings, data, CRIPPLED, "better_challenger")
@@ -159,6 +165,8 @@ def test_better_challenger_is_promoted(registry: tuple[Settings, MlflowClient], 
     assert tags["promoted.better_challenger"] == "true"
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_a_tie_keeps_the_champion(registry: tuple[Settings, MlflowClient], data: TrainingSet) -> None:
     """The same parameters on the same rows: the champion refit on the rows before the window scores the same."""
     settings, client = registry
@@ -170,6 +178,8 @@ def test_a_tie_keeps_the_champion(registry: tuple[Settings, MlflowClient], data:
     assert champion_version(client, "tie") == "1"
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_a_champion_fit_before_the_window_is_scored_as_registered(
     registry: tuple[Settings, MlflowClient], data: TrainingSet
 ) -> None:
