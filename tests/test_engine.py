@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from sendwise.raw import load_table
-from sendwise.truth import World
+from sendwise.simulator import World
 from serving.schemas import DecideRequest, ExplainRequest, Recipient, RenderRequest
 
 pytestmark = [pytest.mark.integration]
