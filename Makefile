@@ -8,7 +8,7 @@ DAYS ?= 90
 HOST ?= 127.0.0.1
 PORT ?= 3000
 
-.PHONY: run test test-fast install install-dev uv lint bench
+.PHONY: run test test-fast install install-dev uv lint check bench
 
 uv:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -31,7 +31,7 @@ run: install
 
 ## Install what the tests need and run the whole suite (CI runs this): minutes, most of them the pipeline run
 ## on a small world that the slow tests share, and the real `bentoml serve`.
-test: install-dev
+test: install-dev check
 	$(UV) run --no-sync pytest -q
 
 ## The fast lane: every test that needs neither that pipeline run nor a served model (`-m "not slow"`), in under
@@ -41,6 +41,14 @@ test-fast: install-dev
 
 lint:
 	$(UV) run --no-sync ruff check .
+
+## The static checks `make test` runs first: ruff, the import contracts of the layers (.importlinter) and mypy
+## (pyproject.toml: every def typed in sendwise, features, serving and training).
+check:
+	$(UV) run --no-sync ruff check .
+	$(UV) run --no-sync ruff format --check .
+	$(UV) run --no-sync lint-imports
+	$(UV) run --no-sync mypy
 
 ## Run the benchmarks and print their table (bench/README.md says what each measures); e.g. make bench BENCH_ARGS="--quick".
 BENCH_ARGS ?=
