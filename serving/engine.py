@@ -18,7 +18,6 @@ from datetime import UTC, datetime, timedelta
 from functools import cached_property, lru_cache
 from pathlib import Path
 
-import lightgbm as lgb
 import numpy as np
 import orjson
 import pandas as pd
@@ -42,6 +41,7 @@ from features.transform import (
     set_attribute,
 )
 from sendwise.raw import load_table
+from sendwise.registry import MODEL_NAMES, LoadedModel, load_champions
 from sendwise.settings import Settings
 from serving.assign import HourPlan, describe_quiet, in_holdout, local_window_clock, plan_hours, quiet
 from serving.compiled import warm_up
@@ -71,7 +71,6 @@ from serving.schemas import (
     RenderResponse,
 )
 from serving.snapshot import FeatureSnapshot, release_memory, snapshot_signature
-from training.registry import MODEL_NAMES, champion, connect
 
 logger = logging.getLogger(__name__)
 
@@ -96,12 +95,6 @@ NANOS_PER_DAY = 86_400 * 10**9
 # Marketing email whose lift the global holdout measures; triggered and transactional email is never held out.
 HELD_OUT_KINDS = frozenset({"promotional", "newsletter"})
 OFFER_MODULES = ("hero_offer", "secondary_offers", "content_block")
-
-
-@dataclass
-class LoadedModel:
-    version: str
-    booster: lgb.Booster
 
 
 def json_lines(records: list[dict[str, object]], first_key: str) -> bytes:
@@ -523,12 +516,7 @@ class Engine:
     @classmethod
     def load(cls, settings: Settings) -> Engine:
         """The champions from MLflow, the Feast store, the offers and the send history of the home."""
-        client = connect(settings)
-        models: dict[str, LoadedModel] = {}
-        for name in MODEL_NAMES:
-            found = champion(client, name)
-            if found is not None:
-                models[name] = LoadedModel(version=found[0], booster=found[1])
+        models = load_champions(settings)
         store = open_store(settings) if (settings.feast_dir / "registry.db").exists() else None
         offers = load_table(settings, "offers")
         offer_features = None
