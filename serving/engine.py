@@ -1442,7 +1442,7 @@ class Engine:
         return catalog
 
     def explain(self, request: ExplainRequest) -> ExplainResponse:
-        from training.explain import explain_rows
+        from sendwise.explain import explain_rows  # SHAP takes seconds to import: only when asked to explain
 
         recipient = Recipient(customer_id=request.customer_id)
         served = self._served([recipient])
