@@ -29,7 +29,8 @@ from typing import BinaryIO
 import pandas as pd
 from pydantic import TypeAdapter, ValidationError
 
-from serving.engine import Engine, collector_paused, json_lines
+from serving.decision_log import json_lines
+from serving.engine import Engine, collector_paused
 from serving.schemas import Campaign, Constraints, DecideRequest, Recipient
 
 CONTEXT_COLUMNS = ("timezone", "country", "interests")
