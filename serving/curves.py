@@ -131,7 +131,7 @@ class CurveScorer:
         return cls(booster, at_thresholds, vs_thresholds, raw.reshape(len(at), len(vs), 7))
 
     def hour_part(self, at_hour: np.ndarray, vs_peak: np.ndarray, weekday: np.ndarray) -> np.ndarray:
-        return self.table[_cell(self.at_thresholds, at_hour), _cell(self.vs_thresholds, vs_peak), weekday]
+        return np.asarray(self.table[_cell(self.at_thresholds, at_hour), _cell(self.vs_thresholds, vs_peak), weekday])
 
     def curves(
         self, first_hour: pd.DataFrame | np.ndarray, hour_features: dict[str, np.ndarray], hours: int
@@ -149,7 +149,7 @@ class CurveScorer:
             hour_features[AT_HOUR], hour_features[VS_PEAK], hour_features[WEEKDAY].astype(np.int64)
         ).reshape(n, hours)
         customer = raw_first - parts[:, 0]
-        return 1.0 / (1.0 + np.exp(-(customer[:, None] + parts)))
+        return np.asarray(1.0 / (1.0 + np.exp(-(customer[:, None] + parts))))
 
     def check(self, full_design: pd.DataFrame, first_hour: pd.DataFrame, hour_features: dict[str, np.ndarray]) -> float:
         """Largest difference in probability between the table and scoring every (customer, hour) row."""

@@ -24,7 +24,8 @@ def _nanos(stamp: datetime | pd.Timestamp) -> int:
 
 def _nanos_column(times: pd.Series) -> np.ndarray:
     """UTC timestamps (any unit) as int64 nanoseconds since the epoch."""
-    return pd.to_datetime(times, utc=True).dt.tz_convert(None).to_numpy().astype("datetime64[ns]").view(np.int64)
+    stamps = pd.to_datetime(times, utc=True).dt.tz_convert(None).to_numpy().astype("datetime64[ns]")
+    return np.asarray(stamps.view(np.int64))
 
 
 @dataclass
@@ -61,7 +62,7 @@ class _Timeline:
     def count(self, customer_id: str, low: int, high: int) -> int:
         """Events in [low, high)."""
         part = self._slice(customer_id, low, high)
-        return part.stop - part.start
+        return int(part.stop - part.start)
 
     def labels_between(self, customer_id: str, low: int, high: int) -> set[str]:
         return {str(x) for x in self.labels[self._slice(customer_id, low, high)]}
