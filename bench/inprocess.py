@@ -34,9 +34,9 @@ from bench.world import BenchHome, clear_decision_log, eligible_offers
 from features.store import open_store
 from features.transform import OfferMatrix, customer_matrix, offer_design, open_design
 from sendwise.raw import load_table
+from sendwise.registry import MODEL_NAMES, champion, connect
 from sendwise.settings import Settings
 from serving.schemas import MAX_RECIPIENTS, Campaign, DecideRequest, Recipient
-from training.registry import MODEL_NAMES, champion, connect
 
 SECTION = "1-2 in process"
 WINDOW_HOURS = 24

@@ -29,7 +29,8 @@ from typing import BinaryIO
 import pandas as pd
 from pydantic import TypeAdapter, ValidationError
 
-from serving.engine import Engine, collector_paused, json_lines
+from serving.decision_log import json_lines
+from serving.engine import Engine, collector_paused
 from serving.schemas import Campaign, Constraints, DecideRequest, Recipient
 
 CONTEXT_COLUMNS = ("timezone", "country", "interests")
@@ -179,11 +180,17 @@ _job: _Job | None = None
 _job_lock = threading.Lock()  # one bulk job at a time in a process: its workers read `_job`
 
 
+def _current_job() -> _Job:
+    """The job this process decides for (a worker inherits it from the parent that forked it)."""
+    if _job is None:
+        raise RuntimeError("a bulk batch was decided outside its job: `decide_all` sets the job before any batch")
+    return _job
+
+
 def _decide_range(first: int, last: int, part: Path) -> tuple[str, int]:
     """Decide the job's recipients first..last as one batch and write their JSON lines to `part`:
     (the answer's status, how many are sent)."""
-    job = _job
-    assert job is not None, "a bulk batch outside its job"
+    job = _current_job()
     with collector_paused():  # until the batch is encoded: its objects go before a collection runs
         request = job.template.model_copy(update={"recipients": job.recipients[first:last]})
         answer = job.engine.decide_payload(request)
@@ -193,8 +200,7 @@ def _decide_range(first: int, last: int, part: Path) -> tuple[str, int]:
 
 
 def _worker_started() -> None:
-    assert _job is not None
-    _job.engine.after_fork()
+    _current_job().engine.after_fork()
 
 
 def _ranges(total: int, batch_size: int, workers: int) -> list[tuple[int, int]]:

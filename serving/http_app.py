@@ -9,6 +9,9 @@
 - turns every error answer into one shape, `ErrorAnswer`, whose details name the offending field
   (BentoML answers pydantic validation errors with its own 400 body; those are rewritten here).
 
+What the engine cannot answer for a reason the client can act on is a `serving.errors.ServingError`; the
+service answers it with `error_response` (its status, e.g. 404 for an unknown customer, and its message).
+
 Health (`/healthz`, `/livez`, `/readyz`), `/metrics` and the docs stay open.
 """
 
@@ -24,8 +27,10 @@ from typing import Any
 
 from bentoml._internal.server.http import traffic
 from pydantic import ValidationError
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.errors import ServingError
 from serving.schemas import ErrorAnswer, FieldError
 
 logger = logging.getLogger(__name__)
@@ -79,6 +84,17 @@ def validation_answer(errors: Sequence[Mapping[str, Any]]) -> tuple[int, ErrorAn
     if len(details) > 5:
         message += f"; and {len(details) - 5} more"
     return status, ErrorAnswer(error=error, message=message, details=shown)
+
+
+def error_answer(error: ServingError) -> ErrorAnswer:
+    """The answer to a request the engine cannot answer: its error, its sentence, and the field it concerns."""
+    details = [FieldError(field=error.field, message=error.message)] if error.field else []
+    return ErrorAnswer(error=error.error, message=error.message, details=details)
+
+
+def error_response(error: ServingError) -> JSONResponse:
+    """`error_answer` with the error's status, as a route returns it."""
+    return JSONResponse(error_answer(error).model_dump(), status_code=error.status)
 
 
 def _answer_from_body(status: int, body: bytes) -> tuple[int, ErrorAnswer]:

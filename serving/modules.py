@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from serving.errors import ServingError
+
 TEMPLATES: tuple[str, ...] = ("promotional", "newsletter")
 MODULE_NAMES: tuple[str, ...] = (
     "welcome",
@@ -34,12 +36,15 @@ MIN_AFFINITY_SHARE = 0.10
 """Viewed categories with at least this share of product views rank ahead of stated interests."""
 
 
-class UnknownTemplateError(ValueError):
+class UnknownTemplateError(ServingError, ValueError):
     """A template name that sendwise does not have."""
+
+    status = 422
+    error = "unknown template"
 
     def __init__(self, template: str) -> None:
         self.template = template
-        super().__init__(f"unknown template {template!r}; known templates: {', '.join(TEMPLATES)}")
+        super().__init__(f"unknown template {template!r}; known templates: {', '.join(TEMPLATES)}", field="template")
 
 
 def check_template(template: str) -> str:

@@ -11,8 +11,10 @@ Routes (all JSON; `/v1/*` need `Authorization: Bearer <token>` when `SENDWISE_AP
 `/v1/render` and `/v1/explain` are plain (sync) methods: BentoML runs them in its thread pool (`threads`).
 `/v1/decide` is async: small requests that arrive together are merged and decided on the event loop (a few
 milliseconds a call, `serving.coalesce`), larger ones in worker threads, so the event loop keeps answering
-health checks while a big batch is being decided. An exception in the engine becomes a 500 for that
-request only (BentoML logs it); `serving.http_app.ApiGuard` shapes every `/v1` error answer.
+health checks while a big batch is being decided. A `serving.errors.ServingError` (an unknown customer, a
+model without a champion, an unknown template) is answered with its own status and message; any other
+exception in the engine becomes a 500 for that request only (BentoML logs it).
+`serving.http_app.ApiGuard` shapes every `/v1` error answer.
 """
 
 from __future__ import annotations
@@ -30,9 +32,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sendwise.settings import Settings
 from serving.coalesce import DecideCoalescer
+from serving.errors import ServingError
 from serving.http_app import (
     INTERNAL_ERROR,
     ApiGuard,
+    error_answer,
+    error_response,
     fix_request_timeout,
     quiet_client_errors,
     replay,
@@ -131,15 +136,22 @@ class Sendwise:
             self._coalescer = DecideCoalescer(self.engine.decide_payload)
         return self._limiter, self._coalescer
 
-    @bentoml.api(route="/v1/render")
-    def render(self, request: RenderRequest, /) -> RenderResponse:
+    @bentoml.api(route="/v1/render", output_spec=RenderResponse)
+    def render(self, request: RenderRequest, /) -> RenderResponse | Response:
         """One recipient's email: the chosen modules with their reasons, subject, HTML and plain text."""
-        return self.engine.render(request)
+        try:
+            return self.engine.render(request)
+        except ServingError as error:
+            return error_response(error)
 
-    @bentoml.api(route="/v1/explain")
-    def explain(self, request: ExplainRequest, /) -> ExplainResponse:
-        """The top drivers of one recipient's prediction by one model, in plain words, with SHAP values."""
-        return self.engine.explain(request)
+    @bentoml.api(route="/v1/explain", output_spec=ExplainResponse)
+    def explain(self, request: ExplainRequest, /) -> ExplainResponse | Response:
+        """The top drivers of one known customer's prediction by one model, in plain words, with SHAP values
+        (404 for a customer the online features do not have)."""
+        try:
+            return self.engine.explain(request)
+        except ServingError as error:
+            return error_response(error)
 
     @info_app.get(
         "/models",
@@ -204,6 +216,9 @@ class DecideLane:
             return
         try:
             body = await cast("Sendwise", bentoml.get_current_service()).decide_body(request)
+        except ServingError as error:
+            await send_answer(send, error.status, error_answer(error))
+            return
         except Exception:
             logger.exception("POST %s failed", DECIDE_PATH)
             await send_answer(send, 500, INTERNAL_ERROR)

@@ -90,7 +90,7 @@ def test_a_bad_row_is_named_and_nothing_is_written(pipeline_home, known, tmp_pat
 def test_json_lines_split_one_encoding_into_one_object_per_line() -> None:
     import orjson
 
-    from serving.engine import json_lines
+    from serving.decision_log import json_lines
 
     tricky = 'c-1"},{"customer_id":"x\n'  # the separator inside a string: escaped there, so not split
     records = [

@@ -15,7 +15,7 @@ START = pd.Timestamp("2026-03-02 07:00", tz="UTC")
 
 def _rows(engine, customers, booster: lgb.Booster) -> np.ndarray:  # type: ignore[no-untyped-def]
     ids = customers["customer_id"].head(400).tolist()
-    matrix = engine._served([Recipient(customer_id=c) for c in ids]).matrix
+    matrix = engine.online.for_recipients([Recipient(customer_id=c) for c in ids]).matrix
     n = len(ids)
     columns = open_columns(matrix, np.arange(n), START, np.full(n, "promotional"), np.full(n, "outdoor", dtype=object))
     rows = lightgbm_matrix(columns, booster)

@@ -21,7 +21,6 @@ from sendwise.settings import Settings
 from serving.assign import (
     assign_hours,
     best_allowed,
-    greedy_hours,
     hour_capacity,
     in_holdout,
     optimality_gap,
@@ -29,6 +28,7 @@ from serving.assign import (
     quiet,
 )
 from serving.schemas import Constraints, DecideRequest, Recipient
+from training.baselines import greedy_hours
 
 START = datetime(2026, 12, 10, 7, tzinfo=UTC)
 

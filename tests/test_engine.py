@@ -207,7 +207,7 @@ def test_open_log_odds_are_a_customer_part_plus_an_hour_part(engine, customers) 
     from features.transform import HOUR_FEATURES, open_design
 
     ids = customers.loc[customers["consent_email"] & customers["consent_profiling"], "customer_id"].head(40).tolist()
-    matrix = engine._served([Recipient(customer_id=i) for i in ids]).matrix
+    matrix = engine.online.for_recipients([Recipient(customer_id=i) for i in ids]).matrix
     n, hours = len(ids), 24
     window = pd.date_range(START, periods=hours, freq="h").tz_convert(None).to_numpy()
     stamps = pd.Series(np.tile(window, n)).dt.tz_localize("UTC")
@@ -229,7 +229,7 @@ def test_open_log_odds_are_a_customer_part_plus_an_hour_part(engine, customers) 
 
 def test_curves_from_the_hour_table_equal_scoring_every_hour(engine, customers, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """The campaign-scale curve (a row per customer plus a table of hours) is the booster's own, hour by hour."""
-    import serving.engine as engine_module
+    import serving.curves as curves_module
 
     ids = customers.loc[customers["consent_email"], "customer_id"].head(300).tolist()
     saturday = datetime(2026, 12, 5, 3, tzinfo=UTC)  # the window crosses a weekend in every zone
@@ -237,19 +237,19 @@ def test_curves_from_the_hour_table_equal_scoring_every_hour(engine, customers, 
         DecideRequest(recipients=[Recipient(customer_id=i) for i in ids], window_start=saturday, window_hours=60)
     )
     fast = np.array([d.hourly_open_probability for d in answer.decisions])
-    assert engine._scorers[id(engine.models["send_time"].booster)] is not None  # the table was used
-    matrix = engine._served([Recipient(customer_id=i) for i in ids]).matrix
+    assert engine.curves._scorers[id(engine.models["send_time"].booster)] is not None  # the table was used
+    matrix = engine.online.for_recipients([Recipient(customer_id=i) for i in ids]).matrix
     booster = engine.models["send_time"].booster
-    design = engine._window_design(matrix, np.arange(len(ids)), saturday, 60, "promotional", None)
+    design = curves_module.window_design(matrix, np.arange(len(ids)), saturday, 60, "promotional", None)
     direct = np.asarray(booster.predict(design[booster.feature_name()])).reshape(len(ids), 60)
     assert np.abs(fast - direct).max() < 1e-9
     # A champion whose hour part cannot be tabulated (here: a tolerance nothing meets) is scored hour by hour.
-    monkeypatch.setattr(engine_module, "CURVE_TOLERANCE", -1.0)
-    monkeypatch.setattr(engine, "_scorers", {})
+    monkeypatch.setattr(curves_module, "CURVE_TOLERANCE", -1.0)
+    monkeypatch.setattr(engine.curves, "_scorers", {})
     again = engine.decide(
         DecideRequest(recipients=[Recipient(customer_id=i) for i in ids[:40]], window_start=saturday, window_hours=60)
     )
-    assert engine._scorers[id(engine.models["send_time"].booster)] is None
+    assert engine.curves._scorers[id(engine.models["send_time"].booster)] is None
     slow = np.array([d.hourly_open_probability for d in again.decisions])
     assert np.abs(slow - direct[:40]).max() < 1e-12
 
@@ -296,7 +296,7 @@ def test_the_matrix_serving_scores_equals_the_frame_training_reads(engine, custo
         ),
         Recipient(customer_id="new-2"),
     ]
-    matrix = engine._served(recipients).matrix
+    matrix = engine.online.for_recipients(recipients).matrix
     n = len(recipients)
     for rows in (np.arange(n), np.array([n - 2]), np.array([5])):  # a campaign, and single recipients
         columns = open_columns(

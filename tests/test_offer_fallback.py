@@ -34,14 +34,15 @@ MARGIN_REASON = (
 
 def _without_offer_model(pipeline_home, values: OfferValues | None = None):  # type: ignore[no-untyped-def]
     """The home's engine as if no offer model had been trained."""
-    import serving.engine as engine_module
+    import sendwise.registry as registry_module
+    from serving.engine import Engine
 
-    real = engine_module.champion
+    real = registry_module.champion
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(engine_module, "champion", lambda c, n: None if n == "next_best_offer" else real(c, n))
+        patch.setattr(registry_module, "champion", lambda c, n: None if n == "next_best_offer" else real(c, n))
         if values is not None:
-            patch.setattr(engine_module.OfferValues, "read", classmethod(lambda cls, path: values))
-        engine = engine_module.Engine.load(pipeline_home.settings)
+            patch.setattr(OfferValues, "read", classmethod(lambda cls, path: values))
+        engine = Engine.load(pipeline_home.settings)
     assert "next_best_offer" not in engine.models and "open_propensity" in engine.models
     return engine
 

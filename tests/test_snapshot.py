@@ -25,6 +25,7 @@ from serving.modules import (
     placed_offers,
     planned_modules,
 )
+from serving.offers import offer_probabilities
 from serving.schemas import DecideRequest, Recipient
 from serving.snapshot import FeatureSnapshot
 
@@ -48,7 +49,7 @@ def _feast_matrix(engine, ids: list[str]):  # type: ignore[no-untyped-def]
 
 def test_snapshot_designs_equal_those_from_feasts_online_store(engine, customer_ids) -> None:  # type: ignore[no-untyped-def]
     ids = [*customer_ids[:400], "nobody-1"]
-    snapshot = engine._online.snapshot
+    snapshot = engine.online.state.snapshot
     assert len(snapshot) >= len(customer_ids)
     rows = snapshot.rows(ids)
     assert rows[-1] == snapshot.empty_row and not snapshot.known[rows[-1]]
@@ -81,17 +82,17 @@ def test_snapshot_designs_equal_those_from_feasts_online_store(engine, customer_
 
 def test_precomputed_offer_scores_equal_scoring_the_design(engine, customer_ids) -> None:  # type: ignore[no-untyped-def]
     ids = customer_ids[:300]
-    served = engine._served([Recipient(customer_id=c) for c in ids])
-    chosen, looked_up = engine._offer_scores(served, START, None)
+    served = engine.online.for_recipients([Recipient(customer_id=c) for c in ids])
+    chosen, looked_up = engine.catalog.conversion(served, START, None)
     assert chosen is not None and len(chosen.ids) >= 5
     model = engine.models["next_best_offer"]
-    scored = engine._offer_probabilities(served.matrix, np.arange(len(ids)), chosen.matrix, model)
+    scored = offer_probabilities(served.matrix, np.arange(len(ids)), chosen.matrix, model)
     assert np.abs(looked_up - np.clip(scored, 0, 1)).max() < 1e-6  # float32 in the table
     assert served.known.sum() > 250
 
 
 def _copied_engine(pipeline_home, tmp_path: Path, monkeypatch):  # type: ignore[no-untyped-def]
-    import serving.engine as engine_module
+    import serving.online as online_module
     from serving.engine import Engine
 
     home = tmp_path / "home"
@@ -100,7 +101,7 @@ def _copied_engine(pipeline_home, tmp_path: Path, monkeypatch):  # type: ignore[
         monkeypatch.setenv(key, value)
     settings = Settings(home=home)
     settings.activate()
-    monkeypatch.setattr(engine_module, "SNAPSHOT_CHECK_SECONDS", 0.0)
+    monkeypatch.setattr(online_module, "SNAPSHOT_CHECK_SECONDS", 0.0)
     return Engine.load(settings), settings
 
 

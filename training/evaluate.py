@@ -42,9 +42,10 @@ from sendwise.raw import load_table
 from sendwise.settings import Settings
 from sendwise.simulator import simulate, simulation_options
 from sendwise.simulator.truth import World
-from serving.assign import assign_hours, greedy_hours, hour_capacity
+from serving.assign import assign_hours, hour_capacity
 from serving.engine import Engine
 from serving.schemas import MAX_RECIPIENTS, Constraints, DecideRequest, Decision, Recipient
+from training.baselines import greedy_hours
 from training.models import auc
 
 BATCH = MAX_RECIPIENTS

@@ -1,4 +1,7 @@
-"""MLflow: runs with params, metrics, data window and feature service; versions with `champion` aliases."""
+"""MLflow: runs with params, metrics, data window and feature service; versions registered and promoted.
+
+The names, the connection and loading a champion live in `sendwise.registry` (serving reads them too); they
+are named here again for the training code that imports them from this module."""
 
 from __future__ import annotations
 
@@ -13,12 +16,22 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from sendwise.settings import Settings
+from sendwise.registry import EXPERIMENT, MODEL_NAMES, champion, connect
 from training.datasets import TrainingSet
 from training.models import auc, refit_held_out
 
-EXPERIMENT = "sendwise"
-MODEL_NAMES = ("open_propensity", "send_time", "next_best_offer")
+__all__ = [
+    "EXPERIMENT",
+    "MODEL_NAMES",
+    "HeldOut",
+    "Promotion",
+    "champion",
+    "code_version",
+    "connect",
+    "log_booster",
+    "promote",
+    "record_promotions",
+]
 PIP_REQUIREMENTS = ["lightgbm"]
 
 
@@ -40,17 +53,6 @@ class Promotion:
     def to_dict(self) -> dict[str, object]:
         """JSON-ready: a score that could not be computed is null."""
         return {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in asdict(self).items()}
-
-
-def connect(settings: Settings) -> MlflowClient:
-    """Point MLflow at the home's store and make sure the experiment keeps its artifacts there."""
-    settings.activate()
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_registry_uri(settings.tracking_uri)
-    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
-        mlflow.create_experiment(EXPERIMENT, artifact_location=settings.artifacts_uri)
-    mlflow.set_experiment(EXPERIMENT)
-    return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
 
 
 def code_version() -> str:
@@ -77,16 +79,6 @@ def log_booster(booster: lgb.Booster, registered_names: list[str]) -> dict[str, 
         version = mlflow.register_model(info.model_uri, name)
         versions[name] = str(version.version)
     return versions
-
-
-def champion(client: MlflowClient, name: str) -> tuple[str, lgb.Booster] | None:
-    """The version and booster that serve now, if any."""
-    try:
-        version = client.get_model_version_by_alias(name, "champion")
-    except MlflowException:
-        return None
-    booster = mlflow.lightgbm.load_model(f"models:/{name}@champion")
-    return str(version.version), booster
 
 
 def _trained_until(client: MlflowClient, name: str, version: str) -> tuple[str, pd.Timestamp | None]:

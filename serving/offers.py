@@ -1,0 +1,287 @@
+"""The offers a decision may carry: which are eligible, what each is worth to each recipient, and their ranking.
+
+With a `next_best_offer` champion, every known customer's conversion probabilities are scored once per
+snapshot of the online features (`OfferCatalog.score_snapshot`: the offer model reads no request context) and
+looked up per decision; unknown recipients, whose context comes with the request, are scored when decided.
+Without one, every recipient gets each offer's logged conversion rate (`features.offer_values`): one row
+broadcast over the batch and one ranking shared by every row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import NamedTuple, SupportsFloat, cast
+
+import numpy as np
+import pandas as pd
+from feast import FeatureStore
+
+from features.offer_values import OfferValues
+from features.transform import CustomerMatrix, OfferMatrix, feature_names, offer_design
+from sendwise.registry import LoadedModel
+from serving.curves import predict
+from serving.modules import OfferFact
+from serving.online import BatchFeatures, OfferTable, OnlineState, RhythmPriors, batch_features
+from serving.schemas import OfferScore
+from serving.snapshot import FeatureSnapshot
+
+OFFER_CHUNK = 20_000
+"""Customers whose offers are scored per booster call when a snapshot is read."""
+OFFER_SETS_KEPT = 256
+"""Eligible offer sets remembered (by window start and offer list); all are forgotten when more are asked for."""
+OFFER_FEATURES = ("offer_kind", "offer_category", "discount_pct", "price", "margin")
+
+
+class OfferSummary(NamedTuple):
+    """An eligible offer's id, kind, category and discount as plain values: what a decision's answer and its
+    email name."""
+
+    offer_id: str
+    kind: str
+    category: str | None
+    discount_pct: float | None
+
+
+def summarize_offers(offers: pd.DataFrame) -> list[OfferSummary]:
+    """Each offer of a catalog frame as an `OfferSummary`."""
+    out = []
+    for offer in offers.to_dict("records"):
+        category, discount = offer.get("category"), offer.get("discount_pct")
+        out.append(
+            OfferSummary(
+                str(offer["offer_id"]),
+                str(offer["kind"]),
+                None if category is None or pd.isna(category) else str(category),
+                None if discount is None or pd.isna(discount) else float(discount),
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class OfferSet:
+    """The offers eligible for one window start, with what scoring and ranking them needs."""
+
+    offers: pd.DataFrame  # with each offer's margin
+    matrix: OfferMatrix
+    summaries: list[OfferSummary]
+    margins: np.ndarray  # what a conversion is worth (1 where the catalog gives no margin)
+    kinds: np.ndarray
+
+    @property
+    def ids(self) -> list[str]:
+        return [s.offer_id for s in self.summaries]
+
+
+def eligible_offers(offers: pd.DataFrame | None, at: datetime, offer_ids: list[str] | None) -> pd.DataFrame:
+    """Offers in stock and inside their dates at `at` (and among `offer_ids` where given)."""
+    if offers is None or offers.empty:
+        return pd.DataFrame()
+    keep = pd.Series(True, index=offers.index)
+    if "inventory" in offers.columns:
+        keep &= ~(offers["inventory"].fillna(1) <= 0)
+    stamp = pd.Timestamp(at)
+    if "starts_at" in offers.columns:
+        keep &= offers["starts_at"].isna() | (offers["starts_at"] <= stamp)
+    if "ends_at" in offers.columns:
+        keep &= offers["ends_at"].isna() | (offers["ends_at"] > stamp)
+    if offer_ids is not None:
+        keep &= offers["offer_id"].isin(offer_ids)
+    return offers[keep].reset_index(drop=True)
+
+
+def read_offer_features(store: FeatureStore | None, offers: pd.DataFrame | None) -> pd.DataFrame | None:
+    """The catalog's offer features from Feast's online store (None without a store or offers)."""
+    if offers is None or store is None or not len(offers):
+        return None
+    return (
+        store.get_online_features(
+            features=[f"offer_fv:{c}" for c in OFFER_FEATURES],
+            entity_rows=[{"offer_id": o} for o in offers["offer_id"]],
+        )
+        .to_df()
+        .reset_index(drop=True)
+    )
+
+
+def offer_probabilities(
+    matrix: CustomerMatrix, rows: np.ndarray, offers: OfferMatrix, model: LoadedModel
+) -> np.ndarray:
+    """[rows, offers]: the next-best-offer model on every (customer row, offer)."""
+    n, m = len(rows), len(offers)
+    design = offer_design(matrix, np.repeat(rows, m), offers, np.tile(np.arange(m), n))
+    booster = model.booster
+    return predict(booster, design[feature_names(booster)]).reshape(n, m)
+
+
+def rank_offers(
+    value: np.ndarray, control: np.ndarray, kinds: np.ndarray, margins: np.ndarray, shared: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(the offer columns of every row of `value` [rows, offers], best first; the incremental value over the
+    control arm, where `control` names its columns).
+
+    Offers are ranked by incremental value where the catalog has a control arm (the control arm itself among
+    them: first means "send no offer"), else by expected value; equal values keep catalog order. `shared`: the
+    values are the logged ones, the same for every row, and one ranking serves all; equal values (no
+    conversions logged, or no exposures at all) then put an offer before the control arm, then the larger
+    margin first."""
+    rows = len(value)
+    if value.shape[1] == 0:
+        return np.zeros((rows, 0), dtype=np.int64), None
+    incremental = None
+    if len(control):
+        incremental = value - value[:, control].max(axis=1, keepdims=True)
+    score = incremental if incremental is not None else value
+    if shared and rows:
+        order = np.lexsort((-margins, kinds == "control", -score[0]))
+        return np.broadcast_to(order, score.shape), incremental
+    return np.argsort(-score, axis=1, kind="stable"), incremental
+
+
+class OfferCatalog:
+    """The home's offers (the catalog, their Feast features, their logged values) and the champion that scores
+    them: eligibility per window, conversion probabilities per recipient, what rendering needs of an offer."""
+
+    def __init__(
+        self,
+        offers: pd.DataFrame | None,
+        offer_features: pd.DataFrame | None,
+        offer_values: OfferValues | None,
+        models: dict[str, LoadedModel],
+        priors: RhythmPriors,
+    ) -> None:
+        self.offers = offers
+        self.offer_features = offer_features
+        self.offer_values = offer_values
+        """What each offer earned per exposure in the logged data: how offers are ranked without an offer model."""
+        self.models = models
+        self.priors = priors
+        self._sets: dict[tuple[datetime, tuple[str, ...] | None], OfferSet | None] = {}
+
+    @property
+    def model(self) -> LoadedModel | None:
+        return self.models.get("next_best_offer")
+
+    @property
+    def has_offers(self) -> bool:
+        return self.offers is not None and bool(len(self.offers))
+
+    def values_known(self) -> bool:
+        """Whether offers have conversion probabilities (a model, or logged exposures): without, no incremental
+        value over the control arm can be told."""
+        if self.model is not None:
+            return True
+        return self.offer_values is not None and self.offer_values.prior_rate is not None
+
+    def eligible(self, at: datetime, offer_ids: list[str] | None) -> OfferSet | None:
+        """The offers eligible at `at` (among `offer_ids`), converted once per window start and list."""
+        key = (at, None if offer_ids is None else tuple(offer_ids))
+        found = self._sets.get(key)
+        if found is not None or key in self._sets:
+            return found
+        eligible = eligible_offers(self.offers, at, offer_ids)
+        chosen = None
+        if not eligible.empty:
+            matrix = self._matrix(eligible["offer_id"])
+            eligible = eligible.assign(margin=matrix.margin)
+            margins = eligible["margin"].fillna(1.0).to_numpy(dtype=np.float64)
+            chosen = OfferSet(eligible, matrix, summarize_offers(eligible), margins, eligible["kind"].to_numpy())
+        if len(self._sets) >= OFFER_SETS_KEPT:
+            self._sets.clear()
+        self._sets[key] = chosen
+        return chosen
+
+    def _matrix(self, offer_ids: pd.Series) -> OfferMatrix:
+        if self.offer_features is not None:
+            rows = self.offer_features
+        elif self.offers is not None:  # no feature store: the catalog's own columns (logged values rank then)
+            rows = self.offers.rename(columns={"kind": "offer_kind", "category": "offer_category"})
+        else:
+            raise RuntimeError("no offers in the home to convert")
+        return OfferMatrix.from_rows(rows.set_index("offer_id").loc[offer_ids].reset_index())
+
+    def conversion(
+        self, features: BatchFeatures, at: datetime, offer_ids: list[str] | None
+    ) -> tuple[OfferSet | None, np.ndarray]:
+        """(eligible offers, conversion probability [customers, offers]) for a batch (`BatchFeatures`): looked
+        up for known customers (scored when the snapshot was read), scored now for the others."""
+        n = len(features.matrix)
+        model = self.model
+        if model is None:
+            return self._logged_conversion(n, at, offer_ids)
+        if self.offer_features is None:
+            return None, np.zeros((n, 0))
+        chosen = self.eligible(at, offer_ids)
+        if chosen is None:
+            return None, np.zeros((n, 0))
+        state = features.state
+        columns = np.array([state.offer_columns.get(o, -1) for o in chosen.ids], dtype=np.int64)
+        if len(columns) and (columns >= 0).all():
+            conversion = state.offer_table[features.rows][:, columns].astype(np.float64)
+            missing = np.flatnonzero(~features.known | np.isnan(conversion).any(axis=1))
+        else:
+            conversion = np.zeros((n, len(chosen.ids)))
+            missing = np.arange(n)
+        if len(missing):
+            conversion[missing] = offer_probabilities(features.matrix, missing, chosen.matrix, model)
+        return chosen, np.clip(conversion, 0.0, 1.0)
+
+    def _logged_conversion(
+        self, n: int, at: datetime, offer_ids: list[str] | None
+    ) -> tuple[OfferSet | None, np.ndarray]:
+        """Without an offer model: every recipient gets each eligible offer's logged conversion rate (inverse-
+        propensity weighted, shrunk toward the mean over offers: `features.offer_values`), one row shared by all."""
+        chosen = self.eligible(at, offer_ids)
+        if chosen is None:
+            return None, np.zeros((n, 0))
+        rates = self.offer_values.rates_of(chosen.ids) if self.offer_values is not None else np.zeros(len(chosen.ids))
+        return chosen, np.broadcast_to(np.clip(rates, 0.0, 1.0), (n, len(rates)))
+
+    def score_snapshot(self, snapshot: FeatureSnapshot) -> OfferTable:
+        """Every known customer's conversion probability for every offer of the catalog, scored once per
+        snapshot in chunks: the offer model reads no request context, so a decision looks its offers up."""
+        model = self.model
+        if model is None or self.offer_features is None or self.offers is None or not len(self.offers):
+            return np.zeros((len(snapshot) + 1, 0), dtype=np.float32), {}
+        offers = self._matrix(self.offers["offer_id"])
+        table = np.full((len(snapshot) + 1, len(offers)), np.nan, dtype=np.float32)
+        known = np.flatnonzero(snapshot.known)
+        ids = snapshot.index.to_numpy()
+        for first in range(0, len(known), OFFER_CHUNK):
+            rows = known[first : first + OFFER_CHUNK]
+            state = OnlineState(snapshot, table, {})
+            features = batch_features(state, ids[rows].tolist(), rows, None, self.priors)
+            table[rows] = offer_probabilities(features.matrix, np.arange(len(rows)), offers, model)
+        return table, {str(o): j for j, o in enumerate(offers.offer_id)}
+
+    def rows_by_id(self) -> dict[str, dict[str, object]]:
+        """Each catalog offer's columns (missing values as None), by offer id: what the renderer shows."""
+        if self.offers is None:
+            return {}
+        catalog = {}
+        for row in self.offers.to_dict("records"):
+            catalog[str(row["offer_id"])] = {
+                str(k): (None if pd.isna(v) else v) for k, v in row.items() if not isinstance(v, list)
+            }
+        return catalog
+
+    def facts_for_modules(self, offers: list[OfferScore]) -> list[OfferFact]:
+        """A decision's ranked offers with the catalog's category and discount: what choosing modules reads."""
+        catalog = self.rows_by_id()
+        return [
+            OfferFact(
+                **o.model_dump(),
+                category=_optional_str(catalog.get(o.offer_id, {}).get("category")),
+                discount_pct=_optional_float(catalog.get(o.offer_id, {}).get("discount_pct")),
+            )
+            for o in offers
+        ]
+
+
+def _optional_str(value: object) -> str | None:
+    return None if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
+
+
+def _optional_float(value: object) -> float | None:
+    return None if value is None else float(cast(SupportsFloat, value))
