@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import zoneinfo
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from importlib import resources
 
@@ -69,7 +69,14 @@ def iso_countries() -> frozenset[str]:
 
 def _clock(zone: str) -> tuple[float, ...]:
     tz = zoneinfo.ZoneInfo(zone)
-    return tuple(instant.astimezone(tz).utcoffset().total_seconds() for instant in _REFERENCE_INSTANTS)  # type: ignore[union-attr]
+    return tuple(_offset(instant.astimezone(tz)).total_seconds() for instant in _REFERENCE_INSTANTS)
+
+
+def _offset(local: datetime) -> timedelta:
+    offset = local.utcoffset()
+    if offset is None:  # an aware time in a ZoneInfo always has one
+        raise ValueError(f"no UTC offset for {local}")
+    return offset
 
 
 @functools.cache

@@ -194,7 +194,9 @@ def _decide_range(first: int, last: int, part: Path) -> tuple[str, int]:
     with collector_paused():  # until the batch is encoded: its objects go before a collection runs
         request = job.template.model_copy(update={"recipients": job.recipients[first:last]})
         answer = job.engine.decide_payload(request)
-        decisions: list[dict[str, object]] = answer["decisions"]  # type: ignore[assignment]
+        decisions = answer["decisions"]
+        if not isinstance(decisions, list):
+            raise TypeError(f"the engine answered decisions of type {type(decisions).__name__}, not a list")
         part.write_bytes(json_lines(decisions, "customer_id"))
         return str(answer["status"]), sum(bool(d["send"]) for d in decisions)
 

@@ -301,6 +301,7 @@ def fix_request_timeout() -> None:
     """Make BentoML build its timeout middleware from `RequestTimeout`. Call it before the service's app is
     built (`serving.service` does at import, in the server and in each worker): BentoML imports the class from
     this module when it assembles the middlewares."""
+    # BentoML offers no hook for its timeout middleware; mypy sees a class assigned over a class.
     traffic.TimeoutMiddleware = RequestTimeout  # type: ignore[misc]
 
 

@@ -18,6 +18,7 @@ import pandas as pd
 from feast import FeatureStore
 
 from features.offer_values import OfferValues
+from features.repo import offer_feature_refs
 from features.transform import CustomerMatrix, OfferMatrix, feature_names, offer_design
 from sendwise.registry import LoadedModel
 from serving.curves import predict
@@ -30,7 +31,6 @@ OFFER_CHUNK = 20_000
 """Customers whose offers are scored per booster call when a snapshot is read."""
 OFFER_SETS_KEPT = 256
 """Eligible offer sets remembered (by window start and offer list); all are forgotten when more are asked for."""
-OFFER_FEATURES = ("offer_kind", "offer_category", "discount_pct", "price", "margin")
 
 
 class OfferSummary(NamedTuple):
@@ -92,12 +92,13 @@ def eligible_offers(offers: pd.DataFrame | None, at: datetime, offer_ids: list[s
 
 
 def read_offer_features(store: FeatureStore | None, offers: pd.DataFrame | None) -> pd.DataFrame | None:
-    """The catalog's offer features from Feast's online store (None without a store or offers)."""
+    """The catalog's offer features from Feast's online store, as the offer model's FeatureService names them
+    (None without a store or offers)."""
     if offers is None or store is None or not len(offers):
         return None
     return (
         store.get_online_features(
-            features=[f"offer_fv:{c}" for c in OFFER_FEATURES],
+            features=offer_feature_refs(),
             entity_rows=[{"offer_id": o} for o in offers["offer_id"]],
         )
         .to_df()

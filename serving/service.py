@@ -95,7 +95,7 @@ info_app = FastAPI(title="sendwise", docs_url=None, redoc_url=None, openapi_url=
 @bentoml.service(
     threads=ENGINE_THREADS,
     traffic={"timeout": REQUEST_TIMEOUT_SECONDS},
-    **request_logging(Settings().trace_decide),  # type: ignore[arg-type]
+    **request_logging(Settings().trace_decide),
 )
 @bentoml.asgi_app(info_app, path="/v1", name="sendwise-info")
 class Sendwise:

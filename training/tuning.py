@@ -80,8 +80,8 @@ def _defaults(fixed: dict[str, object]) -> dict[str, object]:
         "min_data_in_leaf": fixed["min_data_in_leaf"],
         "feature_fraction": fixed["feature_fraction"],
         "bagging_fraction": fixed["bagging_fraction"],
-        "lambda_l1": max(float(fixed.get("lambda_l1", 0.0)), 1e-8),  # type: ignore[arg-type]
-        "lambda_l2": max(float(fixed.get("lambda_l2", 0.0)), 1e-8),  # type: ignore[arg-type]
+        "lambda_l1": max(_number(fixed, "lambda_l1"), 1e-8),
+        "lambda_l2": max(_number(fixed, "lambda_l2"), 1e-8),
         "min_gain_to_split": fixed.get("min_gain_to_split", 0.0),
     }
 
@@ -291,3 +291,11 @@ def tune(
         sampler=f"TPESampler(seed={seed})",
         pruner=_describe(pruner),
     )
+
+
+def _number(params: dict[str, object], name: str) -> float:
+    """A numeric LightGBM parameter (0 when unset); a ValueError that names it when it is not a number."""
+    value = params.get(name, 0.0)
+    if not isinstance(value, int | float):
+        raise ValueError(f"LightGBM parameter {name} must be a number, not {value!r}")
+    return float(value)
