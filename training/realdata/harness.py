@@ -20,6 +20,7 @@ from features.build import FeatureTables
 from features.transform import OfferMatrix, customer_matrix, offer_design
 from sendwise.ingest import IngestReport
 from sendwise.settings import Settings
+from serving.offers import rank_offers as engine_ranking
 from training import jobs, offpolicy
 from training.datasets import VALID_SHARE, TrainingSet, closed_exposures, historical_features, offer_training_set
 
@@ -163,16 +164,12 @@ def serving_gap(booster: lgb.Booster, data: TrainingSet, rows: np.ndarray, serve
 
 
 def rank_offers(value: np.ndarray, control: int | None) -> np.ndarray:
-    """The engine's choice per unit: the offer of highest value over the control arm's (where there is one).
-
-    Subtracting the control's value changes no argmax, but it is the rule: the control itself is among the
-    candidates, so it wins where no offer adds value (ties go to the control).
-    """
-    if control is None:
-        return value.argmax(axis=1)
-    incremental = value - value[:, [control]]
-    best = incremental.argmax(axis=1)
-    return np.where(incremental[np.arange(len(best)), best] > 0, best, control)
+    """The engine's choice per unit (`serving.offers.rank_offers`, as `/v1/decide` ranks): the offer of highest
+    value over the control arm's where there is one (the control itself among the candidates, so it is chosen
+    where no offer adds value), else of highest value."""
+    arms = np.zeros(0, dtype=np.int64) if control is None else np.array([control])
+    order, _ = engine_ranking(value, arms, np.zeros(value.shape[1], dtype=object), np.zeros(value.shape[1]), False)
+    return np.asarray(order[:, 0])
 
 
 # --- policies, intervals and progress -----------------------------------------------------------------------
