@@ -500,12 +500,13 @@ def _evaluate_suite(name: str, work_dir: Path | None, customers: int, days: int,
 
 @app.command()
 def realdata(
-    hillstrom: Annotated[Path, typer.Option("--hillstrom", help="the Hillstrom CSV")] = (
-        REPO_ROOT.parent / "shared" / "datasets" / "hillstrom" / "hillstrom.csv"
-    ),
-    starbucks: Annotated[Path, typer.Option("--starbucks", help="the Starbucks folder (portfolio, profile...)")] = (
-        REPO_ROOT.parent / "shared" / "datasets" / "starbucks"
-    ),
+    hillstrom: Annotated[
+        Path | None, typer.Option("--hillstrom", help="the Hillstrom CSV (docs/real-data.md says where to get it)")
+    ] = None,
+    starbucks: Annotated[
+        Path | None,
+        typer.Option("--starbucks", help="the Starbucks folder: portfolio, profile, transcript (docs/real-data.md)"),
+    ] = None,
     only: Annotated[str | None, typer.Option("--only", help="run one dataset: hillstrom or starbucks")] = None,
     work_dir: Annotated[
         Path | None, typer.Option("--work-dir", help="where the contract files and homes go (default: temporary)")
@@ -539,6 +540,8 @@ def realdata(
     wanted = {"hillstrom": hillstrom, "starbucks": starbucks}
     wanted = {name: path for name, path in wanted.items() if only in (None, name)}
     for name, path in wanted.items():
+        if path is None:
+            raise _fail(f"pass --{name} PATH (docs/real-data.md says where to get it), or --only the other dataset")
         if not path.exists():
             raise _fail(f"{path} does not exist: pass --{name} PATH (the {name} data is read, never copied)")
     reports: dict[str, dict] = {}

@@ -1,4 +1,4 @@
-"""The data contract (``shared/data-contract.md``) as one declarative definition.
+"""The data contract (``docs/data-contract.md``) as one declarative definition.
 
 Every table, its columns, which are required, how each is parsed, the event-name aliases, the boolean words
 and the id rules live here; ``sendwise.ingest`` applies them and nothing else decides what a valid row is.

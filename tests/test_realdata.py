@@ -206,7 +206,8 @@ def test_realdata_command_prints_the_figures(tmp_path: Path) -> None:
     from sendwise.cli import app
 
     out = tmp_path / "figures.json"
-    arguments = ["realdata", "--only", "hillstrom", "--work-dir", str(tmp_path / "work"), "--json", str(out)]
+    arguments = ["realdata", "--only", "hillstrom", "--hillstrom", str(HILLSTROM_CSV), "--json", str(out)]
+    arguments += ["--work-dir", str(tmp_path / "work")]
     result = CliRunner().invoke(app, [*arguments, "--plain-customers", "6000"])
     assert result.exit_code == 0, result.output
     assert "uplift@30%" in result.output and "0.0661" in result.output
@@ -227,6 +228,9 @@ def test_realdata_command_names_a_missing_dataset(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["realdata", "--only", "hillstrom", "--hillstrom", str(missing)])
     assert result.exit_code == 2
     assert str(missing) in result.output.replace("\n", "")
+    unnamed = CliRunner().invoke(app, ["realdata", "--only", "starbucks"])
+    assert unnamed.exit_code == 2
+    assert "pass --starbucks PATH (docs/real-data.md says where to get it)" in " ".join(unnamed.output.split())
 
 
 # --- Hillstrom as a plain export: `sendwise pipeline --as-of`, then /v1/decide for customers it never saw ----------

@@ -43,7 +43,7 @@ from training.realdata.harness import (
     uplift_at_k,
 )
 
-# Published figures the Hillstrom results stand beside (shared/datasets/README.md).
+# Published figures the Hillstrom results stand beside (docs/real-data.md cites them).
 MENS_VISIT_RATE = 0.1828
 PUBLISHED_UPLIFT_AT_30 = 0.0661
 
@@ -66,7 +66,9 @@ def hillstrom_report(csv: Path, work_dir: Path, seed: int = 42, progress: bool =
     """
     csv = Path(csv)
     if not csv.exists():
-        raise RealDataError(f"{csv} does not exist: the Hillstrom CSV is expected there (shared/datasets)")
+        raise RealDataError(
+            f"{csv} does not exist: the Hillstrom CSV is expected there (docs/real-data.md says where to get it)"
+        )
     work_dir = Path(work_dir)
     started = time.perf_counter()
     with steps("Hillstrom", 5, progress) as step:

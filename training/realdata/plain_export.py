@@ -155,7 +155,9 @@ def plain_export_report(
     sample of that many customers instead of all 64,000."""
     csv = Path(csv)
     if not csv.exists():
-        raise RealDataError(f"{csv} does not exist: the Hillstrom CSV is expected there (shared/datasets)")
+        raise RealDataError(
+            f"{csv} does not exist: the Hillstrom CSV is expected there (docs/real-data.md says where to get it)"
+        )
     root = Path(work_dir) / "hillstrom-plain"
     data_dir, home = root / "data", root / "home"
     started = time.perf_counter()
