@@ -439,7 +439,8 @@ def evaluate(
     if suite is not None:
         _evaluate_suite(suite, work_dir, customers, days, json_path)
         return
-    assert world is not None
+    if world is None:  # unreachable after the check above; says so to the type checker without an assert
+        raise _fail("give --world WORLD_DIR")
     if not (world / "truth").is_dir():
         raise _fail(f"{world} has no truth/ folder: evaluate needs a world written by `sendwise simulate`")
     result = run(_settings(), world)
@@ -537,13 +538,15 @@ def realdata(
     if only not in (None, "hillstrom", "starbucks"):
         raise _fail(f"--only must be hillstrom or starbucks, not {only!r}")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    wanted = {"hillstrom": hillstrom, "starbucks": starbucks}
-    wanted = {name: path for name, path in wanted.items() if only in (None, name)}
-    for name, path in wanted.items():
+    wanted: dict[str, Path] = {}
+    for name, path in (("hillstrom", hillstrom), ("starbucks", starbucks)):
+        if only not in (None, name):
+            continue
         if path is None:
             raise _fail(f"pass --{name} PATH (docs/real-data.md says where to get it), or --only the other dataset")
         if not path.exists():
             raise _fail(f"{path} does not exist: pass --{name} PATH (the {name} data is read, never copied)")
+        wanted[name] = path
     reports: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="sendwise-realdata-") as temporary:
         root = work_dir if work_dir is not None else Path(temporary)

@@ -178,7 +178,8 @@ def _plots(study: optuna.Study, directory: Path) -> list[Path]:
             ("intermediate_values.png", plot_intermediate_values),
         ):
             figure = plot(study).figure
-            assert isinstance(figure, Figure)
+            if not isinstance(figure, Figure):
+                raise TypeError(f"Optuna's {name} plot is a {type(figure).__name__}, not a matplotlib figure")
             figure.set_size_inches(8, 5)
             figure.tight_layout()
             figure.savefig(directory / name, dpi=100)

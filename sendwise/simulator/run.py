@@ -126,7 +126,8 @@ class Run:
     # --- sending
     def hours(self) -> Iterator[int]:
         """Send hour by hour; yields after each hour (for the progress bar)."""
-        assert self.schedule is not None, "call plan first"
+        if self.schedule is None:
+            raise RuntimeError("the run has no schedule: call plan() before hours()")
         sched_c, sched_t, sched_camp = self.schedule
         i = 0
         n_hours = round((self.end_s - self.start_s) / HOUR)

@@ -80,7 +80,8 @@ def starbucks_report(
         )
         exposures = run.exposures
         offer_events = load_table(run.settings, "offer_events")
-        assert offer_events is not None
+        if offer_events is None:
+            raise RealDataError("the Starbucks export ingested no offer_events: its transcript has no offer rows")
         viewed = _viewed(exposures, offer_events, run.settings.conversion_window_days)
         people = np.sort(exposures["customer_id"].unique())
         train_people, _ = train_test_split(people, test_size=0.5, random_state=seed)
