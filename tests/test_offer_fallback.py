@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
 
 import httpx
 import numpy as np
@@ -18,7 +17,7 @@ from features.offer_values import OfferValues, offer_values
 from sendwise.raw import load_table
 from serving.schemas import DecideRequest, Recipient, RenderRequest
 from tests.conftest import with_own_decision_log
-from tests.test_service_app import _guard_environment, fresh_metrics  # noqa: F401 - a fixture, used by name
+from tests.test_service_app import fresh_metrics, served  # noqa: F401 - a fixture, used by name
 
 pytestmark = [pytest.mark.integration]
 START = datetime(2026, 12, 21, 7, tzinfo=UTC)
@@ -233,17 +232,9 @@ def anyio_backend() -> str:
 @pytest.fixture
 async def client(fallback, tmp_path: Path, monkeypatch, request) -> AsyncIterator[httpx.AsyncClient]:  # type: ignore[no-untyped-def]
     """BentoML's ASGI app of the service over the engine without an offer model, no token."""
-    import serving.service as service_module
-
     request.getfixturevalue("fresh_metrics")  # a metrics registry of its own
-    _guard_environment(monkeypatch, tmp_path / "home")
-    monkeypatch.delenv("SENDWISE_API_TOKEN", raising=False)
-    monkeypatch.setattr(service_module, "load_engine", lambda settings: fallback)
-    app: Any = cast(Any, service_module.Sendwise).to_asgi()
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://sendwise.test") as http:
-            yield http
+    async with served(fallback, tmp_path / "home", monkeypatch) as http:
+        yield http
 
 
 @pytest.mark.anyio

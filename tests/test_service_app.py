@@ -14,6 +14,7 @@ import logging
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -160,15 +161,12 @@ def fresh_metrics(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         yield
 
 
-@pytest.fixture
-async def client(
-    engine: FakeEngine,
-    token: str | None,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    fresh_metrics: None,
+@asynccontextmanager
+async def served(
+    engine: Any, home: Path, monkeypatch: pytest.MonkeyPatch, token: str | None = None
 ) -> AsyncIterator[httpx.AsyncClient]:
-    _guard_environment(monkeypatch, tmp_path / "home")
+    """BentoML's ASGI app of the service over `engine`, in process, its home `home`; open without a `token`."""
+    _guard_environment(monkeypatch, home)
     if token is None:
         monkeypatch.delenv("SENDWISE_API_TOKEN", raising=False)
     else:
@@ -179,6 +177,18 @@ async def client(
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://sendwise.test") as http:
             yield http
+
+
+@pytest.fixture
+async def client(
+    engine: FakeEngine,
+    token: str | None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fresh_metrics: None,
+) -> AsyncIterator[httpx.AsyncClient]:
+    async with served(engine, tmp_path / "home", monkeypatch, token) as http:
+        yield http
 
 
 def _decide_body(*ids: str, **extra: Any) -> dict[str, Any]:

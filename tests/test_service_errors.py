@@ -4,18 +4,14 @@ champion a 503, an unknown template a 422 naming the field."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, cast
 
-import httpx
 import pytest
 
 from serving.errors import NoChampion, UnknownCustomer
 from serving.modules import check_template
 from serving.schemas import ExplainRequest, ExplainResponse, RenderRequest, RenderResponse
-from tests.test_service_app import FakeEngine, _guard_environment, fresh_metrics  # noqa: F401 - a fixture, used by name
+from tests.test_service_app import FakeEngine, fresh_metrics, served  # noqa: F401 - a fixture, used by name
 
 pytestmark = pytest.mark.anyio
 
@@ -38,21 +34,6 @@ class FewCustomers(FakeEngine):
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@asynccontextmanager
-async def served(engine: Any, home: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[httpx.AsyncClient]:
-    """BentoML's ASGI app of the service over `engine`, without a token."""
-    import serving.service as service_module
-
-    _guard_environment(monkeypatch, home)
-    monkeypatch.delenv("SENDWISE_API_TOKEN", raising=False)
-    monkeypatch.setattr(service_module, "load_engine", lambda settings: engine)
-    app: Any = cast(Any, service_module.Sendwise).to_asgi()
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://sendwise.test") as http:
-            yield http
 
 
 @pytest.mark.usefixtures("fresh_metrics")
