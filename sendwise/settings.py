@@ -36,6 +36,17 @@ class Settings(BaseSettings):
     seed: int = 7
     label_window_hours: int = 72
     conversion_window_days: int = 7
+    brand_file: Path | None = Field(
+        default=None,
+        description="YAML file of the brand emails are rendered for (name, logo, colours, postal address, "
+        "unsubscribe URL template); without one, only transactional email can be rendered",
+    )
+    templates_dir: Path | None = Field(
+        default=None, description="templates and modules that replace the built-in ones of the same name"
+    )
+    render_days: int = Field(
+        default=14, ge=1, le=365, description="how long after it was made a decision can be rendered by its id"
+    )
     trace_decide: bool = Field(
         default=False,
         description="trace and access-log every /v1/decide request as BentoML does other routes (off: at a "
@@ -105,6 +116,8 @@ class Settings(BaseSettings):
             "MPLCONFIGDIR": str(self.home / ".matplotlib"),
             "FEAST_USAGE": "False",
             "SENDWISE_HOME": str(self.home),
+            **({"SENDWISE_BRAND_FILE": str(self.brand_file)} if self.brand_file else {}),
+            **({"SENDWISE_TEMPLATES_DIR": str(self.templates_dir)} if self.templates_dir else {}),
         }
 
     def activate(self) -> None:

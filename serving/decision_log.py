@@ -4,18 +4,30 @@ This module owns the log's format: `DecisionLog` appends every decide's entries,
 back the sends that frequency caps and no-repeat rules count (`serving.history`). An entry holds
 `decision_id`, `customer_id`, `decided_at`, the `campaign`, `send`, `send_at` (isoformat), `explore`,
 `propensity`, `offer_ids` (the whole ranking), `exposed_offer_ids` (the offers the email's modules carry: what
-a no-repeat rule counts as shown), `holdout` and the `model_versions`.
+a no-repeat rule counts as shown), `holdout` and the `model_versions`; a decision to send also keeps what
+rendering its email needs (`render`: the template, the ranked offers, the modules and the facts they were chosen
+from), one not to send its `reasons`.
+
+`<home>/decisions/index.sqlite` finds a decision's line by its id (`DecisionLog.find`), so that `/v1/render`
+can render a logged decision without reading the log: it is written after the lines it points to, and a
+decision it cannot find is one that cannot be rendered.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
+import sqlite3
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import orjson
+
+INDEX_FILE = "index.sqlite"
 
 
 def json_lines(records: Sequence[Mapping[str, object]], first_key: str) -> bytes:
@@ -31,11 +43,87 @@ def json_lines(records: Sequence[Mapping[str, object]], first_key: str) -> bytes
     return lines
 
 
+def _index_key(decision_id: str) -> int:
+    """The index's integer key of a decision id (`d-` and 32 hex digits): its first 60 bits. The line found is
+    checked against the whole id."""
+    return int(decision_id[2:17], 16)
+
+
+@dataclass(frozen=True)
+class LoggedDecision:
+    """One decision as the log keeps it, and when it was made."""
+
+    entry: dict[str, object]
+    decided_at: datetime
+
+
 class DecisionLog:
-    """Appends decisions to the day's file, one batch in one write, one writer at a time."""
+    """Appends decisions to the day's file, one batch in one write, one writer at a time, and indexes them."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._index: sqlite3.Connection | None = None
+        self._index_owner: tuple[int, Path] | None = None
+
+    def _connection(self, decisions_dir: Path) -> sqlite3.Connection:
+        """The index's connection of this process (a process forked from one that had it opens its own)."""
+        owner = (os.getpid(), decisions_dir)
+        if self._index is None or self._index_owner != owner:
+            decisions_dir.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(decisions_dir / INDEX_FILE, timeout=30.0, check_same_thread=False)
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            connection.execute(
+                "CREATE TABLE IF NOT EXISTS decisions (key INTEGER PRIMARY KEY, file TEXT NOT NULL, "
+                "offset INTEGER NOT NULL, length INTEGER NOT NULL, decided_at INTEGER NOT NULL)"
+            )
+            self._index, self._index_owner = connection, owner
+        return self._index
+
+    def _write_index(
+        self, decisions_dir: Path, ids: list[str], file: str, start: int, lines: bytes, decided_at: int
+    ) -> None:
+        ends = np.flatnonzero(np.frombuffer(lines, dtype=np.uint8) == 10)
+        starts = np.r_[0, ends[:-1] + 1]
+        rows = zip(
+            (_index_key(i) for i in ids),
+            [file] * len(ids),
+            (start + starts).tolist(),
+            (ends - starts).tolist(),
+            [decided_at] * len(ids),
+            strict=True,
+        )
+        connection = self._connection(decisions_dir)
+        with connection:
+            connection.executemany("INSERT OR REPLACE INTO decisions VALUES (?, ?, ?, ?, ?)", rows)
+
+    def find(self, decisions_dir: Path, decision_id: str) -> LoggedDecision | None:
+        """The logged decision with this id, or None (never made here, or its day's file is gone)."""
+        with self._lock:
+            query = "SELECT file, offset, length, decided_at FROM decisions WHERE key = ?"
+            found = self._connection(decisions_dir).execute(query, (_index_key(decision_id),)).fetchone()
+        if found is None:
+            return None
+        file, offset, length, decided_at = found
+        try:
+            with (decisions_dir / file).open("rb") as handle:
+                handle.seek(offset)
+                line = handle.read(length)
+            entry = orjson.loads(line)
+        except (OSError, orjson.JSONDecodeError):
+            return None
+        if not isinstance(entry, dict) or entry.get("decision_id") != decision_id:
+            return None
+        return LoggedDecision(entry, datetime.fromtimestamp(decided_at, UTC))
+
+    def forget_before(self, decisions_dir: Path, before: datetime) -> int:
+        """Drop the index rows of decisions made before `before` (they can no longer be rendered)."""
+        with self._lock:
+            connection = self._connection(decisions_dir)
+            with connection:
+                return connection.execute(
+                    "DELETE FROM decisions WHERE decided_at < ?", (int(before.timestamp()),)
+                ).rowcount
 
     def append(
         self,
@@ -46,10 +134,12 @@ class DecisionLog:
         campaign: dict[str, object],
         model_versions: dict[str, str | None],
         logged_times: Mapping[str, str],
+        render_facts: Sequence[Mapping[str, object] | None],
     ) -> None:
         """Every decision of a batch, with its exploration flag and propensity. `ranked_offers` and
-        `shown_offers` are each decision's whole ranking and the offers its email carries; `logged_times`
-        turns an answer's `send_at` (JSON, Z) into the log's (isoformat)."""
+        `shown_offers` are each decision's whole ranking and the offers its email carries; `render_facts` what
+        rendering a sent decision's email needs (None where it is not sent); `logged_times` turns an answer's
+        `send_at` (JSON, Z) into the log's (isoformat)."""
         now = datetime.now(UTC)
         decided_at = now.isoformat()
         entries = [
@@ -66,9 +156,12 @@ class DecisionLog:
                 "exposed_offer_ids": shown,
                 "holdout": d["holdout"],
                 "model_versions": model_versions,
+                **({"render": facts} if facts is not None else {"reasons": d["reasons"]}),
             }
-            for d, ranked, shown in zip(decisions, ranked_offers, shown_offers, strict=True)
+            for d, ranked, shown, facts in zip(decisions, ranked_offers, shown_offers, render_facts, strict=True)
         ]
+        if not entries:
+            return
         lines = json_lines(entries, "decision_id")
         path = decisions_dir / f"{now:%Y-%m-%d}.jsonl"
         with self._lock:
@@ -78,7 +171,12 @@ class DecisionLog:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 handle = path.open("ab")
             with handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)  # other processes (the bulk path's workers) append too
+                start = handle.seek(0, os.SEEK_END)
                 handle.write(lines)
+                handle.flush()
+            ids = [str(d["decision_id"]) for d in decisions]
+            self._write_index(decisions_dir, ids, path.name, start, lines, int(now.timestamp()))
 
 
 @dataclass(frozen=True)

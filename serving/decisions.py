@@ -16,14 +16,21 @@ from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, Field
 
 from serving import reasons
 from serving.assign import HourPlan
-from serving.modules import has_category_picks, offer_slots_batch, placed_offers, planned_modules
+from serving.modules import (
+    MAX_CATEGORIES,
+    has_category_picks,
+    offer_slots_batch,
+    placed_offers,
+    planned_modules,
+)
 from serving.offers import OfferSummary, rank_offers
 from serving.online import BatchFeatures
 from serving.reasons import HourReasons
-from serving.schemas import Constraints, Recipient
+from serving.schemas import Constraints, OfferScore, Recipient
 
 OFFER_MODULES = ("hero_offer", "secondary_offers", "content_block")
 """The modules that carry offers: what a decision logs as shown (a no-repeat rule counts those)."""
@@ -63,8 +70,11 @@ class Batch:
     excluded: list[np.ndarray]
     logged_values: bool = False
     """The offers' values are the logged ones (no offer model), the same for every row."""
+    template: str = "promotional"
+    """Which modules the emails get: `newsletter` ones or `promotional` ones (`serving.modules`)."""
     ranked_offers: list[list[str]] = field(default_factory=list)  # per decision: every offer ranked
     shown_offers: list[list[str]] = field(default_factory=list)  # per decision: those the email carries
+    render_facts: list[dict[str, object] | None] = field(default_factory=list)  # per decision: what rendering needs
 
     @cached_property
     def ranking(self) -> tuple[np.ndarray, np.ndarray | None]:
@@ -116,6 +126,7 @@ class _RowValues:
     explore: list[bool]
     propensity: list[float]
     categories: list[bool]
+    views: list[dict[str, float]]
 
     @classmethod
     def of(cls, batch: Batch) -> _RowValues:
@@ -152,7 +163,45 @@ class _RowValues:
                     known, features.matrix.interests, features.any_views.tolist(), strict=True
                 )
             ],
+            views=_top_views(features),
         )
+
+
+def _top_views(features: BatchFeatures) -> list[dict[str, float]]:
+    """Each row's most viewed categories (MAX_CATEGORIES of them, ties included) with their share of its product
+    views: all that choosing category picks can read of the views, kept with the decision so that rendering it
+    later picks the same categories."""
+    snapshot = features.state.snapshot
+    n, width = len(features.rows), len(snapshot.categories)
+    if width == 0 or not features.any_views.any():
+        return [{} for _ in range(n)]
+    views = np.where(features.any_views[:, None], snapshot.views[features.rows], 0.0)
+    keep = min(MAX_CATEGORIES, width)
+    kth = -np.partition(-views, keep - 1, axis=1)[:, keep - 1]
+    shares = views / np.maximum(views.sum(axis=1), 1e-30)[:, None]
+    rows, columns = np.nonzero((views > 0) & (views >= kth[:, None]))
+    found: list[dict[str, float]] = [{} for _ in range(n)]
+    names = snapshot.categories
+    for r, c, share in zip(rows.tolist(), columns.tolist(), shares[rows, columns].tolist(), strict=True):
+        found[r][names[c]] = share
+    return found
+
+
+class LoggedRender(BaseModel):
+    """What a decision to send keeps for rendering its email later (the decision log's `render`): the facts
+    `choose_modules` reads, and the modules that were chosen from them."""
+
+    template: str
+    open_probability: float
+    population_open_probability: float
+    high_value_threshold: float
+    offers: list[OfferScore]
+    modules: list[tuple[str, list[str]]]
+    category_views: dict[str, float] = Field(default_factory=dict)
+    interests: list[str] = Field(default_factory=list)
+    cold_start: bool = False
+    history_emails: int = 0
+    recipient: Recipient | None = None
 
 
 class _RowOffers(NamedTuple):
@@ -274,7 +323,7 @@ def decision_rows(
 ) -> list[dict[str, object]]:
     """Every recipient's decision, in request order. `notes` are the reasons every sent decision gives (how the
     models ranked, or why they could not)."""
-    template = "newsletter" if batch.kind == "newsletter" else "promotional"
+    template = batch.template
     threshold = max(population.high_value_threshold, 0.0)
     rows = _RowValues.of(batch)
     offers = _RankedOffers.of(batch, template, threshold)
@@ -290,6 +339,7 @@ def decision_rows(
         reason, scored = _why_not_sent(batch, rows, i)
         batch.ranked_offers.append([])
         batch.shown_offers.append([])
+        batch.render_facts.append(None)
         curve = rows.curves[i] if scored else []
         out.append(_not_sent(recipient.customer_id, decision_id, reason, curve, rows.emails[i], rows.holdout[i]))
     return out
@@ -374,9 +424,25 @@ def _sent(
         open_probability=chosen_p,
         population_open_probability=context.population,
         has_categories=rows.categories[i],
+        control_first=bool(ranked.kinds) and ranked.kinds[0] == "control",
     )
     batch.ranked_offers.append(ranked.ids)
     batch.shown_offers.append([item for name, items in modules if name in OFFER_MODULES for item in items])
+    batch.render_facts.append(
+        {
+            "template": context.template,
+            "open_probability": chosen_p,
+            "population_open_probability": context.population,
+            "high_value_threshold": context.threshold,
+            "offers": ranked.answer,
+            "modules": modules,
+            "category_views": rows.views[i],
+            "interests": sorted(batch.features.matrix.interests[i]),
+            "cold_start": cold,
+            "history_emails": emails,
+            **({"recipient": recipient.model_dump(exclude_defaults=True)} if cold else {}),
+        }
+    )
     return {
         "customer_id": recipient.customer_id,
         "decision_id": decision_id,

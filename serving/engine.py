@@ -30,18 +30,21 @@ from sendwise.registry import MODEL_NAMES, LoadedModel, load_champions
 from sendwise.settings import Settings
 from serving import reasons
 from serving.assign import in_holdout, plan_hours
+from serving.brand import Brand, brand_for, load_brand
 from serving.compiled import warm_up
 from serving.constraints import allowed_hours, blocked_recipients, repeated_offers
 from serving.curves import FALLBACK_OPEN_PROBABILITY, OpenCurves, predict, predict_on_one_thread
-from serving.decision_log import DecisionLog
-from serving.decisions import Batch, Population, decision_rows
-from serving.errors import NoChampion, NothingToExplain, UnknownCustomer
+from serving.decision_log import DecisionLog, LoggedDecision
+from serving.decisions import Batch, LoggedRender, Population, decision_rows
+from serving.errors import NoChampion, NothingToExplain, UnknownCustomer, UnknownDecision
 from serving.history import SendHistory
-from serving.modules import ModuleFacts, OfferFact, check_template, choose_modules
+from serving.links import Tracking, email_headers, filled
+from serving.modules import ModuleFacts, as_logged, choose_modules
 from serving.offers import OfferCatalog, eligible_offers, read_offer_features
 from serving.online import BatchFeatures, OnlineFeatures, RhythmPriors
-from serving.render import render_email
+from serving.render import Personal, check_layout, render_email
 from serving.schemas import (
+    Campaign,
     Constraints,
     DecideRequest,
     DecideResponse,
@@ -80,6 +83,17 @@ def collector_paused() -> Iterator[None]:
                 gc.enable()
 
 
+def customer_attributes(matrix: CustomerMatrix, row: int) -> dict[str, object]:
+    """A row's `attr_*` values that are there (what a subject may name), as plain Python values."""
+    found: dict[str, object] = {}
+    for name, column in matrix.attributes.items():
+        value = column[row]
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            continue
+        found[name] = value.item() if isinstance(value, np.generic) else value
+    return found
+
+
 class Engine:
     """Champions and features, loaded once; decisions, renders and explanations per request."""
 
@@ -97,6 +111,7 @@ class Engine:
         self.settings = settings
         self.store = store
         self.models = models
+        self.brand: Brand | None = load_brand(settings.brand_file) if settings.brand_file else None
         priors = RhythmPriors(rhythm_priors)
         self.catalog = OfferCatalog(offers, offer_features, offer_values, models, priors)
         self.curves = OpenCurves(models)
@@ -153,6 +168,7 @@ class Engine:
         warm_up()  # the compiled tree walk, before any request waits for it
         history = SendHistory.from_raw(settings)
         engine = cls(settings, store, models, offers, offer_features, history, priors, values)
+        engine.log.forget_before(settings.decisions_dir, datetime.now(UTC) - timedelta(days=settings.render_days))
         # What was just loaded (models, Feast, MLflow, the snapshot) lives as long as the process: keep it out
         # of the cycle collector's full passes, which otherwise walk all of it whenever a batch's answer, or a
         # bulk file's recipients, allocate enough to trigger one.
@@ -206,7 +222,18 @@ class Engine:
             return self._decide_payload(request)
 
     def _decide_payload(self, request: DecideRequest) -> dict[str, object]:
+        family = "newsletter" if request.campaign.kind == "newsletter" else "promotional"
+        batch, decisions = self._decided(request, family)
+        return {
+            "model_versions": self.model_versions(),
+            "status": "degraded" if batch.features.degraded else "ok",
+            "decisions": decisions,
+        }
+
+    def _decided(self, request: DecideRequest, family: str) -> tuple[Batch, list[dict[str, object]]]:
+        """The batch and its decisions, logged: `family` says which modules the emails get."""
         batch = self._batch(request)
+        batch.template = family
         decisions = decision_rows(batch, request.recipients, self._notes(batch), self.population)
         self.log.append(
             self.settings.decisions_dir,
@@ -216,12 +243,9 @@ class Engine:
             request.campaign.model_dump(),
             self.model_versions(),
             dict(batch.window_times),
+            batch.render_facts,
         )
-        return {
-            "model_versions": self.model_versions(),
-            "status": "degraded" if batch.features.degraded else "ok",
-            "decisions": decisions,
-        }
+        return batch, decisions
 
     def _batch(self, request: DecideRequest) -> Batch:
         """Everything a decide computes for the whole batch at once: features, curves, offers, rules, hours."""
@@ -291,78 +315,110 @@ class Engine:
 
     # --- render and explain ----------------------------------------------------------------------
     def render(self, request: RenderRequest) -> RenderResponse:
-        template = check_template(request.template)
-        recipient = request.recipient or Recipient(customer_id=request.customer_id)
-        if recipient.customer_id != request.customer_id:
-            recipient = recipient.model_copy(update={"customer_id": request.customer_id})
-        decision = self.decide(DecideRequest(recipients=[recipient], campaign=request.campaign)).decisions[0]
-        if not decision.send:
-            return RenderResponse(
-                customer_id=request.customer_id,
-                template=template,
-                send=False,
-                subject=None,
-                html=None,
-                text=None,
-                modules=[],
-                reasons=decision.reasons,
-            )
-        features = self.online.for_recipients([recipient])
-        facts = self._module_facts(
-            features.matrix,
-            recipient,
-            decision.open_probability or 0.0,
-            self.catalog.facts_for_modules(decision.offers),
-            request.campaign.kind,
-            request.campaign.topic,
-            not bool(features.known[0]),
-            decision.history_emails,
+        """A logged decision's email (`decision_id`), or a new decision's for one recipient, decided and logged
+        once: nothing is decided or logged twice for one email."""
+        templates_dir = self.settings.templates_dir
+        if request.template is not None:
+            check_layout(request.template, templates_dir)
+        if request.decision_id is not None:
+            return self._render_logged(self._logged(request.decision_id), request.template)
+        campaign = request.campaign or Campaign()
+        brand_for(self.brand, campaign.kind, self.settings.brand_file)  # before deciding: a refusal logs nothing
+        recipient = (request.recipient or Recipient(customer_id=str(request.customer_id))).model_copy(
+            update={"customer_id": request.customer_id}
         )
-        choices = choose_modules(facts, template)
-        url = request.unsubscribe_url or f"https://example.invalid/unsubscribe?customer={request.customer_id}"
-        email = render_email(template, facts, choices, unsubscribe_url=url, offers_catalog=self.catalog.rows_by_id())
+        family = "newsletter" if request.template == "newsletter" or campaign.kind == "newsletter" else "promotional"
+        batch, decisions = self._decided(DecideRequest(recipients=[recipient], campaign=campaign), family)
+        decision = decisions[0]
+        entry = {
+            **decision,
+            "campaign": campaign.model_dump(),
+            "send_at": dict(batch.window_times).get(str(decision["send_at"])) if decision["send_at"] else None,
+            "render": batch.render_facts[0],
+        }
+        return self._render_logged(LoggedDecision(entry, datetime.now(UTC)), request.template)
+
+    def _logged(self, decision_id: str) -> LoggedDecision:
+        """The logged decision with this id that may still be rendered, or a 404 that says why not."""
+        logged = self.log.find(self.settings.decisions_dir, decision_id)
+        if logged is None:
+            raise UnknownDecision(decision_id)
+        oldest = datetime.now(UTC) - timedelta(days=self.settings.render_days)
+        if logged.decided_at < oldest:
+            raise UnknownDecision(decision_id, logged.decided_at, self.settings.render_days)
+        return logged
+
+    def _render_logged(self, logged: LoggedDecision, template: str | None) -> RenderResponse:
+        entry = logged.entry
+        campaign = Campaign.model_validate(entry.get("campaign") or {})
+        customer_id, decision_id = str(entry["customer_id"]), str(entry["decision_id"])
+        logged_facts = entry.get("render")
+        send_at = datetime.fromisoformat(str(entry["send_at"])) if entry.get("send_at") else None
+        refused = RenderResponse(customer_id=customer_id, decision_id=decision_id, template=template or "", send=False)
+        if not entry.get("send"):
+            given = entry.get("reasons")
+            reasons_given = [str(r) for r in given] if isinstance(given, list) else []
+            return refused.model_copy(update={"reasons": [reasons.decided_not_to_send(decision_id), *reasons_given]})
+        if not isinstance(logged_facts, dict):
+            raise UnknownDecision(decision_id, logged_without_facts=True)
+        facts = LoggedRender.model_validate(logged_facts)
+        brand = brand_for(self.brand, campaign.kind, self.settings.brand_file)
+        features = self.online.for_recipients([Recipient(customer_id=customer_id)])
+        if features.known[0] and not (features.consent[0] and features.eligible[0]):
+            why = reasons.NO_CONSENT if not features.consent[0] else reasons.NOT_ELIGIBLE
+            return refused.model_copy(update={"reasons": [reasons.changed_since_decision(decision_id), why]})
+        template = template or facts.template
+        module_facts = ModuleFacts(
+            customer_id=customer_id,
+            campaign_kind=campaign.kind,
+            campaign_topic=campaign.topic,
+            open_probability=facts.open_probability,
+            population_open_probability=facts.population_open_probability,
+            offers=self.catalog.facts_for_modules(facts.offers),
+            high_value_threshold=facts.high_value_threshold,
+            category_affinity=facts.category_views,
+            interests=facts.interests,
+            cold_start=facts.cold_start,
+            history_emails=facts.history_emails,
+        )
+        choices = as_logged(choose_modules(module_facts, facts.template), facts.modules)
+        unsubscribe = (
+            filled(brand.unsubscribe_url, customer_id, decision_id, campaign.campaign_id)
+            if brand.unsubscribe_url
+            else None
+        )
+        tracking = Tracking(
+            decision_id, brand.utm.source, brand.utm.medium, campaign.campaign_id or campaign.topic or campaign.kind
+        )
+        if features.known[0]:
+            attributes = customer_attributes(features.matrix, 0)
+        else:
+            attributes = dict(facts.recipient.attributes) if facts.recipient else {}
+        email = render_email(
+            template,
+            module_facts,
+            choices,
+            brand=brand,
+            tracking=tracking,
+            unsubscribe_url=unsubscribe,
+            offers_catalog=self.catalog.rows_by_id(),
+            personal=Personal(campaign.subject, campaign.preheader, attributes),
+            templates_dir=self.settings.templates_dir,
+        )
         return RenderResponse(
-            customer_id=request.customer_id,
+            customer_id=customer_id,
+            decision_id=decision_id,
             template=template,
             send=True,
+            send_at=send_at,
             subject=email.subject,
+            preheader=email.preheader,
             html=email.html,
             text=email.text,
+            headers=email_headers(brand, decision_id, unsubscribe, campaign.kind, customer_id, campaign.campaign_id),
             modules=[RenderedModule(name=m.name, reason=m.reason) for m in email.modules],
-            reasons=decision.reasons,
-        )
-
-    def _module_facts(
-        self,
-        matrix: CustomerMatrix,
-        recipient: Recipient,
-        open_probability: float,
-        offers: list[OfferFact],
-        kind: str,
-        topic: str | None,
-        cold: bool,
-        emails: int,
-    ) -> ModuleFacts:
-        """What choosing the modules of the first row's email reads."""
-        views = matrix.category_views[0]
-        total = float(views.sum()) if len(views) else 0.0
-        affinity = (
-            {n: float(v) / total for n, v in zip(matrix.category_names[0], views, strict=False) if v > 0}
-            if total > 0
-            else {}
-        )
-        return ModuleFacts(
-            customer_id=recipient.customer_id,
-            campaign_kind=kind,
-            campaign_topic=topic,
-            open_probability=open_probability,
-            population_open_probability=self.population.open_probability,
-            offers=offers,
-            high_value_threshold=max(self.population.high_value_threshold, 0.0),
-            category_affinity=affinity,
-            interests=sorted(matrix.interests[0]),
-            cold_start=cold,
-            history_emails=emails,
+            reasons=[reasons.rendered_decision(decision_id, logged.decided_at)],
+            warnings=email.warnings,
         )
 
     def explain(self, request: ExplainRequest) -> ExplainResponse:

@@ -7,6 +7,7 @@ the server's log.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import ClassVar
 
 
@@ -53,3 +54,35 @@ class NothingToExplain(ServingError, LookupError):
 
     status = 404
     error = "nothing to explain"
+
+
+class UnknownDecision(ServingError, LookupError):
+    """A decision id that cannot be rendered: never made here, expired, or logged without what rendering needs."""
+
+    status = 404
+    error = "unknown decision"
+
+    def __init__(
+        self,
+        decision_id: str,
+        decided_at: datetime | None = None,
+        keep_days: int | None = None,
+        logged_without_facts: bool = False,
+    ) -> None:
+        if logged_without_facts:
+            message = (
+                f"decision {decision_id} was logged before decisions kept what rendering needs: decide again, or "
+                "render by customer_id"
+            )
+        elif decided_at is not None:
+            message = (
+                f"decision {decision_id} expired: it was made {decided_at:%Y-%m-%d %H:%M} UTC and decisions can be "
+                f"rendered for {keep_days} days (SENDWISE_RENDER_DAYS); decide again"
+            )
+        else:
+            message = (
+                f"no decision {decision_id} in this home's decision log: pass a decision_id that /v1/decide "
+                "returned here"
+            )
+        super().__init__(message, field="decision_id")
+        self.decision_id = decision_id

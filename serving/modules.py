@@ -42,9 +42,9 @@ class UnknownTemplateError(ServingError, ValueError):
     status = 422
     error = "unknown template"
 
-    def __init__(self, template: str) -> None:
+    def __init__(self, template: str, known: tuple[str, ...] = TEMPLATES) -> None:
         self.template = template
-        super().__init__(f"unknown template {template!r}; known templates: {', '.join(TEMPLATES)}", field="template")
+        super().__init__(f"unknown template {template!r}; known templates: {', '.join(known)}", field="template")
 
 
 def check_template(template: str) -> str:
@@ -110,6 +110,7 @@ def planned_modules(
     open_probability: float,
     population_open_probability: float,
     has_categories: bool,
+    control_first: bool = False,
 ) -> list[tuple[str, list[str]]]:
     """The modules `choose_modules` picks (names, and the offers the offer modules show), without writing the
     reasons: what a decision carries, at campaign scale. The offers come placed by `offer_slots` (or
@@ -125,11 +126,13 @@ def planned_modules(
         slots.append(("secondary_offers", secondary))
     if template == "newsletter":
         plan.append(("newsletter_digest", []))
-        if content:
+        if content or control_first:
             plan.append(("content_block", content))
         plan.extend(slots)
     else:
         plan.extend(slots)
+        if control_first:
+            plan.append(("content_block", []))
         if has_categories:
             plan.append(("category_picks", []))
     return plan
@@ -201,8 +204,26 @@ def choose_modules(facts: ModuleFacts, template: str = "promotional") -> list[Mo
     if template == "newsletter":
         body = [_newsletter_digest(facts), _content_block(facts), *offers]
     else:
-        body = [*offers, _category_picks(facts)]
+        body = [*offers, _no_offer_content(facts), _category_picks(facts)]
     return [choice for choice in (*intro, *body) if choice is not None]
+
+
+def as_logged(choices: list[ModuleChoice], logged: Sequence[tuple[str, list[str]]]) -> list[ModuleChoice]:
+    """The modules a decision logged (`[name, offer ids]` pairs, as `planned_modules` gave them), with the
+    reasons and category items `choose_modules` gives for the same facts. They agree unless the rules changed
+    since the decision was made; the logged modules are what was decided, so they win, and a module the rules
+    no longer choose says so."""
+    by_name = {choice.name: choice for choice in choices}
+    kept = []
+    for name, items in logged:
+        choice = by_name.get(name)
+        if choice is None:
+            kept.append(ModuleChoice(name=name, reason="chosen when the decision was made", items=items))
+        elif items and choice.items != items:
+            kept.append(choice.model_copy(update={"items": items}))
+        else:
+            kept.append(choice)
+    return kept
 
 
 def _wants_welcome(cold_start: bool, history_emails: int) -> bool:
@@ -271,11 +292,29 @@ def _offer_modules(facts: ModuleFacts, template: str) -> list[ModuleChoice]:
     return choices
 
 
+def _control_first(facts: ModuleFacts) -> bool:
+    return bool(facts.offers) and facts.offers[0].kind == "control"
+
+
+def _no_offer_content(facts: ModuleFacts) -> ModuleChoice | None:
+    """The content block of an email whose best choice is no offer at all."""
+    if not _control_first(facts):
+        return None
+    best = next((o for o in facts.offers if o.kind != "control"), None)
+    detail = (
+        f": the best offer, {best.offer_id}, would add {best.incremental_value:.2f}"
+        if best is not None and best.incremental_value is not None
+        else ""
+    )
+    reason = f"the control arm ranks first, so sending no offer is worth the most{detail}; the email carries content"
+    return ModuleChoice(name="content_block", reason=reason, items=[])
+
+
 def _content_block(facts: ModuleFacts) -> ModuleChoice | None:
     offers = facts.offers
     _, _, content = offer_slots([o.kind for o in offers], [o.expected_value for o in offers], "newsletter", 0.0)
     if not content:
-        return None
+        return _no_offer_content(facts)
     listed = "; ".join(
         f"content offer {offers[j].offer_id} ranked {_ordinal(j + 1)} of {len(offers)}, "
         f"conversion probability {_pct(offers[j].conversion_probability)}{_incremental(offers[j])}"

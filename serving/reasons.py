@@ -188,3 +188,15 @@ def no_champion(name: str, offer_values: OfferValues | None) -> str:
 
 def features_unavailable(error: Exception) -> str:
     return f"online features unavailable: {type(error).__name__}: {error}"
+
+
+def decided_not_to_send(decision_id: str) -> str:
+    return f"decision {decision_id} was not to send this customer an email: there is nothing to render"
+
+
+def changed_since_decision(decision_id: str) -> str:
+    return f"the customer's consent or eligibility changed since decision {decision_id}: no email"
+
+
+def rendered_decision(decision_id: str, decided_at: datetime) -> str:
+    return f"the email of decision {decision_id}, made {decided_at:%Y-%m-%d %H:%M} UTC: no new decision"

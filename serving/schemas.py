@@ -5,7 +5,15 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 CustomerId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
 CampaignKind = Literal["promotional", "newsletter", "triggered", "transactional"]
@@ -48,9 +56,24 @@ class Recipient(_Strict):
         return value
 
 
+OneLine = Annotated[str, StringConstraints(max_length=500, pattern=r"^[^\r\n]*$")]
+"""Text that reaches an email header: one line, no CR or LF."""
+
+
 class Campaign(_Strict):
+    """The campaign a batch belongs to: logged with each decision (lift is measured per `campaign_id`)."""
+
     kind: CampaignKind = "promotional"
     topic: str | None = Field(default=None, max_length=128)
+    campaign_id: str | None = Field(default=None, max_length=128, description="the sending system's campaign id")
+    subject: OneLine | None = Field(
+        default=None,
+        description="the subject line; `{{ attr_first_name | default('there') }}` and the like personalise it from "
+        "the customer's attributes (Jinja2 syntax, sandboxed)",
+    )
+    preheader: OneLine | None = Field(
+        default=None, description="the line mail clients show after the subject; personalised like `subject`"
+    )
 
 
 class QuietHours(_Strict):
@@ -171,12 +194,38 @@ class DecideResponse(BaseModel):
     decisions: list[Decision]
 
 
+DecisionId = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^d-[0-9a-f]{32}$")]
+
+
 class RenderRequest(_Strict):
-    customer_id: CustomerId
-    template: str = "promotional"
-    campaign: Campaign = Field(default_factory=Campaign)
-    recipient: Recipient | None = None
-    unsubscribe_url: str | None = Field(default=None, max_length=2000)
+    """Either `decision_id` (render exactly that logged decision) or `customer_id` (decide, log and render)."""
+
+    decision_id: DecisionId | None = Field(
+        default=None, description="a decision `/v1/decide` returned: renders it, makes no new decision"
+    )
+    customer_id: CustomerId | None = None
+    template: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="the layout: a built-in (`promotional`, `newsletter`) or one of SENDWISE_TEMPLATES_DIR; "
+        "default: the decision's",
+    )
+    campaign: Campaign | None = Field(default=None, description="with `customer_id` only")
+    recipient: Recipient | None = Field(default=None, description="with `customer_id` only: cold-start context")
+
+    @model_validator(mode="after")
+    def _one_way(self) -> RenderRequest:
+        if self.decision_id is None and self.customer_id is None:
+            raise ValueError("give decision_id (render a logged decision) or customer_id (decide and render)")
+        if self.decision_id is not None and (
+            self.customer_id is not None or self.campaign is not None or self.recipient is not None
+        ):
+            raise ValueError(
+                "decision_id renders the logged decision as it was decided: give no customer_id, campaign or "
+                "recipient with it"
+            )
+        return self
 
 
 class RenderedModule(BaseModel):
@@ -186,13 +235,24 @@ class RenderedModule(BaseModel):
 
 class RenderResponse(BaseModel):
     customer_id: str
+    decision_id: str
     template: str
     send: bool
-    subject: str | None
-    html: str | None
-    text: str | None
-    modules: list[RenderedModule]
+    send_at: datetime | None = None
+    subject: str | None = None
+    preheader: str | None = None
+    html: str | None = None
+    text: str | None = None
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="List-Unsubscribe (https, and mailto where configured), List-Unsubscribe-Post (RFC 8058), "
+        "From where the brand has a sender address, X-Sendwise-Decision",
+    )
+    modules: list[RenderedModule] = Field(default_factory=list)
     reasons: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(
+        default_factory=list, description="what may keep the email from working as meant (size, missing links)"
+    )
 
 
 ModelName = Literal["open_propensity", "send_time", "next_best_offer"]

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
+DEMO_BRAND = REPO_ROOT / "examples" / "brand.yaml"
 WORLD_CUSTOMERS = 1500
 WORLD_DAYS = 45
 WORLD_SEED = 3
@@ -62,7 +63,7 @@ def run_pipeline(world: Path, home: Path) -> tuple[Settings, str]:
     result = CliRunner().invoke(app, ["pipeline", "--data", str(world)], env=env)
     if result.exit_code != 0:
         raise AssertionError(f"pipeline failed ({result.exit_code}):\n{result.output}\n{result.exception!r}")
-    settings = Settings(home=home)
+    settings = Settings(home=home, brand_file=DEMO_BRAND)
     settings.activate()
     return settings, result.output
 

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from serving.brand import Brand
+from serving.links import Tracking
 from serving.modules import ModuleChoice, ModuleFacts, OfferFact, choose_modules
 from serving.render import TEMPLATES, RenderedEmail, UnknownTemplateError, render_email
 
@@ -58,10 +60,20 @@ def by_name(choices: list[ModuleChoice]) -> dict[str, ModuleChoice]:
     return {choice.name: choice for choice in choices}
 
 
+BRAND = Brand(
+    name="Trail & Co",
+    website_url="https://shop.example/",
+    postal_address="Trail & Co\n1 Example Street\nBerlin",
+    unsubscribe_url="https://shop.example/unsubscribe?c={customer_id}",
+)
+TRACKING = Tracking("d-" + "ab" * 16, "sendwise", "email", "spring-sale")
+
+
 def render(template: str = "promotional", facts: ModuleFacts | None = None, **kwargs: Any) -> RenderedEmail:
     facts = facts or make_facts()
     kwargs.setdefault("offers_catalog", CATALOG)
-    return render_email(template, facts, choose_modules(facts, template), unsubscribe_url=UNSUBSCRIBE, **kwargs)
+    kwargs.setdefault("unsubscribe_url", UNSUBSCRIBE)
+    return render_email(template, facts, choose_modules(facts, template), brand=BRAND, tracking=TRACKING, **kwargs)
 
 
 class Page(HTMLParser):
@@ -136,18 +148,30 @@ def test_hero_is_best_ranked_offer_that_reaches_threshold() -> None:
 
 
 @pytest.mark.parametrize("template", TEMPLATES)
-def test_no_offer_when_control_ranks_first(template: str) -> None:
+def test_no_offer_when_control_ranks_first_but_a_content_block(template: str) -> None:
     facts = make_facts(
         offers=[
-            offer("ctl", 0.5, kind="control"),
-            offer("of-7", 3.0, discount_pct=20),
+            offer("ctl", 0.5, kind="control", incremental_value=0.0),
+            offer("of-7", 3.0, discount_pct=20, incremental_value=-0.25),
             offer("of-5", 0.3, kind="content"),
         ]
     )
 
-    names = [choice.name for choice in choose_modules(facts, template)]
+    choices = by_name(choose_modules(facts, template))
 
-    assert not {"hero_offer", "secondary_offers", "content_block"} & set(names)
+    assert not {"hero_offer", "secondary_offers"} & set(choices)
+    content = choices["content_block"]
+    assert content.items == []
+    assert content.reason == (
+        "the control arm ranks first, so sending no offer is worth the most: the best offer, of-7, would add "
+        "-0.25; the email carries content"
+    )
+    email = render(template, facts)
+    page = Page(email.html)
+    assert "What is new in outdoor at Trail &amp; Co" in email.html
+    assert not [a for a in page.tags("a") if "of-7" in a["href"]]
+    website = [a["href"] for a in page.tags("a") if a["href"].startswith("https://shop.example/?")]
+    assert any("utm_content=content" in href and "sw=d-" in href for href in website), website
 
 
 def test_offers_ranked_below_control_are_not_shown() -> None:
@@ -244,7 +268,7 @@ def test_choice_is_deterministic() -> None:
 
 def test_unknown_template_lists_the_known_ones() -> None:
     with pytest.raises(UnknownTemplateError) as raised:
-        render_email("holiday", make_facts(), [], unsubscribe_url=UNSUBSCRIBE)
+        render("holiday")
     message = str(raised.value)
     assert "'holiday'" in message
     assert "promotional" in message
@@ -327,7 +351,7 @@ def test_text_part_has_offers_and_no_html() -> None:
     assert "Trail shoes, 20% off" in email.text
     assert "https://shop.example/of-7" in email.text
     assert "10% off tents" in email.text
-    assert "Picked for you: shoes, tents, cycling" in email.text
+    assert "Picked for you:\n- shoes\n- tents\n- cycling" in email.text
     assert not re.search(r"<[a-zA-Z/!]", email.text)
     assert "&amp;" not in email.text
 
@@ -346,7 +370,7 @@ def test_subject_is_one_line_even_with_a_newline_in_the_topic() -> None:
 
     assert "\n" not in email.subject
     assert "\r" not in email.subject
-    assert email.subject == "sendwise demo shop newsletter: outdoor Bcc: someone@example.com"
+    assert email.subject == "Trail & Co newsletter: outdoor Bcc: someone@example.com"
 
 
 def test_cold_start_email_welcomes() -> None:
@@ -354,23 +378,21 @@ def test_cold_start_email_welcomes() -> None:
 
     email = render(facts=facts)
 
-    assert email.subject == "Welcome to sendwise demo shop: Trail shoes, 20% off"
-    assert "Welcome to sendwise demo shop!" in email.text
-    assert "Picked for you: outdoor, books" in email.text
+    assert email.subject == "Welcome to Trail & Co: Trail shoes, 20% off"
+    assert "Welcome to Trail & Co!" in email.text
+    assert "Picked for you:\n- outdoor\n- books" in email.text
 
 
 def test_newsletter_renders_digest_and_content() -> None:
     email = render("newsletter")
 
-    assert email.subject == "sendwise demo shop newsletter: outdoor"
+    assert email.subject == "Trail & Co newsletter: outdoor"
     assert "IN THIS ISSUE\n- outdoor\n- shoes\n- tents" in email.text
     assert "Worth a read" in email.text
     assert "More about outdoor" in Page(email.html).text
 
 
 def test_unsafe_links_are_refused() -> None:
-    with pytest.raises(ValueError, match="unsubscribe_url"):
-        render_email("promotional", make_facts(), [], unsubscribe_url=" JavaScript:alert(1)")
     catalog = {"of-7": {"url": "javascript:alert(1)", "image_url": "data:text/html,x"}}
 
     page = Page(render(offers_catalog=catalog).html)
@@ -383,4 +405,4 @@ def test_module_naming_an_unknown_offer_is_an_error() -> None:
     choice = ModuleChoice(name="hero_offer", reason="forced", items=["of-404"])
 
     with pytest.raises(ValueError, match="of-404"):
-        render_email("promotional", make_facts(), [choice], unsubscribe_url=UNSUBSCRIBE)
+        render_email("promotional", make_facts(), [choice], brand=BRAND, tracking=TRACKING, unsubscribe_url=UNSUBSCRIBE)

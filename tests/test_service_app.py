@@ -95,8 +95,9 @@ class FakeEngine:
     def render(self, request: RenderRequest) -> RenderResponse:
         self.requests.append(request)
         return RenderResponse(
-            customer_id=request.customer_id,
-            template=request.template,
+            customer_id=request.customer_id or "c-1",
+            decision_id=request.decision_id or "d-" + "0" * 32,
+            template=request.template or "promotional",
             send=True,
             subject="Hello",
             html="<p>Hello</p><a href='https://x.test/unsubscribe'>unsubscribe</a>",
@@ -479,7 +480,7 @@ async def test_bad_render_and_explain_requests_name_the_field(client: httpx.Asyn
     explain = await client.post("/v1/explain", json={"customer_id": "c-1", "model": "churn"}, headers=AUTH)
 
     assert render.status_code == 422
-    assert render.json()["details"][0]["field"] == "customer_id"
+    assert "give decision_id (render a logged decision) or customer_id" in render.json()["message"]
     assert explain.status_code == 422
     assert explain.json()["details"][0]["field"] == "model"
 

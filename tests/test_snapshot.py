@@ -215,6 +215,7 @@ def test_planned_modules_are_those_choose_modules_picks() -> None:
                 open_probability=facts.open_probability,
                 population_open_probability=facts.population_open_probability,
                 has_categories=has_category_picks(cold, facts.campaign_topic, facts.interests, bool(views)),
+                control_first=bool(offers) and offers[0].kind == "control",
             )
             offer_modules = {"hero_offer", "secondary_offers", "content_block"}
             assert [n for n, _ in planned] == [n for n, _ in chosen]
