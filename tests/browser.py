@@ -4,6 +4,10 @@ The browser is the system's `chromium` (`make test` installs it), never one Play
 its page into a folder, serves the folder over HTTP (`serve_directory`), and reads back what Chromium made of it
 (`inspect_page`): the links, the images and whether they loaded, the page's width against the viewport's, and a
 full-page screenshot kept under `artifacts/screenshots/` for a person to look at.
+
+Playwright lives in a thread of its own (`Chromium`). Its sync API runs an asyncio loop in a greenlet and leaves
+that loop marked as running in its thread between calls: on the main thread, every async (anyio) test run after
+the first browser test would fail with "Cannot run the event loop while another loop is running".
 """
 
 from __future__ import annotations
@@ -12,22 +16,24 @@ import functools
 import os
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import pytest
 from PIL import Image
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser, Playwright, sync_playwright
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS_ENV = "SENDWISE_ARTIFACTS_DIR"
 VIEWPORT_HEIGHT = 800
 
 ColorScheme = Literal["light", "dark", "no-preference"]
+T = TypeVar("T")
 
 # What the page holds once loaded: every link and image in document order, and the widths that tell whether the
 # reader has to scroll sideways (documentElement's clientWidth is the viewport less any vertical scrollbar).
@@ -102,19 +108,52 @@ def chromium_executable() -> str:
     return path
 
 
-@contextmanager
-def launch_chromium() -> Iterator[Browser]:
-    """Playwright and one headless chromium, closed on exit.
+class Chromium:
+    """One headless chromium, driven through Playwright from a thread that does nothing else.
 
-    `--no-sandbox`: the tests run as root in containers, where Chromium's sandbox cannot start.
+    `run(job)` calls `job(browser)` on that thread and returns what it returns (or raises what it raised): the
+    Playwright objects a job makes must stay inside the job.
     """
-    executable = chromium_executable()
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])
+
+    def __init__(self, executable: str) -> None:
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chromium")
+        self._playwright, self._browser = self._thread.submit(_start, executable).result()
+
+    def run(self, job: Callable[[Browser], T]) -> T:
+        return self._thread.submit(job, self._browser).result()
+
+    def close(self) -> None:
         try:
-            yield browser
+            self._thread.submit(_stop, self._playwright, self._browser).result()
         finally:
-            browser.close()
+            self._thread.shutdown()
+
+
+def _start(executable: str) -> tuple[Playwright, Browser]:
+    """`--no-sandbox`: the tests run as root in containers, where Chromium's sandbox cannot start."""
+    playwright = sync_playwright().start()
+    try:
+        return playwright, playwright.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])
+    except BaseException:
+        playwright.stop()
+        raise
+
+
+def _stop(playwright: Playwright, browser: Browser) -> None:
+    try:
+        browser.close()
+    finally:
+        playwright.stop()
+
+
+@contextmanager
+def launch_chromium() -> Iterator[Chromium]:
+    """The system's chromium, headless, closed (with Playwright) on exit."""
+    chromium = Chromium(chromium_executable())
+    try:
+        yield chromium
+    finally:
+        chromium.close()
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
@@ -156,7 +195,7 @@ def screenshots_dir() -> Path:
 
 
 def inspect_page(
-    browser: Browser, url: str, width: int, screenshot_path: Path, color_scheme: ColorScheme = "light"
+    browser: Chromium, url: str, width: int, screenshot_path: Path, color_scheme: ColorScheme = "light"
 ) -> PageInspection:
     """Load `url` in a fresh context `width` CSS pixels wide, wait for `load` (every image loaded or failed),
     read its links, images and widths, and save a full-page PNG at `screenshot_path`.
@@ -165,17 +204,7 @@ def inspect_page(
     """
     screenshot_path.parent.mkdir(parents=True, exist_ok=True)
     screenshot_path.unlink(missing_ok=True)
-    context = browser.new_context(viewport={"width": width, "height": VIEWPORT_HEIGHT}, color_scheme=color_scheme)
-    try:
-        page = context.new_page()
-        response = page.goto(url, wait_until="load")
-        if response is None or not response.ok:
-            status = "no response" if response is None else f"HTTP {response.status}"
-            raise AssertionError(f"{url} did not load ({status}): is the page written into the served folder?")
-        found = page.evaluate(_READ_PAGE)
-        page.screenshot(path=screenshot_path, full_page=True)
-    finally:
-        context.close()
+    found = browser.run(functools.partial(_read_page, url, width, screenshot_path, color_scheme))
     return PageInspection(
         url=url,
         links=tuple(Link(href=link["href"], text=link["text"]) for link in found["links"]),
@@ -193,6 +222,24 @@ def inspect_page(
         viewport_width=found["clientWidth"],
         screenshot=screenshot_path,
     )
+
+
+def _read_page(
+    url: str, width: int, screenshot_path: Path, color_scheme: ColorScheme, browser: Browser
+) -> dict[str, Any]:
+    """`inspect_page`'s part on the browser's thread: what `_READ_PAGE` finds, once the screenshot is saved."""
+    context = browser.new_context(viewport={"width": width, "height": VIEWPORT_HEIGHT}, color_scheme=color_scheme)
+    try:
+        page = context.new_page()
+        response = page.goto(url, wait_until="load")
+        if response is None or not response.ok:
+            status = "no response" if response is None else f"HTTP {response.status}"
+            raise AssertionError(f"{url} did not load ({status}): is the page written into the served folder?")
+        found: dict[str, Any] = page.evaluate(_READ_PAGE)
+        page.screenshot(path=screenshot_path, full_page=True)
+    finally:
+        context.close()
+    return found
 
 
 def write_png(path: Path, width: int, height: int, rgb: tuple[int, int, int]) -> Path:

@@ -25,9 +25,8 @@ from typer.testing import CliRunner
 from sendwise.settings import Settings
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser
-
     from serving.engine import Engine
+    from tests.browser import Chromium
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
@@ -119,8 +118,8 @@ def engine(
 
 
 @pytest.fixture(scope="session")
-def browser() -> Iterator[Browser]:
-    """Debian's chromium, headless through Playwright, started once for the session's browser tests."""
+def browser() -> Iterator[Chromium]:
+    """Debian's chromium, headless through Playwright (in a thread of its own), started once for the session."""
     from tests.browser import launch_chromium
 
     with launch_chromium() as chromium:

@@ -7,16 +7,17 @@ fits 375 pixels and one that scrolls sideways, a light and a dark rendering. Eve
 
 from __future__ import annotations
 
+import asyncio
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 from PIL import Image
-from playwright.sync_api import Browser
 
 from tests import browser as helper
 from tests.browser import (
+    Chromium,
     ColorScheme,
     PageInspection,
     chromium_executable,
@@ -42,7 +43,7 @@ def screenshot_for(request: pytest.FixtureRequest, name: str) -> Path:
 
 
 def inspect(
-    browser: Browser,
+    browser: Chromium,
     folder: Path,
     html: str,
     request: pytest.FixtureRequest,
@@ -56,7 +57,7 @@ def inspect(
 
 
 def test_an_image_served_locally_loads_and_its_alt_is_read(
-    browser: Browser, tmp_path: Path, request: pytest.FixtureRequest
+    browser: Chromium, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     write_png(tmp_path / "img" / "offer.png", 120, 80, (200, 40, 40))
     found = inspect(browser, tmp_path, page('<img src="img/offer.png" alt="Trail shoes, 20% off">'), request)
@@ -69,7 +70,7 @@ def test_an_image_served_locally_loads_and_its_alt_is_read(
 
 
 def test_an_image_pointing_at_a_missing_file_is_seen_broken(
-    browser: Browser, tmp_path: Path, request: pytest.FixtureRequest
+    browser: Chromium, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     write_png(tmp_path / "present.png", 10, 10, (0, 0, 0))
     html = page('<img src="present.png" alt="here"><img src="missing.png" alt="gone"><img src="present.png">')
@@ -85,7 +86,7 @@ def test_an_image_pointing_at_a_missing_file_is_seen_broken(
 
 
 def test_a_links_href_is_read_back_as_written_with_its_query_string(
-    browser: Browser, tmp_path: Path, request: pytest.FixtureRequest
+    browser: Chromium, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     html = page(
         '<a href="https://shop.example/of-7?utm_source=email&amp;c=c-1">  Shop the\n  trail shoes </a>'
@@ -101,7 +102,7 @@ def test_a_links_href_is_read_back_as_written_with_its_query_string(
 
 
 def test_a_page_wider_than_a_phone_is_caught_and_one_that_fits_is_not(
-    browser: Browser, tmp_path: Path, request: pytest.FixtureRequest
+    browser: Chromium, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     fluid = page('<table style="width:100%"><tr><td>Hello</td></tr></table>')
     fits = inspect(browser, tmp_path, fluid, request, "fits")
@@ -116,7 +117,7 @@ def test_a_page_wider_than_a_phone_is_caught_and_one_that_fits_is_not(
 
 
 def test_screenshots_are_full_page_pngs_on_disk_in_the_colour_scheme_asked_for(
-    browser: Browser, tmp_path: Path, request: pytest.FixtureRequest
+    browser: Chromium, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     style = "html { background: #ffffff; } @media (prefers-color-scheme: dark) { html { background: #000000; } }"
     html = page('<div style="height:2000px">Tall</div>', style)
@@ -140,10 +141,24 @@ def _first_pixel_and_size(path: Path) -> tuple[object, tuple[int, int]]:
 
 
 def test_a_page_that_is_not_there_fails_the_inspection(
-    browser: Browser, tmp_path: Path, request: pytest.FixtureRequest
+    browser: Chromium, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     with serve_directory(tmp_path) as base, pytest.raises(AssertionError, match="HTTP 404"):
         inspect_page(browser, base + "never-written.html", PHONE_WIDTH, screenshot_for(request, "none"))
+
+
+def test_an_event_loop_still_runs_on_this_thread_once_the_browser_has_worked(
+    browser: Chromium, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The async tests run on the main thread after the browser tests: Playwright must not hold it."""
+    inspect(browser, tmp_path, page("<p>Hello</p>"), request)
+    assert browser.run(lambda chromium: chromium.is_connected())
+
+    async def answer() -> int:
+        await asyncio.sleep(0)
+        return 42
+
+    assert asyncio.run(answer()) == 42
 
 
 def test_write_png_writes_a_picture_of_the_size_and_colour_asked_for(tmp_path: Path) -> None:
