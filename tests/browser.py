@@ -117,7 +117,11 @@ class Chromium:
 
     def __init__(self, executable: str) -> None:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chromium")
-        self._playwright, self._browser = self._thread.submit(_start, executable).result()
+        try:
+            self._playwright, self._browser = self._thread.submit(_start, executable).result()
+        except BaseException:
+            self._thread.shutdown()
+            raise
 
     def run(self, job: Callable[[Browser], T]) -> T:
         return self._thread.submit(job, self._browser).result()
