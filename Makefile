@@ -7,8 +7,10 @@ CUSTOMERS ?= 10000
 DAYS ?= 90
 HOST ?= 127.0.0.1
 PORT ?= 3000
+# apt-get through sudo only when not root and sudo exists (a root container has no sudo).
+SUDO := $(shell command -v sudo >/dev/null 2>&1 && [ "$$(id -u)" != 0 ] && echo sudo)
 
-.PHONY: run test test-fast install install-dev uv lint check bench
+.PHONY: run test test-fast install install-dev uv lint check bench chromium
 
 uv:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -31,13 +33,20 @@ run: install
 
 ## Install what the tests need and run the whole suite (CI runs this): minutes, most of them the pipeline run
 ## on a small world that the slow tests share, and the real `bentoml serve`.
-test: install-dev check
+test: install-dev check chromium
 	$(UV) run --no-sync pytest -q
 
 ## The fast lane: every test that needs neither that pipeline run nor a served model (`-m "not slow"`), in under
 ## a minute. One OpenMP thread: on a busy two-core machine, LightGBM's and BLAS's threads wait on each other.
-test-fast: install-dev
+test-fast: install-dev chromium
 	OMP_NUM_THREADS=1 $(UV) run --no-sync pytest -q -m "not slow"
+
+## Debian's chromium, which the browser tests drive through Playwright (tests/browser.py; Playwright never
+## downloads a browser here): installed once, when missing. The package lists are read first, since a fresh
+## container has none.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { echo "installing chromium, the browser that checks rendered emails"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
 lint:
 	$(UV) run --no-sync ruff check .
@@ -54,5 +63,5 @@ check:
 BENCH_ARGS ?=
 bench: install-dev
 	@command -v wrk >/dev/null 2>&1 || { echo "installing wrk, the load generator of the single-recipient benchmarks"; \
-		$$(command -v sudo >/dev/null 2>&1 && [ "$$(id -u)" != 0 ] && echo sudo) apt-get install -y -qq wrk >/dev/null; }
+		$(SUDO) apt-get install -y -qq wrk >/dev/null; }
 	MLFLOW_DISABLE_TELEMETRY=true $(UV) run --no-sync python -m bench $(BENCH_ARGS)

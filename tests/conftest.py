@@ -4,12 +4,16 @@ Every test that needs that run is marked `slow` (and `integration`) here, so tha
 (`pytest -m "not slow"`) never starts it. A test that decides gets a copy of the pipeline's home whose decision
 log is its own (`engine`, `home_with_own_decision_log`): what one test decides never counts in another's
 frequency cap or no-repeat rule, whatever the order the tests run in.
+
+A test that takes the `browser` fixture (one headless chromium for the session, tests/browser.py) runs a real
+external program: it is marked `integration` here, and stays in the fast lane.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +26,7 @@ from sendwise.settings import Settings
 
 if TYPE_CHECKING:
     from serving.engine import Engine
+    from tests.browser import Chromium
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
@@ -113,14 +118,27 @@ def engine(
     return with_own_decision_log(loaded_engine, pipeline_home.settings, tmp_path / "own-home", monkeypatch)
 
 
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Chromium]:
+    """Debian's chromium, headless through Playwright (in a thread of its own), started once for the session."""
+    from tests.browser import launch_chromium
+
+    with launch_chromium() as chromium:
+        yield chromium
+
+
 @pytest.fixture(autouse=True)
 def _no_telemetry() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test that needs the session's pipeline run is slow (minutes, once) and an integration test."""
+    """A test that needs the session's pipeline run is slow (minutes, once) and an integration test; one that
+    drives the browser is an integration test."""
     for item in items:
-        if "pipeline_home" in getattr(item, "fixturenames", ()):
+        fixtures = getattr(item, "fixturenames", ())
+        if "pipeline_home" in fixtures:
             item.add_marker(pytest.mark.slow)
+            item.add_marker(pytest.mark.integration)
+        elif "browser" in fixtures:
             item.add_marker(pytest.mark.integration)
