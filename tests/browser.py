@@ -51,6 +51,9 @@ _READ_PAGE = """() => ({
     })),
     scrollWidth: document.documentElement.scrollWidth,
     clientWidth: document.documentElement.clientWidth,
+    scripts: document.scripts.length,
+    handlers: [...document.querySelectorAll("*")].filter(
+        e => [...e.attributes].some(a => a.name.startsWith("on"))).length,
 })"""
 
 
@@ -90,6 +93,10 @@ class PageInspection:
     scroll_width: int
     viewport_width: int
     screenshot: Path
+    scripts: int = 0
+    """`<script>` elements in the document."""
+    event_handlers: int = 0
+    """Elements with an `on...` attribute (onerror, onclick, ...)."""
 
     @property
     def scrolls_horizontally(self) -> bool:
@@ -225,6 +232,8 @@ def inspect_page(
         scroll_width=found["scrollWidth"],
         viewport_width=found["clientWidth"],
         screenshot=screenshot_path,
+        scripts=found["scripts"],
+        event_handlers=found["handlers"],
     )
 
 

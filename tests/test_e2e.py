@@ -190,8 +190,61 @@ def test_render_over_http(service: str, pipeline_home) -> None:  # type: ignore[
     assert answer.status_code == 200, answer.text
     email = answer.json()
     assert email["send"] and email["subject"] and "unsubscribe" in email["text"].lower()
+    assert email["decision_id"].startswith("d-")
     assert "newsletter_digest" in [m["name"] for m in email["modules"]]
     assert all(m["reason"] for m in email["modules"])
+
+
+def test_decide_then_render_by_decision_id_over_http(service: str, pipeline_home) -> None:  # type: ignore[no-untyped-def]
+    from urllib.parse import parse_qs, urlsplit
+
+    from tests.test_render import Page
+
+    customers = load_table(pipeline_home.settings, "customers")
+    offers = load_table(pipeline_home.settings, "offers")
+    assert customers is not None and offers is not None
+    urls = {str(o): str(u) for o, u in zip(offers["offer_id"], offers["url"], strict=True) if isinstance(u, str)}
+    ids = customers.loc[customers["consent_email"], "customer_id"].head(30).tolist()
+    decided = httpx.post(
+        f"{service}/v1/decide",
+        json={
+            "recipients": [{"customer_id": c} for c in ids],
+            "campaign": {"kind": "promotional", "campaign_id": "winter-sale", "subject": "{{ brand }}: for you"},
+            "k_offers": 5,
+        },
+        headers=_auth(),
+        timeout=60,
+    ).json()["decisions"]
+    decision = next(d for d in decided if d["send"] and "hero_offer" in d["modules"])
+    answer = httpx.post(
+        f"{service}/v1/render", json={"decision_id": decision["decision_id"]}, headers=_auth(), timeout=60
+    )
+    assert answer.status_code == 200, answer.text
+    email = answer.json()
+    assert (email["decision_id"], email["send_at"], email["customer_id"]) == (
+        decision["decision_id"],
+        decision["send_at"],
+        decision["customer_id"],
+    )
+    assert [m["name"] for m in email["modules"]] == decision["modules"]
+    assert email["subject"] == "sendwise demo shop: for you"
+    headers = email["headers"]
+    assert headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert headers["List-Unsubscribe"].startswith("<https://shop.example/unsubscribe?")
+    assert ", <mailto:unsubscribe@shop.example?" in headers["List-Unsubscribe"]
+    hrefs = [a["href"] for a in Page(email["html"]).tags("a")]
+    shown = [o["offer_id"] for o in decision["offers"] if any(h.startswith(urls[o["offer_id"]] + "?") for h in hrefs)]
+    assert shown, "the hero offer's link leads to its url"
+    for offer_id in shown:
+        for href in (h for h in hrefs if h.startswith(urls[offer_id] + "?")):
+            query = parse_qs(urlsplit(href).query)
+            assert query["sw"] == [decision["decision_id"]] and query["utm_campaign"] == ["winter-sale"]
+        assert f"{urls[offer_id]}?sw={decision['decision_id']}&utm_source=sendwise" in email["text"]
+
+    unknown = httpx.post(f"{service}/v1/render", json={"decision_id": "d-" + "f" * 32}, headers=_auth(), timeout=60)
+    assert unknown.status_code == 404
+    assert unknown.json()["message"].startswith(f"no decision d-{'f' * 32} in this home's decision log")
+    assert unknown.json()["details"][0]["field"] == "decision_id"
 
 
 def test_constraints_over_http(service: str, pipeline_home) -> None:  # type: ignore[no-untyped-def]
