@@ -7,6 +7,7 @@ CUSTOMERS ?= 10000
 DAYS ?= 90
 HOST ?= 127.0.0.1
 PORT ?= 3000
+BRAND_FILE ?= $(CURDIR)/examples/brand.yaml
 # apt-get through sudo only when not root and sudo exists (a root container has no sudo).
 SUDO := $(shell command -v sudo >/dev/null 2>&1 && [ "$$(id -u)" != 0 ] && echo sudo)
 
@@ -21,14 +22,20 @@ install: uv
 install-dev: uv
 	$(UV) sync --frozen
 
-## Simulate a world, run the whole pipeline on it and serve the champions on $(HOST):$(PORT).
+## Simulate a world, run the whole pipeline on it, render one email for the demo brand and serve the champions on
+## $(HOST):$(PORT). SENDWISE_BRAND_FILE (default: the demo brand) is the brand the emails are rendered for.
 run: install
 	@test -f $(WORLD)/truth/world.json || $(UV) run --no-sync sendwise simulate $(WORLD) --customers $(CUSTOMERS) --days $(DAYS)
 	$(UV) run --no-sync sendwise pipeline --data $(WORLD)
-	@token=$${SENDWISE_API_TOKEN:-$$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')}; \
+	@export SENDWISE_BRAND_FILE=$(BRAND_FILE); \
+	token=$${SENDWISE_API_TOKEN:-$$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')}; \
 	first=$$($(UV) run --no-sync python -c "import pandas as pd; c = pd.read_parquet('feature_tables/customer_features.parquet'); print(c.loc[c.email_eligible > 0, 'customer_id'].iloc[0])"); \
+	echo; echo "an email for $$first, rendered for the brand of $$SENDWISE_BRAND_FILE:"; \
+	$(UV) run --no-sync sendwise render --customer $$first --topic outdoor --out emails || exit 1; \
 	echo; echo "sendwise serves on http://$(HOST):$(PORT)"; echo "token: $$token"; echo "try:"; \
-	echo "  curl -s -X POST http://$(HOST):$(PORT)/v1/decide -H 'Authorization: Bearer $$token' -H 'Content-Type: application/json' -d '{\"recipients\": [{\"customer_id\": \"$$first\"}]}'"; echo; \
+	echo "  curl -s -X POST http://$(HOST):$(PORT)/v1/decide -H 'Authorization: Bearer $$token' -H 'Content-Type: application/json' -d '{\"recipients\": [{\"customer_id\": \"$$first\"}], \"campaign\": {\"campaign_id\": \"demo\"}}'"; \
+	echo "then render the email of the decision_id it answers:"; \
+	echo "  curl -s -X POST http://$(HOST):$(PORT)/v1/render -H 'Authorization: Bearer $$token' -H 'Content-Type: application/json' -d '{\"decision_id\": \"d-...\"}'"; echo; \
 	SENDWISE_API_TOKEN=$$token $(UV) run --no-sync sendwise serve --host $(HOST) --port $(PORT)
 
 ## Install what the tests need and run the whole suite (CI runs this): minutes, most of them the pipeline run

@@ -340,6 +340,57 @@ def decide(
 
 
 @app.command()
+def render(
+    customer: Annotated[str | None, typer.Option(help="decide for this customer and render the email")] = None,
+    decision_id: Annotated[str | None, typer.Option("--decision-id", help="render this logged decision")] = None,
+    out: Annotated[Path, typer.Option(help="folder for <decision_id>.html, .txt and .json")] = Path("emails"),
+    template: Annotated[str | None, typer.Option(help="layout (default: the campaign's)")] = None,
+    kind: Annotated[str, typer.Option(help="campaign kind, with --customer")] = "promotional",
+    topic: Annotated[str | None, typer.Option(help="campaign topic, with --customer")] = None,
+) -> None:
+    """Render one email as `/v1/render` does and write it to files: the HTML to open in a browser, the plain
+    text, and the rest (subject, preheader, headers, modules with their reasons) as JSON."""
+    import json
+
+    from pydantic import ValidationError
+
+    from serving.engine import Engine
+    from serving.errors import ServingError
+    from serving.schemas import RenderRequest
+
+    try:
+        request = RenderRequest.model_validate(
+            {"decision_id": decision_id, "template": template}
+            if decision_id
+            else {"customer_id": customer, "template": template, "campaign": {"kind": kind, "topic": topic}}
+        )
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in error.errors())
+        raise _fail(f"give --customer or --decision-id: {problems}") from error
+    engine = Engine.load(_settings())
+    try:
+        email = engine.render(request)
+    except ServingError as error:
+        raise _fail(error.message) from error
+    if not email.send or email.html is None:
+        raise _fail(f"no email for {email.customer_id}: " + "; ".join(email.reasons))
+    out.mkdir(parents=True, exist_ok=True)
+    html = out / f"{email.decision_id}.html"
+    html.write_text(email.html, encoding="utf-8")
+    (out / f"{email.decision_id}.txt").write_text(email.text or "", encoding="utf-8")
+    details = email.model_dump(mode="json", exclude={"html", "text"})
+    (out / f"{email.decision_id}.json").write_text(json.dumps(details, indent=2, ensure_ascii=False) + "\n")
+    console.print(f"[bold]{email.subject}[/bold]  ({email.preheader})")
+    for name, value in email.headers.items():
+        console.print(f"  {name}: {value}")
+    for module in email.modules:
+        console.print(f"  - {module.name}: {module.reason}")
+    for warning in email.warnings:
+        console.print(f"[yellow]  ! {warning}")
+    console.print(f"{len(email.html.encode()):,} bytes of HTML: {html.resolve()}")
+
+
+@app.command()
 def serve(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port")] = 3000,
