@@ -10,7 +10,7 @@ import pytest
 
 from sendwise import contract
 from sendwise.ingest import IngestReport, ingest
-from sendwise.raw import load_table
+from sendwise.raw import load_table, write_table
 from sendwise.settings import Settings
 
 NOT_A_LINK = "not an absolute http or https link with a host"
@@ -191,3 +191,16 @@ def test_hostile_text_in_a_csv_is_kept_as_given(data: Path, settings: Settings) 
     assert offers.loc["of-1", "description"] == "a\r\nb, {{ c }}"
     assert offers.loc["of-2", "title"] == "  spaced  "
     assert offers.loc["of-3", "title"] is None and offers.loc["of-3", "description"] is None  # nothing to show
+
+
+def test_offers_stored_before_the_content_columns_get_them(data: Path, settings: Settings) -> None:
+    """A home whose offers were ingested before the contract had these columns: its next offers export adds
+    them, as missing, to the offers it does not name, and the raw table has the contract's columns in order."""
+    old = pd.DataFrame({"offer_id": ["of-0"], "kind": ["discount"], "margin": [2.0]})
+    old = old.reindex(columns=[c for c in contract.RAW_COLUMNS["offers"] if c not in contract.OFFER_CONTENT])
+    write_table(settings, "offers", old.astype({"margin": float}))
+    offers_parquet(data, [{"offer_id": "of-1", "title": "New"}])
+    run(data, settings)
+    offers = load_table(settings, "offers")
+    assert offers is not None and list(offers.columns) == list(contract.RAW_COLUMNS["offers"])
+    assert offers.set_index("offer_id")["title"].to_dict() == {"of-0": None, "of-1": "New"}
