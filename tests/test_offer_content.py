@@ -8,10 +8,18 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from features.build import build_feature_tables
+from features.repo.services import offer_feature_refs
+from features.repo.views import offer_fv
 from sendwise import contract
 from sendwise.ingest import IngestReport, ingest
 from sendwise.raw import load_table, write_table
 from sendwise.settings import Settings
+from serving.modules import ModuleFacts, OfferFact, choose_modules
+from serving.offers import OfferCatalog
+from serving.online import RhythmPriors
+from serving.render import render_email
+from tests.test_render import Page
 
 NOT_A_LINK = "not an absolute http or https link with a host"
 BROKEN_LINK = f"{NOT_A_LINK} (it has whitespace or a control character inside)"
@@ -204,3 +212,98 @@ def test_offers_stored_before_the_content_columns_get_them(data: Path, settings:
     offers = load_table(settings, "offers")
     assert offers is not None and list(offers.columns) == list(contract.RAW_COLUMNS["offers"])
     assert offers.set_index("offer_id")["title"].to_dict() == {"of-0": None, "of-1": "New"}
+
+
+# --- what serving reads -------------------------------------------------------------------------------------
+def catalog_of(offers: pd.DataFrame | None) -> OfferCatalog:
+    return OfferCatalog(offers, None, None, {}, RhythmPriors(None))
+
+
+def test_the_catalog_gives_the_renderer_the_content_as_text_or_none(data: Path, settings: Settings) -> None:
+    offers_parquet(
+        data,
+        [
+            {"offer_id": "of-1", "title": "<b>Tents</b>", "url": "https://shop.example/of-1"},
+            {"offer_id": "of-2", "discount_pct": 10.0},
+        ],
+    )
+    run(data, settings)
+    rows = catalog_of(load_table(settings, "offers")).rows_by_id()
+    assert {name: rows["of-1"][name] for name in contract.OFFER_CONTENT} == {
+        "title": "<b>Tents</b>",
+        "description": None,
+        "url": "https://shop.example/of-1",
+        "image_url": None,
+    }
+    assert all(rows["of-2"][name] is None for name in contract.OFFER_CONTENT)
+    older = pd.DataFrame({"offer_id": ["of-9"], "kind": ["discount"], "discount_pct": [5.0]})  # an older raw store
+    assert {name: catalog_of(older).rows_by_id()["of-9"][name] for name in contract.OFFER_CONTENT} == dict.fromkeys(
+        contract.OFFER_CONTENT
+    )
+
+
+def test_hostile_content_reaches_the_email_escaped(data: Path, settings: Settings) -> None:
+    offers_parquet(
+        data,
+        [
+            {
+                "offer_id": "of-1",
+                "discount_pct": 20.0,
+                "title": "<script>alert(1)</script>{{ 7 * 7 }}\r\nBcc: victim@example.com",
+                "description": "Light\r\nand dry",
+                "url": "https://shop.example/of-1?a=1&b=2",
+                "image_url": "https://shop.example/of-1.png",
+            }
+        ],
+    )
+    run(data, settings)
+    catalog = catalog_of(load_table(settings, "offers")).rows_by_id()
+    facts = ModuleFacts(
+        customer_id="c1",
+        open_probability=0.3,
+        population_open_probability=0.2,
+        offers=[OfferFact(offer_id="of-1", kind="discount", conversion_probability=0.05, expected_value=2.0)],
+        high_value_threshold=1.0,
+        history_emails=20,
+    )
+    choices = choose_modules(facts, "promotional")
+    assert any(choice.name == "hero_offer" for choice in choices)
+    email = render_email(
+        "promotional", facts, choices, unsubscribe_url="https://shop.example/u", offers_catalog=catalog
+    )
+    page = Page(email.html)
+    shown = "<script>alert(1)</script>{{ 7 * 7 }} Bcc: victim@example.com"  # one line, as the shop wrote it
+    assert not page.tags("script") and shown in page.text and "&lt;script&gt;" in email.html
+    assert "https://shop.example/of-1?a=1&b=2" in [a["href"] for a in page.tags("a")]
+    assert [a["src"] for a in page.tags("img")] == ["https://shop.example/of-1.png"]
+    assert email.subject == shown  # a header: one line, whatever the title holds
+    assert "Light and dry" in page.text and shown in email.text
+
+
+# --- never a feature ----------------------------------------------------------------------------------------
+OFFER_FEATURES = ["offer_kind", "offer_category", "discount_pct", "price", "margin"]
+
+
+def test_no_content_column_becomes_a_feature(data: Path, settings: Settings) -> None:
+    offers_parquet(
+        data,
+        [
+            {
+                "offer_id": "of-1",
+                "category": "outdoor",
+                "discount_pct": 20.0,
+                "title": "20% off outdoor",
+                "description": "Take 20% off.",
+                "url": "https://shop.example/of-1",
+                "image_url": "https://shop.example/of-1.png",
+            }
+        ],
+    )
+    ingest(data, settings, as_of="2026-03-01T00:00:00Z", progress=False)
+    build_feature_tables(settings, progress=False)
+    table = pd.read_parquet(settings.feature_tables_dir / "offer_features.parquet")
+    assert list(table.columns) == ["offer_id", "event_timestamp", *OFFER_FEATURES]
+    assert sorted(field.name for field in offer_fv.schema) == sorted(OFFER_FEATURES)
+    assert offer_feature_refs() == [f"offer_fv:{name}" for name in OFFER_FEATURES]
+    values = pd.read_parquet(settings.feature_tables_dir / "offer_values.parquet")
+    assert not set(values.columns) & set(contract.OFFER_CONTENT)
