@@ -6,10 +6,12 @@ and the id rules live here; ``sendwise.ingest`` applies them and nothing else de
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
+from urllib.parse import urlsplit
 
 import pandas as pd
 
@@ -21,6 +23,8 @@ class Kind(StrEnum):
 
     ID = "id"  # str, trimmed, at most MAX_ID_LENGTH characters
     TEXT = "text"  # str, trimmed, empty is missing
+    FREE_TEXT = "free_text"  # str exactly as given (not trimmed); empty or only whitespace is missing
+    LINK = "link"  # an absolute http or https URL with a host (LINK_SCHEMES), trimmed; nothing else
     TIMESTAMP = "timestamp"  # ISO 8601 with a zone (or Parquet tz-aware) -> datetime64[us, UTC]
     BOOL = "bool"  # BOOLEAN_WORDS -> bool (pandas ``boolean`` where it may be missing)
     FLOAT = "float"  # float64
@@ -44,6 +48,8 @@ class Column:
     low_inclusive: bool = True
     high: float | None = None  # upper bound of a number
     high_inclusive: bool = True
+    # a link column that accepts plain http but counts such links in a warning that ends with this advice
+    http_warning: str | None = None
 
     def bounds_text(self) -> str:
         """The allowed range in interval notation, e.g. ``(0, 1]``."""
@@ -85,6 +91,10 @@ MAX_ID_LENGTH = 128
 # an id that looks like an email address is a direct identifier: the contract wants it hashed upstream
 EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 ATTRIBUTE_PREFIX = "attr_"
+LINK_SCHEMES = ("http", "https")
+LINK_TEXT = "an absolute http or https link with a host"  # what a link column accepts, as reasons say it
+# whitespace (Unicode's too) and control characters (C0, DEL, C1): none may appear inside a link
+LINK_BREAKS = r"[\s\x00-\x1f\x7f-\x9f]"
 CURRENCY_COLUMN = "currency"
 HASHED_EVENT_ID_PREFIX = "h-"
 
@@ -201,12 +211,20 @@ offers = Table(
         Column("inventory", Kind.INT),
         Column("starts_at", Kind.TIMESTAMP),
         Column("ends_at", Kind.TIMESTAMP),
+        # what the email says about the offer: free text, escaped by the renderer, never a feature
+        Column("title", Kind.FREE_TEXT),
+        Column("description", Kind.FREE_TEXT),
+        Column("url", Kind.LINK),
+        Column("image_url", Kind.LINK, http_warning="mail clients block or warn on images over http; use https"),
         # how long after an exposure a conversion still counts (missing: SENDWISE_CONVERSION_WINDOW_DAYS)
         Column("conversion_window_days", Kind.FLOAT, low=0.0, low_inclusive=False),
     ),
     time_columns=("starts_at", "ends_at"),
     money=True,
 )
+
+# the offer columns an email shows and no model reads
+OFFER_CONTENT = ("title", "description", "url", "image_url")
 
 # offer_events
 offer_events = Table(
@@ -278,6 +296,25 @@ def parse_booleans(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     parsed = pd.Series(lookup[codes], index=values.index, dtype="boolean")
     present = words.notna() & (words != "").fillna(False)
     return parsed, (present & parsed.isna()).fillna(False).astype(bool)
+
+
+def link_scheme(value: str) -> str | None:
+    """The scheme of a link the contract accepts, in lower case; None for anything else.
+
+    Accepted: an absolute URL whose scheme is one of ``LINK_SCHEMES``, which names a host (and a valid port
+    where it gives one) and holds no whitespace or control character (``LINK_BREAKS``: one could end a header
+    line or split the link where it is written). Relative links, ``//host/...``, ``javascript:``, ``data:``,
+    ``mailto:`` and the like are not links an email can send a reader to.
+    """
+    if re.search(LINK_BREAKS, value):
+        return None
+    try:
+        parts = urlsplit(value)
+        host, _port = parts.hostname, parts.port  # the port raises ValueError where it is not a number in range
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    return scheme if scheme in LINK_SCHEMES and host else None
 
 
 def looks_like_email(values: pd.Series) -> pd.Series:

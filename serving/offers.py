@@ -20,6 +20,7 @@ from feast import FeatureStore
 from features.offer_values import OfferValues
 from features.repo import offer_feature_refs
 from features.transform import CustomerMatrix, OfferMatrix, feature_names, offer_design
+from sendwise.contract import OFFER_CONTENT
 from sendwise.registry import LoadedModel
 from serving.curves import predict
 from serving.modules import OfferFact
@@ -257,14 +258,16 @@ class OfferCatalog:
         return table, {str(o): j for j, o in enumerate(offers.offer_id)}
 
     def rows_by_id(self) -> dict[str, dict[str, object]]:
-        """Each catalog offer's columns (missing values as None), by offer id: what the renderer shows."""
+        """Each catalog offer's columns (missing values as None), by offer id: what the renderer shows. The
+        offer's content (`contract.OFFER_CONTENT`: title, description, url, image_url) is always there, as text
+        or None, also from a raw store ingested before the contract had it."""
         if self.offers is None:
             return {}
         catalog = {}
         for row in self.offers.to_dict("records"):
-            catalog[str(row["offer_id"])] = {
-                str(k): (None if pd.isna(v) else v) for k, v in row.items() if not isinstance(v, list)
-            }
+            entry = {str(k): (None if pd.isna(v) else v) for k, v in row.items() if not isinstance(v, list)}
+            entry.update({name: _optional_str(entry.get(name)) for name in OFFER_CONTENT})
+            catalog[str(row["offer_id"])] = entry
         return catalog
 
     def facts_for_modules(self, offers: list[OfferScore]) -> list[OfferFact]:

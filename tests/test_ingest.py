@@ -102,6 +102,9 @@ def test_the_contract_pages_examples_are_ingested_as_it_says(data: Path, setting
     assert customers.loc["c-00123", "attr_loyalty_tier"] == "gold"
     events = stored(settings, "email_events").set_index("event_id")
     assert events.loc["e-1", "event"] == "sent" and events.loc["e-4", "event"] == "open"  # ESPs' names
+    offers = stored(settings, "offers").set_index("offer_id")
+    assert offers.loc["of-tents-20", "description"] == "Light, waterproof, room for two."
+    assert offers.loc["of-guide", "url"] == "https://shop.example/guides/tents"
     assert report.currency == "EUR"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import zoneinfo
 from pathlib import Path
 
@@ -13,6 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from sendwise.ingest import ingest
+from sendwise.raw import load_table
+from sendwise.settings import Settings
 from sendwise.simulator import (
     BLAST_HOUR_UTC,
     DEVICE_USER_AGENTS,
@@ -399,6 +403,35 @@ def test_offers_eligibility_and_expected_values(world: World, world_dir: tuple[P
     assert np.median(sorted_ev[:, -1] / np.median(sorted_ev, axis=1)) > 2.0
     subset = world.conversion_probability(ids[:3], ["of-03", "of-00"])
     np.testing.assert_allclose(subset, p[:3][:, [3, 0]])
+
+
+def test_offers_carry_their_content_made_from_their_own_fields(
+    world_dir: tuple[Path, SimulationSummary], tmp_path: Path
+) -> None:
+    """Title, description, link and picture for every offer but the control arm, and the ingest keeps them."""
+    csv = pd.read_csv(world_dir[0] / "offers.csv", sep=";", dtype=str, keep_default_na=False).set_index("offer_id")
+    content = ["title", "description", "url", "image_url"]
+    assert (csv.loc["of-00", content] == "").all() and csv.loc["of-00", "kind"] == "control"
+    assert csv.loc["of-07", content].tolist() == [
+        "20% off sports",
+        "Take 20% off everything in sports while the offer lasts.",
+        "https://shop.example/offers/of-07",
+        "https://shop.example/images/of-07.png",
+    ]
+    assert csv.loc["of-10", "title"] == "The outdoor guide"
+    offers = csv.drop(index="of-00")
+    assert (offers["url"] == "https://shop.example/offers/" + offers.index).all()
+    assert (offers["image_url"] == "https://shop.example/images/" + offers.index + ".png").all()
+    assert offers["description"].str.endswith(".").all() and offers["title"].is_unique
+    for name in ("customers.csv", "offers.csv"):
+        shutil.copy(world_dir[0] / name, tmp_path / name)
+    settings = Settings(home=tmp_path / "home")
+    report = ingest(tmp_path, settings, progress=False)
+    assert report.tables["offers"].quarantined == 0
+    assert not [w for w in report.warnings if "offers.csv" in w]
+    stored = load_table(settings, "offers")
+    assert stored is not None
+    assert stored.set_index("offer_id").loc[csv.index, content].fillna("").equals(csv[content])
 
 
 def test_exposures_carry_the_logged_policy_propensity(data: dict[str, pd.DataFrame], world: World) -> None:

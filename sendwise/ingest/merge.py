@@ -55,6 +55,8 @@ def merge(batch: Batch, stored: pd.DataFrame | None) -> Merged:
     """The raw table ``batch.table`` with the batch merged into ``stored`` (None: never ingested)."""
     table = batch.table
     new = _raw_frame(table, batch.valid)
+    if stored is not None and not set(contract.RAW_COLUMNS[table.name]) <= set(stored.columns):
+        stored = _raw_frame(table, stored)  # stored before the contract had some of its columns: they are missing
     merged = (_merge_events if table.is_event else _merge_entities)(table, new, stored)
     if table.attributes:
         merged.frame = _raw_frame(table, unify_attributes(merged.frame))

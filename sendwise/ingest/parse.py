@@ -36,12 +36,22 @@ def format_number(value: float) -> str:
 
 def as_text(raw: pd.Series) -> pd.Series:
     """Values as trimmed pyarrow strings; empty is missing. Numbers from Parquet keep their digits."""
+    text = _strings(raw).str.strip()
+    return text.mask((text == "").fillna(False))
+
+
+def as_free_text(raw: pd.Series) -> pd.Series:
+    """Values as pyarrow strings exactly as given, not trimmed; empty or only whitespace is missing."""
+    text = _strings(raw)
+    return text.mask((text.str.strip() == "").fillna(False))
+
+
+def _strings(raw: pd.Series) -> pd.Series:
     if pd.api.types.is_bool_dtype(raw.dtype):
         raw = raw.map({True: "true", False: "false"}, na_action="ignore")
     elif pd.api.types.is_float_dtype(raw.dtype):
         raw = raw.map(format_number, na_action="ignore")
-    text = raw.astype(STRING).str.strip()
-    return text.mask((text == "").fillna(False))
+    return raw.astype(STRING)
 
 
 def as_mask(values: pd.Series) -> np.ndarray:

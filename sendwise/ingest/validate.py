@@ -8,6 +8,7 @@ required column missing, time stamps without a zone and no `--assume-tz`) raises
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ from sendwise.ingest.parse import (
     DECIMAL_COMMA,
     STRING,
     TIMESTAMP,
+    as_free_text,
     as_mask,
     as_objects,
     as_text,
@@ -168,6 +170,8 @@ class FileChecker:
         parser = {
             Kind.ID: self.ids,
             Kind.TEXT: self.texts,
+            Kind.FREE_TEXT: self.free_texts,
+            Kind.LINK: self.links,
             Kind.TIMESTAMP: self.timestamps,
             Kind.BOOL: self.booleans,
             Kind.FLOAT: self.numbers,
@@ -197,6 +201,28 @@ class FileChecker:
 
     def texts(self, column: Column, raw: pd.Series, problems: Problems) -> tuple[pd.Series, np.ndarray]:
         text = as_text(raw)
+        return as_objects(text), text.isna().to_numpy()
+
+    def free_texts(self, column: Column, raw: pd.Series, problems: Problems) -> tuple[pd.Series, np.ndarray]:
+        text = as_free_text(raw)
+        return as_objects(text), text.isna().to_numpy()
+
+    def links(self, column: Column, raw: pd.Series, problems: Problems) -> tuple[pd.Series, np.ndarray]:
+        text = as_text(raw)
+        codes, uniques = pd.factorize(text)
+        words = [str(word) for word in uniques]
+        schemes = np.array([contract.link_scheme(word) for word in words] + [None], dtype=object)[codes]
+        broken = np.array([re.search(contract.LINK_BREAKS, word) is not None for word in words] + [False])[codes]
+        invalid = text.notna().to_numpy() & pd.isna(schemes)
+        reason = f"{column.name}: not {contract.LINK_TEXT}"
+        problems.add(invalid & ~broken, reason)
+        problems.add(invalid & broken, f"{reason} (it has whitespace or a control character inside)")
+        plain = schemes == "http"
+        if column.http_warning and plain.any():
+            self.warnings.append(
+                f"{self.where(column.name)}: {int(plain.sum()):,} links over plain http (e.g. "
+                f"{text[plain].iloc[0]!r}) were accepted; {column.http_warning}"
+            )
         return as_objects(text), text.isna().to_numpy()
 
     def timestamps(self, column: Column, raw: pd.Series, problems: Problems) -> tuple[pd.Series, np.ndarray]:

@@ -35,6 +35,7 @@ from sendwise.simulator.records import (
     iso,
 )
 from sendwise.simulator.run import Run
+from sendwise.simulator.sender import offer_content
 from sendwise.simulator.truth import CATEGORIES, World
 
 
@@ -279,7 +280,7 @@ def _offers_csv(offers: pd.DataFrame) -> pd.DataFrame:
     frame["inventory"] = frame["inventory"].astype("Int64")
     frame["starts_at"] = iso(offers["starts_at"])
     frame["ends_at"] = iso(offers["ends_at"])
-    return frame
+    return pd.concat([frame, offer_content(offers)], axis=1)
 
 
 # --- the files ------------------------------------------------------------------------------------------------

@@ -57,6 +57,32 @@ def make_offers(start_s: float, end_s: float, days: int, rng: np.random.Generato
     return frame
 
 
+SHOP_URL = "https://shop.example"
+"""The simulated shop's site (`.example` is a reserved domain): where offers link, and their pictures."""
+
+
+def offer_content(offers: pd.DataFrame) -> pd.DataFrame:
+    """What the shop says about each offer: `title`, `description`, `url` and `image_url`; none for the control
+    arm, which is no offer. Made from each offer's id, kind, category and discount alone, never drawn: the rest
+    of a world stays the same, byte for byte, as before offers had content."""
+    columns = (offers[name].to_numpy(dtype=object) for name in ("offer_id", "kind", "category", "discount_pct"))
+    rows = [_content(*offer) for offer in zip(*columns, strict=True)]
+    return pd.DataFrame(rows, columns=["title", "description", "url", "image_url"], index=offers.index, dtype=object)
+
+
+def _content(offer_id: str, kind: str, category: str | None, discount: float | None) -> tuple[str | None, ...]:
+    if kind == "control":
+        return None, None, None, None
+    topic = category if isinstance(category, str) and category else None
+    if discount is not None and not np.isnan(discount):
+        title = f"{discount:g}% off {topic}" if topic else f"{discount:g}% off"
+        description = f"Take {discount:g}% off everything in {topic or 'the shop'} while the offer lasts."
+    else:
+        title = f"The {topic} guide" if topic else "Our guide"
+        description = f"What is new in {topic or 'the shop'} this season, and how to choose what suits you."
+    return title, description, f"{SHOP_URL}/offers/{offer_id}", f"{SHOP_URL}/images/{offer_id}.png"
+
+
 def make_campaigns(rng: np.random.Generator, start_s: float, days: int, rates: Rates) -> pd.DataFrame:
     """Three campaigns a week (two promotional, one newsletter; one topic each), then one triggered
     cart-abandonment campaign per category. `blast_s` is the campaign's blast time (seconds)."""
