@@ -154,6 +154,7 @@ class OfferCatalog:
         priors: RhythmPriors,
     ) -> None:
         self.offers = offers
+        self._rows: tuple[pd.DataFrame | None, dict[str, dict[str, object]]] | None = None
         self.offer_features = offer_features
         self.offer_values = offer_values
         """What each offer earned per exposure in the logged data: how offers are ranked without an offer model."""
@@ -260,7 +261,9 @@ class OfferCatalog:
     def rows_by_id(self) -> dict[str, dict[str, object]]:
         """Each catalog offer's columns (missing values as None), by offer id: what the renderer shows. The
         offer's content (`contract.OFFER_CONTENT`: title, description, url, image_url) is always there, as text
-        or None, also from a raw store ingested before the contract had it."""
+        or None, also from a raw store ingested before the contract had it. Built once per offers table."""
+        if self._rows is not None and self._rows[0] is self.offers:
+            return self._rows[1]
         if self.offers is None:
             return {}
         catalog = {}
@@ -268,6 +271,7 @@ class OfferCatalog:
             entry = {str(k): (None if pd.isna(v) else v) for k, v in row.items() if not isinstance(v, list)}
             entry.update({name: _optional_str(entry.get(name)) for name in OFFER_CONTENT})
             catalog[str(row["offer_id"])] = entry
+        self._rows = (self.offers, catalog)
         return catalog
 
     def facts_for_modules(self, offers: list[OfferScore]) -> list[OfferFact]:
