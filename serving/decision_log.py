@@ -9,8 +9,8 @@ rendering its email needs (`render`: the template, the ranked offers, the module
 from), one not to send its `reasons`.
 
 `<home>/decisions/index.sqlite` finds a decision's line by its id (`DecisionLog.find`), so that `/v1/render`
-can render a logged decision without reading the log: it is written after the lines it points to, and a
-decision it cannot find is one that cannot be rendered.
+can render a logged decision without reading the log: one row per batch (ids from `new_decision_ids` share
+the batch's part), written after the lines it points to; a decision it cannot find cannot be rendered.
 """
 
 from __future__ import annotations
@@ -43,10 +43,27 @@ def json_lines(records: Sequence[Mapping[str, object]], first_key: str) -> bytes
     return lines
 
 
-def _index_key(decision_id: str) -> int:
-    """The index's integer key of a decision id (`d-` and 32 hex digits): its first 60 bits. The line found is
-    checked against the whole id."""
+def new_decision_ids(count: int) -> list[str]:
+    """Ids for one batch's decisions: `d-`, 16 hex digits shared by the batch, 16 random ones of each decision's
+    own. Each is as hard to guess as 64 random bits (an id in an unsubscribe link tells nothing of another
+    recipient's), and the index keeps one row per batch rather than one per decision."""
+    batch = os.urandom(8).hex()
+    own = os.urandom(8 * count).hex()
+    return [f"d-{batch}{own[16 * i : 16 * i + 16]}" for i in range(count)]
+
+
+def _batch_key(decision_id: str) -> int:
+    """The index's key of a decision's batch: the first 60 bits of the batch's part of the id."""
     return int(decision_id[2:17], 16)
+
+
+def _own_part(decision_id: str) -> int:
+    return int(decision_id[18:34], 16)
+
+
+def _hex_column(ids: list[str], at: int) -> np.ndarray:
+    """The 16 hex digits from `at` of every id, as unsigned 64-bit integers (one parse for the batch)."""
+    return np.frombuffer(bytes.fromhex("".join([i[at : at + 16] for i in ids])), dtype=">u8").astype(np.uint64)
 
 
 @dataclass(frozen=True)
@@ -74,8 +91,8 @@ class DecisionLog:
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.execute(
-                "CREATE TABLE IF NOT EXISTS decisions (key INTEGER PRIMARY KEY, file TEXT NOT NULL, "
-                "offset INTEGER NOT NULL, length INTEGER NOT NULL, decided_at INTEGER NOT NULL)"
+                "CREATE TABLE IF NOT EXISTS batches (key INTEGER PRIMARY KEY, file TEXT NOT NULL, "
+                "decided_at INTEGER NOT NULL, own BLOB NOT NULL, offsets BLOB NOT NULL, lengths BLOB NOT NULL)"
             )
             self._index, self._index_owner = connection, owner
         return self._index
@@ -83,28 +100,44 @@ class DecisionLog:
     def _write_index(
         self, decisions_dir: Path, ids: list[str], file: str, start: int, lines: bytes, decided_at: int
     ) -> None:
+        """One row per batch: its decisions' own parts (sorted), and where each one's line is."""
         ends = np.flatnonzero(np.frombuffer(lines, dtype=np.uint8) == 10)
         starts = np.r_[0, ends[:-1] + 1]
-        rows = zip(
-            (_index_key(i) for i in ids),
-            [file] * len(ids),
-            (start + starts).tolist(),
-            (ends - starts).tolist(),
-            [decided_at] * len(ids),
-            strict=True,
-        )
+        keys = (_hex_column(ids, 2) >> np.uint64(4)).astype(np.int64)  # _batch_key of each, at once
+        own = _hex_column(ids, 18)  # _own_part of each
+        rows = []
+        for key in np.unique(keys).tolist():
+            part = np.flatnonzero(keys == key)
+            order = part[np.argsort(own[part])]
+            rows.append(
+                (
+                    key,
+                    file,
+                    decided_at,
+                    own[order].tobytes(),
+                    (start + starts[order]).astype(np.int64).tobytes(),
+                    (ends[order] - starts[order]).astype(np.int64).tobytes(),
+                )
+            )
         connection = self._connection(decisions_dir)
         with connection:
-            connection.executemany("INSERT OR REPLACE INTO decisions VALUES (?, ?, ?, ?, ?)", rows)
+            connection.executemany("INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?, ?)", rows)
 
     def find(self, decisions_dir: Path, decision_id: str) -> LoggedDecision | None:
         """The logged decision with this id, or None (never made here, or its day's file is gone)."""
         with self._lock:
-            query = "SELECT file, offset, length, decided_at FROM decisions WHERE key = ?"
-            found = self._connection(decisions_dir).execute(query, (_index_key(decision_id),)).fetchone()
+            query = "SELECT file, decided_at, own, offsets, lengths FROM batches WHERE key = ?"
+            found = self._connection(decisions_dir).execute(query, (_batch_key(decision_id),)).fetchone()
         if found is None:
             return None
-        file, offset, length, decided_at = found
+        file, decided_at, own_bytes, offsets, lengths = found
+        own = np.frombuffer(own_bytes, dtype=np.uint64)
+        wanted = np.uint64(_own_part(decision_id))
+        at = int(np.searchsorted(own, wanted))
+        if at >= len(own) or own[at] != wanted:
+            return None
+        offset = int(np.frombuffer(offsets, dtype=np.int64)[at])
+        length = int(np.frombuffer(lengths, dtype=np.int64)[at])
         try:
             with (decisions_dir / file).open("rb") as handle:
                 handle.seek(offset)
@@ -122,7 +155,7 @@ class DecisionLog:
             connection = self._connection(decisions_dir)
             with connection:
                 return connection.execute(
-                    "DELETE FROM decisions WHERE decided_at < ?", (int(before.timestamp()),)
+                    "DELETE FROM batches WHERE decided_at < ?", (int(before.timestamp()),)
                 ).rowcount
 
     def append(

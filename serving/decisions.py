@@ -8,7 +8,6 @@ from them and writes the reasons.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property, lru_cache
@@ -20,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from serving import reasons
 from serving.assign import HourPlan
+from serving.decision_log import new_decision_ids
 from serving.modules import (
     MAX_CATEGORIES,
     has_category_picks,
@@ -329,10 +329,10 @@ def decision_rows(
     offers = _RankedOffers.of(batch, template, threshold)
     hour_reasons = HourReasons(batch.start, batch.explore_share, batch.plan.capacity, batch.constraints.quiet_hours)
     context = _Context(notes, template, threshold, population.open_probability, hour_reasons, batch.window_times)
-    ids = os.urandom(16 * len(recipients)).hex()
+    ids = new_decision_ids(len(recipients))
     out: list[dict[str, object]] = []
     for i, recipient in enumerate(recipients):
-        decision_id = f"d-{ids[32 * i : 32 * i + 32]}"
+        decision_id = ids[i]
         if rows.chosen_hours[i] >= 0:  # `plan_hours` gives an hour only to a recipient no rule stopped
             out.append(_sent(batch, rows, offers, context, i, recipient, decision_id))
             continue

@@ -288,7 +288,7 @@ def test_unknown_and_expired_decisions_are_404(engine, customers) -> None:  # ty
     decision = _decide_one(engine, known)
     old = datetime.now(UTC) - timedelta(days=engine.settings.render_days + 1)
     with sqlite3.connect(engine.settings.decisions_dir / "index.sqlite") as index:
-        index.execute("UPDATE decisions SET decided_at = ?", (int(old.timestamp()),))
+        index.execute("UPDATE batches SET decided_at = ?", (int(old.timestamp()),))
     with pytest.raises(UnknownDecision, match=f"decision {decision.decision_id} expired: it was made"):
         engine.render(RenderRequest(decision_id=decision.decision_id))
 
@@ -326,3 +326,23 @@ def test_cold_start_recipient_subject_from_their_context(engine) -> None:  # typ
     assert not Page(email.html or "").tags("script")
     again = engine.render(RenderRequest(decision_id=email.decision_id))
     assert again.subject == email.subject, "the recipient's context is kept with the decision"
+
+
+def test_render_command_writes_the_email_to_files(pipeline_home, customers, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from sendwise.cli import app
+    from tests.conftest import home_with_own_decision_log
+
+    settings = home_with_own_decision_log(pipeline_home.settings, tmp_path / "home")
+    known = customers.loc[customers["consent_email"], "customer_id"].iloc[9]
+    env = {**settings.library_environment(), "SENDWISE_HOME": str(settings.home)}
+    result = CliRunner().invoke(app, ["render", "--customer", known, "--out", str(tmp_path / "emails")], env=env)
+    assert result.exit_code == 0, result.output
+    written = sorted(p.suffix for p in (tmp_path / "emails").iterdir())
+    assert written == [".html", ".json", ".txt"]
+    details = orjson.loads(next((tmp_path / "emails").glob("*.json")).read_bytes())
+    assert details["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert "List-Unsubscribe-Post: List-Unsubscribe=One-Click" in result.output
+    missing = CliRunner().invoke(app, ["render", "--decision-id", "d-" + "e" * 32], env=env)
+    assert missing.exit_code != 0 and f"no decision d-{'e' * 32}" in missing.output
