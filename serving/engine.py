@@ -354,11 +354,15 @@ class Engine:
         customer_id, decision_id = str(entry["customer_id"]), str(entry["decision_id"])
         logged_facts = entry.get("render")
         send_at = datetime.fromisoformat(str(entry["send_at"])) if entry.get("send_at") else None
-        refused = RenderResponse(customer_id=customer_id, decision_id=decision_id, template=template or "", send=False)
+        logged_template = logged_facts.get("template") if isinstance(logged_facts, dict) else None
+        template = template or str(
+            logged_template or ("newsletter" if campaign.kind == "newsletter" else "promotional")
+        )
+        refused = RenderResponse(customer_id=customer_id, decision_id=decision_id, template=template, send=False)
+        given = entry.get("reasons")  # a decision not to send, or one made for this render; the log's sends have none
+        decided_for = [str(r) for r in given] if isinstance(given, list) else []
         if not entry.get("send"):
-            given = entry.get("reasons")
-            reasons_given = [str(r) for r in given] if isinstance(given, list) else []
-            return refused.model_copy(update={"reasons": [reasons.decided_not_to_send(decision_id), *reasons_given]})
+            return refused.model_copy(update={"reasons": [reasons.decided_not_to_send(decision_id), *decided_for]})
         if not isinstance(logged_facts, dict):
             raise UnknownDecision(decision_id, logged_without_facts=True)
         facts = LoggedRender.model_validate(logged_facts)
@@ -367,7 +371,6 @@ class Engine:
         if features.known[0] and not (features.consent[0] and features.eligible[0]):
             why = reasons.NO_CONSENT if not features.consent[0] else reasons.NOT_ELIGIBLE
             return refused.model_copy(update={"reasons": [reasons.changed_since_decision(decision_id), why]})
-        template = template or facts.template
         module_facts = ModuleFacts(
             customer_id=customer_id,
             campaign_kind=campaign.kind,
@@ -417,7 +420,7 @@ class Engine:
             text=email.text,
             headers=email_headers(brand, decision_id, unsubscribe, campaign.kind, customer_id, campaign.campaign_id),
             modules=[RenderedModule(name=m.name, reason=m.reason) for m in email.modules],
-            reasons=[reasons.rendered_decision(decision_id, logged.decided_at)],
+            reasons=[reasons.rendered_decision(decision_id, logged.decided_at), *decided_for],
             warnings=email.warnings,
         )
 

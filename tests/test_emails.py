@@ -346,3 +346,21 @@ def test_render_command_writes_the_email_to_files(pipeline_home, customers, tmp_
     assert "List-Unsubscribe-Post: List-Unsubscribe=One-Click" in result.output
     missing = CliRunner().invoke(app, ["render", "--decision-id", "d-" + "e" * 32], env=env)
     assert missing.exit_code != 0 and f"no decision d-{'e' * 32}" in missing.output
+
+
+def test_no_email_for_a_customer_who_unsubscribed_since_the_decision(  # type: ignore[no-untyped-def]
+    engine, customers, monkeypatch
+) -> None:
+    known = customers.loc[customers["consent_email"], "customer_id"].iloc[10]
+    decision = _decide_one(engine, known)
+    assert decision.send
+    snapshot = engine.online.current().snapshot
+    eligible = snapshot.consent["email_eligible"].copy()
+    eligible[snapshot.rows([known])] = 0
+    monkeypatch.setitem(snapshot.consent, "email_eligible", eligible)
+    email = engine.render(RenderRequest(decision_id=decision.decision_id))
+    assert not email.send and email.html is None and email.headers == {}
+    assert email.reasons == [
+        f"the customer's consent or eligibility changed since decision {decision.decision_id}: no email",
+        "no longer eligible for sends: unsubscribed, complained or hard-bounced",
+    ]
