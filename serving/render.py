@@ -185,6 +185,7 @@ def render_email(
         "subject": subject,
         "preheader": preheader,
         "modules": modules,
+        "module_names": [module.name for module in modules],
         "topic": (facts.campaign_topic or "").strip(),
         "unsubscribe_url": unsubscribe_url,
     }
@@ -300,6 +301,7 @@ def _filled(template: str | None, values: Mapping[str, object], name: str) -> st
 def _subject(template: str, facts: ModuleFacts, modules: list[ModuleView], brand: Brand) -> str:
     names = {module.name for module in modules}
     hero = next((module.offers[0] for module in modules if module.name == "hero_offer"), None)
+    first = next((module.offers[0] for module in modules if module.offers), None)
     topic = (facts.campaign_topic or "").strip()
     if template == "newsletter":
         subject = f"{brand.name} newsletter: {topic}" if topic else f"{brand.name} newsletter"
@@ -307,6 +309,8 @@ def _subject(template: str, facts: ModuleFacts, modules: list[ModuleView], brand
         subject = f"Welcome to {brand.name}: {hero.title}" if hero else f"Welcome to {brand.name}"
     elif hero is not None:
         subject = hero.title
+    elif first is not None:
+        subject = f"{first.title}, and more from {brand.name}"
     elif topic:
         subject = f"New in {topic} at {brand.name}"
     else:
