@@ -28,6 +28,9 @@ import numpy as np
 import orjson
 
 INDEX_FILE = "index.sqlite"
+LOG_CHUNK = 1_000
+"""Decisions encoded and written at a time: a 10,000-decision batch's lines are 15 MB, and encoding them in one
+piece held three copies at once."""
 
 
 def json_lines(records: Sequence[Mapping[str, object]], first_key: str) -> bytes:
@@ -98,11 +101,15 @@ class DecisionLog:
         return self._index
 
     def _write_index(
-        self, decisions_dir: Path, ids: list[str], file: str, start: int, lines: bytes, decided_at: int
+        self,
+        decisions_dir: Path,
+        ids: list[str],
+        file: str,
+        starts: np.ndarray,
+        lengths: np.ndarray,
+        decided_at: int,
     ) -> None:
         """One row per batch: its decisions' own parts (sorted), and where each one's line is."""
-        ends = np.flatnonzero(np.frombuffer(lines, dtype=np.uint8) == 10)
-        starts = np.r_[0, ends[:-1] + 1]
         keys = (_hex_column(ids, 2) >> np.uint64(4)).astype(np.int64)  # _batch_key of each, at once
         own = _hex_column(ids, 18)  # _own_part of each
         rows = []
@@ -115,8 +122,8 @@ class DecisionLog:
                     file,
                     decided_at,
                     own[order].tobytes(),
-                    (start + starts[order]).astype(np.int64).tobytes(),
-                    (ends[order] - starts[order]).astype(np.int64).tobytes(),
+                    starts[order].astype(np.int64).tobytes(),
+                    lengths[order].astype(np.int64).tobytes(),
                 )
             )
         connection = self._connection(decisions_dir)
@@ -173,30 +180,39 @@ class DecisionLog:
         `shown_offers` are each decision's whole ranking and the offers its email carries; `render_facts` what
         rendering a sent decision's email needs (None where it is not sent); `logged_times` turns an answer's
         `send_at` (JSON, Z) into the log's (isoformat)."""
+        if not decisions:
+            return
         now = datetime.now(UTC)
         decided_at = now.isoformat()
-        entries = [
-            {
-                "decision_id": d["decision_id"],
-                "customer_id": d["customer_id"],
-                "decided_at": decided_at,
-                "campaign": campaign,
-                "send": d["send"],
-                "send_at": logged_times.get(str(d["send_at"])) if d["send_at"] else None,
-                "explore": d["explore"],
-                "propensity": d["propensity"],
-                "offer_ids": ranked,
-                "exposed_offer_ids": shown,
-                "holdout": d["holdout"],
-                "model_versions": model_versions,
-                **({"render": facts} if facts is not None else {"reasons": d["reasons"]}),
-            }
-            for d, ranked, shown, facts in zip(decisions, ranked_offers, shown_offers, render_facts, strict=True)
-        ]
-        if not entries:
-            return
-        lines = json_lines(entries, "decision_id")
+
+        def entries(lo: int, hi: int) -> list[dict[str, object]]:
+            made = []
+            for d, ranked, shown, facts in zip(
+                decisions[lo:hi], ranked_offers[lo:hi], shown_offers[lo:hi], render_facts[lo:hi], strict=True
+            ):
+                entry = {
+                    "decision_id": d["decision_id"],
+                    "customer_id": d["customer_id"],
+                    "decided_at": decided_at,
+                    "campaign": campaign,
+                    "send": d["send"],
+                    "send_at": logged_times.get(str(d["send_at"])) if d["send_at"] else None,
+                    "explore": d["explore"],
+                    "propensity": d["propensity"],
+                    "offer_ids": ranked,
+                    "exposed_offer_ids": shown,
+                    "holdout": d["holdout"],
+                    "model_versions": model_versions,
+                }
+                if facts is not None:
+                    entry["render"] = facts
+                else:
+                    entry["reasons"] = d["reasons"]
+                made.append(entry)
+            return made
+
         path = decisions_dir / f"{now:%Y-%m-%d}.jsonl"
+        starts, lengths = [], []
         with self._lock:
             try:
                 handle = path.open("ab")
@@ -205,11 +221,20 @@ class DecisionLog:
                 handle = path.open("ab")
             with handle:
                 fcntl.flock(handle, fcntl.LOCK_EX)  # other processes (the bulk path's workers) append too
-                start = handle.seek(0, os.SEEK_END)
-                handle.write(lines)
+                at = handle.seek(0, os.SEEK_END)
+                for lo in range(0, len(decisions), LOG_CHUNK):  # a chunk's lines at a time: less memory at once
+                    lines = json_lines(entries(lo, lo + LOG_CHUNK), "decision_id")
+                    handle.write(lines)
+                    ends = np.flatnonzero(np.frombuffer(lines, dtype=np.uint8) == 10)
+                    first = np.r_[0, ends[:-1] + 1]
+                    starts.append(at + first)
+                    lengths.append(ends - first)
+                    at += len(lines)
                 handle.flush()
             ids = [str(d["decision_id"]) for d in decisions]
-            self._write_index(decisions_dir, ids, path.name, start, lines, int(now.timestamp()))
+            self._write_index(
+                decisions_dir, ids, path.name, np.concatenate(starts), np.concatenate(lengths), int(now.timestamp())
+            )
 
 
 @dataclass(frozen=True)

@@ -173,29 +173,35 @@ def _top_views(features: BatchFeatures) -> list[dict[str, float]]:
     later picks the same categories."""
     snapshot = features.state.snapshot
     n, width = len(features.rows), len(snapshot.categories)
+    found: list[dict[str, float]] = [NO_VIEWS] * n  # shared and never changed: a row with views gets its own
     if width == 0 or not features.any_views.any():
-        return [{} for _ in range(n)]
+        return found
     views = np.where(features.any_views[:, None], snapshot.views[features.rows], 0.0)
     keep = min(MAX_CATEGORIES, width)
     kth = -np.partition(-views, keep - 1, axis=1)[:, keep - 1]
     shares = views / np.maximum(views.sum(axis=1), 1e-30)[:, None]
     rows, columns = np.nonzero((views > 0) & (views >= kth[:, None]))
-    found: list[dict[str, float]] = [{} for _ in range(n)]
     names = snapshot.categories
     for r, c, share in zip(rows.tolist(), columns.tolist(), shares[rows, columns].tolist(), strict=True):
+        if found[r] is NO_VIEWS:
+            found[r] = {}
         found[r][names[c]] = share
     return found
 
 
 class LoggedRender(BaseModel):
     """What a decision to send keeps for rendering its email later (the decision log's `render`): the facts
-    `choose_modules` reads, and the modules that were chosen from them."""
+    `choose_modules` reads, and the modules that were chosen from them. The ranked offers' ids are the log
+    entry's `offer_ids`; their kinds and figures are lists in the same order."""
 
     template: str
     open_probability: float
     population_open_probability: float
     high_value_threshold: float
-    offers: list[OfferScore]
+    offer_kinds: list[str]
+    conversion: list[float]
+    value: list[float]
+    incremental: list[float] | None = None
     modules: list[tuple[str, list[str]]]
     category_views: dict[str, float] = Field(default_factory=dict)
     interests: list[str] = Field(default_factory=list)
@@ -203,15 +209,32 @@ class LoggedRender(BaseModel):
     history_emails: int = 0
     recipient: Recipient | None = None
 
+    def offers(self, offer_ids: list[str]) -> list[OfferScore]:
+        """The ranked offers as the decision's answer gave them (to LOGGED_DECIMALS)."""
+        gains: list[float | None] = [*self.incremental] if self.incremental is not None else [None] * len(offer_ids)
+        return [
+            OfferScore(offer_id=o, kind=k, conversion_probability=p, expected_value=v, incremental_value=g)
+            for o, k, p, v, g in zip(offer_ids, self.offer_kinds, self.conversion, self.value, gains, strict=True)
+        ]
+
 
 class _RowOffers(NamedTuple):
-    """One decision's ranked offers: ids, kinds, the answer's objects, and where the email places them (the
-    hero's id or None, the secondary offers' and the content offers')."""
+    """One decision's ranked offers: ids, kinds, the answer's objects, where the email places them (the hero's
+    id or None, the secondary offers' and the content offers'), and their conversion probabilities, expected
+    and incremental values rounded to LOGGED_DECIMALS (what the log keeps)."""
 
     ids: list[str]
     kinds: list[str]
     answer: list[dict[str, object]]
     slots: tuple[str | None, list[str], list[str]]
+    logged: tuple[list[float], list[float], list[float] | None]
+
+
+NO_VIEWS: dict[str, float] = {}
+NONE: tuple[str, ...] = ()
+LOGGED_DECIMALS = 6
+"""The log keeps an offer's figures to a millionth: the reasons print two decimals, and the modules an email
+shows are logged as they were chosen, never chosen again from the rounded figures."""
 
 
 @dataclass(slots=True)
@@ -229,6 +252,9 @@ class _RankedOffers:
     secondary_at: list[int]
     content_ids: list[str]
     content_at: list[int]
+    logged_p: list[float]
+    logged_ev: list[float]
+    logged_iv: list[float] | None
 
     @classmethod
     def of(cls, batch: Batch, template: str, threshold: float) -> _RankedOffers:
@@ -242,12 +268,10 @@ class _RankedOffers:
         ids_2d, kinds_2d = offer_ids[top], offer_kinds[top]
         value_2d = np.take_along_axis(batch.value, top, axis=1)
         ids, kinds = ids_2d.ravel().tolist(), kinds_2d.ravel().tolist()
-        conversion = np.take_along_axis(batch.conversion, top, axis=1).ravel().tolist()
-        gains = (
-            np.take_along_axis(incremental, top, axis=1).ravel().tolist()
-            if incremental is not None
-            else [None] * len(ids)
-        )
+        conversion_2d = np.take_along_axis(batch.conversion, top, axis=1)
+        gains_2d = np.take_along_axis(incremental, top, axis=1) if incremental is not None else None
+        conversion = conversion_2d.ravel().tolist()
+        gains = gains_2d.ravel().tolist() if gains_2d is not None else [None] * len(ids)
         answers: list[dict[str, object]] = [
             {
                 "offer_id": offer_id,
@@ -275,6 +299,9 @@ class _RankedOffers:
             secondary_at=[0, *np.cumsum(secondary.sum(axis=1)).tolist()],
             content_ids=ids_2d[content].tolist(),
             content_at=[0, *np.cumsum(content.sum(axis=1)).tolist()],
+            logged_p=np.round(conversion_2d, LOGGED_DECIMALS).ravel().tolist(),
+            logged_ev=np.round(value_2d, LOGGED_DECIMALS).ravel().tolist(),
+            logged_iv=np.round(gains_2d, LOGGED_DECIMALS).ravel().tolist() if gains_2d is not None else None,
         )
 
     def row(self, i: int) -> _RowOffers:
@@ -284,7 +311,12 @@ class _RankedOffers:
             self.secondary_ids[self.secondary_at[i] : self.secondary_at[i + 1]],
             self.content_ids[self.content_at[i] : self.content_at[i + 1]],
         )
-        return _RowOffers(self.ids[lo:hi], self.kinds[lo:hi], self.answers[lo:hi], slots)
+        logged = (
+            self.logged_p[lo:hi],
+            self.logged_ev[lo:hi],
+            self.logged_iv[lo:hi] if self.logged_iv is not None else None,
+        )
+        return _RowOffers(self.ids[lo:hi], self.kinds[lo:hi], self.answers[lo:hi], slots, logged)
 
 
 def _without(batch: Batch, i: int, left_out: set[int], template: str, threshold: float) -> _RowOffers:
@@ -304,7 +336,13 @@ def _without(batch: Batch, i: int, left_out: set[int], template: str, threshold:
         }
         for j in columns
     ]
-    return _RowOffers(ids, kinds, answer, placed_offers(ids, kinds, values, template, threshold))
+    picked = np.array(columns, dtype=np.int64)
+    logged = (
+        np.round(batch.conversion[i, picked], LOGGED_DECIMALS).tolist(),
+        np.round(batch.value[i, picked], LOGGED_DECIMALS).tolist(),
+        np.round(incremental[i, picked], LOGGED_DECIMALS).tolist() if incremental is not None else None,
+    )
+    return _RowOffers(ids, kinds, answer, placed_offers(ids, kinds, values, template, threshold), logged)
 
 
 class _Context(NamedTuple):
@@ -316,6 +354,12 @@ class _Context(NamedTuple):
     population: float
     hour_reasons: HourReasons
     stamps: list[tuple[str, str]]
+
+    @property
+    def logged_threshold(self) -> float:
+        """The threshold as the log keeps it: rounded like the offers' values, so that a value equal to it (the
+        median best offer is some customer's best) stays equal to it."""
+        return float(np.round(np.float64(self.threshold), LOGGED_DECIMALS))  # as np.round rounds the values
 
 
 def decision_rows(
@@ -433,14 +477,17 @@ def _sent(
             "template": context.template,
             "open_probability": chosen_p,
             "population_open_probability": context.population,
-            "high_value_threshold": context.threshold,
-            "offers": ranked.answer,
+            "high_value_threshold": context.logged_threshold,
+            "offer_kinds": ranked.kinds,
+            "conversion": ranked.logged[0],
+            "value": ranked.logged[1],
+            "incremental": ranked.logged[2],
             "modules": modules,
             "category_views": rows.views[i],
-            "interests": sorted(batch.features.matrix.interests[i]),
+            "interests": sorted(interests) if (interests := batch.features.matrix.interests[i]) else NONE,
             "cold_start": cold,
             "history_emails": emails,
-            **({"recipient": recipient.model_dump(exclude_defaults=True)} if cold else {}),
+            "recipient": recipient.model_dump(exclude_defaults=True) if cold else None,
         }
     )
     return {

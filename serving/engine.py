@@ -83,6 +83,10 @@ def collector_paused() -> Iterator[None]:
                 gc.enable()
 
 
+def _listed(value: object) -> list[object]:
+    return value if isinstance(value, list) else []
+
+
 def customer_attributes(matrix: CustomerMatrix, row: int) -> dict[str, object]:
     """A row's `attr_*` values that are there (what a subject may name), as plain Python values."""
     found: dict[str, object] = {}
@@ -334,6 +338,7 @@ class Engine:
             **decision,
             "campaign": campaign.model_dump(),
             "send_at": dict(batch.window_times).get(str(decision["send_at"])) if decision["send_at"] else None,
+            "offer_ids": batch.ranked_offers[0],
             "render": batch.render_facts[0],
         }
         return self._render_logged(LoggedDecision(entry, datetime.now(UTC)), request.template)
@@ -377,7 +382,7 @@ class Engine:
             campaign_topic=campaign.topic,
             open_probability=facts.open_probability,
             population_open_probability=facts.population_open_probability,
-            offers=self.catalog.facts_for_modules(facts.offers),
+            offers=self.catalog.facts_for_modules(facts.offers([str(o) for o in _listed(entry.get("offer_ids"))])),
             high_value_threshold=facts.high_value_threshold,
             category_affinity=facts.category_views,
             interests=facts.interests,

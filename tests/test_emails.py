@@ -252,6 +252,7 @@ def test_decide_then_render_by_id_renders_that_decision(engine, customers) -> No
     email = engine.render(RenderRequest(decision_id=decision.decision_id))
     assert email.send and email.decision_id == decision.decision_id and email.send_at == decision.send_at
     assert [m.name for m in email.modules] == decision.modules
+    assert all(m.reason != "chosen when the decision was made" for m in email.modules), "the logged facts agree"
     assert len(_log_lines(engine)) == 1, "rendering made no second decision"
     page = Page(email.html or "")
     shown = [o.offer_id for o in decision.offers][: len(decision.offers)]
