@@ -30,6 +30,9 @@ from serving.curves import prediction_threads
 
 DECISION_DRIVERS = 3
 """How many drivers `/v1/decide` with `explain` gives each decision to send."""
+THREADED_ROWS = 64
+"""From this many rows TreeSHAP runs on every core: a row costs as much as hundreds of rows of predict, so
+OpenMP's start-up pays off far sooner than for predictions (`serving.curves.SMALL_BATCH_ROWS`)."""
 
 
 def _explained(model: LoadedModel, columns: DesignColumns, outcome: str, top: int) -> list[Explanation]:
@@ -39,7 +42,8 @@ def _explained(model: LoadedModel, columns: DesignColumns, outcome: str, top: in
     names = feature_names(booster)
     rows = lightgbm_matrix(columns, booster)
     design = rows if rows is not None else columns.frame()[names]
-    return explain_rows(booster, design, names, columns.values, outcome, top, prediction_threads(columns.rows))
+    threads = prediction_threads(columns.rows, small=THREADED_ROWS)
+    return explain_rows(booster, design, names, columns.values, outcome, top, threads)
 
 
 def explain_opens(
