@@ -5,7 +5,7 @@ each request with plain functions of it, so everything the service does can be t
 A decide reads the batch's online features (`serving.online`), scores every hour of the window
 (`serving.curves`) and the eligible offers (`serving.offers`), applies the sender's rules (`serving.constraints`,
 `serving.assign`), writes the decisions and their reasons (`serving.decisions`, `serving.reasons`) and logs
-them (`serving.decision_log`).
+them (`serving.decision_log`). An explanation takes a served prediction apart (`serving.explanations`).
 """
 
 from __future__ import annotations
@@ -487,7 +487,7 @@ class Engine:
     def _explained_offer(self, offer_id: str, at: datetime) -> tuple[OfferSet, int]:
         """The offers eligible at `at` and the column of `offer_id` among them, or a 404 that says why not."""
         catalog = self.catalog.offers
-        if catalog is None or offer_id not in set(catalog["offer_id"].astype(str)):
+        if catalog is None or offer_id not in self.catalog.rows_by_id():
             raise UnknownOffer(offer_id)
         if self.catalog.offer_features is None:
             raise NothingToExplain("the offers have no features in the online store: run `sendwise pipeline`")
