@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-SECTIONS = ("inprocess", "http", "memory")
-"""`inprocess` is benchmarks 1 and 2 (decisions per second and the model floor), `http` is 3, `memory` is 4."""
+SECTIONS = ("inprocess", "http", "memory", "explain")
+"""`inprocess` is benchmarks 1 and 2 (decisions per second and the model floor), `http` is 3, `memory` is 4,
+`explain` is 5 (explanations per recipient)."""
 
 ISSUE_WORLD_CUSTOMERS = 100_000
 ISSUE_ONLINE_CUSTOMERS = 1_000_000
@@ -38,6 +39,10 @@ class Plan:
     single_seconds: float = 20.0
     """How long each single-recipient load runs (after a short warm-up)."""
     concurrencies: tuple[int, ...] = (1, 8)
+    explain_calls: int = 300
+    """Timed `Engine.explain` calls per model (the median is reported)."""
+    explain_batches: int = 7
+    """Pairs of 1,000-recipient decides, with and without `explain` (the medians are compared)."""
     sections: tuple[str, ...] = SECTIONS
     rebuild: bool = False
     stale_ok: bool = False
@@ -55,6 +60,8 @@ class Plan:
             bulk_recipients=20_000,
             http_batch_calls=3,
             single_seconds=5.0,
+            explain_calls=100,
+            explain_batches=3,
             quick=True,
         )
         return replace(quick, **overrides)  # type: ignore[arg-type]

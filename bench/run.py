@@ -2,8 +2,9 @@
 
 Sections (`--only`): `inprocess` (1: decisions per second at batch sizes 1, 100 and 10,000, and 2: the model
 floor and the ratio to it), `http` (3: the real `bentoml serve`: a 10,000-recipient batch and single
-recipients at concurrency 1 and 8) and `memory` (4: the service's resident memory with 1,000,000 customers
-online). See bench/README.md for how to read the table.
+recipients at concurrency 1 and 8), `memory` (4: the service's resident memory with 1,000,000 customers
+online) and `explain` (5: `/v1/explain` per recipient for each model, and `/v1/decide` with `explain`, in
+process). See bench/README.md for how to read the table.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import psutil
 import typer
 from rich.console import Console
 
-from bench import inprocess, memory, over_http
+from bench import explain, inprocess, memory, over_http
 from bench.plan import DEFAULT_CACHE, SECTIONS, Plan
 from bench.report import Row, error_rows, table, write_json
 from bench.world import BenchHome, prepare_home
@@ -33,6 +34,7 @@ RUNNERS: dict[str, tuple[str, Runner]] = {
     "inprocess": (inprocess.SECTION, inprocess.run),
     "http": (over_http.SECTION, over_http.run),
     "memory": (memory.SECTION, memory.run),
+    "explain": (explain.SECTION, explain.run),
 }
 WIDE = 180
 """Columns of the table when the output is not a terminal (a log file, a CI job)."""

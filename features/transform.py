@@ -414,6 +414,13 @@ OFFER_KINDS = ["discount", "content", "control"]
 
 def offer_design(matrix: CustomerMatrix, rows: np.ndarray, offers: OfferMatrix, offer_rows: np.ndarray) -> pd.DataFrame:
     """One design row per (customer row, offer row): the next-best-offer model's inputs."""
+    return offer_columns(matrix, rows, offers, offer_rows).frame()
+
+
+def offer_columns(
+    matrix: CustomerMatrix, rows: np.ndarray, offers: OfferMatrix, offer_rows: np.ndarray
+) -> DesignColumns:
+    """One design row per (customer row, offer row): the next-best-offer model's inputs, as columns."""
     rows = np.asarray(rows, dtype=np.int64)
     offer_rows = np.asarray(offer_rows, dtype=np.int64)
     categories = offers.category[offer_rows]
@@ -431,4 +438,4 @@ def offer_design(matrix: CustomerMatrix, rows: np.ndarray, offers: OfferMatrix, 
     attributes, labels = _attribute_columns(matrix, rows)
     values.update(attributes)
     kinds = {"offer_id": None, "offer_kind": OFFER_KINDS, "offer_category": None, **dict.fromkeys(labels)}
-    return DesignColumns(values, kinds).frame()
+    return DesignColumns(values, kinds)

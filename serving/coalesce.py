@@ -16,6 +16,9 @@ one call; large requests are decided in worker threads by the service, never her
 
 - Only requests whose every rule is per recipient are merged. `max_share_per_hour` limits what one hour gets of
   *a batch*, so a request with it is decided on its own, as are large requests (they are batches already).
+- A request with `explain` is not merged either: explaining a recipient costs about a millisecond, a merged
+  call of them would hold the event loop for a quarter of a second; the service decides it in a worker
+  thread.
 - A merged call that fails is decided again request by request, so that a request that breaks the engine
   fails alone (a 500 for that client) and the others are answered.
 - Exploration draws and decision ids are per recipient, so a merged decision is one the request could have got
@@ -46,10 +49,10 @@ Payload = dict[str, Any]
 
 
 def mergeable(request: DecideRequest, max_recipients: int = MAX_MERGED_RECIPIENTS) -> bool:
-    """A small request whose rules are all per recipient."""
+    """A small request whose rules are all per recipient, and that asks for no explanations."""
     small = len(request.recipients) <= max_recipients
     per_recipient = request.constraints is None or request.constraints.max_share_per_hour is None
-    return small and per_recipient
+    return small and per_recipient and not request.explain
 
 
 def question(request: DecideRequest) -> str:

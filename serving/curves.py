@@ -58,10 +58,10 @@ def predict_on_one_thread() -> None:
     _one_thread = True
 
 
-def prediction_threads(rows: int) -> int:
-    """LightGBM's `num_threads` for a predict over `rows` rows: 1 for small ones (and in a forked process), its
-    default (0: OpenMP's, a thread per core) otherwise."""
-    return 1 if _one_thread or rows < SMALL_BATCH_ROWS else 0
+def prediction_threads(rows: int, small: int = SMALL_BATCH_ROWS) -> int:
+    """LightGBM's `num_threads` for a predict over `rows` rows: 1 for fewer than `small` (and in a forked
+    process), its default (0: OpenMP's, a thread per core) otherwise."""
+    return 1 if _one_thread or rows < small else 0
 
 
 def predict(booster: lgb.Booster, rows: pd.DataFrame | np.ndarray, *, raw_score: bool = False) -> np.ndarray:

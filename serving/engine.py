@@ -5,7 +5,7 @@ each request with plain functions of it, so everything the service does can be t
 A decide reads the batch's online features (`serving.online`), scores every hour of the window
 (`serving.curves`) and the eligible offers (`serving.offers`), applies the sender's rules (`serving.constraints`,
 `serving.assign`), writes the decisions and their reasons (`serving.decisions`, `serving.reasons`) and logs
-them (`serving.decision_log`).
+them (`serving.decision_log`). An explanation takes a served prediction apart (`serving.explanations`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from feast import FeatureStore
 from features.offer_values import TABLE as OFFER_VALUES_TABLE
 from features.offer_values import OfferValues
 from features.store import open_store
-from features.transform import CustomerMatrix, feature_names, offer_design, open_design
+from features.transform import CustomerMatrix
+from sendwise.explain import sigmoid
 from sendwise.raw import load_table
 from sendwise.registry import MODEL_NAMES, LoadedModel, load_champions
 from sendwise.settings import Settings
@@ -33,15 +34,16 @@ from serving.assign import in_holdout, plan_hours
 from serving.brand import Brand, brand_for, load_brand
 from serving.compiled import warm_up
 from serving.constraints import allowed_hours, blocked_recipients, repeated_offers
-from serving.curves import FALLBACK_OPEN_PROBABILITY, OpenCurves, predict, predict_on_one_thread
+from serving.curves import FALLBACK_OPEN_PROBABILITY, OpenCurves, predict_on_one_thread
 from serving.decision_log import DecisionLog, LoggedDecision
 from serving.decisions import Batch, LoggedRender, Population, decision_rows
-from serving.errors import NoChampion, NothingToExplain, UnknownCustomer, UnknownDecision
+from serving.errors import NoChampion, NothingToExplain, UnknownCustomer, UnknownDecision, UnknownOffer
+from serving.explanations import decision_drivers, explain_offer, explain_opens
 from serving.history import SendHistory
 from serving.links import Tracking, email_headers, filled
 from serving.modules import ModuleFacts, as_logged, choose_modules
-from serving.offers import OfferCatalog, eligible_offers, read_offer_features
-from serving.online import BatchFeatures, OnlineFeatures, RhythmPriors
+from serving.offers import OfferCatalog, OfferSet, eligible_offers, read_offer_features
+from serving.online import OnlineFeatures, RhythmPriors
 from serving.render import Personal, check_layout, render_email
 from serving.schemas import (
     Campaign,
@@ -55,6 +57,7 @@ from serving.schemas import (
     RenderedModule,
     RenderRequest,
     RenderResponse,
+    next_whole_hour,
 )
 
 SAMPLE_FOR_POPULATION = 400
@@ -228,6 +231,16 @@ class Engine:
     def _decide_payload(self, request: DecideRequest) -> dict[str, object]:
         family = "newsletter" if request.campaign.kind == "newsletter" else "promotional"
         batch, decisions = self._decided(request, family)
+        if request.explain:
+            decision_drivers(
+                self.curves.model,
+                batch.features.matrix,
+                decisions,
+                batch.start,
+                batch.plan.hours,
+                batch.kind,
+                batch.topic,
+            )
         return {
             "model_versions": self.model_versions(),
             "status": "degraded" if batch.features.degraded else "ok",
@@ -430,9 +443,8 @@ class Engine:
         )
 
     def explain(self, request: ExplainRequest) -> ExplainResponse:
-        """The top drivers of one known customer's prediction by one champion, in plain words."""
-        from sendwise.explain import explain_rows  # SHAP takes seconds to import: only when asked to explain
-
+        """The top drivers of one known customer's prediction by one champion, in plain words: the open
+        probability at `send_at` (by default the best hour of the next 24), or an offer's conversion probability."""
         name = request.model
         model = self.models.get(name)
         if model is None:
@@ -440,38 +452,62 @@ class Engine:
         features = self.online.for_recipients([Recipient(customer_id=request.customer_id)])
         if not features.known[0]:
             raise UnknownCustomer(request.customer_id)
-        design = self._explained_design(features, request)
-        design = design[feature_names(model.booster)]
-        prediction = predict(model.booster, design)
-        row = int(np.argmax(prediction))
-        base, drivers = explain_rows(model.booster, design.iloc[[row]], top=request.top)
+        matrix = features.matrix
+        send_at: datetime | None = None
+        offer_id: str | None = None
+        if name == "next_best_offer":
+            offer_id = str(request.offer_id)
+            offers, column = self._explained_offer(offer_id, request.send_at or next_whole_hour())
+            explanation = explain_offer(model, matrix, 0, offers.matrix, column, request.top)
+        else:
+            kind, topic = request.campaign.kind, request.campaign.topic
+            send_at = request.send_at or self._best_hour(matrix, kind, topic)
+            (explanation,) = explain_opens(
+                model, matrix, np.zeros(1, dtype=np.int64), [send_at], kind, topic, request.top
+            )
         return ExplainResponse(
             customer_id=request.customer_id,
             model=name,
             model_version=model.version,
-            prediction=float(prediction[row]),
-            base_value=base,
-            drivers=[Driver(**d) for d in drivers[0]],
+            send_at=send_at,
+            offer_id=offer_id,
+            prediction=explanation.probability,
+            base_value=explanation.base_value,
+            base_probability=sigmoid(explanation.base_value),
+            drivers=[Driver(**d) for d in explanation.drivers],
+            others_shap_value=explanation.others,
         )
 
-    def _explained_design(self, features: BatchFeatures, request: ExplainRequest) -> pd.DataFrame:
-        """The design rows an explanation chooses from: every eligible offer (the offer model), or the best
-        hour of the next 24 (the open and send-time models)."""
-        start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
-        matrix = features.matrix
-        if request.model == "next_best_offer":
-            chosen, _ = self.catalog.conversion(features, start, None)
-            if chosen is None:
-                raise NothingToExplain("no offer is eligible now: there is no offer prediction to explain")
-            count = len(chosen.ids)
-            return offer_design(matrix, np.zeros(count, dtype=np.int64), chosen.matrix, np.arange(count))
-        kind, topic = request.campaign.kind, request.campaign.topic
-        curve = self.curves.curves(matrix, start, 24, kind, topic)[0]
-        best = start + timedelta(hours=int(np.argmax(curve)))
-        return open_design(
-            matrix,
-            np.zeros(1, dtype=np.int64),
-            pd.Series([pd.Timestamp(best)]),
-            np.array([kind]),
-            np.array([topic], dtype=object),
-        )
+    def _best_hour(self, matrix: CustomerMatrix, kind: str, topic: str | None) -> datetime:
+        """The hour /v1/decide would choose for the first row of `matrix` in the 24 from the next whole hour."""
+        start = next_whole_hour()
+        ranked = self.curves.ranked(matrix, start, 24, kind, topic)[1][0]
+        return start + timedelta(hours=int(np.argmax(ranked)))
+
+    def _explained_offer(self, offer_id: str, at: datetime) -> tuple[OfferSet, int]:
+        """The offers eligible at `at` and the column of `offer_id` among them, or a 404 that says why not."""
+        catalog = self.catalog.offers
+        if catalog is None or offer_id not in self.catalog.rows_by_id():
+            raise UnknownOffer(offer_id)
+        if self.catalog.offer_features is None:
+            raise NothingToExplain("the offers have no features in the online store: run `sendwise pipeline`")
+        eligible = self.catalog.eligible(at, None)
+        if eligible is None or offer_id not in eligible.ids:
+            raise UnknownOffer(
+                offer_id, f"is not eligible at {at:%Y-%m-%dT%H:%M:%SZ} ({_why_not_eligible(catalog, offer_id, at)})"
+            )
+        return eligible, eligible.ids.index(offer_id)
+
+
+def _why_not_eligible(offers: pd.DataFrame, offer_id: str, at: datetime) -> str:
+    """Why `eligible_offers` leaves the offer out at `at`, in a few words."""
+    row = offers[offers["offer_id"].astype(str) == offer_id].iloc[0]
+    stamp = pd.Timestamp(at)
+    inventory, starts, ends = row.get("inventory"), row.get("starts_at"), row.get("ends_at")
+    if inventory is not None and not pd.isna(inventory) and inventory <= 0:
+        return "out of stock"
+    if starts is not None and not pd.isna(starts) and starts > stamp:
+        return f"it starts at {pd.Timestamp(starts):%Y-%m-%dT%H:%M:%SZ}"
+    if ends is not None and not pd.isna(ends) and ends <= stamp:
+        return f"it ended at {pd.Timestamp(ends):%Y-%m-%dT%H:%M:%SZ}"
+    return "left out of the catalog's eligible offers"

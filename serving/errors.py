@@ -56,6 +56,22 @@ class NothingToExplain(ServingError, LookupError):
     error = "nothing to explain"
 
 
+class UnknownOffer(ServingError, LookupError):
+    """An offer to explain that is not in the catalog, or not eligible when asked about."""
+
+    status = 404
+    error = "unknown offer"
+
+    def __init__(self, offer_id: str, why: str | None = None) -> None:
+        message = (
+            f"offer {offer_id!r} {why}: only an offer /v1/decide could rank then has a prediction to explain"
+            if why
+            else f"no offer {offer_id!r} in the offers table: give the offer_id of one of the catalog's offers"
+        )
+        super().__init__(message, field="offer_id")
+        self.offer_id = offer_id
+
+
 class UnknownDecision(ServingError, LookupError):
     """A decision id that cannot be rendered: never made here, expired, or logged without what rendering needs."""
 

@@ -19,6 +19,10 @@ CustomerId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=
 CampaignKind = Literal["promotional", "newsletter", "triggered", "transactional"]
 MAX_RECIPIENTS = 10_000
 MAX_WINDOW_HOURS = 168
+MAX_EXPLAINED_RECIPIENTS = 1_000
+"""The most recipients a `/v1/decide` with `explain: true` takes (explaining costs more than deciding)."""
+SEND_AT_RANGE = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
+"""The hours an explained `send_at` may be (from the first, before the second): anything else is a typo."""
 
 
 class _Strict(BaseModel):
@@ -142,6 +146,22 @@ class DecideRequest(_Strict):
     k_offers: int = Field(default=3, ge=0, le=50)
     explore_share: float | None = Field(default=None, ge=0.0, le=1.0)
     constraints: Constraints | None = None
+    explain: bool = Field(
+        default=False,
+        description=f"add `drivers` to each decision to send: the top three drivers of its open probability at its "
+        f"send_at (at most {MAX_EXPLAINED_RECIPIENTS:,} recipients)",
+    )
+
+    @field_validator("explain")
+    @classmethod
+    def _few_enough_to_explain(cls, value: bool, info: ValidationInfo) -> bool:
+        recipients = info.data.get("recipients")
+        if value and recipients is not None and len(recipients) > MAX_EXPLAINED_RECIPIENTS:
+            raise ValueError(
+                f"explain: true takes at most {MAX_EXPLAINED_RECIPIENTS:,} recipients and this request has "
+                f"{len(recipients):,}: send the recipients to explain in smaller requests, or leave explain out"
+            )
+        return value
 
     @field_validator("window_start")
     @classmethod
@@ -167,6 +187,22 @@ class OfferScore(BaseModel):
     incremental_value: float | None = None
 
 
+class Driver(BaseModel):
+    """One feature's part in a prediction."""
+
+    feature: str = Field(description="the model's name for the feature (the sentence says it in plain words)")
+    value: float | str | None = Field(description="the feature's value for this prediction (null: unknown)")
+    shap_value: float = Field(
+        description="its SHAP value, in log-odds: base_value plus every feature's SHAP value is the prediction's "
+        "log-odds"
+    )
+    sentence: str = Field(
+        description="in plain words, on the probability scale: the prediction beside what it would be without this "
+        "feature's part (as if it counted as for an average customer), e.g. \"the customer's past open rate (42%) "
+        'makes an open about twice as likely: 31% instead of 15%"'
+    )
+
+
 class Decision(BaseModel):
     customer_id: str
     decision_id: str
@@ -186,6 +222,11 @@ class Decision(BaseModel):
         "promotional or newsletter email; triggered and transactional email is not held out",
     )
     reasons: list[str] = Field(default_factory=list)
+    drivers: list[Driver] | None = Field(
+        default=None,
+        description="with `explain: true`, on a decision to send: the three strongest drivers of `open_probability` "
+        "(the open probability at `send_at`, by the model that chose the hour), strongest first; null otherwise",
+    )
 
 
 class DecideResponse(BaseModel):
@@ -259,26 +300,86 @@ ModelName = Literal["open_propensity", "send_time", "next_best_offer"]
 
 
 class ExplainRequest(_Strict):
+    """One known customer's prediction by one model, taken apart into its drivers."""
+
     customer_id: CustomerId
-    model: ModelName = "open_propensity"
-    campaign: Campaign = Field(default_factory=Campaign)
-    top: int = Field(default=5, ge=1, le=30)
+    model: ModelName = Field(
+        default="open_propensity",
+        description="`open_propensity`: the open probability at `send_at` (default: the best hour of the next 24); "
+        "`send_time`: the open probability at `send_at` by the model that chooses send hours, as /v1/decide gives "
+        "it in `hourly_open_probability`; `next_best_offer`: the conversion probability of `offer_id`",
+    )
+    campaign: Campaign = Field(default_factory=Campaign, description="the campaign the open models predict for")
+    send_at: datetime | None = Field(
+        default=None,
+        validate_default=True,
+        description="a whole UTC hour: the send explained (required for `send_time`); for "
+        "`next_best_offer`, when the offer must be eligible (default: the next whole hour)",
+    )
+    offer_id: str | None = Field(
+        default=None,
+        validate_default=True,
+        max_length=128,
+        description="the offer whose conversion probability `next_best_offer` explains (required for it, and only "
+        "for it); it must be eligible at `send_at`",
+    )
+    top: int = Field(default=5, ge=1, le=30, description="how many drivers, strongest first")
 
+    @field_validator("send_at")
+    @classmethod
+    def _explained_hour(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        if value is None:
+            if info.data.get("model") == "send_time":
+                raise ValueError(
+                    "send_time explains the open probability of one hour: give send_at, a whole UTC hour such as "
+                    "2026-11-26T19:00:00Z"
+                )
+            return None
+        if value.tzinfo is None:
+            raise ValueError("send_at needs a time zone, e.g. 2026-11-26T19:00:00Z")
+        first, end = SEND_AT_RANGE
+        out_of_range = ValueError(f"send_at must be an hour of the years {first.year} to {end.year - 1}")
+        try:
+            value = value.astimezone(UTC)
+        except OverflowError as error:  # year 1 or 9999 moved past the calendar's ends
+            raise out_of_range from error
+        if not first <= value < end:
+            raise out_of_range
+        if value.minute or value.second or value.microsecond:
+            raise ValueError("send_at must be a whole hour, e.g. 2026-11-26T19:00:00Z")
+        return value
 
-class Driver(BaseModel):
-    feature: str
-    value: float | str | None
-    shap_value: float
-    sentence: str
+    @field_validator("offer_id")
+    @classmethod
+    def _offer_for_the_offer_model(cls, value: str | None, info: ValidationInfo) -> str | None:
+        model = info.data.get("model")
+        if value is None and model == "next_best_offer":
+            raise ValueError(
+                "next_best_offer explains one offer's conversion probability: give offer_id, an offer eligible at "
+                "send_at"
+            )
+        if value is not None and model is not None and model != "next_best_offer":
+            raise ValueError(f"offer_id is for model next_best_offer only, not {model}")
+        return value
 
 
 class ExplainResponse(BaseModel):
     customer_id: str
     model: str
     model_version: str | None
-    prediction: float
-    base_value: float
-    drivers: list[Driver]
+    send_at: datetime | None = Field(default=None, description="the send explained (the open models)")
+    offer_id: str | None = Field(default=None, description="the offer explained (next_best_offer)")
+    prediction: float = Field(description="the probability explained: of an open at send_at, or of a conversion")
+    base_value: float = Field(
+        description="the model's base value in log-odds (its average raw score): where every explanation starts"
+    )
+    base_probability: float = Field(description="the base value as a probability")
+    drivers: list[Driver] = Field(description="the strongest drivers, strongest first")
+    others_shap_value: float = Field(
+        default=0.0,
+        description="the summed SHAP values of the features not among `drivers`: base_value + the drivers' SHAP "
+        "values + this = the log-odds of `prediction`",
+    )
 
 
 class ModelsResponse(BaseModel):

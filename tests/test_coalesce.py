@@ -142,3 +142,8 @@ def test_constraints_per_recipient_keep_a_request_mergeable() -> None:
 
     assert mergeable(_request("a", constraints=rules.model_dump(exclude_none=True)))
     assert not mergeable(_request("a", constraints={**rules.model_dump(exclude_none=True), "max_share_per_hour": 0.2}))
+
+
+def test_a_request_with_explain_is_decided_alone() -> None:
+    """Its explanations cost about a millisecond a recipient: merged calls run on the event loop."""
+    assert mergeable(_request("a")) and not mergeable(_request("a", explain=True))

@@ -280,6 +280,37 @@ def test_constraints_over_http(service: str, pipeline_home) -> None:  # type: ig
         assert d["open_probability"] == pytest.approx(d["hourly_open_probability"][k])
 
 
+def test_explain_over_http_adds_up_to_what_decide_served(service: str, pipeline_home) -> None:  # type: ignore[no-untyped-def]
+    """`/v1/decide` with `explain` gives each sent decision the drivers of its open probability; `/v1/explain`
+    of the same hour gives the same drivers, and its base value plus SHAP values is the served log-odds."""
+    customers = load_table(pipeline_home.settings, "customers")
+    assert customers is not None
+    ids = customers.loc[customers["consent_email"], "customer_id"].iloc[300:310].tolist()
+    # a window in which no zone changes its clocks: the curve holds a customer's UTC offset for the whole window
+    body = {"recipients": [{"customer_id": i} for i in ids], "window_start": "2026-12-01T07:00:00Z"}
+    decided = httpx.post(f"{service}/v1/decide", json={**body, "explain": True}, headers=_auth(), timeout=60)
+    assert decided.status_code == 200, decided.text
+    decision = next(d for d in decided.json()["decisions"] if d["send"])
+    explained = httpx.post(
+        f"{service}/v1/explain",
+        json={"customer_id": decision["customer_id"], "model": "send_time", "send_at": decision["send_at"], "top": 30},
+        headers=_auth(),
+        timeout=60,
+    )
+    missing = httpx.post(
+        f"{service}/v1/explain", json={"customer_id": decision["customer_id"], "model": "send_time"}, headers=_auth()
+    )
+
+    assert explained.status_code == 200, explained.text
+    answer = explained.json()
+    assert answer["drivers"][:3] == decision["drivers"] and len(decision["drivers"]) == 3
+    total = answer["base_value"] + sum(d["shap_value"] for d in answer["drivers"]) + answer["others_shap_value"]
+    p = decision["open_probability"]
+    assert total == pytest.approx(np.log(p / (1 - p)), abs=1e-6)
+    assert all("instead of" in d["sentence"] and "log-odds" not in d["sentence"] for d in decision["drivers"])
+    assert missing.status_code == 422 and missing.json()["details"][0]["field"] == "send_at"
+
+
 def test_api_conformance_checker_passes(service: str, pipeline_home) -> None:  # type: ignore[no-untyped-def]
     checker = SHARED / "tools" / "api_conformance.py"
     if not checker.exists():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -176,9 +177,9 @@ def test_explain_names_drivers_in_plain_words(engine, customers) -> None:  # typ
     known = customers.loc[customers["consent_email"] & customers["consent_profiling"], "customer_id"].iloc[0]
     answer = engine.explain(ExplainRequest(customer_id=known, model="open_propensity", top=4))
     assert len(answer.drivers) == 4 and 0 < answer.prediction < 1
-    assert all(("raises" in d.sentence) or ("lowers" in d.sentence) for d in answer.drivers)
-    shap_sum = sum(d.shap_value for d in answer.drivers)
-    assert abs(shap_sum) > 0
+    assert all(re.search(r"makes an open .*likely: [\d.]+% instead of [\d.]+%$", d.sentence) for d in answer.drivers)
+    total = answer.base_value + sum(d.shap_value for d in answer.drivers) + answer.others_shap_value
+    assert total == pytest.approx(np.log(answer.prediction / (1 - answer.prediction)), abs=1e-9)
 
 
 def test_decision_log_records_the_offers_each_email_carries(engine, customers) -> None:  # type: ignore[no-untyped-def]

@@ -111,8 +111,10 @@ class FakeEngine:
             customer_id=request.customer_id,
             model=request.model,
             model_version=VERSIONS[request.model],
+            send_at=request.send_at,
             prediction=0.3,
-            base_value=0.2,
+            base_value=-1.2,
+            base_probability=0.23,
             drivers=[Driver(feature="opens_30d", value=4.0, shap_value=0.1, sentence="opened 4 emails")][: request.top],
         )
 
@@ -244,7 +246,9 @@ async def test_decide_takes_the_request_as_the_whole_body_and_answers_in_order(
 async def test_render_and_explain_answer_the_engine(client: httpx.AsyncClient) -> None:
     render = await client.post("/v1/render", json={"customer_id": "c-1", "template": "promotional"}, headers=AUTH)
     explain = await client.post(
-        "/v1/explain", json={"customer_id": "c-1", "model": "send_time", "top": 3}, headers=AUTH
+        "/v1/explain",
+        json={"customer_id": "c-1", "model": "send_time", "send_at": "2026-11-26T19:00:00Z", "top": 3},
+        headers=AUTH,
     )
 
     assert render.status_code == 200, render.text
@@ -253,6 +257,7 @@ async def test_render_and_explain_answer_the_engine(client: httpx.AsyncClient) -
     assert explain.status_code == 200, explain.text
     assert explain.json()["model"] == "send_time" and explain.json()["model_version"] == "4"
     assert explain.json()["drivers"][0]["sentence"] == "opened 4 emails"
+    assert explain.json()["send_at"] == "2026-11-26T19:00:00Z"
 
 
 async def test_models_lists_the_versions_served_and_the_status(client: httpx.AsyncClient, engine: FakeEngine) -> None:
@@ -483,6 +488,39 @@ async def test_bad_render_and_explain_requests_name_the_field(client: httpx.Asyn
     assert "give decision_id (render a logged decision) or customer_id" in render.json()["message"]
     assert explain.status_code == 422
     assert explain.json()["details"][0]["field"] == "model"
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "words"),
+    [
+        ({"model": "send_time"}, "send_at", "give send_at, a whole UTC hour"),
+        ({"model": "send_time", "send_at": "2026-11-26T19:15:00Z"}, "send_at", "must be a whole hour"),
+        ({"send_at": "1970-01-01T00:00:00Z"}, "send_at", "an hour of the years 2000 to 2099"),
+        ({"model": "next_best_offer"}, "offer_id", "give offer_id"),
+    ],
+)
+async def test_an_explain_without_its_hour_or_offer_is_a_422_naming_it(
+    client: httpx.AsyncClient, engine: FakeEngine, body: dict[str, str], field: str, words: str
+) -> None:
+    response = await client.post("/v1/explain", json={"customer_id": "c-1", **body}, headers=AUTH)
+
+    assert response.status_code == 422
+    assert response.json()["details"][0]["field"] == field and words in response.json()["message"]
+    assert engine.requests == []
+
+
+async def test_decide_with_explain_over_a_thousand_recipients_is_a_422_naming_explain(
+    client: httpx.AsyncClient, engine: FakeEngine
+) -> None:
+    body = _decide_body(*(f"c-{i}" for i in range(1001)), explain=True)
+
+    response = await client.post("/v1/decide", json=body, headers=AUTH)
+    explained = await client.post("/v1/decide", json={**body, "recipients": body["recipients"][:1000]}, headers=AUTH)
+
+    assert response.status_code == 422
+    assert response.json()["details"][0]["field"] == "explain"
+    assert "at most 1,000 recipients and this request has 1,001" in response.json()["message"]
+    assert explained.status_code == 200 and len(engine.requests) == 1 and engine.requests[0].explain
 
 
 async def test_a_body_over_the_limit_is_refused_with_413(client: httpx.AsyncClient, engine: FakeEngine) -> None:

@@ -43,7 +43,9 @@ async def test_the_engines_errors_are_answered_with_their_status_and_sentence(
     async with served(FewCustomers(), tmp_path / "home", monkeypatch) as client:
         known = await client.post("/v1/explain", json={"customer_id": "c-1"})
         unknown = await client.post("/v1/explain", json={"customer_id": "c-404"})
-        untrained = await client.post("/v1/explain", json={"customer_id": "c-1", "model": "next_best_offer"})
+        untrained = await client.post(
+            "/v1/explain", json={"customer_id": "c-1", "model": "next_best_offer", "offer_id": "of-1"}
+        )
         template = await client.post("/v1/render", json={"customer_id": "c-1", "template": "poster"})
         healthy = await client.get("/healthz")
 
@@ -70,7 +72,9 @@ async def test_explaining_a_customer_the_real_engine_does_not_know_is_a_404_nami
     assert raised.value.customer_id == "nobody-1"
 
     async with served(engine, tmp_path / "home", monkeypatch) as client:
-        unknown = await client.post("/v1/explain", json={"customer_id": "nobody-1", "model": "send_time"})
+        unknown = await client.post(
+            "/v1/explain", json={"customer_id": "nobody-1", "model": "send_time", "send_at": "2026-12-01T07:00:00Z"}
+        )
         explained = await client.post("/v1/explain", json={"customer_id": known, "top": 3})
 
     assert unknown.status_code == 404
