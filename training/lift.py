@@ -79,7 +79,7 @@ class Comparison:
     """Of `decisions`, those of the baseline arm: sends at an exploration hour, or held-out decisions."""
 
     def excludes_zero(self) -> bool:
-        return self.low is not None and self.high is not None and (self.low > 0 or self.high < 0)
+        return self.low is not None and self.high is not None and bool(self.low > 0 or self.high < 0)
 
 
 @dataclass

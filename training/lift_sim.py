@@ -72,11 +72,11 @@ class Check:
     @property
     def covered(self) -> bool:
         low, high = self.comparison.low, self.comparison.high
-        return low is not None and high is not None and low <= self.truth <= high
+        return low is not None and high is not None and bool(low <= self.truth <= high)
 
     @property
     def excludes_zero(self) -> bool:
-        return self.comparison.excludes_zero()
+        return bool(self.comparison.excludes_zero())
 
 
 @dataclass
@@ -183,13 +183,15 @@ def true_lifts(truth: LiftTruth) -> dict[tuple[str, str, str], float]:
         own = sends if campaign == ALL_CAMPAIGNS else sends[sends["campaign_id"] == campaign]
         for metric in SEND_TIME_METRICS:
             if own[f"uniform_{metric}"].sum() > 0:
-                found[(campaign, SEND_TIME, metric)] = own[f"own_{metric}"].sum() / own[f"uniform_{metric}"].sum() - 1
+                found[(campaign, SEND_TIME, metric)] = float(
+                    own[f"own_{metric}"].sum() / own[f"uniform_{metric}"].sum() - 1
+                )
         rows = windows if campaign == ALL_CAMPAIGNS else windows[windows["campaign_id"] == campaign]
         treated = rows[rows["kind"].isin(HELD_OUT_KINDS) & ~rows["holdout"]]
         for metric in HOLDOUT_METRICS:
             name = TRUTH_COLUMNS[metric]
             if treated[f"{name}_organic"].sum() > 0:
-                found[(campaign, HOLDOUT, metric)] = (
+                found[(campaign, HOLDOUT, metric)] = float(
                     treated[f"{name}_sent"].sum() / treated[f"{name}_organic"].sum() - 1
                 )
     return found
@@ -258,10 +260,10 @@ class LiftEvaluation:
                     "comparison": comparison,
                     "metric": metric,
                     "seeds": len(checks),
-                    "covered": sum(c.covered for c in checks),
-                    "excludes_zero": sum(c.excludes_zero for c in checks),
-                    "true_lift_min": min(c.truth for c in checks),
-                    "true_lift_max": max(c.truth for c in checks),
+                    "covered": int(sum(c.covered for c in checks)),
+                    "excludes_zero": int(sum(c.excludes_zero for c in checks)),
+                    "true_lift_min": float(min(c.truth for c in checks)),
+                    "true_lift_max": float(max(c.truth for c in checks)),
                     "mean_half_width": float(
                         np.mean([(c.comparison.high or 0) - (c.comparison.low or 0) for c in checks]) / 2
                     ),

@@ -169,10 +169,11 @@ class _Emails:
     """The emails sent, with what the truth needs of each: the chance it is delivered, opened, clicked and
     converts, when the open falls, and what its click's session and its conversion are worth."""
 
-    def __init__(self, world: World, site: Site, rates: Rates, frame: pd.DataFrame, c: np.ndarray) -> None:
+    def __init__(
+        self, world: World, site: Site, rates: Rates, frame: pd.DataFrame, c: np.ndarray, t: np.ndarray
+    ) -> None:
         self.world, self.rates = world, rates
-        self.frame, self.c = frame, c
-        self.t = np.zeros(len(frame))
+        self.frame, self.c, self.t = frame, c, t
         self.kind = pd.Index(KINDS).get_indexer(frame["kind"])
         if (self.kind < 0).any():
             raise ValueError(f"unknown campaign kind {frame['kind'][self.kind < 0].iloc[0]!r}; expected {KINDS}")
@@ -208,10 +209,9 @@ class _Emails:
         offer[shown] = index
         return offer, shown
 
-    def open_p(self, t: np.ndarray, sends7: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-        """The true P(a human opens within 72 h) of emails `rows` sent at `t` ([n] or [n, k])."""
-        rows = np.arange(len(self.c)) if rows is None else rows
-        c, kind, topic = self.c[rows], self.kind[rows], self.topic[rows]
+    def open_p(self, t: np.ndarray, sends7: np.ndarray) -> np.ndarray:
+        """The true P(a human opens within 72 h) of every email, had it been sent at `t` ([n] or [n, k])."""
+        c, kind, topic = self.c, self.kind, self.topic
         if t.ndim == 2:
             c, kind, topic = (np.broadcast_to(v[:, None], t.shape) for v in (c, kind, topic))
         return self.world.open_probability_at(c, t, kind, topic, sends7)
@@ -251,9 +251,9 @@ def play(
     site = Site(world, rates, rng)
     sent = np.flatnonzero(frame["send"].to_numpy())
     sent = sent[np.argsort(utc_seconds(frame["send_at"].iloc[sent]), kind="stable")]
-    emails = _Emails(world, site, rates, frame.iloc[sent].reset_index(drop=True), c_all[sent])
-    decided = utc_seconds(emails.frame["send_at"])
-    emails.t = decided + rng.uniform(0.0, SEND_SPREAD_S, len(sent))
+    decided = utc_seconds(frame["send_at"].iloc[sent])
+    t = decided + rng.uniform(0.0, SEND_SPREAD_S, len(sent))
+    emails = _Emails(world, site, rates, frame.iloc[sent].reset_index(drop=True), c_all[sent], t)
     prior_c, prior_t = _prior_sends(world)
     history = _SendTimes(np.r_[prior_c, emails.c], np.r_[prior_t, emails.t])
     tables = _Tables(world, tag)
