@@ -470,10 +470,11 @@ def evaluate(
         ),
     ] = None,
     work_dir: Annotated[
-        Path | None, typer.Option("--work-dir", help="where a suite's worlds and homes go (default: temporary)")
+        Path | None,
+        typer.Option("--work-dir", help="where a suite's or --lift's worlds and homes go (default: temporary)"),
     ] = None,
-    customers: Annotated[int, typer.Option(min=10, help="customers of each suite world")] = 10_000,
-    days: Annotated[int, typer.Option(min=7, help="days of each suite world")] = 90,
+    customers: Annotated[int, typer.Option(min=10, help="customers of each suite world (and of --lift's)")] = 10_000,
+    days: Annotated[int, typer.Option(min=7, help="days of each suite world (and of --lift's)")] = 90,
     json_path: Annotated[Path | None, typer.Option("--json", help="also write every figure to this JSON file")] = None,
     lift: Annotated[
         bool,
@@ -485,7 +486,8 @@ def evaluate(
     ] = False,
     seeds: Annotated[int, typer.Option(min=1, help="seeds of --lift")] = 20,
 ) -> None:
-    """Print model quality against the world's ground truth and the market's baselines, and the targets.
+    """Print model quality against the world's ground truth and the market's baselines, and the targets; with
+    --lift, how often `sendwise lift`'s intervals hold the true lift of a simulated sending system.
 
     Send-time rows are efficiencies (true open probability at the chosen hours / at everyone's best hours),
     unconstrained and under a 10% per-hour cap (a cap is a share of one decide call's batch); the decide-time
