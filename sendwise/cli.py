@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from sendwise.ingest import IngestReport
     from training.jobs import IngestOptions
+    from training.lift import Comparison
     from training.train import TrainResult
 
 app = typer.Typer(help="sendwise: open propensity, send time and next best offer for every email recipient.")
@@ -469,13 +470,24 @@ def evaluate(
         ),
     ] = None,
     work_dir: Annotated[
-        Path | None, typer.Option("--work-dir", help="where a suite's worlds and homes go (default: temporary)")
+        Path | None,
+        typer.Option("--work-dir", help="where a suite's or --lift's worlds and homes go (default: temporary)"),
     ] = None,
-    customers: Annotated[int, typer.Option(min=10, help="customers of each suite world")] = 10_000,
-    days: Annotated[int, typer.Option(min=7, help="days of each suite world")] = 90,
+    customers: Annotated[int, typer.Option(min=10, help="customers of each suite world (and of --lift's)")] = 10_000,
+    days: Annotated[int, typer.Option(min=7, help="days of each suite world (and of --lift's)")] = 90,
     json_path: Annotated[Path | None, typer.Option("--json", help="also write every figure to this JSON file")] = None,
+    lift: Annotated[
+        bool,
+        typer.Option(
+            "--lift",
+            help="instead: check `sendwise lift` against a simulated sending system whose true lift is known, over "
+            "--seeds seeds (docs/lift.md)",
+        ),
+    ] = False,
+    seeds: Annotated[int, typer.Option(min=1, help="seeds of --lift")] = 20,
 ) -> None:
-    """Print model quality against the world's ground truth and the market's baselines, and the targets.
+    """Print model quality against the world's ground truth and the market's baselines, and the targets; with
+    --lift, how often `sendwise lift`'s intervals hold the true lift of a simulated sending system.
 
     Send-time rows are efficiencies (true open probability at the chosen hours / at everyone's best hours),
     unconstrained and under a 10% per-hour cap (a cap is a share of one decide call's batch); the decide-time
@@ -485,8 +497,13 @@ def evaluate(
 
     from training.evaluate import evaluate as run
 
-    if (world is None) == (suite is None):
-        raise _fail("give either --world WORLD_DIR (a world the home's pipeline ran on) or --suite realistic|classic")
+    if (world is not None) + (suite is not None) + lift != 1:
+        raise _fail(
+            "give one of --world WORLD_DIR (a world the home's pipeline ran on), --suite realistic|classic or --lift"
+        )
+    if lift:
+        _evaluate_lift(seeds, work_dir, customers, days, json_path)
+        return
     if suite is not None:
         _evaluate_suite(suite, work_dir, customers, days, json_path)
         return
@@ -516,6 +533,57 @@ def evaluate(
     console.print(bars)
     if result.reliability_plot is not None:
         console.print(f"reliability curve: {result.reliability_plot}")
+
+
+def _evaluate_lift(seeds: int, work_dir: Path | None, customers: int, days: int, json_path: Path | None) -> None:
+    import json
+    import tempfile
+
+    from training.lift_sim import CHECKED, LiftEvaluation, evaluate_lift
+
+    _settings()  # the libraries' environment; the world and every seed get homes of their own
+    with tempfile.TemporaryDirectory(prefix="sendwise-lift-") as temporary:
+        root = work_dir if work_dir is not None else Path(temporary)
+        root.mkdir(parents=True, exist_ok=True)
+        evaluation: LiftEvaluation = evaluate_lift(
+            root, seeds=seeds, customers=customers, days=days, progress=lambda what: console.print(what)
+        )
+    table = Table(title=f"lift against the truth: {seeds} seeds of {evaluation.results[0].decisions:,} decisions")
+    table.add_column("seed", justify="right")
+    for comparison, metric in CHECKED:
+        table.add_column(f"{comparison}\non {metric}: lift [95%] (true)")
+    for result in evaluation.results:
+        cells = []
+        for comparison, metric in CHECKED:
+            check = result.check(comparison, metric)
+            cells.append(_lift_cell(check.comparison, check.truth, check.covered))
+        table.add_row(str(result.seed), *cells)
+    console.print(table)
+    summary = Table(title="coverage (bar: the interval holds the truth and excludes 0 in at least 17 of 20 seeds)")
+    for column in ("comparison", "metric", "true lift", "holds the truth", "excludes 0", "mean half-width"):
+        summary.add_column(column)
+    for row in evaluation.summary():
+        summary.add_row(
+            str(row["comparison"]),
+            str(row["metric"]),
+            f"{row['true_lift_min']:+.1%} to {row['true_lift_max']:+.1%}",
+            f"{row['covered']} of {row['seeds']}",
+            f"{row['excludes_zero']} of {row['seeds']}",
+            f"{row['mean_half_width']:.1%}",
+        )
+    console.print(summary)
+    if json_path is not None:
+        json_path.write_text(json.dumps(evaluation.as_dict(), indent=2, default=str))
+
+
+def _lift_cell(comparison: Comparison, truth: float | None = None, covered: bool | None = None) -> str:
+    """`+41.0% [+22.1%, +62.9%]`, with the truth where one is known, or why the figure is not measurable."""
+    if not comparison.measurable or comparison.lift is None or comparison.low is None or comparison.high is None:
+        return f"not measurable: {comparison.why}"
+    cell = f"{comparison.lift:+.1%} [{comparison.low:+.1%}, {comparison.high:+.1%}]"
+    if truth is not None:
+        cell += f" (true {truth:+.1%}{'' if covered else ', MISSED'})"
+    return cell
 
 
 def _evaluate_suite(name: str, work_dir: Path | None, customers: int, days: int, json_path: Path | None) -> None:
@@ -548,6 +616,72 @@ def _evaluate_suite(name: str, work_dir: Path | None, customers: int, days: int,
             for r in results
         ]
         json_path.write_text(json.dumps(figures, indent=2, default=float))
+
+
+LIFT_FORMATS = {"opens": "{:.1%}", "clicks": "{:.2%}", "conversions": "{:.3f}", "site sessions": "{:.3f}"}
+LIFT_FORMATS |= {"purchases": "{:.3f}", "revenue": "{:,.2f}"}
+"""How a figure per decision reads: opens and clicks are shares of sends, the rest counts (or money) per decision."""
+LIFT_CAPTIONS = {
+    "send time: chosen hours vs exploration hours": "per send, at sendwise's hours and at a random allowed hour "
+    "(inverse propensity); decisions: sends measured (at an exploration hour)",
+    "sent vs holdout": "per decision, not held out and held out, in the conversion window from the decision's window "
+    "start; decisions: all measured (held out)",
+}
+
+
+@app.command()
+def lift(
+    since: Annotated[
+        str | None, typer.Option(help="only decisions from this date or time on (UTC unless it names a zone)")
+    ] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="also write every figure to this JSON file")] = None,
+) -> None:
+    """Measure realized lift per campaign from the decision log and the events that came back: sendwise's send
+    hours against random exploration hours (by inverse propensity), and sent against the holdout, with 95%
+    intervals (docs/lift.md)."""
+    import json
+
+    from training.lift import measure_lift, parse_since
+
+    try:
+        parse_since(since)
+    except ValueError as error:
+        raise _fail(str(error)) from error
+    settings = _settings()
+    report = measure_lift(settings, since, progress=True)
+    for note in report.notes:
+        console.print(f"[yellow]{note}[/]")
+    if report.first is not None and report.as_of is not None:
+        console.print(
+            f"{report.decisions:,} decisions from {report.first:%Y-%m-%d %H:%M} to {report.last:%Y-%m-%d %H:%M} UTC; "
+            f"windows closed by the data's end, {report.as_of:%Y-%m-%d %H:%M} UTC"
+        )
+    for campaign in report.campaigns():
+        console.print(f"[bold]campaign {campaign}[/]")
+        for comparison in dict.fromkeys(c.comparison for c in report.comparisons if c.campaign_id == campaign):
+            rows = [c for c in report.comparisons if (c.campaign_id, c.comparison) == (campaign, comparison)]
+            whys = {c.why for c in rows}
+            if not any(c.measurable for c in rows) and len(whys) == 1:
+                console.print(f"  {comparison}: not measurable: {whys.pop()}")
+                continue
+            table = Table(title=f"{comparison}", title_justify="left", caption=LIFT_CAPTIONS.get(comparison))
+            for column in ("metric", "sendwise", "baseline", "lift", "95% interval", "decisions"):
+                table.add_column(column, justify="left" if column == "metric" else "right")
+            for c in rows:
+                shape = LIFT_FORMATS.get(c.metric, "{:.3f}")
+                measured = c.measurable and c.low is not None and c.high is not None and c.lift is not None
+                table.add_row(
+                    c.metric,
+                    "-" if c.treated is None else shape.format(c.treated),
+                    "-" if c.baseline is None else shape.format(c.baseline),
+                    f"{c.lift:+.1%}" if measured and c.lift is not None else "-",
+                    f"[{c.low:+.1%}, {c.high:+.1%}]" if measured else f"not measurable: {c.why}",
+                    f"{c.decisions:,} ({c.baseline_decisions:,})" if measured else f"{c.decisions:,}",
+                )
+            console.print(table)
+    if json_path is not None:
+        json_path.write_text(json.dumps(report.as_dict(), indent=2, default=str))
+        console.print(f"figures written to {json_path}")
 
 
 @app.command()

@@ -33,6 +33,12 @@ class Settings(BaseSettings):
         description="share of customers (stable by id) never sent promotional or newsletter email, so that "
         "realized lift can be measured; triggered and transactional email is not held out",
     )
+    holdout_salt: str = Field(
+        default="sendwise-global-holdout-v1",
+        min_length=1,
+        description="what the holdout is drawn with (a hash of it and the customer id): another value draws a new, "
+        "independent holdout, to rotate it",
+    )
     seed: int = 7
     label_window_hours: int = 72
     conversion_window_days: int = 7

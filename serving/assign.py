@@ -27,20 +27,21 @@ _TOLERANCE = 1e-12
 
 
 # --- the global holdout ---------------------------------------------------------------------------
-def holdout_draw(customer_ids: Sequence[str]) -> np.ndarray:
-    """A uniform number in [0, 1) per customer id, the same on every call and every machine (sha256 of the id)."""
+def holdout_draw(customer_ids: Sequence[str], salt: str = HOLDOUT_SALT) -> np.ndarray:
+    """A uniform number in [0, 1) per customer id, the same on every call and every machine (sha256 of the salt
+    and the id): another salt draws another, independent holdout."""
     draws = np.empty(len(customer_ids))
     for i, customer_id in enumerate(customer_ids):
-        digest = hashlib.sha256(f"{HOLDOUT_SALT}:{customer_id}".encode()).digest()
+        digest = hashlib.sha256(f"{salt}:{customer_id}".encode()).digest()
         draws[i] = int.from_bytes(digest[:8], "big") / 2.0**64
     return draws
 
 
-def in_holdout(customer_ids: Sequence[str], share: float) -> np.ndarray:
-    """Whether each customer is in the global holdout of `share` of all customers, stably by id."""
+def in_holdout(customer_ids: Sequence[str], share: float, salt: str = HOLDOUT_SALT) -> np.ndarray:
+    """Whether each customer is in the global holdout of `share` of all customers, stably by id (and salt)."""
     if share <= 0.0:
         return np.zeros(len(customer_ids), dtype=bool)
-    return holdout_draw(customer_ids) < share
+    return holdout_draw(customer_ids, salt) < share
 
 
 # --- quiet hours in local time --------------------------------------------------------------------

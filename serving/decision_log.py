@@ -4,7 +4,11 @@ This module owns the log's format: `DecisionLog` appends every decide's entries,
 back the sends that frequency caps and no-repeat rules count (`serving.history`). An entry holds
 `decision_id`, `customer_id`, `decided_at`, the `campaign`, `send`, `send_at` (isoformat), `explore`,
 `propensity`, `offer_ids` (the whole ranking), `exposed_offer_ids` (the offers the email's modules carry: what
-a no-repeat rule counts as shown), `holdout` and the `model_versions`; a decision to send also keeps what
+a no-repeat rule counts as shown), `holdout`, the `model_versions`, and what measuring lift needs beside the
+propensity (`LoggedHours`): the `window_start` (the campaign's time: a holdout's window is counted from it),
+and for a send the `policy_hour` (the hour the policy itself chose, in hours after `window_start`: the send hour
+unless the decision explored) and `allowed_hours` (how many hours it could have gone at); a decision to send
+also keeps what
 rendering its email needs (`render`: the template, the ranked offers, the modules and the facts they were chosen
 from), one not to send its `reasons`.
 
@@ -19,7 +23,7 @@ import fcntl
 import os
 import sqlite3
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -67,6 +71,17 @@ def _own_part(decision_id: str) -> int:
 def _hex_column(ids: list[str], at: int) -> np.ndarray:
     """The 16 hex digits from `at` of every id, as unsigned 64-bit integers (one parse for the batch)."""
     return np.frombuffer(bytes.fromhex("".join([i[at : at + 16] for i in ids])), dtype=">u8").astype(np.uint64)
+
+
+@dataclass(frozen=True)
+class LoggedHours:
+    """What inverse-propensity estimates of send times need beside each propensity: the window's start
+    (isoformat), and per decision the hour its policy chose (hours after the start, -1 where it is not sent) and
+    the number of hours it was allowed (A in the propensity share/A + (1 - share) of the policy's hour)."""
+
+    window_start: str
+    policy_hours: list[int]
+    allowed_hours: list[int]
 
 
 @dataclass(frozen=True)
@@ -175,20 +190,31 @@ class DecisionLog:
         model_versions: dict[str, str | None],
         logged_times: Mapping[str, str],
         render_facts: Sequence[Mapping[str, object] | None],
+        hours: LoggedHours | None = None,
     ) -> None:
         """Every decision of a batch, with its exploration flag and propensity. `ranked_offers` and
         `shown_offers` are each decision's whole ranking and the offers its email carries; `render_facts` what
         rendering a sent decision's email needs (None where it is not sent); `logged_times` turns an answer's
-        `send_at` (JSON, Z) into the log's (isoformat)."""
+        `send_at` (JSON, Z) into the log's (isoformat); `hours` the window and each decision's policy hour."""
         if not decisions:
             return
         now = datetime.now(UTC)
         decided_at = now.isoformat()
+        n = len(decisions)
+        window_start = hours.window_start if hours is not None else None
+        policy_hours = hours.policy_hours if hours is not None else [-1] * n
+        allowed_hours = hours.allowed_hours if hours is not None else [0] * n
 
         def entries(lo: int, hi: int) -> list[dict[str, object]]:
             made = []
-            for d, ranked, shown, facts in zip(
-                decisions[lo:hi], ranked_offers[lo:hi], shown_offers[lo:hi], render_facts[lo:hi], strict=True
+            for d, ranked, shown, facts, policy, allowed in zip(
+                decisions[lo:hi],
+                ranked_offers[lo:hi],
+                shown_offers[lo:hi],
+                render_facts[lo:hi],
+                policy_hours[lo:hi],
+                allowed_hours[lo:hi],
+                strict=True,
             ):
                 entry = {
                     "decision_id": d["decision_id"],
@@ -203,6 +229,9 @@ class DecisionLog:
                     "exposed_offer_ids": shown,
                     "holdout": d["holdout"],
                     "model_versions": model_versions,
+                    "window_start": window_start,
+                    "policy_hour": policy if policy >= 0 else None,
+                    "allowed_hours": allowed if policy >= 0 else None,
                 }
                 if facts is not None:
                     entry["render"] = facts
@@ -295,3 +324,23 @@ class DecisionLogReader:
                 if send is not None:
                     found.append(send)
         return found
+
+
+def log_files(decisions_dir: Path) -> list[Path]:
+    """The log's day files, oldest first (none where nothing was decided)."""
+    return sorted(decisions_dir.glob("*.jsonl")) if decisions_dir.is_dir() else []
+
+
+def read_entries(path: Path) -> Iterator[tuple[dict[str, object], int]]:
+    """Every entry of one day's file with the bytes its line takes; a line being written (no newline yet) or
+    one that is not a JSON object is skipped."""
+    with path.open("rb") as handle:
+        for line in handle:
+            if not line.endswith(b"\n"):
+                break
+            try:
+                entry = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(entry, dict):
+                yield entry, len(line)

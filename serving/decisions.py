@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 
 from serving import reasons
 from serving.assign import HourPlan
-from serving.decision_log import new_decision_ids
+from serving.decision_log import LoggedHours, new_decision_ids
 from serving.modules import (
     MAX_CATEGORIES,
     has_category_picks,
@@ -83,6 +83,13 @@ class Batch:
             return rank_offers(self.value, self.control, np.zeros(0, dtype=object), np.zeros(0), self.logged_values)
         kinds, margins = self.offers["kind"].to_numpy(), self.offers["margin"].to_numpy(dtype=np.float64)
         return rank_offers(self.value, self.control, kinds, margins, self.logged_values)
+
+    @property
+    def logged_hours(self) -> LoggedHours:
+        """The window's start and each row's policy hour and allowed hours, as the decision log keeps them."""
+        plan = self.plan
+        policy = np.where(plan.hours >= 0, plan.choice, -1)
+        return LoggedHours(self.start.isoformat(), policy.tolist(), plan.allowed_hours.tolist())
 
     @property
     def window_times(self) -> list[tuple[str, str]]:

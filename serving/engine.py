@@ -161,6 +161,11 @@ class Engine:
             self._rng = np.random.default_rng()
         predict_on_one_thread()
 
+    def reseed(self, seed: int | None) -> None:
+        """Exploration drawn from `seed` from now on (None: fresh entropy): for simulations that must repeat."""
+        with self._rng_lock:
+            self._rng = np.random.default_rng(seed)
+
     # --- loading ---------------------------------------------------------------------------------
     @classmethod
     def load(cls, settings: Settings) -> Engine:
@@ -261,6 +266,7 @@ class Engine:
             self.model_versions(),
             dict(batch.window_times),
             batch.render_facts,
+            batch.logged_hours,
         )
         return batch, decisions
 
@@ -278,7 +284,7 @@ class Engine:
         ids = [r.customer_id for r in request.recipients]
         zones = features.matrix.timezone.tolist()
         curves, ranked = self.curves.ranked(features.matrix, start, hours, kind, topic)
-        holdout = in_holdout(ids, self.settings.holdout_share)
+        holdout = in_holdout(ids, self.settings.holdout_share, self.settings.holdout_salt)
         blocked = blocked_recipients(
             features, ids, start, kind, constraints, holdout, self.settings.holdout_share, self.history
         )

@@ -37,9 +37,9 @@ from sendwise.simulator.records import (
     UNSUBSCRIBE,
     Rows,
 )
-from sendwise.simulator.sender import LoggedPolicy, OfferMenu
+from sendwise.simulator.sender import LoggedPolicy, OfferMenu, conversion_values
 from sendwise.simulator.site import Site
-from sendwise.simulator.truth import CATEGORIES, DAY, HOUR, KINDS, World, sigmoid
+from sendwise.simulator.truth import CATEGORIES, DAY, HOUR, KINDS, World
 
 RING = 32
 """Send times remembered per customer, for the count of sends in the last 7 days."""
@@ -72,7 +72,6 @@ class Run:
         self.bad_address = params["bad_address"].to_numpy(bool)
         self.device_ua = params["device_user_agent"].to_numpy(np.int64)
         self.audience_share = params["audience_share"].to_numpy(np.float64)
-        self.base = params["base"].to_numpy(np.float64)
         self.interests = interest_matrix(params["interests"])
         self.camp_kind = pd.Index(KINDS).get_indexer(campaigns["kind"])
         self.camp_topic = pd.Index(CATEGORIES).get_indexer(campaigns["topic"].fillna(""))
@@ -238,7 +237,7 @@ class Run:
         reopen_t = open_t[again] + rng.exponential(4 * HOUR, len(again))
         self._log(sent, OPEN, again, reopen_t, **self._human_open_agent(c[again]), source=HUMAN)
 
-        p_click = sigmoid(-1.6 + 0.5 * self.world.affinity_effect(c[h], topic[h]) + 0.3 * (self.base[c[h]] + 0.7))
+        p_click = self.world.click_probability_at(c[h], topic[h])
         clicked = np.zeros(n, dtype=bool)
         clicked[h] = rng.random(len(h)) < p_click
         k = np.flatnonzero(clicked)
@@ -327,18 +326,12 @@ class Run:
         """When a person who opens does: an hour of the next 72 drawn by their activity, sooner likelier."""
         if not len(c):
             return np.empty(0)
-        hours = np.arange(self.world.coefficients.open_window_hours)
-        first_hour = np.floor(t / HOUR) * HOUR
-        bin_start = first_hour[:, None] + HOUR * hours[None, :]
-        weight = self.world.activity_at(c[:, None], bin_start + HOUR / 2)
-        weight = weight * np.exp(-hours / self.rates.open_delay_decay_hours)[None, :]
-        weight[:, 0] *= 1.0 - (t - first_hour) / HOUR
+        weight, lo, hi = open_delay_hours(self.world, c, t, self.rates.open_delay_decay_hours)
         cumulative = np.cumsum(weight, axis=1)
         u = self.rng.random(len(c)) * cumulative[:, -1]
-        chosen = (cumulative < u[:, None]).sum(axis=1).clip(0, len(hours) - 1)
-        lo = np.where(chosen == 0, t, bin_start[np.arange(len(c)), chosen])
-        hi = bin_start[np.arange(len(c)), chosen] + HOUR
-        return lo + self.rng.random(len(c)) * (hi - lo)
+        chosen = (cumulative < u[:, None]).sum(axis=1).clip(0, weight.shape[1] - 1)
+        rows = np.arange(len(c))
+        return lo[rows, chosen] + self.rng.random(len(c)) * (hi[rows, chosen] - lo[rows, chosen])
 
     def _suppress(self, c: np.ndarray, at: np.ndarray) -> None:
         np.minimum.at(self.suppressed_at, c, at)
@@ -388,12 +381,7 @@ class Run:
         window = self.world.coefficients.conversion_window_days * DAY
         conv_t = t[v] + np.minimum(delay, window - 60.0)
         o = offer[v]
-        basket = np.where(
-            self.offer_kind[o] == "discount",
-            np.nan_to_num(self.offer_price[o]) * (1 - self.offer_discount[o]) * rng.uniform(1.0, 2.0, len(v)),
-            rng.lognormal(3.8, 0.5, len(v)),
-        )
-        value = np.round(basket, 2)
+        value = conversion_values(rng, self.offer_kind[o], self.offer_price[o], self.offer_discount[o])
         self.offer.add(c=c[v], o=o, msg=msg[v], ev=CONVERTED, t=conv_t, value=value, propensity=np.nan)
         u = rng.random(len(v))
         sampled = (u[:, None] > self.site.affinity_cum[c[v]]).sum(axis=1).clip(0, len(CATEGORIES) - 1)
@@ -401,6 +389,24 @@ class Run:
         visit_t = conv_t - rng.uniform(60.0, 600.0, len(v))
         self.site.purchase_visit(c[v], visit_t, conv_t, category, value)
         return offer, propensity, p_conv, converted
+
+
+def open_delay_hours(
+    world: World, c: np.ndarray, t: np.ndarray, decay_hours: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The hours in which a person who opens an email sent at `t` does: [n, open window hours] each of the
+    (unnormalized) weight of the hour, its start and its end. An hour's weight is the customer's activity in it
+    times exp(−hours since the send / `decay_hours`), the hour of the send pro rata; the open is uniform within
+    the hour it falls in (from the send itself in the first one)."""
+    hours = np.arange(world.coefficients.open_window_hours)
+    first_hour = np.floor(t / HOUR) * HOUR
+    bin_start = first_hour[:, None] + HOUR * hours[None, :]
+    weight = world.activity_at(c[:, None], bin_start + HOUR / 2)
+    weight = weight * np.exp(-hours / decay_hours)[None, :]
+    weight[:, 0] *= 1.0 - (t - first_hour) / HOUR
+    lo = bin_start.copy()
+    lo[:, 0] = t
+    return weight, lo, bin_start + HOUR
 
 
 def _machine_flags(rng: np.random.Generator, n: int, flagged: float) -> np.ndarray:

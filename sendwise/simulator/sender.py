@@ -124,6 +124,34 @@ def make_campaigns(rng: np.random.Generator, start_s: float, days: int, rates: R
     return pd.DataFrame(rows)
 
 
+BASKET_SPREAD = (1.0, 2.0)
+"""A discount's conversion buys the offer's product at its discount times U(1, 2) (more goes in the basket)."""
+BASKET_LOGNORMAL = (3.8, 0.5)
+"""A content offer's (or the control arm's) conversion is a basket of LogNormal(3.8, 0.5)."""
+
+
+def conversion_values(
+    rng: np.random.Generator, kinds: np.ndarray, prices: np.ndarray, discounts: np.ndarray
+) -> np.ndarray:
+    """What each conversion is worth, to the cent: offers of kind `kinds`, list `prices`, `discounts` as fractions."""
+    basket = np.where(
+        kinds == "discount",
+        np.nan_to_num(prices) * (1 - discounts) * rng.uniform(*BASKET_SPREAD, len(kinds)),
+        rng.lognormal(*BASKET_LOGNORMAL, len(kinds)),
+    )
+    return np.round(basket, 2)
+
+
+def expected_conversion_values(kinds: np.ndarray, prices: np.ndarray, discounts: np.ndarray) -> np.ndarray:
+    """The mean of `conversion_values` for each offer (rounding to the cent aside)."""
+    mu, sigma = BASKET_LOGNORMAL
+    return np.where(
+        kinds == "discount",
+        np.nan_to_num(prices) * (1 - discounts) * sum(BASKET_SPREAD) / 2,
+        np.exp(mu + sigma**2 / 2),
+    )
+
+
 @dataclass(frozen=True)
 class OfferMenu:
     """The offers as arrays the logged policy scores: category code (-1: none), discount, control flag, and

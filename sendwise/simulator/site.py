@@ -27,6 +27,13 @@ from sendwise.simulator.truth import CATEGORIES, DAY, HOUR, World
 Carts = tuple[np.ndarray, np.ndarray, np.ndarray]
 """Abandoned carts that are due a triggered email: (customer, when the email is due, category)."""
 
+PRODUCT_VIEWS = 1.2
+"""Mean product views of a session (Poisson), besides the one of a click's topic."""
+CART_BASE, CART_AFFINITY = 0.08, 0.4
+"""A viewed product goes into the cart with probability CART_BASE + CART_AFFINITY × the category's affinity."""
+PURCHASE_GIVEN_CART = 0.35
+"""A session with something in the cart ends in a purchase of the whole cart with this probability."""
+
 
 @dataclass
 class _Views:
@@ -124,9 +131,9 @@ class Site:
             return np.empty(0, np.int64), np.empty(0), np.empty(0, np.int64)
         views = self._product_views(c, topic)
         n = len(c)
-        carted = self.rng.random(len(views.session)) < 0.08 + 0.4 * views.affinity
+        carted = self.rng.random(len(views.session)) < CART_BASE + CART_AFFINITY * views.affinity
         has_cart = np.bincount(views.session[carted], minlength=n) > 0
-        purchased = has_cart & (self.rng.random(n) < 0.35)
+        purchased = has_cart & (self.rng.random(n) < PURCHASE_GIVEN_CART)
         rows = _session_rows(views, carted, purchased, n, self.rng.poisson(1.5, n) + 1)
         cart_value = np.bincount(views.session[carted], weights=self.product_price[views.product[carted]], minlength=n)
         first_cart = np.full(n, -1)
@@ -152,11 +159,30 @@ class Site:
         due = at[abandoned] + 60.0 * self.rng.uniform(low, high, len(abandoned))
         return c[rows.session[abandoned]], due, rows.category[abandoned]
 
+    def expected_purchase(self, c: np.ndarray, topic: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(P(a session ends in a purchase), the expected revenue of a session) for sessions of customers `c`
+        led by `topic` (-1: none), from the probabilities `sessions` draws with, not from draws.
+
+        Views are Poisson, so the views of each category are independent Poisson counts: a session has no cart
+        with probability (1 − q_topic) · exp(−PRODUCT_VIEWS · Σ_k a_k q_k), q_k the cart probability of a view
+        in category k and a_k its affinity; what the cart is worth is the expected price of every carted view.
+        """
+        affinity = np.diff(self.affinity_cum[c], axis=1, prepend=0.0)
+        cart = CART_BASE + CART_AFFINITY * affinity
+        prices = self.product_price.reshape(len(CATEGORIES), PRODUCTS_PER_CATEGORY).mean(axis=1)
+        led = topic >= 0
+        g = np.where(led, topic, 0)
+        rows = np.arange(len(c))
+        topic_cart = np.where(led, cart[rows, g], 0.0)
+        no_cart = (1.0 - topic_cart) * np.exp(-PRODUCT_VIEWS * (affinity * cart).sum(axis=1))
+        carted_value = topic_cart * prices[g] + PRODUCT_VIEWS * (affinity * cart * prices[None, :]).sum(axis=1)
+        return PURCHASE_GIVEN_CART * (1.0 - no_cart), PURCHASE_GIVEN_CART * carted_value
+
     def _product_views(self, c: np.ndarray, topic: np.ndarray) -> _Views:
         """Product views per session, each in a category drawn from the customer's affinities (a session
         that follows a click on a campaign starts with a product of the campaign's topic)."""
         rng = self.rng
-        n_views = rng.poisson(1.2, len(c)) + (topic >= 0)
+        n_views = rng.poisson(PRODUCT_VIEWS, len(c)) + (topic >= 0)
         session = np.repeat(np.arange(len(c)), n_views)
         rank = np.arange(len(session)) - np.repeat(np.cumsum(n_views) - n_views, n_views)
         u = rng.random(len(session))

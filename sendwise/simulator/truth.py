@@ -329,6 +329,10 @@ class World:
         clip = self.coefficients.affinity_clip
         return np.where(has, np.clip(effect, -clip, clip), 0.0)
 
+    def click_probability_at(self, c: np.ndarray, topic: np.ndarray) -> np.ndarray:
+        """P(a person who opened the email clicks in it): more likely on a topic they like, and the keener."""
+        return sigmoid(-1.6 + 0.5 * self.affinity_effect(c, topic) + 0.3 * (self._base[c] + 0.7))
+
     def conversion_probability_at(self, c: np.ndarray, o: np.ndarray) -> np.ndarray:
         """Elementwise (broadcast) true conversion probability of customer rows `c` for offer rows `o`."""
         k = self.coefficients
