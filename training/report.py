@@ -4,7 +4,8 @@ The site is assembled from sections. Each entry of `SECTIONS` is a function of t
 (`training.reporting.inputs.ReportInputs`: the champions with their runs and training samples, the settings,
 where charts go, and the customers as sendwise would decide for them) that returns a `Section` (its page's
 template and data, its charts already written) or None when it has nothing to say for the models asked for.
-A new section is one such function added to the list.
+A new section is one such function added to the list; its page can use the generic template (paragraphs,
+tables and figures from its context) or a template of its own under `training/reporting/templates/`.
 
 The report reads what the pipeline left in the home and rebuilds nothing: the champions from the registry, the
 samples their runs kept, the online features, the raw store's events and the Feast store's point-in-time rows.
@@ -52,7 +53,8 @@ SECTIONS: list[tuple[str, SectionBuilder]] = [
     ("offers", offers_section),
     ("model cards", model_cards_section),
 ]
-"""The site's sections in page order, each with the name its progress and timing are shown under."""
+"""The site's sections in page order, each with the name its progress and timing are shown under. A section
+such as realized lift is one more `(name, builder)` entry here."""
 
 
 @dataclass
@@ -61,6 +63,8 @@ class ReportResult:
 
     index: Path | None = None
     pages: list[Path] = field(default_factory=list)
+    sections: list[Section] = field(default_factory=list)
+    """The sections the pages were rendered from (their figures as data)."""
     missing: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     logged_runs: list[str] = field(default_factory=list)
@@ -164,4 +168,5 @@ def write_report(
     result.seconds["mlflow"] = time.perf_counter() - began
     result.index = target / INDEX
     result.pages = [target / s.page for s in sections]
+    result.sections = sections
     return result

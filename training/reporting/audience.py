@@ -64,8 +64,10 @@ class OfferChoice:
 class Audience:
     """Every customer sendwise could email now, as the champions see them."""
 
+    as_of: pd.Timestamp
+    """When the data ends (its as-of)."""
     start: pd.Timestamp
-    """The window's first hour (UTC): the whole hour after the data's end."""
+    """The window's first hour (UTC): the first whole hour from the data's end."""
     known: int
     """Customers the online features know."""
     engine: Engine
@@ -160,10 +162,9 @@ def _countries(settings: Settings) -> pd.Series:
     return table.drop_duplicates("customer_id", keep="last").set_index("customer_id")["country"]
 
 
-def window_start(settings: Settings) -> pd.Timestamp:
-    """The first whole hour after the data's end (its as-of)."""
-    as_of = resolve_as_of(settings).time.tz_convert("UTC")
-    return as_of.floor("h") + pd.Timedelta(hours=1) if as_of != as_of.floor("h") else as_of
+def window_start(as_of: pd.Timestamp) -> pd.Timestamp:
+    """The first whole hour from `as_of` on."""
+    return as_of.tz_convert("UTC").ceil("h")
 
 
 def score_audience(settings: Settings, engine: Engine) -> Audience | None:
@@ -179,10 +180,12 @@ def score_audience(settings: Settings, engine: Engine) -> Audience | None:
     rows = np.flatnonzero(keep)
     ids = ids[rows]
     features = engine.online.for_recipients([Recipient(customer_id=str(c)) for c in ids])
-    start = window_start(settings)
+    as_of = resolve_as_of(settings).time
+    start = window_start(as_of)
     curves, ranked = engine.curves.ranked(features.matrix, start.to_pydatetime(), WINDOW_HOURS, CAMPAIGN_KIND, None)
     local_hour, _ = local_window_clock(start.to_pydatetime(), WINDOW_HOURS, features.matrix.timezone.tolist())
     return Audience(
+        as_of=as_of,
         start=start,
         known=int(snapshot.known[: len(snapshot)].sum()),
         engine=engine,

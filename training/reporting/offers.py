@@ -205,7 +205,7 @@ def scoring_booster(inputs: ReportInputs, found: Champion) -> tuple[lgb.Booster,
 
 def offpolicy_values(inputs: ReportInputs, found: Champion, audience: Audience) -> tuple[OffPolicy | None, str]:
     """The estimates over the held-out window's exposures, or None and why not."""
-    exposures, why = held_out_exposures(inputs, found, audience.start)
+    exposures, why = held_out_exposures(inputs, found, audience.as_of)
     if exposures.empty:
         return None, why
     offers = inputs.table("offers")

@@ -28,14 +28,15 @@ PLOTS = "plots"
 class Section:
     """One page of the site, and what the index says of it.
 
-    `template` is the page's template (under templates/), rendered with `context`; `images` are the charts it
-    shows, as paths relative to the site (`plots/...`), for the checks that every one was written.
+    `template` is the page's template (under templates/), rendered with `context`; `section.html.j2`, the
+    default, needs none of its own: it shows the context's `paragraphs`, `tables` and `figures`. `images` are
+    the charts the page shows, as paths relative to the site (`plots/...`), for the check that each was written.
     """
 
     slug: str
     title: str
     summary: list[str]
-    template: str
+    template: str = "section.html.j2"
     context: dict[str, Any] = field(default_factory=dict)
     images: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
