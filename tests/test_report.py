@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,10 +30,10 @@ from sendwise.settings import Settings
 from tests.browser import Chromium, screenshots_dir, serve_directory
 from tests.conftest import PipelineHome, home_with_own_decision_log
 from training import report as report_module
-from training.explain import MIN_GROUP, Group
+from training.explain import MIN_GROUP, Group, feature_groups
 from training.report import ReportResult, write_report
-from training.reporting.inputs import ReportInputs
-from training.reporting.site import Section, percent
+from training.reporting.inputs import NO_AUDIENCE, ReportInputs
+from training.reporting.site import Section, SiteFacts, number, percent, points, render_site
 from training.samples import load_sample
 
 HOSTILE = '<script>window.pwned=1</script><img src=x onerror="window.pwned=1">{{ 7*7 }}'
@@ -98,6 +99,63 @@ def hostile_site(pipeline_home: PipelineHome, tmp_path_factory: pytest.TempPathF
         result = write_report(settings, site_dir=folder, log_to_mlflow=False, progress=False)
     assert result.index is not None, result.missing
     return Site(settings, result, folder)
+
+
+# --- the parts, on tiny data (no pipeline) ----------------------------------------------------------------------
+def test_numbers_split_in_ranges_with_round_bounds_and_their_mean_predictions() -> None:
+    rng = np.random.default_rng(0)
+    rate = pd.Series(rng.uniform(0, 0.6, 900).astype(np.float32))
+    rate[rng.random(900) < 0.1] = np.nan
+    prediction = 0.05 + 0.5 * np.nan_to_num(rate.to_numpy(), nan=0.2)
+    groups = feature_groups("open_rate", rate, prediction)
+    low, high = groups[1].low, groups[1].high
+    assert low is not None and high is not None
+    assert (low, high) == (float(f"{low:.2g}"), float(f"{high:.2g}"))  # round bounds near the terciles
+    assert abs(low - 0.2) < 0.03 and abs(high - 0.4) < 0.03
+    assert [g.label for g in groups] == [
+        f"under {low:.0%}",
+        f"{low:.0%} to under {high:.0%}",
+        f"{high:.0%} or more",
+        "unknown",
+    ]
+    assert (groups[0].high, groups[2].low) == (low, high)
+    for group in groups:
+        rows = _members(group, rate, [])
+        assert group.rows == rows.sum() >= MIN_GROUP
+        assert group.mean_probability == pytest.approx(prediction[rows].mean())
+    assert sum(g.rows for g in groups) == len(rate)
+
+
+def test_counts_mostly_zero_split_at_zero_and_flags_as_yes_and_no() -> None:
+    counts = pd.Series([0.0] * 300 + [0.4, 1.0, 2.5] * 100)
+    split = feature_groups("sends_7d", counts, np.where(counts > 0, 0.3, 0.1))
+    assert [(g.label, g.rows, round(g.mean_probability, 9)) for g in split] == [
+        ("above 0", 300, 0.3),
+        ("at 0", 300, 0.1),
+    ]
+    flags = feature_groups("is_weekend", pd.Series([1.0] * 60 + [0.0] * 200), np.linspace(0, 1, 260))
+    assert [(g.label, g.rows) for g in flags] == [("yes", 60), ("no", 200)]
+
+
+def test_small_categories_are_told_together_as_other_or_not_at_all() -> None:
+    labels = pd.Series(["gold"] * 120 + ["silver"] * 60 + ["x"] * 30 + ["y"] * 25 + ["z"] * 10 + [None] * 49)
+    groups = feature_groups("attr_tier", labels, np.arange(len(labels)) / len(labels))
+    assert [(g.label, g.rows) for g in groups] == [("gold", 120), ("silver", 60), ("other", 65)]  # 49 unknown: none
+    few = feature_groups("attr_tier", labels.iloc[:215], np.zeros(215))
+    assert [(g.label, g.rows) for g in few] == [("gold", 120), ("silver", 60)]  # other has 35: left out
+
+
+def test_the_site_escapes_data_and_refuses_missing_charts(tmp_path: Path) -> None:
+    facts = SiteFacts(home=HOSTILE, generated_at=datetime(2026, 1, 1, tzinfo=UTC), as_of=HOSTILE, champions={"x": "1"})
+    hostile = Section(slug="lift", title=HOSTILE, summary=[HOSTILE], context={"paragraphs": [HOSTILE], "tables": []})
+    index = render_site([hostile], facts, tmp_path / "site")
+    for page in (index, tmp_path / "site" / "lift.html"):
+        html = page.read_text(encoding="utf-8")
+        assert "<script" not in html and "&lt;script&gt;window.pwned=1&lt;/script&gt;" in html
+    missing = Section(slug="x", title="x", summary=[], images=["plots/nowhere.png"])
+    with pytest.raises(FileNotFoundError, match=r"plots/nowhere\.png"):
+        render_site([missing], facts, tmp_path / "other")
+    assert (percent(0.3142), points(-0.023), number(12345.6)) == ("31.4%", "-2.3 points", "12,346")
 
 
 # --- the site and its artifacts ---------------------------------------------------------------------------------
@@ -311,6 +369,16 @@ def test_model_cards_show_the_runs_metrics_beside_baselines(site: Site) -> None:
         assert "Cold start:" in limits
         if name != "next_best_offer":
             assert "Privacy proxies:" in limits and "Exploration:" in limits
+
+
+def test_without_online_features_the_pages_say_what_to_run(pipeline_home: PipelineHome, tmp_path: Path) -> None:
+    settings = home_with_own_decision_log(pipeline_home.settings, tmp_path / "home")
+    (settings.feast_dir / "registry.db").unlink()
+    result = write_report(settings, "open", site_dir=tmp_path / "site", log_to_mlflow=False, progress=False)
+    assert [s.slug for s in result.sections] == ["drivers", "segments", "send-time", "models"]
+    assert result.notes == [NO_AUDIENCE] and "sendwise pipeline --data DATA_DIR" in NO_AUDIENCE
+    assert "sendwise pipeline --data DATA_DIR" in (tmp_path / "site" / "segments.html").read_text(encoding="utf-8")
+    assert not (settings.feast_dir / "registry.db").exists()  # nothing applied or rebuilt
 
 
 # --- what the site must never do ----------------------------------------------------------------------------

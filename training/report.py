@@ -150,7 +150,7 @@ def write_report(
             result.seconds[name] = time.perf_counter() - began
             if section is not None:
                 sections.append(section)
-                result.notes.extend(section.notes)
+                result.notes.extend(n for n in section.notes if n not in result.notes)
             bar.advance(task)
         began = time.perf_counter()
         facts = SiteFacts(

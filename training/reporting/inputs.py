@@ -27,6 +27,9 @@ from training.reporting.site import PLOTS
 from training.samples import load_sample
 
 PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+NO_AUDIENCE = (
+    "no customer may be emailed now, or the home has no online features (run `sendwise pipeline --data DATA_DIR`)"
+)
 TITLES = {
     "open_propensity": "Open propensity",
     "send_time": "Send time",

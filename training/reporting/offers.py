@@ -30,7 +30,7 @@ from serving.offers import rank_offers
 from training import offpolicy
 from training.datasets import historical_features, window_closed
 from training.reporting.audience import Audience, OfferChoice
-from training.reporting.inputs import Champion, ReportInputs
+from training.reporting.inputs import NO_AUDIENCE, Champion, ReportInputs
 from training.reporting.plots import value_bars
 from training.reporting.site import PLOTS, Section, number, percent
 from training.train import HELD_OUT_MODEL
@@ -269,18 +269,18 @@ def offers_section(inputs: ReportInputs) -> Section | None:
     if found is None:
         return None
     audience = inputs.audience
+    if audience is None or len(audience) == 0:
+        return Section.unavailable("offers", "Offers", NO_AUDIENCE)
     notes: list[str] = []
     mix = None
-    choice = audience.offer_choice if audience is not None and len(audience) else None
+    choice = audience.offer_choice
     if choice is None:
-        notes.append("no offer is eligible at the window's start, or no customer may be emailed now")
+        notes.append("no offer of the catalog is eligible when the data ends: no mix to show")
     else:
         mix = offer_mix(choice)
-    estimates = None
-    if audience is not None:
-        estimates, why = offpolicy_values(inputs, found, audience)
-        if estimates is None:
-            notes.append(f"no off-policy estimate: {why}")
+    estimates, why = offpolicy_values(inputs, found, audience)
+    if estimates is None:
+        notes.append(f"no off-policy estimate: {why}")
     images = []
     chart = None
     if mix is not None:

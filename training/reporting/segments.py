@@ -19,7 +19,7 @@ import pandas as pd
 from sendwise.explain import readable, shap_values
 from training.explain import MIN_GROUP, Group, feature_groups
 from training.reporting.audience import Audience
-from training.reporting.inputs import Champion, ReportInputs
+from training.reporting.inputs import NO_AUDIENCE, Champion, ReportInputs
 from training.reporting.plots import probability_bars
 from training.reporting.site import PLOTS, Section, percent
 
@@ -106,20 +106,7 @@ def segments_section(inputs: ReportInputs) -> Section | None:
         return None
     audience: Audience | None = inputs.audience
     if audience is None or len(audience) == 0:
-        return Section(
-            slug="segments",
-            title="Segments",
-            summary=["No customer may be emailed now, or the home has no online features: no segments to show."],
-            template="segments.html.j2",
-            context={
-                "groupings": [],
-                "overall": float("nan"),
-                "recipients": 0,
-                "model": found,
-                "min_segment": MIN_SEGMENT,
-            },
-            notes=["no customers to group: run `sendwise pipeline --data DATA_DIR`"],
-        )
+        return Section.unavailable("segments", "Segments", NO_AUDIENCE)
     inputs.status("explaining the segments")
     columns = found.booster.feature_name()
     design = audience.open_design(columns)

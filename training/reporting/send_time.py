@@ -16,7 +16,7 @@ import pandas as pd
 
 from features.localtime import local_hour_weekday
 from training.reporting.audience import Audience
-from training.reporting.inputs import ReportInputs
+from training.reporting.inputs import NO_AUDIENCE, ReportInputs
 from training.reporting.plots import hours_chart
 from training.reporting.site import PLOTS, Section, percent, points
 
@@ -97,7 +97,7 @@ def send_time_section(inputs: ReportInputs) -> Section | None:
         return None
     audience = inputs.audience
     if audience is None or len(audience) == 0:
-        return None
+        return Section.unavailable("send-time", "Send time", NO_AUDIENCE)
     inputs.status("comparing send hours")
     sendwise = np.bincount(audience.best_local_hour, minlength=HOURS) / len(audience)
     used = logged_hours(inputs)

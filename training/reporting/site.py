@@ -46,6 +46,11 @@ class Section:
     def page(self) -> str:
         return f"{self.slug}.html"
 
+    @classmethod
+    def unavailable(cls, slug: str, title: str, why: str) -> Section:
+        """A page that says why its part cannot be shown (and what to run)."""
+        return cls(slug=slug, title=title, summary=[why], notes=[why])
+
 
 @dataclass(frozen=True)
 class SiteFacts:
