@@ -20,12 +20,13 @@ import pandas as pd
 from features.offer_values import TABLE as OFFER_VALUES_TABLE
 from features.offer_values import OfferValues
 from features.store import open_store
-from features.transform import DesignColumns, open_columns
+from features.transform import HOUR_FEATURES, open_columns
 from sendwise.asof import resolve_as_of
 from sendwise.raw import load_table
 from sendwise.registry import LoadedModel
 from sendwise.settings import Settings
 from serving.assign import in_holdout, local_window_clock
+from serving.curves import hour_features
 from serving.engine import Engine
 from serving.offers import rank_offers, read_offer_features
 from serving.online import BatchFeatures
@@ -97,7 +98,8 @@ class Audience:
         matrix = self.features.matrix
         frame = pd.DataFrame({"timezone": matrix.timezone})
         countries = _countries(self.engine.settings)
-        frame["country"] = pd.Series(self.ids).map(countries).replace("", None).to_numpy()
+        country = pd.Series(self.ids).map(countries)
+        frame["country"] = country.where(country.notna() & (country != ""), None).to_numpy()
         for name, values in matrix.attributes.items():
             frame[name] = values
         return frame
@@ -116,22 +118,24 @@ class Audience:
         return out
 
     def open_design(self, booster_features: list[str]) -> pd.DataFrame:
-        """The open model's design row of each recipient at sendwise's hour (what its prediction there reads)."""
+        """The open model's design row of each recipient at sendwise's hour, as the engine scores a window: the
+        customer's part at the window's first hour, the hour's part (`HOUR_FEATURES`) at sendwise's hour."""
         matrix = self.features.matrix
-        parts: list[DesignColumns] = []
-        order: list[np.ndarray] = []
-        for k in np.unique(self.best):
-            rows = np.flatnonzero(self.best == k)
-            instant = self.start + pd.Timedelta(hours=int(k))
-            kinds = np.full(len(rows), CAMPAIGN_KIND)
-            parts.append(open_columns(matrix, rows, instant, kinds, np.full(len(rows), None, dtype=object)))
-            order.append(rows)
-        if not parts:
-            return pd.DataFrame(columns=booster_features)
-        values = {name: np.concatenate([p.values[name] for p in parts]) for name in parts[0].values}
-        design = DesignColumns(values, parts[0].categories).frame()
-        design.index = np.concatenate(order)
-        return design.sort_index()[booster_features]
+        n = len(self)
+        rows = np.arange(n)
+        kinds = np.full(n, CAMPAIGN_KIND)
+        columns = open_columns(matrix, rows, self.start, kinds, np.full(n, None, dtype=object))
+        hours = hour_features(matrix, rows, self.start.to_pydatetime(), self.curves.shape[1])
+        chosen = rows * self.curves.shape[1] + self.best
+        at_hour = {
+            "rhythm_at_hour": hours["rhythm_at_hour"][chosen],
+            "rhythm_vs_peak": hours["rhythm_vs_peak"][chosen],
+            "is_weekend": (hours["local_weekday"][chosen] >= 5).astype(np.float32),
+        }
+        for name in HOUR_FEATURES:
+            if name in columns.values:
+                columns.values[name] = at_hour[name]
+        return columns.frame()[booster_features]
 
     @cached_property
     def offer_choice(self) -> OfferChoice | None:

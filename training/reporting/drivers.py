@@ -125,7 +125,7 @@ def drivers_section(inputs: ReportInputs) -> Section | None:
     if not parts and not notes:
         return None
     summary = [
-        f"{p.title}: strongest driver {p.drivers[0].name} ({p.drivers[0].comparison(p.wording.outcome)})."
+        f"{p.title}: the strongest driver is {p.drivers[0].name} ({p.drivers[0].comparison(p.wording.outcome)})."
         if p.drivers
         else f"{p.title}: no feature splits its rows into groups the model tells apart."
         for p in parts
