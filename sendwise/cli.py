@@ -420,19 +420,23 @@ def serve(
 def report(
     model: Annotated[ModelOption, typer.Option(help="which model to explain")] = ModelOption.all,
 ) -> None:
-    """Write the marketer reports: what drives each champion's predictions, in plain words.
+    """Write the marketer report, an offline HTML site: what drives each champion's predictions in plain words,
+    segments, send times, offers and model cards; logged to the champions' MLflow runs.
 
-    Reads the champions and the training-set samples the pipeline left in the home; builds nothing.
+    Reads the champions, the training-set samples and the features the pipeline left in the home; builds nothing.
     """
     from training import jobs
 
-    result = jobs.report(_settings(), MODELS[model])
-    for page in result.pages:
-        console.print(f"wrote {page}")
+    result = jobs.report(_settings(), MODELS[model], console=console)
     for why in result.missing.values():
         console.print(f"[yellow]no report:[/] {why}")
-    if not result.pages:
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    if result.index is None:
         raise typer.Exit(code=2)
+    parts = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in result.seconds.items())
+    console.print(f"report written in {result.total_seconds:.1f} s ({parts})", highlight=False)
+    console.print(f"open {result.index}", highlight=False, soft_wrap=True)
 
 
 @app.command(

@@ -81,10 +81,13 @@ def test_report_reads_what_the_pipeline_wrote(pipeline_home: PipelineHome) -> No
     before = {path: path.stat().st_mtime_ns for path in watched}
     result = CliRunner().invoke(app, ["report"], env={"SENDWISE_HOME": str(settings.home)})
     assert result.exit_code == 0, result.output
+    index = settings.reports_dir / "site" / "index.html"
+    assert f"open {index}" in result.output  # on one line, however long the home's path
+    said = " ".join(result.output.split())
+    assert "report written in" in said and "drivers" in said and "offers" in said
+    assert index.read_text(encoding="utf-8").startswith("<!doctype html>")
     for name in MODEL_NAMES:
-        page = settings.reports_dir / "models" / f"{name}.md"
-        assert f"wrote {page}" in result.output.replace("\n", "")
-        assert page.read_text().startswith(f"# What drives {name.replace('_', ' ')}")
+        assert f'id="{name}"' in (settings.reports_dir / "site" / "drivers.html").read_text(encoding="utf-8")
     assert {path: path.stat().st_mtime_ns for path in watched} == before
 
 

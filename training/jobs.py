@@ -180,8 +180,15 @@ def pipeline(
     return result
 
 
-def report(settings: Settings, model: Literal["open", "send-time", "offer", "all"] = "all") -> ReportResult:
-    """Write the marketer reports of the champions from what training left in the home (`sendwise report`)."""
-    from training.report import write_reports  # SHAP and matplotlib: only when a report is asked for
+def report(
+    settings: Settings,
+    model: Literal["open", "send-time", "offer", "all"] = "all",
+    site_dir: Path | None = None,
+    console: Console | None = None,
+    progress: bool = True,
+) -> ReportResult:
+    """Write the marketer report of the champions from what the pipeline left in the home, and log it to their
+    MLflow runs (`sendwise report`)."""
+    from training.report import write_report  # SHAP and matplotlib: only when a report is asked for
 
-    return write_reports(settings, model)
+    return write_report(settings, model, site_dir=site_dir, console=console, progress=progress)

@@ -69,6 +69,9 @@ class FittedModel:
     params: dict[str, object]
     metrics: dict[str, float]
     valid_prediction: np.ndarray = field(repr=False)
+    held_out_booster: lgb.Booster | None = field(default=None, repr=False)
+    """The booster fit on the earlier part only (what `valid_prediction` and promotion score): kept with the run
+    so that what it is judged on later (the report's off-policy estimates) is data it did not learn from."""
 
 
 def auc(label: np.ndarray, score: np.ndarray) -> float:
@@ -190,9 +193,13 @@ def fit_binary(
     held_out = fit_held_out(data, params)
     booster, prediction = held_out.booster, held_out.prediction
     label = data.label[data.valid]
+    base_rate = float(np.mean(data.label[data.train])) if data.train.any() else float(np.mean(label))
     metrics = {
         "valid_auc": auc(label, prediction),
         "valid_logloss": logloss(label, prediction),
+        # the log loss of predicting the earlier part's rate for everyone: what the model's must beat
+        "baseline_valid_logloss": logloss(label, np.full(len(label), base_rate)),
+        "valid_positive_rate": float(np.mean(label)) if len(label) else float("nan"),
         "valid_calibration": float(prediction.mean() / max(label.mean(), 1e-9)),
         "valid_rows": float(data.valid.sum()),
         "train_rows": float(data.train.sum()),
@@ -208,6 +215,7 @@ def fit_binary(
         params={**params, "num_boost_round": rounds},
         metrics=metrics,
         valid_prediction=prediction,
+        held_out_booster=booster,
     )
 
 

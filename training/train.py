@@ -127,6 +127,31 @@ def _log_tuning(tuning: TuningResult) -> None:
         mlflow.log_artifacts(directory, artifact_path="tuning")
 
 
+HELD_OUT_MODEL = "held_out/model.txt"
+"""The run's booster fit before its held-out window (LightGBM's text format), beside the registered one."""
+BASELINE_TAG = "baseline_valid_auc"
+"""The run tag that says what `baseline_valid_auc`, a simple rule's AUC on the held-out window, ranks by."""
+
+
+def open_rate_auc(data: TrainingSet) -> float:
+    """The held-out AUC of ranking sends by the customer's past open rate alone (a rule senders use)."""
+    rate = data.design["open_rate"].to_numpy(dtype=np.float64)[data.valid] if "open_rate" in data.design else None
+    if rate is None:
+        return float("nan")
+    return auc(data.label[data.valid], np.where(np.isnan(rate), np.nanmean(rate), rate))
+
+
+def best_seller_auc(data: TrainingSet) -> float:
+    """The held-out AUC of ranking exposures by their offer's conversion rate before the window (best sellers
+    first)."""
+    if "offer_id" not in data.design:
+        return float("nan")
+    offers = data.design["offer_id"].astype(str)
+    rates = pd.Series(data.label[data.train]).groupby(offers[data.train].to_numpy()).mean()
+    score = offers[data.valid].map(rates).astype(float).fillna(float(np.mean(data.label[data.train])))
+    return auc(data.label[data.valid], score.to_numpy())
+
+
 def _log_run(
     name: str,
     data: TrainingSet,
@@ -134,6 +159,7 @@ def _log_run(
     extra_metrics: dict[str, float],
     registered: list[str],
     tuning: TuningResult | None = None,
+    tags: dict[str, str] | None = None,
 ) -> tuple[str, dict[str, str]]:
     """Log and register one model; returns the run id and name -> version."""
     with mlflow.start_run(run_name=name) as run:
@@ -146,10 +172,13 @@ def _log_run(
                 "code_version": code_version(),
                 "model": name,
                 "tuned": str(tuning is not None).lower(),
+                **(tags or {}),
             }
         )
         if tuning is not None:
             _log_tuning(tuning)
+        if fitted.held_out_booster is not None:
+            mlflow.log_text(fitted.held_out_booster.model_to_string(), HELD_OUT_MODEL)
         return run.info.run_id, log_booster(fitted.booster, registered)
 
 
@@ -161,8 +190,9 @@ def train_open(
     enough_off = off.sum() > MIN_OFF_SCHEDULE
     label = data.label[data.valid]
     hour_auc = auc(label[off], fitted.valid_prediction[off]) if enough_off else fitted.metrics["valid_auc"]
-    extra = {"valid_off_schedule_auc": hour_auc}
-    run_id, versions = _log_run("open_propensity", data, fitted, extra, names, tuning)
+    extra = {"valid_off_schedule_auc": hour_auc, "baseline_valid_auc": open_rate_auc(data)}
+    tags = {BASELINE_TAG: "the customer's past open rate alone"}
+    run_id, versions = _log_run("open_propensity", data, fitted, extra, names, tuning, tags)
     samples.save_sample(settings, run_id, data.design)
     result.metrics["open_propensity"] = {**fitted.metrics, **extra}
     if tuning is not None:
@@ -190,7 +220,9 @@ def train_offer(
     data, _ = found
     tuning = tuner(data, "next_best_offer", base_params=OFFER_PARAMS) if tuner else None
     fitted = fit_binary(data, seed=settings.seed, params={**OFFER_PARAMS, **(tuning.params if tuning else {})})
-    run_id, versions = _log_run("next_best_offer", data, fitted, {}, ["next_best_offer"], tuning)
+    extra = {"baseline_valid_auc": best_seller_auc(data)}
+    tags = {BASELINE_TAG: "each offer's conversion rate before the window (best sellers first)"}
+    run_id, versions = _log_run("next_best_offer", data, fitted, extra, ["next_best_offer"], tuning, tags)
     samples.save_sample(settings, run_id, data.design)
     result.metrics["next_best_offer"] = fitted.metrics
     if tuning is not None:
