@@ -659,3 +659,52 @@ def test_measured_lift_holds_the_true_lift_on_the_pipeline_home(
         sorted(pipeline_home.settings.decisions_dir.glob("*")) if pipeline_home.settings.decisions_dir.exists() else []
     )
     assert after == shared_log
+
+
+# --- the report's page --------------------------------------------------------------------------------------
+def test_the_reports_lift_page_shows_the_figures_of_sendwise_lift_escaped(tmp_path: Path) -> None:
+    """The realized-lift page of `sendwise report` on the tiny send-time log: the table has the measured +100.0%
+    with its interval, says why clicks are not measurable, draws the chart, and a campaign id with markup comes
+    out escaped."""
+    from mlflow import MlflowClient
+
+    from training.reporting.inputs import ReportInputs
+    from training.reporting.lift import lift_section
+    from training.reporting.site import SiteFacts, now, render_site
+
+    settings = _home(tmp_path)
+    campaign = "<script>alert(1)</script>spring"
+    rows = _send_time_rows(explore_share=0.5, off_policy_each=MIN_EXPLORED // 3 + 4, on_policy=70)
+    ids = _decide(settings, rows, {"campaign_id": campaign, "kind": "promotional"})
+    email = _sent(rows, ids, campaign, opened=lambda hour: hour in (0, 3))
+    report = _measured(
+        settings, _export(tmp_path / "x", [str(r["customer_id"]) for r in rows], email), START + pd.Timedelta(days=10)
+    )
+    opens = report.find(campaign, SEND_TIME, "opens")
+    assert opens.low is not None and opens.high is not None
+    inputs = ReportInputs(settings, MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/m.db"), {}, {}, tmp_path / "w")
+    section = lift_section(inputs)
+    assert section is not None and section.images == ["plots/lift.png"]
+    [table] = section.context["tables"]
+    by_metric = {row[1]: row for row in table["rows"]}
+    assert by_metric["opens"][4] == f"+100.0% ({opens.low:+.1%} to {opens.high:+.1%})"
+    assert by_metric["clicks"][4] == "not measurable: no clicks came back from the random hours: the baseline is 0"
+    assert section.summary[0].startswith(f"{campaign}: sendwise's own send hours earned 100% more opens")
+    facts = SiteFacts(home="h", generated_at=now(), as_of="-", champions={})
+    render_site([section], facts, inputs.site_dir)
+    page = (inputs.site_dir / "lift.html").read_text()
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;spring" in page
+    assert (inputs.site_dir / "plots" / "lift.png").stat().st_size > 1000
+
+
+def test_the_reports_lift_page_without_decisions_says_what_it_needs(tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    from training.reporting.inputs import ReportInputs
+    from training.reporting.lift import lift_section
+
+    settings = _home(tmp_path)
+    inputs = ReportInputs(settings, MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/m.db"), {}, {}, tmp_path / "w")
+    section = lift_section(inputs)
+    assert section is not None and section.images == []
+    assert section.summary[0].startswith("Realized lift is not measurable yet: no decisions in the log under")

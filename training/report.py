@@ -33,6 +33,7 @@ from sendwise.settings import Settings
 from training.registry import MODEL_NAMES, connect
 from training.reporting.drivers import drivers_section
 from training.reporting.inputs import Champion, ReportInputs, load_champion, missing_champion
+from training.reporting.lift import lift_section
 from training.reporting.model_card import model_cards_section
 from training.reporting.offers import offers_section
 from training.reporting.segments import segments_section
@@ -51,10 +52,11 @@ SECTIONS: list[tuple[str, SectionBuilder]] = [
     ("segments", segments_section),
     ("send time", send_time_section),
     ("offers", offers_section),
+    ("realized lift", lift_section),
     ("model cards", model_cards_section),
 ]
-"""The site's sections in page order, each with the name its progress and timing are shown under. A section
-such as realized lift is one more `(name, builder)` entry here."""
+"""The site's sections in page order, each with the name its progress and timing are shown under. A new section
+is one more `(name, builder)` entry here."""
 
 
 @dataclass
