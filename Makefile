@@ -11,7 +11,7 @@ BRAND_FILE ?= $(CURDIR)/examples/brand.yaml
 # apt-get through sudo only when not root and sudo exists (a root container has no sudo).
 SUDO := $(shell command -v sudo >/dev/null 2>&1 && [ "$$(id -u)" != 0 ] && echo sudo)
 
-.PHONY: run test test-fast install install-dev uv lint check bench chromium
+.PHONY: run test test-fast install install-dev uv lint check bench chromium lab
 
 uv:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -54,6 +54,15 @@ test-fast: install-dev chromium
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { echo "installing chromium, the browser that checks rendered emails"; \
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
+## JupyterLab on notebooks/ (the `notebooks` dependency group), started with the home's environment
+## (Settings.activate: SENDWISE_HOME, default the repository, with MLflow, matplotlib, Jupyter and IPython
+## writing there rather than in the user's home). LAB_ARGS go to jupyter lab, e.g. LAB_ARGS="--port 8889".
+LAB_ARGS ?=
+LAB_MAIN = import os, sys; from sendwise.settings import Settings; Settings().activate(); os.execvp(sys.argv[1], sys.argv[1:])
+lab: uv
+	$(UV) sync --frozen --group notebooks
+	$(UV) run --no-sync python -c "$(LAB_MAIN)" jupyter lab notebooks $(LAB_ARGS)
 
 lint:
 	$(UV) run --no-sync ruff check .

@@ -1,4 +1,4 @@
-"""The `sendwise` command: simulate, ingest, train, pipeline, decide, serve, report, evaluate, realdata, feast.
+"""The `sendwise` command: simulate, ingest, train, pipeline, decide, serve, report, evaluate, realdata, feast, ui.
 
 A thin shell: each command parses its options, calls a job (`training.jobs`, or the module named) and prints.
 """
@@ -459,6 +459,44 @@ def feast(ctx: typer.Context) -> None:
     command = [sys.executable, "-c", FEAST_MAIN, "--chdir", str(repository), *ctx.args]
     env = {**os.environ, **settings.library_environment()}
     raise typer.Exit(subprocess.call(command, cwd=repository, env=env))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def ui(
+    ctx: typer.Context,
+    port: Annotated[int, typer.Option(help="port")] = 5000,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+) -> None:
+    """Open MLflow's UI on the home's runs and registry (SENDWISE_HOME/mlruns: mlflow.db and the artifacts).
+
+    Any other option goes to `mlflow server`, e.g. `--allowed-hosts` to reach it from another machine.
+    """
+    settings = _settings()
+    if not (settings.mlruns_dir / "mlflow.db").exists():
+        console.print(f"[yellow]{settings.home} has no runs yet: `sendwise pipeline --data DATA_DIR` makes some[/]")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        console.print(f"[yellow]MLflow's UI has no login: whoever reaches {host}:{port} can change the champions[/]")
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        settings.tracking_uri,
+        "--default-artifact-root",
+        settings.artifacts_uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        *ctx.args,
+    ]
+    # The server's job runner (GenAI jobs, several worker processes) has nothing to do for sendwise.
+    env = {**os.environ, **settings.library_environment(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    console.print(f"MLflow's UI on http://{host}:{port} (the runs and registry of {settings.home}); Ctrl+C stops it")
+    raise typer.Exit(subprocess.call(command, cwd=settings.home, env=env))
 
 
 @app.command()

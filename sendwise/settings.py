@@ -111,7 +111,7 @@ class Settings(BaseSettings):
         return self.home / "bentoml"
 
     def library_environment(self) -> dict[str, str]:
-        """Environment that points MLflow, BentoML and matplotlib into the home."""
+        """Environment that points MLflow, BentoML, matplotlib, Jupyter and IPython into the home."""
         return {
             "MLFLOW_TRACKING_URI": self.tracking_uri,
             "MLFLOW_REGISTRY_URI": self.tracking_uri,
@@ -120,6 +120,10 @@ class Settings(BaseSettings):
             "BENTOML_HOME": str(self.bentoml_home),
             "BENTOML_DO_NOT_TRACK": "true",
             "MPLCONFIGDIR": str(self.home / ".matplotlib"),
+            "JUPYTER_CONFIG_DIR": str(self.home / ".jupyter" / "config"),
+            "JUPYTER_DATA_DIR": str(self.home / ".jupyter" / "data"),
+            "JUPYTER_RUNTIME_DIR": str(self.home / ".jupyter" / "runtime"),
+            "IPYTHONDIR": str(self.home / ".ipython"),
             "FEAST_USAGE": "False",
             "SENDWISE_HOME": str(self.home),
             **({"SENDWISE_BRAND_FILE": str(self.brand_file)} if self.brand_file else {}),

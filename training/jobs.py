@@ -48,11 +48,13 @@ class IngestOptions:
 
 @dataclass(frozen=True)
 class TrainOptions:
-    """Which models to train and how long to tune them (`sendwise train`'s options)."""
+    """Which models to train, how long to tune them (`sendwise train`'s options), and whether a new version
+    that beats the champion becomes champion (without: it is left as challenger, `training.compare`)."""
 
     model: ModelChoice = "all"
     tune: int = 0
     tune_timeout_s: float | None = DEFAULT_TIMEOUT_S
+    promote: bool = True
 
 
 @dataclass
@@ -132,12 +134,18 @@ def train(
     as_of: pd.Timestamp | None = None,
     console: Console | None = None,
     progress: bool = True,
+    features: Features | None = None,
 ) -> PipelineResult:
-    """Build the features, train, register and promote, and materialize the online store (`sendwise train`)."""
+    """Build the features, train, register and promote, and materialize the online store (`sendwise train`).
+
+    `features` already built (`build_features`, as a notebook does to look at them first) are trained on as
+    they are; `as_of` then has no say.
+    """
     options = options or TrainOptions()
     seconds: dict[str, float] = {}
-    with _step("features", "building features and registering them with Feast", console, seconds):
-        features = build_features(settings, as_of=as_of, progress=progress)
+    if features is None:
+        with _step("features", "building features and registering them with Feast", console, seconds):
+            features = build_features(settings, as_of=as_of, progress=progress)
     started = time.perf_counter()
     training = train_models(
         settings,
@@ -148,6 +156,7 @@ def train(
         tune_timeout_s=options.tune_timeout_s,
         console=console,
         progress=progress,
+        promote=options.promote,
     )
     seconds["train"] = time.perf_counter() - started
     with _step("materialize", "materializing the online store", console, seconds):

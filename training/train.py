@@ -54,6 +54,9 @@ class TrainResult:
     skipped: dict[str, str] = field(default_factory=dict)
     """Model name -> why it was not trained, one sentence with the facts and the flag or data that fixes it."""
     tuning: dict[str, TuningResult] = field(default_factory=dict)
+    held_out: dict[str, HeldOut] = field(default_factory=dict)
+    """Model name -> the held-out window its promotion was decided on, with the new version's and the
+    champion's predictions there; kept only where training left promotion to a person (`training.compare`)."""
     as_of_source: Source = "given"
     """Where `as_of` came from: "given", "recorded" (an ingest's --as-of) or "data" (the data's end)."""
 
@@ -112,10 +115,36 @@ class Tuner:
             self.spent_s += time.monotonic() - started
 
 
+def registered_names(model: ModelChoice) -> list[str]:
+    """The registered models that training `model` makes a new version of."""
+    names = {
+        "open": ["open_propensity"],
+        "send-time": ["send_time"],
+        "offer": ["next_best_offer"],
+        "all": ["open_propensity", "send_time", "next_best_offer"],
+    }
+    if model not in names:
+        raise ValueError(f"model must be one of {', '.join(names)}, not {model!r}")
+    return names[model]
+
+
 def off_schedule_mask(times: pd.Series) -> np.ndarray:
     """Sends outside the most common UTC hour: the ones that say something about other hours."""
     hours = times.dt.hour
     return (hours != hours.mode().iloc[0]).to_numpy()
+
+
+def promotion_criterion(name: str, data: TrainingSet) -> tuple[str, np.ndarray | None]:
+    """The metric a model is promoted on, and the held-out rows it is taken over (None: all of them).
+
+    `send_time` shares the open model's booster but is judged on the sends outside the most common hour, the
+    ones that say something about choosing an hour (all sends where too few are off schedule).
+    """
+    if name == "send_time":
+        off = off_schedule_mask(data.times[data.valid])
+        if off.sum() > MIN_OFF_SCHEDULE:
+            return "off-schedule valid AUC", off
+    return "valid AUC", None
 
 
 def _log_tuning(tuning: TuningResult) -> None:
@@ -183,13 +212,17 @@ def _log_run(
 
 
 def train_open(
-    settings: Settings, data: TrainingSet, result: TrainResult, names: list[str], tuning: TuningResult | None = None
+    settings: Settings,
+    data: TrainingSet,
+    result: TrainResult,
+    names: list[str],
+    tuning: TuningResult | None = None,
+    apply: bool = True,
 ) -> None:
     fitted = fit_binary(data, seed=settings.seed, params=tuning.params if tuning else None, recalibrate=True)
-    off = off_schedule_mask(data.times[data.valid])
-    enough_off = off.sum() > MIN_OFF_SCHEDULE
+    _, off = promotion_criterion("send_time", data)
     label = data.label[data.valid]
-    hour_auc = auc(label[off], fitted.valid_prediction[off]) if enough_off else fitted.metrics["valid_auc"]
+    hour_auc = auc(label[off], fitted.valid_prediction[off]) if off is not None else fitted.metrics["valid_auc"]
     extra = {"valid_off_schedule_auc": hour_auc, "baseline_valid_auc": open_rate_auc(data)}
     tags = {BASELINE_TAG: "the customer's past open rate alone"}
     run_id, versions = _log_run("open_propensity", data, fitted, extra, names, tuning, tags)
@@ -199,19 +232,26 @@ def train_open(
         result.tuning["open_propensity"] = tuning
     client = connect(settings)
     held_out = HeldOut(data)
-    criteria = {  # name -> (metric, held-out rows it is taken over)
-        "open_propensity": ("valid AUC", None),
-        "send_time": ("off-schedule valid AUC", off) if enough_off else ("valid AUC", None),
-    }
+    held_out.remember(run_id, fitted.valid_prediction)
     promotions = [
-        promote(client, name, versions[name], fitted.valid_prediction, held_out, *criteria[name]) for name in names
+        promote(
+            client, name, versions[name], fitted.valid_prediction, held_out, *promotion_criterion(name, data), apply
+        )
+        for name in names
     ]
     record_promotions(client, run_id, promotions)
     result.promotions.extend(promotions)
+    if not apply:
+        result.held_out.update(dict.fromkeys(names, held_out))
 
 
 def train_offer(
-    settings: Settings, tables: FeatureTables, store: FeatureStore, result: TrainResult, tuner: Tuner | None = None
+    settings: Settings,
+    tables: FeatureTables,
+    store: FeatureStore,
+    result: TrainResult,
+    tuner: Tuner | None = None,
+    apply: bool = True,
 ) -> None:
     found = offer_training_set(store, tables, settings.conversion_window_days)
     if found is None:
@@ -228,11 +268,21 @@ def train_offer(
     if tuning is not None:
         result.tuning["next_best_offer"] = tuning
     client = connect(settings)
+    held_out = HeldOut(data)
+    held_out.remember(run_id, fitted.valid_prediction)
     decision = promote(
-        client, "next_best_offer", versions["next_best_offer"], fitted.valid_prediction, HeldOut(data), "valid AUC"
+        client,
+        "next_best_offer",
+        versions["next_best_offer"],
+        fitted.valid_prediction,
+        held_out,
+        *promotion_criterion("next_best_offer", data),
+        apply,
     )
     record_promotions(client, run_id, [decision])
     result.promotions.append(decision)
+    if not apply:
+        result.held_out["next_best_offer"] = held_out
 
 
 def train_models(
@@ -244,24 +294,22 @@ def train_models(
     tune_timeout_s: float | None = DEFAULT_TIMEOUT_S,
     console: Console | None = None,
     progress: bool = True,
+    promote: bool = True,
 ) -> TrainResult:
     """Train the chosen models on the home's feature tables, log and register them, promote the ones that win.
 
     With `tune` > 0 each model gets an Optuna study of at most that many trials before its fit, all studies
     together within `tune_timeout_s` seconds; the studies are kept with the models' MLflow runs. Each run keeps
     a sample of its training set in the home (`training.samples`) for the reports; samples of runs that no
-    longer serve are dropped.
+    longer serve are dropped. Without `promote`, each new version is left as challenger whether it wins or not
+    (its `Promotion` says whether it would have), for a person to compare and promote (`training.compare`).
     """
     console = console or Console(quiet=not progress)
     client = connect(settings)
     result = TrainResult(as_of=tables.as_of, as_of_source=tables.as_of_source)
     tuner = Tuner(trials=tune, timeout_s=tune_timeout_s, seed=settings.seed, console=console, progress=progress)
     if model in ("open", "send-time", "all"):
-        names = {
-            "open": ["open_propensity"],
-            "send-time": ["send_time"],
-            "all": ["open_propensity", "send_time"],
-        }[model]
+        names = [name for name in registered_names(model) if name != "next_best_offer"]
         with console.status("training the open-propensity / send-time model"):
             data = open_training_set(store, tables, settings.label_window_hours)
             if data is None:
@@ -271,9 +319,9 @@ def train_models(
             else:
                 share = OPEN_BUDGET_SHARE if model == "all" else 1.0
                 tuning = tuner(data, "open_propensity", share=share)
-                train_open(settings, data, result, names, tuning)
+                train_open(settings, data, result, names, tuning, apply=promote)
     if model in ("offer", "all"):
         with console.status("training the next-best-offer model"):
-            train_offer(settings, tables, store, result, tuner)
+            train_offer(settings, tables, store, result, tuner, apply=promote)
     samples.keep_only(settings, samples.serving_runs(client))
     return result
