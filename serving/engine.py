@@ -123,7 +123,7 @@ class Engine:
         self.catalog = OfferCatalog(offers, offer_features, offer_values, models, priors)
         self.curves = OpenCurves(models)
         self.history = history or SendHistory.empty(settings.decisions_dir)
-        self.log = DecisionLog()
+        self.log = DecisionLog(settings.decision_log_max_bytes)
         self._rng = np.random.default_rng()
         self._rng_lock = threading.Lock()
         self.population = Population(FALLBACK_OPEN_PROBABILITY, 1.0)
@@ -180,6 +180,7 @@ class Engine:
         warm_up()  # the compiled tree walk, before any request waits for it
         history = SendHistory.from_raw(settings)
         engine = cls(settings, store, models, offers, offer_features, history, priors, values)
+        engine.log.recover(settings.decisions_dir)  # a torn last line left by a process killed mid-write
         engine.log.forget_before(settings.decisions_dir, datetime.now(UTC) - timedelta(days=settings.render_days))
         # What was just loaded (models, Feast, MLflow, the snapshot) lives as long as the process: keep it out
         # of the cycle collector's full passes, which otherwise walk all of it whenever a batch's answer, or a
