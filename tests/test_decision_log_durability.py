@@ -28,6 +28,8 @@ from serving.decision_log import (
     read_entries,
 )
 from serving.history import SendHistory
+from tests.conftest import PipelineHome, home_with_own_decision_log
+from training.evaluate import evaluate
 
 WRITER = textwrap.dedent(
     """
@@ -205,3 +207,20 @@ def test_a_writer_killed_mid_write_leaves_a_log_that_reads_back_whole(tmp_path: 
     indexed = _check_index(decisions_dir)  # every indexed id found where the index says
     assert 0 < indexed <= len(ids)
     assert all(path.stat().st_size < 1_000_000 + 1_000 * 1_200 for path in files)
+
+
+def test_evaluate_writes_nothing_to_the_homes_decision_log(pipeline_home: PipelineHome, tmp_path: Path) -> None:
+    settings = home_with_own_decision_log(pipeline_home.settings, tmp_path / "home")
+    logged = _decisions(4)
+    _append(DecisionLog(), settings.decisions_dir, logged)  # a log with something in it, as a served home has
+
+    def state() -> tuple[dict[str, bytes], list[tuple[int, str, bytes, bytes, bytes]]]:
+        return {p.name: p.read_bytes() for p in log_files(settings.decisions_dir)}, _index_rows(settings.decisions_dir)
+
+    before = state()
+    result = evaluate(settings, pipeline_home.world, progress=False)
+    assert result.customers > 1000  # it decided every customer of the world, three times over
+    assert state() == before
+    assert [e["decision_id"] for p in log_files(settings.decisions_dir) for e, _ in read_entries(p)] == [
+        d["decision_id"] for d in logged
+    ]
