@@ -13,6 +13,7 @@ import hashlib
 import os
 import secrets
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -97,6 +98,12 @@ def add_tombstones(settings: Settings, customer_ids: Iterable[str]) -> int:
             file.flush()
             os.fsync(file.fileno())
     return len(new)
+
+
+def last_erasure(settings: Settings) -> datetime | None:
+    """When customers were last erased from this home (the tombstones' last change), or None."""
+    path = _tombstones_path(settings)
+    return datetime.fromtimestamp(path.stat().st_mtime, UTC) if path.exists() else None
 
 
 def drop_customers(frame: pd.DataFrame, customer_ids: set[str], column: str = CUSTOMER_KEY) -> pd.DataFrame:

@@ -403,3 +403,30 @@ async def test_service_logs_name_no_customer(
     found = [c for c in [*ids[:50], "nobody-known"] if c in logged]
     assert found == []
     assert np.isfinite(answers[0].json()["decisions"][0]["open_probability"])
+
+
+def test_the_next_training_replaces_every_champion_trained_before_an_erasure(
+    pipeline_home: PipelineHome, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Models already trained keep what they learned: after an erasure, the next training's models replace the
+    champions whatever their scores (a home of its own: training writes MLflow artifacts)."""
+    from mlflow import MlflowClient
+
+    from sendwise.cli import app
+    from sendwise.registry import MODEL_NAMES
+    from serving.forget import forget_customers
+    from tests.conftest import run_pipeline
+
+    settings, _ = run_pipeline(pipeline_home.world, tmp_path / "home")
+    client = MlflowClient(settings.tracking_uri)
+    before = {name: client.get_model_version_by_alias(name, "champion").version for name in MODEL_NAMES}
+    forget_customers(settings, [_emailed_customer(settings)])
+    env = {"SENDWISE_HOME": str(settings.home), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    for key, value in settings.library_environment().items():
+        monkeypatch.setenv(key, value)
+    result = CliRunner().invoke(app, ["train"], env=env)
+    assert result.exit_code == 0, result.output
+    for name in MODEL_NAMES:
+        now = client.get_model_version_by_alias(name, "champion")
+        assert int(now.version) > int(before[name])
+        assert f"champion v{before[name]} was trained before customers were erased" in now.tags["promotion"]
