@@ -352,8 +352,11 @@ def _files(folder: Path) -> Iterator[Path]:
 
 
 def test_mlflow_artifacts_and_training_samples_hold_no_customer_id(pipeline_home: PipelineHome) -> None:
+    """MLflow's artifacts and store, the training-set samples kept for the reports (features only) and what
+    the pipeline printed name no customer."""
     settings = pipeline_home.settings
     pattern = _id_pattern(settings)
+    assert len(pipeline_home.output) > 200 and not pattern.search(pipeline_home.output)
     artifacts = list(_files(settings.mlruns_dir / "artifacts"))
     assert len(artifacts) >= 5
     for path in artifacts:
