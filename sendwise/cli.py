@@ -392,6 +392,37 @@ def render(
 
 
 @app.command()
+def forget(
+    customer_ids: Annotated[list[str] | None, typer.Argument(help="customer ids to erase")] = None,
+    file: Annotated[Path | None, typer.Option("--file", help="a file of customer ids, one a line")] = None,
+) -> None:
+    """Erase customers from the home: raw store, quarantine, feature tables, online store, decision log and the
+    reports naming them; a tombstone (salted hash) keeps a re-ingested export from bringing them back. A
+    running service sees the new features within seconds; POST /v1/forget also clears its memory at once."""
+    from serving.forget import ForgetError, forget_customers
+
+    ids = list(customer_ids or [])
+    if file is not None:
+        try:
+            ids += [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as error:
+            raise _fail(f"--file {file}: cannot read it as UTF-8 text ({error})") from error
+    try:
+        report = forget_customers(_settings(), ids)
+    except ForgetError as error:
+        raise _fail(f"{error} (give ids as arguments or --file F)") from error
+    removed = sum(report.rows.values())
+    console.print(
+        f"forgot {report.customers:,} customers ({report.new_tombstones:,} new tombstones): {removed:,} rows of "
+        f"data, {report.online_rows:,} online-store rows, {report.decisions:,} logged decisions, "
+        f"{len(report.reports):,} report files"
+    )
+    for place, count in sorted(report.rows.items()):
+        console.print(f"  {place}: {count:,} rows")
+    console.print("models already trained keep what they learned until the next `sendwise pipeline` retrains them")
+
+
+@app.command()
 def serve(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port")] = 3000,

@@ -276,6 +276,52 @@ class DecisionLog:
                     "DELETE FROM batches WHERE decided_at < ?", (int(before.timestamp()),)
                 ).rowcount
 
+    def erase(self, decisions_dir: Path, customer_ids: set[str]) -> int:
+        """Remove every logged decision of `customer_ids` (their lines, and so their render facts) and index the
+        files again; how many decisions went. Each file is rewritten in place under the lock appends take, so a
+        decision appended meanwhile (by this process or another) is neither lost nor counted twice."""
+        removed = 0
+        with self._lock:
+            for path in log_files(decisions_dir):
+                with path.open("r+b") as handle:
+                    fcntl.flock(handle, fcntl.LOCK_EX)
+                    lines = handle.read().splitlines(keepends=True)
+                    kept = [line for line in lines if not _decision_of(line, customer_ids)]
+                    if len(kept) == len(lines):
+                        continue
+                    removed += len(lines) - len(kept)
+                    handle.seek(0)
+                    handle.write(b"".join(kept))
+                    handle.truncate()
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                    self._reindex(decisions_dir, path.name, kept)
+            if removed:
+                connection = self._connection(decisions_dir)
+                connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                connection.execute("VACUUM")
+        return removed
+
+    def _reindex(self, decisions_dir: Path, file: str, lines: list[bytes]) -> None:
+        """The index rows of one day's file made again from its lines (their offsets changed)."""
+        connection = self._connection(decisions_dir)
+        with connection:
+            connection.execute("DELETE FROM batches WHERE file = ?", (file,))
+        by_time: dict[int, tuple[list[str], list[int], list[int]]] = {}
+        at = 0
+        for line in lines:
+            entry = _entry(line) if line.endswith(b"\n") else None
+            decision_id = entry.get("decision_id") if entry is not None else None
+            if entry is not None and isinstance(decision_id, str) and entry.get("decided_at"):
+                decided_at = int(datetime.fromisoformat(str(entry["decided_at"])).timestamp())
+                ids, starts, lengths = by_time.setdefault(decided_at, ([], [], []))
+                ids.append(decision_id)
+                starts.append(at)
+                lengths.append(len(line) - 1)
+            at += len(line)
+        for decided_at, (ids, starts, lengths) in by_time.items():
+            self._write_index(decisions_dir, ids, file, np.array(starts), np.array(lengths), decided_at)
+
     def append(
         self,
         decisions_dir: Path,
@@ -354,6 +400,20 @@ class DecisionLog:
             self._write_index(
                 decisions_dir, ids, path.name, np.concatenate(starts), np.concatenate(lengths), int(now.timestamp())
             )
+
+
+def _entry(line: bytes) -> dict[str, object] | None:
+    try:
+        entry = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    return entry if isinstance(entry, dict) else None
+
+
+def _decision_of(line: bytes, customer_ids: set[str]) -> bool:
+    """Whether a log line is a decision for one of `customer_ids`."""
+    entry = _entry(line)
+    return entry is not None and str(entry.get("customer_id")) in customer_ids
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from serving.decision_log import DecisionLog, LoggedDecision
 from serving.decisions import Batch, LoggedRender, Population, decision_rows
 from serving.errors import NoChampion, NothingToExplain, UnknownCustomer, UnknownDecision, UnknownOffer
 from serving.explanations import decision_drivers, explain_offer, explain_opens
+from serving.forget import forget_customers
 from serving.history import SendHistory
 from serving.links import Tracking, email_headers, filled
 from serving.modules import ModuleFacts, as_logged, choose_modules
@@ -53,6 +54,8 @@ from serving.schemas import (
     Driver,
     ExplainRequest,
     ExplainResponse,
+    ForgetRequest,
+    ForgetResponse,
     Recipient,
     RenderedModule,
     RenderRequest,
@@ -224,6 +227,17 @@ class Engine:
             margins = eligible_offers(self.catalog.offers, start, None)["margin"].fillna(1.0).to_numpy()
             threshold = float(np.median((probability * margins[None, :]).max(axis=1)))
         return Population(float(curves.max(axis=1).mean()), threshold)
+
+    # --- erasure ---------------------------------------------------------------------------------
+    def forget(self, request: ForgetRequest) -> ForgetResponse:
+        """Erase the customers from the home (`serving.forget`), then drop what this engine holds of them: the
+        snapshot is read again from the rewritten feature tables and the send history from the raw store and
+        the rewritten log. Until it is, decisions go on from the old snapshot (the lock keeps reads whole)."""
+        report = forget_customers(self.settings, request.customer_ids, self.log)
+        self.history = SendHistory.from_raw(self.settings)
+        if self.store is not None:
+            self.online.refresh()
+        return ForgetResponse.model_validate(report.as_dict())
 
     # --- decisions -------------------------------------------------------------------------------
     def decide(self, request: DecideRequest) -> DecideResponse:

@@ -390,6 +390,27 @@ class ModelsResponse(BaseModel):
     reasons: list[str] = Field(default_factory=list)
 
 
+MAX_FORGOTTEN = 10_000
+"""Customer ids one `POST /v1/forget` takes."""
+
+
+class ForgetRequest(_Strict):
+    """`POST /v1/forget`: the customers to erase (see `serving.forget`)."""
+
+    customer_ids: list[CustomerId] = Field(min_length=1, max_length=MAX_FORGOTTEN)
+
+
+class ForgetResponse(BaseModel):
+    """What an erasure removed: counts only, never the ids."""
+
+    customers: int = Field(description="distinct ids erased")
+    new_tombstones: int = Field(description="ids not erased before")
+    rows: dict[str, int] = Field(description="rows removed per file of the home (raw store, quarantine, features)")
+    online_rows: int = Field(description="rows removed from Feast's online store")
+    decisions: int = Field(description="logged decisions removed")
+    reports: list[str] = Field(description="report files removed (they named a customer)")
+
+
 class FieldError(BaseModel):
     """One problem with a request, naming the field (`recipients[3].customer_id`, or `body`)."""
 

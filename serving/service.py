@@ -2,8 +2,9 @@
 
 Routes (all JSON; `/v1/*` need `Authorization: Bearer <token>` when `SENDWISE_API_TOKEN` is set):
 
-- `POST /v1/decide`, `POST /v1/render`, `POST /v1/explain`: the request model of `serving.schemas` is the
-  whole body (a positional-only parameter makes it BentoML's root input, not a field of a wrapper);
+- `POST /v1/decide`, `POST /v1/render`, `POST /v1/explain`, `POST /v1/forget`: the request model of
+  `serving.schemas` is the whole body (a positional-only parameter makes it BentoML's root input, not a field of
+  a wrapper);
 - `GET /v1/models`: a small FastAPI app mounted on the service, its route a method of this class;
 - `GET /healthz`, `/livez`, `/readyz`, `/metrics`, `/docs.json`: BentoML's own. `/readyz` stays ready when a
   dependency is degraded; the answers, `/v1/models` and the `sendwise_degraded` metric say so instead.
@@ -50,6 +51,8 @@ from serving.schemas import (
     ErrorAnswer,
     ExplainRequest,
     ExplainResponse,
+    ForgetRequest,
+    ForgetResponse,
     ModelsResponse,
     RenderRequest,
     RenderResponse,
@@ -150,6 +153,16 @@ class Sendwise:
         (404 for a customer the online features do not have)."""
         try:
             return self.engine.explain(request)
+        except ServingError as error:
+            return error_response(error)
+
+    @bentoml.api(route="/v1/forget", output_spec=ForgetResponse)
+    def forget(self, request: ForgetRequest, /) -> ForgetResponse | Response:
+        """Erase customers: raw store, quarantine, features, online store, decision log and reports, with a
+        tombstone that keeps a re-ingested export from bringing them back (`serving.forget`). The answer
+        counts what went; it never repeats the ids."""
+        try:
+            return self.engine.forget(request)
         except ServingError as error:
             return error_response(error)
 

@@ -197,8 +197,11 @@ def promote(
     metric: str,
     rows: np.ndarray | None = None,
     apply: bool = True,
+    erased_since: datetime | None = None,
 ) -> Promotion:
-    """Make `version` champion if there is none, or if it beats the champion on the same held-out window.
+    """Make `version` champion if there is none, or if it beats the champion on the same held-out window, or if
+    the champion was registered before `erased_since` (the latest erasure: it learned from customers who have
+    since been erased, and a model trained without them replaces it whatever the scores; README, Privacy).
 
     `challenger_prediction` is the challenger's held-out booster's prediction on every row of the window;
     `rows` picks the rows the metric (AUC) is taken over (default: all). A tie does not promote. Without
@@ -233,6 +236,12 @@ def promote(
             f"{decision.champion_score:.4f} ({challenger_score - decision.champion_score:+.4f}){tie} on {where}; "
             f"{decision.champion_scored}"
         )
+        if erased_since is not None and _registered_before(client, name, decision.champion_version, erased_since):
+            decision.wins = True
+            decision.reason = (
+                f"champion v{decision.champion_version} was trained before customers were erased: challenger "
+                f"v{version}, trained without them, replaces it whatever the scores; " + decision.reason
+            )
     decision.promoted = decision.wins and apply
     if decision.wins and not apply:
         decision.reason += "; left as challenger: promotion was not applied"
@@ -241,6 +250,12 @@ def promote(
     else:
         client.set_model_version_tag(name, version, "promotion", decision.reason)
     return decision
+
+
+def _registered_before(client: MlflowClient, name: str, version: str, when: datetime) -> bool:
+    """Whether `version` of `name` was registered before `when`."""
+    created = client.get_model_version(name, version).creation_timestamp
+    return created is not None and created < when.timestamp() * 1000
 
 
 def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:

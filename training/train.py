@@ -20,6 +20,7 @@ from rich.console import Console
 from features.build import FeatureTables
 from sendwise.asof import AsOf, Source
 from sendwise.settings import Settings
+from sendwise.tombstones import last_erasure
 from training import samples, skips
 from training.datasets import TrainingSet, offer_training_set, open_training_set
 from training.models import FittedModel, auc, fit_binary
@@ -235,7 +236,14 @@ def train_open(
     held_out.remember(run_id, fitted.valid_prediction)
     promotions = [
         promote(
-            client, name, versions[name], fitted.valid_prediction, held_out, *promotion_criterion(name, data), apply
+            client,
+            name,
+            versions[name],
+            fitted.valid_prediction,
+            held_out,
+            *promotion_criterion(name, data),
+            apply,
+            erased_since=last_erasure(settings),
         )
         for name in names
     ]
@@ -278,6 +286,7 @@ def train_offer(
         held_out,
         *promotion_criterion("next_best_offer", data),
         apply,
+        erased_since=last_erasure(settings),
     )
     record_promotions(client, run_id, [decision])
     result.promotions.append(decision)

@@ -17,6 +17,7 @@ from sendwise.ingest.parse import format_number
 from sendwise.ingest.progress import ProgressBars
 from sendwise.ingest.read import Source, canonical_columns, format_of, read_csv, read_parquet
 from sendwise.ingest.validate import Checked, FileChecker
+from sendwise.tombstones import CUSTOMER_KEY, Tombstones
 
 
 @dataclass
@@ -31,6 +32,8 @@ class Batch:
     rows_read: int
     currencies: dict[str, set[str]]
     unknown_zone_names: int
+    forgotten: int = 0
+    """Rows of erased customers (tombstoned) dropped from this export: valid and bad rows alike."""
 
 
 def read_table(source: Source, options: Options, warnings: list[str], progress: ProgressBars) -> Batch:
@@ -68,6 +71,20 @@ def read_table(source: Source, options: Options, warnings: list[str], progress: 
         currencies=currencies,
         unknown_zone_names=sum(c.unknown_zone_names for c in checked),
     )
+
+
+def drop_tombstoned(batch: Batch, tombstones: Tombstones) -> None:
+    """Drop the rows of erased customers from the batch, valid or quarantined, and count them."""
+    if not len(tombstones):
+        return
+    for part in ("valid", "bad"):
+        frame: pd.DataFrame = getattr(batch, part)
+        if CUSTOMER_KEY not in frame.columns or frame.empty:
+            continue
+        hit = tombstones.matches(frame[CUSTOMER_KEY])
+        if hit.any():
+            batch.forgotten += int(hit.sum())
+            setattr(batch, part, frame.loc[~hit].reset_index(drop=True))
 
 
 def concat(frames: list[pd.DataFrame]) -> pd.DataFrame:

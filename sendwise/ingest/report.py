@@ -50,6 +50,7 @@ class TableReport(BaseModel):
     accepted: int
     duplicates: int = Field(description="valid rows that changed nothing: already stored, or superseded")
     quarantined: int
+    forgotten: int = Field(default=0, description="rows of erased customers (tombstoned), dropped and not stored")
     top_reasons: list[ReasonCount] = Field(default_factory=list)
     added: int = Field(description="rows new to the raw store")
     updated: int = Field(default=0, description="stored customers, campaigns or offers replaced by a newer row")
@@ -162,6 +163,12 @@ class IngestReport(BaseModel):
                     f"{table.table}: events of unknown customers (kept)",
                     f"{table.unknown_customer_events:,} ({table.unknown_customers or 0:,} customers)",
                 )
+        forgotten = {t.table: t.forgotten for t in self.tables.values() if t.forgotten}
+        if forgotten:
+            facts.add_row(
+                "rows of erased customers (dropped)",
+                ", ".join(f"{name} {count:,}" for name, count in forgotten.items()),
+            )
         if self.machine_open_share is not None:
             facts.add_row(
                 "opens flagged as machine opens",
@@ -216,9 +223,10 @@ def table_report(batch: Batch, merged: Merged, final: dict[str, pd.DataFrame | N
         table=table.name,
         files=batch.files,
         rows_read=batch.rows_read,
-        accepted=batch.rows_read - quarantined - merged.duplicates,
+        accepted=batch.rows_read - quarantined - merged.duplicates - batch.forgotten,
         duplicates=merged.duplicates,
         quarantined=quarantined,
+        forgotten=batch.forgotten,
         top_reasons=[ReasonCount(reason=r, rows=n) for r, n in batch.reasons.most_common(TOP_REASONS)],
         added=merged.added,
         updated=merged.updated,

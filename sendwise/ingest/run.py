@@ -13,7 +13,14 @@ from typing import Literal
 import pandas as pd
 
 from sendwise import asof, contract, raw
-from sendwise.ingest.batch import Batch, check_currency, check_export_as_of, read_table, warn_likely_fraction
+from sendwise.ingest.batch import (
+    Batch,
+    check_currency,
+    check_export_as_of,
+    drop_tombstoned,
+    read_table,
+    warn_likely_fraction,
+)
 from sendwise.ingest.derive import assign_timezones, human_activity, impute_margins
 from sendwise.ingest.errors import IngestError
 from sendwise.ingest.merge import Merged, count_unchanged, frames_equal, merge, quarantine_path, quarantine_update
@@ -30,6 +37,7 @@ from sendwise.ingest.report import (
     write_report,
 )
 from sendwise.settings import Settings
+from sendwise.tombstones import Tombstones
 
 
 def ingest(
@@ -66,13 +74,18 @@ def ingest(
             for name, source in sources.items():
                 bars.add(name, 2 * len(source.files) + 2)
             batches = {name: read_table(source, options, warnings, bars) for name, source in sources.items()}
+            # one writer, from reading the tombstones and the store to the report: an erasure waits for this
+            # ingest, or this ingest for it (and then reads its tombstones)
+            held.enter_context(raw.writer_lock(settings))
+            tombstones = Tombstones.read(settings)
+            for batch in batches.values():  # erased customers stay erased, whatever old export comes in
+                drop_tombstoned(batch, tombstones)
             currency = check_currency(batches, previous_currency(settings))
             if given_as_of is not None:
                 check_export_as_of(given_as_of, batches)
             if "offers" in batches:
                 warn_likely_fraction(batches["offers"], warnings)
 
-            held.enter_context(raw.writer_lock(settings))  # one writer, from reading the store to the report
             stored = {name: raw.load_table(settings, name) for name in contract.TABLES}
             merges, zone_sources = _merge(batches, stored, warnings, bars)
             final = {name: merges[name].frame if name in merges else stored[name] for name in contract.TABLES}
