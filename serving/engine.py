@@ -43,7 +43,7 @@ from serving.history import SendHistory
 from serving.links import Tracking, email_headers, filled
 from serving.modules import ModuleFacts, as_logged, choose_modules
 from serving.offers import OfferCatalog, OfferSet, eligible_offers, read_offer_features
-from serving.online import OnlineFeatures, RhythmPriors
+from serving.online import OnlineFeatures, OnlineState, RhythmPriors
 from serving.render import Personal, check_layout, render_email
 from serving.schemas import (
     Campaign,
@@ -84,6 +84,18 @@ def collector_paused() -> Iterator[None]:
             _gc_pauses -= 1
             if _gc_pauses == 0:
                 gc.enable()
+
+
+class Tally:
+    """A count that threads add to (the decisions answered degraded, for `/metrics`)."""
+
+    def __init__(self) -> None:
+        self.value = 0
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.value += n
 
 
 def _listed(value: object) -> list[object]:
@@ -127,7 +139,9 @@ class Engine:
         self._rng = np.random.default_rng()
         self._rng_lock = threading.Lock()
         self.population = Population(FALLBACK_OPEN_PROBABILITY, 1.0)
+        self.degraded_decisions = Tally()
         self.online = OnlineFeatures(settings, store, priors, self.catalog.score_snapshot)
+        self.online.blank = OnlineState.empty(models)
         if store is not None:
             self.population = self._measure_population()
 
@@ -198,7 +212,12 @@ class Engine:
         )
         if self.store is None:
             found.append(reasons.NO_FEATURE_STORE)
-        return {"status": "degraded" if found else "ok", "reasons": found, "models": self.model_versions()}
+        return {
+            "status": "degraded" if found else "ok",
+            "reasons": found,
+            "models": self.model_versions(),
+            "degraded_decisions": self.degraded_decisions.value,
+        }
 
     def _measure_population(self) -> Population:
         """Mean best-hour open probability and the median best offer value of a sample of known customers."""
@@ -246,9 +265,13 @@ class Engine:
                 batch.kind,
                 batch.topic,
             )
+        degraded = batch.features.degraded
+        if degraded:
+            self.degraded_decisions.add(len(decisions))
         return {
             "model_versions": self.model_versions(),
-            "status": "degraded" if batch.features.degraded else "ok",
+            "status": "degraded" if degraded else "ok",
+            "reasons": (list(self.online.degraded_reasons) or [reasons.NO_FEATURE_STORE]) if degraded else [],
             "decisions": decisions,
         }
 
