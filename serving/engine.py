@@ -10,6 +10,7 @@ them (`serving.decision_log`). An explanation takes a served prediction apart (`
 
 from __future__ import annotations
 
+import copy
 import gc
 import threading
 from collections.abc import Iterator
@@ -201,6 +202,22 @@ class Engine:
         gc.collect()
         gc.freeze()
         return engine
+
+    def with_champions(self, models: dict[str, LoadedModel]) -> Engine:
+        """This engine serving `models`: a new engine sharing the store, offers, send history, decision log and
+        online snapshot (its offers scored again when the offer champion changed), whole before anyone uses it,
+        so that the service swaps it in with one assignment and every request is decided by one set of models."""
+        twin = copy.copy(self)
+        twin.models = models
+        priors = self.catalog.priors
+        twin.catalog = OfferCatalog(self.offers, self.offer_features, self.catalog.offer_values, models, priors)
+        twin.curves = OpenCurves(models)
+        same_offer_model = models.get("next_best_offer") is self.models.get("next_best_offer")
+        twin.online = self.online.rescored(twin.catalog.score_snapshot, offers_changed=not same_offer_model)
+        twin.online.blank = OnlineState.empty(models)
+        if self.store is not None:
+            twin.population = twin._measure_population()
+        return twin
 
     def model_versions(self) -> dict[str, str | None]:
         return {name: (self.models[name].version if name in self.models else None) for name in MODEL_NAMES}

@@ -223,6 +223,21 @@ class OnlineFeatures:
         self._failed_signature = None
         self.degraded_reasons = []
 
+    def rescored(self, score_offers: Callable[[FeatureSnapshot], OfferTable], offers_changed: bool) -> OnlineFeatures:
+        """The same snapshot, its offers scored by `score_offers` when `offers_changed` (a new offer champion),
+        as a new object whose state is whole from the start: the engine serving it is swapped in at once."""
+        twin = OnlineFeatures(self.settings, None, self.priors, score_offers)
+        twin.store = self.store
+        with self._lock:
+            state, twin.degraded_reasons = self.state, list(self.degraded_reasons)
+            twin._failed_signature, twin._checked = self._failed_signature, self._checked
+        twin.refresh_in_background = self.refresh_in_background
+        if state is not None and offers_changed:
+            twin.state = OnlineState(state.snapshot, *score_offers(state.snapshot))
+        else:
+            twin.state = state
+        return twin
+
     def current(self) -> OnlineState | None:
         """The state to decide from, after looking (at most every `SNAPSHOT_CHECK_SECONDS`) for a newer one."""
         if self.store is not None and time.monotonic() - self._checked > SNAPSHOT_CHECK_SECONDS:
