@@ -1,5 +1,6 @@
-"""End to end: a champion promoted while the real `bentoml serve` answers a client in a loop is served without a
-restart and without a failed request."""
+"""End to end, on the real `bentoml serve` answering a client in a loop: a champion promoted is served without a
+restart and without a failed request; a feature table gone makes the answers degraded, never failed, until it
+is back. In process: the watcher and the engine it swaps in."""
 
 from __future__ import annotations
 
@@ -41,10 +42,10 @@ class Served:
     settings: Settings
 
 
-@pytest.fixture
-def service(pipeline_home, tmp_path) -> Iterator[Served]:  # type: ignore[no-untyped-def]
+@pytest.fixture(scope="module")
+def service(pipeline_home, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:  # type: ignore[no-untyped-def]
     """`bentoml serve` on a copy of the pipeline's home, looking at the champion aliases every second."""
-    settings = home_with_own_decision_log(pipeline_home.settings, tmp_path / "home")
+    settings = home_with_own_decision_log(pipeline_home.settings, tmp_path_factory.mktemp("served") / "home")
     port = _free_port()
     env = {
         **os.environ,
@@ -149,6 +150,57 @@ def test_a_promoted_champion_is_served_without_a_restart_or_a_failed_request(ser
     assert served["model_versions"]["open_propensity"] == str(new)
     assert served["model_versions"]["send_time"] == alias_version(registry, "send_time", "champion")
     assert served["status"] == "ok"
+
+
+def _decide(http: httpx.Client, ids: list[str]) -> dict[str, object]:
+    body = {"recipients": [{"customer_id": c} for c in ids], "window_start": START.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    answer = http.post("/v1/decide", json=body)
+    assert answer.status_code == 200, answer.text
+    found: dict[str, object] = answer.json()
+    return found
+
+
+def _until(http: httpx.Client, ids: list[str], status: str) -> dict[str, object]:
+    """Decides until an answer has `status` (the service reads changed tables in the background, every 10 s)."""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        answer = _decide(http, ids)
+        if answer["status"] == status:
+            return answer
+        time.sleep(0.5)
+    raise AssertionError(f"no answer was {status} in 90 s")
+
+
+def test_a_feature_table_gone_degrades_the_answers_and_metrics_and_leaves_the_service_ready(
+    service: Served,
+) -> None:
+    customers = load_table(service.settings, "customers")
+    assert customers is not None
+    ids = customers.loc[customers["consent_email"], "customer_id"].head(30).tolist()
+    table = service.settings.feature_tables_dir / "customer_features.parquet"
+    away = table.with_name("customer_features.moved")
+    with httpx.Client(base_url=service.url, headers=AUTH, timeout=60) as http:
+        healthy = _decide(http, ids)
+        assert healthy["status"] == "ok" and healthy["reasons"] == []
+        table.rename(away)
+        try:
+            degraded = _until(http, ids, "degraded")
+            reasons = degraded["reasons"]
+            assert isinstance(reasons, list) and len(reasons) == 1 and "customer_features.parquet" in reasons[0]
+            sends = [(d["customer_id"], d["send"], d["cold_start"]) for d in degraded["decisions"]]  # type: ignore[attr-defined]
+            assert sends == [(d["customer_id"], d["send"], d["cold_start"]) for d in healthy["decisions"]]  # type: ignore[attr-defined]
+            assert httpx.get(f"{service.url}/readyz", timeout=10).status_code == 200
+            models = http.get("/v1/models").json()
+            assert models["status"] == "degraded" and models["reasons"] == reasons
+            metrics = httpx.get(f"{service.url}/metrics", timeout=10).text.splitlines()
+            assert "sendwise_degraded 1" in metrics
+            (counted,) = [line for line in metrics if line.startswith("sendwise_degraded_decisions_total ")]
+            assert int(float(counted.split()[1])) >= len(ids)
+        finally:
+            away.rename(table)
+        _until(http, ids, "ok")
+        assert http.get("/v1/models").json()["reasons"] == []
+        assert "sendwise_degraded 0" in httpx.get(f"{service.url}/metrics", timeout=10).text.splitlines()
 
 
 def test_the_watcher_swaps_in_a_new_offer_champion_and_keeps_serving_when_one_cannot_load(  # type: ignore[no-untyped-def]
