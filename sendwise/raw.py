@@ -1,19 +1,34 @@
 """The raw store: one Parquet file per contract table under ``settings.raw_dir`` (docs/architecture.md).
 
-``sendwise.ingest`` is the only writer; everything downstream reads through ``load_table``.
+``sendwise.ingest`` writes it; everything downstream reads through ``load_table``. What a writer keeps to, so
+that a writer killed at any moment leaves the store as it was or as it would have been, never a mix:
+
+- It holds ``writer_lock`` (an exclusive ``flock`` of ``raw/.lock``, released by the kernel when the process
+  dies) from reading the tables it merges with to its last write: one writer at a time.
+- Each file is written whole to a temporary file beside it (``.<name>-<random>.tmp``) and renamed into place.
+- Files that change together (an ingest's tables and quarantine) are committed together (``commit``): every
+  temporary file is written first, then the list of renames (``raw/.commit.json``, itself written atomically)
+  is the commit marker, then the renames are done and the marker removed. Taking the lock finishes a commit a
+  killed writer left marked (``recover``) and removes the temporary files nothing committed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
 import os
 import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pandas as pd
 
 from sendwise.contract import TABLES
 from sendwise.settings import Settings
+
+LOCK_FILE = ".lock"
+COMMIT_FILE = ".commit.json"
 
 
 def table_path(settings: Settings, name: str) -> Path:
@@ -31,21 +46,26 @@ def load_table(settings: Settings, name: str) -> pd.DataFrame | None:
     return pd.read_parquet(path)
 
 
-def write_parquet_atomic(frame: pd.DataFrame, path: Path) -> None:
-    """Write ``frame`` to ``path`` so that readers see either the old file or the new one, never a part.
-
-    The data goes to a temporary file in the same folder (same file system), which then replaces ``path``.
-    """
+def stage_parquet(frame: pd.DataFrame, path: Path) -> Path:
+    """``frame`` written whole to a temporary file beside ``path`` (same file system), to be renamed onto it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".parquet.tmp")
     os.close(handle)
     try:
         frame.to_parquet(temporary, index=False)
-        os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
+    return Path(temporary)
+
+
+def write_parquet_atomic(frame: pd.DataFrame, path: Path) -> None:
+    """Write ``frame`` to ``path`` so that readers see either the old file or the new one, never a part.
+
+    The data goes to a temporary file in the same folder (same file system), which then replaces ``path``.
+    """
+    os.replace(stage_parquet(frame, path), path)
 
 
 def write_text_atomic(text: str, path: Path) -> None:
@@ -67,3 +87,42 @@ def write_table(settings: Settings, name: str, frame: pd.DataFrame) -> Path:
     path = table_path(settings, name)
     write_parquet_atomic(frame, path)
     return path
+
+
+@contextlib.contextmanager
+def writer_lock(settings: Settings) -> Iterator[None]:
+    """The raw store's one writer at a time, a commit a killed writer left finished first (``recover``)."""
+    settings.raw_dir.mkdir(parents=True, exist_ok=True)
+    with (settings.raw_dir / LOCK_FILE).open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        recover(settings)
+        yield
+
+
+def commit(settings: Settings, staged: Mapping[Path, Path]) -> None:
+    """Rename every staged file (``stage_parquet``) onto its path, all or none: the renames are recorded first, so
+    that a writer killed among them is finished by the next (``recover``). The caller holds ``writer_lock``."""
+    if not staged:
+        return
+    marker = settings.raw_dir / COMMIT_FILE
+    write_text_atomic(json.dumps([[str(temporary), str(path)] for path, temporary in staged.items()]), marker)
+    _finish(marker)
+
+
+def _finish(marker: Path) -> None:
+    for temporary, path in json.loads(marker.read_text(encoding="utf-8")):
+        if os.path.exists(temporary):  # else renamed before the kill
+            os.replace(temporary, path)
+    marker.unlink()
+
+
+def recover(settings: Settings) -> None:
+    """Finish the commit a killed writer left marked, and remove temporary files nothing will commit (those of the
+    raw store, the quarantine and the ingest reports). The caller holds ``writer_lock``."""
+    marker = settings.raw_dir / COMMIT_FILE
+    if marker.exists():
+        _finish(marker)
+    for folder in (settings.raw_dir, settings.quarantine_dir, settings.reports_dir / "ingest"):
+        if folder.is_dir():
+            for stray in folder.glob(".*.tmp"):
+                stray.unlink(missing_ok=True)

@@ -59,6 +59,19 @@ class Settings(BaseSettings):
         description="how often the service looks at the registry's champion aliases: a newly promoted champion is "
         "loaded in the background and served without a restart (0: never; a restart serves it)",
     )
+    history_days: int = Field(
+        default=30,
+        ge=1,
+        le=365,
+        description="days of the decision log the service reads at start for frequency caps and no-repeat rules "
+        "(by the day a decision was made); a rule reaching further back reads the older days when first asked",
+    )
+    decision_log_max_bytes: int = Field(
+        default=128 * 2**20,
+        ge=1,
+        description="the size at which the decision log starts a new part file of the day (a batch is never split "
+        "across parts, so a part may pass it by one batch)",
+    )
     trace_decide: bool = Field(
         default=False,
         description="trace and access-log every /v1/decide request as BentoML does other routes (off: at a "

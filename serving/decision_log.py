@@ -15,23 +15,43 @@ from), one not to send its `reasons`.
 `<home>/decisions/index.sqlite` finds a decision's line by its id (`DecisionLog.find`), so that `/v1/render`
 can render a logged decision without reading the log: one row per batch (ids from `new_decision_ids` share
 the batch's part), written after the lines it points to; a decision it cannot find cannot be rendered.
+
+Files (what erasure or any tool rewriting the log must keep to):
+- `decisions/YYYY-MM-DD.jsonl` is a UTC day's first part; once a part holds `decision_log_max_bytes`
+  (a setting), the next batch goes to `YYYY-MM-DD.1.jsonl`, then `.2.jsonl`, ... (`log_file_name`,
+  `parse_log_name`; `log_files` lists them by day, then part). A batch is never split across parts.
+- Every line is one whole JSON object ending in `\n`. Writers append under an exclusive `flock` of the part;
+  a writer killed mid-write can leave a torn last line (no newline): the next writer of that part, and
+  `DecisionLog.recover` (at the service's start), cut it off under the lock before anything else is written,
+  and readers never take a line without its newline, and skip (and log) a line that is not a JSON object.
+- An index row names a part and each line's offset and length. It is written after the lines, so a kill
+  leaves at worst decisions that are logged but not indexed, never a row pointing at missing bytes; a tool
+  that rewrites a part must rewrite (or delete) the rows that name it, under the part's lock.
+- Start-up reads only the days the send history needs (`history_days`, by the day in the name).
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 import orjson
 
+logger = logging.getLogger(__name__)
+
 INDEX_FILE = "index.sqlite"
+LOG_NAME = re.compile(r"^(\d{4}-\d{2}-\d{2})(?:\.(\d+))?\.jsonl$")
+TAIL_BLOCK = 1 << 16
 LOG_CHUNK = 1_000
 """Decisions encoded and written at a time: a 10,000-decision batch's lines are 15 MB, and encoding them in one
 piece held three copies at once."""
@@ -73,6 +93,45 @@ def _hex_column(ids: list[str], at: int) -> np.ndarray:
     return np.frombuffer(bytes.fromhex("".join([i[at : at + 16] for i in ids])), dtype=">u8").astype(np.uint64)
 
 
+def log_file_name(day: date, part: int = 0) -> str:
+    """The name of a day's part: `YYYY-MM-DD.jsonl` for the first, `YYYY-MM-DD.N.jsonl` after it."""
+    return f"{day:%Y-%m-%d}.jsonl" if part == 0 else f"{day:%Y-%m-%d}.{part}.jsonl"
+
+
+def parse_log_name(name: str) -> tuple[date, int] | None:
+    """(day, part) of a log file's name, or None for a name that is not one."""
+    found = LOG_NAME.match(name)
+    if found is None:
+        return None
+    try:
+        return date.fromisoformat(found.group(1)), int(found.group(2) or 0)
+    except ValueError:
+        return None
+
+
+def _cut_torn_tail(handle: BinaryIO, path: Path) -> int:
+    """Cut a last line without its newline (a write cut short) off a part its caller holds locked; the file's
+    size afterwards."""
+    size = handle.seek(0, os.SEEK_END)
+    if size == 0:
+        return 0
+    handle.seek(size - 1)
+    if handle.read(1) == b"\n":
+        return size
+    end = size
+    while end > 0:
+        start = max(0, end - TAIL_BLOCK)
+        handle.seek(start)
+        at = handle.read(end - start).rfind(b"\n")
+        if at >= 0:
+            end = start + at + 1
+            break
+        end = start
+    os.ftruncate(handle.fileno(), end)
+    logger.warning("%s: cut off %d bytes of a line whose write was cut short", path, size - end)
+    return end
+
+
 @dataclass(frozen=True)
 class LoggedHours:
     """What inverse-propensity estimates of send times need beside each propensity: the window's start
@@ -93,9 +152,11 @@ class LoggedDecision:
 
 
 class DecisionLog:
-    """Appends decisions to the day's file, one batch in one write, one writer at a time, and indexes them."""
+    """Appends decisions to the day's part, one batch at a time under the part's lock, and indexes them."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_bytes: int = 128 * 2**20) -> None:
+        self.max_bytes = max_bytes
+        self._part: tuple[date, int] = (date.min, 0)  # the part last written: where the next batch starts looking
         self._lock = threading.Lock()
         self._index: sqlite3.Connection | None = None
         self._index_owner: tuple[int, Path] | None = None
@@ -144,6 +205,41 @@ class DecisionLog:
         connection = self._connection(decisions_dir)
         with connection:
             connection.executemany("INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+    def _open_part(self, decisions_dir: Path, day: date) -> tuple[BinaryIO, Path]:
+        """The day's part to append to, open and locked (the bulk path's workers append too), a torn tail cut
+        off: the last part, or a new one where it holds `max_bytes`."""
+        part = self._part[1] if self._part[0] == day else _last_part(decisions_dir, day)
+        while True:
+            path = decisions_dir / log_file_name(day, part)
+            try:
+                handle = path.open("a+b")
+            except FileNotFoundError:  # the first decision of this home, or its log folder was removed
+                decisions_dir.mkdir(parents=True, exist_ok=True)
+                handle = path.open("a+b")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            size = _cut_torn_tail(handle, path)
+            if size == 0 or size < self.max_bytes:
+                self._part = (day, part)
+                return handle, path
+            handle.close()
+            part += 1
+
+    def recover(self, decisions_dir: Path) -> int:
+        """Cut torn last lines (a writer killed mid-write) off every part, each under its lock; how many."""
+        cut = 0
+        for path in log_files(decisions_dir):
+            with path.open("rb") as handle:
+                if handle.seek(0, os.SEEK_END) == 0:
+                    continue
+                handle.seek(-1, os.SEEK_END)
+                if handle.read(1) == b"\n":
+                    continue
+            with path.open("a+b") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                size = handle.seek(0, os.SEEK_END)
+                cut += int(_cut_torn_tail(handle, path) < size)
+        return cut
 
     def find(self, decisions_dir: Path, decision_id: str) -> LoggedDecision | None:
         """The logged decision with this id, or None (never made here, or its day's file is gone)."""
@@ -240,20 +336,14 @@ class DecisionLog:
                 made.append(entry)
             return made
 
-        path = decisions_dir / f"{now:%Y-%m-%d}.jsonl"
         starts, lengths = [], []
         with self._lock:
-            try:
-                handle = path.open("ab")
-            except FileNotFoundError:  # the first decision of this home, or its log folder was removed
-                path.parent.mkdir(parents=True, exist_ok=True)
-                handle = path.open("ab")
+            handle, path = self._open_part(decisions_dir, now.date())
             with handle:
-                fcntl.flock(handle, fcntl.LOCK_EX)  # other processes (the bulk path's workers) append too
                 at = handle.seek(0, os.SEEK_END)
                 for lo in range(0, len(decisions), LOG_CHUNK):  # a chunk's lines at a time: less memory at once
                     lines = json_lines(entries(lo, lo + LOG_CHUNK), "decision_id")
-                    handle.write(lines)
+                    handle.write(lines)  # whole lines: a kill between two chunks leaves no torn line
                     ends = np.flatnonzero(np.frombuffer(lines, dtype=np.uint8) == 10)
                     first = np.r_[0, ends[:-1] + 1]
                     starts.append(at + first)
@@ -276,13 +366,9 @@ class LoggedSend:
     offers: tuple[str, ...]
 
 
-def logged_send(line: bytes) -> LoggedSend | None:
-    """The send one log line decided, or None (not a send, no send time, or not a JSON object)."""
-    try:
-        entry = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(entry, dict) or not entry.get("send") or not entry.get("send_at"):
+def logged_send(entry: dict[str, Any]) -> LoggedSend | None:
+    """The send one log entry decided, or None (not a send, or no send time)."""
+    if not entry.get("send") or not entry.get("send_at"):
         return None
     at = int(datetime.fromisoformat(entry["send_at"]).timestamp()) * 10**9
     shown = entry.get("exposed_offer_ids")
@@ -298,18 +384,28 @@ def logged_send(line: bytes) -> LoggedSend | None:
 
 
 class DecisionLogReader:
-    """Reads a home's decision log as it grows: each file from where it was last read, whole lines only."""
+    """Reads a home's decision log as it grows: each part from where it was last read, whole lines only, and
+    only the parts of days from `since` on (None: every day)."""
 
-    def __init__(self, decisions_dir: Path) -> None:
+    def __init__(self, decisions_dir: Path, since: date | None = None) -> None:
         self.decisions_dir = decisions_dir
+        self.since = since
         self._offsets: dict[Path, int] = {}
+
+    @property
+    def files_read(self) -> list[Path]:
+        """The parts read so far."""
+        return sorted(self._offsets)
+
+    def reach_back(self, day: date) -> None:
+        """Read the days from `day` on too (a rule reaching further back than the days read so far)."""
+        if self.since is not None and day < self.since:
+            self.since = day
 
     def new_sends(self) -> list[LoggedSend]:
         """The sends logged since the last call."""
-        if not self.decisions_dir.is_dir():
-            return []
         found = []
-        for path in sorted(self.decisions_dir.glob("*.jsonl")):
+        for path in log_files(self.decisions_dir, self.since):
             offset = self._offsets.get(path, 0)
             size = path.stat().st_size
             if size <= offset:
@@ -319,21 +415,50 @@ class DecisionLogReader:
                 chunk = handle.read(size - offset)
             complete = chunk.rfind(b"\n") + 1
             self._offsets[path] = offset + complete
+            skipped = 0
             for line in chunk[:complete].splitlines():
-                send = logged_send(line)
-                if send is not None:
+                entry = _json_object(line)
+                if entry is None:
+                    skipped += 1
+                elif (send := logged_send(entry)) is not None:
                     found.append(send)
+            if skipped:
+                logger.warning("%s: skipped %d lines that are not whole JSON objects", path, skipped)
         return found
 
 
-def log_files(decisions_dir: Path) -> list[Path]:
-    """The log's day files, oldest first (none where nothing was decided)."""
-    return sorted(decisions_dir.glob("*.jsonl")) if decisions_dir.is_dir() else []
+def log_files(decisions_dir: Path, since: date | None = None) -> list[Path]:
+    """The log's parts, by day then part (none where nothing was decided); from the day `since` on if given."""
+    if not decisions_dir.is_dir():
+        return []
+    found = []
+    for path in decisions_dir.glob("*.jsonl"):
+        parsed = parse_log_name(path.name)
+        if parsed is not None and (since is None or parsed[0] >= since):
+            found.append((parsed, path))
+    return [path for _, path in sorted(found)]
+
+
+def _last_part(decisions_dir: Path, day: date) -> int:
+    parts = [
+        parsed[1] for path in decisions_dir.glob(f"{day:%Y-%m-%d}*.jsonl") if (parsed := parse_log_name(path.name))
+    ]
+    return max(parts, default=0)
+
+
+def _json_object(line: bytes) -> dict[str, Any] | None:
+    """The JSON object a line holds, or None (a torn or foreign line)."""
+    try:
+        entry = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    return entry if isinstance(entry, dict) else None
 
 
 def read_entries(path: Path) -> Iterator[tuple[dict[str, object], int]]:
-    """Every entry of one day's file with the bytes its line takes; a line being written (no newline yet) or
-    one that is not a JSON object is skipped."""
+    """Every entry of one part with the bytes its line takes. A last line without its newline (being written,
+    or torn by a kill) is not taken; a line that is not a JSON object is skipped, and the count logged."""
+    skipped = 0
     with path.open("rb") as handle:
         for line in handle:
             if not line.endswith(b"\n"):
@@ -341,6 +466,11 @@ def read_entries(path: Path) -> Iterator[tuple[dict[str, object], int]]:
             try:
                 entry = orjson.loads(line)
             except orjson.JSONDecodeError:
+                skipped += 1
                 continue
             if isinstance(entry, dict):
                 yield entry, len(line)
+            else:
+                skipped += 1
+    if skipped:
+        logger.warning("%s: skipped %d lines that are not whole JSON objects", path, skipped)

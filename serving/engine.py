@@ -127,8 +127,12 @@ class Engine:
         history: SendHistory | None = None,
         rhythm_priors: pd.DataFrame | None = None,
         offer_values: OfferValues | None = None,
+        log_decisions: bool = True,
     ) -> None:
         self.settings = settings
+        self.log_decisions = log_decisions
+        """Whether decisions are written to the home's decision log (off for evaluations: what they decide was
+        never sent, and a frequency cap would count it)."""
         self.store = store
         self.models = models
         self.brand: Brand | None = load_brand(settings.brand_file) if settings.brand_file else None
@@ -136,7 +140,7 @@ class Engine:
         self.catalog = OfferCatalog(offers, offer_features, offer_values, models, priors)
         self.curves = OpenCurves(models)
         self.history = history or SendHistory.empty(settings.decisions_dir)
-        self.log = DecisionLog()
+        self.log = DecisionLog(settings.decision_log_max_bytes)
         self._rng = np.random.default_rng()
         self._rng_lock = threading.Lock()
         self.population = Population(FALLBACK_OPEN_PROBABILITY, 1.0)
@@ -183,8 +187,9 @@ class Engine:
 
     # --- loading ---------------------------------------------------------------------------------
     @classmethod
-    def load(cls, settings: Settings) -> Engine:
-        """The champions from MLflow, the Feast store, the offers and the send history of the home."""
+    def load(cls, settings: Settings, log_decisions: bool = True) -> Engine:
+        """The champions from MLflow, the Feast store, the offers and the send history of the home. Without
+        `log_decisions` nothing is written to the home's decision log (its index included)."""
         models = load_champions(settings)
         store = open_store(settings) if (settings.feast_dir / "registry.db").exists() else None
         offers = load_table(settings, "offers")
@@ -194,8 +199,10 @@ class Engine:
         values = OfferValues.read(settings.feature_tables_dir / f"{OFFER_VALUES_TABLE}.parquet")
         warm_up()  # the compiled tree walk, before any request waits for it
         history = SendHistory.from_raw(settings)
-        engine = cls(settings, store, models, offers, offer_features, history, priors, values)
-        engine.log.forget_before(settings.decisions_dir, datetime.now(UTC) - timedelta(days=settings.render_days))
+        engine = cls(settings, store, models, offers, offer_features, history, priors, values, log_decisions)
+        if log_decisions:  # a torn last line left by a process killed mid-write is cut off before anything else
+            engine.log.recover(settings.decisions_dir)
+            engine.log.forget_before(settings.decisions_dir, datetime.now(UTC) - timedelta(days=settings.render_days))
         # What was just loaded (models, Feast, MLflow, the snapshot) lives as long as the process: keep it out
         # of the cycle collector's full passes, which otherwise walk all of it whenever a batch's answer, or a
         # bulk file's recipients, allocate enough to trigger one.
@@ -293,10 +300,13 @@ class Engine:
         }
 
     def _decided(self, request: DecideRequest, family: str) -> tuple[Batch, list[dict[str, object]]]:
-        """The batch and its decisions, logged: `family` says which modules the emails get."""
+        """The batch and its decisions, logged (where the engine logs): `family` says which modules the emails
+        get."""
         batch = self._batch(request)
         batch.template = family
         decisions = decision_rows(batch, request.recipients, self._notes(batch), self.population)
+        if not self.log_decisions:
+            return batch, decisions
         self.log.append(
             self.settings.decisions_dir,
             decisions,

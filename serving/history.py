@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +77,8 @@ class SendHistory:
     a frequency cap. A decision counts only after the raw store ends and only if its decision_id is not among
     the raw sends, so nothing is counted twice once the sends come back. A decided send that the sending system
     dropped still counts: the cap errs on the side of sending less. The raw store is loaded once; the log is
-    read as it grows.
+    read as it grows, from the days `log_since` on (by the day a decision was made): a rule that reaches
+    further back reads the older days the first time it is asked.
     """
 
     def __init__(
@@ -88,8 +89,9 @@ class SendHistory:
         sends_end: int | None = None,
         exposures_end: int | None = None,
         known_decisions: set[str] | None = None,
+        log_since: date | None = None,
     ) -> None:
-        self.log = DecisionLogReader(decisions_dir)
+        self.log = DecisionLogReader(decisions_dir, log_since)
         self.sends = sends
         self.exposures = exposures
         self.sends_end = sends_end
@@ -104,7 +106,9 @@ class SendHistory:
         return cls(decisions_dir, _Timeline.empty(), _Timeline.empty())
 
     @classmethod
-    def from_raw(cls, settings: Settings) -> SendHistory:
+    def from_raw(cls, settings: Settings, now: datetime | None = None) -> SendHistory:
+        """The raw store's sends and exposures, and the decision log of the `history_days` before `now`."""
+        log_since = ((now or datetime.now(UTC)) - timedelta(days=settings.history_days)).date()
         sends, exposures = _Timeline.empty(), _Timeline.empty()
         sends_end = exposures_end = None
         known: set[str] = set()
@@ -119,9 +123,11 @@ class SendHistory:
             shown = offer_events[offer_events["event"] == "exposed"]
             exposures = _Timeline.build(shown["customer_id"], shown["occurred_at"], shown["offer_id"])
             exposures_end = int(exposures.times.max()) if len(exposures.times) else None
-        return cls(settings.decisions_dir, sends, exposures, sends_end, exposures_end, known)
+        return cls(settings.decisions_dir, sends, exposures, sends_end, exposures_end, known, log_since)
 
-    def _read_log(self) -> None:
+    def _read_log(self, low: int) -> None:
+        """The log's new sends, reaching back to the day of `low` (ns since the epoch) if not read yet."""
+        self.log.reach_back(pd.Timestamp(low, tz=UTC).date())
         for send in self.log.new_sends():
             if send.decision_id not in self.known_decisions:
                 self._decided.setdefault(send.customer_id, []).append((send.at, send.offers))
@@ -138,7 +144,7 @@ class SendHistory:
         high = _nanos(start)
         low = high - days * NANOS_PER_DAY
         with self._lock:
-            self._read_log()
+            self._read_log(low)
             raw = np.array([self.sends.count(c, low, high) for c in customer_ids], dtype=np.int64)
             decided = np.array([len(self._logged(c, low, high, self.sends_end)) for c in customer_ids], dtype=np.int64)
         return raw, decided
@@ -148,7 +154,7 @@ class SendHistory:
         high = _nanos(start)
         low = high - days * NANOS_PER_DAY
         with self._lock:
-            self._read_log()
+            self._read_log(low)
             shown = []
             for c in customer_ids:
                 offers = self.exposures.labels_between(c, low, high)

@@ -378,7 +378,7 @@ def test_without_online_features_the_pages_say_what_to_run(pipeline_home: Pipeli
     settings = home_with_own_decision_log(pipeline_home.settings, tmp_path / "home")
     (settings.feast_dir / "registry.db").unlink()
     result = write_report(settings, "open", site_dir=tmp_path / "site", log_to_mlflow=False, progress=False)
-    assert [s.slug for s in result.sections] == ["drivers", "segments", "send-time", "models"]
+    assert [s.slug for s in result.sections] == ["drivers", "segments", "send-time", "lift", "models"]
     assert result.notes == [NO_AUDIENCE] and "sendwise pipeline --data DATA_DIR" in NO_AUDIENCE
     assert "sendwise pipeline --data DATA_DIR" in (tmp_path / "site" / "segments.html").read_text(encoding="utf-8")
     assert not (settings.feast_dir / "registry.db").exists()  # nothing applied or rebuilt
@@ -441,7 +441,7 @@ def test_every_page_loads_offline_in_chromium(hostile_site: Site, site: Site, br
                 shot = shots / f"{label}-{page.stem}.png"
                 found = browser.run(functools.partial(_visit, f"{base}{page.name}", shot))
                 assert not [u for u in found["requested"] if urlsplit(u).hostname != "127.0.0.1"], page.name
-                assert found["images"] or page.stem in ("index", "models", "hostile"), page.name
+                assert found["images"] or page.stem in ("index", "models", "hostile", "lift"), page.name
                 for image in found["images"]:
                     assert image["done"] and image["width"] > 0, (page.name, image["src"])
                 assert found["scripts"] == 0 and not found["pwned"], page.name

@@ -514,7 +514,7 @@ def _under_caps(
 def evaluate(settings: Settings, world_dir: Path, progress: bool = True, seed: int = 0) -> Evaluation:
     """Score the home's champions against the world's truth (the home must have run the pipeline on it)."""
     world = World.load(world_dir)
-    engine = Engine.load(settings)
+    engine = Engine.load(settings, log_decisions=False)  # what an evaluation decides is never sent
     start = pd.Timestamp(world.end).ceil("h")
     truth_customers = world.customers[world.customers["consent_email"].astype(bool)]
     raw_customers = load_table(settings, "customers")

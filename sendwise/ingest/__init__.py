@@ -18,6 +18,10 @@ export adds to what is there):
 
 Time zones that were inferred are inferred again at every ingest, from all the data then in the store.
 
+One ingest writes at a time (``sendwise.raw.writer_lock``, from reading the store to the report), and its raw
+tables and quarantine change in one commit (``sendwise.raw.commit``): an ingest killed at any moment leaves the
+store as it was or as the ingest makes it, and running it again ends with every row exactly once.
+
 The parts, each changing for a reason of its own: ``options`` (the flags), ``read`` (the layout of an export,
 CSV and Parquet), ``parse`` (values: numbers, time stamps), ``validate`` (a file's rows against the contract,
 the quarantine's rows), ``batch`` (one table's files together, the checks across tables), ``merge`` (with the

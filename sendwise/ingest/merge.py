@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sendwise import contract, raw
+from sendwise import contract
 from sendwise.contract import Kind, Table
 from sendwise.ingest.batch import Batch, concat, unify_attributes
 from sendwise.ingest.parse import TIMESTAMP
@@ -143,11 +144,16 @@ def frames_equal(a: pd.DataFrame, b: pd.DataFrame) -> bool:
     return bool(_rows_equal(a.reset_index(drop=True), b.reset_index(drop=True)).all())
 
 
-def store_quarantine(settings: Settings, table: str, bad: pd.DataFrame, ingested_at: datetime) -> None:
-    """Append bad rows to the table's quarantine; a row already there (same values, reason) stays once."""
+def quarantine_path(settings: Settings, table: str) -> Path:
+    return settings.quarantine_dir / f"{table}.parquet"
+
+
+def quarantine_update(settings: Settings, table: str, bad: pd.DataFrame, ingested_at: datetime) -> pd.DataFrame | None:
+    """The table's quarantine with the bad rows appended (a row already there, same values and reason, stays
+    once), or None where it would not change."""
     if bad.empty:
-        return
-    path = settings.quarantine_dir / f"{table}.parquet"
+        return None
+    path = quarantine_path(settings, table)
     bad = bad.assign(_ingested_at=pd.Timestamp(ingested_at).as_unit("us"))
     stored = pd.read_parquet(path) if path.exists() else None
     combined = concat([stored, bad]) if stored is not None else bad
@@ -158,6 +164,6 @@ def store_quarantine(settings: Settings, table: str, bad: pd.DataFrame, ingested
     identity = [c for c in combined.columns if c not in meta]
     combined = combined.loc[~combined.duplicated(identity, keep="first")].reset_index(drop=True)
     if stored is not None and len(combined) == len(stored):
-        return
+        return None
     combined["_row"] = combined["_row"].astype("Int64")
-    raw.write_parquet_atomic(combined, path)
+    return combined

@@ -3,6 +3,7 @@ store, time zones and margins derived, everything written, and the report return
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -15,7 +16,7 @@ from sendwise import asof, contract, raw
 from sendwise.ingest.batch import Batch, check_currency, check_export_as_of, read_table, warn_likely_fraction
 from sendwise.ingest.derive import assign_timezones, human_activity, impute_margins
 from sendwise.ingest.errors import IngestError
-from sendwise.ingest.merge import Merged, count_unchanged, frames_equal, merge, store_quarantine
+from sendwise.ingest.merge import Merged, count_unchanged, frames_equal, merge, quarantine_path, quarantine_update
 from sendwise.ingest.options import check_options
 from sendwise.ingest.progress import ProgressBars, progress_bars
 from sendwise.ingest.read import discover
@@ -60,51 +61,53 @@ def ingest(
     warnings: list[str] = []
     sources = discover(data_dir, warnings)
 
-    with progress_bars(progress) as bars:
-        for name, source in sources.items():
-            bars.add(name, 2 * len(source.files) + 2)
-        batches = {name: read_table(source, options, warnings, bars) for name, source in sources.items()}
-        currency = check_currency(batches, previous_currency(settings))
-        if given_as_of is not None:
-            check_export_as_of(given_as_of, batches)
-        if "offers" in batches:
-            warn_likely_fraction(batches["offers"], warnings)
+    with contextlib.ExitStack() as held:
+        with progress_bars(progress) as bars:
+            for name, source in sources.items():
+                bars.add(name, 2 * len(source.files) + 2)
+            batches = {name: read_table(source, options, warnings, bars) for name, source in sources.items()}
+            currency = check_currency(batches, previous_currency(settings))
+            if given_as_of is not None:
+                check_export_as_of(given_as_of, batches)
+            if "offers" in batches:
+                warn_likely_fraction(batches["offers"], warnings)
 
-        stored = {name: raw.load_table(settings, name) for name in contract.TABLES}
-        merges, zone_sources = _merge(batches, stored, warnings, bars)
-        final = {name: merges[name].frame if name in merges else stored[name] for name in contract.TABLES}
-        _write(settings, batches, merges, stored, started_at, bars)
-        as_of_used = _record_as_of(settings, data_dir, given_as_of, batches, final)
+            held.enter_context(raw.writer_lock(settings))  # one writer, from reading the store to the report
+            stored = {name: raw.load_table(settings, name) for name in contract.TABLES}
+            merges, zone_sources = _merge(batches, stored, warnings, bars)
+            final = {name: merges[name].frame if name in merges else stored[name] for name in contract.TABLES}
+            _write(settings, batches, merges, stored, started_at, bars)
+            as_of_used = _record_as_of(settings, data_dir, given_as_of, batches, final)
 
-    report = IngestReport(
-        data_dir=str(data_dir),
-        home=str(settings.home),
-        started_at=started_at,
-        seconds=0.0,
-        options=IngestOptions(
-            assume_tz=assume_tz,
-            profiling_consent=profiling_consent,
-            csv_delimiter=csv_delimiter,
-            decimal_comma=decimal_comma,
-            as_of=None if given_as_of is None else given_as_of.to_pydatetime(),
-        ),
-        currency=currency,
-        tables={name: table_report(batches[name], merges[name], final) for name in batches},
-        skipped_tables=[name for name in contract.TABLES if name not in batches],
-        timezones=TimezoneCoverage(
-            given=zone_sources.get("given", 0),
-            country=zone_sources.get("country", 0),
-            activity=zone_sources.get("activity", 0),
-            unknown=zone_sources.get("unknown", 0),
-            unknown_names=batches["customers"].unknown_zone_names,
-        ),
-        as_of=as_of_used.to_pydatetime(),
-        as_of_given=given_as_of is not None,
-        warnings=warnings,
-    )
-    add_open_facts(report, final["email_events"])
-    report.seconds = round(time.perf_counter() - clock, 3)
-    write_report(settings, report)
+        report = IngestReport(
+            data_dir=str(data_dir),
+            home=str(settings.home),
+            started_at=started_at,
+            seconds=0.0,
+            options=IngestOptions(
+                assume_tz=assume_tz,
+                profiling_consent=profiling_consent,
+                csv_delimiter=csv_delimiter,
+                decimal_comma=decimal_comma,
+                as_of=None if given_as_of is None else given_as_of.to_pydatetime(),
+            ),
+            currency=currency,
+            tables={name: table_report(batches[name], merges[name], final) for name in batches},
+            skipped_tables=[name for name in contract.TABLES if name not in batches],
+            timezones=TimezoneCoverage(
+                given=zone_sources.get("given", 0),
+                country=zone_sources.get("country", 0),
+                activity=zone_sources.get("activity", 0),
+                unknown=zone_sources.get("unknown", 0),
+                unknown_names=batches["customers"].unknown_zone_names,
+            ),
+            as_of=as_of_used.to_pydatetime(),
+            as_of_given=given_as_of is not None,
+            warnings=warnings,
+        )
+        add_open_facts(report, final["email_events"])
+        report.seconds = round(time.perf_counter() - clock, 3)
+        write_report(settings, report)
     return report
 
 
@@ -133,18 +136,30 @@ def _write(
     started_at: datetime,
     bars: ProgressBars,
 ) -> None:
-    """Write the raw tables the export changed, and its bad rows to the quarantine."""
-    for name, merged in merges.items():
-        table = contract.TABLES[name]
-        if table.is_event:
-            changed = merged.added > 0
-        else:
-            count_unchanged(merged, table.key, stored[name])
-            changed = stored[name] is None or not frames_equal(merged.frame, stored[name])
-        if changed:
-            raw.write_table(settings, name, merged.frame)
-        store_quarantine(settings, name, batches[name].bad, started_at)
-        bars.advance(name)
+    """Write the raw tables the export changed, and its bad rows to the quarantine, in one commit (all or none:
+    an ingest killed before it changed nothing, and one killed during it is finished by the next)."""
+    staged: dict[Path, Path] = {}
+    try:
+        for name, merged in merges.items():
+            table = contract.TABLES[name]
+            if table.is_event:
+                changed = merged.added > 0
+            else:
+                count_unchanged(merged, table.key, stored[name])
+                changed = stored[name] is None or not frames_equal(merged.frame, stored[name])
+            if changed:
+                path = raw.table_path(settings, name)
+                staged[path] = raw.stage_parquet(merged.frame, path)
+            quarantine = quarantine_update(settings, name, batches[name].bad, started_at)
+            if quarantine is not None:
+                path = quarantine_path(settings, name)
+                staged[path] = raw.stage_parquet(quarantine, path)
+            bars.advance(name)
+    except BaseException:
+        for temporary in staged.values():
+            temporary.unlink(missing_ok=True)
+        raise
+    raw.commit(settings, staged)
 
 
 def _record_as_of(

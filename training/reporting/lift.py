@@ -107,12 +107,12 @@ def lift_section(inputs: ReportInputs) -> Section | None:
     report = measure_lift(inputs.settings)
     if not report.comparisons:
         why = " ".join(report.notes) or "no decisions in the log yet"
-        return Section.unavailable(
-            SLUG,
-            TITLE,
+        said = (
             f"Realized lift is not measurable yet: {why}. It is measured once the sending system has sent "
-            "sendwise's decisions and their events (opens, clicks, sessions, purchases) were ingested.",
+            "sendwise's decisions and their events (opens, clicks, sessions, purchases) were ingested."
         )
+        # not a missing part of the report (no note): a home whose decisions were not sent yet is a normal state
+        return Section(slug=SLUG, title=TITLE, summary=[said], context={"paragraphs": [said]})
     measurable = [c for c in report.comparisons if c.measurable]
     summary = [_verdict(c) for c in measurable if c.campaign_id in (ALL_CAMPAIGNS, report.campaigns()[0])][:3]
     if not summary:
