@@ -2,7 +2,7 @@
 
 1. Throughput: single-recipient `/v1/decide` calls from 8 clients, closed loop, for `soak_probe_seconds` (wrk):
    requests a second.
-2. Warm-up: half that rate, for `soak_warmup_seconds`, on a fixed schedule (`bench/wrk.lua` with a rate).
+2. Warm-up: half that rate, for `soak_warmup_seconds`, on a fixed schedule (`bench/wrk_paced.lua`).
 3. Soak: the same rate for `soak_seconds` (10 minutes; `--quick` 1; `--soak-seconds`). Errors (socket errors,
    non-200 answers, answers without a decision) must be none; the resident memory of the service's process tree
    (sampled every second) must grow by less than a tenth from the start of the soak to its end, each end the

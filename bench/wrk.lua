@@ -1,20 +1,6 @@
 -- wrk script for bench/wrk.py: POST each body of a file (one JSON per line) in turn to `path`, check every
 -- answer, and print what was measured as one JSON line prefixed by "BENCH_RESULT ".
--- Arguments (after `--`): bodies file, path, bearer token, and optionally a rate in requests per second (the
--- soak's): requests then go out on a fixed schedule, one every 1/rate seconds across the connections, instead
--- of each connection sending its next request as soon as its last answer is read.
-
-local ffi = require("ffi")
-ffi.cdef[[
-typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
-int clock_gettime(int clock, bench_timespec *at);
-]]
-local clock_ = ffi.new("bench_timespec")
-
-local function monotonic_s()
-  ffi.C.clock_gettime(1, clock_) -- CLOCK_MONOTONIC
-  return tonumber(clock_.tv_sec) + tonumber(clock_.tv_nsec) * 1e-9
-end
+-- Arguments (after `--`): bodies file, path, bearer token. `bench/wrk_paced.lua` adds a rate to them.
 
 local threads = {}
 
@@ -35,24 +21,9 @@ function init(args)
     error(bodies_file .. " has no request body (one JSON object per line expected)")
   end
   next_ = math.random(#requests_)
-  local rate = tonumber(args[4] or "0") or 0
-  interval_ = rate > 0 and 1 / rate or 0
-  slot_ = nil
   bad_status = 0
   bad_body = 0
   example = ""
-end
-
-function delay()
-  -- the milliseconds until this request's slot on the schedule; a schedule more than a second behind (the
-  -- service stalled) starts again from now rather than sending the backlog at once
-  if interval_ == 0 then return 0 end
-  local now = monotonic_s()
-  if slot_ == nil or slot_ < now - 1 then slot_ = now end
-  slot_ = slot_ + interval_
-  local wait_ms = (slot_ - now) * 1000
-  if wait_ms < 0 then return 0 end
-  return wait_ms
 end
 
 function request()

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SCRIPT = Path(__file__).with_name("wrk.lua")
+PACED_SCRIPT = Path(__file__).with_name("wrk_paced.lua")
 RESULT_PREFIX = "BENCH_RESULT "
 
 
@@ -65,7 +66,7 @@ def run_wrk(
         "--timeout",
         "30s",
         "--script",
-        str(SCRIPT),
+        str(PACED_SCRIPT if rate else SCRIPT),
         url,
         "--",
         str(bodies),
