@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-SECTIONS = ("inprocess", "http", "memory", "explain")
+SECTIONS = ("inprocess", "http", "memory", "explain", "soak")
 """`inprocess` is benchmarks 1 and 2 (decisions per second and the model floor), `http` is 3, `memory` is 4,
-`explain` is 5 (explanations per recipient)."""
+`explain` is 5 (explanations per recipient), `soak` is 6 (half the throughput held for minutes)."""
 
 ISSUE_WORLD_CUSTOMERS = 100_000
 ISSUE_ONLINE_CUSTOMERS = 1_000_000
@@ -43,6 +43,11 @@ class Plan:
     """Timed `Engine.explain` calls per model (the median is reported)."""
     explain_batches: int = 7
     """Pairs of 1,000-recipient decides, with and without `explain` (the medians are compared)."""
+    soak_probe_seconds: float = 10.0
+    """How long the soak's throughput is measured (closed loop) before it is held at half of it."""
+    soak_warmup_seconds: float = 30.0
+    soak_seconds: float = 600.0
+    """How long the soak holds half the throughput (after its warm-up)."""
     sections: tuple[str, ...] = SECTIONS
     rebuild: bool = False
     stale_ok: bool = False
@@ -62,6 +67,9 @@ class Plan:
             single_seconds=5.0,
             explain_calls=100,
             explain_batches=3,
+            soak_probe_seconds=5.0,
+            soak_warmup_seconds=10.0,
+            soak_seconds=60.0,
             quick=True,
         )
         return replace(quick, **overrides)  # type: ignore[arg-type]

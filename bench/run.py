@@ -3,8 +3,9 @@
 Sections (`--only`): `inprocess` (1: decisions per second at batch sizes 1, 100 and 10,000, and 2: the model
 floor and the ratio to it), `http` (3: the real `bentoml serve`: a 10,000-recipient batch and single
 recipients at concurrency 1 and 8), `memory` (4: the service's resident memory with 1,000,000 customers
-online) and `explain` (5: `/v1/explain` per recipient for each model, and `/v1/decide` with `explain`, in
-process). See bench/README.md for how to read the table.
+online), `explain` (5: `/v1/explain` per recipient for each model, and `/v1/decide` with `explain`, in
+process) and `soak` (6: the real `bentoml serve` held at half its single-recipient throughput for 10 minutes:
+errors and memory growth). See bench/README.md for how to read the table.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import psutil
 import typer
 from rich.console import Console
 
-from bench import explain, inprocess, memory, over_http
+from bench import explain, inprocess, memory, over_http, soak
 from bench.plan import DEFAULT_CACHE, SECTIONS, Plan
 from bench.report import Row, error_rows, table, write_json
 from bench.world import BenchHome, prepare_home
@@ -35,6 +36,7 @@ RUNNERS: dict[str, tuple[str, Runner]] = {
     "http": (over_http.SECTION, over_http.run),
     "memory": (memory.SECTION, memory.run),
     "explain": (explain.SECTION, explain.run),
+    "soak": (soak.SECTION, soak.run),
 }
 WIDE = 180
 """Columns of the table when the output is not a terminal (a log file, a CI job)."""
@@ -88,6 +90,9 @@ def bench(
     online_customers: Annotated[
         int | None, typer.Option(min=10_000, help="customers in the online store for the memory benchmark [1,000,000]")
     ] = None,
+    soak_seconds: Annotated[
+        float | None, typer.Option(min=10, help="how long the soak holds half the throughput [600; --quick 60]")
+    ] = None,
     seed: Annotated[int, typer.Option(help="seed of the world and of the recipients drawn")] = 0,
     rebuild: Annotated[
         bool, typer.Option("--rebuild", help="build the world and homes again, ignoring the cache")
@@ -107,6 +112,7 @@ def bench(
         customers=customers,
         days=days,
         online_customers=online_customers,
+        soak_seconds=soak_seconds,
         seed=seed,
         sections=_sections(only),
         rebuild=rebuild,

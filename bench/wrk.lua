@@ -1,6 +1,6 @@
 -- wrk script for bench/wrk.py: POST each body of a file (one JSON per line) in turn to `path`, check every
 -- answer, and print what was measured as one JSON line prefixed by "BENCH_RESULT ".
--- Arguments (after `--`): bodies file, path, bearer token.
+-- Arguments (after `--`): bodies file, path, bearer token. `bench/wrk_paced.lua` adds a rate to them.
 
 local threads = {}
 

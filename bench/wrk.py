@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SCRIPT = Path(__file__).with_name("wrk.lua")
+PACED_SCRIPT = Path(__file__).with_name("wrk_paced.lua")
 RESULT_PREFIX = "BENCH_RESULT "
 
 
@@ -48,9 +49,12 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_wrk(url: str, token: str, bodies: Path, path: str, concurrency: int, seconds: float) -> WrkRun:
+def run_wrk(
+    url: str, token: str, bodies: Path, path: str, concurrency: int, seconds: float, rate: float | None = None
+) -> WrkRun:
     """`seconds` of POSTs to `url` + `path` from `concurrency` connections, each sending its next body when the
-    last answer is read."""
+    last answer is read; with `rate`, on a fixed schedule of `rate` requests a second instead (at most one
+    waiting per connection)."""
     command = [
         wrk_binary(),
         "--threads",
@@ -62,12 +66,13 @@ def run_wrk(url: str, token: str, bodies: Path, path: str, concurrency: int, sec
         "--timeout",
         "30s",
         "--script",
-        str(SCRIPT),
+        str(PACED_SCRIPT if rate else SCRIPT),
         url,
         "--",
         str(bodies),
         path,
         token,
+        *([f"{rate:.3f}"] if rate else []),
     ]
     cpu, at = _children_cpu_s(), time.time()
     result = subprocess.run(command, capture_output=True, text=True, check=False)

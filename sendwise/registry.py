@@ -38,14 +38,32 @@ def connect(settings: Settings) -> MlflowClient:
     return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
 
 
-def champion(client: MlflowClient, name: str) -> tuple[str, lgb.Booster] | None:
-    """The version and booster that serve now, if any."""
+def champion_version(client: MlflowClient, name: str) -> str | None:
+    """The version `name`'s champion alias points at, if any."""
     try:
-        version = client.get_model_version_by_alias(name, "champion")
+        return str(client.get_model_version_by_alias(name, "champion").version)
     except MlflowException:
         return None
-    booster = mlflow.lightgbm.load_model(f"models:/{name}@champion")
-    return str(version.version), booster
+
+
+def champion_versions(client: MlflowClient) -> dict[str, str]:
+    """The champion version of every model of `MODEL_NAMES` that has one: what a service watching the registry
+    compares with what it serves."""
+    found = {name: champion_version(client, name) for name in MODEL_NAMES}
+    return {name: version for name, version in found.items() if version is not None}
+
+
+def load_version(name: str, version: str) -> LoadedModel:
+    """One registered version's booster (by number: the alias may move while it loads)."""
+    return LoadedModel(version=version, booster=mlflow.lightgbm.load_model(f"models:/{name}/{version}"))
+
+
+def champion(client: MlflowClient, name: str) -> tuple[str, lgb.Booster] | None:
+    """The version and booster that serve now, if any."""
+    version = champion_version(client, name)
+    if version is None:
+        return None
+    return version, load_version(name, version).booster
 
 
 def load_champions(settings: Settings) -> dict[str, LoadedModel]:

@@ -53,6 +53,12 @@ class Settings(BaseSettings):
     render_days: int = Field(
         default=14, ge=1, le=365, description="how long after it was made a decision can be rendered by its id"
     )
+    champion_poll_seconds: float = Field(
+        default=30.0,
+        ge=0.0,
+        description="how often the service looks at the registry's champion aliases: a newly promoted champion is "
+        "loaded in the background and served without a restart (0: never; a restart serves it)",
+    )
     history_days: int = Field(
         default=30,
         ge=1,

@@ -10,6 +10,7 @@ them (`serving.decision_log`). An explanation takes a served prediction apart (`
 
 from __future__ import annotations
 
+import copy
 import gc
 import threading
 from collections.abc import Iterator
@@ -44,7 +45,7 @@ from serving.history import SendHistory
 from serving.links import Tracking, email_headers, filled
 from serving.modules import ModuleFacts, as_logged, choose_modules
 from serving.offers import OfferCatalog, OfferSet, eligible_offers, read_offer_features
-from serving.online import OnlineFeatures, RhythmPriors
+from serving.online import OnlineFeatures, OnlineState, RhythmPriors
 from serving.render import Personal, check_layout, render_email
 from serving.schemas import (
     Campaign,
@@ -87,6 +88,18 @@ def collector_paused() -> Iterator[None]:
             _gc_pauses -= 1
             if _gc_pauses == 0:
                 gc.enable()
+
+
+class Tally:
+    """A count that threads add to (the decisions answered degraded, for `/metrics`)."""
+
+    def __init__(self) -> None:
+        self.value = 0
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.value += n
 
 
 def _listed(value: object) -> list[object]:
@@ -134,7 +147,9 @@ class Engine:
         self._rng = np.random.default_rng()
         self._rng_lock = threading.Lock()
         self.population = Population(FALLBACK_OPEN_PROBABILITY, 1.0)
+        self.degraded_decisions = Tally()
         self.online = OnlineFeatures(settings, store, priors, self.catalog.score_snapshot)
+        self.online.blank = OnlineState.empty(models)
         if store is not None:
             self.population = self._measure_population()
 
@@ -198,6 +213,22 @@ class Engine:
         gc.freeze()
         return engine
 
+    def with_champions(self, models: dict[str, LoadedModel]) -> Engine:
+        """This engine serving `models`: a new engine sharing the store, offers, send history, decision log and
+        online snapshot (its offers scored again when the offer champion changed), whole before anyone uses it,
+        so that the service swaps it in with one assignment and every request is decided by one set of models."""
+        twin = copy.copy(self)
+        twin.models = models
+        priors = self.catalog.priors
+        twin.catalog = OfferCatalog(self.offers, self.offer_features, self.catalog.offer_values, models, priors)
+        twin.curves = OpenCurves(models)
+        same_offer_model = models.get("next_best_offer") is self.models.get("next_best_offer")
+        twin.online = self.online.rescored(twin.catalog.score_snapshot, offers_changed=not same_offer_model)
+        twin.online.blank = OnlineState.empty(models)
+        if self.store is not None:
+            twin.population = twin._measure_population()
+        return twin
+
     def model_versions(self) -> dict[str, str | None]:
         return {name: (self.models[name].version if name in self.models else None) for name in MODEL_NAMES}
 
@@ -208,7 +239,12 @@ class Engine:
         )
         if self.store is None:
             found.append(reasons.NO_FEATURE_STORE)
-        return {"status": "degraded" if found else "ok", "reasons": found, "models": self.model_versions()}
+        return {
+            "status": "degraded" if found else "ok",
+            "reasons": found,
+            "models": self.model_versions(),
+            "degraded_decisions": self.degraded_decisions.value,
+        }
 
     def _measure_population(self) -> Population:
         """Mean best-hour open probability and the median best offer value of a sample of known customers."""
@@ -267,9 +303,13 @@ class Engine:
                 batch.kind,
                 batch.topic,
             )
+        degraded = batch.features.degraded
+        if degraded:
+            self.degraded_decisions.add(len(decisions))
         return {
             "model_versions": self.model_versions(),
-            "status": "degraded" if batch.features.degraded else "ok",
+            "status": "degraded" if degraded else "ok",
+            "reasons": (list(self.online.degraded_reasons) or [reasons.NO_FEATURE_STORE]) if degraded else [],
             "decisions": decisions,
         }
 

@@ -341,6 +341,12 @@ def status_metrics(status: Mapping[str, Any], versions: Mapping[str, str | None]
     for model, version in sorted(versions.items()):
         labels = f'model="{_label(model)}",version="{_label(version or "none")}"'
         lines.append(f"sendwise_model_info{{{labels}}} 1")
+    if "degraded_decisions" in status:
+        lines += [
+            "# HELP sendwise_degraded_decisions_total decisions answered from stale or prior features (degraded)",
+            "# TYPE sendwise_degraded_decisions_total counter",
+            f"sendwise_degraded_decisions_total {int(status['degraded_decisions'])}",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -22,6 +22,7 @@ import pandas as pd
 from feast import FeatureStore
 
 from features.transform import SCALAR_FEATURES, CustomerMatrix, set_attribute
+from sendwise.registry import LoadedModel
 from sendwise.settings import Settings
 from serving.reasons import features_unavailable
 from serving.schemas import Recipient
@@ -46,9 +47,19 @@ class OnlineState:
     offer_columns: dict[str, int]
 
     @classmethod
-    def empty(cls) -> OnlineState:
-        """No online features at all: every customer is unknown."""
-        return cls(FeatureSnapshot.empty(), np.zeros((1, 0), dtype=np.float32), {})
+    def empty(cls, models: Mapping[str, LoadedModel] | None = None) -> OnlineState:
+        """No online features at all: every customer is unknown (with the attribute columns `models` read)."""
+        return cls(FeatureSnapshot.empty(model_attributes(models or {})), np.zeros((1, 0), dtype=np.float32), {})
+
+
+def model_attributes(models: Mapping[str, LoadedModel]) -> dict[str, bool]:
+    """The `attr_*` features the models read, each True where a model reads it as a category (a label)."""
+    found: dict[str, bool] = {}
+    for model in models.values():
+        for name, info in model.booster.dump_model(num_iteration=1)["feature_infos"].items():
+            if name.startswith("attr_"):
+                found[name] = found.get(name, False) or bool(isinstance(info, dict) and info.get("values"))
+    return found
 
 
 @dataclass
@@ -165,6 +176,8 @@ class OnlineFeatures:
         self.priors = priors
         self.score_offers = score_offers
         self.degraded_reasons: list[str] = []
+        self.blank = OnlineState.empty()
+        """What decisions read while no features were ever read: set by the engine, with its models' attributes."""
         self.refresh_in_background = False
         """When set (the service sets it), a changed feature table is read in a thread of its own while answers
         keep coming from the last snapshot: the service decides small requests on its event loop, which must
@@ -186,7 +199,10 @@ class OnlineFeatures:
             self._checked = time.monotonic()
             signature = snapshot_signature(self.settings)
             current = self.state
-            if signature == self._failed_signature or (current is not None and signature == current.snapshot.signature):
+            if current is not None and signature == current.snapshot.signature:
+                self._recovered()  # the files are back as they were read: the snapshot is theirs again
+                return
+            if signature == self._failed_signature:
                 return
             try:
                 snapshot = FeatureSnapshot.load(self.store, self.settings)
@@ -196,11 +212,31 @@ class OnlineFeatures:
                 self.degraded_reasons = [features_unavailable(error)]
                 self._failed_signature = signature  # tried again once the files change
                 return
-            self._failed_signature = None
             self.state = OnlineState(snapshot, table, columns)
             del current  # the old snapshot goes now, not at the next request
             release_memory()
-            self.degraded_reasons = []
+            self._recovered()
+
+    def _recovered(self) -> None:
+        if self.degraded_reasons:
+            logger.warning("the online features are readable again: answers are no longer degraded")
+        self._failed_signature = None
+        self.degraded_reasons = []
+
+    def rescored(self, score_offers: Callable[[FeatureSnapshot], OfferTable], offers_changed: bool) -> OnlineFeatures:
+        """The same snapshot, its offers scored by `score_offers` when `offers_changed` (a new offer champion),
+        as a new object whose state is whole from the start: the engine serving it is swapped in at once."""
+        twin = OnlineFeatures(self.settings, None, self.priors, score_offers)
+        twin.store = self.store
+        with self._lock:
+            state, twin.degraded_reasons = self.state, list(self.degraded_reasons)
+            twin._failed_signature, twin._checked = self._failed_signature, self._checked
+        twin.refresh_in_background = self.refresh_in_background
+        if state is not None and offers_changed:
+            twin.state = OnlineState(state.snapshot, *score_offers(state.snapshot))
+        else:
+            twin.state = state
+        return twin
 
     def current(self) -> OnlineState | None:
         """The state to decide from, after looking (at most every `SNAPSHOT_CHECK_SECONDS`) for a newer one."""
@@ -223,7 +259,7 @@ class OnlineFeatures:
         state = self.current()
         ids = [r.customer_id for r in recipients]
         if state is None:
-            empty = OnlineState.empty()
+            empty = self.blank
             return batch_features(empty, ids, empty.snapshot.rows(ids), recipients, self.priors, degraded=True)
         rows = state.snapshot.rows(ids)
         return batch_features(state, ids, rows, recipients, self.priors, degraded=bool(self.degraded_reasons))

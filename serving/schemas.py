@@ -231,7 +231,12 @@ class Decision(BaseModel):
 
 class DecideResponse(BaseModel):
     model_versions: dict[str, str | None]
-    status: Literal["ok", "degraded"] = "ok"
+    status: Literal["ok", "degraded"] = Field(
+        default="ok",
+        description="`degraded` when the online features could not be read: the decisions come from the last "
+        "features read (population priors for customers without any), and `reasons` says what failed",
+    )
+    reasons: list[str] = Field(default_factory=list, description="why the answer is degraded (empty when ok)")
     decisions: list[Decision]
 
 

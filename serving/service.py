@@ -113,6 +113,15 @@ class Sendwise:
         self._limiter: anyio.CapacityLimiter | None = None
         self._coalescer: DecideCoalescer | None = None
         quiet_client_errors()
+        if settings.champion_poll_seconds > 0:  # new champions swapped in without a restart
+            from serving.champions import ChampionWatcher  # imports MLflow: not in the supervisor process
+
+            ChampionWatcher(settings, lambda: self.engine, self._serve_engine).start()
+
+    def _serve_engine(self, engine: Engine) -> None:
+        """Serve `engine` from the next request on (requests already running finish on the one they took)."""
+        engine.refresh_in_background = True
+        self.engine = engine
 
     @bentoml.api(route="/v1/decide", output_spec=DecideResponse)
     async def decide(self, request: DecideRequest, /) -> Response:
@@ -136,7 +145,7 @@ class Sendwise:
         """Made in the event loop on first use (anyio binds a limiter to the running loop)."""
         if self._limiter is None or self._coalescer is None:
             self._limiter = anyio.CapacityLimiter(ENGINE_THREADS)
-            self._coalescer = DecideCoalescer(self.engine.decide_payload)
+            self._coalescer = DecideCoalescer(lambda request: self.engine.decide_payload(request))
         return self._limiter, self._coalescer
 
     @bentoml.api(route="/v1/render", output_spec=RenderResponse)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -91,8 +91,10 @@ def view_sources(store: FeatureStore, settings: Settings) -> list[ViewSource]:
 def latest_rows(source: ViewSource, key: str = "customer_id", with_timestamp: bool = False) -> pa.Table:
     """Each customer's latest row of `source` inside its materialized interval: the rows the online store has."""
     columns = [key, *((source.timestamp_field,) if with_timestamp else ()), *source.features]
-    if source.end is None or not source.path.exists():
+    if source.end is None:
         return pa.table({name: pa.array([], type=pa.string()) for name in columns})
+    if not source.path.exists():  # materialized, so the online store has its rows: a file gone is an outage
+        raise FileNotFoundError(f"{source.path} (the source of {source.view}, materialized until {source.end}) is gone")
     try:
         handle = pq.ParquetFile(source.path)
     except (OSError, pa.ArrowException) as error:
@@ -192,9 +194,16 @@ class FeatureSnapshot:
         )
 
     @classmethod
-    def empty(cls) -> FeatureSnapshot:
-        """No customers at all (no feature store yet): every recipient is unknown."""
-        return cls._from_tables({}, ())
+    def empty(cls, attributes: Mapping[str, bool] | None = None) -> FeatureSnapshot:
+        """No customers at all (no feature store yet, or none readable): every recipient is unknown. `attributes`
+        names the `attr_*` columns the models read (True: a label), all missing here, so that a design has them."""
+        blank = cls._from_tables({}, ())
+        for name, label in (attributes or {}).items():
+            if label:
+                blank.attributes[name] = _PlainColumn(np.array([np.nan], dtype=object), np.full(1, -1, np.int32))
+            else:
+                blank.attributes[name] = _PlainColumn(np.full(1, np.nan), None)
+        return blank
 
     @classmethod
     def load(
