@@ -1,12 +1,14 @@
 """The BentoML service: a thin shell over `serving.engine.Engine`.
 
-Routes (all JSON; `/v1/*` need `Authorization: Bearer <token>` when `SENDWISE_API_TOKEN` is set):
+Routes (all JSON; all but health and `/metrics` need `Authorization: Bearer <token>` when `SENDWISE_API_TOKEN`
+is set):
 
 - `POST /v1/decide`, `POST /v1/render`, `POST /v1/explain`: the request model of `serving.schemas` is the
   whole body (a positional-only parameter makes it BentoML's root input, not a field of a wrapper);
 - `GET /v1/models`: a small FastAPI app mounted on the service, its route a method of this class;
-- `GET /healthz`, `/livez`, `/readyz`, `/metrics`, `/docs.json`: BentoML's own. `/readyz` stays ready when a
-  dependency is degraded; the answers, `/v1/models` and the `sendwise_degraded` metric say so instead.
+- `GET /healthz`, `/livez`, `/readyz`, `/metrics`: BentoML's own, open. `/readyz` stays ready when a
+  dependency is degraded; the answers, `/v1/models` and the `sendwise_degraded` metric say so instead;
+- `GET /docs.json`: the OpenAPI document (behind the token, like every route but health and metrics).
 
 `/v1/render` and `/v1/explain` are plain (sync) methods: BentoML runs them in its thread pool (`threads`).
 `/v1/decide` is async: small requests that arrive together are merged and decided on the event loop (a few

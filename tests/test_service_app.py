@@ -287,11 +287,14 @@ async def test_a_degraded_dependency_keeps_the_service_ready_and_shows_in_answer
     assert 'sendwise_model_info{model="open_propensity",version="4"} 1' in metrics.text
 
 
-async def test_health_and_docs_are_served_without_a_token(client: httpx.AsyncClient) -> None:
+async def test_health_and_metrics_are_served_without_a_token(client: httpx.AsyncClient) -> None:
     for path in ["/healthz", "/livez", "/readyz", "/metrics"]:
         assert (await client.get(path)).status_code == 200, path
+        assert (await client.get(path, headers={"Authorization": "Bearer not-the-token"})).status_code == 200, path
 
-    docs = await client.get("/docs.json")
+
+async def test_the_openapi_document_lists_the_routes(client: httpx.AsyncClient) -> None:
+    docs = await client.get("/docs.json", headers=AUTH)
 
     assert docs.status_code == 200
     paths = docs.json()["paths"]
@@ -330,32 +333,50 @@ async def test_health_answers_while_a_big_batch_is_being_decided(client: httpx.A
 # --- auth ---------------------------------------------------------------------------------------------------
 
 
+ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
+    ("POST", "/v1/decide", _decide_body("c-1")),
+    ("POST", "/v1/render", {"customer_id": "c-1"}),
+    ("POST", "/v1/explain", {"customer_id": "c-1"}),
+    ("GET", "/v1/models", None),
+    ("GET", "/docs.json", None),
+    ("GET", "/schema.json", None),
+    ("GET", "/", None),
+]
+"""Every route but health and metrics: the API, and BentoML's pages describing it (DESIGN.md: only health and
+metrics are open)."""
+
+
 @pytest.mark.parametrize(
     "headers",
     [
         {},
         {"Authorization": "Bearer not-the-token"},
+        {"Authorization": f"Bearer {TOKEN}x"},
         {"Authorization": TOKEN},
         {"Authorization": f"Basic {TOKEN}"},
     ],
-    ids=["no token", "wrong token", "no scheme", "basic scheme"],
+    ids=["no token", "wrong token", "token with more", "no scheme", "basic scheme"],
 )
-async def test_v1_routes_need_the_bearer_token(
+async def test_every_route_but_health_needs_the_bearer_token(
     client: httpx.AsyncClient, engine: FakeEngine, headers: dict[str, str]
 ) -> None:
-    for method, path, body in [
-        ("POST", "/v1/decide", _decide_body("c-1")),
-        ("POST", "/v1/render", {"customer_id": "c-1"}),
-        ("POST", "/v1/explain", {"customer_id": "c-1"}),
-        ("GET", "/v1/models", None),
-    ]:
+    for method, path, body in ROUTES:
         response = await client.request(method, path, json=body, headers=headers)
 
         assert response.status_code == 401, (path, response.text)
         assert response.headers["www-authenticate"].startswith("Bearer")
         assert response.json()["error"] == "unauthorized"
+        assert response.json()["details"][0]["field"] == "Authorization"
         assert "Authorization" in response.json()["message"] or "token" in response.json()["message"]
     assert engine.requests == []
+
+
+async def test_every_route_answers_with_the_token(client: httpx.AsyncClient, engine: FakeEngine) -> None:
+    for method, path, body in ROUTES:
+        response = await client.request(method, path, json=body, headers=AUTH)
+
+        assert response.status_code == 200, (path, response.text)
+    assert len(engine.requests) == 3
 
 
 async def test_the_token_scheme_is_case_insensitive(client: httpx.AsyncClient) -> None:
@@ -366,8 +387,8 @@ async def test_the_token_scheme_is_case_insensitive(client: httpx.AsyncClient) -
 
 @pytest.mark.parametrize("token", [None])
 async def test_without_a_configured_token_the_api_is_open(client: httpx.AsyncClient) -> None:
-    assert (await client.post("/v1/decide", json=_decide_body("c-1"))).status_code == 200
-    assert (await client.get("/v1/models")).status_code == 200
+    for method, path, body in ROUTES:
+        assert (await client.request(method, path, json=body)).status_code == 200, path
 
 
 # --- bad input ---------------------------------------------------------------------------------------------
