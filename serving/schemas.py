@@ -15,10 +15,22 @@ from pydantic import (
     model_validator,
 )
 
-CustomerId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
+MAX_ID_LENGTH = 128
+"""The longest id a client may send: customer, campaign, offer; and a campaign's topic."""
+CustomerId = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_ID_LENGTH, pattern=r"\S")
+]
+OfferId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH)]
 CampaignKind = Literal["promotional", "newsletter", "triggered", "transactional"]
 MAX_RECIPIENTS = 10_000
 MAX_WINDOW_HOURS = 168
+MAX_OFFER_IDS = 1_000
+MAX_INTERESTS = 50
+MAX_INTEREST_LENGTH = 64
+MAX_ATTRIBUTES = 100
+MAX_ATTRIBUTE_NAME_LENGTH = 64
+MAX_ATTRIBUTE_TEXT_LENGTH = 256
+MAX_TIMEZONE_LENGTH = 64
 MAX_EXPLAINED_RECIPIENTS = 1_000
 """The most recipients a `/v1/decide` with `explain: true` takes (explaining costs more than deciding)."""
 SEND_AT_RANGE = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
@@ -29,14 +41,17 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+Interest = Annotated[str, StringConstraints(max_length=MAX_INTEREST_LENGTH)]
+
+
 class Recipient(_Strict):
     """One recipient; the context fields matter for customers sendwise does not know yet (cold start)."""
 
     customer_id: CustomerId
-    timezone: str | None = None
+    timezone: str | None = Field(default=None, max_length=MAX_TIMEZONE_LENGTH)
     country: str | None = Field(default=None, max_length=2)
-    interests: list[str] = Field(default_factory=list, max_length=50)
-    attributes: dict[str, str | float | int | bool] = Field(default_factory=dict)
+    interests: list[Interest] = Field(default_factory=list, max_length=MAX_INTERESTS)
+    attributes: dict[str, str | float | int | bool] = Field(default_factory=dict, max_length=MAX_ATTRIBUTES)
 
     @field_validator("timezone")
     @classmethod
@@ -54,9 +69,17 @@ class Recipient(_Strict):
     @field_validator("attributes")
     @classmethod
     def _attr_names(cls, value: dict[str, object]) -> dict[str, object]:
+        long_names = [
+            name[:MAX_ATTRIBUTE_NAME_LENGTH] + "..." for name in value if len(name) > MAX_ATTRIBUTE_NAME_LENGTH
+        ]
+        if long_names:
+            raise ValueError(f"attribute names are at most {MAX_ATTRIBUTE_NAME_LENGTH} characters: {long_names[:3]}")
         bad = [name for name in value if not name.startswith("attr_")]
         if bad:
             raise ValueError(f"attribute names must start with 'attr_' as in the data contract: {bad[:3]}")
+        long = [name for name, text in value.items() if isinstance(text, str) and len(text) > MAX_ATTRIBUTE_TEXT_LENGTH]
+        if long:
+            raise ValueError(f"attribute values are at most {MAX_ATTRIBUTE_TEXT_LENGTH} characters: {long[:3]}")
         return value
 
 
@@ -68,8 +91,10 @@ class Campaign(_Strict):
     """The campaign a batch belongs to: logged with each decision (lift is measured per `campaign_id`)."""
 
     kind: CampaignKind = "promotional"
-    topic: str | None = Field(default=None, max_length=128)
-    campaign_id: str | None = Field(default=None, max_length=128, description="the sending system's campaign id")
+    topic: str | None = Field(default=None, max_length=MAX_ID_LENGTH)
+    campaign_id: str | None = Field(
+        default=None, max_length=MAX_ID_LENGTH, description="the sending system's campaign id"
+    )
     subject: OneLine | None = Field(
         default=None,
         description="the subject line; `{{ attr_first_name | default('there') }}` and the like personalise it from "
@@ -132,6 +157,20 @@ class Constraints(_Strict):
     )
 
 
+def in_send_range(value: datetime, name: str) -> datetime:
+    """`value` in UTC, if it falls in `SEND_AT_RANGE` (anything else is a typo, and year 1 or 9999 moved to UTC
+    would fall off the calendar)."""
+    first, end = SEND_AT_RANGE
+    out_of_range = ValueError(f"{name} must be an hour of the years {first.year} to {end.year - 1}")
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError as error:
+        raise out_of_range from error
+    if not first <= value < end:
+        raise out_of_range
+    return value
+
+
 def next_whole_hour(now: datetime | None = None) -> datetime:
     now = now or datetime.now(UTC)
     return now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
@@ -142,7 +181,7 @@ class DecideRequest(_Strict):
     campaign: Campaign = Field(default_factory=Campaign)
     window_start: datetime | None = None
     window_hours: int = Field(default=24, ge=1, le=MAX_WINDOW_HOURS)
-    offer_ids: list[str] | None = None
+    offer_ids: list[OfferId] | None = Field(default=None, max_length=MAX_OFFER_IDS)
     k_offers: int = Field(default=3, ge=0, le=50)
     explore_share: float | None = Field(default=None, ge=0.0, le=1.0)
     constraints: Constraints | None = None
@@ -170,7 +209,7 @@ class DecideRequest(_Strict):
             return None
         if value.tzinfo is None:
             raise ValueError("window_start needs a time zone, e.g. 2026-11-26T07:00:00Z")
-        value = value.astimezone(UTC)
+        value = in_send_range(value, "window_start")
         if value.minute or value.second or value.microsecond:
             raise ValueError("window_start must be a whole hour, e.g. 2026-11-26T07:00:00Z")
         return value
@@ -319,7 +358,7 @@ class ExplainRequest(_Strict):
     offer_id: str | None = Field(
         default=None,
         validate_default=True,
-        max_length=128,
+        max_length=MAX_ID_LENGTH,
         description="the offer whose conversion probability `next_best_offer` explains (required for it, and only "
         "for it); it must be eligible at `send_at`",
     )
@@ -337,14 +376,7 @@ class ExplainRequest(_Strict):
             return None
         if value.tzinfo is None:
             raise ValueError("send_at needs a time zone, e.g. 2026-11-26T19:00:00Z")
-        first, end = SEND_AT_RANGE
-        out_of_range = ValueError(f"send_at must be an hour of the years {first.year} to {end.year - 1}")
-        try:
-            value = value.astimezone(UTC)
-        except OverflowError as error:  # year 1 or 9999 moved past the calendar's ends
-            raise out_of_range from error
-        if not first <= value < end:
-            raise out_of_range
+        value = in_send_range(value, "send_at")
         if value.minute or value.second or value.microsecond:
             raise ValueError("send_at must be a whole hour, e.g. 2026-11-26T19:00:00Z")
         return value

@@ -464,6 +464,99 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], int, str, str]] = [
         "constraints.max_per_day",
         "unknown field",
     ),
+    # limits on every length a client sends
+    (
+        "window_hours 0",
+        {"json": _decide_body("c-1", window_hours=0)},
+        422,
+        "window_hours",
+        "greater than or equal to 1",
+    ),
+    (
+        "window_start before 2000",
+        {"json": _decide_body("c-1", window_start="1999-12-31T23:00:00Z")},
+        422,
+        "window_start",
+        "years 2000 to 2099",
+    ),
+    ("customer_id of blanks", {"json": _decide_body("   ")}, 422, "recipients[0].customer_id", "at least 1 character"),
+    (
+        "time zone of 65 characters",
+        {"json": {"recipients": [{"customer_id": "c-1", "timezone": "Europe/" + "x" * 58}]}},
+        422,
+        "recipients[0].timezone",
+        "at most 64 characters",
+    ),
+    (
+        "51 interests",
+        {"json": {"recipients": [{"customer_id": "c-1", "interests": ["books"] * 51}]}},
+        422,
+        "recipients[0].interests",
+        "at most 50 items",
+    ),
+    (
+        "interest of 65 characters",
+        {"json": {"recipients": [{"customer_id": "c-1", "interests": ["x" * 65]}]}},
+        422,
+        "recipients[0].interests[0]",
+        "at most 64 characters",
+    ),
+    (
+        "101 attributes",
+        {"json": {"recipients": [{"customer_id": "c-1", "attributes": {f"attr_{i}": i for i in range(101)}}]}},
+        422,
+        "recipients[0].attributes",
+        "at most 100 items",
+    ),
+    (
+        "attribute name of 65 characters",
+        {"json": {"recipients": [{"customer_id": "c-1", "attributes": {"attr_" + "x" * 60: 1}}]}},
+        422,
+        "recipients[0].attributes",
+        "attribute names are at most 64 characters",
+    ),
+    (
+        "attribute value of 257 characters",
+        {"json": {"recipients": [{"customer_id": "c-1", "attributes": {"attr_note": "x" * 257}}]}},
+        422,
+        "recipients[0].attributes",
+        "attribute values are at most 256 characters: ['attr_note']",
+    ),
+    (
+        "topic of 129 characters",
+        {"json": _decide_body("c-1", campaign={"topic": "x" * 129})},
+        422,
+        "campaign.topic",
+        "at most 128 characters",
+    ),
+    (
+        "campaign_id of 129 characters",
+        {"json": _decide_body("c-1", campaign={"campaign_id": "x" * 129})},
+        422,
+        "campaign.campaign_id",
+        "at most 128 characters",
+    ),
+    (
+        "subject of 501 characters",
+        {"json": _decide_body("c-1", campaign={"subject": "x" * 501})},
+        422,
+        "campaign.subject",
+        "at most 500 characters",
+    ),
+    (
+        "1,001 offer ids",
+        {"json": _decide_body("c-1", offer_ids=[f"of-{i}" for i in range(1001)])},
+        422,
+        "offer_ids",
+        "at most 1000 items",
+    ),
+    (
+        "offer id of 129 characters",
+        {"json": _decide_body("c-1", offer_ids=["x" * 129])},
+        422,
+        "offer_ids[0]",
+        "at most 128 characters",
+    ),
 ]
 
 
@@ -512,6 +605,39 @@ async def test_bad_render_and_explain_requests_name_the_field(client: httpx.Asyn
 
 
 @pytest.mark.parametrize(
+    ("path", "sent", "field", "words"),
+    [
+        ("/v1/render", {"customer_id": "c-1", "template": "x" * 65}, "template", "at most 64 characters"),
+        ("/v1/render", {"customer_id": "x" * 129}, "customer_id", "at most 128 characters"),
+        ("/v1/render", {"decision_id": "d-" + "0" * 33}, "decision_id", "should match pattern"),
+        (
+            "/v1/render",
+            {"customer_id": "c-1", "recipient": {"customer_id": "c-1", "interests": ["x"] * 51}},
+            "recipient.interests",
+            "at most 50 items",
+        ),
+        ("/v1/explain", {"customer_id": "x" * 129}, "customer_id", "at most 128 characters"),
+        (
+            "/v1/explain",
+            {"customer_id": "c-1", "model": "next_best_offer", "offer_id": "x" * 129},
+            "offer_id",
+            "at most 128 characters",
+        ),
+        ("/v1/explain", {"customer_id": "c-1", "top": 31}, "top", "less than or equal to 30"),
+    ],
+)
+async def test_render_and_explain_limit_what_a_client_sends(
+    client: httpx.AsyncClient, engine: FakeEngine, path: str, sent: dict[str, Any], field: str, words: str
+) -> None:
+    response = await client.post(path, json=sent, headers=AUTH)
+
+    assert response.status_code == 422, response.text
+    assert [d["field"] for d in response.json()["details"]] == [field]
+    assert words in response.json()["details"][0]["message"]
+    assert engine.requests == []
+
+
+@pytest.mark.parametrize(
     ("body", "field", "words"),
     [
         ({"model": "send_time"}, "send_at", "give send_at, a whole UTC hour"),
@@ -552,6 +678,7 @@ async def test_a_body_over_the_limit_is_refused_with_413(client: httpx.AsyncClie
     assert len(big) > 20 * 1024 * 1024
     assert response.status_code == 413
     assert response.json()["details"][0]["field"] == "body"
+    assert "larger than 20 MB" in response.json()["message"]
     assert engine.requests == []
 
 
