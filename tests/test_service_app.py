@@ -299,8 +299,18 @@ async def test_the_openapi_document_lists_the_routes(client: httpx.AsyncClient) 
     assert docs.status_code == 200
     paths = docs.json()["paths"]
     assert {"/v1/decide", "/v1/render", "/v1/explain", "/v1/models"} <= paths.keys()
-    body_schema = paths["/v1/decide"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert body_schema["required"] == ["recipients"]
+    schemas = docs.json()["components"]["schemas"]
+    body_ref = paths["/v1/decide"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    assert schemas[body_ref.rsplit("/", 1)[1]]["required"] == ["recipients"]
+    assert docs.json()["openapi"] == "3.1.0"
+    assert list(paths["/v1/decide"]["post"]["responses"]) == ["200", "400", "401", "413", "422", "500", "503", "504"]
+    assert list(paths["/v1/models"]["get"]["responses"]) == ["200", "401", "500", "503", "504"]
+    assert "404" in paths["/v1/render"]["post"]["responses"] and "404" in paths["/v1/explain"]["post"]["responses"]
+    assert all(paths[p]["get"]["security"] == [] for p in ["/healthz", "/livez", "/readyz", "/metrics"])
+    assert paths["/v1/models"]["get"]["security"] == [{"bearer": []}]
+    render_ways = schemas["RenderRequest"]["anyOf"]
+    assert [way["required"] for way in render_ways] == [["decision_id"], ["customer_id"]]
+    assert render_ways[0]["properties"]["template"]["anyOf"][0]["enum"] == ["promotional", "newsletter"]
 
 
 async def test_health_answers_while_a_big_batch_is_being_decided(client: httpx.AsyncClient, engine: FakeEngine) -> None:
