@@ -19,8 +19,10 @@ from pydantic import (
 MAX_ID_LENGTH = 128
 """The longest id a client may send: customer, campaign, offer; and a campaign's topic."""
 CustomerId = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_ID_LENGTH, pattern=r"\S")
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_ID_LENGTH, pattern=r"[^\s\x85]")
 ]
+"""An id with a character that is not white space: stripping removes Unicode white space, which is JSON
+Schema's (ECMA-262's) `\\s` and NEL (U+0085)."""
 OfferId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH)]
 CampaignKind = Literal["promotional", "newsletter", "triggered", "transactional"]
 MAX_RECIPIENTS = 10_000
