@@ -427,10 +427,18 @@ def serve(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port")] = 3000,
 ) -> None:
-    """Serve the champions over HTTP (BentoML)."""
+    """Serve the champions over HTTP (BentoML). Any address but loopback needs SENDWISE_API_TOKEN."""
     settings = _settings()
+    if not settings.api_token and not is_loopback(host):
+        console.print(
+            f"[red]refusing to serve on {host} without SENDWISE_API_TOKEN[/]: every other machine that reaches "
+            "it could read and change decisions. Set SENDWISE_API_TOKEN (clients send `Authorization: Bearer "
+            "<token>`), or serve on 127.0.0.1.",
+            highlight=False,
+        )
+        raise typer.Exit(code=2)
     if not settings.api_token:
-        console.print("[yellow]SENDWISE_API_TOKEN is not set: the API answers without authentication[/]")
+        console.print("[yellow]SENDWISE_API_TOKEN is not set: the API answers this machine without authentication[/]")
     env = {**os.environ, **settings.library_environment()}
     command = [
         sys.executable,
@@ -445,6 +453,18 @@ def serve(
     ]
     console.print(f"serving on http://{host}:{port} (home {settings.home})")
     raise typer.Exit(subprocess.call(command, cwd=REPO_ROOT, env=env))
+
+
+def is_loopback(host: str) -> bool:
+    """`localhost` or a loopback IP (127.0.0.0/8, ::1): only this machine can reach a server bound there."""
+    import ipaddress
+
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @app.command()

@@ -1,9 +1,10 @@
 """The HTTP layer around the BentoML service: auth, body limits and readable errors for `/v1/*`.
 
 `ApiGuard` is an ASGI middleware that BentoML puts in front of every route of the service, the
-`@bentoml.api` routes and the mounted GET app alike. For paths under `/v1` it
-
-- requires `Authorization: Bearer <token>` when a token is configured (401 otherwise);
+`@bentoml.api` routes and the mounted GET app alike. On every path but the health routes and `/metrics`
+(`OPEN_PATHS`) it requires `Authorization: Bearer <token>` when a token is configured (401 otherwise):
+the `/v1` routes, and BentoML's own pages too (`/docs.json`, `/schema.json`, `/`, `/static_content`), which
+describe the API to whoever may call it. For paths under `/v1` it also
 - reads the body (at most `MAX_BODY_BYTES`, 413 beyond) and hands it on as JSON whatever the declared
   Content-Type, so that `curl -d` works and no other deserializer is reachable;
 - turns every error answer into one shape, `ErrorAnswer`, whose details name the offending field
@@ -12,7 +13,8 @@
 What the engine cannot answer for a reason the client can act on is a `serving.errors.ServingError`; the
 service answers it with `error_response` (its status, e.g. 404 for an unknown customer, and its message).
 
-Health (`/healthz`, `/livez`, `/readyz`), `/metrics` and the docs stay open.
+Health (`/healthz`, `/livez`, `/readyz`) and `/metrics` stay open: load balancers and Prometheus call them
+without credentials, and they tell nothing about customers.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from serving.schemas import ErrorAnswer, FieldError
 logger = logging.getLogger(__name__)
 
 API_PREFIX = "/v1"
+OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/metrics"})
 MAX_BODY_BYTES = 20 * 1024 * 1024
 MAX_DETAILS = 50
 JSON = b"application/json"
@@ -166,7 +169,8 @@ class _ErrorShaper:
 
 
 class ApiGuard:
-    """ASGI middleware for the `/v1` routes: bearer auth, body size limit, JSON body, field-naming errors.
+    """ASGI middleware: bearer auth on every route but health and metrics; for `/v1`, the body size limit, a
+    JSON body and field-naming errors.
 
     `token` is called per request and returns the configured token (None: no auth); it is a callable
     because the settings are read when the service starts, not when this module is imported.
@@ -178,7 +182,7 @@ class ApiGuard:
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not is_api_path(scope["path"]):
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
         try:
@@ -189,6 +193,9 @@ class ApiGuard:
             return
         if expected and not token_matches(bearer_token(scope), expected):
             await self._unauthorized(scope, send)
+            return
+        if not is_api_path(scope["path"]):
+            await self.app(scope, receive, send)
             return
         body = await self._read_body(scope, receive, send)
         if body is None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -11,32 +11,87 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
 
-CustomerId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
+MAX_ID_LENGTH = 128
+"""The longest id a client may send: customer, campaign, offer; and a campaign's topic."""
+CustomerId = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_ID_LENGTH, pattern=r"[^\s\x85]")
+]
+"""An id with a character that is not white space: stripping removes Unicode white space, which is JSON
+Schema's (ECMA-262's) `\\s` and NEL (U+0085)."""
+OfferId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH)]
 CampaignKind = Literal["promotional", "newsletter", "triggered", "transactional"]
 MAX_RECIPIENTS = 10_000
 MAX_WINDOW_HOURS = 168
+MAX_OFFER_IDS = 1_000
+MAX_INTERESTS = 50
+MAX_INTEREST_LENGTH = 64
+MAX_ATTRIBUTES = 100
+MAX_ATTRIBUTE_NAME_LENGTH = 64
+MAX_ATTRIBUTE_TEXT_LENGTH = 256
+MAX_TIMEZONE_LENGTH = 64
 MAX_EXPLAINED_RECIPIENTS = 1_000
 """The most recipients a `/v1/decide` with `explain: true` takes (explaining costs more than deciding)."""
 SEND_AT_RANGE = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
-"""The hours an explained `send_at` may be (from the first, before the second): anything else is a typo."""
+"""The hours a `window_start` or an explained `send_at` may be (from the first, before the second): anything else
+is a typo."""
+
+WHOLE_UTC_HOUR = (
+    r"^20[0-9]{2}-((0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])|(0[13-9]|1[0-2])-(29|30)|(0[13578]|1[02])-31)"
+    r"T([01][0-9]|2[0-3]):00:00Z$"
+)
+"""What the OpenAPI document promises a whole UTC hour looks like: a pattern, not `format: date-time`, so that
+tools generating requests from the document make only hours the service takes (it also takes other offsets
+than Z, and 29 February)."""
+WholeHour = Annotated[
+    datetime,
+    WithJsonSchema(
+        {"type": "string", "pattern": WHOLE_UTC_HOUR, "description": "a whole UTC hour, e.g. 2026-11-26T07:00:00Z"}
+    ),
+]
+
+
+def _published_recipient(schema: dict[str, Any]) -> None:
+    """What the validators of `Recipient` check, said in the document: zone names, attribute names and values."""
+    from zoneinfo import available_timezones
+
+    properties = schema["properties"]
+    properties["timezone"] = {
+        "anyOf": [{"type": "string", "enum": sorted(available_timezones())}, {"type": "null"}],
+        "default": None,
+        "description": "an IANA time zone name, e.g. Europe/Berlin",
+    }
+    properties["attributes"]["propertyNames"] = {"pattern": "^attr_", "maxLength": MAX_ATTRIBUTE_NAME_LENGTH}
+    properties["attributes"]["additionalProperties"] = {
+        "anyOf": [
+            {"type": "string", "maxLength": MAX_ATTRIBUTE_TEXT_LENGTH},
+            {"type": "number"},
+            {"type": "boolean"},
+        ]
+    }
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+Interest = Annotated[str, StringConstraints(max_length=MAX_INTEREST_LENGTH)]
+
+
 class Recipient(_Strict):
     """One recipient; the context fields matter for customers sendwise does not know yet (cold start)."""
 
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_published_recipient)
+
     customer_id: CustomerId
-    timezone: str | None = None
+    timezone: str | None = Field(default=None, max_length=MAX_TIMEZONE_LENGTH)
     country: str | None = Field(default=None, max_length=2)
-    interests: list[str] = Field(default_factory=list, max_length=50)
-    attributes: dict[str, str | float | int | bool] = Field(default_factory=dict)
+    interests: list[Interest] = Field(default_factory=list, max_length=MAX_INTERESTS)
+    attributes: dict[str, str | float | int | bool] = Field(default_factory=dict, max_length=MAX_ATTRIBUTES)
 
     @field_validator("timezone")
     @classmethod
@@ -54,9 +109,17 @@ class Recipient(_Strict):
     @field_validator("attributes")
     @classmethod
     def _attr_names(cls, value: dict[str, object]) -> dict[str, object]:
+        long_names = [
+            name[:MAX_ATTRIBUTE_NAME_LENGTH] + "..." for name in value if len(name) > MAX_ATTRIBUTE_NAME_LENGTH
+        ]
+        if long_names:
+            raise ValueError(f"attribute names are at most {MAX_ATTRIBUTE_NAME_LENGTH} characters: {long_names[:3]}")
         bad = [name for name in value if not name.startswith("attr_")]
         if bad:
             raise ValueError(f"attribute names must start with 'attr_' as in the data contract: {bad[:3]}")
+        long = [name for name, text in value.items() if isinstance(text, str) and len(text) > MAX_ATTRIBUTE_TEXT_LENGTH]
+        if long:
+            raise ValueError(f"attribute values are at most {MAX_ATTRIBUTE_TEXT_LENGTH} characters: {long[:3]}")
         return value
 
 
@@ -68,8 +131,10 @@ class Campaign(_Strict):
     """The campaign a batch belongs to: logged with each decision (lift is measured per `campaign_id`)."""
 
     kind: CampaignKind = "promotional"
-    topic: str | None = Field(default=None, max_length=128)
-    campaign_id: str | None = Field(default=None, max_length=128, description="the sending system's campaign id")
+    topic: str | None = Field(default=None, max_length=MAX_ID_LENGTH)
+    campaign_id: str | None = Field(
+        default=None, max_length=MAX_ID_LENGTH, description="the sending system's campaign id"
+    )
     subject: OneLine | None = Field(
         default=None,
         description="the subject line; `{{ attr_first_name | default('there') }}` and the like personalise it from "
@@ -80,9 +145,25 @@ class Campaign(_Strict):
     )
 
 
+def _published_quiet_hours(schema: dict[str, Any]) -> None:
+    """`end` != `start`, said in the document: one choice of `end` per `start` (JSON Schema compares no fields)."""
+    hours = range(24)
+    schema["anyOf"] = [
+        {
+            "properties": {
+                "start": {"type": "integer", "enum": [start]},
+                "end": {"type": "integer", "enum": [end for end in hours if end != start]},
+            }
+        }
+        for start in hours
+    ]
+
+
 class QuietHours(_Strict):
     """No sends from `start`:00 until `end`:00 in each recipient's local time; start > end wraps midnight
     (22 -> 7: 22:00 to 06:59 are quiet)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_published_quiet_hours)
 
     start: int = Field(ge=0, le=23)
     end: int = Field(ge=0, le=23)
@@ -132,17 +213,39 @@ class Constraints(_Strict):
     )
 
 
+def in_send_range(value: datetime, name: str) -> datetime:
+    """`value` in UTC, if it falls in `SEND_AT_RANGE` (anything else is a typo, and year 1 or 9999 moved to UTC
+    would fall off the calendar)."""
+    first, end = SEND_AT_RANGE
+    out_of_range = ValueError(f"{name} must be an hour of the years {first.year} to {end.year - 1}")
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError as error:
+        raise out_of_range from error
+    if not first <= value < end:
+        raise out_of_range
+    return value
+
+
 def next_whole_hour(now: datetime | None = None) -> datetime:
     now = now or datetime.now(UTC)
     return now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
 
 
+def _published_decide(schema: dict[str, Any]) -> None:
+    """`explain: true` takes at most `MAX_EXPLAINED_RECIPIENTS`, said in the document."""
+    schema["if"] = {"properties": {"explain": {"const": True}}, "required": ["explain"]}
+    schema["then"] = {"properties": {"recipients": {"maxItems": MAX_EXPLAINED_RECIPIENTS}}}
+
+
 class DecideRequest(_Strict):
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_published_decide)
+
     recipients: list[Recipient] = Field(min_length=1, max_length=MAX_RECIPIENTS)
     campaign: Campaign = Field(default_factory=Campaign)
-    window_start: datetime | None = None
+    window_start: WholeHour | None = None
     window_hours: int = Field(default=24, ge=1, le=MAX_WINDOW_HOURS)
-    offer_ids: list[str] | None = None
+    offer_ids: list[OfferId] | None = Field(default=None, max_length=MAX_OFFER_IDS)
     k_offers: int = Field(default=3, ge=0, le=50)
     explore_share: float | None = Field(default=None, ge=0.0, le=1.0)
     constraints: Constraints | None = None
@@ -170,7 +273,7 @@ class DecideRequest(_Strict):
             return None
         if value.tzinfo is None:
             raise ValueError("window_start needs a time zone, e.g. 2026-11-26T07:00:00Z")
-        value = value.astimezone(UTC)
+        value = in_send_range(value, "window_start")
         if value.minute or value.second or value.microsecond:
             raise ValueError("window_start must be a whole hour, e.g. 2026-11-26T07:00:00Z")
         return value
@@ -243,8 +346,34 @@ class DecideResponse(BaseModel):
 DecisionId = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^d-[0-9a-f]{32}$")]
 
 
+def _object(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
+
+
+def _not_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """A field's schema without its `null` choice (`X | None` -> X), keeping its description."""
+    (chosen,) = [choice for choice in schema["anyOf"] if choice.get("type") != "null"]
+    return {**chosen, **({"description": schema["description"]} if "description" in schema else {})}
+
+
+def _published_render(schema: dict[str, Any]) -> None:
+    """The two ways to ask, as two object schemas (the model validator's rule, said in the document)."""
+    properties = schema.pop("properties")
+    schema.pop("additionalProperties", None)
+    fresh = {name: value for name, value in properties.items() if name != "decision_id"}
+    fresh["customer_id"] = _not_null(properties["customer_id"])
+    schema["anyOf"] = [
+        _object(
+            {"decision_id": _not_null(properties["decision_id"]), "template": properties["template"]}, ["decision_id"]
+        ),
+        _object(fresh, ["customer_id"]),
+    ]
+
+
 class RenderRequest(_Strict):
     """Either `decision_id` (render exactly that logged decision) or `customer_id` (decide, log and render)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_published_render)
 
     decision_id: DecisionId | None = Field(
         default=None, description="a decision `/v1/decide` returned: renders it, makes no new decision"
@@ -304,8 +433,38 @@ class RenderResponse(BaseModel):
 ModelName = Literal["open_propensity", "send_time", "next_best_offer"]
 
 
+def _published_explain(schema: dict[str, Any]) -> None:
+    """One object schema per model, each with the fields that model needs (the validators' rules)."""
+    properties = schema.pop("properties")
+    schema.pop("additionalProperties", None)
+    schema.pop("required", None)
+    common = {name: properties[name] for name in ("customer_id", "campaign", "top")}
+
+    def model(name: str) -> dict[str, Any]:
+        return {**properties["model"], "type": "string", "enum": [name]}
+
+    schema["anyOf"] = [
+        _object({**common, "model": model("open_propensity"), "send_at": properties["send_at"]}, ["customer_id"]),
+        _object(
+            {**common, "model": model("send_time"), "send_at": _not_null(properties["send_at"])},
+            ["customer_id", "model", "send_at"],
+        ),
+        _object(
+            {
+                **common,
+                "model": model("next_best_offer"),
+                "send_at": properties["send_at"],
+                "offer_id": _not_null(properties["offer_id"]),
+            },
+            ["customer_id", "model", "offer_id"],
+        ),
+    ]
+
+
 class ExplainRequest(_Strict):
     """One known customer's prediction by one model, taken apart into its drivers."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_published_explain)
 
     customer_id: CustomerId
     model: ModelName = Field(
@@ -315,7 +474,7 @@ class ExplainRequest(_Strict):
         "it in `hourly_open_probability`; `next_best_offer`: the conversion probability of `offer_id`",
     )
     campaign: Campaign = Field(default_factory=Campaign, description="the campaign the open models predict for")
-    send_at: datetime | None = Field(
+    send_at: WholeHour | None = Field(
         default=None,
         validate_default=True,
         description="a whole UTC hour: the send explained (required for `send_time`); for "
@@ -324,7 +483,7 @@ class ExplainRequest(_Strict):
     offer_id: str | None = Field(
         default=None,
         validate_default=True,
-        max_length=128,
+        max_length=MAX_ID_LENGTH,
         description="the offer whose conversion probability `next_best_offer` explains (required for it, and only "
         "for it); it must be eligible at `send_at`",
     )
@@ -342,14 +501,7 @@ class ExplainRequest(_Strict):
             return None
         if value.tzinfo is None:
             raise ValueError("send_at needs a time zone, e.g. 2026-11-26T19:00:00Z")
-        first, end = SEND_AT_RANGE
-        out_of_range = ValueError(f"send_at must be an hour of the years {first.year} to {end.year - 1}")
-        try:
-            value = value.astimezone(UTC)
-        except OverflowError as error:  # year 1 or 9999 moved past the calendar's ends
-            raise out_of_range from error
-        if not first <= value < end:
-            raise out_of_range
+        value = in_send_range(value, "send_at")
         if value.minute or value.second or value.microsecond:
             raise ValueError("send_at must be a whole hour, e.g. 2026-11-26T19:00:00Z")
         return value

@@ -1,13 +1,16 @@
 """The BentoML service: a thin shell over `serving.engine.Engine`.
 
-Routes (all JSON; `/v1/*` need `Authorization: Bearer <token>` when `SENDWISE_API_TOKEN` is set):
+Routes (all JSON; all but health and `/metrics` need `Authorization: Bearer <token>` when `SENDWISE_API_TOKEN`
+is set):
 
 - `POST /v1/decide`, `POST /v1/render`, `POST /v1/explain`, `POST /v1/forget`: the request model of
   `serving.schemas` is the whole body (a positional-only parameter makes it BentoML's root input, not a field of
   a wrapper);
 - `GET /v1/models`: a small FastAPI app mounted on the service, its route a method of this class;
-- `GET /healthz`, `/livez`, `/readyz`, `/metrics`, `/docs.json`: BentoML's own. `/readyz` stays ready when a
-  dependency is degraded; the answers, `/v1/models` and the `sendwise_degraded` metric say so instead.
+- `GET /healthz`, `/livez`, `/readyz`, `/metrics`: BentoML's own, open. `/readyz` stays ready when a
+  dependency is degraded; the answers, `/v1/models` and the `sendwise_degraded` metric say so instead;
+- `GET /docs.json`: the OpenAPI document of `serving.openapi` (behind the token, like every route but health
+  and metrics).
 
 `/v1/render` and `/v1/explain` are plain (sync) methods: BentoML runs them in its thread pool (`threads`).
 `/v1/decide` is async: small requests that arrive together are merged and decided on the event loop (a few
@@ -45,6 +48,7 @@ from serving.http_app import (
     send_answer,
     status_metrics,
 )
+from serving.openapi import DocumentRoute, openapi_document
 from serving.schemas import (
     DecideRequest,
     DecideResponse,
@@ -250,6 +254,17 @@ class DecideLane:
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
+def _document() -> dict[str, Any]:
+    """The OpenAPI document of the running service: its templates are the built-in ones and its settings'."""
+    from importlib.metadata import version
+
+    from serving.render import available_templates
+
+    settings = cast("Sendwise", bentoml.get_current_service()).settings
+    return openapi_document(available_templates(settings.templates_dir), version=version("sendwise"))
+
+
 # mypy keeps the class type through class decorators; `Sendwise` is a bentoml.Service here
 cast("bentoml.Service[Any]", Sendwise).add_asgi_middleware(ApiGuard, token=_api_token)
+cast("bentoml.Service[Any]", Sendwise).add_asgi_middleware(DocumentRoute, document=_document)
 cast("bentoml.Service[Any]", Sendwise).add_asgi_middleware(DecideLane)

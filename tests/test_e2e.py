@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -16,17 +12,12 @@ import numpy as np
 import pytest
 
 from sendwise.raw import load_table
-from tests.conftest import REPO_ROOT, SHARED, home_with_own_decision_log
+from tests.conftest import SHARED, home_with_own_decision_log
+from tests.served import bentoml_serve
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 TOKEN = "e2e-test-token"
 START = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -34,55 +25,8 @@ def service(pipeline_home, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     """`bentoml serve` on a copy of the pipeline's home: one service for the module (it takes a minute to
     start), its decision log apart from every other test's."""
     settings = home_with_own_decision_log(pipeline_home.settings, tmp_path_factory.mktemp("e2e") / "home")
-    port = _free_port()
-    env = {
-        **os.environ,
-        **settings.library_environment(),
-        "SENDWISE_API_TOKEN": TOKEN,
-    }
-    log = open(settings.home / "serve.log", "wb")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bentoml",
-            "serve",
-            "serving.service:Sendwise",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    try:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise AssertionError((settings.home / "serve.log").read_text()[-4000:])
-            try:
-                ready = httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-                # the engine loads in the worker: wait for a real answer, not only for readiness
-                if ready and httpx.get(f"{url}/v1/models", headers=_auth(), timeout=30).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        else:
-            raise AssertionError("bentoml serve did not become ready in 180 s")
+    with bentoml_serve(settings, TOKEN) as url:
         yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-        log.close()
 
 
 def _auth() -> dict[str, str]:

@@ -287,17 +287,30 @@ async def test_a_degraded_dependency_keeps_the_service_ready_and_shows_in_answer
     assert 'sendwise_model_info{model="open_propensity",version="4"} 1' in metrics.text
 
 
-async def test_health_and_docs_are_served_without_a_token(client: httpx.AsyncClient) -> None:
+async def test_health_and_metrics_are_served_without_a_token(client: httpx.AsyncClient) -> None:
     for path in ["/healthz", "/livez", "/readyz", "/metrics"]:
         assert (await client.get(path)).status_code == 200, path
+        assert (await client.get(path, headers={"Authorization": "Bearer not-the-token"})).status_code == 200, path
 
-    docs = await client.get("/docs.json")
+
+async def test_the_openapi_document_lists_the_routes(client: httpx.AsyncClient) -> None:
+    docs = await client.get("/docs.json", headers=AUTH)
 
     assert docs.status_code == 200
     paths = docs.json()["paths"]
     assert {"/v1/decide", "/v1/render", "/v1/explain", "/v1/models"} <= paths.keys()
-    body_schema = paths["/v1/decide"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert body_schema["required"] == ["recipients"]
+    schemas = docs.json()["components"]["schemas"]
+    body_ref = paths["/v1/decide"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    assert schemas[body_ref.rsplit("/", 1)[1]]["required"] == ["recipients"]
+    assert docs.json()["openapi"] == "3.1.0"
+    assert list(paths["/v1/decide"]["post"]["responses"]) == ["200", "400", "401", "413", "422", "500", "503", "504"]
+    assert list(paths["/v1/models"]["get"]["responses"]) == ["200", "401", "500", "503", "504"]
+    assert "404" in paths["/v1/render"]["post"]["responses"] and "404" in paths["/v1/explain"]["post"]["responses"]
+    assert all(paths[p]["get"]["security"] == [] for p in ["/healthz", "/livez", "/readyz", "/metrics"])
+    assert paths["/v1/models"]["get"]["security"] == [{"bearer": []}]
+    render_ways = schemas["RenderRequest"]["anyOf"]
+    assert [way["required"] for way in render_ways] == [["decision_id"], ["customer_id"]]
+    assert render_ways[0]["properties"]["template"]["anyOf"][0]["enum"] == ["promotional", "newsletter"]
 
 
 async def test_health_answers_while_a_big_batch_is_being_decided(client: httpx.AsyncClient, engine: FakeEngine) -> None:
@@ -330,32 +343,50 @@ async def test_health_answers_while_a_big_batch_is_being_decided(client: httpx.A
 # --- auth ---------------------------------------------------------------------------------------------------
 
 
+ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
+    ("POST", "/v1/decide", _decide_body("c-1")),
+    ("POST", "/v1/render", {"customer_id": "c-1"}),
+    ("POST", "/v1/explain", {"customer_id": "c-1"}),
+    ("GET", "/v1/models", None),
+    ("GET", "/docs.json", None),
+    ("GET", "/schema.json", None),
+    ("GET", "/", None),
+]
+"""Every route but health and metrics: the API, and BentoML's pages describing it (DESIGN.md: only health and
+metrics are open)."""
+
+
 @pytest.mark.parametrize(
     "headers",
     [
         {},
         {"Authorization": "Bearer not-the-token"},
+        {"Authorization": f"Bearer {TOKEN}x"},
         {"Authorization": TOKEN},
         {"Authorization": f"Basic {TOKEN}"},
     ],
-    ids=["no token", "wrong token", "no scheme", "basic scheme"],
+    ids=["no token", "wrong token", "token with more", "no scheme", "basic scheme"],
 )
-async def test_v1_routes_need_the_bearer_token(
+async def test_every_route_but_health_needs_the_bearer_token(
     client: httpx.AsyncClient, engine: FakeEngine, headers: dict[str, str]
 ) -> None:
-    for method, path, body in [
-        ("POST", "/v1/decide", _decide_body("c-1")),
-        ("POST", "/v1/render", {"customer_id": "c-1"}),
-        ("POST", "/v1/explain", {"customer_id": "c-1"}),
-        ("GET", "/v1/models", None),
-    ]:
+    for method, path, body in ROUTES:
         response = await client.request(method, path, json=body, headers=headers)
 
         assert response.status_code == 401, (path, response.text)
         assert response.headers["www-authenticate"].startswith("Bearer")
         assert response.json()["error"] == "unauthorized"
+        assert response.json()["details"][0]["field"] == "Authorization"
         assert "Authorization" in response.json()["message"] or "token" in response.json()["message"]
     assert engine.requests == []
+
+
+async def test_every_route_answers_with_the_token(client: httpx.AsyncClient, engine: FakeEngine) -> None:
+    for method, path, body in ROUTES:
+        response = await client.request(method, path, json=body, headers=AUTH)
+
+        assert response.status_code == 200, (path, response.text)
+    assert len(engine.requests) == 3
 
 
 async def test_the_token_scheme_is_case_insensitive(client: httpx.AsyncClient) -> None:
@@ -366,8 +397,8 @@ async def test_the_token_scheme_is_case_insensitive(client: httpx.AsyncClient) -
 
 @pytest.mark.parametrize("token", [None])
 async def test_without_a_configured_token_the_api_is_open(client: httpx.AsyncClient) -> None:
-    assert (await client.post("/v1/decide", json=_decide_body("c-1"))).status_code == 200
-    assert (await client.get("/v1/models")).status_code == 200
+    for method, path, body in ROUTES:
+        assert (await client.request(method, path, json=body)).status_code == 200, path
 
 
 # --- bad input ---------------------------------------------------------------------------------------------
@@ -443,6 +474,99 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], int, str, str]] = [
         "constraints.max_per_day",
         "unknown field",
     ),
+    # limits on every length a client sends
+    (
+        "window_hours 0",
+        {"json": _decide_body("c-1", window_hours=0)},
+        422,
+        "window_hours",
+        "greater than or equal to 1",
+    ),
+    (
+        "window_start before 2000",
+        {"json": _decide_body("c-1", window_start="1999-12-31T23:00:00Z")},
+        422,
+        "window_start",
+        "years 2000 to 2099",
+    ),
+    ("customer_id of blanks", {"json": _decide_body("   ")}, 422, "recipients[0].customer_id", "at least 1 character"),
+    (
+        "time zone of 65 characters",
+        {"json": {"recipients": [{"customer_id": "c-1", "timezone": "Europe/" + "x" * 58}]}},
+        422,
+        "recipients[0].timezone",
+        "at most 64 characters",
+    ),
+    (
+        "51 interests",
+        {"json": {"recipients": [{"customer_id": "c-1", "interests": ["books"] * 51}]}},
+        422,
+        "recipients[0].interests",
+        "at most 50 items",
+    ),
+    (
+        "interest of 65 characters",
+        {"json": {"recipients": [{"customer_id": "c-1", "interests": ["x" * 65]}]}},
+        422,
+        "recipients[0].interests[0]",
+        "at most 64 characters",
+    ),
+    (
+        "101 attributes",
+        {"json": {"recipients": [{"customer_id": "c-1", "attributes": {f"attr_{i}": i for i in range(101)}}]}},
+        422,
+        "recipients[0].attributes",
+        "at most 100 items",
+    ),
+    (
+        "attribute name of 65 characters",
+        {"json": {"recipients": [{"customer_id": "c-1", "attributes": {"attr_" + "x" * 60: 1}}]}},
+        422,
+        "recipients[0].attributes",
+        "attribute names are at most 64 characters",
+    ),
+    (
+        "attribute value of 257 characters",
+        {"json": {"recipients": [{"customer_id": "c-1", "attributes": {"attr_note": "x" * 257}}]}},
+        422,
+        "recipients[0].attributes",
+        "attribute values are at most 256 characters: ['attr_note']",
+    ),
+    (
+        "topic of 129 characters",
+        {"json": _decide_body("c-1", campaign={"topic": "x" * 129})},
+        422,
+        "campaign.topic",
+        "at most 128 characters",
+    ),
+    (
+        "campaign_id of 129 characters",
+        {"json": _decide_body("c-1", campaign={"campaign_id": "x" * 129})},
+        422,
+        "campaign.campaign_id",
+        "at most 128 characters",
+    ),
+    (
+        "subject of 501 characters",
+        {"json": _decide_body("c-1", campaign={"subject": "x" * 501})},
+        422,
+        "campaign.subject",
+        "at most 500 characters",
+    ),
+    (
+        "1,001 offer ids",
+        {"json": _decide_body("c-1", offer_ids=[f"of-{i}" for i in range(1001)])},
+        422,
+        "offer_ids",
+        "at most 1000 items",
+    ),
+    (
+        "offer id of 129 characters",
+        {"json": _decide_body("c-1", offer_ids=["x" * 129])},
+        422,
+        "offer_ids[0]",
+        "at most 128 characters",
+    ),
 ]
 
 
@@ -491,6 +615,39 @@ async def test_bad_render_and_explain_requests_name_the_field(client: httpx.Asyn
 
 
 @pytest.mark.parametrize(
+    ("path", "sent", "field", "words"),
+    [
+        ("/v1/render", {"customer_id": "c-1", "template": "x" * 65}, "template", "at most 64 characters"),
+        ("/v1/render", {"customer_id": "x" * 129}, "customer_id", "at most 128 characters"),
+        ("/v1/render", {"decision_id": "d-" + "0" * 33}, "decision_id", "should match pattern"),
+        (
+            "/v1/render",
+            {"customer_id": "c-1", "recipient": {"customer_id": "c-1", "interests": ["x"] * 51}},
+            "recipient.interests",
+            "at most 50 items",
+        ),
+        ("/v1/explain", {"customer_id": "x" * 129}, "customer_id", "at most 128 characters"),
+        (
+            "/v1/explain",
+            {"customer_id": "c-1", "model": "next_best_offer", "offer_id": "x" * 129},
+            "offer_id",
+            "at most 128 characters",
+        ),
+        ("/v1/explain", {"customer_id": "c-1", "top": 31}, "top", "less than or equal to 30"),
+    ],
+)
+async def test_render_and_explain_limit_what_a_client_sends(
+    client: httpx.AsyncClient, engine: FakeEngine, path: str, sent: dict[str, Any], field: str, words: str
+) -> None:
+    response = await client.post(path, json=sent, headers=AUTH)
+
+    assert response.status_code == 422, response.text
+    assert [d["field"] for d in response.json()["details"]] == [field]
+    assert words in response.json()["details"][0]["message"]
+    assert engine.requests == []
+
+
+@pytest.mark.parametrize(
     ("body", "field", "words"),
     [
         ({"model": "send_time"}, "send_at", "give send_at, a whole UTC hour"),
@@ -531,6 +688,7 @@ async def test_a_body_over_the_limit_is_refused_with_413(client: httpx.AsyncClie
     assert len(big) > 20 * 1024 * 1024
     assert response.status_code == 413
     assert response.json()["details"][0]["field"] == "body"
+    assert "larger than 20 MB" in response.json()["message"]
     assert engine.requests == []
 
 
