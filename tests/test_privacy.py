@@ -76,6 +76,8 @@ def places_holding(home: Path, needle: str) -> dict[str, list[str]]:
     any other file searched byte by byte; for a JSON-lines file, the lines that hold it."""
     found: dict[str, list[str]] = {}
     for path in sorted(p for p in home.rglob("*") if p.is_file()):
+        if not path.exists():  # a database's -wal or -shm file, checkpointed and removed when the scan closed it
+            continue
         name = str(path.relative_to(home))
         data = path.read_bytes()
         if path.suffix == ".parquet":

@@ -74,18 +74,18 @@ def ingest(
             for name, source in sources.items():
                 bars.add(name, 2 * len(source.files) + 2)
             batches = {name: read_table(source, options, warnings, bars) for name, source in sources.items()}
-            # one writer, from reading the tombstones and the store to the report: an erasure waits for this
-            # ingest, or this ingest for it (and then reads its tombstones)
-            held.enter_context(raw.writer_lock(settings))
-            tombstones = Tombstones.read(settings)
-            for batch in batches.values():  # erased customers stay erased, whatever old export comes in
-                drop_tombstoned(batch, tombstones)
             currency = check_currency(batches, previous_currency(settings))
             if given_as_of is not None:
                 check_export_as_of(given_as_of, batches)
             if "offers" in batches:
                 warn_likely_fraction(batches["offers"], warnings)
 
+            # one writer, from reading the tombstones and the store to the report: an erasure waits for this
+            # ingest, or this ingest for it (and then reads its tombstones)
+            held.enter_context(raw.writer_lock(settings))
+            tombstones = Tombstones.read(settings)
+            for batch in batches.values():  # erased customers stay erased, whatever old export comes in
+                drop_tombstoned(batch, tombstones)
             stored = {name: raw.load_table(settings, name) for name in contract.TABLES}
             merges, zone_sources = _merge(batches, stored, warnings, bars)
             final = {name: merges[name].frame if name in merges else stored[name] for name in contract.TABLES}
