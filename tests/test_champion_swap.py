@@ -4,11 +4,6 @@ is back. In process: the watcher and the engine it swaps in."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -21,19 +16,13 @@ import pytest
 
 from sendwise.raw import load_table
 from sendwise.settings import Settings
-from tests.conftest import REPO_ROOT, home_with_own_decision_log
+from tests.conftest import home_with_own_decision_log
+from tests.served import bentoml_serve
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 TOKEN = "swap-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-SERVE = [sys.executable, "-m", "bentoml", "serve", "serving.service:Sendwise", "--host", "127.0.0.1"]
 START = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -46,44 +35,8 @@ class Served:
 def service(pipeline_home, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:  # type: ignore[no-untyped-def]
     """`bentoml serve` on a copy of the pipeline's home, looking at the champion aliases every second."""
     settings = home_with_own_decision_log(pipeline_home.settings, tmp_path_factory.mktemp("served") / "home")
-    port = _free_port()
-    env = {
-        **os.environ,
-        **settings.library_environment(),
-        "SENDWISE_API_TOKEN": TOKEN,
-        "SENDWISE_CHAMPION_POLL_SECONDS": "1",
-    }
-    log_path = settings.home / "serve.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [*SERVE, "--port", str(port)],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 180
-            while time.monotonic() < deadline:
-                if process.poll() is not None:
-                    raise AssertionError(log_path.read_text()[-4000:])
-                try:
-                    if httpx.get(f"{url}/v1/models", headers=AUTH, timeout=30).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(1)
-            else:
-                raise AssertionError("bentoml serve did not answer /v1/models in 180 s")
-            yield Served(url, settings)
-        finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+    with bentoml_serve(settings, TOKEN, SENDWISE_CHAMPION_POLL_SECONDS="1") as url:
+        yield Served(url, settings)
 
 
 @dataclass
