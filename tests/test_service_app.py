@@ -170,6 +170,7 @@ async def served(
 ) -> AsyncIterator[httpx.AsyncClient]:
     """BentoML's ASGI app of the service over `engine`, in process, its home `home`; open without a `token`."""
     _guard_environment(monkeypatch, home)
+    monkeypatch.setenv("SENDWISE_CHAMPION_POLL_SECONDS", "0")  # the engine given is the one served: no watcher
     if token is None:
         monkeypatch.delenv("SENDWISE_API_TOKEN", raising=False)
     else:
