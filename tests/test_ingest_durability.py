@@ -169,6 +169,7 @@ def _killed_then_done(
     return killed
 
 
+@pytest.mark.slow  # a few dozen real ingests, killed and run again: about 40 s
 def test_an_ingest_killed_at_random_moments_ends_with_every_row_once(
     exports: tuple[Path, Path], tmp_path: Path
 ) -> None:
