@@ -632,7 +632,7 @@ def _evaluate_lift(seeds: int, work_dir: Path | None, customers: int, days: int,
     import json
     import tempfile
 
-    from training.lift_sim import CHECKED, LiftEvaluation, evaluate_lift
+    from training.evaluate_lift import CHECKED, LiftEvaluation, evaluate_lift
 
     _settings()  # the libraries' environment; the world and every seed get homes of their own
     with tempfile.TemporaryDirectory(prefix="sendwise-lift-") as temporary:

@@ -227,6 +227,17 @@ def in_send_range(value: datetime, name: str) -> datetime:
     return value
 
 
+def whole_utc_hour(value: datetime, name: str, example: str) -> datetime:
+    """`value` in UTC if it has a time zone, falls in `SEND_AT_RANGE` and is a whole hour; else a ValueError
+    naming `name` with `example` of what is expected."""
+    if value.tzinfo is None:
+        raise ValueError(f"{name} needs a time zone, e.g. {example}")
+    value = in_send_range(value, name)
+    if value.minute or value.second or value.microsecond:
+        raise ValueError(f"{name} must be a whole hour, e.g. {example}")
+    return value
+
+
 def next_whole_hour(now: datetime | None = None) -> datetime:
     now = now or datetime.now(UTC)
     return now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
@@ -271,12 +282,7 @@ class DecideRequest(_Strict):
     def _whole_utc_hour(cls, value: datetime | None) -> datetime | None:
         if value is None:
             return None
-        if value.tzinfo is None:
-            raise ValueError("window_start needs a time zone, e.g. 2026-11-26T07:00:00Z")
-        value = in_send_range(value, "window_start")
-        if value.minute or value.second or value.microsecond:
-            raise ValueError("window_start must be a whole hour, e.g. 2026-11-26T07:00:00Z")
-        return value
+        return whole_utc_hour(value, "window_start", "2026-11-26T07:00:00Z")
 
     def resolved_window_start(self) -> datetime:
         return self.window_start or next_whole_hour()
@@ -499,12 +505,7 @@ class ExplainRequest(_Strict):
                     "2026-11-26T19:00:00Z"
                 )
             return None
-        if value.tzinfo is None:
-            raise ValueError("send_at needs a time zone, e.g. 2026-11-26T19:00:00Z")
-        value = in_send_range(value, "send_at")
-        if value.minute or value.second or value.microsecond:
-            raise ValueError("send_at must be a whole hour, e.g. 2026-11-26T19:00:00Z")
-        return value
+        return whole_utc_hour(value, "send_at", "2026-11-26T19:00:00Z")
 
     @field_validator("offer_id")
     @classmethod

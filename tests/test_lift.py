@@ -629,7 +629,7 @@ def test_measured_lift_holds_the_true_lift_on_the_pipeline_home(
     and exclude 0; the engine's propensities are share/A + (1 − share) on the policy's hour, share/A elsewhere;
     the shared home's decision log is untouched."""
     from sendwise.simulator import World
-    from training.lift_sim import Scenario, run_scenario
+    from training.evaluate_lift import Scenario, run_scenario
 
     world = World.load(pipeline_home.world)
     shared_log = (
