@@ -11,7 +11,7 @@ BRAND_FILE ?= $(CURDIR)/examples/brand.yaml
 # apt-get through sudo only when not root and sudo exists (a root container has no sudo).
 SUDO := $(shell command -v sudo >/dev/null 2>&1 && [ "$$(id -u)" != 0 ] && echo sudo)
 
-.PHONY: run test test-fast install install-dev uv lint check bench chromium lab
+.PHONY: run test test-fast install install-dev uv lint check bench chromium redis lab
 
 uv:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -40,12 +40,12 @@ run: install
 
 ## Install what the tests need and run the whole suite (CI runs this): minutes, most of them the pipeline run
 ## on a small world that the slow tests share, and the real `bentoml serve`.
-test: install-dev check chromium
+test: install-dev check chromium redis
 	$(UV) run --no-sync pytest -q
 
 ## The fast lane: every test that needs neither that pipeline run nor a served model (`-m "not slow"`), in under
 ## a minute. One OpenMP thread: on a busy two-core machine, LightGBM's and BLAS's threads wait on each other.
-test-fast: install-dev chromium
+test-fast: install-dev chromium redis
 	OMP_NUM_THREADS=1 $(UV) run --no-sync pytest -q -m "not slow"
 
 ## Debian's chromium, which the browser tests drive through Playwright (tests/browser.py; Playwright never
@@ -54,6 +54,12 @@ test-fast: install-dev chromium
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { echo "installing chromium, the browser that checks rendered emails"; \
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
+## Debian's redis-server: the tests start their own on a free port (tests/redis_server.py) to run the service
+## on a Redis online store shared by several processes. Installed once, when missing.
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { echo "installing redis-server, the online store the scale tests share"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
 
 ## JupyterLab on notebooks/ (the `notebooks` dependency group), started with the home's environment
 ## (Settings.activate: SENDWISE_HOME, default the repository, with MLflow, matplotlib, Jupyter and IPython

@@ -44,6 +44,15 @@ class PipelineHome:
 
 
 @pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """One real `redis-server` for the session (tests/redis_server.py): its URL without a db number."""
+    from tests.redis_server import redis_server
+
+    with redis_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
 def small_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A seeded world of 1,500 customers over 45 days, with its truth."""
     from sendwise.simulator import simulate
