@@ -5,9 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-SECTIONS = ("inprocess", "http", "memory", "explain", "soak")
+SECTIONS = ("inprocess", "http", "memory", "explain", "soak", "scale")
 """`inprocess` is benchmarks 1 and 2 (decisions per second and the model floor), `http` is 3, `memory` is 4,
-`explain` is 5 (explanations per recipient), `soak` is 6 (half the throughput held for minutes)."""
+`explain` is 5 (explanations per recipient), `soak` is 6 (half the throughput held for minutes), `scale` is 7
+(the pipeline stage by stage at growing numbers of customers)."""
+DEFAULT_SECTIONS = SECTIONS[:-1]
+"""What a run without `--only` measures: the scale benchmark builds worlds of its own, up to a million
+customers (hours), and runs only when asked for."""
+HOME_SECTIONS = SECTIONS[:-1]
+"""The sections that run on the cached benchmark home (`bench.world.prepare_home`)."""
 
 ISSUE_WORLD_CUSTOMERS = 100_000
 ISSUE_ONLINE_CUSTOMERS = 1_000_000
@@ -48,7 +54,17 @@ class Plan:
     soak_warmup_seconds: float = 30.0
     soak_seconds: float = 600.0
     """How long the soak holds half the throughput (after its warm-up)."""
-    sections: tuple[str, ...] = SECTIONS
+    scale_sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000)
+    """Customers of each world the scale benchmark runs the pipeline on."""
+    scale_days: int = 90
+    scale_simulate_max: int = 100_000
+    """The largest world the scale benchmark simulates; larger sizes that are a multiple of it are copies of it
+    (the simulator holds a whole world in memory: about 7 GB at 100,000 customers × 90 days)."""
+    scale_memory_limit: float = 16e9
+    """Bytes resident past which the scale benchmark stops a stage's process (the machine is shared)."""
+    scale_time_limit: float = 90 * 60.0
+    """Seconds past which the scale benchmark stops one size's pipeline."""
+    sections: tuple[str, ...] = DEFAULT_SECTIONS
     rebuild: bool = False
     stale_ok: bool = False
     """Reuse a cached home even when the code that builds homes changed since (faster, maybe wrong)."""
@@ -70,6 +86,7 @@ class Plan:
             soak_probe_seconds=5.0,
             soak_warmup_seconds=10.0,
             soak_seconds=60.0,
+            scale_sizes=(10_000, 100_000),
             quick=True,
         )
         return replace(quick, **overrides)  # type: ignore[arg-type]

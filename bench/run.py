@@ -5,7 +5,9 @@ floor and the ratio to it), `http` (3: the real `bentoml serve`: a 10,000-recipi
 recipients at concurrency 1 and 8), `memory` (4: the service's resident memory with 1,000,000 customers
 online), `explain` (5: `/v1/explain` per recipient for each model, and `/v1/decide` with `explain`, in
 process) and `soak` (6: the real `bentoml serve` held at half its single-recipient throughput for 10 minutes:
-errors and memory growth). See bench/README.md for how to read the table.
+errors and memory growth); and, only when asked for, `scale` (7: the pipeline stage by stage on worlds of
+10,000, 100,000 and 1,000,000 customers, `--scale-sizes`: time and peak memory of each stage and how they
+grow). See bench/README.md for how to read the table.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ import psutil
 import typer
 from rich.console import Console
 
-from bench import explain, inprocess, memory, over_http, soak
-from bench.plan import DEFAULT_CACHE, SECTIONS, Plan
+from bench import explain, inprocess, memory, over_http, scale, soak
+from bench.plan import DEFAULT_CACHE, DEFAULT_SECTIONS, HOME_SECTIONS, SECTIONS, Plan
 from bench.report import Row, error_rows, table, write_json
 from bench.world import BenchHome, prepare_home
 
@@ -38,11 +40,27 @@ RUNNERS: dict[str, tuple[str, Runner]] = {
     "explain": (explain.SECTION, explain.run),
     "soak": (soak.SECTION, soak.run),
 }
+"""The sections that run on the cached benchmark home; `scale` builds homes of its own (`bench.scale`)."""
 WIDE = 180
 """Columns of the table when the output is not a terminal (a log file, a CI job)."""
 QUIET_ENVIRONMENT = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "FEAST_USAGE": "False"}
 
 app = typer.Typer(add_completion=False, help=__doc__)
+
+
+def _sizes(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        sizes = tuple(sorted({int(part.replace("_", "").strip()) for part in text.split(",") if part.strip()}))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 100:
+        raise typer.BadParameter(
+            f"{text!r}: give comma-separated numbers of customers, each at least 100 (e.g. 10000,100000)",
+            param_hint="--scale-sizes",
+        )
+    return sizes
 
 
 def _sections(only: str) -> tuple[str, ...]:
@@ -81,7 +99,9 @@ def bench(
         bool,
         typer.Option("--quick", help="20,000 customers, 200,000 online, fewer repetitions (not the full sizes)"),
     ] = False,
-    only: Annotated[str, typer.Option(help="comma-separated sections to run")] = ",".join(SECTIONS),
+    only: Annotated[str, typer.Option(help=f"comma-separated sections to run, among {','.join(SECTIONS)}")] = ",".join(
+        DEFAULT_SECTIONS
+    ),
     cache: Annotated[
         Path, typer.Option(envvar="SENDWISE_BENCH_DIR", help="where worlds and homes are built and kept between runs")
     ] = DEFAULT_CACHE,
@@ -92,6 +112,17 @@ def bench(
     ] = None,
     soak_seconds: Annotated[
         float | None, typer.Option(min=10, help="how long the soak holds half the throughput [600; --quick 60]")
+    ] = None,
+    scale_sizes: Annotated[
+        str | None,
+        typer.Option(help="customers of each world of the scale section, comma-separated [10000,100000,1000000]"),
+    ] = None,
+    scale_days: Annotated[int | None, typer.Option(min=7, help="days of each world of the scale section [90]")] = None,
+    scale_memory_limit: Annotated[
+        float | None, typer.Option(min=0.5, help="GB resident past which the scale section stops a stage [16]")
+    ] = None,
+    scale_time_limit: Annotated[
+        float | None, typer.Option(min=1, help="minutes past which the scale section stops a size's pipeline [90]")
     ] = None,
     seed: Annotated[int, typer.Option(help="seed of the world and of the recipients drawn")] = 0,
     rebuild: Annotated[
@@ -113,6 +144,10 @@ def bench(
         days=days,
         online_customers=online_customers,
         soak_seconds=soak_seconds,
+        scale_sizes=_sizes(scale_sizes),
+        scale_days=scale_days,
+        scale_memory_limit=None if scale_memory_limit is None else scale_memory_limit * 1e9,
+        scale_time_limit=None if scale_time_limit is None else scale_time_limit * 60,
         seed=seed,
         sections=_sections(only),
         rebuild=rebuild,
@@ -123,28 +158,38 @@ def bench(
     started_on = machine()
     console.print(f"[bold]sendwise benchmarks[/] on {started_on}; cache {plan.cache}")
     plan.cache.mkdir(parents=True, exist_ok=True)
-    home = prepare_home(plan, console)
+    home = prepare_home(plan, console) if set(plan.sections) & set(HOME_SECTIONS) else None
     rows: list[Row] = []
     for section in plan.sections:
-        title, runner = RUNNERS[section]
+        title = scale.SECTION if section == "scale" else RUNNERS[section][0]
         console.rule(f"[bold]{title}")
         section_began = time.perf_counter()
         try:
-            rows += runner(home, plan, console)
+            if section == "scale":
+                rows += scale.run(plan, console)
+            else:
+                assert home is not None
+                rows += RUNNERS[section][1](home, plan, console)
         except Exception as error:  # noqa: BLE001 - one failed section still leaves the others' figures
             console.print(f"[red]{title} failed:[/]\n{traceback.format_exc()}")
             rows += error_rows(title, error)
         console.print(f"[dim]{title}: {time.perf_counter() - section_began:.0f} s[/]")
     elapsed = time.perf_counter() - began
-    size = f"{plan.customers:,} customers × {plan.days} days" + (" (quick: not the full sizes)" if plan.quick else "")
+    if home is not None:
+        size = f"{plan.customers:,} customers × {plan.days} days"
+    else:
+        size = f"worlds of {', '.join(f'{n:,}' for n in plan.scale_sizes)} customers × {plan.scale_days} days"
+    size += " (quick: not the full sizes)" if plan.quick else ""
+    where = f"home {home.settings.home}" if home is not None else f"cache {plan.cache}"
     caption = (
         f"{started_on} at the start; load average {', '.join(f'{x:.1f}' for x in os.getloadavg())} at the end. "
-        f"Ran in {elapsed / 60:.1f} min on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; home {home.settings.home}."
+        f"Ran in {elapsed / 60:.1f} min on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {where}."
     )
     console.print()
     console.print(table(rows, f"sendwise benchmarks: {size}", caption))
     if json_path is not None:
-        context = {"plan": plan.__dict__, "machine": started_on, "seconds": elapsed, "home": home.settings.home}
+        home_dir = home.settings.home if home is not None else None
+        context = {"plan": plan.__dict__, "machine": started_on, "seconds": elapsed, "home": home_dir}
         write_json(rows, json_path, context)
         console.print(f"rows written to {json_path}")
     if any(row.verdict == "ERROR" for row in rows):
