@@ -55,6 +55,12 @@ PRIOR_SUPPORT = 2_500
 """Candidates kept after the prior is fitted (the most common ones): the rest carry almost no weight."""
 ZONE_SHRINKAGE = 50.0
 """A time zone's prior counts as this many customers of the global prior plus its own customers."""
+PRIOR_FIT_CUSTOMERS = 25_000
+"""The most customers the prior's mixing weights and the reading delays are fitted on: past it, a seeded uniform
+sample of them. The prior describes the population, and a sample of this size estimates it as well as everyone
+does (the worlds it was developed on had 10,000 customers); fitted on everyone it was the largest cost of the
+feature build, growing with the customers."""
+PRIOR_FIT_SEED = 20_261_206
 DELAY_ITERATIONS = 25
 CHUNK = 2_048
 NO_OWNER = -1
@@ -262,6 +268,13 @@ def _em(
     return weights
 
 
+def _fit_rows(rows: np.ndarray) -> np.ndarray:
+    """`rows`, or a seeded uniform sample of `PRIOR_FIT_CUSTOMERS` of them, in order."""
+    if len(rows) <= PRIOR_FIT_CUSTOMERS:
+        return rows
+    return np.sort(np.random.default_rng(PRIOR_FIT_SEED).choice(rows, PRIOR_FIT_CUSTOMERS, replace=False))
+
+
 def fit_prior(
     evidence: Evidence,
     zones: np.ndarray,
@@ -270,7 +283,8 @@ def fit_prior(
     """The candidates and how common each is among these customers (rows of `evidence`).
 
     `reads` = (customer row, send slot, hours after the send) of every first read, to learn the reading delays:
-    from the rhythms the visits alone give, then the prior is fitted again on all the evidence.
+    from the rhythms the visits alone give, then the prior is fitted again on all the evidence. The mixing
+    weights and the delays are fitted on at most `PRIOR_FIT_CUSTOMERS` customers (`_fit_rows`).
     """
     shapes, owners = candidate_rhythms(evidence.visits)
     zones = np.asarray(zones, dtype=object)
@@ -279,18 +293,18 @@ def fit_prior(
     delays = ReadingDelays.flat()
     if reads is not None and len(reads[0]):
         visits_only = evidence.visits_only()
-        seen = np.flatnonzero(visits_only.amount() > 0)
-        weights = _em(visits_only.stacked()[seen], seen, _log_terms(shapes, delays), owners, weights)
+        seen = _fit_rows(np.flatnonzero(visits_only.amount() > 0))
+        weights = _em(visits_only.select(seen).stacked(), seen, _log_terms(shapes, delays), owners, weights)
         prior = RhythmPrior(shapes, owners, _log_terms(shapes, delays), weights, {}, {}, delays)
-        readers = np.unique(reads[0])
+        readers = _fit_rows(np.unique(reads[0]))
         rhythms = np.zeros((len(evidence.visits), DAY_TYPES * HOURS), np.float32)
         rhythms[readers] = prior.posterior_mean(visits_only.select(readers), np.full(len(readers), ""), readers)
-        delays = ReadingDelays.fit(reads[0], reads[1], reads[2], rhythms)
+        by_reader = np.isin(reads[0], readers)
+        delays = ReadingDelays.fit(reads[0][by_reader], reads[1][by_reader], reads[2][by_reader], rhythms)
     log_terms = _log_terms(shapes, delays)
-    everyone = evidence.stacked()
-    stacked = everyone[informed]
-    if len(stacked):
-        weights = _em(stacked, informed, log_terms, owners, weights)
+    fit = _fit_rows(informed)
+    if len(fit):
+        weights = _em(evidence.select(fit).stacked(), fit, log_terms, owners, weights)
     keep = np.sort(np.argsort(-weights, kind="stable")[: min(PRIOR_SUPPORT, len(weights))])
     if owners[-1] == NO_OWNER and len(shapes) - 1 not in keep:
         keep = np.append(keep, len(shapes) - 1)  # the flat day stays: somewhere to go for the unusual
@@ -300,11 +314,12 @@ def fit_prior(
     zone_customers: dict[str, int] = {}
     informed_zones = zones[informed]
     for zone in sorted(set(informed_zones)):
-        members = informed[informed_zones == zone]
+        everyone_there = informed[informed_zones == zone]
+        members = _fit_rows(everyone_there)
         total = np.zeros(len(shapes), np.float64)
         for start in range(0, len(members), CHUNK):
             part = members[start : start + CHUNK]
-            total += _responsibilities(everyone[part], log_terms, weights, part, owners).sum(axis=0)
+            total += _responsibilities(evidence.select(part).stacked(), log_terms, weights, part, owners).sum(axis=0)
         zone_weights[zone] = ((total + ZONE_SHRINKAGE * weights) / (len(members) + ZONE_SHRINKAGE)).astype(np.float32)
-        zone_customers[zone] = len(members)
+        zone_customers[zone] = len(everyone_there)
     return RhythmPrior(shapes, owners, log_terms, weights.astype(np.float32), zone_weights, zone_customers, delays)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from features.activity import (
     HOURS,
@@ -102,3 +103,25 @@ def test_no_visits_at_all_gives_the_flat_day() -> None:
     rhythm = prior.posterior_mean(evidence, np.full(50, "UTC", dtype=object), np.arange(50))
     assert np.allclose(rhythm, 1.0)  # at its peak at every hour: nothing to tell the hours apart
     assert list(prior.zone_means()["timezone"]) == [""]
+
+
+def test_a_prior_fitted_on_a_sample_of_the_customers_serves_everyone_as_well(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past `PRIOR_FIT_CUSTOMERS` the mixing weights are fitted on a seeded sample: the rhythms everyone gets
+    choose hours as well as with a prior fitted on all of them, and each zone still counts all its customers."""
+    import features.activity as activity
+
+    rng = np.random.default_rng(5)
+    rhythms, evidence = _population(3000, rng, visits=12.0)
+    zones = np.where(np.arange(3000) % 3 == 0, "UTC", "Asia/Tokyo").astype(object)
+    full = fit_prior(evidence, zones)
+    monkeypatch.setattr(activity, "PRIOR_FIT_CUSTOMERS", 600)
+    sampled = fit_prior(evidence, zones)
+    assert sampled.zone_customers == full.zone_customers == {"Asia/Tokyo": 2000, "UTC": 1000}
+
+    def efficiency(prior: activity.RhythmPrior) -> float:
+        chosen = prior.posterior_mean(evidence, zones, np.arange(3000))[:, :HOURS].argmax(axis=1)
+        return float(rhythms[np.arange(3000), chosen].sum() / rhythms[:, :HOURS].max(axis=1).sum())
+
+    assert efficiency(sampled) > 0.9
+    assert efficiency(sampled) > efficiency(full) - 0.01
+    assert not np.allclose(sampled.weights, full.weights)  # it was fitted on other rows
