@@ -193,7 +193,7 @@ def ingest(
 
 
 def _print_training(result: TrainResult) -> None:
-    for line in result.tuning_lines():
+    for line in [*result.tuning_lines(), *result.sampled.values()]:
         console.print(line)
     table = Table(title=f"models (as of {result.as_of_text()})")
     for column in ("model", "valid AUC", "calibration", "promotion"):

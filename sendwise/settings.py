@@ -72,6 +72,13 @@ class Settings(BaseSettings):
         description="the size at which the decision log starts a new part file of the day (a batch is never split "
         "across parts, so a part may pass it by one batch)",
     )
+    train_max_rows: int = Field(
+        default=2_000_000,
+        ge=1_000,
+        description="the most sends (and, apart, offer exposures) a model is trained on: past it training takes a "
+        "seeded uniform sample of them before Feast's point-in-time join, weights each sampled row by the inverse "
+        "of the share kept, and says so in the run's MLflow parameters",
+    )
     trace_decide: bool = Field(
         default=False,
         description="trace and access-log every /v1/decide request as BentoML does other routes (off: at a "

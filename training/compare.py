@@ -78,13 +78,17 @@ def held_out_windows(settings: Settings, features: Features, names: Iterable[str
         if name not in MODEL_NAMES:
             raise RegistryError(f"unknown model {name!r}: expected one of {', '.join(MODEL_NAMES)}")
         if name == "next_best_offer":
-            found = offer_training_set(features.store, features.tables, settings.conversion_window_days)
+            found = offer_training_set(
+                features.store, features.tables, settings.conversion_window_days, settings.train_max_rows
+            )
             if found is None:
                 raise RegistryError(f"no held-out window for {name}: {skips.offer_model(features.tables, settings)}")
             held_out = HeldOut(found[0])
         else:
             if open_held_out is None:
-                data = open_training_set(features.store, features.tables, settings.label_window_hours)
+                data = open_training_set(
+                    features.store, features.tables, settings.label_window_hours, settings.train_max_rows
+                )
                 if data is None:
                     raise RegistryError(f"no held-out window for {name}: {skips.open_model(features.tables, settings)}")
                 open_held_out = HeldOut(data)

@@ -39,6 +39,8 @@ class TrainingSet:
     held_out_customers: np.ndarray | None = None
     """Set when the examples have too few distinct times to split by time (an experiment logged at one
     instant): then the held-out part is a stable share of the customers instead."""
+    sample: Sample | None = None
+    """Set when the examples are a sample of more (`sample_rows`); `weight` is then 1 / its rate."""
 
     @property
     def train(self) -> np.ndarray:
@@ -61,6 +63,54 @@ class TrainingSet:
             "data_end": str(self.times.max()),
             **split,
         }
+
+
+SAMPLE_SEED = 20_261_205
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Which share of the available examples a training set kept: a seeded uniform sample."""
+
+    available: int
+    kept: int
+
+    @property
+    def rate(self) -> float:
+        return self.kept / self.available
+
+    def mlflow_params(self) -> dict[str, object]:
+        return {
+            "training_rows_sampled": "true",
+            "training_rows_available": self.available,
+            "training_rows_kept": self.kept,
+            "training_sample_rate": round(self.rate, 6),
+            "training_sample_weight": round(1.0 / self.rate, 6),
+        }
+
+    def sentence(self, name: str) -> str:
+        return (
+            f"{name}: trained on a uniform sample of {self.kept:,} of {self.available:,} examples "
+            f"({self.rate:.1%}, SENDWISE_TRAIN_MAX_ROWS), each weighted {1.0 / self.rate:.2f}"
+        )
+
+
+def sample_rows(n: int, max_rows: int | None, seed: int = SAMPLE_SEED) -> tuple[np.ndarray, Sample | None]:
+    """Rows of `n` examples to keep, in their order: all of them up to `max_rows`, else a seeded uniform sample
+    of `max_rows` (and what was kept).
+
+    Uniform, the same rate for every label: the held-out window's rates, AUC, log loss and calibration, and the
+    recalibration of the open model, stay those of all the examples; the weights 1 / rate give LightGBM's sums
+    of hessians (and so its regularization) the scale of the whole set.
+    """
+    if max_rows is None or n <= max_rows:
+        return np.arange(n), None
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=max_rows, replace=False))
+    return rows, Sample(available=n, kept=max_rows)
+
+
+def _weights(sample: Sample | None, n: int) -> np.ndarray | None:
+    return None if sample is None else np.full(n, 1.0 / sample.rate, dtype=np.float32)
 
 
 def _split(times: pd.Series, customers: pd.Series) -> tuple[pd.Timestamp, np.ndarray | None]:
@@ -102,8 +152,11 @@ def _hash_share(customers: pd.Series, share: float, salt: str) -> np.ndarray:
     return bucket < share * 1000
 
 
-def open_training_set(store: FeatureStore, tables: FeatureTables, label_hours: int) -> TrainingSet | None:
-    """Sends whose label window has closed, with the open model's features at the send time.
+def open_training_set(
+    store: FeatureStore, tables: FeatureTables, label_hours: int, max_rows: int | None = None
+) -> TrainingSet | None:
+    """Sends whose label window has closed, with the open model's features at the send time (at most
+    `max_rows` of them: `sample_rows`).
 
     The sends of proxied recipients carry no label (their opens are the proxy's: `features.labels`) and are
     left out. So that the model can answer for proxied customers, the sends of a stable half of the others are
@@ -119,6 +172,8 @@ def open_training_set(store: FeatureStore, tables: FeatureTables, label_hours: i
     sends = sends[sends["customer_id"].isin(tables.customers["customer_id"])].reset_index(drop=True)
     if len(sends) < MIN_EXAMPLES or sends["human_open"].nunique() < 2:
         return None
+    kept, sample = sample_rows(len(sends), max_rows)
+    sends = sends.iloc[kept].reset_index(drop=True) if sample is not None else sends
     entity_df = pd.DataFrame({"customer_id": sends["customer_id"], "event_timestamp": sends["send_at"]})
     rows = historical_features(store, "open_propensity_v1", entity_df)
     matrix = customer_matrix(rows)
@@ -144,7 +199,9 @@ def open_training_set(store: FeatureStore, tables: FeatureTables, label_hours: i
         times=sends["send_at"].iloc[examples].reset_index(drop=True),
         cut=_split(sends["send_at"], sends["customer_id"])[0],
         feature_service="open_propensity_v1",
+        weight=_weights(sample, len(examples)),
         held_out_customers=_held_out(sends, examples),
+        sample=sample,
     )
 
 
@@ -175,10 +232,10 @@ def closed_exposures(tables: FeatureTables, window_days: float) -> pd.DataFrame:
 
 
 def offer_training_set(
-    store: FeatureStore, tables: FeatureTables, window_days: float
+    store: FeatureStore, tables: FeatureTables, window_days: float, max_rows: int | None = None
 ) -> tuple[TrainingSet, OfferMatrix] | None:
     """Offer exposures whose conversion window has closed, with the offer model's features. `window_days` is
-    the window of offers that set none of their own.
+    the window of offers that set none of their own; at most `max_rows` exposures (`sample_rows`).
 
     The examples are not weighted by inverse propensity: the logging policy chose offers from what the model
     sees too (the offer, the customer's interests and history), so the conversion probability given those is
@@ -192,6 +249,8 @@ def offer_training_set(
     exposures = closed_exposures(tables, window_days)
     if len(exposures) < MIN_EXAMPLES or exposures["converted"].nunique() < 2:
         return None
+    kept, sample = sample_rows(len(exposures), max_rows)
+    exposures = exposures.iloc[kept].reset_index(drop=True) if sample is not None else exposures
     entity_df = pd.DataFrame(
         {
             "customer_id": exposures["customer_id"],
@@ -212,6 +271,8 @@ def offer_training_set(
             cut=cut,
             held_out_customers=by_customer,
             feature_service="next_best_offer_v1",
+            weight=_weights(sample, len(exposures)),
+            sample=sample,
         ),
         offers,
     )

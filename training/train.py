@@ -60,6 +60,8 @@ class TrainResult:
     champion's predictions there; kept only where training left promotion to a person (`training.compare`)."""
     as_of_source: Source = "given"
     """Where `as_of` came from: "given", "recorded" (an ingest's --as-of) or "data" (the data's end)."""
+    sampled: dict[str, str] = field(default_factory=dict)
+    """Model name -> the sentence that says it was trained on a sample of its examples (`datasets.sample_rows`)."""
 
     def as_of_text(self) -> str:
         """`2008-04-14 15:00 UTC, the --as-of given`."""
@@ -195,6 +197,8 @@ def _log_run(
     with mlflow.start_run(run_name=name) as run:
         mlflow.log_params({k: v for k, v in fitted.params.items() if k not in ("verbose",)})
         mlflow.log_params({"feature_service": data.feature_service, **data.window()})
+        if data.sample is not None:
+            mlflow.log_params(data.sample.mlflow_params())
         mlflow.log_metrics({**fitted.metrics, **extra_metrics})
         mlflow.set_tags(
             {
@@ -261,11 +265,13 @@ def train_offer(
     tuner: Tuner | None = None,
     apply: bool = True,
 ) -> None:
-    found = offer_training_set(store, tables, settings.conversion_window_days)
+    found = offer_training_set(store, tables, settings.conversion_window_days, settings.train_max_rows)
     if found is None:
         result.skipped["next_best_offer"] = skips.offer_model(tables, settings)
         return
     data, _ = found
+    if data.sample is not None:
+        result.sampled["next_best_offer"] = data.sample.sentence("next_best_offer")
     tuning = tuner(data, "next_best_offer", base_params=OFFER_PARAMS) if tuner else None
     fitted = fit_binary(data, seed=settings.seed, params={**OFFER_PARAMS, **(tuning.params if tuning else {})})
     extra = {"baseline_valid_auc": best_seller_auc(data)}
@@ -320,7 +326,9 @@ def train_models(
     if model in ("open", "send-time", "all"):
         names = [name for name in registered_names(model) if name != "next_best_offer"]
         with console.status("training the open-propensity / send-time model"):
-            data = open_training_set(store, tables, settings.label_window_hours)
+            data = open_training_set(store, tables, settings.label_window_hours, settings.train_max_rows)
+            if data is not None and data.sample is not None:
+                result.sampled["open_propensity"] = data.sample.sentence("open_propensity and send_time")
             if data is None:
                 why = skips.open_model(tables, settings)
                 for name in names:
