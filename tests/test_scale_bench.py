@@ -116,7 +116,7 @@ def test_one_small_world_through_every_stage(tmp_path: Path) -> None:
     plan = Plan(cache=tmp_path, scale_sizes=(2_000,), scale_days=30, sections=("scale",))
     (run,) = scale.measure(plan, Console(quiet=True))
     rows = scale.summary_rows([run])
-    assert set(run.stages) == set(scale.STAGES)
+    assert set(run.stages) == set(scale.STAGES), run.stages
     for stage in run.stages.values():
         assert stage.seconds is not None and stage.seconds > 0, stage
         assert stage.peak_rss is not None and stage.peak_rss > 50_000_000, stage
