@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -306,7 +307,7 @@ def _run_group(
 ) -> list[Stage]:
     """One process of stages (bench/stages.py): each stage's seconds and peak, or why it has none."""
     customers = 0
-    out = log.with_suffix(f".{stages[0]}.jsonl")
+    out = log.with_suffix(f".{re.sub(r'[^a-z]+', '-', (name or stages[0]).lower()).strip('-')}.jsonl")
     out.unlink(missing_ok=True)
     command = [sys.executable, "-m", "bench.stages", str(home), *stages, "--out", str(out), "--data", str(world)]
     run = watched(command, env, log, plan.scale_memory_limit, time_left)
