@@ -24,7 +24,9 @@ BASE_PARAMS: dict[str, object] = {
     "bagging_freq": 1,
     "lambda_l2": 1.0,
     "verbose": -1,
-    "num_threads": 2,
+    # No num_threads: LightGBM then follows OpenMP (OMP_NUM_THREADS, else one thread per core). A fixed count
+    # above what the machine has free makes every boosting round wait at OpenMP's barriers for threads whose
+    # cores other jobs hold (bench/README.md, scale).
     # Keep every feature in the binned Dataset whatever min_data_in_leaf is, so that one Dataset serves
     # every tuning trial and a champion's parameters can be refit on it (LightGBM refuses otherwise).
     "feature_pre_filter": False,
