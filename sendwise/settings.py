@@ -73,7 +73,7 @@ class Settings(BaseSettings):
         "across parts, so a part may pass it by one batch)",
     )
     train_max_rows: int = Field(
-        default=2_000_000,
+        default=500_000,
         ge=1_000,
         description="the most sends (and, apart, offer exposures) a model is trained on: past it training takes a "
         "seeded uniform sample of them before Feast's point-in-time join, weights each sampled row by the inverse "
