@@ -243,8 +243,12 @@ def next_whole_hour(now: datetime | None = None) -> datetime:
     return now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
 
 
-def _published_decide(schema: dict[str, Any]) -> None:
-    """`explain: true` takes at most `MAX_EXPLAINED_RECIPIENTS`, said in the document."""
+def _published_decide(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    """`explain: true` takes at most `MAX_EXPLAINED_RECIPIENTS`, said in the document. Not in BentoML's copy of
+    the model (its own OpenAPI 3.0 document, which `bentoml build` writes into the bento, has no `if`); the
+    document the service publishes is `serving.openapi`'s."""
+    if model is not DecideRequest:
+        return
     schema["if"] = {"properties": {"explain": {"const": True}}, "required": ["explain"]}
     schema["then"] = {"properties": {"recipients": {"maxItems": MAX_EXPLAINED_RECIPIENTS}}}
 

@@ -24,6 +24,7 @@ exception in the engine becomes a 500 for that request only (BentoML logs it).
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
@@ -256,12 +257,24 @@ class DecideLane:
 
 def _document() -> dict[str, Any]:
     """The OpenAPI document of the running service: its templates are the built-in ones and its settings'."""
-    from importlib.metadata import version
-
     from serving.render import available_templates
 
     settings = cast("Sendwise", bentoml.get_current_service()).settings
-    return openapi_document(available_templates(settings.templates_dir), version=version("sendwise"))
+    return openapi_document(available_templates(settings.templates_dir), version=sendwise_version())
+
+
+def sendwise_version() -> str:
+    """The installed distribution's version, else that of the pyproject.toml beside the packages: a bento holds
+    the source, not the distribution."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sendwise")
+    except PackageNotFoundError:
+        import tomllib
+
+        pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+        return str(tomllib.loads(pyproject.read_text())["project"]["version"]) if pyproject.exists() else "unknown"
 
 
 # mypy keeps the class type through class decorators; `Sendwise` is a bentoml.Service here
