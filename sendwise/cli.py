@@ -59,7 +59,16 @@ CONSENT: dict[Consent, Literal["granted", "denied"]] = {Consent.granted: "grante
 def _settings() -> Settings:
     # Library deprecation notices (ibis, SQLAlchemy) say nothing a user of sendwise can act on.
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    settings = Settings()
+    from pydantic import ValidationError
+
+    try:
+        settings = Settings()
+    except ValidationError as error:
+        wrong = "; ".join(
+            f"SENDWISE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg'].removeprefix('Value error, ')}"
+            for e in error.errors()
+        )
+        raise _fail(f"the settings are not valid: {wrong}") from None
     settings.activate()
     return settings
 
@@ -520,10 +529,14 @@ def ui(
 ) -> None:
     """Open MLflow's UI on the home's runs and registry (SENDWISE_HOME/mlruns: mlflow.db and the artifacts).
 
-    Any other option goes to `mlflow server`, e.g. `--allowed-hosts` to reach it from another machine.
+    Any other option goes to `mlflow server`, e.g. `--allowed-hosts` to reach it from another machine. With
+    SENDWISE_MLFLOW_TRACKING_URI set to a tracking server, the UI is that server's own: its URL is printed.
     """
     settings = _settings()
-    if not (settings.mlruns_dir / "mlflow.db").exists():
+    if settings.tracking_server:
+        console.print(f"MLflow's UI is the tracking server's own: {settings.tracking_uri}", highlight=False)
+        return
+    if settings.mlflow_tracking_uri is None and not (settings.mlruns_dir / "mlflow.db").exists():
         console.print(f"[yellow]{settings.home} has no runs yet: `sendwise pipeline --data DATA_DIR` makes some[/]")
     if host not in ("127.0.0.1", "localhost", "::1"):
         console.print(f"[yellow]MLflow's UI has no login: whoever reaches {host}:{port} can change the champions[/]")
@@ -534,8 +547,7 @@ def ui(
         "server",
         "--backend-store-uri",
         settings.tracking_uri,
-        "--default-artifact-root",
-        settings.artifacts_uri,
+        *(["--default-artifact-root", settings.artifacts_uri] if settings.artifacts_uri else []),
         "--host",
         host,
         "--port",
