@@ -2,7 +2,7 @@
 and registry of the pipeline, the engine and the real `bentoml serve`, with nothing written to the home's mlruns/.
 
 The settings and `sendwise ui` are checked without a server (fast lane); the rest shares one server and one
-pipeline run on a small world of its own (slow: about two minutes with the served service).
+pipeline run on a small world of its own (slow).
 """
 
 from __future__ import annotations
@@ -87,6 +87,24 @@ def test_ui_with_a_tracking_server_prints_the_servers_url_instead_of_starting_on
     assert result.exit_code == 0, result.output
     assert result.output.strip() == "MLflow's UI is the tracking server's own: http://mlflow.internal:5000"
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_the_evaluation_suites_worlds_keep_their_models_in_their_own_homes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A suite world's pipeline must not register (and promote) on the tracking server the home uses."""
+    import training.evaluate
+
+    monkeypatch.setenv("SENDWISE_MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    seen: dict[str, str] = {}
+
+    def call(command: list[str], env: dict[str, str], **_: object) -> int:
+        seen.update(env)
+        return 0
+
+    monkeypatch.setattr(training.evaluate.subprocess, "call", call)
+    training.evaluate._run(["sendwise", "pipeline"], tmp_path / "home", tmp_path / "pipeline.log", "a world")
+    assert seen["SENDWISE_HOME"] == str(tmp_path / "home") and "SENDWISE_MLFLOW_TRACKING_URI" not in seen
 
 
 # --- a real mlflow server -----------------------------------------------------------------------------------
