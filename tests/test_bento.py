@@ -8,21 +8,26 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from packaging.requirements import Requirement
 
-from tests.conftest import REPO_ROOT
+from sendwise.raw import load_table
+from tests.conftest import REPO_ROOT, home_with_own_decision_log
+from tests.served import _wait_until_answering, free_port
 
 REQUIREMENTS = REPO_ROOT / "requirements.txt"
 EXPORT = ["export", "--frozen", "--no-dev", "--no-emit-project", "--no-hashes", "--format", "requirements-txt"]
 PACKAGES = ("sendwise/", "features/", "training/", "serving/")
 BUILD_SECONDS = 900
+TOKEN = "bento-test-token"
 
 
 def _pins(text: str) -> set[str]:
@@ -58,6 +63,7 @@ def test_the_served_version_is_pyprojects_where_the_distribution_is_not_installe
 @dataclass
 class Bento:
     tag: str
+    home: Path
     info: dict[str, object]
     listed: list[dict[str, object]]
     path: Path
@@ -84,7 +90,7 @@ def bento(tmp_path_factory: pytest.TempPathFactory) -> Bento:
     name, version = tag.split(":")
     info = json.loads(_bentoml("get", tag, "-o", "json", home=home))
     listed = json.loads(_bentoml("list", "-o", "json", home=home))
-    return Bento(tag, info, listed, home / "bentos" / name / version)
+    return Bento(tag, home, info, listed, home / "bentos" / name / version)
 
 
 @pytest.mark.slow
@@ -131,3 +137,57 @@ def test_the_bento_installs_the_locks_requirements_on_python_311_with_openmp(ben
     assert {"lightgbm", "feast", "mlflow", "bentoml", "redis"} <= names
     dockerfile = (bento.path / "env" / "docker" / "Dockerfile").read_text()
     assert "FROM python:3.11-slim" in dockerfile and "libgomp1" in dockerfile
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_the_bento_serves_the_champions_and_renders_with_its_templates(  # type: ignore[no-untyped-def]
+    bento: Bento, pipeline_home, tmp_path: Path
+) -> None:
+    """`bentoml serve sendwise:<version>`: the bento's own source, started outside the repository, on a copy of
+    the pipeline's home."""
+    settings = home_with_own_decision_log(pipeline_home.settings, tmp_path / "home")
+    port = free_port()
+    env = {
+        **os.environ,
+        **settings.library_environment(),
+        "SENDWISE_API_TOKEN": TOKEN,
+        "SENDWISE_BRAND_FILE": str(bento.path / "src" / "examples" / "brand.yaml"),
+        "BENTOML_HOME": str(bento.home),
+    }
+    command = [str(Path(sys.executable).parent / "bentoml"), "serve", bento.tag, "--host", "127.0.0.1"]
+    log_path = tmp_path / "serve.log"
+    url, auth = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {TOKEN}"}
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [*command, "--port", str(port)],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            _wait_until_answering(process, url, TOKEN, log_path)
+            models = httpx.get(f"{url}/v1/models", headers=auth, timeout=30).json()
+            customers = load_table(settings, "customers")
+            assert customers is not None
+            known = str(customers.loc[customers["consent_email"], "customer_id"].iloc[3])
+            body = {"customer_id": known, "template": "newsletter", "campaign": {"kind": "newsletter"}}
+            rendered = httpx.post(f"{url}/v1/render", json=body, headers=auth, timeout=60)
+            document = httpx.get(f"{url}/docs.json", headers=auth, timeout=30)
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+    assert set(models["model_versions"]) == {"open_propensity", "send_time", "next_best_offer"}
+    assert all(models["model_versions"].values())
+    assert rendered.status_code == 200, rendered.text
+    email = rendered.json()
+    assert email["send"] and email["subject"] and "unsubscribe" in email["text"].lower()
+    assert "newsletter_digest" in [m["name"] for m in email["modules"]]
+    assert "sendwise demo shop" in email["html"]  # the demo brand, read from the bento's copy
+    expected = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert document.status_code == 200 and document.json()["info"]["version"] == expected
