@@ -37,7 +37,7 @@ def every_key(client: redis.Redis) -> dict[str, bytes]:
     """Every key of the db with everything it holds, as bytes (strings, sorted sets, sets and hashes)."""
     found = {}
     for raw in client.scan_iter(count=1_000):
-        key = raw.decode()
+        key = raw.decode(errors="backslashreplace")  # Feast's keys are serialized entity keys
         kind = client.type(raw).decode()
         if kind == "string":
             value = client.get(raw) or b""
