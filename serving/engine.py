@@ -41,7 +41,8 @@ from serving.decisions import Batch, LoggedRender, Population, decision_rows
 from serving.errors import NoChampion, NothingToExplain, UnknownCustomer, UnknownDecision, UnknownOffer
 from serving.explanations import decision_drivers, explain_offer, explain_opens
 from serving.forget import forget_customers
-from serving.history import SendHistory
+from serving.history import History, SendHistory
+from serving.history_store import SharedHistory
 from serving.links import Tracking, email_headers, filled
 from serving.modules import ModuleFacts, as_logged, choose_modules
 from serving.offers import OfferCatalog, OfferSet, eligible_offers, read_offer_features
@@ -127,7 +128,7 @@ class Engine:
         models: dict[str, LoadedModel],
         offers: pd.DataFrame | None,
         offer_features: pd.DataFrame | None,
-        history: SendHistory | None = None,
+        history: History | None = None,
         rhythm_priors: pd.DataFrame | None = None,
         offer_values: OfferValues | None = None,
         log_decisions: bool = True,
@@ -142,8 +143,11 @@ class Engine:
         priors = RhythmPriors(rhythm_priors)
         self.catalog = OfferCatalog(offers, offer_features, offer_values, models, priors)
         self.curves = OpenCurves(models)
-        self.history = history or SendHistory.empty(settings.decisions_dir)
-        self.log = DecisionLog(settings.decision_log_max_bytes)
+        self.shared: SharedHistory | None
+        """Past decisions in the Redis replicas share (`SENDWISE_ONLINE_STORE=redis`), else None."""
+        self.history: History
+        self.log: DecisionLog
+        self._use_past_decisions(settings, history)
         self._rng = np.random.default_rng()
         self._rng_lock = threading.Lock()
         self.population = Population(FALLBACK_OPEN_PROBABILITY, 1.0)
@@ -152,6 +156,27 @@ class Engine:
         self.online.blank = OnlineState.empty(models)
         if store is not None:
             self.population = self._measure_population()
+
+    def _use_past_decisions(self, settings: Settings, history: History | None) -> None:
+        """Where this engine counts and logs past decisions: with Redis, the shared history and a log part of
+        this process's own (no index: render by id reads Redis); else `history` (or none) and the home's log."""
+        if settings.online_store == "redis":
+            self.shared = SharedHistory(settings)
+            self.history = history or self.shared
+            self.log = DecisionLog(settings.decision_log_max_bytes, per_process=True, indexed=False)
+        else:
+            self.shared = None
+            self.history = history or SendHistory.empty(settings.decisions_dir)
+            self.log = DecisionLog(settings.decision_log_max_bytes)
+
+    def on_home(self, settings: Settings) -> Engine:
+        """This engine's models, features and offers deciding into the home and past decisions of `settings`
+        (a replica of the same champions: what tests of several replicas on one Redis start)."""
+        twin = copy.copy(self)
+        twin.settings = settings
+        twin.degraded_decisions = Tally()
+        twin._use_past_decisions(settings, None if settings.online_store == "redis" else SendHistory.from_raw(settings))
+        return twin
 
     @property
     def offers(self) -> pd.DataFrame | None:
@@ -201,7 +226,7 @@ class Engine:
         priors = pd.read_parquet(priors_path) if priors_path.exists() else None
         values = OfferValues.read(settings.feature_tables_dir / f"{OFFER_VALUES_TABLE}.parquet")
         warm_up()  # the compiled tree walk, before any request waits for it
-        history = SendHistory.from_raw(settings)
+        history = None if settings.online_store == "redis" else SendHistory.from_raw(settings)
         engine = cls(settings, store, models, offers, offer_features, history, priors, values, log_decisions)
         if log_decisions:  # a torn last line left by a process killed mid-write is cut off before anything else
             engine.log.recover(settings.decisions_dir)
@@ -266,11 +291,13 @@ class Engine:
 
     # --- erasure ---------------------------------------------------------------------------------
     def forget(self, request: ForgetRequest) -> ForgetResponse:
-        """Erase the customers from the home (`serving.forget`), then drop what this engine holds of them: the
-        snapshot is read again from the rewritten feature tables and the send history from the raw store and
-        the rewritten log. Until it is, decisions go on from the old snapshot (the lock keeps reads whole)."""
+        """Erase the customers from the home (`serving.forget`, Redis's keys of them included), then drop what
+        this engine holds of them: the snapshot is read again from the rewritten feature tables and the send
+        history (without Redis) from the raw store and the rewritten log. Until it is, decisions go on from the
+        old snapshot (the lock keeps reads whole)."""
         report = forget_customers(self.settings, request.customer_ids, self.log)
-        self.history = SendHistory.from_raw(self.settings)
+        if self.shared is None:  # Redis's history lost the customers' keys with the erasure
+            self.history = SendHistory.from_raw(self.settings)
         if self.store is not None:
             self.online.refresh()
         return ForgetResponse.model_validate(report.as_dict())
@@ -331,6 +358,7 @@ class Engine:
             dict(batch.window_times),
             batch.render_facts,
             batch.logged_hours,
+            sink=self.shared.record if self.shared is not None else None,
         )
         return batch, decisions
 
@@ -428,7 +456,10 @@ class Engine:
 
     def _logged(self, decision_id: str) -> LoggedDecision:
         """The logged decision with this id that may still be rendered, or a 404 that says why not."""
-        logged = self.log.find(self.settings.decisions_dir, decision_id)
+        if self.shared is not None:
+            logged = self.shared.find(decision_id)
+        else:
+            logged = self.log.find(self.settings.decisions_dir, decision_id)
         if logged is None:
             raise UnknownDecision(decision_id)
         oldest = datetime.now(UTC) - timedelta(days=self.settings.render_days)

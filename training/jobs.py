@@ -1,5 +1,5 @@
 """The pipeline's jobs, written once: ingest -> feature tables -> Feast -> train (and tune) -> register and
-promote -> materialize -> report.
+promote -> materialize (with Redis, and the send history: `serving.history_store.load_raw_history`) -> report.
 
 Each step is a typed function of the home's settings that returns what it did. `sendwise ingest`, `train`,
 `pipeline` and `report` parse their options, call these and print the results; the real-data runs
@@ -26,6 +26,7 @@ from sendwise.asof import AsOfError, resolve_as_of
 from sendwise.ingest import IngestError, IngestReport
 from sendwise.ingest import ingest as ingest_files
 from sendwise.settings import Settings
+from serving.history_store import load_raw_history
 from training.train import ModelChoice, TrainResult, train_models
 from training.tuning import DEFAULT_TIMEOUT_S
 
@@ -161,6 +162,9 @@ def train(
     seconds["train"] = time.perf_counter() - started
     with _step("materialize", "materializing the online store", console, seconds):
         materialize_online(features, progress)  # serving reads the features training just built
+    if settings.online_store == "redis":  # the ESP's sends and exposures that caps count, for every replica
+        with _step("history", "loading the send history into Redis", console, seconds):
+            load_raw_history(settings, progress)
     return PipelineResult(settings, features, training, seconds=seconds)
 
 
