@@ -151,7 +151,7 @@ class Engine:
         self.degraded_decisions = Tally()
         self.online: OnlineFeatures | RedisFeatures
         if store is not None and settings.online_store == "redis":  # each batch reads Redis: no snapshot
-            self.online = RedisFeatures(settings, store, priors, self.catalog.score_snapshot)
+            self.online = RedisFeatures(settings, store, priors)
         else:
             self.online = OnlineFeatures(settings, store, priors, self.catalog.score_snapshot)
         self.online.blank = OnlineState.empty(models)

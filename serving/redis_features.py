@@ -3,8 +3,8 @@
 With `SENDWISE_ONLINE_STORE=redis` the engine keeps no snapshot of every customer. Each batch reads its own
 customers' rows from the Redis that Feast materialized into, in one pipelined round trip, and turns them into the
 arrays the SQLite mode's snapshot holds (`FeatureSnapshot.from_tables` on just these customers): the models see
-exactly what they see there. The batch's known customers get their offers scored with the batch
-(`OfferCatalog.score_snapshot` on the batch's rows), where the SQLite mode scores every customer once per snapshot.
+exactly what they see there. The batch's offers are scored with the batch (`OfferCatalog.conversion`, its
+eligible offers only), where the SQLite mode scores every customer's offers once per snapshot.
 
 Feast stays the definition. The views, their features and their types come from the registry's
 `open_propensity_v1` feature service (as `serving.snapshot.view_sources`); keys and hash fields are made by
@@ -21,6 +21,7 @@ reason naming Redis); the next batch tries again.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import struct
 import threading
@@ -127,15 +128,20 @@ def entity_keys(customer_ids: Sequence[str], project: str, version: int) -> list
     return keys
 
 
+@functools.cache
+def _float_template(width: int) -> tuple[int, np.ndarray]:
+    """(serialized size, header bytes) of a `ValueProto` of one float (width 1) or a list of `width` floats."""
+    zeros = Value(float_val=0.0) if width == 1 else Value(float_list_val=FloatList(val=[0.0] * width))
+    template = zeros.SerializeToString()
+    return len(template), np.frombuffer(template[: len(template) - 4 * width], dtype=np.uint8)
+
+
 def _fixed_floats(raw: list[Any], kind: ValueType) -> pa.Array | None:
     """A float or a 24-float list column decoded at once with numpy, where every value present is serialized as
     protobuf serializes one of that size (checked against a template serialized by Feast's own `ValueProto`);
     None otherwise (other sizes, nulls inside: decoded value by value)."""
     width = 1 if kind == ValueType.FLOAT else HOURS
-    template = (
-        Value(float_val=0.0) if width == 1 else Value(float_list_val=FloatList(val=[0.0] * width))
-    ).SerializeToString()
-    size, header = len(template), np.frombuffer(template[: len(template) - 4 * width], dtype=np.uint8)
+    size, header = _float_template(width)
     lengths = np.fromiter((len(b) if b else 0 for b in raw), dtype=np.int64, count=len(raw))
     fits = lengths == size
     if not (fits | (lengths == 0)).all():
@@ -229,12 +235,10 @@ class RedisFeatures:
         settings: Settings,
         store: FeatureStore,
         priors: RhythmPriors,
-        score_offers: Callable[[FeatureSnapshot], OfferTable],
     ) -> None:
         self.settings = settings
         self.store = store
         self.priors = priors
-        self.score_offers = score_offers
         self.degraded_reasons: list[str] = []
         self.blank = OnlineState.empty()
         """What a batch reads while Redis cannot be reached: set by the engine, with its models' attributes."""
@@ -278,7 +282,9 @@ class RedisFeatures:
             blank = self.blank
             return batch_features(blank, ids, blank.snapshot.rows(ids), recipients, self.priors, degraded=True)
         self._recovered()
-        state = OnlineState(snapshot, *self.score_offers(snapshot))
+        state = OnlineState(
+            snapshot, np.zeros((len(snapshot) + 1, 0), dtype=np.float32), {}
+        )  # offers: scored per batch
         return batch_features(state, ids, snapshot.rows(ids), recipients, self.priors)
 
     def _failed(self, error: Exception) -> None:
@@ -305,9 +311,8 @@ class RedisFeatures:
         """Nothing is read in the background."""
 
     def rescored(self, score_offers: Callable[[FeatureSnapshot], OfferTable], offers_changed: bool) -> RedisFeatures:
-        """The same reader, its batches' offers scored by `score_offers` (a new offer champion)."""
+        """The same reader for an engine with new champions: offers are scored with each batch, by its catalog."""
         twin = copy.copy(self)  # the same Redis client and registry layout
-        twin.score_offers = score_offers
         twin.degraded_reasons = list(self.degraded_reasons)
         return twin
 
