@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-SECTIONS = ("inprocess", "http", "memory", "explain", "soak")
+SECTIONS = ("inprocess", "http", "memory", "explain", "soak", "redis")
 """`inprocess` is benchmarks 1 and 2 (decisions per second and the model floor), `http` is 3, `memory` is 4,
-`explain` is 5 (explanations per recipient), `soak` is 6 (half the throughput held for minutes)."""
+`explain` is 5 (explanations per recipient), `soak` is 6 (half the throughput held for minutes), `redis` is 7
+(3 and 4 with the online features in Redis, beside the in-memory figures of the same run)."""
 
 ISSUE_WORLD_CUSTOMERS = 100_000
 ISSUE_ONLINE_CUSTOMERS = 1_000_000

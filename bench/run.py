@@ -4,8 +4,9 @@ Sections (`--only`): `inprocess` (1: decisions per second at batch sizes 1, 100 
 floor and the ratio to it), `http` (3: the real `bentoml serve`: a 10,000-recipient batch and single
 recipients at concurrency 1 and 8), `memory` (4: the service's resident memory with 1,000,000 customers
 online), `explain` (5: `/v1/explain` per recipient for each model, and `/v1/decide` with `explain`, in
-process) and `soak` (6: the real `bentoml serve` held at half its single-recipient throughput for 10 minutes:
-errors and memory growth). See bench/README.md for how to read the table.
+process), `soak` (6: the real `bentoml serve` held at half its single-recipient throughput for 10 minutes:
+errors and memory growth) and `redis` (7: sections 3 and 4 with the online features in Redis, beside the
+in-memory figures of the same run). See bench/README.md for how to read the table.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import psutil
 import typer
 from rich.console import Console
 
-from bench import explain, inprocess, memory, over_http, soak
+from bench import explain, inprocess, memory, on_redis, over_http, soak
 from bench.plan import DEFAULT_CACHE, SECTIONS, Plan
 from bench.report import Row, error_rows, table, write_json
 from bench.world import BenchHome, prepare_home
@@ -37,6 +38,7 @@ RUNNERS: dict[str, tuple[str, Runner]] = {
     "memory": (memory.SECTION, memory.run),
     "explain": (explain.SECTION, explain.run),
     "soak": (soak.SECTION, soak.run),
+    "redis": (on_redis.SECTION, on_redis.run),
 }
 WIDE = 180
 """Columns of the table when the output is not a terminal (a log file, a CI job)."""

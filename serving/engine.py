@@ -47,6 +47,7 @@ from serving.links import Tracking, email_headers, filled
 from serving.modules import ModuleFacts, as_logged, choose_modules
 from serving.offers import OfferCatalog, OfferSet, eligible_offers, read_offer_features
 from serving.online import OnlineFeatures, OnlineState, RhythmPriors
+from serving.redis_features import RedisFeatures
 from serving.render import Personal, check_layout, render_email
 from serving.schemas import (
     Campaign,
@@ -152,7 +153,11 @@ class Engine:
         self._rng_lock = threading.Lock()
         self.population = Population(FALLBACK_OPEN_PROBABILITY, 1.0)
         self.degraded_decisions = Tally()
-        self.online = OnlineFeatures(settings, store, priors, self.catalog.score_snapshot)
+        self.online: OnlineFeatures | RedisFeatures
+        if store is not None and settings.online_store == "redis":  # each batch reads Redis: no snapshot
+            self.online = RedisFeatures(settings, store, priors)
+        else:
+            self.online = OnlineFeatures(settings, store, priors, self.catalog.score_snapshot)
         self.online.blank = OnlineState.empty(models)
         if store is not None:
             self.population = self._measure_population()
