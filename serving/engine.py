@@ -264,6 +264,8 @@ class Engine:
 
     def status(self) -> dict[str, object]:
         found = list(self.online.degraded_reasons)
+        if self.shared is not None:
+            found.extend(self.shared.degraded_reasons)
         found.extend(
             reasons.no_champion(name, self.catalog.offer_values) for name in MODEL_NAMES if name not in self.models
         )
@@ -335,13 +337,15 @@ class Engine:
                 batch.kind,
                 batch.topic,
             )
-        degraded = batch.features.degraded
-        if degraded:
+        found = (list(self.online.degraded_reasons) or [reasons.NO_FEATURE_STORE]) if batch.features.degraded else []
+        if self.shared is not None:  # past decisions unreachable while this batch was decided and logged
+            found += self.shared.degraded_reasons
+        if found:
             self.degraded_decisions.add(len(decisions))
         return {
             "model_versions": self.model_versions(),
-            "status": "degraded" if degraded else "ok",
-            "reasons": (list(self.online.degraded_reasons) or [reasons.NO_FEATURE_STORE]) if degraded else [],
+            "status": "degraded" if found else "ok",
+            "reasons": found,
             "decisions": decisions,
         }
 

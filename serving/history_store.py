@@ -28,6 +28,7 @@ says when it was made and that it expired, as the log's index does; after it, th
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,10 @@ from features.labels import message_sends
 from sendwise.raw import load_table
 from sendwise.settings import Settings
 from serving.decision_log import LoggedDecision, logged_send
+from serving.errors import PastDecisionsUnavailable
+from serving.redis_features import redis_location
+
+logger = logging.getLogger(__name__)
 
 PREFIX = "sendwise:"
 RAW_END = f"{PREFIX}raw-end"
@@ -183,17 +188,39 @@ class SharedHistory:
         self.history_ms = settings.history_days * MS_PER_DAY
         self._read_script = self.client.register_script(READ_SCRIPT)
         self._record_script = self.client.register_script(RECORD_SCRIPT)
+        self.where = redis_location(settings.redis_url)
+        self.degraded_reasons: list[str] = []
+        """Set while Redis cannot be reached: caps and no-repeat rules then count no past decision (the answers
+        say so, degraded), decisions still go to the log file, and render by id answers 503 until it is back."""
+
+    def _failed(self, error: redis.RedisError) -> None:
+        if not self.degraded_reasons:
+            logger.error("past decisions in Redis at %s cannot be reached (%s): degraded", self.where, error)
+        self.degraded_reasons = [
+            f"past decisions unavailable: the Redis at {self.where} cannot be reached, so frequency caps and "
+            "no-repeat rules counted no earlier decision and these decisions are only in this replica's log file"
+        ]
+
+    def _reached(self) -> None:
+        if self.degraded_reasons:
+            logger.warning("past decisions in Redis at %s can be reached again", self.where)
+            self.degraded_reasons = []
 
     # --- reading, for a batch's customers at once ---------------------------------------------------
     def _read(self, customer_ids: list[str], start: datetime, days: int, mode: str) -> list[Any]:
         high = _ms(start)
         low = high - days * MS_PER_DAY
         found: list[Any] = []
-        for lo in range(0, len(customer_ids), READ_CHUNK):
-            keys = [RAW_END]
-            for c in customer_ids[lo : lo + READ_CHUNK]:
-                keys += [sent_key(c), sent_key(c) if mode == "sent" else shown_key(c), decided_key(c)]
-            found += self._read_script(keys=keys, args=[mode, low, high])
+        try:
+            for lo in range(0, len(customer_ids), READ_CHUNK):
+                keys = [RAW_END]
+                for c in customer_ids[lo : lo + READ_CHUNK]:
+                    keys += [sent_key(c), sent_key(c) if mode == "sent" else shown_key(c), decided_key(c)]
+                found += self._read_script(keys=keys, args=[mode, low, high])
+        except redis.RedisError as error:
+            self._failed(error)
+            return [0, 0] * len(customer_ids) if mode == "sent" else [[] for _ in customer_ids]
+        self._reached()
         return found
 
     def sends_before(self, customer_ids: list[str], start: datetime, days: int) -> tuple[np.ndarray, np.ndarray]:
@@ -223,12 +250,23 @@ class SharedHistory:
                 args += [line, decision_id, b"", 0]
             else:
                 args += [line, decision_id, orjson.dumps([decision_id, list(send.offers)]), send.at // 1_000_000]
-        if keys:
+        if not keys:
+            return
+        try:
             self._record_script(keys=keys, args=args)
+        except redis.RedisError as error:  # the log file still gets the lines: nothing decided is lost
+            self._failed(error)
+        else:
+            self._reached()
 
     def find(self, decision_id: str) -> LoggedDecision | None:
         """The decision with this id as the log keeps it, or None (never made, erased, or expired)."""
-        value = cast("bytes | None", self.client.get(decision_key(decision_id)))
+        try:
+            value = cast("bytes | None", self.client.get(decision_key(decision_id)))
+        except redis.RedisError as error:
+            self._failed(error)
+            raise PastDecisionsUnavailable(self.where) from error
+        self._reached()
         if value is None:
             return None
         entry = orjson.loads(value)

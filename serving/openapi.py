@@ -47,7 +47,7 @@ ERRORS: dict[int, str] = {
     413: "the body is larger than the limit (20 MB)",
     422: "a field is invalid; `details` names it",
     500: "an unexpected error, for this request only; the server log has the details",
-    503: "a model without a champion yet, or the service still starting",
+    503: "a model without a champion yet, the service still starting, or a dependency it needs for this answer down",
     504: "the request took longer than the service's timeout",
 }
 COMMON_ERRORS = (401, 500, 503, 504)

@@ -17,7 +17,8 @@ from features.store import feature_store_yaml, redis_connection_string
 from features.transform import open_design
 from sendwise.raw import load_table
 from sendwise.settings import Settings
-from serving.schemas import Campaign, DecideRequest, Recipient
+from serving.errors import PastDecisionsUnavailable
+from serving.schemas import Campaign, DecideRequest, Recipient, RenderRequest
 from tests.conftest import REDIS_DB, materialized_in_redis
 
 pytestmark = [pytest.mark.integration]
@@ -149,12 +150,16 @@ def test_redis_gone_degrades_answers_and_its_return_recovers_them(pipeline_home,
 
     gone = engine.decide(request)  # the server is stopped
     assert gone.status == "degraded"
-    (reason,) = gone.reasons
-    assert reason.startswith(
+    features_reason, past_reason = gone.reasons
+    assert features_reason.startswith(
         f"online features unavailable: the Redis online store at 127.0.0.1:{port}/2 cannot be read"
     )
+    assert past_reason.startswith(f"past decisions unavailable: the Redis at 127.0.0.1:{port}/2 cannot be reached")
     assert all(d.cold_start for d in gone.decisions)  # population priors: nothing is known of anyone
-    assert engine.status()["status"] == "degraded" and engine.status()["reasons"] == [reason]
+    assert engine.status()["status"] == "degraded" and engine.status()["reasons"] == gone.reasons
+    with pytest.raises(PastDecisionsUnavailable, match=rf"past decisions \(127\.0\.0\.1:{port}/2\) cannot be reached"):
+        engine.render(RenderRequest(decision_id=healthy.decisions[0].decision_id))
+    assert PastDecisionsUnavailable.status == 503
     assert "sendwise_degraded 1" in status_metrics(engine.status(), engine.model_versions()).splitlines()
 
     with redis_server(port) as url:  # back, empty: materialized again
