@@ -39,6 +39,7 @@ from serving.curves import FALLBACK_OPEN_PROBABILITY, OpenCurves, predict_on_one
 from serving.decision_log import DecisionLog, LoggedDecision
 from serving.decisions import Batch, LoggedRender, Population, decision_rows
 from serving.errors import NoChampion, NothingToExplain, UnknownCustomer, UnknownDecision, UnknownOffer
+from serving.events import receive_events
 from serving.explanations import decision_drivers, explain_offer, explain_opens
 from serving.forget import forget_customers
 from serving.history import SendHistory
@@ -53,6 +54,8 @@ from serving.schemas import (
     DecideRequest,
     DecideResponse,
     Driver,
+    EventsRequest,
+    EventsResponse,
     ExplainRequest,
     ExplainResponse,
     ForgetRequest,
@@ -274,6 +277,12 @@ class Engine:
         if self.store is not None:
             self.online.refresh()
         return ForgetResponse.model_validate(report.as_dict())
+
+    # --- events ----------------------------------------------------------------------------------
+    def events(self, request: EventsRequest) -> EventsResponse:
+        """Append a batch of contract rows durably, then push their latest values to the online store
+        (`serving.events`); `EventsError` names the bad rows of a batch that was not appended."""
+        return receive_events(self.settings, request, None)
 
     # --- decisions -------------------------------------------------------------------------------
     def decide(self, request: DecideRequest) -> DecideResponse:
