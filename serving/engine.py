@@ -47,6 +47,7 @@ from serving.links import Tracking, email_headers, filled
 from serving.modules import ModuleFacts, as_logged, choose_modules
 from serving.offers import OfferCatalog, OfferSet, eligible_offers, read_offer_features
 from serving.online import OnlineFeatures, OnlineState, RhythmPriors
+from serving.realtime import RealtimeFeatures
 from serving.render import Personal, check_layout, render_email
 from serving.schemas import (
     Campaign,
@@ -153,6 +154,7 @@ class Engine:
         self.degraded_decisions = Tally()
         self.online = OnlineFeatures(settings, store, priors, self.catalog.score_snapshot)
         self.online.blank = OnlineState.empty(models)
+        self.realtime = RealtimeFeatures(store)
         if store is not None:
             self.population = self._measure_population()
 
@@ -282,7 +284,7 @@ class Engine:
     def events(self, request: EventsRequest) -> EventsResponse:
         """Append a batch of contract rows durably, then push their latest values to the online store
         (`serving.events`); `EventsError` names the bad rows of a batch that was not appended."""
-        return receive_events(self.settings, request, None)
+        return receive_events(self.settings, request, self.realtime.push if self.store is not None else None)
 
     # --- decisions -------------------------------------------------------------------------------
     def decide(self, request: DecideRequest) -> DecideResponse:
@@ -350,6 +352,7 @@ class Engine:
         constraints = request.constraints or Constraints()
         explore_share = self.settings.explore_share if request.explore_share is None else request.explore_share
         features = self.online.for_recipients(request.recipients)
+        features.eligible = features.eligible & ~self.realtime.stopped([r.customer_id for r in request.recipients])
         chosen, conversion = self.catalog.conversion(features, start, request.offer_ids)
         offers = chosen.offers if chosen is not None else pd.DataFrame()
         margins = chosen.margins if chosen is not None else np.zeros(0)

@@ -141,3 +141,47 @@ def test_push_command(served: tuple[str, Settings], customer_ids: list[str], tmp
     assert wrong.exit_code == 2 and "(401" in wrong.output and "nothing was appended" in wrong.output
     unnamed = CliRunner().invoke(app, ["push", str(path.rename(path.with_name("events.csv"))), "--url", url], env=env)
     assert unnamed.exit_code == 2 and "TABLE one of email_events, site_events, offer_events" in unnamed.output
+
+
+def test_a_stop_pushed_through_one_replica_stops_the_next_decision_on_another(
+    pipeline_home: PipelineHome, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Two `bentoml serve` processes on one home share its online store (SQLite here; Redis past one machine):
+    an unsubscribe appended and pushed through one is seen by the very next decision of the other. The time
+    from sending the event to the changed decision is measured and written to artifacts/ (no wall-clock bar
+    in a test: the bar, 1 s, is checked by reading it)."""
+    import json
+    import time
+
+    from tests.browser import artifacts_dir
+    from tests.test_realtime import sendable_customers
+
+    settings = home_with_own_decision_log(pipeline_home.settings, tmp_path_factory.mktemp("replicas") / "home")
+    ids = sendable_customers(settings, 5)
+    decide = {"campaign": {"kind": "newsletter"}, "explore_share": 0.0}
+    seconds = []
+    with (
+        bentoml_serve(settings, TOKEN) as first,
+        bentoml_serve(settings, TOKEN) as second,
+        httpx.Client(headers=AUTH, timeout=60) as client,
+    ):
+        for customer in ids:
+            body = {"recipients": [{"customer_id": customer}], **decide}
+            assert client.post(f"{second}/v1/decide", json=body).json()["decisions"][0]["send"] is True
+            event = {
+                "table": "email_events",
+                "customer_id": customer,
+                "message_id": f"m-{customer}",
+                "event": "unsubscribe",
+                "occurred_at": "2026-12-01T10:00:00Z",
+            }
+            started = time.perf_counter()
+            pushed = client.post(f"{first}/v1/events", json={"events": [event]})
+            after = client.post(f"{second}/v1/decide", json=body).json()["decisions"][0]
+            seconds.append(time.perf_counter() - started)
+            assert pushed.status_code == 202 and pushed.json()["pushed"] == 1, pushed.text
+            assert after["send"] is False and after["send_at"] is None, after
+    measured = {"event_to_changed_decision_seconds": [round(s, 4) for s in seconds], "max": round(max(seconds), 4)}
+    print(f"event -> changed decision on another replica: {measured}")
+    artifacts_dir().mkdir(parents=True, exist_ok=True)
+    (artifacts_dir() / "events_latency.json").write_text(json.dumps(measured, indent=2) + "\n")
