@@ -423,6 +423,26 @@ def forget(
 
 
 @app.command()
+def materialize() -> None:
+    """Refresh the online store from new events without retraining: the events appended since the last ingest
+    (POST /v1/events, sendwise push) merged into the raw store, the feature tables built again, materialized."""
+    from training import jobs
+
+    settings = _settings()
+    try:
+        with console.status("merging appended events, building features, materializing the online store"):
+            merged, features = jobs.refresh_features(settings, progress=False)
+    except jobs.JOB_ERRORS as error:
+        raise _fail(str(error)) from error
+    rows = ", ".join(f"{n:,} {name}" for name, n in merged.items()) or "none"
+    console.print(f"appended events merged into the raw store: {rows}")
+    console.print(
+        f"features built as of {features.tables.as_of.isoformat()} and materialized to the online store "
+        f"({features.tables.engagement_rows:,} engagement rows); the models were not retrained"
+    )
+
+
+@app.command()
 def push(
     file: Annotated[Path, typer.Argument(help="events in the data contract: TABLE.csv, TABLE.parquet or TABLE.jsonl")],
     url: Annotated[str, typer.Option(help="the running service")] = "http://127.0.0.1:3000",

@@ -157,3 +157,36 @@ def test_the_events_are_appended_even_where_nothing_is_pushed(own_engine: Engine
     before = sum(len(p) for p in pending_parts(own_engine.settings).values())
     own_engine.events(EventsRequest(events=[stop_event("someone-new", "open")]))
     assert sum(len(p) for p in pending_parts(own_engine.settings).values()) == before + 1
+
+
+def test_materialize_brings_what_was_appended_but_never_pushed_online(
+    pipeline_home: PipelineHome, tmp_path: Path
+) -> None:
+    """A service stopped between the append and the push loses nothing: `sendwise materialize` merges the rows
+    into the raw store, builds the latest values again and materializes them, without training."""
+    from typer.testing import CliRunner
+
+    from sendwise.cli import app
+    from sendwise.ingest.appended import append_events, check_events, pending_parts
+
+    settings = home_with_own_decision_log(pipeline_home.settings, tmp_path / "home")
+    (customer,) = sendable_customers(settings, 1)
+    append_events(settings, check_events([stop_event(customer, "complaint")], settings))  # and no push
+    engine = Engine.load(settings, log_decisions=False)
+    versions = engine.model_versions()
+    assert decide(engine, [customer])[0]["send"] is True
+
+    env = {"SENDWISE_HOME": str(settings.home), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    result = CliRunner().invoke(app, ["materialize"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "appended events merged into the raw store: 1 email_events" in result.output
+    assert "the models were not retrained" in result.output
+
+    assert pending_parts(settings) == {}
+    emails = load_table(settings, "email_events")
+    assert emails is not None and f"m-complaint-{customer}" in set(emails["message_id"])
+    state = pd.read_parquet(settings.feature_tables_dir / "email_state.parquet")
+    assert state.loc[state["customer_id"] == customer, "complained"].tolist() == [1.0]
+    assert engine.realtime.stopped([customer]).tolist() == [True]
+    assert decide(engine, [customer])[0]["send"] is False
+    assert Engine.load(settings, log_decisions=False).model_versions() == versions

@@ -182,6 +182,33 @@ def _write(
     raw.commit(settings, staged, merged_parts)
 
 
+def merge_appended(settings: Settings) -> dict[str, int]:
+    """Merge the appended parts into the raw store without an export (`sendwise materialize`), deduped and
+    erased customers dropped as an ingest does, the parts removed in the same commit; rows added per table."""
+    with raw.writer_lock(settings):
+        appended.remove_stray_temporaries(settings)
+        parts = appended.pending_parts(settings)
+        batches: dict[str, Batch] = {}
+        add_appended(batches, parts)
+        tombstones = Tombstones.read(settings)
+        staged: dict[Path, Path] = {}
+        added: dict[str, int] = {}
+        try:
+            for name, batch in batches.items():
+                drop_tombstoned(batch, tombstones)
+                merged = merge(batch, raw.load_table(settings, name))
+                added[name] = merged.added
+                if merged.added:
+                    path = raw.table_path(settings, name)
+                    staged[path] = raw.stage_parquet(merged.frame, path)
+        except BaseException:
+            for temporary in staged.values():
+                temporary.unlink(missing_ok=True)
+            raise
+        raw.commit(settings, staged, [p for paths in parts.values() for p in paths])
+    return added
+
+
 def add_appended(batches: dict[str, Batch], parts: dict[str, list[Path]]) -> None:
     """The appended parts' rows (`sendwise.ingest.appended`, already checked) after the export's rows of
     their table, or as a batch of their own where the export has none: merged like the export's."""
