@@ -35,11 +35,9 @@ from pydantic import ValidationError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from sendwise.ingest.appended import EventsError
 from sendwise.settings import Settings
 from serving.coalesce import DecideCoalescer
 from serving.errors import ServingError
-from serving.events import events_error_answer
 from serving.http_app import (
     INTERNAL_ERROR,
     ApiGuard,
@@ -188,6 +186,9 @@ class Sendwise:
     def events(self, request: EventsRequest, /) -> Response:
         """Rows of the data contract's event tables, appended durably to the raw store and pushed to the online
         store before the answer (202); a batch with a bad row is refused whole (422 naming every bad row)."""
+        from sendwise.ingest.appended import EventsError  # pandas: not in the supervisor process
+        from serving.events import events_error_answer
+
         try:
             answer = self.engine.events(request)
         except EventsError as error:

@@ -151,7 +151,7 @@ def test_an_older_event_does_not_overwrite_a_later_value(own_engine: Engine) -> 
     assert read["last_viewed_category"].tolist() == ["new"]
 
 
-def test_the_events_are_appended_even_where_nothing_is_pushed(own_engine: Engine, tmp_path: Path) -> None:
+def test_an_event_that_changes_no_latest_value_is_appended_all_the_same(own_engine: Engine) -> None:
     from sendwise.ingest.appended import pending_parts
 
     before = sum(len(p) for p in pending_parts(own_engine.settings).values())
