@@ -15,7 +15,7 @@ from urllib.parse import unquote, urlsplit
 
 import redis
 import yaml
-from feast import FeatureStore, FeatureView, FileSource
+from feast import FeatureStore, FeatureView, FileSource, PushSource
 from feast.data_source import DataSource
 from feast.feast_object import FeastObject
 
@@ -93,7 +93,7 @@ def home_definitions(tables_dir: Path) -> list[Definition]:
     """
     definitions: list[Definition] = copy.deepcopy(DEFINITIONS)
     sources: list[DataSource | None] = [d for d in definitions if isinstance(d, FileSource)]
-    sources += [d.batch_source for d in definitions if isinstance(d, FeatureView)]
+    sources += [d.batch_source for d in definitions if isinstance(d, FeatureView | PushSource)]
     for source in {id(s): s for s in sources if isinstance(s, FileSource)}.values():
         source.file_options.uri = str(tables_dir / Path(source.path).name)  # DuckDB reads relative paths from the cwd
     return definitions

@@ -39,6 +39,7 @@ from serving.curves import FALLBACK_OPEN_PROBABILITY, OpenCurves, predict_on_one
 from serving.decision_log import DecisionLog, LoggedDecision
 from serving.decisions import Batch, LoggedRender, Population, decision_rows
 from serving.errors import NoChampion, NothingToExplain, UnknownCustomer, UnknownDecision, UnknownOffer
+from serving.events import receive_events
 from serving.explanations import decision_drivers, explain_offer, explain_opens
 from serving.forget import forget_customers
 from serving.history import History, SendHistory
@@ -47,6 +48,7 @@ from serving.links import Tracking, email_headers, filled
 from serving.modules import ModuleFacts, as_logged, choose_modules
 from serving.offers import OfferCatalog, OfferSet, eligible_offers, read_offer_features
 from serving.online import OnlineFeatures, OnlineState, RhythmPriors
+from serving.realtime import RealtimeFeatures
 from serving.redis_features import RedisFeatures
 from serving.render import Personal, check_layout, render_email
 from serving.schemas import (
@@ -55,6 +57,8 @@ from serving.schemas import (
     DecideRequest,
     DecideResponse,
     Driver,
+    EventsRequest,
+    EventsResponse,
     ExplainRequest,
     ExplainResponse,
     ForgetRequest,
@@ -159,6 +163,7 @@ class Engine:
         else:
             self.online = OnlineFeatures(settings, store, priors, self.catalog.score_snapshot)
         self.online.blank = OnlineState.empty(models)
+        self.realtime = RealtimeFeatures(store)
         if store is not None:
             self.population = self._measure_population()
 
@@ -309,6 +314,12 @@ class Engine:
             self.online.refresh()
         return ForgetResponse.model_validate(report.as_dict())
 
+    # --- events ----------------------------------------------------------------------------------
+    def events(self, request: EventsRequest) -> EventsResponse:
+        """Append a batch of contract rows durably, then push their latest values to the online store
+        (`serving.events`); `EventsError` names the bad rows of a batch that was not appended."""
+        return receive_events(self.settings, request, self.realtime.push if self.store is not None else None)
+
     # --- decisions -------------------------------------------------------------------------------
     def decide(self, request: DecideRequest) -> DecideResponse:
         """The answer of `/v1/decide` as a model (the service sends `decide_payload` encoded as it is)."""
@@ -378,6 +389,7 @@ class Engine:
         constraints = request.constraints or Constraints()
         explore_share = self.settings.explore_share if request.explore_share is None else request.explore_share
         features = self.online.for_recipients(request.recipients)
+        features.eligible = features.eligible & ~self.realtime.stopped([r.customer_id for r in request.recipients])
         chosen, conversion = self.catalog.conversion(features, start, request.offer_ids)
         offers = chosen.offers if chosen is not None else pd.DataFrame()
         margins = chosen.margins if chosen is not None else np.zeros(0)

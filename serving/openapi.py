@@ -29,6 +29,8 @@ from serving.schemas import (
     DecideRequest,
     DecideResponse,
     ErrorAnswer,
+    EventsRequest,
+    EventsResponse,
     ExplainRequest,
     ExplainResponse,
     ModelsResponse,
@@ -64,6 +66,7 @@ class Operation:
     answer: type[BaseModel]
     request: type[BaseModel] | None = None
     errors: tuple[int, ...] = field(default=COMMON_ERRORS)
+    success: int = 200
 
 
 OPERATIONS = (
@@ -90,6 +93,15 @@ OPERATIONS = (
         ExplainResponse,
         ExplainRequest,
         (*BODY_ERRORS, 404, *COMMON_ERRORS),
+    ),
+    Operation(
+        "post",
+        "/v1/events",
+        "Rows of the data contract's event tables, appended durably and pushed to the online store (202)",
+        EventsResponse,
+        EventsRequest,
+        (*BODY_ERRORS, *COMMON_ERRORS),
+        success=202,
     ),
     Operation("get", "/v1/models", "The model versions being served, and whether answers are degraded", ModelsResponse),
 )
@@ -134,7 +146,7 @@ def openapi_document(templates: Sequence[str], version: str = "0") -> dict[str, 
 def _operation(operation: Operation, keyed: Mapping[tuple[Any, Any], dict[str, Any]]) -> dict[str, Any]:
     answer = keyed[(operation.answer, "serialization")]
     error = keyed[(ErrorAnswer, "serialization")]
-    responses: dict[str, Any] = {"200": {"description": "the answer", "content": _json(answer)}}
+    responses: dict[str, Any] = {str(operation.success): {"description": "the answer", "content": _json(answer)}}
     for status in sorted(operation.errors):
         responses[str(status)] = {"description": ERRORS[status], "content": _json(error)}
     described: dict[str, Any] = {

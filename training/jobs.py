@@ -25,6 +25,7 @@ from features.store import apply_definitions, materialize, open_store
 from sendwise.asof import AsOfError, resolve_as_of
 from sendwise.ingest import IngestError, IngestReport
 from sendwise.ingest import ingest as ingest_files
+from sendwise.ingest.run import merge_appended
 from sendwise.settings import Settings
 from serving.history_store import load_raw_history
 from training.train import ModelChoice, TrainResult, train_models
@@ -127,6 +128,15 @@ def materialize_online(features: Features, progress: bool = True) -> None:
     loads unless `progress` is off)."""
     with nullcontext() if progress else redirect_stdout(io.StringIO()):
         materialize(features.store, features.tables.as_of.to_pydatetime())
+
+
+def refresh_features(settings: Settings, progress: bool = True) -> tuple[dict[str, int], Features]:
+    """`sendwise materialize`: the appended events merged into the raw store, the feature tables built again
+    from it and the online store materialized, without training; rows merged per table, and the features."""
+    merged = merge_appended(settings)
+    features = build_features(settings, progress=progress)
+    materialize_online(features, progress)
+    return merged, features
 
 
 def train(
