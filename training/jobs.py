@@ -26,13 +26,14 @@ from sendwise.asof import AsOfError, resolve_as_of
 from sendwise.ingest import IngestError, IngestReport
 from sendwise.ingest import ingest as ingest_files
 from sendwise.settings import Settings
+from training.cluster import DaskSchedulerError
 from training.train import ModelChoice, TrainResult, train_models
 from training.tuning import DEFAULT_TIMEOUT_S
 
 if TYPE_CHECKING:
     from training.report import ReportResult
 
-JOB_ERRORS = (AsOfError, IngestError, FeatureBuildError)
+JOB_ERRORS = (AsOfError, IngestError, FeatureBuildError, DaskSchedulerError)
 """What a job raises for a problem with the data or the options, with a sentence a user can act on."""
 
 
