@@ -181,7 +181,7 @@ def fitter(settings: Settings) -> Iterator[Fitter]:
         yield IN_PROCESS
         return
     if address == "local":
-        with LocalCluster(dashboard_address=None) as cluster, Client(cluster) as client:
+        with LocalCluster() as cluster, Client(cluster) as client:
             yield DaskFitter(client, "local")
         return
     client = connect(address)
