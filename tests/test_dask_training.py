@@ -24,6 +24,7 @@ from training.models import fit_binary
 from training.train import OFFER_PARAMS
 
 AUC_TOLERANCE = 0.005
+SEEDS = (7, 8, 9)
 WORLD_CUSTOMERS = 4000
 WORLD_DAYS = 60
 WORLD_SEED = 3
@@ -93,19 +94,21 @@ def test_the_loop_stops_on_the_first_metric_as_in_process() -> None:
 @pytest.mark.integration
 @pytest.mark.parametrize("model", ["open", "offer"])
 def test_dask_matches_in_process_auc_on_the_held_out_window(world: World, cluster: LocalCluster, model: str) -> None:
+    """The mean held-out AUC over `SEEDS`: one seed's models differ by a few thousandths in process alone (and a
+    Dask fit's draws also depend on which worker holds which rows), so one pair of fits would compare draws."""
     data, params = (world.open_set, {}) if model == "open" else (world.offer_set, OFFER_PARAMS)
-    seed = world.settings.seed
-    in_process = fit_binary(data, seed=seed, params={**params, **ONE_THREAD}, recalibrate=model == "open")
+    in_process, on_dask = [], []
     with Client(cluster.scheduler_address) as client:
         fitter = DaskFitter(client, cluster.scheduler_address)
-        on_dask = fit_binary(data, seed=seed, params=params, recalibrate=model == "open", fitter=fitter)
         assert fitter.describe()["dask_workers"] == "2"
-    assert type(on_dask.booster) is lgb.Booster
-    assert abs(on_dask.metrics["valid_auc"] - in_process.metrics["valid_auc"]) <= AUC_TOLERANCE, (
-        on_dask.metrics,
-        in_process.metrics,
-    )
-    assert on_dask.metrics["valid_auc"] > 0.6
+        for seed in SEEDS:
+            local = fit_binary(data, seed=seed, params={**params, **ONE_THREAD}, recalibrate=model == "open")
+            remote = fit_binary(data, seed=seed, params=params, recalibrate=model == "open", fitter=fitter)
+            assert type(remote.booster) is lgb.Booster
+            assert remote.metrics["valid_auc"] > 0.7
+            in_process.append(local.metrics["valid_auc"])
+            on_dask.append(remote.metrics["valid_auc"])
+    assert abs(np.mean(on_dask) - np.mean(in_process)) <= AUC_TOLERANCE, (on_dask, in_process)
 
 
 @pytest.mark.slow
