@@ -87,6 +87,22 @@ class Settings(BaseSettings):
         "decision log records every decision)",
     )
 
+    dask_scheduler: str | None = Field(
+        default=None,
+        description="where training fits its LightGBM models through LightGBM's Dask estimators: a Dask scheduler's "
+        "address (tcp://host:8786), or `local` for a cluster of this machine's cores started for the job "
+        "(unset: train in this process)",
+    )
+
+    @field_validator("dask_scheduler")
+    @classmethod
+    def _scheduler_address(cls, value: str | None) -> str | None:
+        if not value:
+            return None  # SENDWISE_DASK_SCHEDULER= (empty) is unset
+        if value == "local" or "://" in value:
+            return value
+        raise ValueError(f"expected a scheduler address such as tcp://host:8786, or local; got {value!r}")
+
     @field_validator("home")
     @classmethod
     def _absolute(cls, value: Path) -> Path:

@@ -28,13 +28,14 @@ from sendwise.ingest import ingest as ingest_files
 from sendwise.ingest.run import merge_appended
 from sendwise.settings import Settings
 from serving.history_store import load_raw_history
+from training.cluster import DaskSchedulerError
 from training.train import ModelChoice, TrainResult, train_models
 from training.tuning import DEFAULT_TIMEOUT_S
 
 if TYPE_CHECKING:
     from training.report import ReportResult
 
-JOB_ERRORS = (AsOfError, IngestError, FeatureBuildError)
+JOB_ERRORS = (AsOfError, IngestError, FeatureBuildError, DaskSchedulerError)
 """What a job raises for a problem with the data or the options, with a sentence a user can act on."""
 
 
