@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-SECTIONS = ("inprocess", "http", "memory", "explain", "soak", "scale")
+SECTIONS = ("inprocess", "http", "memory", "explain", "soak", "redis", "scale")
 """`inprocess` is benchmarks 1 and 2 (decisions per second and the model floor), `http` is 3, `memory` is 4,
-`explain` is 5 (explanations per recipient), `soak` is 6 (half the throughput held for minutes), `scale` is 7
-(the pipeline stage by stage at growing numbers of customers)."""
+`explain` is 5 (explanations per recipient), `soak` is 6 (half the throughput held for minutes), `redis` is 7
+(3 and 4 with the online features in Redis, beside the in-memory figures of the same run), `scale` is 8 (the
+pipeline stage by stage at growing numbers of customers)."""
 DEFAULT_SECTIONS = SECTIONS[:-1]
 """What a run without `--only` measures: the scale benchmark builds worlds of its own, up to a million
 customers (hours), and runs only when asked for."""

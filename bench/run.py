@@ -4,9 +4,10 @@ Sections (`--only`): `inprocess` (1: decisions per second at batch sizes 1, 100 
 floor and the ratio to it), `http` (3: the real `bentoml serve`: a 10,000-recipient batch and single
 recipients at concurrency 1 and 8), `memory` (4: the service's resident memory with 1,000,000 customers
 online), `explain` (5: `/v1/explain` per recipient for each model, and `/v1/decide` with `explain`, in
-process) and `soak` (6: the real `bentoml serve` held at half its single-recipient throughput for 10 minutes:
-errors and memory growth); and, only when asked for, `scale` (7: the pipeline stage by stage on worlds of
-10,000, 100,000 and 1,000,000 customers, `--scale-sizes`: time and peak memory of each stage and how they
+process), `soak` (6: the real `bentoml serve` held at half its single-recipient throughput for 10 minutes:
+errors and memory growth) and `redis` (7: sections 3 and 4 with the online features in Redis, beside the
+in-memory figures of the same run); and, only when asked for, `scale` (8: the pipeline stage by stage on worlds
+of 10,000, 100,000 and 1,000,000 customers, `--scale-sizes`: time and peak memory of each stage and how they
 grow). See bench/README.md for how to read the table.
 """
 
@@ -27,7 +28,7 @@ import psutil
 import typer
 from rich.console import Console
 
-from bench import explain, inprocess, memory, over_http, scale, soak
+from bench import explain, inprocess, memory, on_redis, over_http, scale, soak
 from bench.plan import DEFAULT_CACHE, DEFAULT_SECTIONS, HOME_SECTIONS, SECTIONS, Plan
 from bench.report import Row, error_rows, table, write_json
 from bench.world import BenchHome, prepare_home
@@ -39,6 +40,7 @@ RUNNERS: dict[str, tuple[str, Runner]] = {
     "memory": (memory.SECTION, memory.run),
     "explain": (explain.SECTION, explain.run),
     "soak": (soak.SECTION, soak.run),
+    "redis": (on_redis.SECTION, on_redis.run),
 }
 """The sections that run on the cached benchmark home; `scale` builds homes of its own (`bench.scale`)."""
 WIDE = 180

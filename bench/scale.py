@@ -1,4 +1,4 @@
-"""Benchmark 7, scale: the whole pipeline at growing numbers of customers, stage by stage, time and memory.
+"""Benchmark 8, scale: the whole pipeline at growing numbers of customers, stage by stage, time and memory.
 
 For each size a world is simulated (`sendwise simulate --customers N --days D`, kept in the cache between runs)
 and a fresh home is built from it by the pipeline's own steps (`bench/stages.py`): ingest, features, train,
@@ -44,7 +44,7 @@ from bench.report import Row, Target, gigabytes
 from bench.server import free_port
 from bench.world import REPO_ROOT, bench_environment
 
-SECTION = "7 scale"
+SECTION = "8 scale"
 PIPELINE_STAGES = ("ingest", "features", "train", "promote", "materialize")
 """What `sendwise pipeline` does, in order: the pipeline's time is their sum, its memory their largest peak."""
 GROUPS: tuple[tuple[str, ...], ...] = (("ingest",), ("features", "train", "promote"), ("materialize",))

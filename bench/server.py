@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,11 +74,12 @@ def _wait_ready(process: subprocess.Popen[bytes], url: str, token: str, log: Pat
 
 
 @contextmanager
-def serve(settings: Settings, log: Path) -> Iterator[Server]:
-    """`bentoml serve serving.service:Sendwise` on the home of `settings`, stopped (its whole group) on exit."""
+def serve(settings: Settings, log: Path, environment: Mapping[str, str] | None = None) -> Iterator[Server]:
+    """`bentoml serve serving.service:Sendwise` on the home of `settings` (and `environment` on top, e.g. the
+    online store's settings), stopped (its whole group) on exit."""
     port = free_port()
     token = secrets.token_urlsafe(24)
-    env = {**bench_environment(settings.home), "SENDWISE_API_TOKEN": token}
+    env = {**bench_environment(settings.home), **(environment or {}), "SENDWISE_API_TOKEN": token}
     log.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "bentoml", "serve", "serving.service:Sendwise"]
     began = time.perf_counter()

@@ -17,6 +17,7 @@ from rich.progress import Progress
 
 from features.activity import READ_WINDOW_HOURS, Evidence, RhythmPrior, fit_prior
 from features.labels import is_proxied, label_sends
+from features.latest import ACTIVITY_TABLE, EMAIL_STATE_TABLE, email_state, latest_activity, with_schema
 from features.localtime import is_weekend, local_hour_weekday
 from features.offer_values import offer_values
 from sendwise.asof import AsOf, Source, resolve_as_of
@@ -367,6 +368,7 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
         return frame[frame["customer_id"].isin(profiled_ids) & (frame["occurred_at"] < as_of)]
 
     ineligible = _ineligible_customers(email_events)
+    email_state_rows = email_state(None if email_events is None else email_events[email_events["occurred_at"] < as_of])
     email_events, site_events, offer_events = usable(email_events), usable(site_events), usable(offer_events)
     earliest = [t["occurred_at"].min() for t in (email_events, site_events, offer_events) if t is not None and len(t)]
     t0 = (min(earliest) if earliest else as_of - DAY).floor("D")
@@ -506,6 +508,8 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
         ("customer_attributes", attributes),
         ("offer_features", offer_table),
         ("offer_values", offer_values(exposures, offers, as_of, settings.conversion_window_days)),
+        (ACTIVITY_TABLE, with_schema(latest_activity(site_events), ACTIVITY_TABLE)),
+        (EMAIL_STATE_TABLE, with_schema(email_state_rows, EMAIL_STATE_TABLE)),
     ):
         write_parquet_atomic(frame, settings.feature_tables_dir / f"{name}.parquet")
     return FeatureTables(

@@ -11,9 +11,11 @@ from __future__ import annotations
 import copy
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
+import redis
 import yaml
-from feast import FeatureStore, FeatureView, FileSource
+from feast import FeatureStore, FeatureView, FileSource, PushSource
 from feast.data_source import DataSource
 from feast.feast_object import FeastObject
 
@@ -21,6 +23,10 @@ from features.repo import DEFINITIONS, Definition
 from sendwise.settings import Settings
 
 PROJECT = "sendwise"
+REDIS_CONNECT_SECONDS = 2
+"""How long a connection to Redis may take to open: a Redis that is down degrades answers, it must not hang them."""
+REDIS_REPLY_SECONDS = 10
+"""How long a Redis reply may take (a materialization writes in large pipelines)."""
 DEFINITIONS_FILE = "sendwise_definitions.py"
 """The module the Feast CLI imports from the home's repository (a name no installed package has: Feast puts
 the repository last on `sys.path`)."""
@@ -29,8 +35,7 @@ the repository last on `sys.path`)."""
 def feature_store_yaml(settings: Settings) -> str:
     """The store's configuration: DuckDB over Parquet offline, SQLite (or Redis) online, all in the home."""
     if settings.online_store == "redis":
-        host_port = settings.redis_url.removeprefix("redis://").split("/")[0]
-        online: dict[str, object] = {"type": "redis", "connection_string": host_port}
+        online: dict[str, object] = {"type": "redis", "connection_string": redis_connection_string(settings.redis_url)}
     else:
         online = {"type": "sqlite", "path": str(settings.feast_dir / "online.db")}
     config = {
@@ -44,6 +49,39 @@ def feature_store_yaml(settings: Settings) -> str:
     return yaml.safe_dump(config, sort_keys=False)
 
 
+def redis_connection_string(url: str) -> str:
+    """`SENDWISE_REDIS_URL` (`redis://[user:password@]host:port/db`, or `rediss://` for TLS) as the connection
+    string Feast's Redis online store parses: `host:port,db=N,password=...,ssl=true`, with the timeouts above."""
+    where = f"SENDWISE_REDIS_URL={url!r}"
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ValueError(f"{where}: expected redis://host:port/db (or rediss:// for TLS)")
+    try:
+        port = parts.port or 6379
+    except ValueError as error:
+        raise ValueError(f"{where}: the port is not a number") from error
+    db = parts.path.strip("/") or "0"
+    if not db.isdigit():
+        raise ValueError(f"{where}: the db number after the port must be a whole number, not {db!r}")
+    fields = [f"{parts.hostname}:{port}", f"db={int(db)}"]
+    if parts.username:
+        fields.append(f"username={unquote(parts.username)}")
+    if parts.password:
+        fields.append(f"password={unquote(parts.password)}")
+    if any("," in f for f in fields):
+        raise ValueError(f"{where}: Feast's connection string cannot carry a ',' in the user name or password")
+    if parts.scheme == "rediss":
+        fields.append("ssl=true")
+    fields += [f"socket_connect_timeout={REDIS_CONNECT_SECONDS}", f"socket_timeout={REDIS_REPLY_SECONDS}"]
+    return ",".join(fields)
+
+
+def redis_client(url: str) -> redis.Redis:
+    """A client of the Redis at `url` (db, password and TLS as the URL says), with the timeouts Feast's gets."""
+    redis_connection_string(url)  # the same checks, the same errors
+    return redis.Redis.from_url(url, socket_connect_timeout=REDIS_CONNECT_SECONDS, socket_timeout=REDIS_REPLY_SECONDS)
+
+
 def home_definitions(tables_dir: Path) -> list[Definition]:
     """Fresh copies of every definition of `features.repo`, their file sources pointing into `tables_dir`.
 
@@ -55,7 +93,7 @@ def home_definitions(tables_dir: Path) -> list[Definition]:
     """
     definitions: list[Definition] = copy.deepcopy(DEFINITIONS)
     sources: list[DataSource | None] = [d for d in definitions if isinstance(d, FileSource)]
-    sources += [d.batch_source for d in definitions if isinstance(d, FeatureView)]
+    sources += [d.batch_source for d in definitions if isinstance(d, FeatureView | PushSource)]
     for source in {id(s): s for s in sources if isinstance(s, FileSource)}.values():
         source.file_options.uri = str(tables_dir / Path(source.path).name)  # DuckDB reads relative paths from the cwd
     return definitions

@@ -59,7 +59,16 @@ CONSENT: dict[Consent, Literal["granted", "denied"]] = {Consent.granted: "grante
 def _settings() -> Settings:
     # Library deprecation notices (ibis, SQLAlchemy) say nothing a user of sendwise can act on.
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    settings = Settings()
+    from pydantic import ValidationError
+
+    try:
+        settings = Settings()
+    except ValidationError as error:
+        wrong = "; ".join(
+            f"SENDWISE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg'].removeprefix('Value error, ')}"
+            for e in error.errors()
+        )
+        raise _fail(f"the settings are not valid: {wrong}") from None
     settings.activate()
     return settings
 
@@ -423,6 +432,55 @@ def forget(
 
 
 @app.command()
+def materialize() -> None:
+    """Refresh the online store from new events without retraining: the events appended since the last ingest
+    (POST /v1/events, sendwise push) merged into the raw store, the feature tables built again, materialized."""
+    from training import jobs
+
+    settings = _settings()
+    try:
+        with console.status("merging appended events, building features, materializing the online store"):
+            merged, features = jobs.refresh_features(settings, progress=False)
+    except jobs.JOB_ERRORS as error:
+        raise _fail(str(error)) from error
+    rows = ", ".join(f"{n:,} {name}" for name, n in merged.items()) or "none"
+    console.print(f"appended events merged into the raw store: {rows}")
+    console.print(
+        f"features built as of {features.tables.as_of.isoformat()} and materialized to the online store "
+        f"({features.tables.engagement_rows:,} engagement rows); the models were not retrained"
+    )
+
+
+@app.command()
+def push(
+    file: Annotated[Path, typer.Argument(help="events in the data contract: TABLE.csv, TABLE.parquet or TABLE.jsonl")],
+    url: Annotated[str, typer.Option(help="the running service")] = "http://127.0.0.1:3000",
+) -> None:
+    """Send a file of events to a running service, as POST /v1/events takes them (token: SENDWISE_API_TOKEN):
+    each chunk appended durably, then pushed to the online store, so that the next decision sees it."""
+    from rich.progress import Progress
+
+    from sendwise.push import PushError, push_file, read_events
+
+    settings = Settings()
+    try:
+        total = len(read_events(file, [])[1])
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task(f"pushing {file.name}", total=total)
+            result = push_file(file, url, settings.api_token, advance=lambda n: progress.advance(task, n))
+    except PushError as error:
+        raise _fail(str(error)) from error
+    for warning in result.warnings:
+        console.print(f"[yellow]  ! {warning}", highlight=False)
+    console.print(
+        f"{result.table}: {result.rows:,} rows sent, {result.appended:,} appended, {result.forgotten:,} of "
+        f"erased customers refused; latest values of {result.pushed:,} customers pushed to the online store"
+    )
+    for reason in result.degraded:
+        console.print(f"[yellow]  ! {reason}", highlight=False)
+
+
+@app.command()
 def serve(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port")] = 3000,
@@ -520,10 +578,14 @@ def ui(
 ) -> None:
     """Open MLflow's UI on the home's runs and registry (SENDWISE_HOME/mlruns: mlflow.db and the artifacts).
 
-    Any other option goes to `mlflow server`, e.g. `--allowed-hosts` to reach it from another machine.
+    Any other option goes to `mlflow server`, e.g. `--allowed-hosts` to reach it from another machine. With
+    SENDWISE_MLFLOW_TRACKING_URI set to a tracking server, the UI is that server's own: its URL is printed.
     """
     settings = _settings()
-    if not (settings.mlruns_dir / "mlflow.db").exists():
+    if settings.tracking_server:
+        console.print(f"MLflow's UI is the tracking server's own: {settings.tracking_uri}", highlight=False)
+        return
+    if settings.mlflow_tracking_uri is None and not (settings.mlruns_dir / "mlflow.db").exists():
         console.print(f"[yellow]{settings.home} has no runs yet: `sendwise pipeline --data DATA_DIR` makes some[/]")
     if host not in ("127.0.0.1", "localhost", "::1"):
         console.print(f"[yellow]MLflow's UI has no login: whoever reaches {host}:{port} can change the champions[/]")
@@ -534,8 +596,7 @@ def ui(
         "server",
         "--backend-store-uri",
         settings.tracking_uri,
-        "--default-artifact-root",
-        settings.artifacts_uri,
+        *(["--default-artifact-root", settings.artifacts_uri] if settings.artifacts_uri else []),
         "--host",
         host,
         "--port",

@@ -6,9 +6,10 @@ that a writer killed at any moment leaves the store as it was or as it would hav
 - It holds ``writer_lock`` (an exclusive ``flock`` of ``raw/.lock``, released by the kernel when the process
   dies) from reading the tables it merges with to its last write: one writer at a time.
 - Each file is written whole to a temporary file beside it (``.<name>-<random>.tmp``) and renamed into place.
-- Files that change together (an ingest's tables and quarantine) are committed together (``commit``): every
-  temporary file is written first, then the list of renames (``raw/.commit.json``, itself written atomically)
-  is the commit marker, then the renames are done and the marker removed. Taking the lock finishes a commit a
+- Files that change together (an ingest's tables and quarantine, and the appended parts merged into them) are
+  committed together (``commit``): every temporary file is written first, then the list of renames and
+  removals (``raw/.commit.json``, itself written atomically) is the commit marker, then the renames and
+  removals are done and the marker removed. Taking the lock finishes a commit a
   killed writer left marked (``recover``) and removes the temporary files nothing committed.
 """
 
@@ -19,7 +20,7 @@ import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -99,19 +100,24 @@ def writer_lock(settings: Settings) -> Iterator[None]:
         yield
 
 
-def commit(settings: Settings, staged: Mapping[Path, Path]) -> None:
-    """Rename every staged file (``stage_parquet``) onto its path, all or none: the renames are recorded first, so
-    that a writer killed among them is finished by the next (``recover``). The caller holds ``writer_lock``."""
-    if not staged:
+def commit(settings: Settings, staged: Mapping[Path, Path], removed: Iterable[Path] = ()) -> None:
+    """Rename every staged file (``stage_parquet``) onto its path and remove the ``removed`` files (appended
+    parts merged into the staged tables), all or none: they are recorded first, so that a writer killed among
+    them is finished by the next (``recover``). The caller holds ``writer_lock``."""
+    steps: list[list[str | None]] = [[str(temporary), str(path)] for path, temporary in staged.items()]
+    steps += [[None, str(path)] for path in removed]
+    if not steps:
         return
     marker = settings.raw_dir / COMMIT_FILE
-    write_text_atomic(json.dumps([[str(temporary), str(path)] for path, temporary in staged.items()]), marker)
+    write_text_atomic(json.dumps(steps), marker)
     _finish(marker)
 
 
 def _finish(marker: Path) -> None:
     for temporary, path in json.loads(marker.read_text(encoding="utf-8")):
-        if os.path.exists(temporary):  # else renamed before the kill
+        if temporary is None:
+            Path(path).unlink(missing_ok=True)
+        elif os.path.exists(temporary):  # else renamed before the kill
             os.replace(temporary, path)
     marker.unlink()
 

@@ -1,7 +1,8 @@
 """The registered models by name, and the champions that serve: what training registers and serving loads.
 
 Training (`training.registry`) logs, registers and promotes versions; serving only reads the `champion` alias.
-Both point MLflow at the home's store through `connect`.
+Both point MLflow at the tracking store of the settings (the home's, or `SENDWISE_MLFLOW_TRACKING_URI`) through
+`connect`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ class LoadedModel:
 
 
 def connect(settings: Settings) -> MlflowClient:
-    """Point MLflow at the home's store and make sure the experiment keeps its artifacts there."""
+    """Point MLflow at the settings' tracking store and make sure the experiment exists: its artifacts in the
+    home beside a database, or where a tracking server chooses (the server stores what it is sent)."""
     settings.activate()
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)

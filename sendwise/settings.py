@@ -14,6 +14,8 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ONLINE_STORES = Literal["sqlite", "redis"]
+TRACKING_SERVER_SCHEMES = ("http", "https")
+TRACKING_DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 
 
 class Settings(BaseSettings):
@@ -25,6 +27,12 @@ class Settings(BaseSettings):
     api_token: str | None = Field(default=None, description="bearer token the HTTP API requires, if set")
     online_store: ONLINE_STORES = "sqlite"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow's tracking and registry: an MLflow server (http://host:5000, run with --serve-artifacts "
+        "so that it stores the artifacts too) or a database URI; unset: the home's SQLite store, "
+        "sqlite:///$SENDWISE_HOME/mlruns/mlflow.db",
+    )
     explore_share: float = Field(default=0.0, ge=0.0, le=1.0, description="default exploration share")
     holdout_share: float = Field(
         default=0.0,
@@ -86,10 +94,40 @@ class Settings(BaseSettings):
         "decision log records every decision)",
     )
 
+    dask_scheduler: str | None = Field(
+        default=None,
+        description="where training fits its LightGBM models through LightGBM's Dask estimators: a Dask scheduler's "
+        "address (tcp://host:8786), or `local` for a cluster of this machine's cores started for the job "
+        "(unset: train in this process)",
+    )
+
+    @field_validator("dask_scheduler")
+    @classmethod
+    def _scheduler_address(cls, value: str | None) -> str | None:
+        if not value:
+            return None  # SENDWISE_DASK_SCHEDULER= (empty) is unset
+        if value == "local" or "://" in value:
+            return value
+        raise ValueError(f"expected a scheduler address such as tcp://host:8786, or local; got {value!r}")
+
     @field_validator("home")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("mlflow_tracking_uri")
+    @classmethod
+    def _tracking_uri(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        scheme = value.partition(":")[0].partition("+")[0].lower()
+        if ":" not in value or scheme not in TRACKING_SERVER_SCHEMES + TRACKING_DATABASE_SCHEMES:
+            raise ValueError(
+                f"expected an MLflow tracking server (http://host:port or https://...) or a database URI "
+                f"({', '.join(TRACKING_DATABASE_SCHEMES)}), got {value!r}; unset, the home's own store is used"
+            )
+        return value.rstrip("/") if scheme in TRACKING_SERVER_SCHEMES else value
 
     # --- the layout of the home, in one place -------------------------------------------------------
     @property
@@ -126,11 +164,20 @@ class Settings(BaseSettings):
 
     @property
     def tracking_uri(self) -> str:
-        return f"sqlite:///{self.mlruns_dir / 'mlflow.db'}"
+        """MLflow's tracking and registry URI: `SENDWISE_MLFLOW_TRACKING_URI`, else the home's SQLite store."""
+        return self.mlflow_tracking_uri or f"sqlite:///{self.mlruns_dir / 'mlflow.db'}"
 
     @property
-    def artifacts_uri(self) -> str:
-        return (self.mlruns_dir / "artifacts").as_uri()
+    def tracking_server(self) -> bool:
+        """Whether MLflow is a tracking server reached over HTTP (which stores the artifacts it is sent and has
+        a UI of its own) rather than a database this process opens."""
+        return self.tracking_uri.partition(":")[0].lower() in TRACKING_SERVER_SCHEMES
+
+    @property
+    def artifacts_uri(self) -> str | None:
+        """Where the experiment keeps its artifacts: the home's folder beside a database, or None with a
+        tracking server, which chooses (its `--artifacts-destination`, reached as `mlflow-artifacts:` URIs)."""
+        return None if self.tracking_server else (self.mlruns_dir / "artifacts").as_uri()
 
     @property
     def bentoml_home(self) -> Path:
@@ -152,11 +199,15 @@ class Settings(BaseSettings):
             "IPYTHONDIR": str(self.home / ".ipython"),
             "FEAST_USAGE": "False",
             "SENDWISE_HOME": str(self.home),
+            **({"SENDWISE_MLFLOW_TRACKING_URI": self.mlflow_tracking_uri} if self.mlflow_tracking_uri else {}),
             **({"SENDWISE_BRAND_FILE": str(self.brand_file)} if self.brand_file else {}),
             **({"SENDWISE_TEMPLATES_DIR": str(self.templates_dir)} if self.templates_dir else {}),
         }
 
     def activate(self) -> None:
-        """Create the home and point the libraries into it (called by entry points, never on import)."""
-        self.mlruns_dir.mkdir(parents=True, exist_ok=True)
+        """Create the home and point the libraries into it (called by entry points, never on import). `mlruns/`
+        is made only where MLflow writes into the home (not with a tracking server)."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        if not self.tracking_server:
+            self.mlruns_dir.mkdir(exist_ok=True)
         os.environ.update(self.library_environment())

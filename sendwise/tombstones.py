@@ -128,7 +128,8 @@ def erase_parquet(path: Path, customer_ids: set[str], column: str = CUSTOMER_KEY
 
 
 def erase_raw(settings: Settings, customer_ids: set[str]) -> dict[str, int]:
-    """Remove the customers' rows from every raw table and quarantine file; rows removed per file."""
+    """Remove the customers' rows from every raw table, quarantine file and appended part not merged yet (events
+    `sendwise.ingest.appended` wrote); rows removed per file."""
     removed: dict[str, int] = {}
     for name in contract.TABLES:
         for folder, path in (("raw", raw.table_path(settings, name)), ("quarantine", settings.quarantine_dir)):
@@ -136,4 +137,8 @@ def erase_raw(settings: Settings, customer_ids: set[str]) -> dict[str, int]:
             count = erase_parquet(target, customer_ids)
             if count:
                 removed[f"{folder}/{name}"] = count
+        for part in sorted((settings.raw_dir / "appended" / name).glob("[!.]*.parquet")):  # not merged yet
+            count = erase_parquet(part, customer_ids)
+            if count:
+                removed[f"appended/{name}"] = removed.get(f"appended/{name}", 0) + count
     return removed

@@ -14,7 +14,7 @@ import pandas as pd
 
 from serving import reasons
 from serving.assign import local_window_clock, quiet
-from serving.history import SendHistory
+from serving.history import History
 from serving.online import BatchFeatures
 from serving.schemas import Constraints, FrequencyCap, QuietHours
 
@@ -32,7 +32,7 @@ def blocked_recipients(
     constraints: Constraints,
     holdout: np.ndarray,
     holdout_share: float,
-    history: SendHistory,
+    history: History,
 ) -> list[str | None]:
     """Why each recipient is not sent, or None: consent and eligibility first, then the holdout (marketing
     email only) and the frequency cap."""
@@ -50,7 +50,7 @@ def blocked_recipients(
 
 
 def _block_frequency(
-    blocked: list[str | None], ids: list[str], start: datetime, cap: FrequencyCap, history: SendHistory
+    blocked: list[str | None], ids: list[str], start: datetime, cap: FrequencyCap, history: History
 ) -> None:
     rows = [i for i, b in enumerate(blocked) if b is None]
     raw, decided = history.sends_before([ids[i] for i in rows], start, cap.days)
@@ -79,7 +79,7 @@ def repeated_offers(
     start: datetime,
     days: int | None,
     sendable: np.ndarray,
-    history: SendHistory,
+    history: History,
 ) -> list[np.ndarray]:
     """Per recipient, the columns of the (non-control) offers shown to them within `days` before `start`."""
     none = np.zeros(0, dtype=np.int64)

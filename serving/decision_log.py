@@ -20,6 +20,10 @@ Files (what erasure or any tool rewriting the log must keep to):
 - `decisions/YYYY-MM-DD.jsonl` is a UTC day's first part; once a part holds `decision_log_max_bytes`
   (a setting), the next batch goes to `YYYY-MM-DD.1.jsonl`, then `.2.jsonl`, ... (`log_file_name`,
   `parse_log_name`; `log_files` lists them by day, then part). A batch is never split across parts.
+- Replicas sharing a home (`SENDWISE_ONLINE_STORE=redis`) each append to parts of their own, named by host and
+  process (`YYYY-MM-DD.<host>-<pid>.jsonl`, then `.1.jsonl`, ...: `process_writer`), so that two writers never
+  share a file even where a file lock does not reach across machines; they keep no index (render by id reads
+  Redis there). Every reader (`log_files`, `read_entries`, `DecisionLogReader`) takes every writer's parts.
 - Every line is one whole JSON object ending in `\n`. Writers append under an exclusive `flock` of the part;
   a writer killed mid-write can leave a torn last line (no newline): the next writer of that part, and
   `DecisionLog.recover` (at the service's start), cut it off under the lock before anything else is written,
@@ -36,9 +40,10 @@ import fcntl
 import logging
 import os
 import re
+import socket
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -50,7 +55,7 @@ import orjson
 logger = logging.getLogger(__name__)
 
 INDEX_FILE = "index.sqlite"
-LOG_NAME = re.compile(r"^(\d{4}-\d{2}-\d{2})(?:\.(\d+))?\.jsonl$")
+LOG_NAME = re.compile(r"^(\d{4}-\d{2}-\d{2})(?:\.([A-Za-z0-9_]*-[A-Za-z0-9_-]*))?(?:\.(\d+))?\.jsonl$")
 TAIL_BLOCK = 1 << 16
 LOG_CHUNK = 1_000
 """Decisions encoded and written at a time: a 10,000-decision batch's lines are 15 MB, and encoding them in one
@@ -93,20 +98,35 @@ def _hex_column(ids: list[str], at: int) -> np.ndarray:
     return np.frombuffer(bytes.fromhex("".join([i[at : at + 16] for i in ids])), dtype=">u8").astype(np.uint64)
 
 
-def log_file_name(day: date, part: int = 0) -> str:
-    """The name of a day's part: `YYYY-MM-DD.jsonl` for the first, `YYYY-MM-DD.N.jsonl` after it."""
-    return f"{day:%Y-%m-%d}.jsonl" if part == 0 else f"{day:%Y-%m-%d}.{part}.jsonl"
+def log_file_name(day: date, part: int = 0, writer: str | None = None) -> str:
+    """The name of a day's part: `YYYY-MM-DD.jsonl` for the first, `YYYY-MM-DD.N.jsonl` after it; a writer's
+    own parts carry its name: `YYYY-MM-DD.<writer>.jsonl`, `YYYY-MM-DD.<writer>.N.jsonl`."""
+    stem = f"{day:%Y-%m-%d}" if writer is None else f"{day:%Y-%m-%d}.{writer}"
+    return f"{stem}.jsonl" if part == 0 else f"{stem}.{part}.jsonl"
 
 
-def parse_log_name(name: str) -> tuple[date, int] | None:
-    """(day, part) of a log file's name, or None for a name that is not one."""
+def _parsed_name(name: str) -> tuple[date, str, int] | None:
+    """(day, writer or "", part) of a log file's name, or None for a name that is not one."""
     found = LOG_NAME.match(name)
     if found is None:
         return None
     try:
-        return date.fromisoformat(found.group(1)), int(found.group(2) or 0)
+        return date.fromisoformat(found.group(1)), found.group(2) or "", int(found.group(3) or 0)
     except ValueError:
         return None
+
+
+def parse_log_name(name: str) -> tuple[date, int] | None:
+    """(day, part) of a log file's name, or None for a name that is not one."""
+    parsed = _parsed_name(name)
+    return None if parsed is None else (parsed[0], parsed[2])
+
+
+def process_writer() -> str:
+    """This process's name in the log parts it writes alone: the host (letters, digits, `_` and `-` only) and
+    the process id, so that replicas sharing a home, on one machine or several, never append to one file."""
+    host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
+    return f"{host}-{os.getpid()}"
 
 
 def _cut_torn_tail(handle: BinaryIO, path: Path) -> int:
@@ -151,12 +171,24 @@ class LoggedDecision:
     decided_at: datetime
 
 
-class DecisionLog:
-    """Appends decisions to the day's part, one batch at a time under the part's lock, and indexes them."""
+DecisionSink = Callable[[list[dict[str, object]], bytes], None]
+"""Where a batch's entries go besides the log, each chunk before its lines are written: the entries and their
+JSON lines (`serving.history_store` keeps them in Redis)."""
 
-    def __init__(self, max_bytes: int = 128 * 2**20) -> None:
+
+class DecisionLog:
+    """Appends decisions to the day's part, one batch at a time under the part's lock, and indexes them.
+
+    With `per_process` each process appends to parts of its own (`process_writer`): what replicas sharing one
+    home do, where an index of their own would not see each other's decisions either, so they keep none
+    (`indexed` off: render by id then reads the shared store instead, `serving.history_store`)."""
+
+    def __init__(self, max_bytes: int = 128 * 2**20, per_process: bool = False, indexed: bool = True) -> None:
         self.max_bytes = max_bytes
-        self._part: tuple[date, int] = (date.min, 0)  # the part last written: where the next batch starts looking
+        self.per_process = per_process
+        self.indexed = indexed
+        self._part: tuple[date, str | None, int] = (date.min, None, 0)
+        """The part last written (day, writer, part): where the next batch starts looking."""
         self._lock = threading.Lock()
         self._index: sqlite3.Connection | None = None
         self._index_owner: tuple[int, Path] | None = None
@@ -208,10 +240,13 @@ class DecisionLog:
 
     def _open_part(self, decisions_dir: Path, day: date) -> tuple[BinaryIO, Path]:
         """The day's part to append to, open and locked (the bulk path's workers append too), a torn tail cut
-        off: the last part, or a new one where it holds `max_bytes`."""
-        part = self._part[1] if self._part[0] == day else _last_part(decisions_dir, day)
+        off: the last part, or a new one where it holds `max_bytes` (this process's own parts if `per_process`:
+        a forked worker's are its own too)."""
+        writer = process_writer() if self.per_process else None
+        known = self._part[:2] == (day, writer)
+        part = self._part[2] if known else _last_part(decisions_dir, day, writer)
         while True:
-            path = decisions_dir / log_file_name(day, part)
+            path = decisions_dir / log_file_name(day, part, writer)
             try:
                 handle = path.open("a+b")
             except FileNotFoundError:  # the first decision of this home, or its log folder was removed
@@ -220,7 +255,7 @@ class DecisionLog:
             fcntl.flock(handle, fcntl.LOCK_EX)
             size = _cut_torn_tail(handle, path)
             if size == 0 or size < self.max_bytes:
-                self._part = (day, part)
+                self._part = (day, writer, part)
                 return handle, path
             handle.close()
             part += 1
@@ -269,6 +304,8 @@ class DecisionLog:
 
     def forget_before(self, decisions_dir: Path, before: datetime) -> int:
         """Drop the index rows of decisions made before `before` (they can no longer be rendered)."""
+        if not self.indexed:
+            return 0
         with self._lock:
             connection = self._connection(decisions_dir)
             with connection:
@@ -295,8 +332,9 @@ class DecisionLog:
                     handle.truncate()
                     handle.flush()
                     os.fsync(handle.fileno())
-                    self._reindex(decisions_dir, path.name, kept)
-            if removed:
+                    if self.indexed:
+                        self._reindex(decisions_dir, path.name, kept)
+            if removed and self.indexed:
                 connection = self._connection(decisions_dir)
                 connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 connection.execute("VACUUM")
@@ -333,11 +371,13 @@ class DecisionLog:
         logged_times: Mapping[str, str],
         render_facts: Sequence[Mapping[str, object] | None],
         hours: LoggedHours | None = None,
+        sink: DecisionSink | None = None,
     ) -> None:
         """Every decision of a batch, with its exploration flag and propensity. `ranked_offers` and
         `shown_offers` are each decision's whole ranking and the offers its email carries; `render_facts` what
         rendering a sent decision's email needs (None where it is not sent); `logged_times` turns an answer's
-        `send_at` (JSON, Z) into the log's (isoformat); `hours` the window and each decision's policy hour."""
+        `send_at` (JSON, Z) into the log's (isoformat); `hours` the window and each decision's policy hour;
+        `sink` is given each chunk's entries and lines before they are written (a failing sink logs nothing)."""
         if not decisions:
             return
         now = datetime.now(UTC)
@@ -388,7 +428,10 @@ class DecisionLog:
             with handle:
                 at = handle.seek(0, os.SEEK_END)
                 for lo in range(0, len(decisions), LOG_CHUNK):  # a chunk's lines at a time: less memory at once
-                    lines = json_lines(entries(lo, lo + LOG_CHUNK), "decision_id")
+                    chunk = entries(lo, lo + LOG_CHUNK)
+                    lines = json_lines(chunk, "decision_id")
+                    if sink is not None:
+                        sink(chunk, lines)
                     handle.write(lines)  # whole lines: a kill between two chunks leaves no torn line
                     ends = np.flatnonzero(np.frombuffer(lines, dtype=np.uint8) == 10)
                     first = np.r_[0, ends[:-1] + 1]
@@ -396,6 +439,8 @@ class DecisionLog:
                     lengths.append(ends - first)
                     at += len(lines)
                 handle.flush()
+            if not self.indexed:
+                return
             ids = [str(d["decision_id"]) for d in decisions]
             self._write_index(
                 decisions_dir, ids, path.name, np.concatenate(starts), np.concatenate(lengths), int(now.timestamp())
@@ -488,20 +533,23 @@ class DecisionLogReader:
 
 
 def log_files(decisions_dir: Path, since: date | None = None) -> list[Path]:
-    """The log's parts, by day then part (none where nothing was decided); from the day `since` on if given."""
+    """The log's parts, every writer's, by day, then writer, then part (none where nothing was decided); from
+    the day `since` on if given."""
     if not decisions_dir.is_dir():
         return []
     found = []
     for path in decisions_dir.glob("*.jsonl"):
-        parsed = parse_log_name(path.name)
+        parsed = _parsed_name(path.name)
         if parsed is not None and (since is None or parsed[0] >= since):
             found.append((parsed, path))
     return [path for _, path in sorted(found)]
 
 
-def _last_part(decisions_dir: Path, day: date) -> int:
+def _last_part(decisions_dir: Path, day: date, writer: str | None = None) -> int:
     parts = [
-        parsed[1] for path in decisions_dir.glob(f"{day:%Y-%m-%d}*.jsonl") if (parsed := parse_log_name(path.name))
+        parsed[2]
+        for path in decisions_dir.glob(f"{day:%Y-%m-%d}*.jsonl")
+        if (parsed := _parsed_name(path.name)) is not None and parsed[1] == (writer or "")
     ]
     return max(parts, default=0)
 

@@ -39,13 +39,17 @@ from serving.curves import FALLBACK_OPEN_PROBABILITY, OpenCurves, predict_on_one
 from serving.decision_log import DecisionLog, LoggedDecision
 from serving.decisions import Batch, LoggedRender, Population, decision_rows
 from serving.errors import NoChampion, NothingToExplain, UnknownCustomer, UnknownDecision, UnknownOffer
+from serving.events import receive_events
 from serving.explanations import decision_drivers, explain_offer, explain_opens
 from serving.forget import forget_customers
-from serving.history import SendHistory
+from serving.history import History, SendHistory
+from serving.history_store import SharedHistory
 from serving.links import Tracking, email_headers, filled
 from serving.modules import ModuleFacts, as_logged, choose_modules
 from serving.offers import OfferCatalog, OfferSet, eligible_offers, read_offer_features
 from serving.online import OnlineFeatures, OnlineState, RhythmPriors
+from serving.realtime import RealtimeFeatures
+from serving.redis_features import RedisFeatures
 from serving.render import Personal, check_layout, render_email
 from serving.schemas import (
     Campaign,
@@ -53,6 +57,8 @@ from serving.schemas import (
     DecideRequest,
     DecideResponse,
     Driver,
+    EventsRequest,
+    EventsResponse,
     ExplainRequest,
     ExplainResponse,
     ForgetRequest,
@@ -127,7 +133,7 @@ class Engine:
         models: dict[str, LoadedModel],
         offers: pd.DataFrame | None,
         offer_features: pd.DataFrame | None,
-        history: SendHistory | None = None,
+        history: History | None = None,
         rhythm_priors: pd.DataFrame | None = None,
         offer_values: OfferValues | None = None,
         log_decisions: bool = True,
@@ -142,16 +148,45 @@ class Engine:
         priors = RhythmPriors(rhythm_priors)
         self.catalog = OfferCatalog(offers, offer_features, offer_values, models, priors)
         self.curves = OpenCurves(models)
-        self.history = history or SendHistory.empty(settings.decisions_dir)
-        self.log = DecisionLog(settings.decision_log_max_bytes)
+        self.shared: SharedHistory | None
+        """Past decisions in the Redis replicas share (`SENDWISE_ONLINE_STORE=redis`), else None."""
+        self.history: History
+        self.log: DecisionLog
+        self._use_past_decisions(settings, history)
         self._rng = np.random.default_rng()
         self._rng_lock = threading.Lock()
         self.population = Population(FALLBACK_OPEN_PROBABILITY, 1.0)
         self.degraded_decisions = Tally()
-        self.online = OnlineFeatures(settings, store, priors, self.catalog.score_snapshot)
+        self.online: OnlineFeatures | RedisFeatures
+        if store is not None and settings.online_store == "redis":  # each batch reads Redis: no snapshot
+            self.online = RedisFeatures(settings, store, priors)
+        else:
+            self.online = OnlineFeatures(settings, store, priors, self.catalog.score_snapshot)
         self.online.blank = OnlineState.empty(models)
+        self.realtime = RealtimeFeatures(store)
         if store is not None:
             self.population = self._measure_population()
+
+    def _use_past_decisions(self, settings: Settings, history: History | None) -> None:
+        """Where this engine counts and logs past decisions: with Redis, the shared history and a log part of
+        this process's own (no index: render by id reads Redis); else `history` (or none) and the home's log."""
+        if settings.online_store == "redis":
+            self.shared = SharedHistory(settings)
+            self.history = history or self.shared
+            self.log = DecisionLog(settings.decision_log_max_bytes, per_process=True, indexed=False)
+        else:
+            self.shared = None
+            self.history = history or SendHistory.empty(settings.decisions_dir)
+            self.log = DecisionLog(settings.decision_log_max_bytes)
+
+    def on_home(self, settings: Settings) -> Engine:
+        """This engine's models, features and offers deciding into the home and past decisions of `settings`
+        (a replica of the same champions: what tests of several replicas on one Redis start)."""
+        twin = copy.copy(self)
+        twin.settings = settings
+        twin.degraded_decisions = Tally()
+        twin._use_past_decisions(settings, None if settings.online_store == "redis" else SendHistory.from_raw(settings))
+        return twin
 
     @property
     def offers(self) -> pd.DataFrame | None:
@@ -201,7 +236,7 @@ class Engine:
         priors = pd.read_parquet(priors_path) if priors_path.exists() else None
         values = OfferValues.read(settings.feature_tables_dir / f"{OFFER_VALUES_TABLE}.parquet")
         warm_up()  # the compiled tree walk, before any request waits for it
-        history = SendHistory.from_raw(settings)
+        history = None if settings.online_store == "redis" else SendHistory.from_raw(settings)
         engine = cls(settings, store, models, offers, offer_features, history, priors, values, log_decisions)
         if log_decisions:  # a torn last line left by a process killed mid-write is cut off before anything else
             engine.log.recover(settings.decisions_dir)
@@ -234,6 +269,8 @@ class Engine:
 
     def status(self) -> dict[str, object]:
         found = list(self.online.degraded_reasons)
+        if self.shared is not None:
+            found.extend(self.shared.degraded_reasons)
         found.extend(
             reasons.no_champion(name, self.catalog.offer_values) for name in MODEL_NAMES if name not in self.models
         )
@@ -266,14 +303,22 @@ class Engine:
 
     # --- erasure ---------------------------------------------------------------------------------
     def forget(self, request: ForgetRequest) -> ForgetResponse:
-        """Erase the customers from the home (`serving.forget`), then drop what this engine holds of them: the
-        snapshot is read again from the rewritten feature tables and the send history from the raw store and
-        the rewritten log. Until it is, decisions go on from the old snapshot (the lock keeps reads whole)."""
+        """Erase the customers from the home (`serving.forget`, Redis's keys of them included), then drop what
+        this engine holds of them: the snapshot is read again from the rewritten feature tables and the send
+        history (without Redis) from the raw store and the rewritten log. Until it is, decisions go on from the
+        old snapshot (the lock keeps reads whole)."""
         report = forget_customers(self.settings, request.customer_ids, self.log)
-        self.history = SendHistory.from_raw(self.settings)
+        if self.shared is None:  # Redis's history lost the customers' keys with the erasure
+            self.history = SendHistory.from_raw(self.settings)
         if self.store is not None:
             self.online.refresh()
         return ForgetResponse.model_validate(report.as_dict())
+
+    # --- events ----------------------------------------------------------------------------------
+    def events(self, request: EventsRequest) -> EventsResponse:
+        """Append a batch of contract rows durably, then push their latest values to the online store
+        (`serving.events`); `EventsError` names the bad rows of a batch that was not appended."""
+        return receive_events(self.settings, request, self.realtime.push if self.store is not None else None)
 
     # --- decisions -------------------------------------------------------------------------------
     def decide(self, request: DecideRequest) -> DecideResponse:
@@ -303,13 +348,15 @@ class Engine:
                 batch.kind,
                 batch.topic,
             )
-        degraded = batch.features.degraded
-        if degraded:
+        found = (list(self.online.degraded_reasons) or [reasons.NO_FEATURE_STORE]) if batch.features.degraded else []
+        if self.shared is not None:  # past decisions unreachable while this batch was decided and logged
+            found += self.shared.degraded_reasons
+        if found:
             self.degraded_decisions.add(len(decisions))
         return {
             "model_versions": self.model_versions(),
-            "status": "degraded" if degraded else "ok",
-            "reasons": (list(self.online.degraded_reasons) or [reasons.NO_FEATURE_STORE]) if degraded else [],
+            "status": "degraded" if found else "ok",
+            "reasons": found,
             "decisions": decisions,
         }
 
@@ -331,6 +378,7 @@ class Engine:
             dict(batch.window_times),
             batch.render_facts,
             batch.logged_hours,
+            sink=self.shared.record if self.shared is not None else None,
         )
         return batch, decisions
 
@@ -341,6 +389,7 @@ class Engine:
         constraints = request.constraints or Constraints()
         explore_share = self.settings.explore_share if request.explore_share is None else request.explore_share
         features = self.online.for_recipients(request.recipients)
+        features.eligible = features.eligible & ~self.realtime.stopped([r.customer_id for r in request.recipients])
         chosen, conversion = self.catalog.conversion(features, start, request.offer_ids)
         offers = chosen.offers if chosen is not None else pd.DataFrame()
         margins = chosen.margins if chosen is not None else np.zeros(0)
@@ -428,7 +477,10 @@ class Engine:
 
     def _logged(self, decision_id: str) -> LoggedDecision:
         """The logged decision with this id that may still be rendered, or a 404 that says why not."""
-        logged = self.log.find(self.settings.decisions_dir, decision_id)
+        if self.shared is not None:
+            logged = self.shared.find(decision_id)
+        else:
+            logged = self.log.find(self.settings.decisions_dir, decision_id)
         if logged is None:
             raise UnknownDecision(decision_id)
         oldest = datetime.now(UTC) - timedelta(days=self.settings.render_days)

@@ -102,3 +102,17 @@ class UnknownDecision(ServingError, LookupError):
             )
         super().__init__(message, field="decision_id")
         self.decision_id = decision_id
+
+
+class PastDecisionsUnavailable(ServingError):
+    """Render by id while the Redis that keeps past decisions cannot be reached: try again once it is back."""
+
+    status = 503
+    error = "past decisions unavailable"
+
+    def __init__(self, where: str) -> None:
+        super().__init__(
+            f"the decision cannot be read now: the Redis that keeps past decisions ({where}) cannot be reached; "
+            "try again once it is back",
+            field="decision_id",
+        )

@@ -4,6 +4,8 @@
 ingest that runs meanwhile already drops the customers' rows), then the raw store and the quarantine, the
 feature tables (Feast's offline sources, and what the engine's snapshot reads), Feast's SQLite online store,
 the decision log (its lines, with what rendering needed, and its index), and the reports that name them.
+With Redis (`SENDWISE_ONLINE_STORE=redis`) the customers' keys go from it too: Feast's online rows (Feast's
+key of each customer's entity) and the send history and decisions replicas share (`serving.history_store`).
 SQLite files are vacuumed so that no deleted page keeps a copy. A running engine reads its snapshot again
 (`Engine.forget`); models already trained keep what they learned until the next pipeline run retrains them
 without these customers (README, Privacy).
@@ -15,9 +17,12 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 from feast.infra.key_encoding_utils import serialize_entity_key
+from feast.infra.online_stores.helpers import _redis_key
+from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 
@@ -25,6 +30,7 @@ from sendwise.raw import writer_lock
 from sendwise.settings import Settings
 from sendwise.tombstones import CUSTOMER_KEY, add_tombstones, erase_parquet, erase_raw
 from serving.decision_log import DecisionLog
+from serving.history_store import SharedHistory
 
 MAX_IDS = 10_000
 """Customer ids one `POST /v1/forget` may name (the CLI sends a longer file in parts)."""
@@ -82,18 +88,32 @@ def forget_customers(settings: Settings, customer_ids: Iterable[str], log: Decis
             if removed:
                 report.rows[f"{folder.name}/{path.name}"] = removed
     report.online_rows = erase_online(settings, ids)
+    if settings.online_store == "redis":
+        report.online_rows += erase_feast_redis(settings, ids)
+        report.rows["redis/history"] = SharedHistory(settings).erase(ids)
     report.decisions = (log or DecisionLog()).erase(settings.decisions_dir, ids)
     report.reports = erase_reports(settings, ids)
     return report
 
 
+def _feast_config(settings: Settings) -> dict[str, Any] | None:
+    """The home's `feature_store.yaml`, or None before Feast was set up."""
+    config_path = settings.feast_dir / "feature_store.yaml"
+    if not config_path.exists():
+        return None
+    return yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+
+
+def _customer_entity(customer_id: str) -> EntityKey:
+    return EntityKey(join_keys=[CUSTOMER_KEY], entity_values=[Value(string_val=customer_id)])
+
+
 def online_store_path(settings: Settings) -> tuple[Path | None, int]:
     """Feast's SQLite online store of the home (None with another store, or before any materialization) and
     the entity key serialization version its repository uses."""
-    config_path = settings.feast_dir / "feature_store.yaml"
-    if not config_path.exists():
+    config = _feast_config(settings)
+    if config is None:
         return None, 3
-    config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
     version = int(config.get("entity_key_serialization_version", 3))
     online = config.get("online_store") or {}
     if online.get("type", "sqlite") != "sqlite":
@@ -108,14 +128,11 @@ def online_store_path(settings: Settings) -> tuple[Path | None, int]:
 
 def erase_online(settings: Settings, ids: set[str]) -> int:
     """Delete the customers' rows from every table of Feast's SQLite online store, then vacuum it; rows
-    deleted. (With Redis the rows are overwritten at the next materialization; see README, Privacy.)"""
+    deleted (with Redis, `erase_feast_redis` deletes them)."""
     path, version = online_store_path(settings)
     if path is None:
         return 0
-    keys = [
-        (serialize_entity_key(EntityKey(join_keys=[CUSTOMER_KEY], entity_values=[Value(string_val=c)]), version),)
-        for c in sorted(ids)
-    ]
+    keys = [(serialize_entity_key(_customer_entity(c), version),) for c in sorted(ids)]
     connection = sqlite3.connect(path, timeout=30.0)
     try:
         deleted = 0
@@ -132,6 +149,19 @@ def erase_online(settings: Settings, ids: set[str]) -> int:
     finally:
         connection.close()
     return deleted
+
+
+def erase_feast_redis(settings: Settings, ids: set[str]) -> int:
+    """Delete the customers' keys from Feast's Redis online store (one hash per customer, every view's features
+    in it), through the client and the key Feast itself makes from its configuration; keys deleted."""
+    config = _feast_config(settings)
+    online = config.get("online_store") if config is not None else None
+    if config is None or not isinstance(online, dict) or online.get("type") != "redis":
+        return 0
+    version = int(str(config.get("entity_key_serialization_version", 3)))
+    client = RedisOnlineStore()._get_client(RedisOnlineStoreConfig(**online))
+    keys = [_redis_key(str(config["project"]), _customer_entity(c), version) for c in sorted(ids)]
+    return int(client.delete(*keys)) if keys else 0
 
 
 def erase_reports(settings: Settings, ids: set[str]) -> list[str]:

@@ -6,6 +6,7 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -26,6 +27,19 @@ def _nanos_column(times: pd.Series) -> np.ndarray:
     """UTC timestamps (any unit) as int64 nanoseconds since the epoch."""
     stamps = pd.to_datetime(times, utc=True).dt.tz_convert(None).to_numpy().astype("datetime64[ns]")
     return np.asarray(stamps.view(np.int64))
+
+
+class History(Protocol):
+    """What frequency caps and no-repeat rules ask of past sends: `SendHistory` on one machine, or
+    `serving.history_store.SharedHistory` over the Redis that replicas share."""
+
+    def sends_before(self, customer_ids: list[str], start: datetime, days: int) -> tuple[np.ndarray, np.ndarray]:
+        """(sends in the raw store, sends decided by sendwise since it ends) in the `days` before `start`."""
+        ...
+
+    def offers_shown_before(self, customer_ids: list[str], start: datetime, days: int) -> list[set[str]]:
+        """The offers each customer was exposed to in the `days` before `start` (raw exposures, then decisions)."""
+        ...
 
 
 @dataclass

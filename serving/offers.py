@@ -2,7 +2,9 @@
 
 With a `next_best_offer` champion, every known customer's conversion probabilities are scored once per
 snapshot of the online features (`OfferCatalog.score_snapshot`: the offer model reads no request context) and
-looked up per decision; unknown recipients, whose context comes with the request, are scored when decided.
+looked up per decision; unknown recipients, whose context comes with the request, are scored when decided, and
+so is every recipient of a batch whose features were read from Redis (no snapshot, no table: only the batch's
+eligible offers are scored).
 Without one, every recipient gets each offer's logged conversion rate (`features.offer_values`): one row
 broadcast over the batch and one ranking shared by every row.
 """
@@ -228,6 +230,10 @@ class OfferCatalog:
             missing = np.arange(n)
         if len(missing):
             conversion[missing] = offer_probabilities(features.matrix, missing, chosen.matrix, model)
+        if not state.offer_columns and features.known.any():
+            # No table of scores (features read per batch, `serving.redis_features`): the known customers were
+            # scored just now, and are valued as a snapshot's float32 table holds them, whichever the store.
+            conversion[features.known] = conversion[features.known].astype(np.float32)
         return chosen, np.clip(conversion, 0.0, 1.0)
 
     def _logged_conversion(

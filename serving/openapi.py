@@ -29,6 +29,8 @@ from serving.schemas import (
     DecideRequest,
     DecideResponse,
     ErrorAnswer,
+    EventsRequest,
+    EventsResponse,
     ExplainRequest,
     ExplainResponse,
     ModelsResponse,
@@ -47,7 +49,7 @@ ERRORS: dict[int, str] = {
     413: "the body is larger than the limit (20 MB)",
     422: "a field is invalid; `details` names it",
     500: "an unexpected error, for this request only; the server log has the details",
-    503: "a model without a champion yet, or the service still starting",
+    503: "a model without a champion yet, the service still starting, or a dependency it needs for this answer down",
     504: "the request took longer than the service's timeout",
 }
 COMMON_ERRORS = (401, 500, 503, 504)
@@ -64,6 +66,7 @@ class Operation:
     answer: type[BaseModel]
     request: type[BaseModel] | None = None
     errors: tuple[int, ...] = field(default=COMMON_ERRORS)
+    success: int = 200
 
 
 OPERATIONS = (
@@ -90,6 +93,15 @@ OPERATIONS = (
         ExplainResponse,
         ExplainRequest,
         (*BODY_ERRORS, 404, *COMMON_ERRORS),
+    ),
+    Operation(
+        "post",
+        "/v1/events",
+        "Rows of the data contract's event tables, appended durably and pushed to the online store (202)",
+        EventsResponse,
+        EventsRequest,
+        (*BODY_ERRORS, *COMMON_ERRORS),
+        success=202,
     ),
     Operation("get", "/v1/models", "The model versions being served, and whether answers are degraded", ModelsResponse),
 )
@@ -134,7 +146,7 @@ def openapi_document(templates: Sequence[str], version: str = "0") -> dict[str, 
 def _operation(operation: Operation, keyed: Mapping[tuple[Any, Any], dict[str, Any]]) -> dict[str, Any]:
     answer = keyed[(operation.answer, "serialization")]
     error = keyed[(ErrorAnswer, "serialization")]
-    responses: dict[str, Any] = {"200": {"description": "the answer", "content": _json(answer)}}
+    responses: dict[str, Any] = {str(operation.success): {"description": "the answer", "content": _json(answer)}}
     for status in sorted(operation.errors):
         responses[str(status)] = {"description": ERRORS[status], "content": _json(error)}
     described: dict[str, Any] = {

@@ -243,8 +243,12 @@ def next_whole_hour(now: datetime | None = None) -> datetime:
     return now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
 
 
-def _published_decide(schema: dict[str, Any]) -> None:
-    """`explain: true` takes at most `MAX_EXPLAINED_RECIPIENTS`, said in the document."""
+def _published_decide(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    """`explain: true` takes at most `MAX_EXPLAINED_RECIPIENTS`, said in the document. Not in BentoML's copy of
+    the model (its own OpenAPI 3.0 document, which `bentoml build` writes into the bento, has no `if`); the
+    document the service publishes is `serving.openapi`'s."""
+    if model is not DecideRequest:
+        return
     schema["if"] = {"properties": {"explain": {"const": True}}, "required": ["explain"]}
     schema["then"] = {"properties": {"recipients": {"maxItems": MAX_EXPLAINED_RECIPIENTS}}}
 
@@ -582,3 +586,83 @@ class ErrorAnswer(BaseModel):
     error: str
     message: str
     details: list[FieldError] = Field(default_factory=list)
+
+
+MAX_EVENTS = 10_000
+"""Rows one `POST /v1/events` takes (`sendwise push` sends a longer file in chunks of this size)."""
+EVENT_TABLES = ("email_events", "site_events", "offer_events")
+"""The contract tables whose rows `POST /v1/events` takes (`sendwise.ingest.appended.APPENDABLE`)."""
+_EVENT_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+_EVENT_TIME = WHOLE_UTC_HOUR.removesuffix(r":00:00Z$") + r":[0-5][0-9]:[0-5][0-9]Z$"
+
+
+def _event_column_schema(column: Any) -> dict[str, Any]:
+    """What the OpenAPI document promises one contract column takes: the narrow form generators need (the
+    service reads rows as an export is read: aliases, any offset, booleans and numbers as text)."""
+    from sendwise.contract import Kind
+
+    kind = column.kind
+    schema: dict[str, Any]
+    if kind == Kind.ID:
+        schema = {"type": "string", "pattern": _EVENT_ID}
+    elif kind == Kind.TIMESTAMP:
+        schema = {"type": "string", "pattern": _EVENT_TIME, "description": "ISO 8601 with a zone"}
+    elif kind == Kind.BOOL:
+        schema = {"type": "boolean"}
+    elif kind in (Kind.FLOAT, Kind.INT):
+        schema = {"type": "number"}
+        if column.low is not None:
+            schema["minimum" if column.low_inclusive else "exclusiveMinimum"] = column.low
+        if column.high is not None:
+            schema["maximum" if column.high_inclusive else "exclusiveMaximum"] = column.high
+    elif kind == Kind.CHOICE:
+        schema = {"type": "string", "enum": list(column.choices)}
+    else:
+        schema = {"type": "string", "maxLength": 2048}
+    return schema if column.required else {"anyOf": [schema, {"type": "null"}]}
+
+
+def _event_row_schema() -> dict[str, Any]:
+    """One row of a contract event table and the table it belongs to, one choice per table."""
+    from sendwise.contract import TABLES
+
+    ways = []
+    for name in EVENT_TABLES:
+        table = TABLES[name]
+        properties: dict[str, Any] = {"table": {"const": name}}
+        properties.update({column.name: _event_column_schema(column) for column in table.columns})
+        ways.append(
+            {
+                "type": "object",
+                "title": name,
+                "properties": properties,
+                "required": ["table", *table.required],
+                "additionalProperties": False,
+            }
+        )
+    return {"oneOf": ways, "description": "a row of the data contract and its table"}
+
+
+EventRow = Annotated[
+    dict[str, str | int | float | bool | None],
+    WithJsonSchema(_event_row_schema()),
+]
+
+
+class EventsRequest(_Strict):
+    """`POST /v1/events`: rows of the data contract's event tables, each naming its table."""
+
+    events: list[EventRow] = Field(min_length=1, max_length=MAX_EVENTS)
+
+
+class EventsResponse(BaseModel):
+    """What became of a batch of events (answered with 202): counts, never ids."""
+
+    received: int = Field(description="rows in the request")
+    appended: dict[str, int] = Field(description="rows appended durably to the raw store, per table")
+    forgotten: int = Field(description="rows of erased customers refused")
+    pushed: int = Field(description="customers whose latest-value features were pushed to the online store")
+    status: Literal["ok", "degraded"] = Field(
+        default="ok", description="degraded: appended, but the online store could not be updated (see reasons)"
+    )
+    reasons: list[str] = Field(default_factory=list)

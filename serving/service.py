@@ -3,7 +3,8 @@
 Routes (all JSON; all but health and `/metrics` need `Authorization: Bearer <token>` when `SENDWISE_API_TOKEN`
 is set):
 
-- `POST /v1/decide`, `POST /v1/render`, `POST /v1/explain`, `POST /v1/forget`: the request model of
+- `POST /v1/decide`, `POST /v1/render`, `POST /v1/explain`, `POST /v1/forget`, `POST /v1/events` (answered
+  202): the request model of
   `serving.schemas` is the whole body (a positional-only parameter makes it BentoML's root input, not a field of
   a wrapper);
 - `GET /v1/models`: a small FastAPI app mounted on the service, its route a method of this class;
@@ -24,6 +25,7 @@ exception in the engine becomes a 500 for that request only (BentoML logs it).
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
@@ -53,6 +55,8 @@ from serving.schemas import (
     DecideRequest,
     DecideResponse,
     ErrorAnswer,
+    EventsRequest,
+    EventsResponse,
     ExplainRequest,
     ExplainResponse,
     ForgetRequest,
@@ -179,6 +183,21 @@ class Sendwise:
         except ServingError as error:
             return error_response(error)
 
+    @bentoml.api(route="/v1/events", output_spec=EventsResponse)
+    def events(self, request: EventsRequest, /) -> Response:
+        """Rows of the data contract's event tables, appended durably to the raw store and pushed to the online
+        store before the answer (202); a batch with a bad row is refused whole (422 naming every bad row)."""
+        from sendwise.ingest.appended import EventsError  # pandas: not in the supervisor process
+        from serving.events import events_error_answer
+
+        try:
+            answer = self.engine.events(request)
+        except EventsError as error:
+            return JSONResponse(events_error_answer(error).model_dump(), status_code=422)
+        except ServingError as error:
+            return error_response(error)
+        return JSONResponse(answer.model_dump(), status_code=202)
+
     @info_app.get(
         "/models",
         response_model=ModelsResponse,
@@ -256,12 +275,24 @@ class DecideLane:
 
 def _document() -> dict[str, Any]:
     """The OpenAPI document of the running service: its templates are the built-in ones and its settings'."""
-    from importlib.metadata import version
-
     from serving.render import available_templates
 
     settings = cast("Sendwise", bentoml.get_current_service()).settings
-    return openapi_document(available_templates(settings.templates_dir), version=version("sendwise"))
+    return openapi_document(available_templates(settings.templates_dir), version=sendwise_version())
+
+
+def sendwise_version() -> str:
+    """The installed distribution's version, else that of the pyproject.toml beside the packages: a bento holds
+    the source, not the distribution."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sendwise")
+    except PackageNotFoundError:
+        import tomllib
+
+        pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+        return str(tomllib.loads(pyproject.read_text())["project"]["version"]) if pyproject.exists() else "unknown"
 
 
 # mypy keeps the class type through class decorators; `Sendwise` is a bentoml.Service here

@@ -197,7 +197,7 @@ class FeatureSnapshot:
     def empty(cls, attributes: Mapping[str, bool] | None = None) -> FeatureSnapshot:
         """No customers at all (no feature store yet, or none readable): every recipient is unknown. `attributes`
         names the `attr_*` columns the models read (True: a label), all missing here, so that a design has them."""
-        blank = cls._from_tables({}, ())
+        blank = cls.from_tables({}, ())
         for name, label in (attributes or {}).items():
             if label:
                 blank.attributes[name] = _PlainColumn(np.array([np.nan], dtype=object), np.full(1, -1, np.int32))
@@ -221,14 +221,16 @@ class FeatureSnapshot:
             used = tuple(f for f in source.features if f in USED or f.startswith("attr_"))
             tables[source.view] = latest_rows(replace(source, features=used))
         release_memory()
-        return cls._from_tables(tables, signature)
+        return cls.from_tables(tables, signature)
 
     @classmethod
-    def _from_tables(
+    def from_tables(
         cls,
         tables: dict[str, pa.Table],
         signature: tuple[tuple[str, int], ...],
     ) -> FeatureSnapshot:
+        """The snapshot of each view's latest rows (`customer_id` and the view's features; one row per customer):
+        as `latest_rows` reads them from the sources, or as an online store returns them (`serving.redis_features`)."""
         keys = {view: pc.cast(t["customer_id"], pa.string()).combine_chunks() for view, t in tables.items()}
         unique = (
             pc.unique(pa.chunked_array(list(keys.values()), type=pa.string())) if keys else pa.array([], pa.string())

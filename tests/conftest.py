@@ -52,6 +52,30 @@ def redis_url() -> Iterator[str]:
         yield url
 
 
+REDIS_DB = 5
+"""The session Redis's db that `redis_home` materializes into (not 0: the db number of the URL must be honoured)."""
+
+
+@pytest.fixture(scope="session")
+def redis_home(pipeline_home: PipelineHome, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """A copy of the pipeline's home serving from Redis: its online store materialized into db 5 of the session's
+    `redis-server`, as the pipeline materializes with `SENDWISE_ONLINE_STORE=redis`."""
+    return materialized_in_redis(
+        pipeline_home.settings, tmp_path_factory.mktemp("redis") / "home", f"{redis_url}/{REDIS_DB}"
+    )
+
+
+def materialized_in_redis(source: Settings, home: Path, url: str) -> Settings:
+    """A copy of `source`'s home (without its decision log) whose online store is the Redis at `url`, its
+    features materialized there up to the home's as-of (`features.store.materialize`, the pipeline's step)."""
+    from features.store import materialize, open_store
+    from sendwise.asof import resolve_as_of
+
+    settings = home_with_own_decision_log(source, home).model_copy(update={"online_store": "redis", "redis_url": url})
+    materialize(open_store(settings), resolve_as_of(settings).time.to_pydatetime())
+    return settings
+
+
 @pytest.fixture(scope="session")
 def small_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A seeded world of 1,500 customers over 45 days, with its truth."""

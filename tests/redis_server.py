@@ -17,13 +17,13 @@ START_SECONDS = 20
 
 
 @contextmanager
-def redis_server() -> Iterator[str]:
-    """A fresh `redis-server` with nothing saved to disk; yields its URL (`redis://127.0.0.1:PORT`, no db: a
-    test appends the db number it uses) and stops it on exit."""
+def redis_server(port: int | None = None) -> Iterator[str]:
+    """A fresh `redis-server` with nothing saved to disk, on `port` (default: a free one); yields its URL
+    (`redis://127.0.0.1:PORT`, no db: a test appends the db number it uses) and stops it on exit."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed: `make test` installs Debian's redis-server package")
-    port = free_port()
+    port = port or free_port()
     with tempfile.TemporaryDirectory(prefix="redis-") as folder:
         process = subprocess.Popen(
             [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", folder],

@@ -50,6 +50,7 @@ ROUTES = [
     "POST /v1/decide",
     "POST /v1/render",
     "POST /v1/explain",
+    "POST /v1/events",
     "GET /v1/models",
 ]
 
@@ -134,11 +135,18 @@ def test_every_route_is_fuzzed_with_hundreds_of_requests(fuzz_report: dict) -> N
 
 def test_fuzzing_reaches_every_route_with_requests_it_answers(fuzz_report: dict) -> None:
     """Every /v1 route answers hundreds of fuzzed requests, some of them 200: explain with a known customer
-    (tests/fuzz_hooks.py), render and decide with any; and a 401 where the token is left out."""
+    (tests/fuzz_hooks.py), render and decide with any, events with rows the document allows (202); and a 401
+    where the token is left out."""
     answered: Counter[tuple[str, int]] = fuzz_report["answered"]
-    for route in ["POST /v1/decide", "POST /v1/render", "POST /v1/explain", "GET /v1/models"]:
+    for route, ok in [
+        ("POST /v1/decide", 200),
+        ("POST /v1/render", 200),
+        ("POST /v1/explain", 200),
+        ("POST /v1/events", 202),
+        ("GET /v1/models", 200),
+    ]:
         by_status = {status: n for (seen, status), n in answered.items() if seen == route}
-        assert by_status.get(200, 0) > 0 and by_status.get(401, 0) > 0, (route, by_status)
+        assert by_status.get(ok, 0) > 0 and by_status.get(401, 0) > 0, (route, by_status)
         assert not any(status >= 500 for status in by_status), (route, by_status)
     for route in ["POST /v1/decide", "POST /v1/render", "POST /v1/explain"]:
         assert sum(n for (seen, _), n in answered.items() if seen == route) >= 100, answered

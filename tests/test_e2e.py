@@ -1,17 +1,21 @@
-"""End to end: the real `bentoml serve` over HTTP on the small world's champions."""
+"""End to end: the real `bentoml serve` over HTTP on the small world's champions, each test on both online
+stores: Feast's SQLite store (read into the engine's snapshot) and Redis (read per batch, shared by replicas)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 
 from sendwise.raw import load_table
+from sendwise.settings import Settings
 from tests.conftest import SHARED, home_with_own_decision_log
 from tests.served import bentoml_serve
 
@@ -20,12 +24,27 @@ TOKEN = "e2e-test-token"
 START = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
 
 
-@pytest.fixture(scope="module")
-def service(pipeline_home, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    """`bentoml serve` on a copy of the pipeline's home: one service for the module (it takes a minute to
-    start), its decision log apart from every other test's."""
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
+def service(request: pytest.FixtureRequest, pipeline_home, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """`bentoml serve` on a copy of the pipeline's home: one service per online store for the module (it takes
+    a minute to start), its decision log apart from every other test's."""
+    if request.param == "redis":
+        yield request.getfixturevalue("redis_service")
+        return
     settings = home_with_own_decision_log(pipeline_home.settings, tmp_path_factory.mktemp("e2e") / "home")
     with bentoml_serve(settings, TOKEN) as url:
+        yield url
+
+
+def serve_on_redis(settings: Settings) -> AbstractContextManager[str]:
+    """`bentoml serve` on a home whose online store is Redis, told so as a replica is: by its environment."""
+    return bentoml_serve(settings, TOKEN, SENDWISE_ONLINE_STORE="redis", SENDWISE_REDIS_URL=settings.redis_url)
+
+
+@pytest.fixture(scope="module")
+def redis_service(redis_home: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`bentoml serve` on a copy of the Redis home (the session Redis's db 5), its decision log its own."""
+    with serve_on_redis(home_with_own_decision_log(redis_home, tmp_path_factory.mktemp("e2e-redis") / "home")) as url:
         yield url
 
 
@@ -267,3 +286,39 @@ def test_api_conformance_checker_passes(service: str, pipeline_home) -> None:  #
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert " 0 failed" in run.stdout
+
+
+def test_two_replicas_on_one_redis_give_the_same_answers(
+    redis_service: str, redis_home: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A second `bentoml serve` on another home copy and the same Redis: no snapshot of its own, the same
+    features, so the same decisions for the same requests (exploration off)."""
+    customers = load_table(redis_home, "customers")
+    assert customers is not None
+    ids = customers["customer_id"].sample(n=150, random_state=5).tolist()
+    body: dict[str, Any] = {
+        "recipients": [{"customer_id": i} for i in ids] + [{"customer_id": "new-1", "timezone": "Europe/Oslo"}],
+        "campaign": {"kind": "promotional", "topic": "outdoor"},
+        "window_start": START.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "explore_share": 0.0,
+        "k_offers": 5,
+    }
+    single = {**body, "recipients": body["recipients"][:1]}
+    other_home = home_with_own_decision_log(redis_home, tmp_path_factory.mktemp("replica") / "home")
+    with serve_on_redis(other_home) as other:
+        answers = [
+            [httpx.post(f"{url}/v1/decide", json=b, headers=_auth(), timeout=120) for b in (body, single)]
+            for url in (redis_service, other)
+        ]
+    for answer in (a for pair in answers for a in pair):
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["status"] == "ok"
+    first, second = ([_without_ids(a.json()["decisions"]) for a in pair] for pair in answers)
+    assert first == second
+    decided = first[0]
+    assert [d["customer_id"] for d in decided] == [*ids, "new-1"]
+    assert sum(d["send"] for d in decided) > 100 and sum(not d["cold_start"] for d in decided) == len(ids)
+
+
+def _without_ids(decisions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in d.items() if k != "decision_id"} for d in decisions]

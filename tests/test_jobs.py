@@ -35,6 +35,8 @@ def test_feast_lists_the_views_the_pipeline_applied(pipeline_home: PipelineHome)
         "customer_attributes_fv": "{'customer'}",
         "engagement_fv": "{'customer'}",
         "offer_fv": "{'offer'}",
+        "latest_activity_fv": "{'customer'}",
+        "email_state_fv": "{'customer'}",
     }
 
 

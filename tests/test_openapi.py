@@ -10,7 +10,7 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from serving.openapi import openapi_document
-from serving.schemas import DecideRequest, ExplainRequest, RenderRequest
+from serving.schemas import DecideRequest, EventsRequest, ExplainRequest, RenderRequest
 
 DOCUMENT = openapi_document(["promotional", "newsletter"])
 DESIGN_DECIDE = {
@@ -50,6 +50,13 @@ def model_accepts(model: type[BaseModel], body: Any) -> bool:
         return False
     return True
 
+
+SESSION = {
+    "table": "site_events",
+    "customer_id": "c-1",
+    "event": "session_start",
+    "occurred_at": "2026-11-20T08:15:00Z",
+}
 
 CASES: list[tuple[str, type[BaseModel], Any, bool]] = [
     ("DESIGN.md's decide", DecideRequest, DESIGN_DECIDE, True),
@@ -112,6 +119,10 @@ CASES: list[tuple[str, type[BaseModel], Any, bool]] = [
     ("explain an offer", ExplainRequest, {"customer_id": "c-1", "model": "next_best_offer", "offer_id": "of-7"}, True),
     ("explain no offer", ExplainRequest, {"customer_id": "c-1", "model": "next_best_offer"}, False),
     ("explain an offer by the open model", ExplainRequest, {"customer_id": "c-1", "offer_id": "of-7"}, False),
+    ("events: a session", EventsRequest, {"events": [SESSION]}, True),
+    ("events: none", EventsRequest, {"events": []}, False),
+    ("events: 10,001", EventsRequest, {"events": [SESSION] * 10_001}, False),
+    ("events: a nested value", EventsRequest, {"events": [{**SESSION, "category": {"a": 1}}]}, False),
 ]
 
 
@@ -133,3 +144,52 @@ def test_the_document_is_openapi_3_1_with_bearer_auth_off_health() -> None:
         "/metrics",
     }
     assert "413" in paths["/v1/decide"]["post"]["responses"] and "422" in paths["/v1/explain"]["post"]["responses"]
+
+
+@pytest.mark.parametrize(
+    ("row", "valid"),
+    [
+        (SESSION, True),
+        ({**SESSION, "category": None, "value": 12.5}, True),
+        ({**SESSION, "event": "teleport"}, False),
+        ({**SESSION, "occurred_at": "2026-11-20T08:15:00"}, False),
+        ({**SESSION, "colour": "red"}, False),
+        ({**SESSION, "table": "customers"}, False),
+        ({k: v for k, v in SESSION.items() if k != "customer_id"}, False),
+        ({**SESSION, "customer_id": "someone@example.com"}, False),
+        (
+            {
+                "table": "email_events",
+                "customer_id": "c",
+                "message_id": "m",
+                "event": "bounce",
+                "bounce_type": "hard",
+                "occurred_at": "2026-11-20T08:15:00Z",
+            },
+            True,
+        ),
+        (
+            {
+                "table": "offer_events",
+                "customer_id": "c",
+                "offer_id": "o",
+                "event": "exposed",
+                "propensity": 0,
+                "occurred_at": "2026-11-20T08:15:00Z",
+            },
+            False,
+        ),
+    ],
+)
+def test_the_document_says_which_event_rows_the_contract_takes(row: dict[str, Any], valid: bool) -> None:
+    """What the document allows, the service appends (the contract's narrow form: it also reads aliases, any
+    offset and booleans as text, which generators need not make)."""
+    from sendwise.ingest.appended import EventsError, check_events
+    from sendwise.settings import Settings
+
+    assert document_accepts(EventsRequest, {"events": [row]}) is valid
+    if valid:
+        assert check_events([row], Settings(home="/nonexistent-home")).rows == 1
+    else:
+        with pytest.raises(EventsError):
+            check_events([row], Settings(home="/nonexistent-home"))

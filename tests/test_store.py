@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from feast import PushSource
 
 from features.build import build_feature_tables
 from features.repo import DEFINITIONS
@@ -43,7 +44,8 @@ def test_two_homes_applied_in_one_process_each_register_their_own(tmp_path: Path
     for settings, own, other in ((first, "attr_first", "attr_second"), (second, "attr_second", "attr_first")):
         store = open_store(settings)  # read back from the registry on disk, after both homes were applied
         for source in store.list_data_sources():
-            assert Path(source.path).parent == settings.feature_tables_dir, source.name
+            table = source.batch_source if isinstance(source, PushSource) else source  # pushed: its table's rows
+            assert Path(table.path).parent == settings.feature_tables_dir, source.name
         view = store.get_feature_view("customer_attributes_fv")
         assert {f.name for f in view.features} == {own, "n_attributes"}
         service = store.get_feature_service("next_best_offer_v1")

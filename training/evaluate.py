@@ -673,8 +673,11 @@ class SuiteError(RuntimeError):
 
 
 def _run(command: list[str], home: Path, log: Path, what: str) -> float:
-    """Run a `sendwise` command with its own home, its output to `log`; the seconds it took."""
+    """Run a `sendwise` command with its own home, its output to `log`; the seconds it took. Each world's models
+    are its own: they are tracked in its home, never on a shared tracking server, whose champions they would
+    replace."""
     environment = {**os.environ, "SENDWISE_HOME": str(home), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    environment.pop("SENDWISE_MLFLOW_TRACKING_URI", None)
     began = time.perf_counter()
     with log.open("w") as out:
         code = subprocess.call(command, env=environment, stdout=out, stderr=subprocess.STDOUT)

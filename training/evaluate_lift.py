@@ -314,7 +314,7 @@ def evaluate_lift(
     world_dir, home = work_dir / "world", work_dir / "home"
     say(f"simulating a world of {customers:,} customers over {days} days")
     simulate(world_dir, customers=customers, days=days, seed=world_seed, progress=False)
-    settings = Settings(home=home)
+    settings = Settings(home=home, mlflow_tracking_uri=None)  # its models in its home, never on a shared server
     settings.activate()
     say("running the pipeline on it")
     jobs.pipeline(settings, world_dir, jobs.IngestOptions(), jobs.TrainOptions(), progress=False)

@@ -1,5 +1,5 @@
 """The pipeline's jobs, written once: ingest -> feature tables -> Feast -> train (and tune) -> register and
-promote -> materialize -> report.
+promote -> materialize (with Redis, and the send history: `serving.history_store.load_raw_history`) -> report.
 
 Each step is a typed function of the home's settings that returns what it did. `sendwise ingest`, `train`,
 `pipeline` and `report` parse their options, call these and print the results; the real-data runs
@@ -25,14 +25,17 @@ from features.store import apply_definitions, materialize, open_store
 from sendwise.asof import AsOfError, resolve_as_of
 from sendwise.ingest import IngestError, IngestReport
 from sendwise.ingest import ingest as ingest_files
+from sendwise.ingest.run import merge_appended
 from sendwise.settings import Settings
+from serving.history_store import load_raw_history
+from training.cluster import DaskSchedulerError
 from training.train import ModelChoice, TrainResult, train_models
 from training.tuning import DEFAULT_TIMEOUT_S
 
 if TYPE_CHECKING:
     from training.report import ReportResult
 
-JOB_ERRORS = (AsOfError, IngestError, FeatureBuildError)
+JOB_ERRORS = (AsOfError, IngestError, FeatureBuildError, DaskSchedulerError)
 """What a job raises for a problem with the data or the options, with a sentence a user can act on."""
 
 
@@ -128,6 +131,15 @@ def materialize_online(features: Features, progress: bool = True) -> None:
         materialize(features.store, features.tables.as_of.to_pydatetime())
 
 
+def refresh_features(settings: Settings, progress: bool = True) -> tuple[dict[str, int], Features]:
+    """`sendwise materialize`: the appended events merged into the raw store, the feature tables built again
+    from it and the online store materialized, without training; rows merged per table, and the features."""
+    merged = merge_appended(settings)
+    features = build_features(settings, progress=progress)
+    materialize_online(features, progress)
+    return merged, features
+
+
 def train(
     settings: Settings,
     options: TrainOptions | None = None,
@@ -161,6 +173,9 @@ def train(
     seconds["train"] = time.perf_counter() - started
     with _step("materialize", "materializing the online store", console, seconds):
         materialize_online(features, progress)  # serving reads the features training just built
+    if settings.online_store == "redis":  # the ESP's sends and exposures that caps count, for every replica
+        with _step("history", "loading the send history into Redis", console, seconds):
+            load_raw_history(settings, progress)
     return PipelineResult(settings, features, training, seconds=seconds)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import lightgbm as lgb
 import numpy as np
@@ -52,6 +52,7 @@ _NOT_RECIPE = {
     "gpu_use_dp",
     "num_gpu",
     "verbosity",
+    "tree_learner",
 }
 
 
@@ -180,8 +181,44 @@ def refit_held_out(data: TrainingSet, booster: lgb.Booster) -> np.ndarray:
     return fit_held_out(data, recipe(booster), columns=columns).prediction
 
 
+class Fitter(Protocol):
+    """Where boosters are fit: in this process (`InProcess`) or on a Dask cluster (`training.cluster`)."""
+
+    def held_out(self, data: TrainingSet, params: dict[str, object]) -> HeldOutFit:
+        """A booster fit on the earlier part, early-stopped on the later part, as `fit_held_out` does."""
+        ...
+
+    def rounds(self, data: TrainingSet, params: dict[str, object], rounds: int) -> lgb.Booster:
+        """A booster fit on every row for `rounds` rounds."""
+        ...
+
+    def describe(self) -> dict[str, str]:
+        """What the MLflow run records about where its boosters were fit (`trained_on`, ...)."""
+        ...
+
+
+class InProcess:
+    """Fits in this process, with LightGBM's own early stopping."""
+
+    def held_out(self, data: TrainingSet, params: dict[str, object]) -> HeldOutFit:
+        return fit_held_out(data, params)
+
+    def rounds(self, data: TrainingSet, params: dict[str, object], rounds: int) -> lgb.Booster:
+        return lgb.train(params, _dataset(data, np.ones(len(data.label), dtype=bool), params), num_boost_round=rounds)
+
+    def describe(self) -> dict[str, str]:
+        return {"trained_on": "in process"}
+
+
+IN_PROCESS = InProcess()
+
+
 def fit_binary(
-    data: TrainingSet, seed: int, params: dict[str, object] | None = None, recalibrate: bool = False
+    data: TrainingSet,
+    seed: int,
+    params: dict[str, object] | None = None,
+    recalibrate: bool = False,
+    fitter: Fitter = IN_PROCESS,
 ) -> FittedModel:
     """Fit with early stopping on the held-out window, then refit on all of it for that many rounds.
 
@@ -190,9 +227,10 @@ def fit_binary(
     the mail's drift and its own optimism, and the final model predicts the weeks after the data the same way.
     Half, because one window's calibration is a noisy witness: it varies by a few percent from one fortnight of
     mail to the next, and taken whole it moved some worlds' calibration past the truth by more than it fixed.
+    Both fits are `fitter`'s: in this process, or on a Dask cluster (`training.cluster`).
     """
     params = with_constraints({**BASE_PARAMS, **(params or {}), "seed": seed}, list(data.design.columns))
-    held_out = fit_held_out(data, params)
+    held_out = fitter.held_out(data, params)
     booster, prediction = held_out.booster, held_out.prediction
     label = data.label[data.valid]
     base_rate = float(np.mean(data.label[data.train])) if data.train.any() else float(np.mean(label))
@@ -208,7 +246,7 @@ def fit_binary(
         "best_iteration": float(booster.best_iteration),
     }
     rounds = max(int(booster.best_iteration * 1.1), 10)
-    final = lgb.train(params, _dataset(data, np.ones(len(data.label), dtype=bool), params), num_boost_round=rounds)
+    final = fitter.rounds(data, params, rounds)
     if recalibrate:
         metrics["recalibration_shift"] = shift = RECALIBRATION_SHARE * intercept_shift(prediction, label)
         shift_log_odds(final, shift)

@@ -22,8 +22,9 @@ from sendwise.asof import AsOf, Source
 from sendwise.settings import Settings
 from sendwise.tombstones import last_erasure
 from training import samples, skips
+from training.cluster import fitter as cluster_fitter
 from training.datasets import TrainingSet, offer_training_set, open_training_set
-from training.models import FittedModel, auc, fit_binary
+from training.models import IN_PROCESS, FittedModel, Fitter, auc, fit_binary
 from training.registry import (
     HeldOut,
     Promotion,
@@ -223,13 +224,16 @@ def train_open(
     names: list[str],
     tuning: TuningResult | None = None,
     apply: bool = True,
+    fitter: Fitter = IN_PROCESS,
 ) -> None:
-    fitted = fit_binary(data, seed=settings.seed, params=tuning.params if tuning else None, recalibrate=True)
+    fitted = fit_binary(
+        data, seed=settings.seed, params=tuning.params if tuning else None, recalibrate=True, fitter=fitter
+    )
     _, off = promotion_criterion("send_time", data)
     label = data.label[data.valid]
     hour_auc = auc(label[off], fitted.valid_prediction[off]) if off is not None else fitted.metrics["valid_auc"]
     extra = {"valid_off_schedule_auc": hour_auc, "baseline_valid_auc": open_rate_auc(data)}
-    tags = {BASELINE_TAG: "the customer's past open rate alone"}
+    tags = {BASELINE_TAG: "the customer's past open rate alone", **fitter.describe()}
     run_id, versions = _log_run("open_propensity", data, fitted, extra, names, tuning, tags)
     samples.save_sample(settings, run_id, data.design)
     result.metrics["open_propensity"] = {**fitted.metrics, **extra}
@@ -264,6 +268,7 @@ def train_offer(
     result: TrainResult,
     tuner: Tuner | None = None,
     apply: bool = True,
+    fitter: Fitter = IN_PROCESS,
 ) -> None:
     found = offer_training_set(store, tables, settings.conversion_window_days, settings.train_max_rows)
     if found is None:
@@ -273,9 +278,10 @@ def train_offer(
     if data.sample is not None:
         result.sampled["next_best_offer"] = data.sample.sentence("next_best_offer")
     tuning = tuner(data, "next_best_offer", base_params=OFFER_PARAMS) if tuner else None
-    fitted = fit_binary(data, seed=settings.seed, params={**OFFER_PARAMS, **(tuning.params if tuning else {})})
+    params = {**OFFER_PARAMS, **(tuning.params if tuning else {})}
+    fitted = fit_binary(data, seed=settings.seed, params=params, fitter=fitter)
     extra = {"baseline_valid_auc": best_seller_auc(data)}
-    tags = {BASELINE_TAG: "each offer's conversion rate before the window (best sellers first)"}
+    tags = {BASELINE_TAG: "each offer's conversion rate before the window (best sellers first)", **fitter.describe()}
     run_id, versions = _log_run("next_best_offer", data, fitted, extra, ["next_best_offer"], tuning, tags)
     samples.save_sample(settings, run_id, data.design)
     result.metrics["next_best_offer"] = fitted.metrics
@@ -318,11 +324,30 @@ def train_models(
     a sample of its training set in the home (`training.samples`) for the reports; samples of runs that no
     longer serve are dropped. Without `promote`, each new version is left as challenger whether it wins or not
     (its `Promotion` says whether it would have), for a person to compare and promote (`training.compare`).
+    With `settings.dask_scheduler` the boosters are fit on that Dask cluster (`training.cluster`); tuning stays
+    in process.
     """
     console = console or Console(quiet=not progress)
     client = connect(settings)
     result = TrainResult(as_of=tables.as_of, as_of_source=tables.as_of_source)
     tuner = Tuner(trials=tune, timeout_s=tune_timeout_s, seed=settings.seed, console=console, progress=progress)
+    with cluster_fitter(settings) as fitter:
+        _train_chosen(settings, tables, store, model, result, tuner, console, promote, fitter)
+    samples.keep_only(settings, samples.serving_runs(client))
+    return result
+
+
+def _train_chosen(
+    settings: Settings,
+    tables: FeatureTables,
+    store: FeatureStore,
+    model: ModelChoice,
+    result: TrainResult,
+    tuner: Tuner,
+    console: Console,
+    promote: bool,
+    fitter: Fitter,
+) -> None:
     if model in ("open", "send-time", "all"):
         names = [name for name in registered_names(model) if name != "next_best_offer"]
         with console.status("training the open-propensity / send-time model"):
@@ -336,9 +361,7 @@ def train_models(
             else:
                 share = OPEN_BUDGET_SHARE if model == "all" else 1.0
                 tuning = tuner(data, "open_propensity", share=share)
-                train_open(settings, data, result, names, tuning, apply=promote)
+                train_open(settings, data, result, names, tuning, apply=promote, fitter=fitter)
     if model in ("offer", "all"):
         with console.status("training the next-best-offer model"):
-            train_offer(settings, tables, store, result, tuner, apply=promote)
-    samples.keep_only(settings, samples.serving_runs(client))
-    return result
+            train_offer(settings, tables, store, result, tuner, apply=promote, fitter=fitter)

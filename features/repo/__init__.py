@@ -5,7 +5,7 @@ the feature tables folder of a home; `features.store` applies copies of them res
 never these objects themselves.
 """
 
-from feast import Entity, FeatureService, FeatureView, FileSource
+from feast import Entity, FeatureService, FeatureView, FileSource, PushSource
 
 from features.repo.entities import customer, offer
 from features.repo.services import (
@@ -18,12 +18,23 @@ from features.repo.services import (
 from features.repo.sources import (
     customer_attributes_source,
     customer_source,
+    email_state_push,
+    email_state_table,
     engagement_source,
+    latest_activity_push,
+    latest_activity_table,
     offer_source,
 )
-from features.repo.views import customer_attributes_fv, customer_fv, engagement_fv, offer_fv
+from features.repo.views import (
+    customer_attributes_fv,
+    customer_fv,
+    email_state_fv,
+    engagement_fv,
+    latest_activity_fv,
+    offer_fv,
+)
 
-Definition = Entity | FileSource | FeatureView | FeatureService
+Definition = Entity | FileSource | PushSource | FeatureView | FeatureService
 
 DEFINITIONS: list[Definition] = [
     customer,
@@ -32,10 +43,16 @@ DEFINITIONS: list[Definition] = [
     customer_attributes_source,
     engagement_source,
     offer_source,
+    latest_activity_table,
+    latest_activity_push,
+    email_state_table,
+    email_state_push,
     customer_fv,
     customer_attributes_fv,
     engagement_fv,
     offer_fv,
+    latest_activity_fv,
+    email_state_fv,
     open_propensity_v1,
     send_time_v1,
     next_best_offer_v1,

@@ -8,13 +8,15 @@ customer's local hours. Machine opens (privacy proxies, security scanners) are n
 from datetime import timedelta
 
 from feast import FeatureView, Field
-from feast.types import Array, Float32, String
+from feast.types import Array, Float32, Float64, String
 
 from features.repo.entities import customer, offer
 from features.repo.sources import (
     customer_attributes_source,
     customer_source,
+    email_state_push,
     engagement_source,
+    latest_activity_push,
     offer_source,
 )
 
@@ -181,5 +183,46 @@ offer_fv = FeatureView(
     source=offer_source,
 )
 
-VIEWS = [customer_fv, customer_attributes_fv, engagement_fv, offer_fv]
+# What the customer did last: latest values, pushed as events arrive and combined with the aggregates above.
+latest_activity_fv = FeatureView(
+    name="latest_activity_fv",
+    entities=[customer],
+    ttl=timedelta(0),
+    description="What the customer did last on the site, up to the latest event (pushed as events arrive).",
+    schema=[
+        Field(
+            name="last_session_ts",
+            dtype=Float64,
+            description="When the customer was last on the site, in seconds since 1970 (empty if never).",
+        ),
+        Field(
+            name="last_purchase_ts",
+            dtype=Float64,
+            description="When the customer last bought something, in seconds since 1970 (empty if never).",
+        ),
+        Field(
+            name="last_viewed_category",
+            dtype=String,
+            description="The product category the customer last viewed, put in a cart or bought.",
+        ),
+        Field(name="last_purchase_category", dtype=String, description="The category of the customer's last purchase."),
+    ],
+    source=latest_activity_push,
+)
+
+# Whether email to the customer has stopped, up to the latest event (pushed as events arrive).
+email_state_fv = FeatureView(
+    name="email_state_fv",
+    entities=[customer],
+    ttl=timedelta(0),
+    description="Whether the customer unsubscribed, complained or hard-bounced (no row: none of them).",
+    schema=[
+        Field(name="unsubscribed", dtype=Float32, description="1 if the customer unsubscribed, else 0."),
+        Field(name="complained", dtype=Float32, description="1 if the customer reported an email as spam, else 0."),
+        Field(name="hard_bounced", dtype=Float32, description="1 if email to the customer bounced for good, else 0."),
+    ],
+    source=email_state_push,
+)
+
+VIEWS = [customer_fv, customer_attributes_fv, engagement_fv, offer_fv, latest_activity_fv, email_state_fv]
 """Every feature view of the repository."""

@@ -13,10 +13,12 @@ from typing import Literal
 import pandas as pd
 
 from sendwise import asof, contract, raw
+from sendwise.ingest import appended
 from sendwise.ingest.batch import (
     Batch,
     check_currency,
     check_export_as_of,
+    concat,
     drop_tombstoned,
     read_table,
     warn_likely_fraction,
@@ -83,13 +85,16 @@ def ingest(
             # one writer, from reading the tombstones and the store to the report: an erasure waits for this
             # ingest, or this ingest for it (and then reads its tombstones)
             held.enter_context(raw.writer_lock(settings))
+            appended.remove_stray_temporaries(settings)
             tombstones = Tombstones.read(settings)
+            parts = appended.pending_parts(settings)
+            add_appended(batches, parts)
             for batch in batches.values():  # erased customers stay erased, whatever old export comes in
                 drop_tombstoned(batch, tombstones)
             stored = {name: raw.load_table(settings, name) for name in contract.TABLES}
             merges, zone_sources = _merge(batches, stored, warnings, bars)
             final = {name: merges[name].frame if name in merges else stored[name] for name in contract.TABLES}
-            _write(settings, batches, merges, stored, started_at, bars)
+            _write(settings, batches, merges, stored, started_at, bars, [p for ps in parts.values() for p in ps])
             as_of_used = _record_as_of(settings, data_dir, given_as_of, batches, final)
 
         report = IngestReport(
@@ -148,9 +153,11 @@ def _write(
     stored: dict[str, pd.DataFrame | None],
     started_at: datetime,
     bars: ProgressBars,
+    merged_parts: list[Path],
 ) -> None:
-    """Write the raw tables the export changed, and its bad rows to the quarantine, in one commit (all or none:
-    an ingest killed before it changed nothing, and one killed during it is finished by the next)."""
+    """Write the raw tables the export changed, and its bad rows to the quarantine, and remove the appended
+    parts merged into them, in one commit (all or none: an ingest killed before it changed nothing, and one
+    killed during it is finished by the next)."""
     staged: dict[Path, Path] = {}
     try:
         for name, merged in merges.items():
@@ -172,7 +179,58 @@ def _write(
         for temporary in staged.values():
             temporary.unlink(missing_ok=True)
         raise
-    raw.commit(settings, staged)
+    raw.commit(settings, staged, merged_parts)
+
+
+def merge_appended(settings: Settings) -> dict[str, int]:
+    """Merge the appended parts into the raw store without an export (`sendwise materialize`), deduped and
+    erased customers dropped as an ingest does, the parts removed in the same commit; rows added per table."""
+    with raw.writer_lock(settings):
+        appended.remove_stray_temporaries(settings)
+        parts = appended.pending_parts(settings)
+        batches: dict[str, Batch] = {}
+        add_appended(batches, parts)
+        tombstones = Tombstones.read(settings)
+        staged: dict[Path, Path] = {}
+        added: dict[str, int] = {}
+        try:
+            for name, batch in batches.items():
+                drop_tombstoned(batch, tombstones)
+                merged = merge(batch, raw.load_table(settings, name))
+                added[name] = merged.added
+                if merged.added:
+                    path = raw.table_path(settings, name)
+                    staged[path] = raw.stage_parquet(merged.frame, path)
+        except BaseException:
+            for temporary in staged.values():
+                temporary.unlink(missing_ok=True)
+            raise
+        raw.commit(settings, staged, [p for paths in parts.values() for p in paths])
+    return added
+
+
+def add_appended(batches: dict[str, Batch], parts: dict[str, list[Path]]) -> None:
+    """The appended parts' rows (`sendwise.ingest.appended`, already checked) after the export's rows of
+    their table, or as a batch of their own where the export has none: merged like the export's."""
+    for name, paths in parts.items():
+        rows = appended.read_parts(paths)
+        label = f"appended/{name} ({len(paths)} parts)"
+        batch = batches.get(name)
+        if batch is None:
+            batches[name] = Batch(
+                table=contract.TABLES[name],
+                files=[label],
+                valid=rows,
+                bad=pd.DataFrame(),
+                reasons=Counter(),
+                rows_read=len(rows),
+                currencies={},
+                unknown_zone_names=0,
+            )
+            continue
+        batch.valid = concat([batch.valid, rows])
+        batch.files.append(label)
+        batch.rows_read += len(rows)
 
 
 def _record_as_of(

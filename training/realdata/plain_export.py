@@ -180,7 +180,7 @@ def plain_export_report(
         step("sendwise pipeline --data DIR --as-of ...")
         clock = time.perf_counter()
         command = ["pipeline", "--data", str(data_dir), "--as-of", as_of().strftime("%Y-%m-%dT%H:%M:%SZ")]
-        settings = Settings(home=home)
+        settings = Settings(home=home, mlflow_tracking_uri=None)  # its models in its home, not on a shared server
         pipeline = jobs.pipeline(settings, data_dir, as_of=parse_as_of(command[-1]), progress=False)
         seconds["pipeline"] = time.perf_counter() - clock
 

@@ -1,0 +1,135 @@
+"""Latest values: what a customer did last and whether email to them has stopped, as of each event that changed
+it. One definition for the batch build (every change, for point-in-time joins and materializing) and for the
+events pushed to a running service (`serving.events`: the customers' current rows updated by a batch).
+
+Two tables, each the batch source of a Feast push source (`features.repo`):
+
+- `latest_activity`: the last site visit (any site event), the last category viewed (a product view, cart or
+  purchase with a category), the last purchase and its category. Events of customers who allow profiling only.
+- `email_state`: whether the customer unsubscribed, complained or hard-bounced, for every customer who did
+  (consent is not profiling). A customer without a row has done none of them.
+
+A row is the state after an event: times as seconds since the Unix epoch (missing: never), categories as
+text, flags 1 once set. One row per customer and event time where a value changed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+ACTIVITY_TABLE = "latest_activity"
+EMAIL_STATE_TABLE = "email_state"
+KEY = "customer_id"
+TIME = "event_timestamp"
+
+ACTIVITY_TIMES = ("last_session_ts", "last_purchase_ts")
+ACTIVITY_TEXTS = ("last_viewed_category", "last_purchase_category")
+ACTIVITY_COLUMNS = (*ACTIVITY_TIMES, *ACTIVITY_TEXTS)
+EMAIL_FLAGS = ("unsubscribed", "complained", "hard_bounced")
+
+VIEW_EVENTS = ("product_view", "add_to_cart", "purchase")
+
+
+def _seconds(times: pd.Series) -> np.ndarray:
+    return times.astype("datetime64[us, UTC]").array.asi8 / 1e6
+
+
+def activity_changes(site_events: pd.DataFrame | None) -> pd.DataFrame:
+    """One row per site event, with the values it sets (missing where it sets none)."""
+    if site_events is None or site_events.empty:
+        return _empty_activity()
+    events = site_events.loc[site_events[KEY].notna()]
+    seconds = _seconds(events["occurred_at"])
+    is_purchase = (events["event"] == "purchase").to_numpy()
+    category = events["category"].astype(object).where(events["category"].notna(), None)
+    viewed = events["event"].isin(VIEW_EVENTS).to_numpy() & category.notna().to_numpy()
+    return pd.DataFrame(
+        {
+            KEY: events[KEY].astype(str).to_numpy(),
+            TIME: events["occurred_at"].astype("datetime64[us, UTC]").to_numpy(),
+            "last_session_ts": seconds,
+            "last_purchase_ts": np.where(is_purchase, seconds, np.nan),
+            "last_viewed_category": np.where(viewed, category.to_numpy(), None),
+            "last_purchase_category": np.where(is_purchase & viewed, category.to_numpy(), None),
+        }
+    )
+
+
+def email_state_changes(email_events: pd.DataFrame | None) -> pd.DataFrame:
+    """One row per unsubscribe, complaint or hard bounce, with the flag it sets."""
+    if email_events is None or email_events.empty:
+        return _empty_email_state()
+    event = email_events["event"]
+    hard = (event == "bounce") & (email_events["bounce_type"] == "hard").fillna(False).astype(bool)
+    stops = email_events.loc[(event == "unsubscribe") | (event == "complaint") | hard]
+    return pd.DataFrame(
+        {
+            KEY: stops[KEY].astype(str).to_numpy(),
+            TIME: stops["occurred_at"].astype("datetime64[us, UTC]").to_numpy(),
+            "unsubscribed": (stops["event"] == "unsubscribe").to_numpy(dtype=np.float32),
+            "complained": (stops["event"] == "complaint").to_numpy(dtype=np.float32),
+            "hard_bounced": (stops["event"] == "bounce").to_numpy(dtype=np.float32),
+        }
+    )
+
+
+def accumulate(changes: pd.DataFrame, columns: tuple[str, ...], flags: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The state after each change: every value carried forward from the customer's earlier rows, flags kept
+    once set; one row per customer and time (the last change at a time wins). `changes` may start with the
+    customers' current rows, which the new changes then update."""
+    if changes.empty:
+        return changes.reset_index(drop=True)
+    ordered = changes.sort_values([KEY, TIME], kind="stable").reset_index(drop=True)
+    groups = ordered.groupby(KEY, sort=False)
+    state = ordered[[KEY, TIME]].copy()
+    for name in columns:
+        state[name] = groups[name].ffill()
+    for name in flags:
+        state[name] = ordered[name].fillna(0.0).groupby(ordered[KEY], sort=False).cummax().astype(np.float32)
+    state = state.drop_duplicates([KEY, TIME], keep="last").reset_index(drop=True)
+    for name in ACTIVITY_TEXTS:
+        if name in state:
+            state[name] = state[name].astype(object).where(state[name].notna(), None)
+    return state
+
+
+def latest_activity(site_events: pd.DataFrame | None) -> pd.DataFrame:
+    """The `latest_activity` table: the state after every site event."""
+    return accumulate(activity_changes(site_events), ACTIVITY_COLUMNS)
+
+
+def email_state(email_events: pd.DataFrame | None) -> pd.DataFrame:
+    """The `email_state` table: the state after every event that stops email."""
+    return accumulate(email_state_changes(email_events), (), EMAIL_FLAGS)
+
+
+def current(table: pd.DataFrame) -> pd.DataFrame:
+    """Each customer's last row."""
+    return table.sort_values(TIME, kind="stable").drop_duplicates(KEY, keep="last").reset_index(drop=True)
+
+
+def _empty_activity() -> pd.DataFrame:
+    frame = pd.DataFrame({KEY: pd.Series(dtype=object), TIME: pd.Series(dtype="datetime64[us, UTC]")})
+    for name in ACTIVITY_TIMES:
+        frame[name] = pd.Series(dtype=np.float64)
+    for name in ACTIVITY_TEXTS:
+        frame[name] = pd.Series(dtype=object)
+    return frame
+
+
+def _empty_email_state() -> pd.DataFrame:
+    frame = pd.DataFrame({KEY: pd.Series(dtype=object), TIME: pd.Series(dtype="datetime64[us, UTC]")})
+    for name in EMAIL_FLAGS:
+        frame[name] = pd.Series(dtype=np.float32)
+    return frame
+
+
+def with_schema(frame: pd.DataFrame, table: str) -> pd.DataFrame:
+    """`frame` with the table's columns and types (an empty table still has them: Feast reads its schema)."""
+    empty = _empty_activity() if table == ACTIVITY_TABLE else _empty_email_state()
+    frame = pd.concat([empty, frame], ignore_index=True)[list(empty.columns)] if len(frame) else empty
+    for name in empty.columns:
+        if name != TIME:
+            frame[name] = frame[name].astype(empty[name].dtype)
+    return frame

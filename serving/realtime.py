@@ -1,0 +1,136 @@
+"""Latest values in Feast's online store: pushed as events arrive, read at every decision.
+
+The batch aggregates (engagement, profile) change when the pipeline or `sendwise materialize` runs; what a
+customer did last and whether email to them has stopped change with every event. `features.latest` defines
+both the way the batch build computes them; here a batch of events (`POST /v1/events`) updates the customers'
+current rows, read from the online store, and pushes them through the Feast push sources, online only (the
+raw store's append is the durable record, and the next feature build recomputes the batch tables from it).
+
+At decide time the email state of the batch's customers is read from the online store in one bulk read
+(`online_read` of the store's own provider: one query for SQLite, one pipeline for Redis), so that an
+unsubscribe, complaint or hard bounce pushed through any replica stops the next decision on every replica.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from feast import FeatureStore, FeatureView
+from feast.data_source import PushMode
+from feast.errors import FeatureViewNotFoundException
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+from feast.protos.feast.types.Value_pb2 import Value
+from feast.type_map import feast_value_type_to_python_type
+
+from features.latest import (
+    ACTIVITY_COLUMNS,
+    ACTIVITY_TABLE,
+    EMAIL_FLAGS,
+    EMAIL_STATE_TABLE,
+    KEY,
+    TIME,
+    accumulate,
+    activity_changes,
+    current,
+    email_state_changes,
+    with_schema,
+)
+from sendwise.ingest.appended import CheckedEvents
+
+logger = logging.getLogger(__name__)
+
+ACTIVITY_VIEW = "latest_activity_fv"
+EMAIL_STATE_VIEW = "email_state_fv"
+RETRY_SECONDS = 60.0
+PUSH_SOURCES = {ACTIVITY_VIEW: "latest_activity_push", EMAIL_STATE_VIEW: "email_state_push"}
+
+
+class RealtimeFeatures:
+    """The latest-value views of one home's Feast store: `push` a batch of events, read `stopped` customers."""
+
+    def __init__(self, store: FeatureStore | None) -> None:
+        self.store = store
+        self._views: dict[str, FeatureView] = {}
+        self._missing_since: dict[str, float] = {}
+
+    def _view(self, name: str) -> FeatureView | None:
+        """The view as registered, read once; None where the home's store predates it (`sendwise materialize`
+        registers it), looked for again after `RETRY_SECONDS` rather than at every decision."""
+        if name in self._views or self.store is None:
+            return self._views.get(name)
+        if time.monotonic() - self._missing_since.get(name, -RETRY_SECONDS) < RETRY_SECONDS:
+            return None
+        try:
+            self._views[name] = self.store.get_feature_view(name)
+        except FeatureViewNotFoundException:
+            self._missing_since[name] = time.monotonic()
+            return None
+        return self._views[name]
+
+    def read(self, name: str, ids: list[str], features: tuple[str, ...]) -> pd.DataFrame:
+        """The view's current rows for `ids` (customers without one left out), one bulk read."""
+        view = self._view(name)
+        if view is None or self.store is None or not ids:
+            return pd.DataFrame(columns=[KEY, TIME, *features])
+        keys = [EntityKey(join_keys=[KEY], entity_values=[Value(string_val=c)]) for c in ids]
+        provider = self.store._get_provider()
+        found = provider.online_read(config=self.store.config, table=view, entity_keys=keys)
+        rows: list[dict[str, Any]] = []
+        for customer, (stamp, values) in zip(ids, found, strict=True):
+            if values is None:
+                continue
+            row: dict[str, Any] = {KEY: customer, TIME: stamp or datetime(1970, 1, 1, tzinfo=UTC)}
+            row.update({f: feast_value_type_to_python_type(values[f]) if f in values else None for f in features})
+            rows.append(row)
+        frame = pd.DataFrame(rows, columns=[KEY, TIME, *features])
+        frame[TIME] = pd.to_datetime(frame[TIME], utc=True).astype("datetime64[us, UTC]")
+        return frame
+
+    def push(self, checked: CheckedEvents) -> int:
+        """Update the pushed customers' latest values with the batch and push them; customers updated."""
+        if self.store is None:
+            return 0
+        updated: set[str] = set()
+        site, emails = checked.frames.get("site_events"), checked.frames.get("email_events")
+        plan = (
+            (ACTIVITY_VIEW, ACTIVITY_TABLE, activity_changes(site), ACTIVITY_COLUMNS, ()),
+            (EMAIL_STATE_VIEW, EMAIL_STATE_TABLE, email_state_changes(emails), (), EMAIL_FLAGS),
+        )
+        for view, table, changes, columns, flags in plan:
+            if changes.empty or self._view(view) is None:
+                continue
+            ids = sorted(set(changes[KEY]))
+            now = self.read(view, ids, (*columns, *flags))
+            state = current(
+                accumulate(pd.concat([with_schema(now, table), changes], ignore_index=True), columns, flags)
+            )
+            self.store.push(PUSH_SOURCES[view], with_schema(state, table), to=PushMode.ONLINE)
+            updated.update(ids)
+        return len(updated)
+
+    def stopped(self, ids: list[str]) -> np.ndarray:
+        """Per customer: True where email to them has stopped (unsubscribe, complaint, hard bounce) as far as
+        the online store knows, pushed events included. Read straight from the values (no frame): every
+        decision pays for it."""
+        view = self._view(EMAIL_STATE_VIEW)
+        if view is None or self.store is None or not ids:
+            return np.zeros(len(ids), dtype=bool)
+        keys = [EntityKey(join_keys=[KEY], entity_values=[Value(string_val=c)]) for c in ids]
+        try:
+            found = self.store._get_provider().online_read(config=self.store.config, table=view, entity_keys=keys)
+        except Exception:  # the online store down: decide from the batch's eligibility, as the snapshot does
+            logger.warning("reading the email state from the online store failed", exc_info=True)
+            return np.zeros(len(ids), dtype=bool)
+        return np.fromiter(
+            (
+                values is not None and any(values[f].float_val > 0 for f in EMAIL_FLAGS if f in values)
+                for _, values in found
+            ),
+            dtype=bool,
+            count=len(ids),
+        )

@@ -1,0 +1,171 @@
+"""Online features from Redis (`SENDWISE_ONLINE_STORE=redis`): Feast materializes into the URL's db, each batch
+reads its customers from there, and the answers are those of the SQLite mode's snapshot; a Redis that goes away
+degrades the answers (never fails them) until it is back."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import redis
+import yaml
+
+from features.store import feature_store_yaml, redis_connection_string
+from features.transform import open_design
+from sendwise.raw import load_table
+from sendwise.settings import Settings
+from serving.errors import PastDecisionsUnavailable
+from serving.schemas import Campaign, DecideRequest, Recipient, RenderRequest
+from tests.conftest import REDIS_DB, materialized_in_redis
+
+pytestmark = [pytest.mark.integration]
+START = datetime(2026, 12, 5, 3, tzinfo=UTC)
+
+
+def test_the_url_gives_feast_its_db_password_and_tls() -> None:
+    assert redis_connection_string("redis://:s3cret@cache.internal:6380/5") == (
+        "cache.internal:6380,db=5,password=s3cret,socket_connect_timeout=2,socket_timeout=10"
+    )
+    assert redis_connection_string("rediss://app:pw@cache:6379") == (
+        "cache:6379,db=0,username=app,password=pw,ssl=true,socket_connect_timeout=2,socket_timeout=10"
+    )
+    settings = Settings(home=Path("/tmp/nowhere"), online_store="redis", redis_url="redis://10.0.0.7:6379/3")
+    online = yaml.safe_load(feature_store_yaml(settings))["online_store"]
+    assert online == {"type": "redis", "connection_string": redis_connection_string("redis://10.0.0.7:6379/3")}
+    assert online["connection_string"].startswith("10.0.0.7:6379,db=3,")
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://cache:6379/0", "expected redis://host:port/db"),
+        ("redis://cache:6379/cache", "the db number after the port must be a whole number, not 'cache'"),
+        ("redis://cache:port/1", "the port is not a number"),
+        ("redis://:a,b@cache:6379/1", "cannot carry a ',' in the user name or password"),
+    ],
+)
+def test_a_bad_redis_url_is_refused_naming_the_setting(url: str, expected: str) -> None:
+    with pytest.raises(ValueError, match="SENDWISE_REDIS_URL") as error:
+        redis_connection_string(url)
+    assert expected in str(error.value)
+
+
+def test_materialize_writes_into_the_db_of_the_url(redis_home: Settings, redis_url: str) -> None:
+    customers = load_table(redis_home, "customers")
+    offers = load_table(redis_home, "offers")
+    assert customers is not None and offers is not None
+    in_db = redis.Redis.from_url(f"{redis_url}/{REDIS_DB}").dbsize()
+    assert in_db == customers["customer_id"].nunique() + offers["offer_id"].nunique()  # one hash per entity
+    assert redis.Redis.from_url(f"{redis_url}/0").dbsize() == 0
+
+
+@pytest.fixture(scope="module")
+def redis_engine(redis_home: Settings):  # type: ignore[no-untyped-def]
+    from serving.engine import Engine
+    from serving.redis_features import RedisFeatures
+
+    engine = Engine.load(redis_home)
+    assert isinstance(engine.online, RedisFeatures) and engine.online.state is None  # no snapshot held
+    return engine
+
+
+def _ids(settings: Settings, n: int) -> list[str]:
+    customers = load_table(settings, "customers")
+    assert customers is not None
+    return customers["customer_id"].sample(n=n, random_state=11).tolist()
+
+
+def test_redis_rows_are_the_snapshots_rows(engine, redis_engine, pipeline_home) -> None:  # type: ignore[no-untyped-def]
+    ids = [*_ids(pipeline_home.settings, 400), "nobody-1", "nobody-2"]
+    recipients = [Recipient(customer_id=c) for c in ids]
+    ours, theirs = redis_engine.online.for_recipients(recipients), engine.online.for_recipients(recipients)
+    assert not ours.degraded and ours.known.sum() >= 380 and not ours.known[-2:].any()
+    for name in ("known", "profiled", "consent", "eligible", "any_views"):
+        assert np.array_equal(getattr(ours, name), getattr(theirs, name)), name
+    a, b = ours.matrix, theirs.matrix
+    assert np.array_equal(a.scalars, b.scalars, equal_nan=True)
+    for name in a.profiles:
+        assert np.array_equal(a.profiles[name], b.profiles[name]), name
+    assert a.timezone.tolist() == b.timezone.tolist() and a.interests == b.interests
+    assert a.attributes.keys() == b.attributes.keys() and a.attributes
+    for name in a.attributes:
+        assert pd.Series(a.attributes[name]).equals(pd.Series(b.attributes[name])), name
+    views = {c: dict(zip(n, v, strict=True)) for c, n, v in zip(ids, a.category_names, a.category_views, strict=True)}
+    assert views == {
+        c: dict(zip(n, v, strict=True)) for c, n, v in zip(ids, b.category_names, b.category_views, strict=True)
+    }
+    assert sum(bool(v) for v in views.values()) > 100  # product views were compared
+    rows = np.arange(len(ids))
+    n = len(ids)
+    stamps, kinds, topics = (
+        pd.Series([pd.Timestamp(START)] * n),
+        np.full(n, "promotional"),
+        np.full(n, "outdoor", dtype=object),
+    )
+    pd.testing.assert_frame_equal(
+        open_design(a, rows, stamps, kinds, topics), open_design(b, rows, stamps, kinds, topics)
+    )
+
+
+def test_decisions_from_redis_equal_those_from_the_snapshot(engine, redis_engine, pipeline_home) -> None:  # type: ignore[no-untyped-def]
+    ids = [*_ids(pipeline_home.settings, 300), "nobody-1"]
+    request = DecideRequest(
+        recipients=[Recipient(customer_id=c) for c in ids[:-1]]
+        + [Recipient(customer_id=ids[-1], timezone="Asia/Tokyo", interests=["books"])],
+        campaign=Campaign(kind="promotional", topic="outdoor"),
+        window_start=START,
+        explore_share=0.0,
+        k_offers=5,
+    )
+    ours, theirs = redis_engine.decide_payload(request), engine.decide_payload(request)
+    assert ours["status"] == theirs["status"] == "ok"
+    assert _without_ids(ours["decisions"]) == _without_ids(theirs["decisions"])
+    assert sum(d["send"] for d in ours["decisions"]) > 200 and any(d["offers"] for d in ours["decisions"])
+
+
+def _without_ids(decisions: object) -> list[dict[str, object]]:
+    assert isinstance(decisions, list)
+    return [{k: v for k, v in d.items() if k != "decision_id"} for d in decisions]
+
+
+def test_redis_gone_degrades_answers_and_its_return_recovers_them(pipeline_home, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from serving.engine import Engine
+    from serving.http_app import status_metrics
+    from tests.redis_server import redis_server
+    from tests.served import free_port
+
+    port = free_port()
+    ids = _ids(pipeline_home.settings, 60)
+    request = DecideRequest(recipients=[Recipient(customer_id=c) for c in ids], window_start=START, explore_share=0.0)
+    with redis_server(port) as url:
+        settings = materialized_in_redis(pipeline_home.settings, tmp_path / "home", f"{url}/2")
+        for key, value in settings.library_environment().items():
+            monkeypatch.setenv(key, value)
+        engine = Engine.load(settings)
+        healthy = engine.decide(request)
+        assert healthy.status == "ok" and not any(d.cold_start for d in healthy.decisions)
+
+    gone = engine.decide(request)  # the server is stopped
+    assert gone.status == "degraded"
+    features_reason, past_reason = gone.reasons
+    assert features_reason.startswith(
+        f"online features unavailable: the Redis online store at 127.0.0.1:{port}/2 cannot be read"
+    )
+    assert past_reason.startswith(f"past decisions unavailable: the Redis at 127.0.0.1:{port}/2 cannot be reached")
+    assert all(d.cold_start for d in gone.decisions)  # population priors: nothing is known of anyone
+    assert engine.status()["status"] == "degraded" and engine.status()["reasons"] == gone.reasons
+    with pytest.raises(PastDecisionsUnavailable, match=rf"past decisions \(127\.0\.0\.1:{port}/2\) cannot be reached"):
+        engine.render(RenderRequest(decision_id=healthy.decisions[0].decision_id))
+    assert PastDecisionsUnavailable.status == 503
+    assert "sendwise_degraded 1" in status_metrics(engine.status(), engine.model_versions()).splitlines()
+
+    with redis_server(port) as url:  # back, empty: materialized again
+        materialized_in_redis(pipeline_home.settings, tmp_path / "again", f"{url}/2")
+        back = engine.decide(request)
+    assert back.status == "ok" and back.reasons == [] and engine.status()["status"] == "ok"
+    assert [d.model_dump(exclude={"decision_id"}) for d in back.decisions] == [
+        d.model_dump(exclude={"decision_id"}) for d in healthy.decisions
+    ]
