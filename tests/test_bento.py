@@ -102,7 +102,7 @@ def test_bentoml_lists_the_bento_of_the_service(bento: Bento) -> None:
     schema = bento.info["schema"]
     assert isinstance(schema, dict)
     routes = {route["route"] for route in schema["routes"]}
-    assert routes == {"/v1/decide", "/v1/render", "/v1/explain", "/v1/forget"}
+    assert routes == {"/v1/decide", "/v1/render", "/v1/explain", "/v1/forget", "/v1/events"}
 
 
 @pytest.mark.slow
