@@ -3,8 +3,9 @@ store, timed on a home already materialized there (`SENDWISE_ONLINE_STORE=redis`
 
 Three ways, the same customers (drawn at random from the home's customers table, afresh for every call),
 median of `--repeats` calls per batch size:
-- `serving.redis_features.read_tables`: one HMGET per customer of the fields decisions read from every view,
-  pipelined, decoded column by column (what the service runs), and the arrays built from them;
+- `serving.redis_features.read_tables`: one HMGET per customer of the fields decisions read from every view
+  (the email-state view's stop flags included), pipelined, decoded column by column (what the service runs),
+  and the arrays and the stopped customers built from them;
 - Feast's `RedisOnlineStore.online_read`, once per view, on the same features (one HMGET per customer and view,
   each value parsed into a `ValueProto`);
 - Feast's `get_online_features` on the `open_propensity_v1` feature service (every feature of it).
@@ -25,7 +26,8 @@ import typer
 from features.store import open_store, redis_client
 from sendwise.raw import load_table
 from sendwise.settings import Settings
-from serving.redis_features import read_tables, redis_layout
+from serving.realtime import EMAIL_STATE_VIEW
+from serving.redis_features import read_tables, redis_layout, stopped_customers
 from serving.snapshot import SERVICE, FeatureSnapshot
 
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -66,7 +68,9 @@ def main(
     rng = np.random.default_rng(seed)
 
     def ours(batch: list[str]) -> None:
-        FeatureSnapshot.from_tables(read_tables(client, layout, batch, project, version), ())
+        tables = read_tables(client, layout, batch, project, version)
+        stopped_customers(tables.pop(EMAIL_STATE_VIEW, None))
+        FeatureSnapshot.from_tables(tables, ())
 
     def feast_online_read(batch: list[str]) -> None:
         keys = [EntityKey(join_keys=["customer_id"], entity_values=[Value(string_val=c)]) for c in batch]

@@ -389,7 +389,10 @@ class Engine:
         constraints = request.constraints or Constraints()
         explore_share = self.settings.explore_share if request.explore_share is None else request.explore_share
         features = self.online.for_recipients(request.recipients)
-        features.eligible = features.eligible & ~self.realtime.stopped([r.customer_id for r in request.recipients])
+        stopped = features.stopped
+        if stopped is None:
+            stopped = self.realtime.stopped([r.customer_id for r in request.recipients])
+        features.eligible = features.eligible & ~stopped
         chosen, conversion = self.catalog.conversion(features, start, request.offer_ids)
         offers = chosen.offers if chosen is not None else pd.DataFrame()
         margins = chosen.margins if chosen is not None else np.zeros(0)

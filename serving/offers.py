@@ -21,7 +21,7 @@ from feast import FeatureStore
 
 from features.offer_values import OfferValues
 from features.repo import offer_feature_refs
-from features.transform import CustomerMatrix, OfferMatrix, feature_names, offer_design
+from features.transform import CustomerMatrix, OfferMatrix, feature_names, lightgbm_matrix, offer_columns
 from sendwise.contract import OFFER_CONTENT
 from sendwise.registry import LoadedModel
 from serving.curves import predict
@@ -112,11 +112,16 @@ def read_offer_features(store: FeatureStore | None, offers: pd.DataFrame | None)
 def offer_probabilities(
     matrix: CustomerMatrix, rows: np.ndarray, offers: OfferMatrix, model: LoadedModel
 ) -> np.ndarray:
-    """[rows, offers]: the next-best-offer model on every (customer row, offer)."""
+    """[rows, offers]: the next-best-offer model on every (customer row, offer), from the float matrix LightGBM
+    would convert the design's frame to (so by the compiled trees where they can be made; from the frame where
+    the booster's categories are not the design's)."""
     n, m = len(rows), len(offers)
-    design = offer_design(matrix, np.repeat(rows, m), offers, np.tile(np.arange(m), n))
+    columns = offer_columns(matrix, np.repeat(rows, m), offers, np.tile(np.arange(m), n))
     booster = model.booster
-    return predict(booster, design[feature_names(booster)]).reshape(n, m)
+    design = lightgbm_matrix(columns, booster)
+    if design is None:
+        return predict(booster, columns.frame()[feature_names(booster)]).reshape(n, m)
+    return predict(booster, design).reshape(n, m)
 
 
 def rank_offers(

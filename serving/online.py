@@ -76,6 +76,9 @@ class BatchFeatures:
     eligible: np.ndarray
     any_views: np.ndarray  # product views of their own that modules may use
     degraded: bool
+    stopped: np.ndarray | None = None
+    """Per row, True where email to the customer has stopped (latest values, pushed stops included), when the
+    online features were read with them (Redis); None: read through `RealtimeFeatures.stopped`."""
 
     @cached_property
     def engagement(self) -> dict[str, np.ndarray]:

@@ -6,9 +6,11 @@ both the way the batch build computes them; here a batch of events (`POST /v1/ev
 current rows, read from the online store, and pushes them through the Feast push sources, online only (the
 raw store's append is the durable record, and the next feature build recomputes the batch tables from it).
 
-At decide time the email state of the batch's customers is read from the online store in one bulk read
-(`online_read` of the store's own provider: one query for SQLite, one pipeline for Redis), so that an
-unsubscribe, complaint or hard bounce pushed through any replica stops the next decision on every replica.
+At decide time the email state of the batch's customers is read from the online store in one bulk read, so
+that an unsubscribe, complaint or hard bounce pushed through any replica stops the next decision on every
+replica: with SQLite, `online_read` of the store's own provider (one query); with Redis, in the same pipelined
+HMGET per customer that reads the batch's features (`serving.redis_features`), since Feast keeps every view of a
+customer in one Redis hash and its own `online_read` parses each value into a proto, view by view.
 """
 
 from __future__ import annotations

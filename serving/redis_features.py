@@ -12,7 +12,8 @@ Feast's own helpers as its `RedisOnlineStore` makes them (`serialize_entity_key`
 `view:feature`, `_ts:view`), and values are Feast's `ValueProto`s. It reads them itself rather than through
 `RedisOnlineStore.online_read` for one reason: every view of a customer lives in one Redis hash, so one HMGET per
 customer fetches all of them (Feast sends one per customer and view) and only the features decisions read are
-fetched and decoded.
+fetched and decoded. The email-state view (whether email to a customer has stopped, which `POST /v1/events`
+pushes) is one of them: a decision's stops come with its features, not from a read of their own.
 
 A Redis that cannot be reached degrades the batch (population priors for everyone, `status: degraded` with a
 reason naming Redis); the next batch tries again.
@@ -33,8 +34,10 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import redis
-from feast import FeatureStore
+from feast import FeatureStore, FeatureView, Field
+from feast.errors import FeatureViewNotFoundException
 from feast.infra.key_encoding_utils import serialize_entity_key, serialize_entity_key_prefix
 from feast.infra.online_stores.helpers import _mmh3, compute_versioned_name
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
@@ -42,10 +45,12 @@ from feast.protos.feast.types.Value_pb2 import FloatList, Value
 from feast.type_map import feast_value_type_to_pa, feast_value_type_to_python_type
 from feast.value_type import ValueType
 
+from features.latest import EMAIL_FLAGS
 from features.store import redis_client
 from features.transform import HOURS
 from sendwise.settings import Settings
 from serving.online import BatchFeatures, OfferTable, OnlineState, RhythmPriors, batch_features
+from serving.realtime import EMAIL_STATE_VIEW
 from serving.schemas import Recipient
 from serving.snapshot import SERVICE, USED, FeatureSnapshot
 
@@ -84,25 +89,44 @@ class ViewFields:
 
 def redis_layout(store: FeatureStore) -> list[ViewFields]:
     """The views of the service the open and send-time models read, with the features decisions read (and every
-    `attr_*`), as Feast's Redis online store keys them."""
+    `attr_*`), as Feast's Redis online store keys them; then the email-state view (`serving.realtime`), where the
+    registry has it, with its stop flags: one HMGET per customer reads a decision's features and its stops."""
     versioned = store.config.registry.enable_online_feature_view_versioning
     found = []
     for projection in store.get_feature_service(SERVICE).feature_view_projections:
-        view = store.get_feature_view(projection.name)
-        name = compute_versioned_name(view, versioned)
         used = [f for f in projection.features if f.name in USED or f.name.startswith("attr_")]
-        kinds = tuple(f.dtype.to_value_type() for f in used)
-        found.append(
-            ViewFields(
-                view=view.name,
-                timestamp_field=f"_ts:{name}".encode(),
-                features=tuple(f.name for f in used),
-                fields=tuple(_mmh3(f"{name}:{f.name}") for f in used),
-                kinds=kinds,
-                types=tuple(feast_value_type_to_pa(k) for k in kinds),
-            )
-        )
+        found.append(_view_fields(store.get_feature_view(projection.name), used, versioned))
+    try:
+        state = store.get_feature_view(EMAIL_STATE_VIEW)
+    except FeatureViewNotFoundException:  # a home from before the latest-value views: no stop was ever pushed
+        return found
+    found.append(_view_fields(state, [f for f in state.features if f.name in EMAIL_FLAGS], versioned))
     return found
+
+
+def _view_fields(view: FeatureView, used: Sequence[Field], versioned: bool) -> ViewFields:
+    name = compute_versioned_name(view, versioned)
+    kinds = tuple(f.dtype.to_value_type() for f in used)
+    return ViewFields(
+        view=view.name,
+        timestamp_field=f"_ts:{name}".encode(),
+        features=tuple(f.name for f in used),
+        fields=tuple(_mmh3(f"{name}:{f.name}") for f in used),
+        kinds=kinds,
+        types=tuple(feast_value_type_to_pa(k) for k in kinds),
+    )
+
+
+def stopped_customers(table: pa.Table | None) -> set[str]:
+    """The customers of an email-state table read from Redis whose email has stopped (any flag above 0), as
+    `RealtimeFeatures.stopped` reads them through Feast."""
+    if table is None or table.num_rows == 0:
+        return set()
+    flags = [pc.fill_null(pc.greater(table[f], 0), False) for f in table.column_names if f != "customer_id"]
+    if not flags:
+        return set()
+    stopped = functools.reduce(pc.or_, flags)
+    return set(table["customer_id"].filter(stopped).to_pylist())
 
 
 def entity_keys(customer_ids: Sequence[str], project: str, version: int) -> list[bytes]:
@@ -264,28 +288,35 @@ class RedisFeatures:
             self._layout = (now, stamp, layout)
             return layout
 
-    def read(self, customer_ids: list[str]) -> FeatureSnapshot:
-        """The customers' rows (distinct ids) as a snapshot of just them."""
+    def read(self, customer_ids: list[str]) -> tuple[FeatureSnapshot, set[str]]:
+        """The customers' rows (distinct ids) as a snapshot of just them, and those of them whose email has
+        stopped (the email-state view, pushed stops included), from the same round trip."""
         config = self.store.config
         tables = read_tables(
             self.client, self.layout(), customer_ids, config.project, config.entity_key_serialization_version
         )
-        return FeatureSnapshot.from_tables(tables, ())
+        stopped = stopped_customers(tables.pop(EMAIL_STATE_VIEW, None))
+        return FeatureSnapshot.from_tables(tables, ()), stopped
 
     def for_recipients(self, recipients: Sequence[Recipient]) -> BatchFeatures:
-        """The recipients' feature rows as the models see them; all unknown, and degraded, without Redis."""
+        """The recipients' feature rows as the models see them, with their stops; all unknown, and degraded, with
+        nothing stopped, without Redis (as the SQLite mode decides while its online store is down)."""
         ids = [r.customer_id for r in recipients]
         try:
-            snapshot = self.read(list(dict.fromkeys(ids)))
+            snapshot, stopped = self.read(list(dict.fromkeys(ids)))
         except (redis.RedisError, OSError) as error:
             self._failed(error)
             blank = self.blank
-            return batch_features(blank, ids, blank.snapshot.rows(ids), recipients, self.priors, degraded=True)
+            found = batch_features(blank, ids, blank.snapshot.rows(ids), recipients, self.priors, degraded=True)
+            found.stopped = np.zeros(len(ids), dtype=bool)
+            return found
         self._recovered()
         state = OnlineState(
             snapshot, np.zeros((len(snapshot) + 1, 0), dtype=np.float32), {}
         )  # offers: scored per batch
-        return batch_features(state, ids, snapshot.rows(ids), recipients, self.priors)
+        found = batch_features(state, ids, snapshot.rows(ids), recipients, self.priors)
+        found.stopped = np.fromiter((c in stopped for c in ids), dtype=bool, count=len(ids))
+        return found
 
     def _failed(self, error: Exception) -> None:
         if not self.degraded_reasons:
