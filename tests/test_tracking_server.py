@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from unittest import mock
 
 import httpx
 import lightgbm as lgb
@@ -56,7 +57,8 @@ def test_a_tracking_server_is_the_store_and_chooses_where_artifacts_go(tmp_path:
     environment = settings.library_environment()
     assert environment["MLFLOW_TRACKING_URI"] == environment["MLFLOW_REGISTRY_URI"] == "http://mlflow:5000"
     assert environment["SENDWISE_MLFLOW_TRACKING_URI"] == "http://mlflow:5000"  # what a served process reads
-    settings.activate()
+    with mock.patch.dict(os.environ):  # activating points this process's libraries at it: not past this test
+        settings.activate()
     assert settings.home.is_dir() and not settings.mlruns_dir.exists()
 
 
