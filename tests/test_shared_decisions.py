@@ -207,7 +207,7 @@ def test_erasure_leaves_no_redis_key_naming_the_customer(
     report = forget_customers(a.settings, [gone], a.log)
     assert report.online_rows == 1 and report.decisions == 2 and report.rows["redis/history"] >= 3
     assert not feast_keys(feast) and not [n for c in clients for n in naming(c)]
-    assert all(c.ttl(k) > 0 for c in (ours,) for k in c.scan_iter(count=1_000))
+    assert all(ours.ttl(k) > 0 for k in ours.scan_iter(match="sendwise:*", count=1_000))  # Feast's keys have none
     assert any(kept.encode() in k for k in feast.scan_iter(count=1_000))  # the others stay
     assert [e["customer_id"] for p in log_files(a.settings.decisions_dir) for e, _ in read_entries(p)] == [kept, kept]
 
