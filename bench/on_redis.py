@@ -19,11 +19,8 @@ its process tree, which no snapshot grows with the customers.
 from __future__ import annotations
 
 import shutil
-import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from pathlib import Path
+from contextlib import ExitStack
 from typing import Any
 
 import numpy as np
@@ -37,8 +34,9 @@ from bench.memory import IDLE_S, synthetic_id
 from bench.over_http import BATCH, _measure, run_load, write_bodies
 from bench.plan import ISSUE_ONLINE_CUSTOMERS, Plan
 from bench.procs import TreeSampler, tree_high_water_mark, tree_rss_by_process
+from bench.redis_server import redis_server
 from bench.report import Row, Target, gigabytes
-from bench.server import free_port, serve
+from bench.server import serve
 from bench.world import BenchHome, clear_decision_log
 from features.store import materialize, open_store
 from sendwise.asof import resolve_as_of
@@ -51,33 +49,6 @@ TARGET_RSS = Target("at most", 500e6, "≤ 500 MB")
 DB = 1
 COPY_CHUNK = 20_000
 START_S = 20.0
-
-
-@contextmanager
-def redis_server(folder: Path) -> Iterator[str]:
-    """Debian's `redis-server` on a free loopback port, nothing saved; its URL (no db), stopped on exit."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("redis-server is not installed: `apt-get install redis-server` (Debian's package)")
-    folder.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    process = subprocess.Popen([*command, "--dir", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    url = f"redis://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_S
-        while True:
-            try:
-                redis.Redis.from_url(url).ping()
-                break
-            except redis.ConnectionError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server on port {port} did not start") from None
-                time.sleep(0.05)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def replica_home(home: BenchHome, plan: Plan, url: str) -> Settings:
@@ -176,7 +147,7 @@ def _memory(settings: Settings, everyone: list[str], home: BenchHome, plan: Plan
 def run(home: BenchHome, plan: Plan, console: Console) -> list[Row]:
     work_dir = plan.cache / "runs" / f"redis-{plan.world_name}"
     work_dir.mkdir(parents=True, exist_ok=True)
-    with redis_server(work_dir / "redis") as url:
+    with redis_server() as url:
         settings = replica_home(home, plan, f"{url}/{DB}")
         settings.activate()
         tables = home.settings.feature_tables_dir

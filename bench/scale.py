@@ -20,11 +20,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -40,8 +39,8 @@ from rich.table import Table
 
 from bench.plan import Plan
 from bench.procs import tree
+from bench.redis_server import redis_server
 from bench.report import Row, Target, gigabytes
-from bench.server import free_port
 from bench.world import REPO_ROOT, bench_environment
 
 SECTION = "8 scale"
@@ -171,33 +170,6 @@ def watched(command: list[str], env: dict[str, str], log: Path, memory_limit: fl
     seconds = time.perf_counter() - began
     peak = max(int(usage.ru_maxrss) * 1024, max((rss for _, rss in samples), default=0))
     return Watched(process.returncode, seconds, peak, stopped[0] if stopped else "", samples)
-
-
-@contextmanager
-def redis_server() -> Iterator[str]:
-    """A `redis-server` of the section's own on a free loopback port, saving nothing; yields `redis://host:port`."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("redis-server is not installed: `make redis` installs Debian's redis-server package")
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="bench-redis-") as folder:
-        command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        process = subprocess.Popen([*command, "--dir", folder], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        url = f"redis://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    redis.Redis.from_url(url).ping()
-                    break
-                except redis.ConnectionError:
-                    if process.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"redis-server on port {port} did not start") from None
-                    time.sleep(0.05)
-            yield url
-        finally:
-            process.terminate()
-            process.wait(timeout=10)
 
 
 def world_dir(plan: Plan, customers: int) -> Path:
