@@ -47,7 +47,7 @@ from serving.history_store import SharedHistory
 from serving.links import Tracking, email_headers, filled
 from serving.modules import ModuleFacts, as_logged, choose_modules
 from serving.offers import OfferCatalog, OfferSet, eligible_offers, read_offer_features
-from serving.online import OnlineFeatures, OnlineState, RhythmPriors
+from serving.online import BatchFeatures, OnlineFeatures, OnlineState, RhythmPriors
 from serving.realtime import RealtimeFeatures
 from serving.redis_features import RedisFeatures
 from serving.render import Personal, check_layout, render_email
@@ -389,10 +389,7 @@ class Engine:
         constraints = request.constraints or Constraints()
         explore_share = self.settings.explore_share if request.explore_share is None else request.explore_share
         features = self.online.for_recipients(request.recipients)
-        stopped = features.stopped
-        if stopped is None:
-            stopped = self.realtime.stopped([r.customer_id for r in request.recipients])
-        features.eligible = features.eligible & ~stopped
+        self._stop_where_pushed(features, [r.customer_id for r in request.recipients])
         chosen, conversion = self.catalog.conversion(features, start, request.offer_ids)
         offers = chosen.offers if chosen is not None else pd.DataFrame()
         margins = chosen.margins if chosen is not None else np.zeros(0)
@@ -491,6 +488,14 @@ class Engine:
             raise UnknownDecision(decision_id, logged.decided_at, self.settings.render_days)
         return logged
 
+    def _stop_where_pushed(self, features: BatchFeatures, ids: list[str]) -> None:
+        """No longer eligible where an unsubscribe, complaint or hard bounce was pushed since the features were
+        materialized (read with the features on Redis, from Feast's online store otherwise)."""
+        stopped = features.stopped
+        if stopped is None:
+            stopped = self.realtime.stopped(ids)
+        features.eligible = features.eligible & ~stopped
+
     def _render_logged(self, logged: LoggedDecision, template: str | None) -> RenderResponse:
         entry = logged.entry
         campaign = Campaign.model_validate(entry.get("campaign") or {})
@@ -511,6 +516,7 @@ class Engine:
         facts = LoggedRender.model_validate(logged_facts)
         brand = brand_for(self.brand, campaign.kind, self.settings.brand_file)
         features = self.online.for_recipients([Recipient(customer_id=customer_id)])
+        self._stop_where_pushed(features, [customer_id])  # an unsubscribe since the decision stops its email
         if features.known[0] and not (features.consent[0] and features.eligible[0]):
             why = reasons.NO_CONSENT if not features.consent[0] else reasons.NOT_ELIGIBLE
             return refused.model_copy(update={"reasons": [reasons.changed_since_decision(decision_id), why]})

@@ -15,7 +15,7 @@ from sendwise.raw import load_table
 from sendwise.settings import Settings
 from serving.engine import Engine
 from serving.reasons import NOT_ELIGIBLE
-from serving.schemas import DecideRequest, EventsRequest
+from serving.schemas import DecideRequest, EventsRequest, RenderRequest
 from tests.conftest import PipelineHome, home_with_own_decision_log
 
 
@@ -112,7 +112,8 @@ def test_the_build_writes_the_latest_value_tables(own_engine: Engine) -> None:
 def test_a_stop_event_stops_the_next_decision(own_engine: Engine) -> None:
     unsubscribing, complaining, bouncing, soft, staying = sendable_customers(own_engine.settings, 5)
     ids = [unsubscribing, complaining, bouncing, soft, staying]
-    assert [d["send"] for d in decide(own_engine, ids)] == [True] * 5
+    before = decide(own_engine, ids)
+    assert [d["send"] for d in before] == [True] * 5
 
     answer = own_engine.events(
         EventsRequest(
@@ -137,6 +138,10 @@ def test_a_stop_event_stops_the_next_decision(own_engine: Engine) -> None:
     decisions = decide(own_engine, ids)
     assert [d["send"] for d in decisions] == [False, False, False, True, True]
     assert all(NOT_ELIGIBLE in d["reasons"] for d in decisions[:3])
+    # an email decided before the unsubscribe is not rendered after it; the soft bounce's still is
+    stopped_email = own_engine.render(RenderRequest(decision_id=str(before[0]["decision_id"])))
+    assert not stopped_email.send and stopped_email.html is None and NOT_ELIGIBLE in stopped_email.reasons
+    assert own_engine.render(RenderRequest(decision_id=str(before[3]["decision_id"]))).send
     activity = own_engine.realtime.read("latest_activity_fv", [staying], ("last_viewed_category", "last_session_ts"))
     assert activity["last_viewed_category"].tolist() == ["books"]
     assert activity["last_session_ts"].tolist() == [pd.Timestamp("2026-12-01T10:00:00Z").timestamp()]
