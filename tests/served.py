@@ -27,18 +27,25 @@ def free_port() -> int:
 
 
 @contextmanager
-def bentoml_serve(settings: Settings, token: str, **environment: str) -> Iterator[str]:
-    """`bentoml serve` on `settings`' home with `token` (and `environment` on top), on a free loopback port; its
-    URL once it answers `/v1/models` (the engine loads in the worker: readiness alone is not enough). Its log
-    is the home's `serve.log`; it is stopped, with its workers, on exit."""
+def bentoml_serve(
+    settings: Settings,
+    token: str,
+    target: str = "serving.service:Sendwise",
+    cwd: Path = REPO_ROOT,
+    **environment: str,
+) -> Iterator[str]:
+    """`bentoml serve TARGET` (the repository's service, or a built bento's tag) from `cwd` on `settings`' home
+    with `token` (and `environment` on top), on a free loopback port; its URL once it answers `/v1/models` (the
+    engine loads in the worker: readiness alone is not enough). Its log is the home's `serve.log`; it is
+    stopped, with its workers, on exit."""
     port = free_port()
     env = {**os.environ, **settings.library_environment(), "SENDWISE_API_TOKEN": token, **environment}
-    command = [sys.executable, "-m", "bentoml", "serve", "serving.service:Sendwise", "--host", "127.0.0.1"]
+    command = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1"]
     log_path = settings.home / "serve.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [*command, "--port", str(port)],
-            cwd=REPO_ROOT,
+            cwd=cwd,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

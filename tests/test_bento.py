@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tomllib
@@ -21,7 +20,7 @@ from packaging.requirements import Requirement
 
 from sendwise.raw import load_table
 from tests.conftest import REPO_ROOT, home_with_own_decision_log
-from tests.served import _wait_until_answering, free_port
+from tests.served import bentoml_serve
 
 REQUIREMENTS = REPO_ROOT / "requirements.txt"
 EXPORT = ["export", "--frozen", "--no-dev", "--no-emit-project", "--no-hashes", "--format", "requirements-txt"]
@@ -147,41 +146,19 @@ def test_the_bento_serves_the_champions_and_renders_with_its_templates(  # type:
     """`bentoml serve sendwise:<version>`: the bento's own source, started outside the repository, on a copy of
     the pipeline's home."""
     settings = home_with_own_decision_log(pipeline_home.settings, tmp_path / "home")
-    port = free_port()
-    env = {
-        **os.environ,
-        **settings.library_environment(),
-        "SENDWISE_API_TOKEN": TOKEN,
-        "SENDWISE_BRAND_FILE": str(bento.path / "src" / "examples" / "brand.yaml"),
-        "BENTOML_HOME": str(bento.home),
-    }
-    command = [str(Path(sys.executable).parent / "bentoml"), "serve", bento.tag, "--host", "127.0.0.1"]
-    log_path = tmp_path / "serve.log"
-    url, auth = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {TOKEN}"}
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [*command, "--port", str(port)],
-            cwd=tmp_path,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            _wait_until_answering(process, url, TOKEN, log_path)
-            models = httpx.get(f"{url}/v1/models", headers=auth, timeout=30).json()
-            customers = load_table(settings, "customers")
-            assert customers is not None
-            known = str(customers.loc[customers["consent_email"], "customer_id"].iloc[3])
-            body = {"customer_id": known, "template": "newsletter", "campaign": {"kind": "newsletter"}}
-            rendered = httpx.post(f"{url}/v1/render", json=body, headers=auth, timeout=60)
-            document = httpx.get(f"{url}/docs.json", headers=auth, timeout=30)
-        finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+    brand = str(bento.path / "src" / "examples" / "brand.yaml")
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    served = bentoml_serve(
+        settings, TOKEN, bento.tag, tmp_path, SENDWISE_BRAND_FILE=brand, BENTOML_HOME=str(bento.home)
+    )
+    with served as url:
+        models = httpx.get(f"{url}/v1/models", headers=auth, timeout=30).json()
+        customers = load_table(settings, "customers")
+        assert customers is not None
+        known = str(customers.loc[customers["consent_email"], "customer_id"].iloc[3])
+        body = {"customer_id": known, "template": "newsletter", "campaign": {"kind": "newsletter"}}
+        rendered = httpx.post(f"{url}/v1/render", json=body, headers=auth, timeout=60)
+        document = httpx.get(f"{url}/docs.json", headers=auth, timeout=30)
     assert set(models["model_versions"]) == {"open_propensity", "send_time", "next_best_offer"}
     assert all(models["model_versions"].values())
     assert rendered.status_code == 200, rendered.text
