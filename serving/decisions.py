@@ -400,7 +400,7 @@ def _why_not_sent(batch: Batch, rows: _RowValues, i: int) -> tuple[str, bool]:
     """(why row i, which has no send hour, is not sent; whether its open probabilities are still given)."""
     if rows.known[i] and not rows.consent[i]:
         return reasons.NO_CONSENT, False
-    if rows.known[i] and not rows.eligible[i]:
+    if not rows.eligible[i]:
         return reasons.NOT_ELIGIBLE, True
     return batch.blocked[i] or reasons.no_room(batch.plan.capacity), True
 

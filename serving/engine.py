@@ -517,8 +517,9 @@ class Engine:
         brand = brand_for(self.brand, campaign.kind, self.settings.brand_file)
         features = self.online.for_recipients([Recipient(customer_id=customer_id)])
         self._stop_where_pushed(features, [customer_id])  # an unsubscribe since the decision stops its email
-        if features.known[0] and not (features.consent[0] and features.eligible[0]):
-            why = reasons.NO_CONSENT if not features.consent[0] else reasons.NOT_ELIGIBLE
+        no_consent = bool(features.known[0] and not features.consent[0])
+        if no_consent or not features.eligible[0]:
+            why = reasons.NO_CONSENT if no_consent else reasons.NOT_ELIGIBLE
             return refused.model_copy(update={"reasons": [reasons.changed_since_decision(decision_id), why]})
         module_facts = ModuleFacts(
             customer_id=customer_id,

@@ -73,7 +73,7 @@ class BatchFeatures:
     known: np.ndarray
     profiled: np.ndarray
     consent: np.ndarray
-    eligible: np.ndarray
+    eligible: np.ndarray  # False: email may not go out (unknown customers: only after a pushed stop)
     any_views: np.ndarray  # product views of their own that modules may use
     degraded: bool
     stopped: np.ndarray | None = None
@@ -143,7 +143,7 @@ def batch_features(
         known=known,
         profiled=profiled,
         consent=snapshot.consent["consent_email"][rows] > 0,
-        eligible=snapshot.consent["email_eligible"][rows] > 0,
+        eligible=(snapshot.consent["email_eligible"][rows] > 0) | ~known,  # a stop pushed for them still counts
         any_views=profiled & (snapshot.views[rows] > 0).any(axis=1),
         degraded=degraded,
     )

@@ -195,3 +195,21 @@ def test_materialize_brings_what_was_appended_but_never_pushed_online(
     assert engine.realtime.stopped([customer]).tolist() == [True]
     assert decide(engine, [customer])[0]["send"] is False
     assert Engine.load(settings, log_decisions=False).model_versions() == versions
+
+
+def test_an_unsubscribe_stops_a_customer_sendwise_does_not_know_yet(own_engine: Engine) -> None:
+    """A recipient the batch features do not have yet (they joined after the last export) is decided as a new
+    customer; once an unsubscribe is pushed for them, the next decision does not send, with the reason."""
+    newcomer = "newcomer-unsubscribing"
+    request = DecideRequest.model_validate(
+        {
+            "recipients": [{"customer_id": newcomer, "timezone": "Europe/Paris"}],
+            "campaign": {"kind": "newsletter"},
+            "explore_share": 0.0,
+        }
+    )
+    (before,) = own_engine.decide_payload(request)["decisions"]  # type: ignore[misc]
+    assert before["send"] is True
+    own_engine.events(EventsRequest(events=[stop_event(newcomer, "unsubscribe")]))
+    (after,) = own_engine.decide_payload(request)["decisions"]  # type: ignore[misc]
+    assert after["send"] is False and NOT_ELIGIBLE in after["reasons"]
