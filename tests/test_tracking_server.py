@@ -8,10 +8,7 @@ pipeline run on a small world of its own (slow).
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -31,7 +28,7 @@ from sendwise.raw import load_table
 from sendwise.registry import MODEL_NAMES
 from sendwise.settings import Settings
 from tests.conftest import DEMO_BRAND
-from tests.served import bentoml_serve, free_port
+from tests.served import answers, bentoml_serve, free_port, running
 
 WORLD_CUSTOMERS = 800
 WORLD_DAYS = 30
@@ -145,35 +142,9 @@ def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tracki
         "1",
     ]
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    log_path = folder / "server.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            command, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        server = TrackingServer(f"http://127.0.0.1:{port}", folder / "artifacts", log_path)
-        try:
-            _wait_for_health(process, server)
-            yield server
-        finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=30)
-
-
-def _wait_for_health(process: subprocess.Popen[bytes], server: TrackingServer) -> None:
-    for _ in range(START_SECONDS * 2):
-        if process.poll() is not None:
-            raise AssertionError(f"mlflow server exited with {process.returncode}:\n{server.log.read_text()[-4000:]}")
-        try:
-            if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"mlflow server did not answer /health in {START_SECONDS} s")
+    server = TrackingServer(f"http://127.0.0.1:{port}", folder / "artifacts", folder / "server.log")
+    with running("mlflow server", command, folder, env, server.log, lambda: answers(f"{server.url}/health")):
+        yield server
 
 
 @pytest.fixture(scope="module")

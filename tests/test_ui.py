@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,15 +14,10 @@ from playwright.sync_api import Browser
 
 from tests.browser import Chromium
 from tests.conftest import REPO_ROOT
+from tests.served import answers, free_port, running
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 MODELS = {"open_propensity", "send_time", "next_best_offer"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -35,41 +26,13 @@ def ui(pipeline_home, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
     and the file it printed to."""
     home = tmp_path_factory.mktemp("ui") / "home"
     shutil.copytree(pipeline_home.settings.mlruns_dir, home / "mlruns")
-    port = _free_port()
+    port = free_port()
     log_path = home / "ui.log"
     env = {**os.environ, "SENDWISE_HOME": str(home), "MLFLOW_DISABLE_TELEMETRY": "true"}
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "sendwise.cli", "ui", "--port", str(port)],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 180
-            while time.monotonic() < deadline:
-                if process.poll() is not None:
-                    tail = log_path.read_text()[-4000:]
-                    raise AssertionError(f"sendwise ui exited with {process.returncode}:\n{tail}")
-                try:
-                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(1)
-            else:
-                raise AssertionError(f"sendwise ui did not answer in 180 s:\n{log_path.read_text()[-4000:]}")
-            yield url, log_path
-        finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=30)
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "sendwise.cli", "ui", "--port", str(port)]
+    with running("sendwise ui", command, REPO_ROOT, env, log_path, lambda: answers(f"{url}/health")):
+        yield url, log_path
 
 
 def test_ui_prints_its_url(ui: tuple[str, Path]) -> None:
