@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import hmac
+import ipaddress
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -141,6 +142,26 @@ def bearer_token(scope: Scope) -> str | None:
     return None
 
 
+NO_TOKEN_FROM_ELSEWHERE = ErrorAnswer(
+    error="forbidden",
+    message=(
+        "this service was started without SENDWISE_API_TOKEN, so it answers only requests from its own machine: "
+        "set SENDWISE_API_TOKEN where it runs and send `Authorization: Bearer <token>`"
+    ),
+)
+
+
+def from_this_machine(scope: Scope) -> bool:
+    """True where the request came over loopback (or a Unix socket, which has no client address)."""
+    client = scope.get("client")
+    if not client:
+        return True
+    try:
+        return ipaddress.ip_address(str(client[0]).split("%")[0]).is_loopback
+    except ValueError:
+        return str(client[0]).lower() == "localhost"
+
+
 def token_matches(presented: str | None, expected: str) -> bool:
     return presented is not None and hmac.compare_digest(presented.encode(), expected.encode())
 
@@ -172,8 +193,10 @@ class ApiGuard:
     """ASGI middleware: bearer auth on every route but health and metrics; for `/v1`, the body size limit, a
     JSON body and field-naming errors.
 
-    `token` is called per request and returns the configured token (None: no auth); it is a callable
-    because the settings are read when the service starts, not when this module is imported.
+    `token` is called per request and returns the configured token; it is a callable because the settings are
+    read when the service starts, not when this module is imported. Without one, only requests from this
+    machine are answered (403 for any other client): `sendwise serve` refuses to listen beyond loopback without a
+    token, and this keeps the same rule for a service started any other way (a container's `bentoml serve`).
     """
 
     def __init__(self, app: ASGIApp, *, token: Callable[[], str | None], max_body_bytes: int = MAX_BODY_BYTES) -> None:
@@ -193,6 +216,9 @@ class ApiGuard:
             return
         if expected and not token_matches(bearer_token(scope), expected):
             await self._unauthorized(scope, send)
+            return
+        if not expected and not from_this_machine(scope):
+            await send_answer(send, 403, NO_TOKEN_FROM_ELSEWHERE)
             return
         if not is_api_path(scope["path"]):
             await self.app(scope, receive, send)

@@ -166,9 +166,14 @@ def fresh_metrics(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @asynccontextmanager
 async def served(
-    engine: Any, home: Path, monkeypatch: pytest.MonkeyPatch, token: str | None = None
+    engine: Any,
+    home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    token: str | None = None,
+    client_address: str = "127.0.0.1",
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """BentoML's ASGI app of the service over `engine`, in process, its home `home`; open without a `token`."""
+    """BentoML's ASGI app of the service over `engine`, in process, its home `home`, called from
+    `client_address`; open to this machine without a `token`."""
     _guard_environment(monkeypatch, home)
     monkeypatch.setenv("SENDWISE_CHAMPION_POLL_SECONDS", "0")  # the engine given is the one served: no watcher
     if token is None:
@@ -178,7 +183,7 @@ async def served(
     monkeypatch.setattr(service_module, "load_engine", lambda settings: engine)
     app: Any = cast(Any, service_module.Sendwise).to_asgi()
     async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
+        transport = httpx.ASGITransport(app=app, client=(client_address, 50_000))
         async with httpx.AsyncClient(transport=transport, base_url="http://sendwise.test") as http:
             yield http
 
@@ -397,9 +402,25 @@ async def test_the_token_scheme_is_case_insensitive(client: httpx.AsyncClient) -
 
 
 @pytest.mark.parametrize("token", [None])
-async def test_without_a_configured_token_the_api_is_open(client: httpx.AsyncClient) -> None:
+async def test_without_a_configured_token_the_api_is_open_to_this_machine(client: httpx.AsyncClient) -> None:
     for method, path, body in ROUTES:
         assert (await client.request(method, path, json=body)).status_code == 200, path
+
+
+@pytest.mark.parametrize("address", ["203.0.113.9", "192.168.1.20", "2001:db8::7"])
+async def test_without_a_configured_token_other_machines_are_refused_by_name(
+    engine: FakeEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_metrics: None, address: str
+) -> None:
+    """A service started without a token some other way than `sendwise serve` (a container's `bentoml serve`
+    listens on every address) answers no one but its own machine; health and metrics stay open."""
+    async with served(engine, tmp_path / "home", monkeypatch, None, client_address=address) as http:
+        for method, path, body in ROUTES:
+            answer = await http.request(method, path, json=body)
+            assert answer.status_code == 403, path
+            assert answer.json()["error"] == "forbidden"
+            assert "started without SENDWISE_API_TOKEN" in answer.json()["message"]
+        assert (await http.get("/readyz")).status_code == 200
+    assert engine.requests == []  # nothing reached the engine
 
 
 # --- bad input ---------------------------------------------------------------------------------------------
