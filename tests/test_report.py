@@ -31,7 +31,7 @@ from tests.browser import Chromium, screenshots_dir, serve_directory
 from tests.conftest import PipelineHome, home_with_own_decision_log
 from training import report as report_module
 from training.explain import MIN_GROUP, Group, feature_groups
-from training.report import ReportResult, write_report
+from training.report import ReportResult, _champions, write_report
 from training.reporting.inputs import NO_AUDIENCE, ReportInputs
 from training.reporting.site import Section, SiteFacts, number, percent, points, render_site
 from training.samples import load_sample
@@ -448,3 +448,22 @@ def test_every_page_loads_offline_in_chromium(hostile_site: Site, site: Site, br
                 assert found["scrollWidth"] <= found["clientWidth"], f"{page.name} scrolls sideways"
                 assert shot.stat().st_size > 10_000
     assert (shots / "site-index.png").exists() and (shots / "hostile-offers.png").exists()
+
+
+def test_the_audience_on_redis_is_the_one_on_the_snapshot(
+    pipeline_home: PipelineHome, redis_home: Settings, tmp_path: Path
+) -> None:
+    """With Redis the service keeps no snapshot of every customer, so the report takes its audience from the
+    customers the feature build materialized and reads them from Redis: the same people, curves and hours."""
+
+    audiences = []
+    for settings in (pipeline_home.settings, redis_home):
+        _, inputs = _champions(settings, ReportResult(), list(MODEL_NAMES), tmp_path / settings.home.name)
+        audiences.append(inputs.audience)
+    on_sqlite, on_redis = audiences
+    assert on_sqlite is not None and on_redis is not None and len(on_sqlite) > 100
+    assert on_redis.known == on_sqlite.known
+    assert sorted(on_redis.ids.tolist()) == sorted(on_sqlite.ids.tolist())
+    order = pd.Index(on_redis.ids).get_indexer(on_sqlite.ids)
+    np.testing.assert_allclose(on_redis.curves[order], on_sqlite.curves, rtol=1e-6)
+    np.testing.assert_array_equal(on_redis.best[order], on_sqlite.best)

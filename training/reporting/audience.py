@@ -166,6 +166,15 @@ def _countries(settings: Settings) -> pd.Series:
     return table.drop_duplicates("customer_id", keep="last").set_index("customer_id")["country"]
 
 
+def _materialized_customers(settings: Settings) -> np.ndarray:
+    """The customers of the feature build, which `materialize` wrote to the online store."""
+    path = settings.feature_tables_dir / "customer_features.parquet"
+    if not path.exists():
+        return np.zeros(0, dtype=object)
+    ids = pd.read_parquet(path, columns=["customer_id"])["customer_id"].astype(str)
+    return ids.drop_duplicates().to_numpy(dtype=object)
+
+
 def window_start(as_of: pd.Timestamp) -> pd.Timestamp:
     """The first whole hour from `as_of` on."""
     return as_of.tz_convert("UTC").ceil("h")
@@ -175,12 +184,16 @@ def score_audience(settings: Settings, engine: Engine) -> Audience | None:
     """Every customer of the online features who may be emailed (consent, not unsubscribed, not held out),
     with their open curve over the window and sendwise's hour; None when the home has no online features."""
     state = engine.online.state
-    if state is None:
+    if state is not None:
+        snapshot = state.snapshot
+        ids = snapshot.index.to_numpy(dtype=object)[snapshot.known[: len(snapshot)]]
+    elif settings.online_store == "redis":  # read per batch, no snapshot: the customers the build materialized
+        ids = _materialized_customers(settings)
+    else:
         return None
-    snapshot = state.snapshot
-    ids = snapshot.index.to_numpy(dtype=object)[snapshot.known[: len(snapshot)]]
     features = engine.online.for_recipients([Recipient(customer_id=str(c)) for c in ids])
-    keep = features.eligible & ~in_holdout(list(ids), settings.holdout_share)
+    known = int(features.known.sum())
+    keep = features.known & features.eligible & ~in_holdout(list(ids), settings.holdout_share)
     rows = np.flatnonzero(keep)
     ids = ids[rows]
     features = engine.online.for_recipients([Recipient(customer_id=str(c)) for c in ids])
@@ -191,7 +204,7 @@ def score_audience(settings: Settings, engine: Engine) -> Audience | None:
     return Audience(
         as_of=as_of,
         start=start,
-        known=int(snapshot.known[: len(snapshot)].sum()),
+        known=known,
         engine=engine,
         features=features,
         ids=ids,
