@@ -11,7 +11,7 @@ BRAND_FILE ?= $(CURDIR)/examples/brand.yaml
 # apt-get through sudo only when not root and sudo exists (a root container has no sudo).
 SUDO := $(shell command -v sudo >/dev/null 2>&1 && [ "$$(id -u)" != 0 ] && echo sudo)
 
-.PHONY: run test test-fast install install-dev uv lint check bench chromium redis lab
+.PHONY: run test test-fast install install-dev uv lint check bench chromium redis postgres lab
 
 uv:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -40,7 +40,7 @@ run: install
 
 ## Install what the tests need and run the whole suite (CI runs this): minutes, most of them the pipeline run
 ## on a small world that the slow tests share, and the real `bentoml serve`.
-test: install-dev check chromium redis
+test: install-dev check chromium redis postgres
 	$(UV) run --no-sync pytest -q
 
 ## The fast lane: every test that needs neither that pipeline run nor a served model (`-m "not slow"`), in under
@@ -60,6 +60,12 @@ chromium:
 redis:
 	@command -v redis-server >/dev/null 2>&1 || { echo "installing redis-server, the online store the scale tests share"; \
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
+
+## Debian's PostgreSQL: the tracking-server tests start their own cluster on a free port
+## (tests/postgres_server.py) as the database of a real `mlflow server`. Installed once, when missing.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { echo "installing postgresql, the database MLflow's server is tested on"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq postgresql >/dev/null; }
 
 ## JupyterLab on notebooks/ (the `notebooks` dependency group), started with the home's environment
 ## (Settings.activate: SENDWISE_HOME, default the repository, with MLflow, matplotlib, Jupyter and IPython

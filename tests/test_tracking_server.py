@@ -28,6 +28,7 @@ from sendwise.raw import load_table
 from sendwise.registry import MODEL_NAMES
 from sendwise.settings import Settings
 from tests.conftest import DEMO_BRAND
+from tests.postgres_server import postgres_server
 from tests.served import answers, bentoml_serve, free_port, running
 
 WORLD_CUSTOMERS = 800
@@ -121,16 +122,27 @@ class ServerWorld:
     world: Path
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def backend_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The database the tracking server keeps runs and the registry in: a SQLite file, or a real PostgreSQL
+    (what a server shared by several machines usually runs on)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('mlflow-db') / 'db.sqlite'}"
+        return
+    with postgres_server() as url:
+        yield url
+
+
 @pytest.fixture(scope="module")
-def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackingServer]:
-    """`mlflow server` from the venv with a SQLite database and proxied artifacts, on a free loopback port."""
+def tracking_server(backend_store: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackingServer]:
+    """`mlflow server` from the venv on `backend_store`, with proxied artifacts, on a free loopback port."""
     folder = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
     command = [
         str(Path(sys.executable).parent / "mlflow"),
         "server",
         "--backend-store-uri",
-        f"sqlite:///{folder / 'db.sqlite'}",
+        backend_store,
         "--artifacts-destination",
         str(folder / "artifacts"),
         "--serve-artifacts",
@@ -148,14 +160,23 @@ def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tracki
 
 
 @pytest.fixture(scope="module")
-def server_world(tracking_server: TrackingServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerWorld]:
-    """`sendwise pipeline` through the real CLI on a small world of its own, tracked on the server. The
-    environment the pipeline's settings put in place is put back afterwards (other tests use their own homes)."""
+def server_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small world of the module's own (one for both database backends)."""
     from sendwise.simulator import simulate
 
-    saved = dict(os.environ)
     world = tmp_path_factory.mktemp("server-world")
     simulate(world, customers=WORLD_CUSTOMERS, days=WORLD_DAYS, seed=WORLD_SEED, progress=False)
+    return world
+
+
+@pytest.fixture(scope="module")
+def server_world(
+    tracking_server: TrackingServer, server_data: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerWorld]:
+    """`sendwise pipeline` through the real CLI on the module's world, tracked on the server. The environment
+    the pipeline's settings put in place is put back afterwards (other tests use their own homes)."""
+    saved = dict(os.environ)
+    world = server_data
     home = tmp_path_factory.mktemp("server-home")
     env = {
         "SENDWISE_HOME": str(home),
