@@ -84,8 +84,9 @@ class Settings(BaseSettings):
         default=500_000,
         ge=1_000,
         description="the most sends (and, apart, offer exposures) a model is trained on: past it training takes a "
-        "seeded uniform sample of them before Feast's point-in-time join, weights each sampled row by the inverse "
-        "of the share kept, and says so in the run's MLflow parameters",
+        "seeded sample of them before Feast's point-in-time join (every example of the rarer label up to half of "
+        "it, the rest uniformly), weights each sampled row by how many of its label it stands for, and says so "
+        "in the run's MLflow parameters",
     )
     trace_decide: bool = Field(
         default=False,

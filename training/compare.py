@@ -27,7 +27,7 @@ from sendwise.settings import Settings
 from training import skips
 from training.datasets import offer_training_set, open_training_set
 from training.jobs import Features
-from training.models import auc, logloss
+from training.models import auc, logloss, mean
 from training.registry import (
     MODEL_NAMES,
     HeldOut,
@@ -62,6 +62,12 @@ class Window:
     @property
     def label(self) -> np.ndarray:
         return self.held_out.label[self.rows]
+
+    @property
+    def weight(self) -> np.ndarray | None:
+        """What each row stands for where the training set is a sample (`datasets.sample_rows`), else None."""
+        weight = self.held_out.weight
+        return None if weight is None else weight[self.rows]
 
     def describe(self) -> dict[str, str]:
         return self.held_out.window(self.rows)
@@ -118,17 +124,18 @@ class Scored:
     """None where the version could not score the window (`how` says why)."""
     how: str
 
-    def metrics(self, label: np.ndarray) -> dict[str, float]:
+    def metrics(self, label: np.ndarray, weight: np.ndarray | None = None) -> dict[str, float]:
         """AUC (the metric promotion decides on), log loss, Brier score and calibration (mean predicted over
-        the observed rate); NaN where the version could not score."""
+        the observed rate), weighted where the window's rows are a sample; NaN where the version could not
+        score."""
         if self.prediction is None:
             return {"AUC": float("nan"), "log loss": float("nan"), "Brier": float("nan"), "calibration": float("nan")}
         p = self.prediction
         return {
             "AUC": auc(label, p),
-            "log loss": logloss(label, p),
-            "Brier": float(np.mean((p - label) ** 2)),
-            "calibration": float(p.mean() / max(float(label.mean()), 1e-9)),
+            "log loss": logloss(label, p, weight),
+            "Brier": mean((p - label) ** 2, weight),
+            "calibration": mean(p, weight) / max(mean(label, weight), 1e-9),
         }
 
 
@@ -142,6 +149,7 @@ class Comparison:
     label: np.ndarray = field(repr=False)
     challenger: Scored
     champion: Scored | None
+    weight: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def challenger_score(self) -> float:
@@ -161,7 +169,9 @@ class Comparison:
     def table(self) -> pd.DataFrame:
         """One row per version: its role, the metrics on the window, and how its predictions were made."""
         sides = [s for s in (self.challenger, self.champion) if s is not None]
-        rows = [{"role": s.role, "version": s.version, **s.metrics(self.label), "scored": s.how} for s in sides]
+        rows = [
+            {"role": s.role, "version": s.version, **s.metrics(self.label, self.weight), "scored": s.how} for s in sides
+        ]
         return pd.DataFrame(rows).set_index("role")
 
     def verdict(self) -> str:
@@ -237,6 +247,7 @@ def compare_versions(
         label=window.label,
         challenger=_score(client, window, "challenger", challenger_version),
         champion=None if champion_version is None else _score(client, window, "champion", champion_version),
+        weight=window.weight,
     )
 
 
@@ -262,11 +273,18 @@ def summary(comparisons: Iterable[Comparison]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("model")
 
 
-def reliability_table(prediction: np.ndarray, label: np.ndarray, bins: int = RELIABILITY_BINS) -> pd.DataFrame:
-    """Mean predicted probability and observed rate per decile of the prediction (a reliability curve)."""
-    frame = pd.DataFrame({"predicted": prediction, "observed": label})
-    frame["bin"] = pd.qcut(frame["predicted"].rank(method="first"), bins, labels=False)
-    table = frame.groupby("bin").agg(predicted=("predicted", "mean"), observed=("observed", "mean"))
+def reliability_table(
+    prediction: np.ndarray, label: np.ndarray, bins: int = RELIABILITY_BINS, weight: np.ndarray | None = None
+) -> pd.DataFrame:
+    """Mean predicted probability and observed rate per decile of the prediction (a reliability curve),
+    weighted where the rows are a sample."""
+    w = np.ones(len(label)) if weight is None else np.asarray(weight, dtype=np.float64)
+    frame = pd.DataFrame({"predicted": prediction * w, "observed": label * w, "weight": w})
+    frame["bin"] = pd.qcut(pd.Series(prediction).rank(method="first"), bins, labels=False)
+    sums = frame.groupby("bin")[["predicted", "observed", "weight"]].sum()
+    table = pd.DataFrame(
+        {"predicted": sums["predicted"] / sums["weight"], "observed": sums["observed"] / sums["weight"]}
+    )
     return table.assign(rows=frame.groupby("bin").size()).reset_index(drop=True)
 
 
@@ -281,7 +299,7 @@ def plot_comparison(comparison: Comparison) -> Figure:
         colour, tag = COLOURS[side.role], f"{side.role} v{side.version}"
         fpr, tpr, _ = roc_curve(label, side.prediction)
         roc_axis.plot(fpr, tpr, color=colour, label=f"{tag} (AUC {auc(label, side.prediction):.4f})")
-        table = reliability_table(side.prediction, label)
+        table = reliability_table(side.prediction, label, weight=comparison.weight)
         reliability_axis.plot(table["predicted"], table["observed"], marker="o", color=colour, label=tag)
     roc_axis.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
     roc_axis.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC: {comparison.metric}")

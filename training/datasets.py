@@ -70,47 +70,84 @@ SAMPLE_SEED = 20_261_205
 
 @dataclass(frozen=True)
 class Sample:
-    """Which share of the available examples a training set kept: a seeded uniform sample."""
+    """Which examples a training set kept: every example of the rarer label up to half the cap, a seeded
+    uniform sample of each label's rows past that, each row weighted by its label's available / kept."""
 
     available: int
     kept: int
+    positives_available: int
+    positives_kept: int
 
     @property
     def rate(self) -> float:
         return self.kept / self.available
+
+    @property
+    def positive_weight(self) -> float:
+        return self.positives_available / self.positives_kept if self.positives_kept else 1.0
+
+    @property
+    def negative_weight(self) -> float:
+        kept = self.kept - self.positives_kept
+        return (self.available - self.positives_available) / kept if kept else 1.0
+
+    def weights(self, label: np.ndarray) -> np.ndarray:
+        """Each example's weight: how many available examples of its label it stands for."""
+        return np.where(label > 0, self.positive_weight, self.negative_weight).astype(np.float32)
 
     def mlflow_params(self) -> dict[str, object]:
         return {
             "training_rows_sampled": "true",
             "training_rows_available": self.available,
             "training_rows_kept": self.kept,
+            "training_positives_available": self.positives_available,
+            "training_positives_kept": self.positives_kept,
             "training_sample_rate": round(self.rate, 6),
-            "training_sample_weight": round(1.0 / self.rate, 6),
+            "training_positive_weight": round(self.positive_weight, 6),
+            "training_negative_weight": round(self.negative_weight, 6),
         }
 
     def sentence(self, name: str) -> str:
+        negatives = self.available - self.positives_available
         return (
-            f"{name}: trained on a uniform sample of {self.kept:,} of {self.available:,} examples "
-            f"({self.rate:.1%}, SENDWISE_TRAIN_MAX_ROWS), each weighted {1.0 / self.rate:.2f}"
+            f"{name}: trained on a sample of {self.kept:,} of {self.available:,} examples "
+            f"(SENDWISE_TRAIN_MAX_ROWS): {self.positives_kept:,} of {self.positives_available:,} positives, each "
+            f"weighted {self.positive_weight:.2f}, and {self.kept - self.positives_kept:,} of {negatives:,} "
+            f"negatives, each weighted {self.negative_weight:.2f}"
         )
 
 
-def sample_rows(n: int, max_rows: int | None, seed: int = SAMPLE_SEED) -> tuple[np.ndarray, Sample | None]:
-    """Rows of `n` examples to keep, in their order: all of them up to `max_rows`, else a seeded uniform sample
-    of `max_rows` (and what was kept).
+def sample_rows(label: np.ndarray, max_rows: int | None, seed: int = SAMPLE_SEED) -> tuple[np.ndarray, Sample | None]:
+    """Rows of the examples to keep, in their order: all of them up to `max_rows`; past it, every example of
+    the rarer label while they are at most half of `max_rows`, and a seeded uniform sample of the rest (of each
+    label, half and half, when both have more), with what was kept.
 
-    Uniform, the same rate for every label: the held-out window's rates, AUC, log loss and calibration, and the
-    recalibration of the open model, stay those of all the examples; the weights 1 / rate give LightGBM's sums
-    of hessians (and so its regularization) the scale of the whole set.
+    The rare label carries the information (conversions are a few in a hundred exposures): a uniform sample of
+    a few percent of a large list would keep a few percent of them. With the weights (`Sample.weights`) the
+    weighted rates, log loss and calibration, and so the open model's recalibration, are those of all the
+    examples, and LightGBM's sums of hessians (its regularization) have the whole set's scale; AUC does not
+    depend on the rate at which each label is kept.
     """
+    n = len(label)
     if max_rows is None or n <= max_rows:
         return np.arange(n), None
-    rows = np.sort(np.random.default_rng(seed).choice(n, size=max_rows, replace=False))
-    return rows, Sample(available=n, kept=max_rows)
+    positive = np.asarray(label) > 0
+    rng = np.random.default_rng(seed)
+    rare = positive if positive.sum() <= n - positive.sum() else ~positive
+    rare_rows, common_rows = np.flatnonzero(rare), np.flatnonzero(~rare)
+    rare_kept = min(len(rare_rows), max(max_rows // 2, max_rows - len(common_rows)))
+    chosen = [
+        rng.choice(rare_rows, size=rare_kept, replace=False),
+        rng.choice(common_rows, size=max_rows - rare_kept, replace=False),
+    ]
+    rows = np.sort(np.concatenate(chosen))
+    return rows, Sample(
+        available=n, kept=max_rows, positives_available=int(positive.sum()), positives_kept=int(positive[rows].sum())
+    )
 
 
-def _weights(sample: Sample | None, n: int) -> np.ndarray | None:
-    return None if sample is None else np.full(n, 1.0 / sample.rate, dtype=np.float32)
+def _weights(sample: Sample | None, label: np.ndarray) -> np.ndarray | None:
+    return None if sample is None else sample.weights(label)
 
 
 def _split(times: pd.Series, customers: pd.Series) -> tuple[pd.Timestamp, np.ndarray | None]:
@@ -172,7 +209,7 @@ def open_training_set(
     sends = sends[sends["customer_id"].isin(tables.customers["customer_id"])].reset_index(drop=True)
     if len(sends) < MIN_EXAMPLES or sends["human_open"].nunique() < 2:
         return None
-    kept, sample = sample_rows(len(sends), max_rows)
+    kept, sample = sample_rows(sends["human_open"].to_numpy(dtype=np.float32), max_rows)
     sends = sends.iloc[kept].reset_index(drop=True) if sample is not None else sends
     entity_df = pd.DataFrame({"customer_id": sends["customer_id"], "event_timestamp": sends["send_at"]})
     rows = historical_features(store, "open_propensity_v1", entity_df)
@@ -199,7 +236,7 @@ def open_training_set(
         times=sends["send_at"].iloc[examples].reset_index(drop=True),
         cut=_split(sends["send_at"], sends["customer_id"])[0],
         feature_service="open_propensity_v1",
-        weight=_weights(sample, len(examples)),
+        weight=_weights(sample, sends["human_open"].to_numpy(dtype=np.float32)[examples]),
         held_out_customers=_held_out(sends, examples),
         sample=sample,
     )
@@ -249,7 +286,7 @@ def offer_training_set(
     exposures = closed_exposures(tables, window_days)
     if len(exposures) < MIN_EXAMPLES or exposures["converted"].nunique() < 2:
         return None
-    kept, sample = sample_rows(len(exposures), max_rows)
+    kept, sample = sample_rows(exposures["converted"].to_numpy(dtype=np.float32), max_rows)
     exposures = exposures.iloc[kept].reset_index(drop=True) if sample is not None else exposures
     entity_df = pd.DataFrame(
         {
@@ -271,7 +308,7 @@ def offer_training_set(
             cut=cut,
             held_out_customers=by_customer,
             feature_service="next_best_offer_v1",
-            weight=_weights(sample, len(exposures)),
+            weight=_weights(sample, exposures["converted"].to_numpy(dtype=np.float32)),
             sample=sample,
         ),
         offers,

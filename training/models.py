@@ -83,9 +83,14 @@ def auc(label: np.ndarray, score: np.ndarray) -> float:
     return float(roc_auc_score(label, score))
 
 
-def logloss(label: np.ndarray, prediction: np.ndarray) -> float:
+def logloss(label: np.ndarray, prediction: np.ndarray, weight: np.ndarray | None = None) -> float:
     p = np.clip(prediction, 1e-7, 1 - 1e-7)
-    return float(-np.mean(label * np.log(p) + (1 - label) * np.log(1 - p)))
+    return float(-np.average(label * np.log(p) + (1 - label) * np.log(1 - p), weights=weight))
+
+
+def mean(values: np.ndarray, weight: np.ndarray | None = None) -> float:
+    """The (weighted) mean; NaN for no values."""
+    return float(np.average(values, weights=weight)) if len(values) else float("nan")
 
 
 def _dataset(
@@ -232,15 +237,18 @@ def fit_binary(
     params = with_constraints({**BASE_PARAMS, **(params or {}), "seed": seed}, list(data.design.columns))
     held_out = fitter.held_out(data, params)
     booster, prediction = held_out.booster, held_out.prediction
+    # a sampled training set's rows stand for more (`datasets.sample_rows`): rates and losses are weighted
+    weight = None if data.weight is None else data.weight[data.valid]
     label = data.label[data.valid]
-    base_rate = float(np.mean(data.label[data.train])) if data.train.any() else float(np.mean(label))
+    train_weight = None if data.weight is None else data.weight[data.train]
+    base_rate = mean(data.label[data.train], train_weight) if data.train.any() else mean(label, weight)
     metrics = {
         "valid_auc": auc(label, prediction),
-        "valid_logloss": logloss(label, prediction),
+        "valid_logloss": logloss(label, prediction, weight),
         # the log loss of predicting the earlier part's rate for everyone: what the model's must beat
-        "baseline_valid_logloss": logloss(label, np.full(len(label), base_rate)),
-        "valid_positive_rate": float(np.mean(label)) if len(label) else float("nan"),
-        "valid_calibration": float(prediction.mean() / max(label.mean(), 1e-9)),
+        "baseline_valid_logloss": logloss(label, np.full(len(label), base_rate), weight),
+        "valid_positive_rate": mean(label, weight),
+        "valid_calibration": mean(prediction, weight) / max(mean(label, weight), 1e-9),
         "valid_rows": float(data.valid.sum()),
         "train_rows": float(data.train.sum()),
         "best_iteration": float(booster.best_iteration),
@@ -248,7 +256,7 @@ def fit_binary(
     rounds = max(int(booster.best_iteration * 1.1), 10)
     final = fitter.rounds(data, params, rounds)
     if recalibrate:
-        metrics["recalibration_shift"] = shift = RECALIBRATION_SHARE * intercept_shift(prediction, label)
+        metrics["recalibration_shift"] = shift = RECALIBRATION_SHARE * intercept_shift(prediction, label, weight=weight)
         shift_log_odds(final, shift)
     return FittedModel(
         booster=final,
@@ -259,15 +267,19 @@ def fit_binary(
     )
 
 
-def intercept_shift(prediction: np.ndarray, label: np.ndarray, bound: float = 1.0) -> float:
-    """The change of log-odds that makes the mean prediction the observed rate (within +-`bound`)."""
-    rate = float(np.mean(label))
-    if len(label) == 0 or not 0.0 < rate < 1.0:
+def intercept_shift(
+    prediction: np.ndarray, label: np.ndarray, bound: float = 1.0, weight: np.ndarray | None = None
+) -> float:
+    """The change of log-odds that makes the (weighted) mean prediction the observed rate (within +-`bound`)."""
+    if len(label) == 0:
+        return 0.0
+    rate = mean(label, weight)
+    if not 0.0 < rate < 1.0:
         return 0.0
     log_odds = np.log(np.clip(prediction, 1e-9, 1 - 1e-9) / np.clip(1 - prediction, 1e-9, 1.0))
 
     def excess(delta: float) -> float:
-        return float(np.mean(1.0 / (1.0 + np.exp(-(log_odds + delta))))) - rate
+        return mean(1.0 / (1.0 + np.exp(-(log_odds + delta))), weight) - rate
 
     if excess(-bound) > 0:
         return -bound

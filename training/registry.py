@@ -137,6 +137,10 @@ class HeldOut:
     def label(self) -> np.ndarray:
         return self.data.label[self.data.valid]
 
+    @property
+    def weight(self) -> np.ndarray | None:
+        return None if self.data.weight is None else self.data.weight[self.data.valid]
+
     def window(self, rows: np.ndarray) -> dict[str, str]:
         times = self.data.times[self.data.valid][rows]
         return {
