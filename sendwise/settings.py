@@ -87,6 +87,13 @@ class Settings(BaseSettings):
         "seeded uniform sample of them before Feast's point-in-time join, weights each sampled row by the inverse "
         "of the share kept, and says so in the run's MLflow parameters",
     )
+    materialize_batch_rows: int = Field(
+        default=10_000,
+        ge=1,
+        description="rows Feast converts and writes to the online store at a time when it materializes (its "
+        "materialization.online_write_batch_size): the materialization's memory beyond the latest rows "
+        "themselves is bounded by it",
+    )
     trace_decide: bool = Field(
         default=False,
         description="trace and access-log every /v1/decide request as BentoML does other routes (off: at a "
