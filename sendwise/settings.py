@@ -87,6 +87,12 @@ class Settings(BaseSettings):
         "seeded uniform sample of them before Feast's point-in-time join, weights each sampled row by the inverse "
         "of the share kept, and says so in the run's MLflow parameters",
     )
+    feature_batch_rows: int = Field(
+        default=100_000,
+        ge=1,
+        description="engagement rows the feature build gathers before it writes them to the feature table as one "
+        "Parquet row group: the build's memory for that table is bounded by it, not by the table's size",
+    )
     materialize_batch_rows: int = Field(
         default=10_000,
         ge=1,

@@ -1,8 +1,9 @@
-"""The materialization in bounded memory gives what the whole-table way gave.
+"""The feature build and the materialization in bounded memory give what the whole-table ways gave.
 
-The online store is loaded with each view's latest rows in its TTL, picked by DuckDB and written in batches
-(`SENDWISE_MATERIALIZE_BATCH_ROWS`), held here to Feast's default materialization on the small world, to
-exact equality.
+The engagement table is written a batch of rows at a time (`SENDWISE_FEATURE_BATCH_ROWS`), and the online
+store is loaded with each view's latest rows in its TTL, picked by DuckDB and written in batches
+(`SENDWISE_MATERIALIZE_BATCH_ROWS`). Both are held here to the results of the ways they replace, on the
+small world, to exact equality.
 """
 
 from __future__ import annotations
@@ -12,12 +13,58 @@ import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import yaml
 from feast import FeatureStore
 
+from features.build import build_feature_tables
 from features.store import materialize, open_store
 from sendwise.asof import resolve_as_of
+from sendwise.settings import Settings
 from tests.conftest import PipelineHome
+
+ENGAGEMENT = "engagement_features.parquet"
+
+
+def _raw_copy(source: Settings, home: Path, **overrides: object) -> Settings:
+    """A home holding only a copy of `source`'s raw store (with its recorded as-of)."""
+    shutil.copytree(source.raw_dir, home / source.raw_dir.relative_to(source.home))
+    return source.model_copy(update={"home": home, **overrides})
+
+
+def test_engagement_written_in_small_batches_is_the_table_built_at_once(
+    pipeline_home: PipelineHome, tmp_path: Path
+) -> None:
+    whole = _raw_copy(pipeline_home.settings, tmp_path / "whole", feature_batch_rows=10_000_000)
+    batched = _raw_copy(pipeline_home.settings, tmp_path / "batched", feature_batch_rows=1_000)
+    tables = {}
+    for name, settings in (("whole", whole), ("batched", batched)):
+        built = build_feature_tables(settings, progress=False)
+        path = settings.feature_tables_dir / ENGAGEMENT
+        tables[name] = pq.read_table(path)
+        assert built.engagement_rows == tables[name].num_rows
+        assert not path.with_suffix(".tmp").exists()
+    groups = pq.ParquetFile(batched.feature_tables_dir / ENGAGEMENT).metadata.num_row_groups
+    assert groups > 10  # written as it was built (a day's snapshots at least per group), not at the end
+    assert pq.ParquetFile(whole.feature_tables_dir / ENGAGEMENT).metadata.num_row_groups == 1
+    assert_same_table(tables["batched"], tables["whole"])
+    # and both are what the pipeline built and trained on
+    assert_same_table(tables["whole"], pq.read_table(pipeline_home.settings.feature_tables_dir / ENGAGEMENT))
+
+
+def assert_same_table(got: pa.Table, expected: pa.Table) -> None:
+    """The same schema and the same values row by row (NaN where NaN: `Table.equals` takes NaN for unequal)."""
+    assert got.schema == expected.schema
+    assert got.num_rows == expected.num_rows
+    for name in expected.column_names:
+        a, b = got[name].combine_chunks(), expected[name].combine_chunks()
+        if pa.types.is_list(b.type):
+            np.testing.assert_array_equal(a.value_lengths(), b.value_lengths(), err_msg=name)
+            a, b = a.flatten(), b.flatten()
+        assert a.null_count == b.null_count, name
+        np.testing.assert_array_equal(a.to_numpy(zero_copy_only=False), b.to_numpy(zero_copy_only=False), name)
 
 
 def _online_rows(database: Path) -> dict[str, list[tuple[object, ...]]]:
