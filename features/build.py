@@ -44,6 +44,25 @@ SCALARS = (
 )
 
 
+EVENT_COLUMNS = {
+    "email_events": (
+        "customer_id",
+        "message_id",
+        "campaign_id",
+        "event",
+        "occurred_at",
+        "machine_open",
+        "bounce_type",
+        "user_agent",
+        "decision_id",
+    ),
+    "site_events": ("customer_id", "event", "occurred_at", "category", "value"),
+    "offer_events": ("customer_id", "offer_id", "event", "occurred_at", "value", "propensity", "decision_id"),
+}
+"""The columns of the event tables the build reads (the others, event ids, URLs and product ids, are most of the
+tables' memory and no feature's input): a feature that needs another column adds it here."""
+
+
 class FeatureBuildError(RuntimeError):
     """The raw store cannot give the features (e.g. nothing ingested yet)."""
 
@@ -348,10 +367,10 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
         raise FeatureBuildError(
             f"no customers in the raw store under {settings.raw_dir}: run `sendwise ingest DATA_DIR` first"
         )
-    email_events = load_table(settings, "email_events")
-    site_events = load_table(settings, "site_events")
+    email_events = load_table(settings, "email_events", EVENT_COLUMNS["email_events"])
+    site_events = load_table(settings, "site_events", EVENT_COLUMNS["site_events"])
     offers = load_table(settings, "offers")
-    offer_events = load_table(settings, "offer_events")
+    offer_events = load_table(settings, "offer_events", EVENT_COLUMNS["offer_events"])
     campaigns = load_table(settings, "campaigns")
     # Without an as-of from the caller: the one an ingest recorded (--as-of), else the data's end.
     resolved = AsOf(as_of, "given") if as_of is not None else resolve_as_of(settings)

@@ -14,12 +14,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 import yaml
 from feast import FeatureStore
 
-from features.build import build_feature_tables
+from features import build
+from features.build import EVENT_COLUMNS, build_feature_tables
 from features.store import materialize, open_store
 from sendwise.asof import resolve_as_of
 from sendwise.settings import Settings
@@ -52,6 +55,26 @@ def test_engagement_written_in_small_batches_is_the_table_built_at_once(
     assert_same_table(tables["batched"], tables["whole"])
     # and both are what the pipeline built and trained on
     assert_same_table(tables["whole"], pq.read_table(pipeline_home.settings.feature_tables_dir / ENGAGEMENT))
+
+
+def test_the_build_reading_only_its_columns_builds_what_reading_whole_tables_built(
+    pipeline_home: PipelineHome, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pruned = _raw_copy(pipeline_home.settings, tmp_path / "pruned")
+    whole = _raw_copy(pipeline_home.settings, tmp_path / "whole")
+    built = {"pruned": build_feature_tables(pruned, progress=False)}
+    every_column = {
+        name: (*columns, "event_id", "url", "product_id", "message_id") for name, columns in EVENT_COLUMNS.items()
+    }
+    monkeypatch.setattr(build, "EVENT_COLUMNS", every_column)
+    built["whole"] = build_feature_tables(whole, progress=False)
+    assert "event_id" in built["whole"].opens.columns and "event_id" not in built["pruned"].opens.columns
+    for part in ("sends", "exposures", "customers", "offers"):
+        pd.testing.assert_frame_equal(getattr(built["pruned"], part), getattr(built["whole"], part), obj=part)
+    opens = built["pruned"].opens
+    pd.testing.assert_frame_equal(opens, built["whole"].opens[opens.columns])
+    for path in sorted(whole.feature_tables_dir.glob("*.parquet")):
+        assert_same_table(pq.read_table(pruned.feature_tables_dir / path.name), pq.read_table(path))
 
 
 def assert_same_table(got: pa.Table, expected: pa.Table) -> None:
