@@ -367,10 +367,7 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
         raise FeatureBuildError(
             f"no customers in the raw store under {settings.raw_dir}: run `sendwise ingest DATA_DIR` first"
         )
-    email_events = load_table(settings, "email_events", EVENT_COLUMNS["email_events"])
-    site_events = load_table(settings, "site_events", EVENT_COLUMNS["site_events"])
     offers = load_table(settings, "offers")
-    offer_events = load_table(settings, "offer_events", EVENT_COLUMNS["offer_events"])
     campaigns = load_table(settings, "campaigns")
     # Without an as-of from the caller: the one an ingest recorded (--as-of), else the data's end.
     resolved = AsOf(as_of, "given") if as_of is not None else resolve_as_of(settings)
@@ -387,9 +384,15 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
             return None
         return frame[frame["customer_id"].isin(profiled_ids) & (frame["occurred_at"] < as_of)]
 
+    # Each event table is loaded and cut to its usable events before the next is loaded: the whole tables and
+    # their usable parts are never all held at once.
+    email_events = load_table(settings, "email_events", EVENT_COLUMNS["email_events"])
     ineligible = _ineligible_customers(email_events)
     email_state_rows = email_state(None if email_events is None else email_events[email_events["occurred_at"] < as_of])
-    email_events, site_events, offer_events = usable(email_events), usable(site_events), usable(offer_events)
+    email_events = usable(email_events)
+    site_events = usable(load_table(settings, "site_events", EVENT_COLUMNS["site_events"]))
+    activity_rows = with_schema(latest_activity(site_events), ACTIVITY_TABLE)
+    offer_events = usable(load_table(settings, "offer_events", EVENT_COLUMNS["offer_events"]))
     earliest = [t["occurred_at"].min() for t in (email_events, site_events, offer_events) if t is not None and len(t)]
     t0 = (min(earliest) if earliest else as_of - DAY).floor("D")
 
@@ -398,6 +401,7 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
         if email_events is not None and len(email_events)
         else None
     )
+    del email_events  # what the features need of it is in the labels now
     sends = (
         labels.sends
         if labels is not None
@@ -411,6 +415,7 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
         sends["kind"] = sends.get("kind", pd.Series(index=sends.index, dtype=object)).fillna("promotional")
         sends["topic"] = sends.get("topic", pd.Series(index=sends.index, dtype=object))
     exposures = _exposures(offer_events, settings.conversion_window_days, offers)
+    del offer_events
 
     human_opens = opens.loc[~opens["is_machine"], ["customer_id", "occurred_at"]] if opens is not None else None
     clicks = labels.clicks[~labels.clicks["is_machine"]] if labels is not None else None
@@ -428,6 +433,7 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
             subset=["category"]
         )
         categories = sorted(views["category"].astype(str).unique())
+    del site_events
     if offers is not None and "category" in offers.columns:
         categories = sorted(set(categories) | set(offers["category"].dropna().astype(str)))
 
@@ -530,7 +536,7 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
         ("customer_attributes", attributes),
         ("offer_features", offer_table),
         ("offer_values", offer_values(exposures, offers, as_of, settings.conversion_window_days)),
-        (ACTIVITY_TABLE, with_schema(latest_activity(site_events), ACTIVITY_TABLE)),
+        (ACTIVITY_TABLE, activity_rows),
         (EMAIL_STATE_TABLE, with_schema(email_state_rows, EMAIL_STATE_TABLE)),
     ):
         write_parquet_atomic(frame, settings.feature_tables_dir / f"{name}.parquet")
