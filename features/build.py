@@ -8,6 +8,7 @@ days keeps each customer's decayed counts; a snapshot is the state before that d
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -41,6 +42,25 @@ SCALARS = (
     "n_proxy_opened",
     "n_own_opened",
 )
+
+
+EVENT_COLUMNS = {
+    "email_events": (
+        "customer_id",
+        "message_id",
+        "campaign_id",
+        "event",
+        "occurred_at",
+        "machine_open",
+        "bounce_type",
+        "user_agent",
+        "decision_id",
+    ),
+    "site_events": ("customer_id", "event", "occurred_at", "category", "value"),
+    "offer_events": ("customer_id", "offer_id", "event", "occurred_at", "value", "propensity", "decision_id"),
+}
+"""The columns of the event tables the build reads (the others, event ids, URLs and product ids, are most of the
+tables' memory and no feature's input): a feature that needs another column adds it here."""
 
 
 class FeatureBuildError(RuntimeError):
@@ -347,10 +367,7 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
         raise FeatureBuildError(
             f"no customers in the raw store under {settings.raw_dir}: run `sendwise ingest DATA_DIR` first"
         )
-    email_events = load_table(settings, "email_events")
-    site_events = load_table(settings, "site_events")
     offers = load_table(settings, "offers")
-    offer_events = load_table(settings, "offer_events")
     campaigns = load_table(settings, "campaigns")
     # Without an as-of from the caller: the one an ingest recorded (--as-of), else the data's end.
     resolved = AsOf(as_of, "given") if as_of is not None else resolve_as_of(settings)
@@ -367,9 +384,15 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
             return None
         return frame[frame["customer_id"].isin(profiled_ids) & (frame["occurred_at"] < as_of)]
 
+    # Each event table is loaded and cut to its usable events before the next is loaded: the whole tables and
+    # their usable parts are never all held at once.
+    email_events = load_table(settings, "email_events", EVENT_COLUMNS["email_events"])
     ineligible = _ineligible_customers(email_events)
     email_state_rows = email_state(None if email_events is None else email_events[email_events["occurred_at"] < as_of])
-    email_events, site_events, offer_events = usable(email_events), usable(site_events), usable(offer_events)
+    email_events = usable(email_events)
+    site_events = usable(load_table(settings, "site_events", EVENT_COLUMNS["site_events"]))
+    activity_rows = with_schema(latest_activity(site_events), ACTIVITY_TABLE)
+    offer_events = usable(load_table(settings, "offer_events", EVENT_COLUMNS["offer_events"]))
     earliest = [t["occurred_at"].min() for t in (email_events, site_events, offer_events) if t is not None and len(t)]
     t0 = (min(earliest) if earliest else as_of - DAY).floor("D")
 
@@ -378,6 +401,7 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
         if email_events is not None and len(email_events)
         else None
     )
+    del email_events  # what the features need of it is in the labels now
     sends = (
         labels.sends
         if labels is not None
@@ -391,6 +415,7 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
         sends["kind"] = sends.get("kind", pd.Series(index=sends.index, dtype=object)).fillna("promotional")
         sends["topic"] = sends.get("topic", pd.Series(index=sends.index, dtype=object))
     exposures = _exposures(offer_events, settings.conversion_window_days, offers)
+    del offer_events
 
     human_opens = opens.loc[~opens["is_machine"], ["customer_id", "occurred_at"]] if opens is not None else None
     clicks = labels.clicks[~labels.clicks["is_machine"]] if labels is not None else None
@@ -408,6 +433,7 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
             subset=["category"]
         )
         categories = sorted(views["category"].astype(str).unique())
+    del site_events
     if offers is not None and "category" in offers.columns:
         categories = sorted(set(categories) | set(offers["category"].dropna().astype(str)))
 
@@ -453,19 +479,24 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
 
     n_days = int(np.ceil((as_of - t0) / DAY))
     state = _State(len(customers), categories)
+    engagement = _EngagementWriter(
+        settings.feature_tables_dir / "engagement_features.parquet",
+        customers["customer_id"].to_numpy(),
+        t0,
+        categories,
+        send_events,
+        settings.feature_batch_rows,
+    )
     bounds = {
         name: np.searchsorted(ev.day, np.arange(n_days + 1))
         for name, ev in {**streams, "emails": send_events, "views": view_events}.items()
     }
-    rows: list[dict[str, np.ndarray]] = []
-    stamps: list[np.ndarray] = []
-    with Progress(disable=not progress, transient=True) as bar:
+    with engagement, Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("building engagement features", total=n_days)
         for d in range(n_days):
             if d in snapshot_days:
                 who = snapshot_days[d]
-                rows.append({"_customer": who, **state.snapshot(who, d * 86400.0, prior, zone_codes)})
-                stamps.append(np.full(len(who), d * 86400.0))
+                engagement.add(who, d * 86400.0, state.snapshot(who, d * 86400.0, prior, zone_codes))
             state.age()
 
             def day_slice(name: str, d: int = d) -> slice:
@@ -493,12 +524,9 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
                     1.0,
                 )
             bar.advance(task)
-    everyone = np.arange(len(customers))
-    final_seconds = (as_of - t0).total_seconds()
-    rows.append({"_customer": everyone, **state.snapshot(everyone, final_seconds, prior, zone_codes)})
-    stamps.append(np.full(len(everyone), final_seconds))
-
-    engagement_rows = _write_engagement(settings, customers, rows, stamps, t0, categories, send_events)
+        everyone = np.arange(len(customers))
+        final_seconds = (as_of - t0).total_seconds()
+        engagement.add(everyone, final_seconds, state.snapshot(everyone, final_seconds, prior, zone_codes))
     profile, attributes = _customer_tables(customers, as_of, ineligible)
     offer_table = _offer_table(offers)
     settings.feature_tables_dir.mkdir(parents=True, exist_ok=True)
@@ -508,7 +536,7 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
         ("customer_attributes", attributes),
         ("offer_features", offer_table),
         ("offer_values", offer_values(exposures, offers, as_of, settings.conversion_window_days)),
-        (ACTIVITY_TABLE, with_schema(latest_activity(site_events), ACTIVITY_TABLE)),
+        (ACTIVITY_TABLE, activity_rows),
         (EMAIL_STATE_TABLE, with_schema(email_state_rows, EMAIL_STATE_TABLE)),
     ):
         write_parquet_atomic(frame, settings.feature_tables_dir / f"{name}.parquet")
@@ -519,42 +547,86 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
         opens=opens if opens is not None else pd.DataFrame(),
         exposures=exposures,
         offers=offers if offers is not None else pd.DataFrame(),
-        engagement_rows=engagement_rows,
+        engagement_rows=engagement.rows,
         as_of_source=resolved.source,
     )
 
 
-def _write_engagement(
-    settings: Settings,
-    customers: pd.DataFrame,
-    rows: list[dict[str, np.ndarray]],
-    stamps: list[np.ndarray],
-    t0: pd.Timestamp,
-    categories: list[str],
-    send_events: _Events,
-) -> int:
-    who = np.concatenate([r["_customer"] for r in rows])
-    seconds = np.concatenate(stamps)
-    columns: dict[str, pa.Array] = {
-        "customer_id": pa.array(customers["customer_id"].to_numpy()[who].astype(str)),
-        "event_timestamp": pa.array(
-            (t0 + pd.to_timedelta(seconds, unit="s")).as_unit("us"), type=pa.timestamp("us", tz="UTC")
-        ),
-    }
-    columns["sends_7d"] = pa.array(_sends_in_previous_week(send_events, who, seconds))
-    for name in rows[0]:
-        if name == "_customer":
-            continue
-        stacked = np.concatenate([r[name] for r in rows])
-        if stacked.ndim == 2:
-            columns[name] = _list_column(stacked.astype(np.float32), pa.float32())
+class _EngagementWriter:
+    """The engagement table written as it is built: snapshots are gathered until `batch_rows` rows, then
+    written as one row group of the Parquet file, so the build holds one batch of rows rather than the whole
+    table (which grows with customers × the days they were sent something). The file appears complete, under
+    its own name, only when the writer is closed without an error."""
+
+    def __init__(
+        self,
+        target: Path,
+        customer_ids: np.ndarray,
+        t0: pd.Timestamp,
+        categories: list[str],
+        send_events: _Events,
+        batch_rows: int,
+    ) -> None:
+        self.target = target
+        self.temporary = target.with_suffix(".tmp")
+        self.customer_ids = customer_ids
+        self.t0 = t0
+        self.category_names = np.array(categories or [""], dtype=object)
+        self.send_events = send_events
+        self.batch_rows = batch_rows
+        self.pending: list[tuple[np.ndarray, float, dict[str, np.ndarray]]] = []
+        self.pending_rows = 0
+        self.rows = 0
+        self.writer: pq.ParquetWriter | None = None
+
+    def __enter__(self) -> _EngagementWriter:
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def add(self, who: np.ndarray, seconds: float, row: dict[str, np.ndarray]) -> None:
+        """The snapshot of customers `who` (rows of the customers table) at `seconds` after `t0`."""
+        self.pending.append((who, seconds, row))
+        self.pending_rows += len(who)
+        if self.pending_rows >= self.batch_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.pending:
+            return
+        table = self._table()
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.temporary, table.schema)
+        self.writer.write_table(table)
+        self.rows += table.num_rows
+        self.pending, self.pending_rows = [], 0
+
+    def _table(self) -> pa.Table:
+        who = np.concatenate([w for w, _, _ in self.pending])
+        seconds = np.concatenate([np.full(len(w), s) for w, s, _ in self.pending])
+        columns: dict[str, pa.Array] = {
+            "customer_id": pa.array(self.customer_ids[who].astype(str)),
+            "event_timestamp": pa.array(
+                (self.t0 + pd.to_timedelta(seconds, unit="s")).as_unit("us"), type=pa.timestamp("us", tz="UTC")
+            ),
+        }
+        columns["sends_7d"] = pa.array(_sends_in_previous_week(self.send_events, who, seconds))
+        for name in self.pending[0][2]:
+            stacked = np.concatenate([row[name] for _, _, row in self.pending])
+            if stacked.ndim == 2:
+                columns[name] = _list_column(stacked.astype(np.float32), pa.float32())
+            else:
+                columns[name] = pa.array(stacked.astype(np.float32))
+        columns["category_names"] = _list_column(np.tile(self.category_names, (len(who), 1)), pa.string())
+        return pa.table(columns)
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: object) -> None:
+        try:
+            if kind is None:
+                self._flush()
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+        if kind is None and self.writer is not None:
+            self.temporary.replace(self.target)
         else:
-            columns[name] = pa.array(stacked.astype(np.float32))
-    names = np.array(categories or [""], dtype=object)
-    columns["category_names"] = _list_column(np.tile(names, (len(who), 1)), pa.string())
-    settings.feature_tables_dir.mkdir(parents=True, exist_ok=True)
-    target = settings.feature_tables_dir / "engagement_features.parquet"
-    temporary = target.with_suffix(".tmp")
-    pq.write_table(pa.table(columns), temporary)
-    temporary.replace(target)
-    return len(who)
+            self.temporary.unlink(missing_ok=True)

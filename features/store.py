@@ -27,6 +27,8 @@ REDIS_CONNECT_SECONDS = 2
 """How long a connection to Redis may take to open: a Redis that is down degrades answers, it must not hang them."""
 REDIS_REPLY_SECONDS = 10
 """How long a Redis reply may take (a materialization writes in large pipelines)."""
+EPOCH = datetime(1990, 1, 1, tzinfo=UTC)
+"""Where a view without a TTL starts materializing: before any row a home holds."""
 DEFINITIONS_FILE = "sendwise_definitions.py"
 """The module the Feast CLI imports from the home's repository (a name no installed package has: Feast puts
 the repository last on `sys.path`)."""
@@ -44,6 +46,12 @@ def feature_store_yaml(settings: Settings) -> str:
         "registry": {"path": str(settings.feast_dir / "registry.db"), "cache_ttl_seconds": 0},
         "online_store": online,
         "offline_store": {"type": "duckdb"},
+        # Materializing pulls only each entity's latest row in the window (DuckDB picks it), not every row of
+        # the table for pandas to sort, and converts and writes them in batches.
+        "materialization": {
+            "pull_latest_features": True,
+            "online_write_batch_size": settings.materialize_batch_rows,
+        },
         "entity_key_serialization_version": 3,
     }
     return yaml.safe_dump(config, sort_keys=False)
@@ -146,5 +154,17 @@ def apply_definitions(store: FeatureStore, settings: Settings) -> None:
 
 
 def materialize(store: FeatureStore, as_of: datetime) -> None:
-    """Load the latest feature rows up to `as_of` into the online store."""
-    store.materialize(start_date=datetime(1990, 1, 1, tzinfo=UTC), end_date=as_of)
+    """Load each online view's latest rows up to `as_of` into the online store, through Feast.
+
+    A view with a TTL reads only its rows of the TTL before `as_of` (the window Feast's
+    `materialize_incremental` starts with): older rows are expired by the view's own definition, and the
+    engagement table holds a row for every customer at its as-of beside the rows training needs, which grow
+    with customers × days. Views without a TTL read all their rows.
+    """
+    windows: dict[datetime, list[str]] = {}
+    for view in store.list_feature_views():
+        if view.online and view.enabled:
+            start = max(as_of - view.ttl, EPOCH) if view.ttl else EPOCH
+            windows.setdefault(start, []).append(view.name)
+    for start, names in sorted(windows.items()):
+        store.materialize(start_date=start, end_date=as_of, feature_views=names)

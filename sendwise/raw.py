@@ -24,6 +24,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from sendwise.contract import TABLES
 from sendwise.settings import Settings
@@ -39,12 +40,16 @@ def table_path(settings: Settings, name: str) -> Path:
     return settings.raw_dir / f"{name}.parquet"
 
 
-def load_table(settings: Settings, name: str) -> pd.DataFrame | None:
-    """The raw table ``name`` as ingested, or None when it was never ingested."""
+def load_table(settings: Settings, name: str, columns: Iterable[str] | None = None) -> pd.DataFrame | None:
+    """The raw table ``name`` as ingested, or None when it was never ingested; only those of ``columns`` it
+    has (in the table's order) where they are given."""
     path = table_path(settings, name)
     if not path.exists():
         return None
-    return pd.read_parquet(path)
+    if columns is None:
+        return pd.read_parquet(path)
+    wanted = set(columns)
+    return pd.read_parquet(path, columns=[c for c in pq.read_schema(path).names if c in wanted])
 
 
 def stage_parquet(frame: pd.DataFrame, path: Path) -> Path:

@@ -88,6 +88,19 @@ class Settings(BaseSettings):
         "it, the rest uniformly), weights each sampled row by how many of its label it stands for, and says so "
         "in the run's MLflow parameters",
     )
+    feature_batch_rows: int = Field(
+        default=100_000,
+        ge=1,
+        description="engagement rows the feature build gathers before it writes them to the feature table as one "
+        "Parquet row group: the build's memory for that table is bounded by it, not by the table's size",
+    )
+    materialize_batch_rows: int = Field(
+        default=10_000,
+        ge=1,
+        description="rows Feast converts and writes to the online store at a time when it materializes (its "
+        "materialization.online_write_batch_size): the materialization's memory beyond the latest rows "
+        "themselves is bounded by it",
+    )
     trace_decide: bool = Field(
         default=False,
         description="trace and access-log every /v1/decide request as BentoML does other routes (off: at a "

@@ -1,0 +1,141 @@
+"""The feature build and the materialization in bounded memory give what the whole-table ways gave.
+
+The engagement table is written a batch of rows at a time (`SENDWISE_FEATURE_BATCH_ROWS`), and the online
+store is loaded with each view's latest rows in its TTL, picked by DuckDB and written in batches
+(`SENDWISE_MATERIALIZE_BATCH_ROWS`). Both are held here to the results of the ways they replace, on the
+small world, to exact equality.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from feast import FeatureStore
+
+from features import build
+from features.build import EVENT_COLUMNS, build_feature_tables
+from features.store import materialize, open_store
+from sendwise.asof import resolve_as_of
+from sendwise.settings import Settings
+from tests.conftest import PipelineHome
+
+ENGAGEMENT = "engagement_features.parquet"
+
+
+def _raw_copy(source: Settings, home: Path, **overrides: object) -> Settings:
+    """A home holding only a copy of `source`'s raw store (with its recorded as-of)."""
+    shutil.copytree(source.raw_dir, home / source.raw_dir.relative_to(source.home))
+    return source.model_copy(update={"home": home, **overrides})
+
+
+def test_engagement_written_in_small_batches_is_the_table_built_at_once(
+    pipeline_home: PipelineHome, tmp_path: Path
+) -> None:
+    whole = _raw_copy(pipeline_home.settings, tmp_path / "whole", feature_batch_rows=10_000_000)
+    batched = _raw_copy(pipeline_home.settings, tmp_path / "batched", feature_batch_rows=1_000)
+    tables = {}
+    for name, settings in (("whole", whole), ("batched", batched)):
+        built = build_feature_tables(settings, progress=False)
+        path = settings.feature_tables_dir / ENGAGEMENT
+        tables[name] = pq.read_table(path)
+        assert built.engagement_rows == tables[name].num_rows
+        assert not path.with_suffix(".tmp").exists()
+    groups = pq.ParquetFile(batched.feature_tables_dir / ENGAGEMENT).metadata.num_row_groups
+    assert groups > 10  # written as it was built (a day's snapshots at least per group), not at the end
+    assert pq.ParquetFile(whole.feature_tables_dir / ENGAGEMENT).metadata.num_row_groups == 1
+    assert_same_table(tables["batched"], tables["whole"])
+    # and both are what the pipeline built and trained on
+    assert_same_table(tables["whole"], pq.read_table(pipeline_home.settings.feature_tables_dir / ENGAGEMENT))
+
+
+def test_the_build_reading_only_its_columns_builds_what_reading_whole_tables_built(
+    pipeline_home: PipelineHome, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pruned = _raw_copy(pipeline_home.settings, tmp_path / "pruned")
+    whole = _raw_copy(pipeline_home.settings, tmp_path / "whole")
+    built = {"pruned": build_feature_tables(pruned, progress=False)}
+    every_column = {
+        name: (*columns, "event_id", "url", "product_id", "message_id") for name, columns in EVENT_COLUMNS.items()
+    }
+    monkeypatch.setattr(build, "EVENT_COLUMNS", every_column)
+    built["whole"] = build_feature_tables(whole, progress=False)
+    assert "event_id" in built["whole"].opens.columns and "event_id" not in built["pruned"].opens.columns
+    for part in ("sends", "exposures", "customers", "offers"):
+        pd.testing.assert_frame_equal(getattr(built["pruned"], part), getattr(built["whole"], part), obj=part)
+    opens = built["pruned"].opens
+    pd.testing.assert_frame_equal(opens, built["whole"].opens[opens.columns])
+    for path in sorted(whole.feature_tables_dir.glob("*.parquet")):
+        assert_same_table(pq.read_table(pruned.feature_tables_dir / path.name), pq.read_table(path))
+
+
+def assert_same_table(got: pa.Table, expected: pa.Table) -> None:
+    """The same schema and the same values row by row (NaN where NaN: `Table.equals` takes NaN for unequal)."""
+    assert got.schema == expected.schema
+    assert got.num_rows == expected.num_rows
+    for name in expected.column_names:
+        a, b = got[name].combine_chunks(), expected[name].combine_chunks()
+        if pa.types.is_list(b.type):
+            np.testing.assert_array_equal(a.value_lengths(), b.value_lengths(), err_msg=name)
+            a, b = a.flatten(), b.flatten()
+        assert a.null_count == b.null_count, name
+        np.testing.assert_array_equal(a.to_numpy(zero_copy_only=False), b.to_numpy(zero_copy_only=False), name)
+
+
+def _online_rows(database: Path) -> dict[str, list[tuple[object, ...]]]:
+    with sqlite3.connect(database) as connection:
+        names = [row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {
+            name: connection.execute(
+                f"SELECT entity_key, feature_name, value, event_ts FROM {name} ORDER BY entity_key, feature_name"
+            ).fetchall()
+            for name in names
+        }
+
+
+def _emptied(database: Path) -> None:
+    with sqlite3.connect(database) as connection:
+        for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+            connection.execute(f"DELETE FROM {name}")
+
+
+def test_materialized_online_store_is_what_feasts_default_materialization_gives(
+    pipeline_home: PipelineHome, tmp_path: Path
+) -> None:
+    """Feast's default pulls every row of every view and keeps the latest in pandas, writing them in one batch;
+    ours reads each view's rows within its TTL, keeps the latest in DuckDB and writes 100 at a time."""
+    source = pipeline_home.settings
+    as_of = resolve_as_of(source).time.to_pydatetime()
+    homes = {}
+    for name in ("default", "bounded"):
+        home = tmp_path / name
+        shutil.copytree(source.feast_dir, home / source.feast_dir.relative_to(source.home))
+        shutil.copytree(source.raw_dir, home / source.raw_dir.relative_to(source.home))
+        homes[name] = source.model_copy(update={"home": home, "materialize_batch_rows": 100})
+        open_store(homes[name])  # the repository's files, pointing at this home's online store
+        _emptied(homes[name].feast_dir / "online.db")
+
+    default = homes["default"].feast_dir
+    config = yaml.safe_load((default / "feature_store.yaml").read_text())
+    assert config.pop("materialization") == {"pull_latest_features": True, "online_write_batch_size": 100}
+    (default / "feature_store.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    FeatureStore(repo_path=str(default)).materialize(start_date=datetime(1990, 1, 1, tzinfo=UTC), end_date=as_of)
+
+    materialize(open_store(homes["bounded"]), as_of)
+
+    expected = _online_rows(default / "online.db")
+    got = _online_rows(homes["bounded"].feast_dir / "online.db")
+    assert got.keys() == expected.keys()
+    assert "sendwise_engagement_fv" in got
+    for name, rows in expected.items():
+        assert len(got[name]) == len(rows) > 0, name
+        assert got[name] == rows, name
+    assert got == _online_rows(source.feast_dir / "online.db")  # and what the pipeline materialized
