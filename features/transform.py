@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import lightgbm as lgb
 import numpy as np
@@ -23,10 +23,29 @@ HOURS = 24
 PROFILE_SIGNALS = ("open", "click", "session")
 MONOTONE = {"rhythm_at_hour": 1, "rhythm_vs_peak": 1}
 """More of the customer's activity at the hour never makes an open less likely."""
-HOUR_FEATURES = ("rhythm_at_hour", "rhythm_vs_peak", "is_weekend")
+HOURS_SINCE_VISIT = "hours_since_visit"
+HOUR_FEATURES = ("rhythm_at_hour", "rhythm_vs_peak", "is_weekend", HOURS_SINCE_VISIT)
 """What varies between the hours of one customer's window. The booster keeps them apart from every other
 feature (no tree mixes the two groups), so the log-odds of an open are the customer's part plus the hour's
 part: a curve is one customer row plus a table of hours, which is what makes campaign-scale scoring cheap."""
+LATEST_TIMES = ("last_session_ts", "last_purchase_ts")
+LATEST_TEXTS = ("last_viewed_category", "last_purchase_category")
+"""The latest values (`features.latest`, view `latest_activity_fv`) the models read: times in seconds since
+1970 (NaN: never), categories as text (None: none)."""
+VISIT_HOURS = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 36.0, 48.0])
+"""The values `hours_since_visit` takes: the hours since the last site visit rounded down onto this grid (finer
+where a visit is recent, since minutes matter more then), up to two days; a visit longer ago (or none) is 48.
+What a customer did before then is the batch aggregates' (days_since_session, the rhythm). A few values keep the
+open model's hour table small: a cell per value (`serving.curves`)."""
+VISIT_HOURS_CAP = float(VISIT_HOURS[-1])
+LATEST_DAYS_CAP = 30.0
+"""The offer model's latest-value inputs count up to 30 days; longer ago (or never) is 30 days."""
+OFFER_LATEST_FEATURES: tuple[str, ...] = ("days_since_visit", "days_since_purchase", "days_since_category_viewed")
+OFFER_LATEST_FEATURES += ("days_since_category_bought",)
+"""The offer model's inputs from the latest values at the decision's time: days since the last site visit and
+the last purchase, and the same where the offer's category is the one the customer last viewed (or bought),
+else the cap. Each is the cap for a customer with no recent activity, which is what the offer scores kept per
+snapshot assume (`serving.offers`): a decision scores again only the customers with recent activity."""
 ENGAGEMENT_FEATURES = (
     "n_emails",
     "n_human_opens",
@@ -68,9 +87,21 @@ class CustomerMatrix:
     attributes: dict[str, np.ndarray]  # the attr_* columns: numbers, or labels as objects
     category_names: list[list[str]]
     category_views: list[np.ndarray]
+    latest: dict[str, np.ndarray] = field(default_factory=dict)
+    """`LATEST_TIMES` and `LATEST_TEXTS` where read (a missing one: never, for every row)."""
 
     def __len__(self) -> int:
         return len(self.customer_id)
+
+    def latest_time(self, name: str) -> np.ndarray:
+        """A latest time of every row, seconds since 1970 (NaN: never or not read)."""
+        found = self.latest.get(name)
+        return np.full(len(self), np.nan) if found is None else np.asarray(found, dtype=np.float64)
+
+    def latest_text(self, name: str) -> np.ndarray:
+        """A latest category of every row (None: none or not read)."""
+        found = self.latest.get(name)
+        return np.full(len(self), None, dtype=object) if found is None else found
 
     def take(self, rows: np.ndarray) -> CustomerMatrix:
         """The matrix of these rows (repeated rows are copies)."""
@@ -83,6 +114,7 @@ class CustomerMatrix:
             attributes={name: values[rows] for name, values in self.attributes.items()},
             category_names=[self.category_names[r] for r in rows],
             category_views=[self.category_views[r] for r in rows],
+            latest={name: values[rows] for name, values in self.latest.items()},
         )
 
 
@@ -149,7 +181,68 @@ def customer_matrix(rows: pd.DataFrame) -> CustomerMatrix:
         attributes=attributes,
         category_names=names,
         category_views=views,
+        latest=latest_columns(rows),
     )
+
+
+def latest_columns(rows: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The latest values of feature rows (those the rows have): times as float seconds, categories as text."""
+    found: dict[str, np.ndarray] = {}
+    for name in LATEST_TIMES:
+        if name in rows.columns:
+            found[name] = pd.to_numeric(rows[name], errors="coerce").to_numpy(dtype=np.float64)
+    for name in LATEST_TEXTS:
+        if name in rows.columns:
+            values = rows[name].astype(object)
+            found[name] = values.where(values.notna() & (values != ""), None).to_numpy(dtype=object)
+    return found
+
+
+def _seconds(times: pd.Series | pd.Timestamp, n: int) -> np.ndarray:
+    """Seconds since 1970 of one instant (for every row) or of a time per row."""
+    if isinstance(times, pd.Timestamp):
+        stamp = times.tz_convert("UTC") if times.tzinfo is not None else times.tz_localize("UTC")
+        return np.full(n, stamp.value / 1e9)
+    index = pd.DatetimeIndex(pd.to_datetime(pd.Series(times).reset_index(drop=True), utc=True))
+    return index.asi8.astype(np.float64) / _UNITS_PER_SECOND[str(index.unit)]
+
+
+_UNITS_PER_SECOND = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
+
+
+def elapsed(since: np.ndarray, at: np.ndarray, unit_seconds: float, cap: float) -> np.ndarray:
+    """Time from `since` to `at` in units of `unit_seconds`, between 0 and `cap` (the cap where `since` is
+    unknown): the form every latest-value input takes."""
+    value = (np.asarray(at, dtype=np.float64) - since) / unit_seconds
+    return np.where(np.isnan(value), cap, np.clip(value, 0.0, cap)).astype(np.float32)
+
+
+def hours_since_visit(matrix: CustomerMatrix, rows: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Hours from each row's customer's last site visit to `at` (seconds since 1970), rounded down onto
+    `VISIT_HOURS`: the open model's hour-varying latest-value input."""
+    hours = elapsed(matrix.latest_time("last_session_ts")[rows], at, 3600.0, VISIT_HOURS_CAP)
+    return VISIT_HOURS[np.searchsorted(VISIT_HOURS, hours, side="right") - 1].astype(np.float32)
+
+
+def offer_latest_columns(
+    matrix: CustomerMatrix, rows: np.ndarray, categories: np.ndarray, at: np.ndarray | None
+) -> dict[str, np.ndarray]:
+    """`OFFER_LATEST_FEATURES` of each (customer row, offer category) at `at` (seconds since 1970 per row;
+    None: no recent activity known, every input at its cap)."""
+    if at is None:
+        return {name: np.full(len(rows), LATEST_DAYS_CAP, dtype=np.float32) for name in OFFER_LATEST_FEATURES}
+    visit = elapsed(matrix.latest_time("last_session_ts")[rows], at, 86400.0, LATEST_DAYS_CAP)
+    purchase = elapsed(matrix.latest_time("last_purchase_ts")[rows], at, 86400.0, LATEST_DAYS_CAP)
+    named = np.asarray([c if isinstance(c, str) and c else None for c in categories], dtype=object)
+    viewed = (matrix.latest_text("last_viewed_category")[rows] == named) & (named != None)  # noqa: E711
+    bought = (matrix.latest_text("last_purchase_category")[rows] == named) & (named != None)  # noqa: E711
+    cap = np.float32(LATEST_DAYS_CAP)
+    return {
+        "days_since_visit": visit,
+        "days_since_purchase": purchase,
+        "days_since_category_viewed": np.where(viewed, visit, cap).astype(np.float32),
+        "days_since_category_bought": np.where(bought, purchase, cap).astype(np.float32),
+    }
 
 
 def _share_matrix(matrix: CustomerMatrix) -> tuple[list[str], np.ndarray]:
@@ -343,6 +436,7 @@ def open_columns(
     """One design row per (customer row, send time): the open model's inputs, as columns. `send_at` is a time
     per row, or one UTC instant for every row (a campaign's window start)."""
     rows = np.asarray(rows, dtype=np.int64)
+    at = _seconds(send_at, len(rows))
     if isinstance(send_at, pd.Timestamp):
         instant = send_at.tz_convert("UTC") if send_at.tzinfo is not None else send_at.tz_localize("UTC")
         hour, weekday = clock_at(instant, matrix.timezone[rows])
@@ -358,6 +452,7 @@ def open_columns(
         "utc_offset": offset.astype(np.float32),
     }
     values.update(rhythm_features(matrix, rows, hour, weekend))
+    values[HOURS_SINCE_VISIT] = hours_since_visit(matrix, rows, at)
     values["campaign_kind"] = np.asarray(kind, dtype=object)
     values["topic_affinity"] = _category_share(matrix, rows, topic, no_category="average")
     values["topic_interest"] = _interest_match(matrix, rows, topic)
@@ -412,13 +507,24 @@ class OfferMatrix:
 OFFER_KINDS = ["discount", "content", "control"]
 
 
-def offer_design(matrix: CustomerMatrix, rows: np.ndarray, offers: OfferMatrix, offer_rows: np.ndarray) -> pd.DataFrame:
-    """One design row per (customer row, offer row): the next-best-offer model's inputs."""
-    return offer_columns(matrix, rows, offers, offer_rows).frame()
+def offer_design(
+    matrix: CustomerMatrix,
+    rows: np.ndarray,
+    offers: OfferMatrix,
+    offer_rows: np.ndarray,
+    at: pd.Series | pd.Timestamp | None = None,
+) -> pd.DataFrame:
+    """One design row per (customer row, offer row): the next-best-offer model's inputs (latest values judged at
+    `at`, one time per row or one for all; None: as if no recent activity were known)."""
+    return offer_columns(matrix, rows, offers, offer_rows, at).frame()
 
 
 def offer_columns(
-    matrix: CustomerMatrix, rows: np.ndarray, offers: OfferMatrix, offer_rows: np.ndarray
+    matrix: CustomerMatrix,
+    rows: np.ndarray,
+    offers: OfferMatrix,
+    offer_rows: np.ndarray,
+    at: pd.Series | pd.Timestamp | None = None,
 ) -> DesignColumns:
     """One design row per (customer row, offer row): the next-best-offer model's inputs, as columns."""
     rows = np.asarray(rows, dtype=np.int64)
@@ -434,6 +540,8 @@ def offer_columns(
         "category_affinity": _category_share(matrix, rows, categories),
         "category_interest": _interest_match(matrix, rows, categories),
     }
+    seconds = None if at is None else _seconds(at, len(rows))
+    values.update(offer_latest_columns(matrix, rows, categories, seconds))
     values.update(_engagement_columns(matrix, rows, cumulative=True))
     attributes, labels = _attribute_columns(matrix, rows)
     values.update(attributes)

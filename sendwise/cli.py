@@ -107,6 +107,10 @@ def simulate(
         float | None, typer.Option(min=0.0, max=0.08, help="share of recipients behind a security scanner")
     ] = None,
     rhythms: Annotated[str | None, typer.Option(help="daily-rhythm families: classic, development or heldout")] = None,
+    recent_activity: Annotated[
+        bool,
+        typer.Option(help="recent site visits, views and purchases move opens and conversions (off: older worlds)"),
+    ] = True,
 ) -> None:
     """Write a synthetic world in the data contract, with its ground truth in OUT_DIR/truth/.
 
@@ -125,6 +129,7 @@ def simulate(
             prefetch_median_hours=prefetch_median_hours,
             scanner_share=scanner_share,
             rhythms=rhythms,
+            recent_activity=recent_activity,
         )
     except ValueError as error:
         raise _fail(str(error)) from error

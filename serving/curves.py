@@ -2,8 +2,10 @@
 
 The open model's hour features (features/transform.py `HOUR_FEATURES`) only interact with each other, so its
 log-odds are a customer part plus an hour part. The hour part is a sum of trees over the rhythm at the hour,
-its ratio to the peak and the local weekday: piecewise constant between the trees' thresholds, so it is
-tabulated exactly once per model (the booster scores one grid row per cell, with any fixed customer part).
+its ratio to the peak, the local weekday and the hours since the customer's last site visit: piecewise constant
+between the trees' thresholds, so it is tabulated exactly once per model (the booster scores one grid row per
+cell, with any fixed customer part). A visit minutes ago moves the first hours of a window and not the later
+ones; the table has a cell for every threshold of the hours since it, so that costs nothing per customer.
 A curve then costs one booster row per customer and a table look-up per hour, instead of a booster row per
 hour. `CurveScorer.check` compares the two on real rows and `OpenCurves` falls back to scoring every hour when
 they differ (a champion trained before the constraint).
@@ -21,9 +23,11 @@ import numpy as np
 import pandas as pd
 
 from features.transform import (
+    HOURS_SINCE_VISIT,
     CustomerMatrix,
     DesignColumns,
     feature_names,
+    hours_since_visit,
     lightgbm_matrix,
     open_columns,
     open_design,
@@ -41,6 +45,8 @@ TIE_BREAK = 1e-10
 model rates the same."""
 CHECK_CUSTOMERS = 50
 CHECK_HOURS = 48
+MAX_TABLE_CELLS = 3_000_000
+"""A model whose hour features have more cells than this together is scored hour by hour instead."""
 CURVE_TOLERANCE = 1e-9
 """Curves from the tabulated hour part must equal scoring every hour (to rounding) or are not used."""
 SMALL_BATCH_ROWS = 2_000
@@ -75,9 +81,11 @@ def predict(booster: lgb.Booster, rows: pd.DataFrame | np.ndarray, *, raw_score:
     return np.asarray(booster.predict(rows, raw_score=raw_score, num_threads=prediction_threads(len(rows))))
 
 
-def _thresholds(booster: lgb.Booster, feature: str) -> np.ndarray:
-    """Every threshold the trees split `feature` on, sorted."""
-    index = booster.feature_name().index(feature)
+def thresholds(booster: lgb.Booster, feature: str) -> np.ndarray:
+    """Every threshold the trees split `feature` on, sorted (none where the booster does not have it)."""
+    if feature not in feature_names(booster):
+        return np.zeros(0, dtype=np.float64)
+    index = feature_names(booster).index(feature)
     found: set[float] = set()
 
     def walk(node: dict[str, Any]) -> None:
@@ -113,25 +121,39 @@ class CurveScorer:
     booster: lgb.Booster
     at_thresholds: np.ndarray
     vs_thresholds: np.ndarray
-    table: np.ndarray  # [at cells, vs cells, 7 weekdays]: the hour part, up to a constant
+    visit_thresholds: np.ndarray
+    table: np.ndarray  # [at cells, vs cells, visit cells, 7 weekdays]: the hour part, up to a constant
 
     @classmethod
-    def build(cls, booster: lgb.Booster, reference: pd.DataFrame) -> CurveScorer:
-        """Tabulate with `reference` (one design row) as the fixed customer part of every grid row."""
-        at_thresholds, vs_thresholds = _thresholds(booster, AT_HOUR), _thresholds(booster, VS_PEAK)
-        at, vs = _representatives(at_thresholds), _representatives(vs_thresholds)
-        weekdays = np.arange(7)
-        grid_at, grid_vs, grid_day = np.meshgrid(at, vs, weekdays, indexing="ij")
+    def build(cls, booster: lgb.Booster, reference: pd.DataFrame) -> CurveScorer | None:
+        """Tabulate with `reference` (one design row) as the fixed customer part of every grid row; None where
+        the grid would have more than `MAX_TABLE_CELLS` cells."""
+        found = [thresholds(booster, name) for name in (AT_HOUR, VS_PEAK, HOURS_SINCE_VISIT)]
+        at, vs, visit = (_representatives(t) for t in found)
+        if len(at) * len(vs) * len(visit) * 7 > MAX_TABLE_CELLS:
+            return None
+        grid_at, grid_vs, grid_visit, grid_day = np.meshgrid(at, vs, visit, np.arange(7), indexing="ij")
         rows = reference.iloc[np.zeros(grid_at.size, dtype=np.int64)].reset_index(drop=True)
         rows[AT_HOUR] = grid_at.ravel().astype(np.float32)
         rows[VS_PEAK] = grid_vs.ravel().astype(np.float32)
+        rows[HOURS_SINCE_VISIT] = grid_visit.ravel().astype(np.float32)
         rows[WEEKDAY] = grid_day.ravel().astype(np.float32)
         rows[WEEKEND] = (grid_day.ravel() >= 5).astype(np.float32)
         raw = predict(booster, rows[feature_names(booster)], raw_score=True)
-        return cls(booster, at_thresholds, vs_thresholds, raw.reshape(len(at), len(vs), 7))
+        at_thresholds, vs_thresholds, visit_thresholds = found
+        return cls(
+            booster, at_thresholds, vs_thresholds, visit_thresholds, raw.reshape(len(at), len(vs), len(visit), 7)
+        )
 
-    def hour_part(self, at_hour: np.ndarray, vs_peak: np.ndarray, weekday: np.ndarray) -> np.ndarray:
-        return np.asarray(self.table[_cell(self.at_thresholds, at_hour), _cell(self.vs_thresholds, vs_peak), weekday])
+    def hour_part(
+        self, at_hour: np.ndarray, vs_peak: np.ndarray, weekday: np.ndarray, since_visit: np.ndarray
+    ) -> np.ndarray:
+        cells = (
+            _cell(self.at_thresholds, at_hour),
+            _cell(self.vs_thresholds, vs_peak),
+            _cell(self.visit_thresholds, since_visit),
+        )
+        return np.asarray(self.table[(*cells, weekday)])
 
     def curves(
         self, first_hour: pd.DataFrame | np.ndarray, hour_features: dict[str, np.ndarray], hours: int
@@ -140,13 +162,17 @@ class CurveScorer:
 
         `first_hour`: each customer's design row at the first hour of the window (the booster scores these), as
         a frame or as the matrix LightGBM converts one to (`features.transform.lightgbm_matrix`);
-        `hour_features`: rhythm_at_hour, rhythm_vs_peak and local_weekday of every (customer, hour), row-major.
+        `hour_features`: rhythm_at_hour, rhythm_vs_peak, local_weekday and hours_since_visit of every (customer,
+        hour), row-major.
         """
         n = len(first_hour)
         rows = first_hour[feature_names(self.booster)] if isinstance(first_hour, pd.DataFrame) else first_hour
         raw_first = predict(self.booster, rows, raw_score=True)
         parts = self.hour_part(
-            hour_features[AT_HOUR], hour_features[VS_PEAK], hour_features[WEEKDAY].astype(np.int64)
+            hour_features[AT_HOUR],
+            hour_features[VS_PEAK],
+            hour_features[WEEKDAY].astype(np.int64),
+            hour_features[HOURS_SINCE_VISIT],
         ).reshape(n, hours)
         customer = raw_first - parts[:, 0]
         return np.asarray(1.0 / (1.0 + np.exp(-(customer[:, None] + parts))))
@@ -162,9 +188,11 @@ def hour_features(matrix: CustomerMatrix, customers: np.ndarray, start: datetime
     """The hour features of every (customer, hour of the window), row-major: what the hour table looks up."""
     hour, weekday = local_window_clock(start, hours, matrix.timezone[customers])
     rows = np.repeat(customers, hours)
+    at = start.timestamp() + 3600.0 * np.tile(np.arange(hours), len(customers))
     return {
         **rhythm_features(matrix, rows, hour.ravel(), weekday.ravel() >= 5),
         "local_weekday": weekday.ravel(),
+        HOURS_SINCE_VISIT: hours_since_visit(matrix, rows, at),
     }
 
 
@@ -246,7 +274,7 @@ class OpenCurves:
                 sample = np.arange(min(len(first), CHECK_CUSTOMERS))
                 features = hour_features(matrix, sample, start, CHECK_HOURS)
                 full = window_design(matrix, sample, start, CHECK_HOURS, kind, topic)
-                gap = scorer.check(full, first.iloc[sample], features)
+                gap = np.inf if scorer is None else scorer.check(full, first.iloc[sample], features)
                 # A champion whose hour features interact with the rest is scored hour by hour.
                 self._scorers[key] = scorer if gap <= CURVE_TOLERANCE else None
         return self._scorers[key]

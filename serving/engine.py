@@ -390,6 +390,7 @@ class Engine:
         explore_share = self.settings.explore_share if request.explore_share is None else request.explore_share
         features = self.online.for_recipients(request.recipients)
         self._stop_where_pushed(features, [r.customer_id for r in request.recipients])
+        self._read_latest(features, [r.customer_id for r in request.recipients])
         chosen, conversion = self.catalog.conversion(features, start, request.offer_ids)
         offers = chosen.offers if chosen is not None else pd.DataFrame()
         margins = chosen.margins if chosen is not None else np.zeros(0)
@@ -496,6 +497,12 @@ class Engine:
             stopped = self.realtime.stopped(ids)
         features.eligible = features.eligible & ~stopped
 
+    def _read_latest(self, features: BatchFeatures, ids: list[str]) -> None:
+        """The customers' latest activity as model inputs, pushed events included (read with the features on
+        Redis, from Feast's online store otherwise)."""
+        if not features.latest_read:
+            features.set_latest(self.realtime.latest(ids))
+
     def _render_logged(self, logged: LoggedDecision, template: str | None) -> RenderResponse:
         entry = logged.entry
         campaign = Campaign.model_validate(entry.get("campaign") or {})
@@ -584,13 +591,15 @@ class Engine:
         features = self.online.for_recipients([Recipient(customer_id=request.customer_id)])
         if not features.known[0]:
             raise UnknownCustomer(request.customer_id)
+        self._read_latest(features, [request.customer_id])
         matrix = features.matrix
         send_at: datetime | None = None
         offer_id: str | None = None
         if name == "next_best_offer":
             offer_id = str(request.offer_id)
-            offers, column = self._explained_offer(offer_id, request.send_at or next_whole_hour())
-            explanation = explain_offer(model, matrix, 0, offers.matrix, column, request.top)
+            at = request.send_at or next_whole_hour()
+            offers, column = self._explained_offer(offer_id, at)
+            explanation = explain_offer(model, matrix, 0, offers.matrix, column, request.top, at)
         else:
             kind, topic = request.campaign.kind, request.campaign.topic
             send_at = request.send_at or self._best_hour(matrix, kind, topic)

@@ -66,10 +66,18 @@ def explain_opens(
 
 
 def explain_offer(
-    model: LoadedModel, matrix: CustomerMatrix, row: int, offers: OfferMatrix, offer: int, top: int
+    model: LoadedModel,
+    matrix: CustomerMatrix,
+    row: int,
+    offers: OfferMatrix,
+    offer: int,
+    top: int,
+    at: datetime | None = None,
 ) -> Explanation:
-    """The conversion probability of offer row `offer` for customer row `row`, explained."""
-    columns = offer_columns(matrix, np.array([row]), offers, np.array([offer]))
+    """The conversion probability of offer row `offer` for customer row `row` in a decision at `at` (its latest
+    values judged then; None: as if no recent activity were known), explained."""
+    when = None if at is None else pd.Timestamp(at)
+    columns = offer_columns(matrix, np.array([row]), offers, np.array([offer]), when)
     return _explained(model, columns, CONVERSION, top)[0]
 
 

@@ -21,10 +21,18 @@ from feast import FeatureStore
 
 from features.offer_values import OfferValues
 from features.repo import offer_feature_refs
-from features.transform import CustomerMatrix, OfferMatrix, feature_names, lightgbm_matrix, offer_columns
+from features.transform import (
+    OFFER_LATEST_FEATURES,
+    CustomerMatrix,
+    OfferMatrix,
+    feature_names,
+    lightgbm_matrix,
+    offer_columns,
+    offer_latest_columns,
+)
 from sendwise.contract import OFFER_CONTENT
 from sendwise.registry import LoadedModel
-from serving.curves import predict
+from serving.curves import predict, thresholds
 from serving.modules import OfferFact
 from serving.online import BatchFeatures, OfferTable, OnlineState, RhythmPriors, batch_features
 from serving.schemas import OfferScore
@@ -110,13 +118,15 @@ def read_offer_features(store: FeatureStore | None, offers: pd.DataFrame | None)
 
 
 def offer_probabilities(
-    matrix: CustomerMatrix, rows: np.ndarray, offers: OfferMatrix, model: LoadedModel
+    matrix: CustomerMatrix, rows: np.ndarray, offers: OfferMatrix, model: LoadedModel, at: datetime | None = None
 ) -> np.ndarray:
     """[rows, offers]: the next-best-offer model on every (customer row, offer), from the float matrix LightGBM
     would convert the design's frame to (so by the compiled trees where they can be made; from the frame where
-    the booster's categories are not the design's)."""
+    the booster's categories are not the design's). The latest values are judged at `at` (None: as if no
+    recent activity were known, what a snapshot's table holds)."""
     n, m = len(rows), len(offers)
-    columns = offer_columns(matrix, np.repeat(rows, m), offers, np.tile(np.arange(m), n))
+    when = None if at is None else pd.Timestamp(at)
+    columns = offer_columns(matrix, np.repeat(rows, m), offers, np.tile(np.arange(m), n), when)
     booster = model.booster
     design = lightgbm_matrix(columns, booster)
     if design is None:
@@ -168,6 +178,7 @@ class OfferCatalog:
         self.models = models
         self.priors = priors
         self._sets: dict[tuple[datetime, tuple[str, ...] | None], OfferSet | None] = {}
+        self._recent_bounds: tuple[int, np.ndarray] | None = None
 
     @property
     def model(self) -> LoadedModel | None:
@@ -229,17 +240,37 @@ class OfferCatalog:
         columns = np.array([state.offer_columns.get(o, -1) for o in chosen.ids], dtype=np.int64)
         if len(columns) and (columns >= 0).all():
             conversion = state.offer_table[features.rows][:, columns].astype(np.float64)
-            missing = np.flatnonzero(~features.known | np.isnan(conversion).any(axis=1))
+            stale = ~features.known | np.isnan(conversion).any(axis=1) | self.recent(features.matrix, at, model)
+            missing = np.flatnonzero(stale)
         else:
             conversion = np.zeros((n, len(chosen.ids)))
             missing = np.arange(n)
         if len(missing):
-            conversion[missing] = offer_probabilities(features.matrix, missing, chosen.matrix, model)
+            conversion[missing] = offer_probabilities(features.matrix, missing, chosen.matrix, model, at)
         if not state.offer_columns and features.known.any():
             # No table of scores (features read per batch, `serving.redis_features`): the known customers were
             # scored just now, and are valued as a snapshot's float32 table holds them, whichever the store.
             conversion[features.known] = conversion[features.known].astype(np.float32)
         return chosen, np.clip(conversion, 0.0, 1.0)
+
+    def recent(self, matrix: CustomerMatrix, at: datetime, model: LoadedModel) -> np.ndarray:
+        """Per row: whether the customer's latest values at `at` reach a split of the offer model, so that the
+        snapshot's table (scored as if no recent activity were known) does not hold their scores. A tree sees an
+        input only through its thresholds: an input above its largest one is the same as the cap."""
+        booster = model.booster
+        if self._recent_bounds is None or self._recent_bounds[0] != id(booster):
+            bounds = [thresholds(booster, name) for name in OFFER_LATEST_FEATURES]
+            self._recent_bounds = (id(booster), np.array([b[-1] if len(b) else -np.inf for b in bounds]))
+        largest = self._recent_bounds[1]
+        if not np.isfinite(largest).any() or not matrix.latest:
+            return np.zeros(len(matrix), dtype=bool)
+        rows = np.arange(len(matrix))
+        values = offer_latest_columns(matrix, rows, np.full(len(matrix), None, dtype=object), _seconds_of(at, rows))
+        visit = values["days_since_visit"].astype(np.float64)
+        purchase = values["days_since_purchase"].astype(np.float64)
+        # the category inputs are the visit's and the purchase's days where the categories match, else the cap
+        reach = (visit <= largest[0]) | (purchase <= largest[1])
+        return np.asarray(reach | (visit <= largest[2]) | (purchase <= largest[3]))
 
     def _logged_conversion(
         self, n: int, at: datetime, offer_ids: list[str] | None
@@ -296,6 +327,10 @@ class OfferCatalog:
             )
             for o in offers
         ]
+
+
+def _seconds_of(at: datetime, rows: np.ndarray) -> np.ndarray:
+    return np.full(len(rows), pd.Timestamp(at).timestamp())
 
 
 def _optional_str(value: object) -> str | None:

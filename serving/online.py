@@ -79,6 +79,18 @@ class BatchFeatures:
     stopped: np.ndarray | None = None
     """Per row, True where email to the customer has stopped (latest values, pushed stops included), when the
     online features were read with them (Redis); None: read through `RealtimeFeatures.stopped`."""
+    latest_read: bool = False
+    """Whether the matrix has the customers' latest values (what they did last on the site, pushed events
+    included): read with the features on Redis, else through `RealtimeFeatures.latest`."""
+
+    def set_latest(self, latest: dict[str, np.ndarray]) -> None:
+        """The customers' latest values, kept only where the customer allows profiling (as their other events)."""
+        blank = ~self.profiled
+        for name, values in latest.items():
+            values = values.copy()
+            values[blank] = np.nan if values.dtype.kind == "f" else None
+            self.matrix.latest[name] = values
+        self.latest_read = True
 
     @cached_property
     def engagement(self) -> dict[str, np.ndarray]:

@@ -45,12 +45,12 @@ from feast.protos.feast.types.Value_pb2 import FloatList, Value
 from feast.type_map import feast_value_type_to_pa, feast_value_type_to_python_type
 from feast.value_type import ValueType
 
-from features.latest import EMAIL_FLAGS
+from features.latest import ACTIVITY_COLUMNS, ACTIVITY_TEXTS, ACTIVITY_TIMES, EMAIL_FLAGS
 from features.store import redis_client
 from features.transform import HOURS
 from sendwise.settings import Settings
 from serving.online import BatchFeatures, OfferTable, OnlineState, RhythmPriors, batch_features
-from serving.realtime import EMAIL_STATE_VIEW
+from serving.realtime import ACTIVITY_VIEW, EMAIL_STATE_VIEW
 from serving.schemas import Recipient
 from serving.snapshot import SERVICE, USED, FeatureSnapshot
 
@@ -96,11 +96,14 @@ def redis_layout(store: FeatureStore) -> list[ViewFields]:
     for projection in store.get_feature_service(SERVICE).feature_view_projections:
         used = [f for f in projection.features if f.name in USED or f.name.startswith("attr_")]
         found.append(_view_fields(store.get_feature_view(projection.name), used, versioned))
+    found = [v for v in found if v.view != ACTIVITY_VIEW]
     try:
         state = store.get_feature_view(EMAIL_STATE_VIEW)
+        activity = store.get_feature_view(ACTIVITY_VIEW)
     except FeatureViewNotFoundException:  # a home from before the latest-value views: no stop was ever pushed
         return found
     found.append(_view_fields(state, [f for f in state.features if f.name in EMAIL_FLAGS], versioned))
+    found.append(_view_fields(activity, [f for f in activity.features if f.name in ACTIVITY_COLUMNS], versioned))
     return found
 
 
@@ -127,6 +130,28 @@ def stopped_customers(table: pa.Table | None) -> set[str]:
         return set()
     stopped = functools.reduce(pc.or_, flags)
     return set(table["customer_id"].filter(stopped).to_pylist())
+
+
+def latest_values(table: pa.Table | None, ids: list[str]) -> dict[str, np.ndarray]:
+    """The latest activity of each of `ids` (repeats allowed) from the activity view's rows read from Redis, as
+    `RealtimeFeatures.latest` reads them through Feast."""
+    found = {name: np.full(len(ids), np.nan) for name in ACTIVITY_TIMES}
+    found.update({name: np.full(len(ids), None, dtype=object) for name in ACTIVITY_TEXTS})
+    if table is None or table.num_rows == 0:
+        return found
+    at = pc.index_in(pa.array(ids, type=pa.string()), value_set=table["customer_id"]).to_numpy(zero_copy_only=False)
+    has = ~np.isnan(at.astype(np.float64)) if at.dtype.kind == "f" else np.ones(len(ids), dtype=bool)
+    rows = np.where(has, np.nan_to_num(at.astype(np.float64), nan=0.0), 0).astype(np.int64)
+    for name in ACTIVITY_TIMES:
+        if name in table.column_names:
+            values = pc.cast(table[name], pa.float64()).to_numpy(zero_copy_only=False)
+            found[name] = np.where(has, values[rows], np.nan)
+    for name in ACTIVITY_TEXTS:
+        if name in table.column_names:
+            texts = np.asarray(table[name].to_pylist(), dtype=object)[rows]
+            texts[~has] = None
+            found[name] = texts
+    return found
 
 
 def entity_keys(customer_ids: Sequence[str], project: str, version: int) -> list[bytes]:
@@ -288,22 +313,23 @@ class RedisFeatures:
             self._layout = (now, stamp, layout)
             return layout
 
-    def read(self, customer_ids: list[str]) -> tuple[FeatureSnapshot, set[str]]:
-        """The customers' rows (distinct ids) as a snapshot of just them, and those of them whose email has
-        stopped (the email-state view, pushed stops included), from the same round trip."""
+    def read(self, customer_ids: list[str]) -> tuple[FeatureSnapshot, set[str], pa.Table | None]:
+        """The customers' rows (distinct ids) as a snapshot of just them, those of them whose email has stopped
+        (the email-state view, pushed stops included) and their latest activity, from the same round trip."""
         config = self.store.config
         tables = read_tables(
             self.client, self.layout(), customer_ids, config.project, config.entity_key_serialization_version
         )
         stopped = stopped_customers(tables.pop(EMAIL_STATE_VIEW, None))
-        return FeatureSnapshot.from_tables(tables, ()), stopped
+        activity = tables.pop(ACTIVITY_VIEW, None)
+        return FeatureSnapshot.from_tables(tables, ()), stopped, activity
 
     def for_recipients(self, recipients: Sequence[Recipient]) -> BatchFeatures:
         """The recipients' feature rows as the models see them, with their stops; all unknown, and degraded, with
         nothing stopped, without Redis (as the SQLite mode decides while its online store is down)."""
         ids = [r.customer_id for r in recipients]
         try:
-            snapshot, stopped = self.read(list(dict.fromkeys(ids)))
+            snapshot, stopped, activity = self.read(list(dict.fromkeys(ids)))
         except (redis.RedisError, OSError) as error:
             self._failed(error)
             blank = self.blank
@@ -316,6 +342,7 @@ class RedisFeatures:
         )  # offers: scored per batch
         found = batch_features(state, ids, snapshot.rows(ids), recipients, self.priors)
         found.stopped = np.fromiter((c in stopped for c in ids), dtype=bool, count=len(ids))
+        found.set_latest(latest_values(activity, ids))
         return found
 
     def _failed(self, error: Exception) -> None:

@@ -219,6 +219,8 @@ class FeatureSnapshot:
             if progress:
                 progress(f"reading the latest {source.view} rows")
             used = tuple(f for f in source.features if f in USED or f.startswith("attr_"))
+            if not used:  # a view decisions read at decision time instead (the latest values)
+                continue
             tables[source.view] = latest_rows(replace(source, features=used))
         release_memory()
         return cls.from_tables(tables, signature)

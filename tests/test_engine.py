@@ -133,7 +133,7 @@ def test_cold_start_send_time_follows_the_rhythm_of_the_zone(engine, pipeline_ho
 def test_a_thin_history_says_so(engine, customers) -> None:  # type: ignore[no-untyped-def]
     ids = customers.loc[customers["consent_email"] & customers["consent_profiling"], "customer_id"].tolist()
     decisions = [d for d in _decide(engine, ids[:400]).decisions if d.send]
-    said = [r for d in decisions for r in d.reasons if r.startswith("prediction rests on")]
+    said = [r for d in decisions for r in d.reasons if "prediction rests on" in r]
     assert len(said) == len(decisions)
     assert any("little history" in r for r in said) and any("little history" not in r for r in said)
 

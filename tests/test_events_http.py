@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -185,3 +186,68 @@ def test_a_stop_pushed_through_one_replica_stops_the_next_decision_on_another(
     print(f"event -> changed decision on another replica: {measured}")
     artifacts_dir().mkdir(parents=True, exist_ok=True)
     (artifacts_dir() / "events_latency.json").write_text(json.dumps(measured, indent=2) + "\n")
+
+
+def test_a_visit_and_a_purchase_pushed_through_one_replica_change_the_next_decision_on_another(
+    pipeline_home: PipelineHome, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Latest values are model inputs: a site session pushed through one replica moves the customer's send hour
+    toward it on the other, and a purchase in the category of the offer they were given moves that offer's score.
+    The time from sending each event to the changed decision is written to artifacts/ (the bar, 1 s, is checked by
+    reading it, as for stops)."""
+    import json
+    import time
+    from datetime import UTC, datetime, timedelta
+
+    from tests.browser import artifacts_dir
+    from tests.test_latest_inputs import _profiled_sendable
+
+    settings = home_with_own_decision_log(pipeline_home.settings, tmp_path_factory.mktemp("latest") / "home")
+    now = datetime.now(UTC).replace(microsecond=0)
+    start = (now + timedelta(hours=1)).replace(minute=0, second=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+    decide = {"campaign": {"kind": "promotional"}, "explore_share": 0.0, "window_start": start}
+    ids = _profiled_sendable(settings, 200)
+    seconds: dict[str, list[float]] = {"visit": [], "purchase": []}
+    with (
+        bentoml_serve(settings, TOKEN) as first,
+        bentoml_serve(settings, TOKEN) as second,
+        httpx.Client(headers=AUTH, timeout=60) as client,
+    ):
+        before = client.post(f"{second}/v1/decide", json={"recipients": [{"customer_id": c} for c in ids], **decide})
+        decisions = [d for d in before.json()["decisions"] if d["send"] and d["offers"] and d["send_at"] != start]
+        catalog = load_table(settings, "offers")
+        assert catalog is not None
+        category = dict(zip(catalog["offer_id"], catalog["category"], strict=True))
+        chosen = [d for d in decisions if isinstance(category.get(d["offers"][0]["offer_id"]), str)][:8]
+        assert len(chosen) == 8
+        sooner, moved = 0, 0
+        for d in chosen:
+            body = {"recipients": [{"customer_id": d["customer_id"]}], **decide}
+            visit = {"table": "site_events", "customer_id": d["customer_id"], "event": "session_start"}
+            started = time.perf_counter()
+            pushed = client.post(f"{first}/v1/events", json={"events": [{**visit, "occurred_at": now.isoformat()}]})
+            after = client.post(f"{second}/v1/decide", json=body).json()["decisions"][0]
+            seconds["visit"].append(time.perf_counter() - started)
+            assert pushed.status_code == 202 and pushed.json()["pushed"] == 1, pushed.text
+            assert after["hourly_open_probability"][0] > 1.3 * d["hourly_open_probability"][0]
+            sooner += after["send_at"] < d["send_at"]
+
+            offer = d["offers"][0]
+            purchase = {**visit, "event": "purchase", "category": category[offer["offer_id"]], "value": 40.0}
+            started = time.perf_counter()
+            pushed = client.post(f"{first}/v1/events", json={"events": [{**purchase, "occurred_at": now.isoformat()}]})
+            again = client.post(f"{second}/v1/decide", json=body).json()["decisions"][0]
+            seconds["purchase"].append(time.perf_counter() - started)
+            assert pushed.status_code == 202, pushed.text
+            scores = {o["offer_id"]: o["conversion_probability"] for o in again["offers"]}
+            before_visit = {o["offer_id"]: o["conversion_probability"] for o in after["offers"]}
+            now_score = scores.get(offer["offer_id"])
+            was = before_visit.get(offer["offer_id"], offer["conversion_probability"])
+            changed = again["offers"][0]["offer_id"] != after["offers"][0]["offer_id"]
+            moved += changed or (now_score is not None and abs(np.log(now_score / was)) > 0.1)
+        assert sooner >= 6 and moved >= 6, (sooner, moved)
+    measured = {f"{k}_to_changed_decision_seconds": [round(s, 4) for s in v] for k, v in seconds.items()}
+    measured["max"] = round(max(max(v) for v in seconds.values()), 4)
+    print(f"event -> changed decision on another replica: {measured}")
+    artifacts_dir().mkdir(parents=True, exist_ok=True)
+    (artifacts_dir() / "latest_values_latency.json").write_text(json.dumps(measured, indent=2) + "\n")

@@ -23,6 +23,7 @@ from mlflow import MlflowClient
 from playwright.sync_api import Browser, Route
 
 from features.labels import message_sends
+from features.transform import HOUR_FEATURES
 from sendwise.asof import resolve_as_of
 from sendwise.raw import load_table
 from sendwise.registry import MODEL_NAMES
@@ -257,7 +258,7 @@ def test_driver_groups_are_the_mean_predictions_of_their_rows(site: Site) -> Non
 
 def test_send_time_drivers_are_the_hour_features(site: Site) -> None:
     parts = {p.name: p for p in site.section("drivers").context["parts"]}
-    assert {d.feature for d in parts["send_time"].drivers} <= {"rhythm_at_hour", "rhythm_vs_peak", "is_weekend"}
+    assert {d.feature for d in parts["send_time"].drivers} <= set(HOUR_FEATURES)
     assert parts["send_time"].note and "open-propensity model itself" in parts["send_time"].note
 
 

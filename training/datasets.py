@@ -299,7 +299,8 @@ def offer_training_set(
     rows = historical_features(store, "next_best_offer_v1", entity_df)
     matrix: CustomerMatrix = customer_matrix(rows)
     offers = OfferMatrix.from_rows(rows)
-    design = offer_design(matrix, np.arange(len(rows)), offers, np.arange(len(rows)))
+    at = exposures["exposed_at"].reset_index(drop=True)
+    design = offer_design(matrix, np.arange(len(rows)), offers, np.arange(len(rows)), at)
     return (
         TrainingSet(
             design=design,

@@ -3,27 +3,40 @@
 from feast import FeatureService
 
 from features.repo.entities import offer
-from features.repo.views import VIEWS, customer_attributes_fv, customer_fv, engagement_fv, offer_fv
+from features.repo.views import (
+    VIEWS,
+    customer_attributes_fv,
+    customer_fv,
+    engagement_fv,
+    latest_activity_fv,
+    offer_fv,
+)
 
-# Open propensity: who the customer is and how, and when, they engage.
+# Open propensity: who the customer is and how, and when, they engage, and when they were last on the site.
 open_propensity_v1 = FeatureService(
     name="open_propensity_v1",
-    features=[customer_fv, customer_attributes_fv, engagement_fv],
-    description="The open-propensity model's inputs: who the customer is and how, and when, they engage.",
+    features=[customer_fv, customer_attributes_fv, engagement_fv, latest_activity_fv],
+    description=(
+        "The open-propensity model's inputs: who the customer is and how, and when, they engage, and what they "
+        "did last on the site (pushed as events arrive)."
+    ),
 )
 
 # Send time: the same inputs, scored at every hour of the window (it may share the open model's booster).
 send_time_v1 = FeatureService(
     name="send_time_v1",
-    features=[customer_fv, customer_attributes_fv, engagement_fv],
+    features=[customer_fv, customer_attributes_fv, engagement_fv, latest_activity_fv],
     description="The send-time model's inputs: the open model's, scored at every hour of the window.",
 )
 
-# Next best offer: the customer's engagement and category interest, and the offer itself.
+# Next best offer: the customer's engagement, category interest and latest activity, and the offer itself.
 next_best_offer_v1 = FeatureService(
     name="next_best_offer_v1",
-    features=[customer_fv, customer_attributes_fv, engagement_fv, offer_fv],
-    description="The next-best-offer model's inputs: the customer's engagement and interests, and the offer.",
+    features=[customer_fv, customer_attributes_fv, engagement_fv, latest_activity_fv, offer_fv],
+    description=(
+        "The next-best-offer model's inputs: the customer's engagement and interests, what they last viewed and "
+        "bought, and the offer."
+    ),
 )
 
 FEATURE_SERVICES = {

@@ -237,6 +237,7 @@ def _messages_truth(
             "propensity": m["propensity"].astype(np.float64),
             "conversion_probability": m["p_conv"].astype(np.float64),
             "converted_7d": m["converted"].astype(bool),
+            "last_visit_at": pd.to_datetime(m["last_visit"], unit="s", utc=True),
         }
     )
 

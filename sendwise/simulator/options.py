@@ -63,6 +63,10 @@ class Realism:
     """Share of scanned emails whose links the scanner also follows, seconds after delivery."""
     rhythms: str = "classic"
     """Daily-rhythm families: `classic`, `development` or `heldout` (sendwise/simulator/families.py)."""
+    recent_activity: bool = True
+    """Recent site activity moves the probabilities: a visit shortly before a send makes an open likelier (fading
+    over hours), a recent view of a category makes its offers convert better (fading over days) and a purchase
+    in it worse. On in every new world; off reproduces the worlds made before it (`--no-recent-activity`)."""
 
     @classmethod
     def realistic(cls, **overrides: Any) -> Realism:
@@ -109,6 +113,7 @@ def simulation_options(
     prefetch_median_hours: float | None = None,
     scanner_share: float | None = None,
     rhythms: str | None = None,
+    recent_activity: bool | None = None,
 ) -> tuple[Rates, Realism]:
     """The rates and realism of `sendwise simulate`'s options: the classic world, or with `realistic` the
     middle of the realistic ranges; any option given overrides either."""
@@ -131,4 +136,6 @@ def simulation_options(
         changes["prefetch_slow_median_hours"] = prefetch_median_hours
     if rhythms is not None:
         changes["rhythms"] = rhythms
+    if recent_activity is not None:
+        changes["recent_activity"] = recent_activity
     return replace(rates, **overrides), replace(realism, **changes)

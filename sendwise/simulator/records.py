@@ -28,7 +28,7 @@ class Rows:
 
     def columns(self, names: tuple[str, ...]) -> dict[str, np.ndarray]:
         if not self._parts:
-            floats = {"t", "value", "propensity", "p_open", "p_conv"}
+            floats = {"t", "value", "propensity", "p_open", "p_conv", "last_visit"}
             return {name: np.empty(0, dtype=np.float64 if name in floats else np.int64) for name in names}
         return {name: np.concatenate([part[name] for part in self._parts]) for name in names}
 
@@ -37,7 +37,7 @@ EMAIL_COLUMNS = ("c", "msg", "camp", "ev", "t", "flag", "bounce", "ua", "source"
 SITE_COLUMNS = ("c", "ev", "t", "cat", "product", "value")
 OFFER_COLUMNS = ("c", "o", "msg", "ev", "t", "value", "propensity")
 MESSAGE_COLUMNS: tuple[str, ...] = ("msg", "c", "camp", "t", "sends7", "p_open", "human", "delivered")
-MESSAGE_COLUMNS += ("o", "propensity", "p_conv", "converted")
+MESSAGE_COLUMNS += ("o", "propensity", "p_conv", "converted", "last_visit")
 PRODUCTS_PER_CATEGORY = 40
 """Products of each category: product code `category * PRODUCTS_PER_CATEGORY + j`."""
 

@@ -39,7 +39,9 @@ from sendwise.simulator.records import (
 )
 from sendwise.simulator.sender import LoggedPolicy, OfferMenu, conversion_values
 from sendwise.simulator.site import Site
-from sendwise.simulator.truth import CATEGORIES, DAY, HOUR, KINDS, World
+from sendwise.simulator.truth import CATEGORIES, DAY, HOUR, KINDS, Recent, World
+
+RECENT_FIELDS = tuple(Recent.__dataclass_fields__)
 
 RING = 32
 """Send times remembered per customer, for the count of sends in the last 7 days."""
@@ -88,7 +90,7 @@ class Run:
         self.ring = np.full((self.n, RING), -np.inf)
         self.ring_pos = np.zeros(self.n, dtype=np.int64)
         self.next_message = 1
-        self.site = Site(world, rates, rng)
+        self.site = Site(world, rates, rng, track_recent=self.realism.recent_activity)
         self.email, self.offer, self.messages = Rows(), Rows(), Rows()
         self.schedule: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self.pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
@@ -176,6 +178,12 @@ class Run:
             self.ring_pos[who] += 1
         return recent + earlier
 
+    def recent_at(self, at_s: float) -> Recent | None:
+        """Every customer's recent site activity before `at_s`, where the world has the effect."""
+        if self.site.recent is None:
+            return None
+        return self.site.recent.at(np.arange(self.n), np.full(self.n, at_s))
+
     def sends_in_last_7_days(self, at_s: float) -> np.ndarray:
         return ((self.ring > at_s - 7 * DAY) & (self.ring < at_s)).sum(axis=1)
 
@@ -226,7 +234,9 @@ class Run:
         self._log(sent, DELIVERED, d, delivered_t[d])
         self._machine_opens(sent, delivered, delivered_t)
 
-        p_open = self.world.open_probability_at(c, t, kind, topic, sends7.astype(np.float64))
+        recent = self.site.recent.at(c, t) if self.site.recent is not None else None
+        last_visit = None if recent is None else recent.visit
+        p_open = self.world.open_probability_at(c, t, kind, topic, sends7.astype(np.float64), last_visit)
         u_open = rng.random(n)
         human = delivered & (u_open < p_open)
         h = np.flatnonzero(human)
@@ -257,7 +267,7 @@ class Run:
         self._suppress(c[unsubscribes], unsubscribe_t)
         self._suppress(c[complaints], complaint_t)
 
-        offer, propensity, p_conv, converted = self._offers(c, t, kind, topic, u_open, open_t, click_t, msg)
+        offer, propensity, p_conv, converted = self._offers(c, t, kind, topic, u_open, open_t, click_t, msg, recent)
         self.messages.add(
             msg=msg,
             c=c,
@@ -271,6 +281,7 @@ class Run:
             propensity=propensity,
             p_conv=p_conv,
             converted=converted,
+            last_visit=np.full(n, np.nan) if last_visit is None else last_visit,
         )
 
     def _human_open_agent(self, c: np.ndarray) -> dict[str, Any]:
@@ -346,6 +357,7 @@ class Run:
         open_t: np.ndarray,
         click_t: np.ndarray,
         msg: np.ndarray,
+        recent: Recent | None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """One offer per promotional email, chosen by the logged policy; conversions by the true probability.
 
@@ -363,7 +375,8 @@ class Run:
         chosen = (cumulative < rng.random(len(p))[:, None] * cumulative[:, -1:]).sum(axis=1)
         chosen = chosen.clip(0, probabilities.shape[1] - 1)
         offer[p], propensity[p] = chosen, probabilities[np.arange(len(p)), chosen]
-        p_conv[p] = self.world.conversion_probability_at(c[p], chosen)
+        recent_p = None if recent is None else Recent(**{f: getattr(recent, f)[p] for f in RECENT_FIELDS})
+        p_conv[p] = self.world.conversion_probability_at(c[p], chosen, recent_p)
         shared = rng.random(len(p)) < rates.open_conversion_coupling
         u_conv = np.where(shared, u_open[p], rng.random(len(p)))
         converted[p] = u_conv < p_conv[p]

@@ -113,7 +113,7 @@ def simulate(
         bar.set_postfix_str("sending")
         for _ in run.hours():
             bar.update(1)
-        world.set_end_state(run.sends_in_last_7_days(end_s), run.suppressed_at <= end_s)
+        world.set_end_state(run.sends_in_last_7_days(end_s), run.suppressed_at <= end_s, run.recent_at(end_s))
         meta["campaigns"] = len(campaigns)
         bar.set_postfix_str("assembling")
         tables = assemble(run, streams[5])

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from sendwise.simulator.options import Rates
+from sendwise.simulator.recent import RecentLog
 from sendwise.simulator.records import (
     ADD_TO_CART,
     PAGE_VIEW,
@@ -93,7 +94,8 @@ def _session_rows(
 class Site:
     """The site's sessions of a world's customers, and the site event rows they produce."""
 
-    def __init__(self, world: World, rates: Rates, rng: np.random.Generator) -> None:
+    def __init__(self, world: World, rates: Rates, rng: np.random.Generator, track_recent: bool = False) -> None:
+        """`track_recent`: keep every event in `recent` too, for each customer's activity before a time."""
         params = world.customer_params
         self.world, self.rates, self.rng = world, rates, rng
         self.consent = params["consent_email"].to_numpy(bool)
@@ -102,6 +104,7 @@ class Site:
         catalog_rng = np.random.default_rng(1234)
         self.product_price = np.round(catalog_rng.lognormal(3.6, 0.6, len(CATEGORIES) * PRODUCTS_PER_CATEGORY), 2)
         self.rows = Rows()
+        self.recent = RecentLog() if track_recent else None
 
     def baseline_sessions(self, rng: np.random.Generator, start_s: float, end_s: float) -> Carts:
         """Sessions as a Poisson process whose hourly rate follows each customer's activity profile."""
@@ -149,6 +152,8 @@ class Site:
         elapsed -= np.maximum.accumulate(np.where(first_row, elapsed, 0.0))
         at = t[rows.session] + elapsed
         self.rows.add(c=c[rows.session], ev=rows.event, t=at, cat=rows.category, product=rows.product, value=rows.value)
+        if self.recent is not None:
+            self.recent.add(c[rows.session], rows.event, at, rows.category)
 
         is_cart = np.flatnonzero(rows.event == ADD_TO_CART)
         cart_sessions = rows.session[is_cart]
@@ -199,3 +204,6 @@ class Site:
         """The visit in which an offer's conversion was bought: a session start, then the purchase."""
         self.rows.add(c=c, ev=SESSION_START, t=visit_t, cat=-1, product=-1, value=np.nan)
         self.rows.add(c=c, ev=PURCHASE, t=conv_t, cat=category, product=-1, value=value)
+        if self.recent is not None:
+            self.recent.add(c, np.full(len(c), SESSION_START), visit_t, np.full(len(c), -1))
+            self.recent.add(c, np.full(len(c), PURCHASE), conv_t, category)

@@ -64,10 +64,47 @@ class Coefficients:
     conversion_discount: float = 6.0
     open_window_hours: int = 72
     conversion_window_days: int = 7
+    recent_visit_open: float = 1.2
+    """Open logit added by a site visit just before the send, fading as exp(−hours since / `recent_visit_hours`)."""
+    recent_visit_hours: float = 4.0
+    viewed_interest: float = 0.9
+    """Conversion logit added to offers in the category the customer last viewed, fading over `viewed_interest_days`."""
+    viewed_interest_days: float = 3.0
+    purchase_satiation: float = 1.5
+    """Conversion logit taken from offers in the category the customer last bought, fading over
+    `purchase_satiation_days`."""
+    purchase_satiation_days: float = 10.0
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Coefficients:
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class Recent:
+    """What a customer did last on the site as of time `t` (arrays broadcast together; NaN or -1: never).
+
+    `visit`: the last site event; `view`/`view_category`: the last product view, cart or purchase and its
+    category (a code of `CATEGORIES`); `purchase`/`purchase_category`: the last purchase and its category.
+    """
+
+    t: np.ndarray
+    visit: np.ndarray
+    view: np.ndarray
+    view_category: np.ndarray
+    purchase: np.ndarray
+    purchase_category: np.ndarray
+
+
+RECENT_COLUMNS = ("last_visit_s", "last_view_s", "last_view_category", "last_purchase_s", "last_purchase_category")
+"""The customers' recent activity at `end` in the truth table (seconds since 1970; category codes, -1: none)."""
+
+
+def _fading(t: np.ndarray, since: np.ndarray, scale_s: float) -> np.ndarray:
+    """exp(−(t − since) / scale) where `since` is known and not after `t`, else 0."""
+    elapsed = np.asarray(t, dtype=np.float64) - np.asarray(since, dtype=np.float64)
+    known = np.isfinite(elapsed) & (elapsed >= 0)
+    return np.where(known, np.exp(-np.where(known, elapsed, 0.0) / scale_s), 0.0)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -181,11 +218,33 @@ class World:
         pq.write_table(pa.Table.from_pandas(offers, preserve_index=False), truth_dir / _OFFERS_PARQUET)
         self.truth_dir = truth_dir
 
-    def set_end_state(self, sends_in_prev_7d: np.ndarray, suppressed: np.ndarray) -> None:
-        """Record each customer's state at `end` (the simulator calls this once it has sent everything)."""
+    def set_end_state(self, sends_in_prev_7d: np.ndarray, suppressed: np.ndarray, recent: Recent | None = None) -> None:
+        """Record each customer's state at `end` (the simulator calls this once it has sent everything); `recent`
+        where the world has the recent-activity effect."""
         self.customer_params["sends_in_prev_7d"] = sends_in_prev_7d.astype(np.int64)
         self.customer_params["suppressed"] = suppressed.astype(bool)
         self._sends7 = self.customer_params["sends_in_prev_7d"].to_numpy(np.float64)
+        if recent is not None:
+            values = (recent.visit, recent.view, recent.view_category, recent.purchase, recent.purchase_category)
+            for name, value in zip(RECENT_COLUMNS, values, strict=True):
+                self.customer_params[name] = value
+            self._index_recent()
+
+    @property
+    def has_recent_activity(self) -> bool:
+        """Whether recent site activity moves this world's probabilities (docs/simulator.md)."""
+        return bool((self.meta.get("realism") or {}).get("recent_activity", False))
+
+    def recent_at_end(self, c: np.ndarray) -> Recent:
+        """Customers' recent activity at `end`: what the truth's public API uses for any later time."""
+        return Recent(
+            t=np.full(np.shape(c), self._end_s),
+            visit=self._last_visit[c],
+            view=self._last_view[c],
+            view_category=self._view_category[c],
+            purchase=self._last_purchase[c],
+            purchase_category=self._purchase_category[c],
+        )
 
     # --- what the world looks like --------------------------------------------------------------------
     @property
@@ -221,18 +280,24 @@ class World:
         kind: str | Sequence[str] = "promotional",
         topic: str | Sequence[str | None] | None = None,
         sends_in_prev_7d: Any = None,
+        last_visit_at: Any = None,
     ) -> np.ndarray:
         """True P(a human opens within 72 h | the email is delivered at `send_times`), one per pair.
 
-        Fatigue is the customer's state at `end` (sends in the 7 days before it) unless `sends_in_prev_7d`
-        is given. A scalar customer id or time is broadcast against the other argument. A topic that is
-        not one of the world's categories has no affinity effect.
+        Fatigue and the last site visit are the customer's state at `end` (sends in the 7 days before it, the
+        last visit before it) unless `sends_in_prev_7d` or `last_visit_at` (tz-aware; NaT: none) is given. A
+        scalar customer id or time is broadcast against the other argument. A topic that is not one of the
+        world's categories has no affinity effect.
         """
         c = np.atleast_1d(self.customer_index(customer_ids))
         t = utc_seconds(send_times)
         c, t = np.broadcast_arrays(c, t)
         sends = self._sends7[c] if sends_in_prev_7d is None else np.asarray(sends_in_prev_7d, dtype=np.float64)
-        return self.open_probability_at(c, t, self._kind_codes(kind, len(c)), self._topic_codes(topic, len(c)), sends)
+        visit = None
+        if last_visit_at is not None:
+            visit = utc_seconds(pd.Series(last_visit_at if np.ndim(last_visit_at) else [last_visit_at]))
+        kinds, topics = self._kind_codes(kind, len(c)), self._topic_codes(topic, len(c))
+        return self.open_probability_at(c, t, kinds, topics, sends, visit)
 
     def hourly_open_probability(
         self,
@@ -302,24 +367,42 @@ class World:
         return self._profiles[c, weekend.astype(np.intp), hour]
 
     def open_logit_at(
-        self, c: np.ndarray, utc_s: np.ndarray, kind: np.ndarray, topic: np.ndarray, sends_7d: np.ndarray
+        self,
+        c: np.ndarray,
+        utc_s: np.ndarray,
+        kind: np.ndarray,
+        topic: np.ndarray,
+        sends_7d: np.ndarray,
+        last_visit: np.ndarray | None = None,
     ) -> np.ndarray:
-        """base + kind + topic affinity − fatigue × sends in the previous 7 days + the hour effect."""
+        """base + kind + topic affinity − fatigue × sends in the previous 7 days + the hour effect, + where the
+        world has it, the fading lift of a site visit shortly before (`last_visit`, default: the last at `end`)."""
         hour, weekend = self.local_clock(c, utc_s)
         day_type = weekend.astype(np.intp)
         relative_activity = self._profiles[c, day_type, hour] / self._profile_max[c, day_type]
-        return (
+        logit = (
             self._base[c]
             + self._kind_effect[kind]
             + self.coefficients.topic_open * self.affinity_effect(c, topic)
             - self._fatigue[c] * sends_7d
             + self._amplitude[c] * (relative_activity - 1.0)
         )
+        if self.has_recent_activity:
+            k = self.coefficients
+            visit = self._last_visit[c] if last_visit is None else last_visit
+            logit = logit + k.recent_visit_open * _fading(utc_s, visit, k.recent_visit_hours * HOUR)
+        return logit
 
     def open_probability_at(
-        self, c: np.ndarray, utc_s: np.ndarray, kind: np.ndarray, topic: np.ndarray, sends_7d: np.ndarray
+        self,
+        c: np.ndarray,
+        utc_s: np.ndarray,
+        kind: np.ndarray,
+        topic: np.ndarray,
+        sends_7d: np.ndarray,
+        last_visit: np.ndarray | None = None,
     ) -> np.ndarray:
-        return sigmoid(self.open_logit_at(c, utc_s, kind, topic, sends_7d))
+        return sigmoid(self.open_logit_at(c, utc_s, kind, topic, sends_7d, last_visit))
 
     def affinity_effect(self, c: np.ndarray, category: np.ndarray) -> np.ndarray:
         """log(n_categories × affinity), clipped; 0 where there is no category (code -1)."""
@@ -333,15 +416,25 @@ class World:
         """P(a person who opened the email clicks in it): more likely on a topic they like, and the keener."""
         return sigmoid(-1.6 + 0.5 * self.affinity_effect(c, topic) + 0.3 * (self._base[c] + 0.7))
 
-    def conversion_probability_at(self, c: np.ndarray, o: np.ndarray) -> np.ndarray:
-        """Elementwise (broadcast) true conversion probability of customer rows `c` for offer rows `o`."""
+    def conversion_probability_at(self, c: np.ndarray, o: np.ndarray, recent: Recent | None = None) -> np.ndarray:
+        """Elementwise (broadcast) true conversion probability of customer rows `c` for offer rows `o`; where the
+        world has recent activity, as of `recent` (default: each customer's at `end`)."""
         k = self.coefficients
+        category = self._offer_category[o]
         logit = (
             self._conversion_base[c]
             + self._lift[o]
-            + k.conversion_affinity * self.affinity_effect(c, self._offer_category[o])
+            + k.conversion_affinity * self.affinity_effect(c, category)
             + k.conversion_discount * self._price_sensitivity[c] * self._discount[o]
         )
+        if self.has_recent_activity:
+            now = self.recent_at_end(c) if recent is None else recent
+            viewed = (category >= 0) & (now.view_category == category)
+            bought = (category >= 0) & (now.purchase_category == category)
+            interest = _fading(now.t, now.view, k.viewed_interest_days * DAY)
+            satiation = _fading(now.t, now.purchase, k.purchase_satiation_days * DAY)
+            logit = logit + np.where(viewed, k.viewed_interest * interest, 0.0)
+            logit = logit - np.where(bought, k.purchase_satiation * satiation, 0.0)
         return sigmoid(logit)
 
     # --- internals -------------------------------------------------------------------------------------
@@ -364,6 +457,22 @@ class World:
         self._conversion_base = params["conversion_base"].to_numpy(np.float64)
         self._sends7 = params["sends_in_prev_7d"].to_numpy(np.float64)
         self._kind_effect = np.array([self.coefficients.kind_effect[kind] for kind in KINDS])
+        self._end_s = float(utc_seconds(self.end)[0])
+        self._index_recent()
+
+    def _index_recent(self) -> None:
+        params, n = self.customer_params, len(self.customer_params)
+
+        def column(name: str, missing: float) -> np.ndarray:
+            if name not in params:
+                return np.full(n, missing)
+            return params[name].to_numpy(np.float64)
+
+        self._last_visit = column("last_visit_s", np.nan)
+        self._last_view = column("last_view_s", np.nan)
+        self._view_category = column("last_view_category", -1).astype(np.int64)
+        self._last_purchase = column("last_purchase_s", np.nan)
+        self._purchase_category = column("last_purchase_category", -1).astype(np.int64)
 
     def _index_offers(self) -> None:
         offers = self.offer_params

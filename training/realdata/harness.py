@@ -147,7 +147,8 @@ def score_offers(
     )
     offers = OfferMatrix.from_rows(offer_rows)
     n, k = len(matrix), len(offers)
-    design = offer_design(matrix, np.repeat(np.arange(n), k), offers, np.tile(np.arange(k), n))
+    at = pd.Series(np.repeat(units["event_timestamp"].to_numpy(), k))  # the latest values as they were then
+    design = offer_design(matrix, np.repeat(np.arange(n), k), offers, np.tile(np.arange(k), n), at)
     scores = {
         name: np.asarray(booster.predict(design[booster.feature_name()], num_threads=THREADS)).reshape(n, k)
         for name, booster in boosters.items()

@@ -20,7 +20,7 @@ import pandas as pd
 from features.offer_values import TABLE as OFFER_VALUES_TABLE
 from features.offer_values import OfferValues
 from features.store import open_store
-from features.transform import HOUR_FEATURES, open_columns
+from features.transform import HOUR_FEATURES, HOURS_SINCE_VISIT, open_columns
 from sendwise.asof import resolve_as_of
 from sendwise.raw import load_table
 from sendwise.registry import LoadedModel
@@ -131,6 +131,7 @@ class Audience:
             "rhythm_at_hour": hours["rhythm_at_hour"][chosen],
             "rhythm_vs_peak": hours["rhythm_vs_peak"][chosen],
             "is_weekend": (hours["local_weekday"][chosen] >= 5).astype(np.float32),
+            HOURS_SINCE_VISIT: hours[HOURS_SINCE_VISIT][chosen],
         }
         for name in HOUR_FEATURES:
             if name in columns.values:
