@@ -176,6 +176,17 @@ def _materialized_customers(settings: Settings) -> np.ndarray:
     return ids.drop_duplicates().to_numpy(dtype=object)
 
 
+LATEST_READ_ROWS = 10_000
+"""Customers whose latest activity one read of the online store asks for (a decision's largest batch)."""
+
+
+def _latest_activity(engine: Engine, ids: list[str]) -> dict[str, np.ndarray]:
+    """The customers' latest activity as the online store has it, read a decision's batch at a time."""
+    parts = [engine.realtime.latest(ids[i : i + LATEST_READ_ROWS]) for i in range(0, len(ids), LATEST_READ_ROWS)]
+    empty = engine.realtime.latest([])
+    return {name: np.concatenate([empty[name], *(part[name] for part in parts)]) for name in empty}
+
+
 def window_start(as_of: pd.Timestamp) -> pd.Timestamp:
     """The first whole hour from `as_of` on."""
     return as_of.tz_convert("UTC").ceil("h")
@@ -198,6 +209,8 @@ def score_audience(settings: Settings, engine: Engine) -> Audience | None:
     rows = np.flatnonzero(keep)
     ids = ids[rows]
     features = engine.online.for_recipients([Recipient(customer_id=str(c)) for c in ids])
+    if not features.latest_read:  # SQLite: the latest activity from the online store, as a decision reads it
+        features.set_latest(_latest_activity(engine, [str(c) for c in ids]))
     as_of = resolve_as_of(settings).time
     start = window_start(as_of)
     curves, ranked = engine.curves.ranked(features.matrix, start.to_pydatetime(), WINDOW_HOURS, CAMPAIGN_KIND, None)
