@@ -17,8 +17,12 @@ customer in one Redis hash and its own `online_read` parses each value into a pr
 from __future__ import annotations
 
 import logging
+import sqlite3
+import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -55,11 +59,63 @@ RETRY_SECONDS = 60.0
 PUSH_SOURCES = {ACTIVITY_VIEW: "latest_activity_push", EMAIL_STATE_VIEW: "email_state_push"}
 
 
+Activity = tuple[float, float, str | None, str | None]
+"""One customer's latest activity as a decision reads it: `ACTIVITY_TIMES` (NaN: never), then `ACTIVITY_TEXTS`."""
+NO_ACTIVITY: Activity = (np.nan, np.nan, None, None)
+CACHE_CUSTOMERS = 1_000_000
+"""Customers whose values a process keeps between changes of the store; past it, it starts over."""
+
+
+class UnchangedReads:
+    """What was read from a SQLite online store since it last changed, so that deciding the same customers again
+    reads nothing.
+
+    SQLite's `PRAGMA data_version`, asked on a connection of this cache's own, changes whenever any other
+    connection commits: a push through Feast in this process or in another replica, `sendwise materialize`.
+    Every read first asks it (microseconds) and forgets everything when it moved; values read while a commit
+    lands are forgotten at the next read. Without a SQLite file (Redis, no store) every read goes to the store.
+    """
+
+    def __init__(self, path: str | None) -> None:
+        self._connection = sqlite3.connect(path, check_same_thread=False) if path else None
+        self._lock = threading.Lock()
+        self._version: int | None = None
+        self._values: dict[str, dict[str, Any]] = {}
+
+    @classmethod
+    def of(cls, store: FeatureStore | None) -> UnchangedReads:
+        if store is None or getattr(store.config.online_store, "type", None) != "sqlite":
+            return cls(None)
+        path = Path(store.config.online_store.path)
+        return cls(str(path if path.is_absolute() else Path(store.repo_path) / path))
+
+    def values(self, view: str, ids: list[str], read: Callable[[list[str]], list[Any]]) -> list[Any]:
+        """Each customer's value of `view` (what `read` makes of the store's rows for a list of customers),
+        read from the store only for those not read since its last change."""
+        if self._connection is None:
+            return read(ids)
+        with self._lock:
+            version = int(self._connection.execute("PRAGMA data_version").fetchone()[0])
+            if version != self._version or sum(len(v) for v in self._values.values()) > CACHE_CUSTOMERS:
+                self._values, self._version = {}, version
+            known = self._values.setdefault(view, {})
+            missing = [c for c in dict.fromkeys(ids) if c not in known]
+        if missing:
+            found = dict(zip(missing, read(missing), strict=True))
+            with self._lock:
+                if self._version == version:
+                    known.update(found)
+        else:
+            found = {}
+        return [found[c] if c in found else known[c] for c in ids]
+
+
 class RealtimeFeatures:
     """The latest-value views of one home's Feast store: `push` a batch of events, read `stopped` customers."""
 
     def __init__(self, store: FeatureStore | None) -> None:
         self.store = store
+        self.cache = UnchangedReads.of(store)
         self._views: dict[str, FeatureView] = {}
         self._missing_since: dict[str, float] = {}
 
@@ -120,50 +176,62 @@ class RealtimeFeatures:
 
     def latest(self, ids: list[str]) -> dict[str, np.ndarray]:
         """Each customer's latest activity (`ACTIVITY_TIMES` as float seconds, NaN where none; `ACTIVITY_TEXTS`,
-        None where none) as the online store has it, pushed events included: one bulk read per decision, read
-        straight from the values as `stopped` is."""
+        None where none) as the online store has it, pushed events included: one bulk read per decision of the
+        customers not read since the store last changed (`UnchangedReads`), read straight from the values."""
         found = {name: np.full(len(ids), np.nan) for name in ACTIVITY_TIMES}
         found.update({name: np.full(len(ids), None, dtype=object) for name in ACTIVITY_TEXTS})
         view = self._view(ACTIVITY_VIEW)
         if view is None or self.store is None or not ids:
             return found
-        keys = [EntityKey(join_keys=[KEY], entity_values=[Value(string_val=c)]) for c in ids]
         try:
-            rows = self.store._get_provider().online_read(config=self.store.config, table=view, entity_keys=keys)
+            rows = self.cache.values(ACTIVITY_VIEW, ids, lambda missing: self._read_activity(view, missing))
         except Exception:  # the online store down: decide without the latest values, as without any activity
             logger.warning("reading the latest activity from the online store failed", exc_info=True)
             return found
-        for i, (_, values) in enumerate(rows):
-            if values is None:
-                continue
-            for name in ACTIVITY_TIMES:
-                value = values.get(name)
-                if value is not None and value.WhichOneof("val") == "double_val":
-                    found[name][i] = value.double_val
-            for name in ACTIVITY_TEXTS:
-                value = values.get(name)
-                if value is not None and value.WhichOneof("val") == "string_val" and value.string_val:
-                    found[name][i] = value.string_val
+        for i, row in enumerate(rows):
+            if row is not NO_ACTIVITY:
+                found[ACTIVITY_TIMES[0]][i], found[ACTIVITY_TIMES[1]][i] = row[0], row[1]
+                found[ACTIVITY_TEXTS[0]][i], found[ACTIVITY_TEXTS[1]][i] = row[2], row[3]
         return found
+
+    def _online_read(self, view: FeatureView, ids: list[str]) -> list[Any]:
+        assert self.store is not None
+        keys = [EntityKey(join_keys=[KEY], entity_values=[Value(string_val=c)]) for c in ids]
+        return list(self.store._get_provider().online_read(config=self.store.config, table=view, entity_keys=keys))
+
+    def _read_activity(self, view: FeatureView, ids: list[str]) -> list[Activity]:
+        read: list[Activity] = []
+        for _, values in self._online_read(view, ids):
+            if values is None:
+                read.append(NO_ACTIVITY)
+                continue
+            times = [
+                values[n].double_val if n in values and values[n].WhichOneof("val") == "double_val" else np.nan
+                for n in ACTIVITY_TIMES
+            ]
+            texts = [
+                values[n].string_val or None if n in values and values[n].WhichOneof("val") == "string_val" else None
+                for n in ACTIVITY_TEXTS
+            ]
+            read.append((times[0], times[1], texts[0], texts[1]))
+        return read
 
     def stopped(self, ids: list[str]) -> np.ndarray:
         """Per customer: True where email to them has stopped (unsubscribe, complaint, hard bounce) as far as
-        the online store knows, pushed events included. Read straight from the values (no frame): every
-        decision pays for it."""
+        the online store knows, pushed events included. Read straight from the values (no frame), for the
+        customers not read since the store last changed: every decision pays for it."""
         view = self._view(EMAIL_STATE_VIEW)
         if view is None or self.store is None or not ids:
             return np.zeros(len(ids), dtype=bool)
-        keys = [EntityKey(join_keys=[KEY], entity_values=[Value(string_val=c)]) for c in ids]
+
+        def read(missing: list[str]) -> list[bool]:
+            return [
+                values is not None and any(values[f].float_val > 0 for f in EMAIL_FLAGS if f in values)
+                for _, values in self._online_read(view, missing)
+            ]
+
         try:
-            found = self.store._get_provider().online_read(config=self.store.config, table=view, entity_keys=keys)
+            return np.asarray(self.cache.values(EMAIL_STATE_VIEW, ids, read), dtype=bool)
         except Exception:  # the online store down: decide from the batch's eligibility, as the snapshot does
             logger.warning("reading the email state from the online store failed", exc_info=True)
             return np.zeros(len(ids), dtype=bool)
-        return np.fromiter(
-            (
-                values is not None and any(values[f].float_val > 0 for f in EMAIL_FLAGS if f in values)
-                for _, values in found
-            ),
-            dtype=bool,
-            count=len(ids),
-        )

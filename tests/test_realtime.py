@@ -213,3 +213,33 @@ def test_an_unsubscribe_stops_a_customer_sendwise_does_not_know_yet(own_engine: 
     own_engine.events(EventsRequest(events=[stop_event(newcomer, "unsubscribe")]))
     (after,) = own_engine.decide_payload(request)["decisions"]  # type: ignore[misc]
     assert after["send"] is False and NOT_ELIGIBLE in after["reasons"]
+
+
+def test_reads_are_kept_until_another_connection_commits(tmp_path: Path) -> None:
+    """Deciding the same customers again reads nothing from a SQLite online store that has not changed; any
+    commit to it (a push through Feast, another replica, `sendwise materialize`) makes the next read go to it."""
+    import sqlite3
+
+    from serving.realtime import UnchangedReads
+
+    path = tmp_path / "online.db"
+    writer = sqlite3.connect(path)
+    writer.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER)")
+    writer.executemany("INSERT INTO t VALUES (?, ?)", [("a", 1), ("b", 2)])
+    writer.commit()
+    asked: list[list[str]] = []
+
+    def read(ids: list[str]) -> list[object]:
+        asked.append(ids)
+        values = dict(writer.execute("SELECT k, v FROM t").fetchall())
+        return [values.get(c) for c in ids]
+
+    cache = UnchangedReads(str(path))
+    assert cache.values("view", ["a", "b", "a"], read) == [1, 2, 1]
+    assert cache.values("view", ["b", "c"], read) == [2, None]
+    assert asked == [["a", "b"], ["c"]]  # only what was not read yet
+    writer.execute("UPDATE t SET v = 5 WHERE k = 'a'")
+    writer.commit()
+    assert cache.values("view", ["a", "b"], read) == [5, 2]
+    assert asked[-1] == ["a", "b"]
+    assert UnchangedReads(None).values("view", ["a"], read) == [5] and asked[-1] == ["a"]  # no file: always read
