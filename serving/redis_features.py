@@ -178,15 +178,15 @@ class RawColumn:
 
 
 def read_columns(client: redis.Redis, keys: list[bytes], fields: list[bytes]) -> list[RawColumn]:
-    """Every field of every key (one HMGET a key, all in one round trip), as one `RawColumn` per field.
+    """Every field of every key (one HMGET a key, all in one round trip), as one `RawColumn` per field."""
+    return _as_columns(_hmget_each(client, keys, fields) if keys else [], len(fields))
 
-    A field a hash lacks and a field holding nothing (Feast's null `ValueProto` serializes to no bytes) both
-    have length 0: decisions read both as missing."""
-    if not keys:
-        return [RawColumn(np.zeros(0, dtype=np.int64), b"") for _ in fields]
-    flat = [value or b"" for value in itertools.chain.from_iterable(_hmget_each(client, keys, fields))]
-    lengths = np.fromiter(map(len, flat), dtype=np.int64, count=len(flat)).reshape(len(keys), len(fields))
-    width = len(fields)
+
+def _as_columns(replies: list[list[bytes | None]], width: int) -> list[RawColumn]:
+    """HMGET replies of `width` fields as columns. A field a hash lacks and a field holding nothing (Feast's null
+    `ValueProto` serializes to no bytes) both have length 0: decisions read both as missing."""
+    flat = [value or b"" for value in itertools.chain.from_iterable(replies)]
+    lengths = np.fromiter(map(len, flat), dtype=np.int64, count=len(flat)).reshape(len(replies), width)
     return [RawColumn(np.ascontiguousarray(lengths[:, j]), b"".join(flat[j::width])) for j in range(width)]
 
 
@@ -347,12 +347,9 @@ def _any(raw: bytes) -> Any:
 
 
 def _column(column: RawColumn, rows: np.ndarray, kind: ValueType, kind_pa: pa.DataType) -> pa.Array:
-    """The values of `rows` in one field, as an Arrow array of the feature's type: value by value for a few rows
-    (a single recipient: numpy's fixed cost per call would be most of it), column-wise with numpy otherwise."""
+    """The values of `rows` in one field, as an Arrow array of the feature's type."""
     fast: pa.Array | None = None
-    if len(rows) <= FEW_IDS:
-        pass
-    elif kind == ValueType.FLOAT:
+    if kind == ValueType.FLOAT:
         fast = _floats(column, rows)
     elif kind == ValueType.FLOAT_LIST:
         fast = _float_lists(column, rows)
@@ -367,9 +364,14 @@ def read_tables(
     client: redis.Redis, layout: list[ViewFields], customer_ids: list[str], project: str, version: int
 ) -> dict[str, pa.Table]:
     """Each view's rows of `customer_ids` (distinct) in Redis, as tables: every field of every customer read in
-    one round trip (`read_columns`) and decoded column by column, with numpy where the kind allows."""
+    one round trip and decoded column by column, with numpy where the kind allows; a few customers (a single
+    recipient, a few merged requests) value by value, where numpy's fixed cost per call would be most of it."""
     fields = [f for view in layout for f in (view.timestamp_field, *view.fields)]
-    columns = read_columns(client, entity_keys(customer_ids, project, version), fields)
+    keys = entity_keys(customer_ids, project, version)
+    replies = _hmget_each(client, keys, fields) if keys else []
+    if len(replies) <= FEW_IDS:
+        return _few_tables(layout, customer_ids, replies)
+    columns = _as_columns(replies, len(fields))
     tables, at = {}, 0
     for view in layout:
         rows = np.flatnonzero(columns[at].lengths > 0)
@@ -377,6 +379,22 @@ def read_tables(
         data: dict[str, pa.Array] = {"customer_id": pa.array([customer_ids[i] for i in rows], type=pa.string())}
         for name, kind, kind_pa in zip(view.features, view.kinds, view.types, strict=True):
             data[name] = _column(columns[at], rows, kind, kind_pa)
+            at += 1
+        tables[view.view] = pa.table(data)
+    return tables
+
+
+def _few_tables(
+    layout: list[ViewFields], customer_ids: list[str], replies: list[list[bytes | None]]
+) -> dict[str, pa.Table]:
+    """`read_tables` of a few customers: each value parsed on its own."""
+    tables, at = {}, 0
+    for view in layout:
+        rows = [i for i, reply in enumerate(replies) if reply[at]]
+        at += 1
+        data: dict[str, pa.Array] = {"customer_id": pa.array([customer_ids[i] for i in rows], type=pa.string())}
+        for name, kind, kind_pa in zip(view.features, view.kinds, view.types, strict=True):
+            data[name] = pa.array(_decoded([replies[i][at] for i in rows], kind), type=kind_pa)
             at += 1
         tables[view.view] = pa.table(data)
     return tables
@@ -439,7 +457,7 @@ class RedisFeatures:
         try:
             snapshot, stopped = self.read(list(dict.fromkeys(ids)))
         except (redis.RedisError, OSError) as error:
-            self._failed(error)
+            self.failed(error)
             blank = self.blank
             found = batch_features(blank, ids, blank.snapshot.rows(ids), recipients, self.priors, degraded=True)
             found.stopped = np.zeros(len(ids), dtype=bool)
@@ -452,7 +470,8 @@ class RedisFeatures:
         found.stopped = np.fromiter((c in stopped for c in ids), dtype=bool, count=len(ids))
         return found
 
-    def _failed(self, error: Exception) -> None:
+    def failed(self, error: Exception) -> None:
+        """Redis could not be read: answers are degraded, with a reason naming it, until a read succeeds."""
         if not self.degraded_reasons:
             logger.error("the Redis online store at %s cannot be read (%s): answers are degraded", self.where, error)
         self.degraded_reasons = [

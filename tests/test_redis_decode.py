@@ -15,10 +15,9 @@ from feast.type_map import feast_value_type_to_pa
 from feast.value_type import ValueType
 
 from serving.redis_features import RawColumn, _column, _decoded, read_columns
-from serving.snapshot import FEW_IDS
 
 pytestmark = [pytest.mark.integration]
-ROWS = FEW_IDS + 36  # past the few that are decoded value by value
+ROWS = 100
 
 
 def _column_of(values: list[Value | None]) -> RawColumn:

@@ -170,3 +170,22 @@ def test_redis_gone_degrades_answers_and_its_return_recovers_them(pipeline_home,
     assert [d.model_dump(exclude={"decision_id"}) for d in back.decisions] == [
         d.model_dump(exclude={"decision_id"}) for d in healthy.decisions
     ]
+
+
+def test_a_few_customers_read_value_by_value_are_the_snapshots_rows(engine, redis_engine, pipeline_home) -> None:  # type: ignore[no-untyped-def]
+    ids = [*_ids(pipeline_home.settings, 40), "nobody-1"]
+    for group in [ids[:1], ids[1:2], ids[2:9], ids[9:]]:  # a single recipient, a few merged requests
+        recipients = [Recipient(customer_id=c) for c in group]
+        ours, theirs = redis_engine.online.for_recipients(recipients), engine.online.for_recipients(recipients)
+        assert not ours.degraded
+        for name in ("known", "profiled", "consent", "eligible", "any_views"):
+            assert np.array_equal(getattr(ours, name), getattr(theirs, name)), name
+        n = len(group)
+        rows, stamps = np.arange(n), pd.Series([pd.Timestamp(START)] * n)
+        kinds, topics = np.full(n, "promotional"), np.full(n, "outdoor", dtype=object)
+        pd.testing.assert_frame_equal(
+            open_design(ours.matrix, rows, stamps, kinds, topics),
+            open_design(theirs.matrix, rows, stamps, kinds, topics),
+        )
+        assert ours.matrix.category_names == theirs.matrix.category_names
+    assert ours.known[:-1].all() and not ours.known[-1]
