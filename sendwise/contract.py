@@ -11,11 +11,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
-STRING = pd.StringDtype("pyarrow")
+
+def __getattr__(name: str) -> Any:
+    """`STRING`, pandas' Arrow-backed string dtype, made when first asked for: the service's supervisor process
+    imports this module (the API's schemas name the contract's tables) and should not load pandas for it."""
+    if name == "STRING":
+        import pandas as pd
+
+        return pd.StringDtype("pyarrow")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Kind(StrEnum):
@@ -283,6 +293,8 @@ def parse_booleans(values: pd.Series) -> tuple[pd.Series, pd.Series]:
 
     Returns the values as pandas ``boolean`` and a mask of the entries that are not booleans.
     """
+    import pandas as pd
+
     if pd.api.types.is_bool_dtype(values.dtype):
         parsed = values.astype("boolean")
         return parsed, pd.Series(False, index=values.index)
@@ -324,4 +336,7 @@ def looks_like_email(values: pd.Series) -> pd.Series:
 
 def _strings(values: pd.Series) -> pd.Series:
     """Values as Arrow-backed strings, whose string methods run vectorized in Arrow."""
-    return values if values.dtype == STRING else values.astype(STRING)
+    import pandas as pd
+
+    string = pd.StringDtype("pyarrow")
+    return values if values.dtype == string else values.astype(string)

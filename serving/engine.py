@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import orjson
 import pandas as pd
+import redis
 from feast import FeatureStore
 
 from features.offer_values import TABLE as OFFER_VALUES_TABLE
@@ -27,7 +29,7 @@ from features.offer_values import OfferValues
 from features.store import open_store
 from features.transform import CustomerMatrix
 from sendwise.explain import sigmoid
-from sendwise.raw import load_table
+from sendwise.raw import load_table, table_path
 from sendwise.registry import MODEL_NAMES, LoadedModel, load_champions
 from sendwise.settings import Settings
 from serving import reasons
@@ -69,6 +71,8 @@ from serving.schemas import (
     RenderResponse,
     next_whole_hour,
 )
+
+logger = logging.getLogger(__name__)
 
 SAMPLE_FOR_POPULATION = 400
 
@@ -164,6 +168,10 @@ class Engine:
             self.online = OnlineFeatures(settings, store, priors, self.catalog.score_snapshot)
         self.online.blank = OnlineState.empty(models)
         self.realtime = RealtimeFeatures(store)
+        self._unread_at_start = False
+        """Redis could not be read at start: the offers' features and the population are read with the first
+        batch it answers (`_read_what_start_could_not`)."""
+        self._start_lock = threading.Lock()
         if store is not None:
             self.population = self._measure_population()
 
@@ -231,13 +239,23 @@ class Engine:
         models = load_champions(settings)
         store = open_store(settings) if (settings.feast_dir / "registry.db").exists() else None
         offers = load_table(settings, "offers")
-        offer_features = read_offer_features(store, offers)
+        unread = None
+        try:
+            offer_features = read_offer_features(store, offers)
+        except (redis.RedisError, OSError) as error:
+            if settings.online_store != "redis":
+                raise
+            offer_features, unread = None, error  # a replica starts while Redis is down, degraded
         priors_path = settings.feature_tables_dir / "rhythm_priors.parquet"
         priors = pd.read_parquet(priors_path) if priors_path.exists() else None
         values = OfferValues.read(settings.feature_tables_dir / f"{OFFER_VALUES_TABLE}.parquet")
         warm_up()  # the compiled tree walk, before any request waits for it
         history = None if settings.online_store == "redis" else SendHistory.from_raw(settings)
         engine = cls(settings, store, models, offers, offer_features, history, priors, values, log_decisions)
+        if unread is not None and isinstance(engine.online, RedisFeatures):
+            logger.error("the offers' features cannot be read from Redis (%s): they are read when it answers", unread)
+            engine.online.failed(unread)
+            engine._unread_at_start = True
         if log_decisions:  # a torn last line left by a process killed mid-write is cut off before anything else
             engine.log.recover(settings.decisions_dir)
             engine.log.forget_before(settings.decisions_dir, datetime.now(UTC) - timedelta(days=settings.render_days))
@@ -276,6 +294,8 @@ class Engine:
         )
         if self.store is None:
             found.append(reasons.NO_FEATURE_STORE)
+        if self._unread_at_start and isinstance(self.online, RedisFeatures):
+            found.append(reasons.offers_unread(self.online.where))
         return {
             "status": "degraded" if found else "ok",
             "reasons": found,
@@ -285,8 +305,11 @@ class Engine:
 
     def _measure_population(self) -> Population:
         """Mean best-hour open probability and the median best offer value of a sample of known customers."""
-        customers = load_table(self.settings, "customers")
-        if customers is None or customers.empty or "open_propensity" not in self.models:
+        path = table_path(self.settings, "customers")
+        if not path.exists() or "open_propensity" not in self.models:
+            return Population(FALLBACK_OPEN_PROBABILITY, 1.0)
+        customers = pd.read_parquet(path, columns=["customer_id"])  # the ids alone: a sample of them is read
+        if customers.empty:
             return Population(FALLBACK_OPEN_PROBABILITY, 1.0)
         sample = customers["customer_id"].sample(
             n=min(SAMPLE_FOR_POPULATION, len(customers)), random_state=self.settings.seed
@@ -389,6 +412,8 @@ class Engine:
         constraints = request.constraints or Constraints()
         explore_share = self.settings.explore_share if request.explore_share is None else request.explore_share
         features = self.online.for_recipients(request.recipients)
+        if self._unread_at_start and not features.degraded:
+            self._read_what_start_could_not()
         self._stop_where_pushed(features, [r.customer_id for r in request.recipients])
         self._read_latest(features, [r.customer_id for r in request.recipients])
         chosen, conversion = self.catalog.conversion(features, start, request.offer_ids)
@@ -429,6 +454,24 @@ class Engine:
             excluded=repeated_offers(ids, offers, start, constraints.no_repeat_offer_days, sendable, self.history),
             logged_values=self.catalog.model is None,
         )
+
+    def _read_what_start_could_not(self) -> None:
+        """Once Redis answers a replica that started without it: the offers' features (until then no offer is
+        ranked) and the population's open probability and offer value (until then measured on no features)."""
+        with self._start_lock:
+            if not self._unread_at_start:
+                return
+            try:
+                offer_features = read_offer_features(self.store, self.offers)
+            except (redis.RedisError, OSError) as error:
+                if isinstance(self.online, RedisFeatures):
+                    self.online.failed(error)
+                return
+            catalog = self.catalog
+            self.catalog = OfferCatalog(self.offers, offer_features, catalog.offer_values, self.models, catalog.priors)
+            self.population = self._measure_population()
+            self._unread_at_start = False
+            logger.warning("the offers' features were read from Redis: offers are ranked again")
 
     def _draws(self, n: int, explore_share: float) -> tuple[np.ndarray, np.ndarray]:
         """(who explores, a uniform draw per recipient that picks their exploration hour)."""

@@ -200,3 +200,10 @@ def changed_since_decision(decision_id: str) -> str:
 
 def rendered_decision(decision_id: str, decided_at: datetime) -> str:
     return f"the email of decision {decision_id}, made {decided_at:%Y-%m-%d %H:%M} UTC: no new decision"
+
+
+def offers_unread(where: str) -> str:
+    return (
+        f"offers unavailable: their features could not be read from the Redis online store at {where} when this "
+        "replica started, so no offer is ranked; they are read with the first decision Redis answers"
+    )

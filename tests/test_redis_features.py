@@ -170,3 +170,84 @@ def test_redis_gone_degrades_answers_and_its_return_recovers_them(pipeline_home,
     assert [d.model_dump(exclude={"decision_id"}) for d in back.decisions] == [
         d.model_dump(exclude={"decision_id"}) for d in healthy.decisions
     ]
+
+
+def test_a_replica_starts_while_redis_is_down_and_recovers_when_it_is_back(  # type: ignore[no-untyped-def]
+    engine, pipeline_home, tmp_path, monkeypatch
+) -> None:
+    from serving.engine import Engine
+    from tests.redis_server import redis_server
+    from tests.served import free_port
+
+    port = free_port()
+    ids = _ids(pipeline_home.settings, 120)
+    request = DecideRequest(
+        recipients=[Recipient(customer_id=c) for c in ids],
+        campaign=Campaign(kind="promotional", topic="outdoor"),
+        window_start=START,
+        explore_share=0.0,
+        k_offers=5,
+    )
+    with redis_server(port) as url:
+        settings = materialized_in_redis(pipeline_home.settings, tmp_path / "home", f"{url}/2")
+    for key, value in settings.library_environment().items():
+        monkeypatch.setenv(key, value)
+
+    replica = Engine.load(settings)  # the server is stopped: the replica starts all the same
+    status = replica.status()
+    assert status["status"] == "degraded" and status["models"] == engine.status()["models"]
+    features_reason, offers_reason = status["reasons"]
+    assert features_reason.startswith(
+        f"online features unavailable: the Redis online store at 127.0.0.1:{port}/2 cannot be read (ConnectionError"
+    )
+    assert offers_reason.startswith(
+        f"offers unavailable: their features could not be read from the Redis online store at 127.0.0.1:{port}/2"
+    )
+    started_with = replica.population
+    down = replica.decide(request)
+    assert down.status == "degraded" and features_reason in down.reasons
+    assert all(d.cold_start for d in down.decisions) and not any(d.offers for d in down.decisions)
+
+    with redis_server(port) as url:  # back (empty: materialized again)
+        materialized_in_redis(pipeline_home.settings, tmp_path / "again", f"{url}/2")
+        back = replica.decide_payload(request)
+        assert replica.status()["status"] == "ok" and replica.status()["reasons"] == []
+    assert back["status"] == "ok" and back["reasons"] == []
+    healthy = engine.population  # measured again, on the customers' features (it was on none at start)
+    assert started_with.high_value_threshold == 1.0 and healthy.high_value_threshold != 1.0
+    assert replica.population.open_probability == pytest.approx(healthy.open_probability, rel=1e-12)
+    assert replica.population.high_value_threshold == pytest.approx(healthy.high_value_threshold, rel=1e-12)
+    # the same decisions, their probabilities to 12 digits (the last bits of a sum of trees may differ)
+    assert _rounded(_without_ids(back["decisions"])) == _rounded(
+        _without_ids(engine.decide_payload(request)["decisions"])
+    )
+    assert sum(bool(d["offers"]) for d in back["decisions"]) > 50
+
+
+def test_a_few_customers_read_value_by_value_are_the_snapshots_rows(engine, redis_engine, pipeline_home) -> None:  # type: ignore[no-untyped-def]
+    ids = [*_ids(pipeline_home.settings, 40), "nobody-1"]
+    for group in [ids[:1], ids[1:2], ids[2:9], ids[9:]]:  # a single recipient, a few merged requests
+        recipients = [Recipient(customer_id=c) for c in group]
+        ours, theirs = redis_engine.online.for_recipients(recipients), engine.online.for_recipients(recipients)
+        assert not ours.degraded
+        for name in ("known", "profiled", "consent", "eligible", "any_views"):
+            assert np.array_equal(getattr(ours, name), getattr(theirs, name)), name
+        n = len(group)
+        rows, stamps = np.arange(n), pd.Series([pd.Timestamp(START)] * n)
+        kinds, topics = np.full(n, "promotional"), np.full(n, "outdoor", dtype=object)
+        pd.testing.assert_frame_equal(
+            open_design(ours.matrix, rows, stamps, kinds, topics),
+            open_design(theirs.matrix, rows, stamps, kinds, topics),
+        )
+        assert ours.matrix.category_names == theirs.matrix.category_names
+    assert ours.known[:-1].all() and not ours.known[-1]
+
+
+def _rounded(value: object) -> object:
+    if isinstance(value, float):
+        return float(f"{value:.12g}")
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return value
