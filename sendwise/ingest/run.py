@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Literal
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from sendwise import asof, contract, raw
 from sendwise.ingest import appended
@@ -27,7 +29,15 @@ from sendwise.ingest.batch import (
 )
 from sendwise.ingest.derive import assign_timezones, email_activity, impute_margins, joined_activity, site_activity
 from sendwise.ingest.errors import IngestError
-from sendwise.ingest.merge import Merged, count_unchanged, frames_equal, merge, quarantine_path, quarantine_update
+from sendwise.ingest.merge import (
+    Merged,
+    count_unchanged,
+    frames_equal,
+    merge,
+    quarantine_path,
+    quarantine_update,
+    raw_arrow,
+)
 from sendwise.ingest.options import Options, check_options
 from sendwise.ingest.progress import ProgressBars, progress_bars
 from sendwise.ingest.read import Source, discover
@@ -221,7 +231,7 @@ class TableRun:
         """One event table merged, staged and reported; what the others need from it kept."""
         if name in self.order:
             if name in self.batches:
-                self.batches[name].valid = pd.read_parquet(self.spill / f"{name}.parquet")
+                self.batches[name].valid = read_spilled(self.spill / f"{name}.parquet")
             final = self.merge_events(self.with_parts(name))
         else:
             final = raw.load_table(self.settings, name, FACT_COLUMNS[name])
@@ -233,7 +243,7 @@ class TableRun:
         self.bars.advance(name)
         if merged.added > 0:
             path = raw.table_path(self.settings, name)
-            self.staged[path] = raw.stage_parquet(merged.frame, path)
+            self.staged[path] = raw.stage_parquet(raw_arrow(merged.frame), path)
         self.stage_quarantine(batch)
         self.bars.advance(name)
         self.reports[name] = table_report(batch, merged, {"customers": self.customers()})
@@ -288,6 +298,12 @@ class TableRun:
         """Remove the staged files (the ingest stops before its commit)."""
         for temporary in self.staged.values():
             temporary.unlink(missing_ok=True)
+
+
+def read_spilled(path: Path) -> pd.DataFrame:
+    """Valid rows set aside by ``TableRun.read_export``, with the dtypes they had (Arrow strings, which Parquet
+    holds as large strings, stay Arrow strings)."""
+    return pq.read_table(path).to_pandas(types_mapper={pa.large_string(): contract.STRING}.get)
 
 
 def _latest(times: pd.Series | None) -> pd.Timestamp | None:
