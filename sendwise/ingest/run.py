@@ -4,6 +4,8 @@ store, time zones and margins derived, everything written, and the report return
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -193,6 +195,7 @@ class TableRun:
             if batch.table.is_event:
                 batch.valid.to_parquet(self.spill / f"{name}.parquet")
                 batch.valid = batch.valid.iloc[:0].copy()  # a copy: a slice would keep the rows
+                release_memory()
         if "offers" in self.batches:
             warn_likely_fraction(self.batches["offers"], warnings)
 
@@ -236,6 +239,8 @@ class TableRun:
         else:
             final = raw.load_table(self.settings, name, FACT_COLUMNS[name])
         self.keep_facts(name, final)
+        del final
+        release_memory()
 
     def merge_events(self, batch: Batch) -> pd.DataFrame:
         name = batch.table.name
@@ -298,6 +303,15 @@ class TableRun:
         """Remove the staged files (the ingest stops before its commit)."""
         for temporary in self.staged.values():
             temporary.unlink(missing_ok=True)
+
+
+def release_memory() -> None:
+    """Give the memory of a released table back to the system before the next is loaded: Arrow's pool and the
+    C allocator otherwise keep it for reuse, and the next table's peak then comes on top of it."""
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    with contextlib.suppress(OSError, AttributeError):  # glibc only
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def read_spilled(path: Path) -> pd.DataFrame:
