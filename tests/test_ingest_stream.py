@@ -9,19 +9,20 @@ right, then print the new digests with `python -m tests.test_ingest_stream`.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
-import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from sendwise import asof, contract, raw
 from sendwise.ingest import ingest
 from sendwise.ingest.appended import append_events, check_events
-from sendwise.ingest.spill import PREFIX
+from sendwise.ingest.spill import LOCK, PREFIX, SUFFIX, remove_stray_folders, spill_folder
 from sendwise.settings import Settings
 from sendwise.simulator import simulate
 from sendwise.tombstones import add_tombstones
@@ -121,9 +122,24 @@ def test_the_ingest_leaves_what_the_whole_export_ingest_left(tmp_path: Path) -> 
     assert two_ingests(tmp_path) == GOLDEN
 
 
+def test_a_spill_folder_a_killed_ingest_left_is_removed_and_a_running_ingests_kept(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    left = tmp_path / f"{PREFIX}killed{SUFFIX}"
+    left.mkdir()
+    (left / LOCK).touch()
+    (left / "email_events.parquet").write_bytes(b"rows")
+    with spill_folder(settings) as running:
+        assert not left.exists(), "nobody holds its lock: a killed ingest left it"
+        assert running.name.startswith(PREFIX) and running.name.endswith(SUFFIX)
+        remove_stray_folders(tmp_path)  # another ingest starting meanwhile
+        assert running.is_dir(), "its ingest holds the lock"
+        with (running / LOCK).open("a") as handle, pytest.raises(BlockingIOError):
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    assert not running.exists()
+
+
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as folder:
         found = two_ingests(Path(folder))
     json.dump(found, sys.stdout, indent=4)
     print()
-    shutil.rmtree(folder, ignore_errors=True)
