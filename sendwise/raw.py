@@ -24,6 +24,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sendwise.contract import TABLES
@@ -52,13 +53,16 @@ def load_table(settings: Settings, name: str, columns: Iterable[str] | None = No
     return pd.read_parquet(path, columns=[c for c in pq.read_schema(path).names if c in wanted])
 
 
-def stage_parquet(frame: pd.DataFrame, path: Path) -> Path:
+def stage_parquet(frame: pd.DataFrame | pa.Table, path: Path) -> Path:
     """``frame`` written whole to a temporary file beside ``path`` (same file system), to be renamed onto it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".parquet.tmp")
     os.close(handle)
     try:
-        frame.to_parquet(temporary, index=False)
+        if isinstance(frame, pa.Table):
+            pq.write_table(frame, temporary)
+        else:
+            frame.to_parquet(temporary, index=False)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)

@@ -148,18 +148,28 @@ def check_currency(batches: dict[str, Batch], previous: str | None) -> str | Non
 def check_export_as_of(as_of: pd.Timestamp, batches: dict[str, Batch]) -> None:
     """An export cannot hold events after it was taken: an as-of before any of its events is an error that
     names the as-of, the latest event and the files it is in (nothing is written)."""
-    late = []
-    for name in asof.EVENT_TABLES:
-        batch = batches.get(name)
-        if batch is None or "occurred_at" not in batch.valid or batch.valid.empty:
-            continue
-        times = batch.valid["occurred_at"]
-        after = int((times > as_of).sum())
-        if after:
-            late.append((times.max(), name, after, ", ".join(batch.files)))
+    late = [found for name in asof.EVENT_TABLES if name in batches and (found := late_events(as_of, batches[name]))]
+    raise_late_events(as_of, late)
+
+
+LateEvents = tuple[pd.Timestamp, str, int, str]
+"""An event table's latest event after the as-of, its name, how many are after it, and its files."""
+
+
+def late_events(as_of: pd.Timestamp, batch: Batch) -> LateEvents | None:
+    """The export's events of ``batch`` after ``as_of`` (``check_export_as_of``), or None."""
+    if "occurred_at" not in batch.valid or batch.valid.empty:
+        return None
+    times = batch.valid["occurred_at"]
+    after = int((times > as_of).sum())
+    return (times.max(), batch.table.name, after, ", ".join(batch.files)) if after else None
+
+
+def raise_late_events(as_of: pd.Timestamp, late: list[LateEvents]) -> None:
+    """The ``IngestError`` of ``check_export_as_of`` where any event table has events after ``as_of``."""
     if not late:
         return
-    latest, name, after, files = max(late)
+    latest, _table, after, files = max(late)
     raise IngestError(
         f"--as-of {asof.text(as_of)} is before the latest event of this export: {files}, column occurred_at, "
         f"has {after:,} events after it, the latest at {asof.text(latest)}. An export cannot hold events after "

@@ -13,15 +13,30 @@ from sendwise.ingest.parse import TIMESTAMP
 
 def human_activity(email_events: pd.DataFrame | None, site_events: pd.DataFrame | None) -> pd.DataFrame:
     """Human activity in UTC: site sessions, and opens and clicks not flagged as machine opens."""
-    parts = []
-    if email_events is not None:
-        human = email_events["event"].isin(["open", "click"]) & ~email_events["machine_open"].fillna(False)
-        parts.append(email_events.loc[human, ["customer_id", "occurred_at"]])
-    if site_events is not None:
-        parts.append(site_events.loc[site_events["event"] == "session_start", ["customer_id", "occurred_at"]])
-    if not parts:
+    return joined_activity([email_activity(email_events), site_activity(site_events)])
+
+
+def email_activity(email_events: pd.DataFrame | None) -> pd.DataFrame | None:
+    """The opens and clicks not flagged as machine opens: their customers and times (None without the table)."""
+    if email_events is None:
+        return None
+    human = email_events["event"].isin(["open", "click"]) & ~email_events["machine_open"].fillna(False)
+    return email_events.loc[human, ["customer_id", "occurred_at"]]
+
+
+def site_activity(site_events: pd.DataFrame | None) -> pd.DataFrame | None:
+    """The site sessions: their customers and times (None without the table)."""
+    if site_events is None:
+        return None
+    return site_events.loc[site_events["event"] == "session_start", ["customer_id", "occurred_at"]]
+
+
+def joined_activity(parts: list[pd.DataFrame | None]) -> pd.DataFrame:
+    """The activity of each event table, one after the other, as ``human_activity`` gives it."""
+    found = [part for part in parts if part is not None]
+    if not found:
         return pd.DataFrame({"customer_id": pd.Series(dtype=object), "occurred_at": pd.Series(dtype=TIMESTAMP)})
-    return pd.concat(parts, ignore_index=True)
+    return pd.concat(found, ignore_index=True)
 
 
 def assign_timezones(

@@ -6,6 +6,7 @@ by the later row. The counts of what was added, updated or changed nothing feed 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -66,10 +67,11 @@ def merge(batch: Batch, stored: pd.DataFrame | None) -> Merged:
 
 def _merge_events(table: Table, new: pd.DataFrame, stored: pd.DataFrame | None) -> Merged:
     key = table.key
-    repeated = new[key].duplicated(keep="first").to_numpy()
-    new = new.loc[~repeated]
+    repeated = _repeated(new[key])
+    if repeated.any():
+        new = new.loc[~repeated]
     already = new[key].isin(stored[key]).to_numpy() if stored is not None else np.zeros(len(new), dtype=bool)
-    added = new.loc[~already]
+    added = new.loc[~already] if already.any() else new
     duplicates = int(repeated.sum() + already.sum())
     if stored is not None and added.empty:
         return Merged(stored, duplicates, 0, 0, pd.Index([]))
@@ -77,16 +79,49 @@ def _merge_events(table: Table, new: pd.DataFrame, stored: pd.DataFrame | None) 
     return Merged(_sort_events(frame, key), duplicates, len(added), 0, pd.Index([]))
 
 
+def _repeated(keys: pd.Series) -> np.ndarray:
+    """Which keys repeat an earlier one; through their codes, so Arrow strings are not made Python objects."""
+    codes, _ = pd.factorize(keys, use_na_sentinel=False)
+    return pd.Series(codes).duplicated(keep="first").to_numpy()
+
+
 def _sort_events(frame: pd.DataFrame, key: str) -> pd.DataFrame:
     """Events in time order, ties by id: the same rows always give the same file."""
+    ids = frame[key]
     keys = pa.table(
         {
             "time": pa.array(frame["occurred_at"].array.asi8),
-            "id": pa.array(frame[key].to_numpy(dtype=object), type=pa.string()),
+            "id": pa.array(ids.array)
+            if _is_arrow_text(ids)
+            else pa.array(ids.to_numpy(dtype=object), type=pa.string()),
         }
     )
     order = pc.sort_indices(keys, sort_keys=[("time", "ascending"), ("id", "ascending")])
     return frame.take(order.to_numpy()).reset_index(drop=True)
+
+
+def _is_arrow_text(values: pd.Series) -> bool:
+    return isinstance(values.dtype, pd.StringDtype) and values.dtype.storage == "pyarrow"
+
+
+def raw_arrow(frame: pd.DataFrame) -> pa.Table:
+    """``frame`` as the raw store writes it: its Arrow-string columns (``validate.FileChecker.kept``) as the
+    text columns of Python strings are written, so that ``raw.load_table`` reads the table back the same,
+    whichever way its text was held."""
+    texts = [name for name in frame.columns if _is_arrow_text(frame[name])]
+    empty = [name for name in texts if frame[name].isna().all()]  # no strings: written as a column of None is
+    if empty:
+        frame = frame.assign(**{name: frame[name].astype(object) for name in empty})
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    metadata = json.loads(table.schema.metadata[b"pandas"])
+    for column in metadata["columns"]:
+        if column["name"] in texts and column["name"] not in empty:
+            column.update(pandas_type="unicode", numpy_type="object")
+    for name in texts:
+        if name not in empty:
+            index = table.schema.get_field_index(name)
+            table = table.set_column(index, name, table.column(index).cast(pa.string()))
+    return table.replace_schema_metadata({**table.schema.metadata, b"pandas": json.dumps(metadata).encode()})
 
 
 def _merge_entities(table: Table, new: pd.DataFrame, stored: pd.DataFrame | None) -> Merged:

@@ -256,9 +256,20 @@ def _span(frame: pd.DataFrame | None, columns: tuple[str, ...]) -> TimeSpan:
 
 def add_open_facts(report: IngestReport, email_events: pd.DataFrame | None) -> None:
     """Opens in the raw store, and the share the ESP flagged as machine opens."""
+    set_open_facts(report, open_counts(email_events))
+
+
+def open_counts(email_events: pd.DataFrame | None) -> tuple[int, int] | None:
+    """The opens in ``email_events`` and how many of them the ESP flagged as machine opens (None: no table)."""
     if email_events is None:
-        return
+        return None
     opens = email_events["event"] == "open"
-    report.opens = int(opens.sum())
-    report.machine_opens = int((opens & email_events["machine_open"].fillna(False)).sum())
+    return int(opens.sum()), int((opens & email_events["machine_open"].fillna(False)).sum())
+
+
+def set_open_facts(report: IngestReport, counts: tuple[int, int] | None) -> None:
+    """The report's open facts from ``open_counts``."""
+    if counts is None:
+        return
+    report.opens, report.machine_opens = counts
     report.machine_open_share = report.machine_opens / report.opens if report.opens else None

@@ -97,6 +97,12 @@ class FileChecker:
         self.warnings = warnings
         self.unknown_zone_names = 0
 
+    def kept(self, text: pd.Series) -> pd.Series:
+        """Text as the valid rows hold it: an event table's as Arrow strings (its ids are most of an export's
+        memory, and far smaller so than as Python objects; they are written as the raw store's text all the
+        same, ``sendwise.ingest.merge.raw_arrow``), the other tables' as Python ``str`` or None."""
+        return text if self.table.is_event else as_objects(text)
+
     def where(self, column: str) -> str:
         return f"{self.label}, column {column}"
 
@@ -197,15 +203,15 @@ class FileChecker:
                 contract.looks_like_email(text).to_numpy(),
                 "customer_id: looks like an email address (a direct identifier; hash it upstream)",
             )
-        return as_objects(text), text.isna().to_numpy()
+        return self.kept(text), text.isna().to_numpy()
 
     def texts(self, column: Column, raw: pd.Series, problems: Problems) -> tuple[pd.Series, np.ndarray]:
         text = as_text(raw)
-        return as_objects(text), text.isna().to_numpy()
+        return self.kept(text), text.isna().to_numpy()
 
     def free_texts(self, column: Column, raw: pd.Series, problems: Problems) -> tuple[pd.Series, np.ndarray]:
         text = as_free_text(raw)
-        return as_objects(text), text.isna().to_numpy()
+        return self.kept(text), text.isna().to_numpy()
 
     def links(self, column: Column, raw: pd.Series, problems: Problems) -> tuple[pd.Series, np.ndarray]:
         text = as_text(raw)
@@ -223,7 +229,7 @@ class FileChecker:
                 f"{self.where(column.name)}: {int(plain.sum()):,} links over plain http (e.g. "
                 f"{text[plain].iloc[0]!r}) were accepted; {column.http_warning}"
             )
-        return as_objects(text), text.isna().to_numpy()
+        return self.kept(text), text.isna().to_numpy()
 
     def timestamps(self, column: Column, raw: pd.Series, problems: Problems) -> tuple[pd.Series, np.ndarray]:
         try:
@@ -313,7 +319,7 @@ class FileChecker:
     def interests(self, column: Column, raw: pd.Series, problems: Problems) -> tuple[pd.Series, np.ndarray]:
         text = as_text(raw).str.replace(r"\s*\|\s*", "|", regex=True).str.replace(r"\|{2,}", "|", regex=True)
         text = text.str.strip("|").fillna("")
-        return as_objects(text), (text == "").to_numpy()
+        return self.kept(text), (text == "").to_numpy()
 
     def attribute(self, raw: pd.Series) -> pd.Series:
         """``attr_*``: float64 when every value is a number, else text."""
@@ -336,7 +342,7 @@ def _quarantine_rows(frame: pd.DataFrame, bad: np.ndarray, reasons: np.ndarray, 
 
 def _fill_event_ids(table: Table, valid: pd.DataFrame) -> pd.Series:
     """``event_id``, with ``h-`` + SHA-1 of the row's other contract columns where it is missing."""
-    ids = valid[table.key].astype(object)
+    ids = valid[table.key]
     missing = ids.isna().to_numpy()
     if not missing.any():
         return ids
@@ -344,9 +350,7 @@ def _fill_event_ids(table: Table, valid: pd.DataFrame) -> pd.Series:
     parts = [_hash_text(rows[name]) for name in table.column_names if name != table.key]
     joined = parts[0].str.cat(parts[1:], sep="\x1f")
     hashed = [contract.HASHED_EVENT_ID_PREFIX + hashlib.sha1(text.encode()).hexdigest() for text in joined]
-    ids = ids.copy()
-    ids[missing] = hashed
-    return ids
+    return ids.where(~missing, pd.Series(hashed, index=rows.index, dtype=ids.dtype).reindex(ids.index))
 
 
 def _hash_text(values: pd.Series) -> pd.Series:

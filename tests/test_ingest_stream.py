@@ -1,0 +1,145 @@
+"""The ingest holds one large table at a time (`sendwise.ingest.run.TableRun`), and leaves the home exactly as
+the ingest that held the whole export in memory did: the raw tables (values and dtypes as `load_table` reads
+them), the quarantine, the reports and the recorded as-of.
+
+`GOLDEN` holds the digests of what that whole-export ingest left after `two_ingests` (measured once with it on
+the same seeded world). A change that alters what an ingest stores changes them: check the new outputs are
+right, then print the new digests with `python -m tests.test_ingest_stream`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from sendwise import asof, contract, raw
+from sendwise.ingest import ingest
+from sendwise.ingest.appended import append_events, check_events
+from sendwise.ingest.spill import LOCK, PREFIX, SUFFIX, remove_stray_folders, spill_folder
+from sendwise.settings import Settings
+from sendwise.simulator import simulate
+from sendwise.tombstones import add_tombstones
+
+GOLDEN = {
+    "raw/customers": "37df7570c37eddc7",
+    "raw/campaigns": "3666af72f119a54c",
+    "raw/email_events": "81be4498bd056406",
+    "raw/site_events": "2e88510dc5cfeb78",
+    "raw/offers": "65e2b39fc086b1c1",
+    "raw/offer_events": "21742a6a6d9f2f4b",
+    "quarantine/campaigns": "7a5334791e639b1a",
+    "quarantine/customers": "240e463ed7582915",
+    "quarantine/email_events": "e5ba94ba7b0075cd",
+    "quarantine/offer_events": "ed52e81e1a35b2e7",
+    "quarantine/site_events": "b840279410737cf0",
+    "report/1": "c5b8e2c6921f7610",
+    "report/2": "71c8ec15fb977932",
+    "as_of": "00aba11afe4733e5",
+}
+VOLATILE_REPORT_FIELDS = ("started_at", "seconds", "data_dir", "home", "report_file")
+
+
+def frame_digest(frame: pd.DataFrame | None) -> str:
+    """A digest of a frame's columns, dtypes and values, in order."""
+    if frame is None:
+        return "absent"
+    digest = hashlib.sha256(json.dumps([[str(c), str(t)] for c, t in frame.dtypes.items()]).encode())
+    digest.update(pd.util.hash_pandas_object(frame, index=True).to_numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def home_digests(settings: Settings, reports: list[dict[str, object]]) -> dict[str, str]:
+    """Digests of everything an ingest leaves in the home, its time-dependent fields left out."""
+    digests = {f"raw/{name}": frame_digest(raw.load_table(settings, name)) for name in contract.TABLES}
+    for path in sorted(settings.quarantine_dir.glob("*.parquet")):
+        digests[f"quarantine/{path.stem}"] = frame_digest(pd.read_parquet(path).drop(columns="_ingested_at"))
+    for number, report in enumerate(reports, 1):
+        kept = {k: v for k, v in report.items() if k not in VOLATILE_REPORT_FIELDS}
+        digests[f"report/{number}"] = hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
+    recorded = [{k: v for k, v in entry.items() if k != "data_dir"} for entry in asof.recorded(settings)]
+    digests["as_of"] = hashlib.sha256(json.dumps(recorded, sort_keys=True).encode()).hexdigest()[:16]
+    return digests
+
+
+def second_export(world: Path, folder: Path) -> None:
+    """An export after the world's: customers updated, email events repeated, new, bad and without ids;
+    no site events, offers or offer events (the store keeps those)."""
+    folder.mkdir()
+    customers = pd.read_csv(world / "customers.csv", dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    changed = customers.head(20).copy()
+    changed["country"] = "DE"
+    changed["timezone"] = ""
+    changed["updated_at"] = "2026-11-02T00:00:00Z"
+    changed.to_csv(folder / "customers.csv", index=False)
+    emails = pd.read_parquet(world / "email_events").head(40)
+    text = emails.astype(str).where(emails.notna(), "")
+    text["occurred_at"] = emails["occurred_at"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    new = text.head(10).copy()
+    new["event_id"] = [f"n-{i}" for i in range(10)]
+    new.loc[new.index[:3], "event_id"] = ""  # ids hashed from the other columns
+    new.loc[new.index[3], "occurred_at"] = "not a time"
+    new.loc[new.index[4], "event"] = "teleported"
+    pd.concat([text, new]).to_csv(folder / "email_events.csv", index=False)
+    (folder / "campaigns.csv").write_bytes((world / "campaigns.csv").read_bytes())
+
+
+def two_ingests(root: Path) -> dict[str, str]:
+    """A seeded world ingested, events appended and a customer erased, then a second export ingested."""
+    world = root / "world"
+    simulate(world, customers=150, days=10, seed=3, progress=False)
+    settings = Settings(home=root / "home")
+    reports = [ingest(world, settings, progress=False).model_dump(mode="json")]
+    second_export(world, root / "second")
+    first = pd.read_csv(world / "customers.csv", dtype=str, encoding="utf-8-sig")["customer_id"]
+    session = {"table": "site_events", "event": "session_start", "occurred_at": "2026-11-01T10:00:00Z"}
+    rows = [{**session, "customer_id": first.iloc[i]} for i in (30, 31, 32)]
+    rows.append(
+        {
+            "table": "email_events",
+            "event_id": "appended-1",
+            "customer_id": first.iloc[33],
+            "message_id": "m-appended",
+            "event": "open",
+            "occurred_at": "2026-11-01T11:00:00Z",
+        }
+    )
+    append_events(settings, check_events(rows, settings))
+    add_tombstones(settings, [first.iloc[5], first.iloc[31]])
+    report = ingest(root / "second", settings, as_of="2026-11-02T00:00:00Z", progress=False)
+    reports.append(report.model_dump(mode="json"))
+    assert not list(settings.home.glob(f"{PREFIX}*")), "the ingest's spill folder is removed"
+    return home_digests(settings, reports)
+
+
+def test_the_ingest_leaves_what_the_whole_export_ingest_left(tmp_path: Path) -> None:
+    assert two_ingests(tmp_path) == GOLDEN
+
+
+def test_a_spill_folder_a_killed_ingest_left_is_removed_and_a_running_ingests_kept(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    left = tmp_path / f"{PREFIX}killed{SUFFIX}"
+    left.mkdir()
+    (left / LOCK).touch()
+    (left / "email_events.parquet").write_bytes(b"rows")
+    with spill_folder(settings) as running:
+        assert not left.exists(), "nobody holds its lock: a killed ingest left it"
+        assert running.name.startswith(PREFIX) and running.name.endswith(SUFFIX)
+        remove_stray_folders(tmp_path)  # another ingest starting meanwhile
+        assert running.is_dir(), "its ingest holds the lock"
+        with (running / LOCK).open("a") as handle, pytest.raises(BlockingIOError):
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    assert not running.exists()
+
+
+if __name__ == "__main__":
+    with tempfile.TemporaryDirectory() as folder:
+        found = two_ingests(Path(folder))
+    json.dump(found, sys.stdout, indent=4)
+    print()
