@@ -18,7 +18,7 @@ from rich.progress import Progress
 
 from features.activity import READ_WINDOW_HOURS, Evidence, RhythmPrior, fit_prior
 from features.labels import is_proxied, label_sends
-from features.latest import ACTIVITY_TABLE, EMAIL_STATE_TABLE, email_state, latest_activity, with_schema
+from features.latest import ACTIVITY_TABLE, EMAIL_STATE_TABLE, arrow_table, email_state, latest_activity, with_schema
 from features.localtime import is_weekend, local_hour_weekday
 from features.offer_values import offer_values
 from sendwise.asof import AsOf, Source, resolve_as_of
@@ -536,8 +536,8 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
         ("customer_attributes", attributes),
         ("offer_features", offer_table),
         ("offer_values", offer_values(exposures, offers, as_of, settings.conversion_window_days)),
-        (ACTIVITY_TABLE, activity_rows),
-        (EMAIL_STATE_TABLE, with_schema(email_state_rows, EMAIL_STATE_TABLE)),
+        (ACTIVITY_TABLE, arrow_table(activity_rows, ACTIVITY_TABLE)),
+        (EMAIL_STATE_TABLE, arrow_table(email_state_rows, EMAIL_STATE_TABLE)),
     ):
         write_parquet_atomic(frame, settings.feature_tables_dir / f"{name}.parquet")
     return FeatureTables(

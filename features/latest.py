@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 ACTIVITY_TABLE = "latest_activity"
 EMAIL_STATE_TABLE = "email_state"
@@ -133,3 +134,16 @@ def with_schema(frame: pd.DataFrame, table: str) -> pd.DataFrame:
         if name != TIME:
             frame[name] = frame[name].astype(empty[name].dtype)
     return frame
+
+
+def arrow_table(frame: pd.DataFrame, table: str) -> pa.Table:
+    """The table as its Parquet file stores it: the schema's types even for a column without a value (in an
+    empty table, the customer ids as text: Feast's point-in-time join cannot compare a column of nulls with the
+    entity's ids)."""
+    fields = [pa.field(KEY, pa.string()), pa.field(TIME, pa.timestamp("us", tz="UTC"))]
+    if table == ACTIVITY_TABLE:
+        fields += [pa.field(name, pa.float64()) for name in ACTIVITY_TIMES]
+        fields += [pa.field(name, pa.string()) for name in ACTIVITY_TEXTS]
+    else:
+        fields += [pa.field(name, pa.float32()) for name in EMAIL_FLAGS]
+    return pa.Table.from_pandas(with_schema(frame, table), schema=pa.schema(fields), preserve_index=False)

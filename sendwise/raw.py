@@ -70,7 +70,7 @@ def stage_parquet(frame: pd.DataFrame | pa.Table, path: Path) -> Path:
     return Path(temporary)
 
 
-def write_parquet_atomic(frame: pd.DataFrame, path: Path) -> None:
+def write_parquet_atomic(frame: pd.DataFrame | pa.Table, path: Path) -> None:
     """Write ``frame`` to ``path`` so that readers see either the old file or the new one, never a part.
 
     The data goes to a temporary file in the same folder (same file system), which then replaces ``path``.
