@@ -308,12 +308,16 @@ def evaluate_lift(
     """Simulate one world (`customers` × `days`), run the pipeline on it once, then `run_scenario` for seeds
     0 .. `seeds` − 1, each in a home of its own under `work_dir` (removed once measured)."""
     from sendwise.simulator import simulate
+    from sendwise.simulator.options import Realism
 
     scenario = scenario or Scenario()
     say = progress or (lambda _: None)
     world_dir, home = work_dir / "world", work_dir / "home"
     say(f"simulating a world of {customers:,} customers over {days} days")
-    simulate(world_dir, customers=customers, days=days, seed=world_seed, progress=False)
+    # without the recent-activity effect: the simulated sending system does not follow the visits its emails
+    # bring, so in a world with it, its truth would not be the truth of its draws
+    realism = Realism(recent_activity=False)
+    simulate(world_dir, customers=customers, days=days, seed=world_seed, progress=False, realism=realism)
     settings = Settings(home=home, mlflow_tracking_uri=None)  # its models in its home, never on a shared server
     settings.activate()
     say("running the pipeline on it")
