@@ -182,9 +182,9 @@ LATEST_READ_ROWS = 10_000
 
 def _latest_activity(engine: Engine, ids: list[str]) -> dict[str, np.ndarray]:
     """The customers' latest activity as the online store has it, read a decision's batch at a time."""
-    parts = [engine.realtime.latest(ids[i : i + LATEST_READ_ROWS]) for i in range(0, len(ids), LATEST_READ_ROWS)]
-    empty = engine.realtime.latest([])
-    return {name: np.concatenate([empty[name], *(part[name] for part in parts)]) for name in empty}
+    starts = range(0, len(ids), LATEST_READ_ROWS) or [0]  # no customers: one read of none, for the columns
+    parts = [engine.realtime.latest(ids[i : i + LATEST_READ_ROWS]) for i in starts]
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 
 def window_start(as_of: pd.Timestamp) -> pd.Timestamp:
