@@ -117,18 +117,20 @@ def _decide(engine: Engine, ids: list[str], start: datetime) -> list[dict[str, o
 
 
 def test_a_pushed_visit_moves_the_send_time_and_a_purchase_the_offer(own_engine: Engine) -> None:
-    now = datetime.now(UTC).replace(microsecond=0)
-    start = (now + timedelta(hours=1)).replace(minute=0, second=0)
+    # the visit is always one hour before the window opens (the hour now began), whatever the minute now
+    visited = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    start = visited + timedelta(hours=1)
     ids = _profiled_sendable(own_engine.settings, 200)
     before = _decide(own_engine, ids, start)
     late = [d for d in before if d["send"] and d["send_at"] != _z(start)][:20]
     assert len(late) == 20
-    visit = {"table": "site_events", "event": "session_start", "occurred_at": now.isoformat()}
+    visit = {"table": "site_events", "event": "session_start", "occurred_at": visited.isoformat()}
     own_engine.events(EventsRequest(events=[{**visit, "customer_id": d["customer_id"]} for d in late]))
     after = {d["customer_id"]: d for d in _decide(own_engine, [str(d["customer_id"]) for d in late], start)}
     first_before = np.array([d["hourly_open_probability"][0] for d in late])
     first_after = np.array([after[d["customer_id"]]["hourly_open_probability"][0] for d in late])
-    assert (first_after / first_before > 1.4).all()  # the first hour, minutes after the visit, is likelier
+    rise = first_after / first_before  # the first hour, an hour after the visit, is likelier for everyone
+    assert (rise > 1.2).all() and np.median(rise) > 1.5, np.round(rise, 2)
     moved = [str(after[d["customer_id"]]["send_at"]) for d in late]
     assert sum(m < str(d["send_at"]) for m, d in zip(moved, late, strict=True)) >= 15  # sooner, toward the visit
     assert sum(m == _z(start) for m in moved) >= 10  # most of them to the first hour of the window
@@ -143,7 +145,7 @@ def test_a_pushed_visit_moves_the_send_time_and_a_purchase_the_offer(own_engine:
             "event": "purchase",
             "category": category[d["offers"][0]["offer_id"]]["category"],
             "value": 40.0,
-            "occurred_at": now.isoformat(),
+            "occurred_at": visited.isoformat(),
         }
         for d in given
         if category[d["offers"][0]["offer_id"]].get("category")
