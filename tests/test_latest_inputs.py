@@ -100,6 +100,10 @@ def own_engine(pipeline_home: PipelineHome, tmp_path_factory: pytest.TempPathFac
     yield Engine.load(settings)
 
 
+VISITED = datetime(2026, 12, 1, 10, tzinfo=UTC)
+"""When the tests' pushed visits and purchases happen (a Tuesday, a month after the test world's data end)."""
+
+
 def _z(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -117,8 +121,9 @@ def _decide(engine: Engine, ids: list[str], start: datetime) -> list[dict[str, o
 
 
 def test_a_pushed_visit_moves_the_send_time_and_a_purchase_the_offer(own_engine: Engine) -> None:
-    # the visit is always one hour before the window opens (the hour now began), whatever the minute now
-    visited = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    # A fixed moment, the visit one hour before the window opens: at the wall clock's now the hours since the
+    # visit moved with the minute, and the send hours the visit competes with with the hour and the weekday.
+    visited = VISITED
     start = visited + timedelta(hours=1)
     ids = _profiled_sendable(own_engine.settings, 200)
     before = _decide(own_engine, ids, start)
@@ -130,7 +135,7 @@ def test_a_pushed_visit_moves_the_send_time_and_a_purchase_the_offer(own_engine:
     first_before = np.array([d["hourly_open_probability"][0] for d in late])
     first_after = np.array([after[d["customer_id"]]["hourly_open_probability"][0] for d in late])
     rise = first_after / first_before  # the first hour, an hour after the visit, is likelier for everyone
-    assert (rise > 1.2).all() and np.median(rise) > 1.5, np.round(rise, 2)
+    assert (rise > 1.4).all(), np.round(rise, 2)
     moved = [str(after[d["customer_id"]]["send_at"]) for d in late]
     assert sum(m < str(d["send_at"]) for m, d in zip(moved, late, strict=True)) >= 15  # sooner, toward the visit
     assert sum(m == _z(start) for m in moved) >= 10  # most of them to the first hour of the window
