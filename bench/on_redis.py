@@ -2,7 +2,8 @@
 service reading them from its in-memory snapshot, measured in the same run.
 
 A `redis-server` of the benchmark's own (Debian's, on a free loopback port, nothing saved) gets the home's
-features as the pipeline puts them there (Feast's `materialize` into db 1 of its URL); then customer
+features as the pipeline puts them there (Feast's `materialize` into db 1 of its URL, then every customer's
+offer scores kept beside their features, for the benchmark's window: `Engine.keep_offer_scores`); then customer
 `syn-0000001` and the rest, up to `online_customers` (1,000,000), are copies of the real customers' Redis
 hashes under their own keys (Redis's `COPY`, keys made as Feast makes them: `serving.redis_features.entity_keys`),
 as benchmark 4 grows the feature tables.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import shutil
 import time
 from contextlib import ExitStack
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -41,6 +43,7 @@ from bench.world import BenchHome, clear_decision_log
 from features.store import materialize, open_store
 from sendwise.asof import resolve_as_of
 from sendwise.settings import Settings
+from serving.engine import Engine
 from serving.redis_features import entity_keys
 from serving.snapshot import view_sources
 
@@ -61,14 +64,19 @@ def replica_home(home: BenchHome, plan: Plan, url: str) -> Settings:
     return Settings(home=target, online_store="redis", redis_url=url)
 
 
-def fill_redis(settings: Settings, real: list[str], total: int, console: Console) -> tuple[list[str], float]:
-    """Materialize the home into Redis (as the pipeline does), then copy its customers' hashes under synthetic
-    ids up to `total`; (every customer id in Redis, seconds Feast's materialize took)."""
+def fill_redis(
+    settings: Settings, real: list[str], total: int, console: Console, decide_at: datetime | None = None
+) -> tuple[list[str], float]:
+    """Materialize the home into Redis and keep its customers' offer scores there for decisions at `decide_at`
+    (as the pipeline does, for the next whole hour: `Engine.keep_offer_scores`), then copy its customers'
+    hashes under synthetic ids up to `total`; (every customer id in Redis, seconds Feast's materialize took)."""
     store = open_store(settings)
     began = time.perf_counter()
     with console.status("Feast materialize into Redis"):
         materialize(store, resolve_as_of(settings).time.to_pydatetime())
     materialized = time.perf_counter() - began
+    with console.status("offer scores kept in Redis"):
+        Engine.load(settings, log_decisions=False).keep_offer_scores(real, at=decide_at)
     client = redis.Redis.from_url(settings.redis_url)
     project, version = store.config.project, store.config.entity_key_serialization_version
     real_keys = entity_keys(real, project, version)
@@ -153,7 +161,7 @@ def run(home: BenchHome, plan: Plan, console: Console) -> list[Row]:
         tables = home.settings.feature_tables_dir
         real = pd.read_parquet(tables / "customer_features.parquet", columns=["customer_id"])["customer_id"]
         everyone, materialized = fill_redis(
-            settings, real.astype(str).unique().tolist(), plan.online_customers, console
+            settings, real.astype(str).unique().tolist(), plan.online_customers, console, home.window_start
         )
         stats: Any = redis.Redis.from_url(url).info("memory")
         used = int(stats["used_memory"])

@@ -361,12 +361,14 @@ class _Context(NamedTuple):
     population: float
     hour_reasons: HourReasons
     stamps: list[tuple[str, str]]
+    logged_threshold: float
+    """The threshold as the log keeps it: rounded like the offers' values, so that a value equal to it (the
+    median best offer is some customer's best) stays equal to it (`logged_threshold`)."""
 
-    @property
-    def logged_threshold(self) -> float:
-        """The threshold as the log keeps it: rounded like the offers' values, so that a value equal to it (the
-        median best offer is some customer's best) stays equal to it."""
-        return float(np.round(np.float64(self.threshold), LOGGED_DECIMALS))  # as np.round rounds the values
+
+def logged_threshold(threshold: float) -> float:
+    """`threshold` rounded as np.round rounds the logged values."""
+    return float(np.round(np.float64(threshold), LOGGED_DECIMALS))
 
 
 def decision_rows(
@@ -379,7 +381,15 @@ def decision_rows(
     rows = _RowValues.of(batch)
     offers = _RankedOffers.of(batch, template, threshold)
     hour_reasons = HourReasons(batch.start, batch.explore_share, batch.plan.capacity, batch.constraints.quiet_hours)
-    context = _Context(notes, template, threshold, population.open_probability, hour_reasons, batch.window_times)
+    context = _Context(
+        notes,
+        template,
+        threshold,
+        population.open_probability,
+        hour_reasons,
+        batch.window_times,
+        logged_threshold(threshold),
+    )
     ids = new_decision_ids(len(recipients))
     out: list[dict[str, object]] = []
     for i, recipient in enumerate(recipients):

@@ -14,7 +14,7 @@ import copy
 import gc
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
@@ -23,6 +23,7 @@ import orjson
 import pandas as pd
 import redis
 from feast import FeatureStore
+from tqdm import tqdm
 
 from features.offer_values import TABLE as OFFER_VALUES_TABLE
 from features.offer_values import OfferValues
@@ -75,6 +76,8 @@ from serving.schemas import (
 logger = logging.getLogger(__name__)
 
 SAMPLE_FOR_POPULATION = 400
+KEEP_CHUNK = 20_000
+"""Customers read, scored and written at a time by `Engine.keep_offer_scores`."""
 
 
 _gc_pauses = 0
@@ -323,6 +326,29 @@ class Engine:
             margins = eligible_offers(self.catalog.offers, start, None)["margin"].fillna(1.0).to_numpy()
             threshold = float(np.median((probability * margins[None, :]).max(axis=1)))
         return Population(float(curves.max(axis=1).mean()), threshold)
+
+    def keep_offer_scores(self, customer_ids: Sequence[str], at: datetime | None = None, progress: bool = False) -> int:
+        """With Redis: score the customers' offers for decisions at `at` (default: the next whole hour) and keep
+        them in Redis beside their features (`serving.offer_scores`) where they are not kept already, so that
+        batches look them up; customers written (0 without Redis or an offer champion). What the pipeline runs
+        after materializing into Redis; a batch writes back the scores it had to compute."""
+        at = at or next_whole_hour()
+        if not isinstance(self.online, RedisFeatures) or self.catalog.model is None:
+            return 0
+        written = 0
+        bar = tqdm(total=len(customer_ids), desc="offer scores into Redis", unit="customer", disable=not progress)
+        with bar:
+            for first in range(0, len(customer_ids), KEEP_CHUNK):
+                part = customer_ids[first : first + KEEP_CHUNK]
+                with collector_paused():
+                    features = self.online.for_recipients([Recipient(customer_id=c) for c in part])
+                    if features.degraded:
+                        raise RuntimeError(
+                            f"offer scores cannot be kept: the Redis online store at {self.online.where} cannot be read"
+                        )
+                    written += self.catalog.keep_scores(features, at)
+                bar.update(len(part))
+        return written
 
     # --- erasure ---------------------------------------------------------------------------------
     def forget(self, request: ForgetRequest) -> ForgetResponse:

@@ -34,6 +34,7 @@ from sendwise.contract import OFFER_CONTENT
 from sendwise.registry import LoadedModel
 from serving.curves import predict, thresholds
 from serving.modules import OfferFact
+from serving.offer_scores import KeptScores, scores_key
 from serving.online import BatchFeatures, OfferTable, OnlineState, RhythmPriors, batch_features
 from serving.schemas import OfferScore
 from serving.snapshot import FeatureSnapshot
@@ -179,6 +180,8 @@ class OfferCatalog:
         self.priors = priors
         self._sets: dict[tuple[datetime, tuple[str, ...] | None], OfferSet | None] = {}
         self._recent_bounds: tuple[int, np.ndarray] | None = None
+        self._scored_catalog: tuple[object, tuple[OfferMatrix, bytes, dict[str, int]]] | None = None
+        self._cell_bounds: tuple[object, tuple[np.ndarray, np.ndarray]] | None = None
 
     @property
     def model(self) -> LoadedModel | None:
@@ -236,6 +239,8 @@ class OfferCatalog:
         chosen = self.eligible(at, offer_ids)
         if chosen is None:
             return None, np.zeros((n, 0))
+        if features.kept is not None:
+            return chosen, np.clip(self._kept_conversion(features, features.kept, chosen, at, model), 0.0, 1.0)
         state = features.state
         columns = np.array([state.offer_columns.get(o, -1) for o in chosen.ids], dtype=np.int64)
         if len(columns) and (columns >= 0).all():
@@ -252,6 +257,93 @@ class OfferCatalog:
             # scored just now, and are valued as a snapshot's float32 table holds them, whichever the store.
             conversion[features.known] = conversion[features.known].astype(np.float32)
         return chosen, np.clip(conversion, 0.0, 1.0)
+
+    def _kept_conversion(
+        self, features: BatchFeatures, kept: KeptScores, chosen: OfferSet, at: datetime, model: LoadedModel
+    ) -> np.ndarray:
+        """A batch read from Redis: known customers' scores looked up where Redis keeps valid ones for this
+        champion, catalog, their features and the cells of their latest values at `at` (`serving.offer_scores`);
+        the others scored now at `at` and kept in Redis for the next batch. Known customers are valued as a
+        snapshot's float32 table holds them, whether looked up or scored now."""
+        catalog = self.scored_catalog(model)
+        if catalog is None:
+            return np.zeros((len(features.matrix), len(chosen.ids)))
+        offers, key, column_of = catalog
+        columns = np.array([column_of[o] for o in chosen.ids], dtype=np.int64)
+        kept_scores, kept_cells = kept.table(key, len(offers), len(features.state.snapshot) + 1)
+        table, known = kept_scores[features.rows], features.known
+        cells = self.latest_cells(features.matrix, at, model)
+        valid = known & ~np.isnan(table).any(axis=1) & (kept_cells[features.rows] == cells).all(axis=1)
+        missing = np.flatnonzero(~valid)
+        if len(missing):
+            table = table.astype(np.float64)
+            table[missing] = offer_probabilities(features.matrix, missing, offers, model, at)
+            table[known] = table[known].astype(np.float32)
+            self._keep(features, kept, missing[known[missing]], cells, table, key)
+        return table[:, columns].astype(np.float64)
+
+    def _keep(
+        self,
+        features: BatchFeatures,
+        kept: KeptScores,
+        rows: np.ndarray,
+        cells: np.ndarray,
+        table: np.ndarray,
+        key: bytes,
+    ) -> None:
+        """Write the scores of batch `rows` (each customer once), computed at `cells`, to Redis."""
+        _, first = np.unique(features.rows[rows], return_index=True)
+        rows = rows[first]
+        position = np.full(len(features.state.snapshot) + 1, -1, dtype=np.int64)
+        position[kept.rows] = np.arange(len(kept.rows))
+        kept.write(position[features.rows[rows]], key, cells[rows], table[rows])
+
+    def scored_catalog(self, model: LoadedModel) -> tuple[OfferMatrix, bytes, dict[str, int]] | None:
+        """Every offer of the catalog as the offer model scores them, the key of their scores kept in Redis
+        (`serving.offer_scores.scores_key`) and each offer's column; made once per champion."""
+        if self.offer_features is None or self.offers is None or not len(self.offers):
+            return None
+        if self._scored_catalog is None or self._scored_catalog[0] is not model.booster:
+            offers = self._matrix(self.offers["offer_id"])
+            columns = {str(o): j for j, o in enumerate(offers.offer_id)}
+            self._scored_catalog = (model.booster, (offers, scores_key(model.booster, offers), columns))
+        return self._scored_catalog[1]
+
+    def latest_cells(self, matrix: CustomerMatrix, at: datetime, model: LoadedModel) -> np.ndarray:
+        """[rows, 2] int16: where the days since each customer's last visit and last purchase at `at` fall among
+        the offer model's thresholds on them (those of the category inputs, which take the same days, included),
+        with a cell of its own for 0 (a tree may send zero its missing-value way). Equal cells and equal
+        features give the model equal inputs at every split."""
+        booster = model.booster
+        if self._cell_bounds is None or self._cell_bounds[0] is not booster:
+            visit, purchase, viewed, bought = (thresholds(booster, name) for name in OFFER_LATEST_FEATURES)
+            self._cell_bounds = (booster, (np.union1d(visit, viewed), np.union1d(purchase, bought)))
+        bounds = self._cell_bounds[1]
+        rows = np.arange(len(matrix))
+        values = offer_latest_columns(matrix, rows, np.full(len(matrix), None, dtype=object), _seconds_of(at, rows))
+        cells = np.empty((len(matrix), 2), dtype=np.int16)
+        for k, (name, edges) in enumerate(zip(("days_since_visit", "days_since_purchase"), bounds, strict=True)):
+            days = values[name].astype(np.float32).astype(np.float64)
+            cells[:, k] = 2 * np.searchsorted(edges, days, side="left") + (days == 0)
+        return cells
+
+    def keep_scores(self, features: BatchFeatures, at: datetime) -> int:
+        """Score every known customer of a batch read from Redis at `at` and keep the scores in Redis, where
+        they are not already valid for that time; customers written."""
+        model, kept = self.model, features.kept
+        catalog = None if model is None or kept is None else self.scored_catalog(model)
+        if catalog is None or kept is None or model is None:
+            return 0
+        offers, key, _ = catalog
+        kept_scores, kept_cells = kept.table(key, len(offers), len(features.state.snapshot) + 1)
+        table = kept_scores[features.rows]
+        cells = self.latest_cells(features.matrix, at, model)
+        same = ~np.isnan(table).any(axis=1) & (kept_cells[features.rows] == cells).all(axis=1)
+        rows = np.flatnonzero(features.known & ~same)
+        if len(rows):
+            table[rows] = offer_probabilities(features.matrix, rows, offers, model, at).astype(np.float32)
+            self._keep(features, kept, rows, cells, table, key)
+        return len(rows)
 
     def recent(self, matrix: CustomerMatrix, at: datetime, model: LoadedModel) -> np.ndarray:
         """Per row: whether the customer's latest values at `at` reach a split of the offer model, so that the

@@ -24,6 +24,7 @@ from feast import FeatureStore
 from features.transform import SCALAR_FEATURES, CustomerMatrix, set_attribute
 from sendwise.registry import LoadedModel
 from sendwise.settings import Settings
+from serving.offer_scores import KeptScores
 from serving.reasons import features_unavailable
 from serving.schemas import Recipient
 from serving.snapshot import FeatureSnapshot, release_memory, snapshot_signature
@@ -82,6 +83,9 @@ class BatchFeatures:
     latest_read: bool = False
     """Whether the matrix has the customers' latest values (what they did last on the site, pushed events
     included): read with the features on Redis, else through `RealtimeFeatures.latest`."""
+    kept: KeptScores | None = None
+    """The offer scores kept in Redis for these customers, read with their features (`serving.offer_scores`);
+    None where the features come from a snapshot (its own table holds them) or Redis could not be read."""
 
     def set_latest(self, latest: dict[str, np.ndarray]) -> None:
         """The customers' latest values, kept only where the customer allows profiling (as their other events)."""

@@ -31,6 +31,7 @@ import copy
 import functools
 import itertools
 import logging
+import operator
 import struct
 import threading
 import time
@@ -55,6 +56,8 @@ from feast.value_type import ValueType
 from features.latest import ACTIVITY_COLUMNS, ACTIVITY_TEXTS, ACTIVITY_TIMES, EMAIL_FLAGS
 from features.store import redis_client
 from sendwise.settings import Settings
+from serving.offer_scores import FIELD as OFFER_SCORES
+from serving.offer_scores import KeptScores, customer_digest
 from serving.online import BatchFeatures, OfferTable, OnlineState, RhythmPriors, batch_features
 from serving.realtime import ACTIVITY_VIEW, EMAIL_STATE_VIEW
 from serving.schemas import Recipient
@@ -394,9 +397,16 @@ def read_tables(
     fields = [f for view in layout for f in (view.timestamp_field, *view.fields)]
     keys = entity_keys(customer_ids, project, version)
     replies = _hmget_each(client, keys, fields) if keys else []
+    return replies_as_tables(layout, customer_ids, replies)
+
+
+def replies_as_tables(
+    layout: list[ViewFields], customer_ids: list[str], replies: list[list[bytes | None]]
+) -> dict[str, pa.Table]:
+    """The HMGET replies of `read_tables` (the layout's fields first, in order) as each view's table."""
     if len(replies) <= FEW_IDS:
         return _few_tables(layout, customer_ids, replies)
-    columns = _as_columns(replies, len(fields))
+    columns = _as_columns(replies, len(replies[0]))
     tables, at = {}, 0
     for view in layout:
         rows = np.flatnonzero(columns[at].lengths > 0)
@@ -407,6 +417,19 @@ def read_tables(
             at += 1
         tables[view.view] = pa.table(data)
     return tables
+
+
+def digested_fields(layout: list[ViewFields]) -> list[int]:
+    """The positions among the layout's fields of what the offer model reads of a customer: every view's but the
+    email state's, which says only whether email has stopped."""
+    positions: list[int] = []
+    at = 0
+    for view in layout:
+        width = 1 + len(view.fields)
+        if view.view != EMAIL_STATE_VIEW:
+            positions.extend(range(at, at + width))
+        at += width
+    return positions
 
 
 def _few_tables(
@@ -465,23 +488,36 @@ class RedisFeatures:
             self._layout = (now, stamp, layout)
             return layout
 
-    def read(self, customer_ids: list[str]) -> tuple[FeatureSnapshot, set[str], pa.Table | None]:
+    def read(self, customer_ids: list[str]) -> tuple[FeatureSnapshot, set[str], pa.Table | None, KeptScores]:
         """The customers' rows (distinct ids) as a snapshot of just them, those of them whose email has stopped
-        (the email-state view, pushed stops included) and their latest activity, from the same round trip."""
+        (the email-state view, pushed stops included), their latest activity and their kept offer scores
+        (`serving.offer_scores`), from the same round trip."""
         config = self.store.config
-        tables = read_tables(
-            self.client, self.layout(), customer_ids, config.project, config.entity_key_serialization_version
-        )
+        layout = self.layout()
+        fields = [f for view in layout for f in (view.timestamp_field, *view.fields)]
+        keys = entity_keys(customer_ids, config.project, config.entity_key_serialization_version)
+        replies = _hmget_each(self.client, keys, [*fields, OFFER_SCORES]) if keys else []
+        tables = replies_as_tables(layout, customer_ids, replies)
         stopped = stopped_customers(tables.pop(EMAIL_STATE_VIEW, None))
         activity = tables.pop(ACTIVITY_VIEW, None)
-        return FeatureSnapshot.from_tables(tables, ()), stopped, activity
+        snapshot = FeatureSnapshot.from_tables(tables, ())
+        digested = operator.itemgetter(*digested_fields(layout))
+        kept = KeptScores(
+            client=self.client,
+            keys=keys,
+            digests=[customer_digest(digested(reply)) for reply in replies],
+            values=[reply[-1] for reply in replies],
+            rows=snapshot.rows(customer_ids),
+        )
+        return snapshot, stopped, activity, kept
 
     def for_recipients(self, recipients: Sequence[Recipient]) -> BatchFeatures:
-        """The recipients' feature rows as the models see them, with their stops; all unknown, and degraded, with
-        nothing stopped, without Redis (as the SQLite mode decides while its online store is down)."""
+        """The recipients' feature rows as the models see them, with their stops and their kept offer scores;
+        all unknown, and degraded, with nothing stopped, without Redis (as the SQLite mode decides while its
+        online store is down)."""
         ids = [r.customer_id for r in recipients]
         try:
-            snapshot, stopped, activity = self.read(list(dict.fromkeys(ids)))
+            snapshot, stopped, activity, kept = self.read(list(dict.fromkeys(ids)))
         except (redis.RedisError, OSError) as error:
             self.failed(error)
             blank = self.blank
@@ -491,10 +527,11 @@ class RedisFeatures:
         self._recovered()
         state = OnlineState(
             snapshot, np.zeros((len(snapshot) + 1, 0), dtype=np.float32), {}
-        )  # offers: scored per batch
+        )  # offers: looked up in `kept`, or scored per batch
         found = batch_features(state, ids, snapshot.rows(ids), recipients, self.priors)
         found.stopped = np.fromiter((c in stopped for c in ids), dtype=bool, count=len(ids))
         found.set_latest(latest_values(activity, ids))
+        found.kept = kept
         return found
 
     def failed(self, error: Exception) -> None:

@@ -26,7 +26,9 @@ from sendwise.asof import AsOfError, resolve_as_of
 from sendwise.ingest import IngestError, IngestReport
 from sendwise.ingest import ingest as ingest_files
 from sendwise.ingest.run import merge_appended
+from sendwise.raw import load_table
 from sendwise.settings import Settings
+from serving.engine import Engine
 from serving.history_store import load_raw_history
 from training.cluster import DaskSchedulerError
 from training.train import ModelChoice, TrainResult, train_models
@@ -131,12 +133,25 @@ def materialize_online(features: Features, progress: bool = True) -> None:
         materialize(features.store, features.tables.as_of.to_pydatetime())
 
 
+def keep_offer_scores(settings: Settings, progress: bool = True) -> int:
+    """With Redis, every customer's offer scores by the offer champion, kept beside their features so that
+    replicas look them up rather than score them with each batch (`serving.offer_scores`); customers written."""
+    if settings.online_store != "redis":
+        return 0
+    customers = load_table(settings, "customers")
+    if customers is None or not len(customers):
+        return 0
+    engine = Engine.load(settings, log_decisions=False)
+    return engine.keep_offer_scores(customers["customer_id"].astype(str).unique().tolist(), progress=progress)
+
+
 def refresh_features(settings: Settings, progress: bool = True) -> tuple[dict[str, int], Features]:
     """`sendwise materialize`: the appended events merged into the raw store, the feature tables built again
     from it and the online store materialized, without training; rows merged per table, and the features."""
     merged = merge_appended(settings)
     features = build_features(settings, progress=progress)
     materialize_online(features, progress)
+    keep_offer_scores(settings, progress)
     return merged, features
 
 
@@ -176,6 +191,8 @@ def train(
     if settings.online_store == "redis":  # the ESP's sends and exposures that caps count, for every replica
         with _step("history", "loading the send history into Redis", console, seconds):
             load_raw_history(settings, progress)
+        with _step("offer scores", "keeping every customer's offer scores in Redis", console, seconds):
+            keep_offer_scores(settings, progress)
     return PipelineResult(settings, features, training, seconds=seconds)
 
 
