@@ -425,31 +425,14 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
         if offers is not None and "category" in offers.columns:
             categories = sorted(set(categories) | set(offers["category"].dropna().astype(str)))
 
-        # Decided on every customer's opens before any share is labelled, so that every share is labelled alike.
         ineligible: set[str] = set()
         email_states: list[pd.DataFrame] = []
-        counted: list[AgentCounts] = []
         for share in range(count):
             email_events = shares.read("email_events", share)
-            if email_events is None:
-                break
-            ineligible |= _ineligible_customers(email_events)
-            email_states.append(email_state(email_events[email_events["occurred_at"] < as_of]))
-            mine = usable(email_events)
-            if mine is not None and len(mine):
-                prepared = prepare(mine)
-                counted.append(agent_counts(prepared.opens, prepared.delivered))
-        agents = machine_agents_of(counted) if counted else set()
-        carrying: list[pd.DataFrame] = []
-        for share in range(count if counted else 0):
-            mine = usable(shares.read("email_events", share))
-            if mine is not None and len(mine):
-                prepared = prepare(mine)
-                classify_opens(prepared.opens, agents)
-                if prepared.opens["is_machine"].any():
-                    carrying.append(carrier_counts(prepared.opens, prepared.delivered))
-        carriers = proxy_agents_of(carrying) if carrying else set()
-        del counted, carrying
+            if email_events is not None:
+                ineligible |= _ineligible_customers(email_events)
+                email_states.append(email_state(email_events[email_events["occurred_at"] < as_of]))
+        agents, carriers = _agents_of_everyone(shares, count, usable)
 
         # Each share labelled, its events made arrays (spilled between passes), its evidence gathered.
         evidence = Evidence.zeros(len(customers))
@@ -542,6 +525,33 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
     )
 
 
+def _agents_of_everyone(
+    shares: EventShares, count: int, usable: Callable[[pd.DataFrame | None], pd.DataFrame | None]
+) -> tuple[set[str] | None, set[str] | None]:
+    """The machine agents and the proxies among them that carry their recipients' opens, decided on every
+    customer's opens before any share is labelled, so that every share is labelled alike (None, None: one
+    share, whose labelling decides them itself)."""
+    if count == 1:
+        return None, None
+    counted: list[AgentCounts] = []
+    for share in range(count):
+        mine = usable(shares.read("email_events", share))
+        if mine is not None and len(mine):
+            prepared = prepare(mine)
+            counted.append(agent_counts(prepared.opens, prepared.delivered))
+    if not counted:
+        return set(), set()
+    agents = machine_agents_of(counted)
+    carrying: list[pd.DataFrame] = []  # every share's recipients: those no machine covers set the baseline
+    for share in range(count):
+        mine = usable(shares.read("email_events", share))
+        if mine is not None and len(mine):
+            prepared = prepare(mine)
+            classify_opens(prepared.opens, agents)
+            carrying.append(carrier_counts(prepared.opens, prepared.delivered))
+    return agents, proxy_agents_of(carrying)
+
+
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
     """The shares' frames one after another (those without rows left out, so that they change no column's type)."""
     full = [frame for frame in frames if len(frame)]
@@ -573,8 +583,8 @@ def _label_share(
     categories: list[str],
     campaigns: pd.DataFrame | None,
     offers: pd.DataFrame | None,
-    agents: set[str],
-    carriers: set[str],
+    agents: set[str] | None,
+    carriers: set[str] | None,
 ) -> _LabelledShare:
     """One share's sends labelled and its events as arrays (customer codes: rows of `members`)."""
     index = pd.Series(np.arange(len(members)), index=ids[members])
