@@ -95,7 +95,7 @@ class Settings(BaseSettings):
         "Parquet row group: the build's memory for that table is bounded by it, not by the table's size",
     )
     feature_share_customers: int = Field(
-        default=100_000,
+        default=50_000,
         ge=1,
         description="customers whose events the feature build holds at a time: past it the build splits the raw "
         "event tables by customer into shares of at most this many customers and builds one share after another, "
