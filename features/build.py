@@ -7,6 +7,7 @@ days keeps each customer's decayed counts; a snapshot is the state before that d
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,10 +18,21 @@ import pyarrow.parquet as pq
 from rich.progress import Progress
 
 from features.activity import READ_WINDOW_HOURS, Evidence, RhythmPrior, fit_prior
-from features.labels import is_proxied, label_sends
+from features.labels import (
+    AgentCounts,
+    agent_counts,
+    carrier_counts,
+    classify_opens,
+    is_proxied,
+    label_sends,
+    machine_agents_of,
+    prepare,
+    proxy_agents_of,
+)
 from features.latest import ACTIVITY_TABLE, EMAIL_STATE_TABLE, arrow_table, email_state, latest_activity, with_schema
 from features.localtime import is_weekend, local_hour_weekday
 from features.offer_values import offer_values
+from features.parts import VIEW_EVENTS, EventShares, event_shares, share_count, share_of
 from sendwise.asof import AsOf, Source, resolve_as_of
 from sendwise.raw import load_table, write_parquet_atomic
 from sendwise.settings import Settings
@@ -74,7 +86,6 @@ class FeatureTables:
     as_of: pd.Timestamp
     customers: pd.DataFrame
     sends: pd.DataFrame
-    opens: pd.DataFrame
     exposures: pd.DataFrame
     offers: pd.DataFrame
     engagement_rows: int
@@ -143,7 +154,9 @@ def _list_column(matrix: np.ndarray, value_type: pa.DataType) -> pa.Array:
 class _State:
     """Each customer's decayed counts, advanced one day at a time."""
 
-    def __init__(self, n_customers: int, categories: list[str]) -> None:
+    def __init__(self, rows: np.ndarray, categories: list[str]) -> None:
+        n_customers = len(rows)
+        self.rows = rows  # each customer's row in the customers table (the rhythm prior knows them by it)
         self.hours = {(s, w): np.zeros((n_customers, HOURS), np.float32) for s in SIGNALS for w in (0, 1)}
         self.scalars = {name: np.zeros(n_customers, np.float64) for name in SCALARS}
         self.last = {name: np.full(n_customers, np.nan) for name in ("human_open", "session", "email")}
@@ -209,7 +222,7 @@ class _State:
             row[f"{signal}_hours_weekday"] = self.hours[(signal, 0)][customers].copy()
             row[f"{signal}_hours_weekend"] = self.hours[(signal, 1)][customers].copy()
         row["category_views"] = self.categories[customers].copy()
-        rhythm = prior.posterior_mean(self.evidence(customers), zones[customers], customers)
+        rhythm = prior.posterior_mean(self.evidence(customers), zones[customers], self.rows[customers])
         row["rhythm_weekday"], row["rhythm_weekend"] = rhythm[:, :HOURS], rhythm[:, HOURS:]
         return row
 
@@ -360,8 +373,26 @@ def _exposures(
     return exposed.drop(columns="row")
 
 
+@dataclass
+class _ShareEvents:
+    """What the day-by-day pass needs of one share of the customers: their events as arrays (customer codes are
+    rows of the share), the category of each view, and who needs a snapshot at the start of which day."""
+
+    members: np.ndarray  # rows of the customers table, in the share's order
+    streams: dict[str, _Events]
+    send_events: _Events
+    view_events: _Events
+    view_category: np.ndarray
+    snapshot_days: dict[int, np.ndarray]
+
+
 def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, progress: bool = True) -> FeatureTables:
-    """Write the Parquet feature tables the Feast sources read, and return labels for training."""
+    """Write the Parquet feature tables the Feast sources read, and return labels for training.
+
+    The customers are built a share at a time (`features.parts`: at most `feature_share_customers` each), so
+    that the build holds one share's events; what needs every customer is decided before: the machine agents
+    and the proxies that carry opens (on every customer's opens), the daily-rhythm prior (on every customer's
+    visits and reads), the first day and the categories."""
     customers = load_table(settings, "customers")
     if customers is None or customers.empty:
         raise FeatureBuildError(
@@ -373,72 +404,229 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
     resolved = AsOf(as_of, "given") if as_of is not None else resolve_as_of(settings)
     as_of = resolved.time
     customers = customers.reset_index(drop=True)
-    index = pd.Series(np.arange(len(customers)), index=customers["customer_id"])
+    ids = customers["customer_id"].to_numpy(dtype=object)
     zones = customers["timezone"].fillna("UTC")
+    zone_codes = zones.to_numpy(dtype=object)
     profiled = customers["consent_profiling"].fillna(False).astype(bool).to_numpy()
     profiled_ids = set(customers.loc[profiled, "customer_id"])
 
-    def usable(frame: pd.DataFrame | None) -> pd.DataFrame | None:
+    def usable_rows(frame: pd.DataFrame) -> pd.Series:
         """Events of customers who allow profiling, before `as_of`."""
-        if frame is None:
-            return None
-        return frame[frame["customer_id"].isin(profiled_ids) & (frame["occurred_at"] < as_of)]
+        return frame["customer_id"].isin(profiled_ids) & (frame["occurred_at"] < as_of)
 
-    # Each event table is loaded and cut to its usable events before the next is loaded: the whole tables and
-    # their usable parts are never all held at once.
-    email_events = load_table(settings, "email_events", EVENT_COLUMNS["email_events"])
-    ineligible = _ineligible_customers(email_events)
-    email_state_rows = email_state(None if email_events is None else email_events[email_events["occurred_at"] < as_of])
-    email_events = usable(email_events)
-    site_events = usable(load_table(settings, "site_events", EVENT_COLUMNS["site_events"]))
-    activity_rows = with_schema(latest_activity(site_events), ACTIVITY_TABLE)
-    offer_events = usable(load_table(settings, "offer_events", EVENT_COLUMNS["offer_events"]))
-    earliest = [t["occurred_at"].min() for t in (email_events, site_events, offer_events) if t is not None and len(t)]
-    t0 = (min(earliest) if earliest else as_of - DAY).floor("D")
+    def usable(frame: pd.DataFrame | None) -> pd.DataFrame | None:
+        return None if frame is None else frame[usable_rows(frame)]
 
+    count = share_count(len(customers), settings.feature_share_customers)
+    share_members = share_of(ids, count)
+    with event_shares(settings, EVENT_COLUMNS, count, usable_rows, ("email_events",), progress) as shares:
+        t0 = (shares.earliest if shares.earliest is not None else as_of - DAY).floor("D")
+        categories = sorted(shares.categories)
+        if offers is not None and "category" in offers.columns:
+            categories = sorted(set(categories) | set(offers["category"].dropna().astype(str)))
+
+        ineligible: set[str] = set()
+        email_states: list[pd.DataFrame] = []
+        for share in range(count):
+            email_events = shares.read("email_events", share)
+            if email_events is not None:
+                ineligible |= _ineligible_customers(email_events)
+                email_states.append(email_state(email_events[email_events["occurred_at"] < as_of]))
+        agents, carriers = _agents_of_everyone(shares, count, usable)
+
+        # Each share labelled, its events made arrays (spilled between passes), its evidence gathered.
+        evidence = Evidence.zeros(len(customers))
+        read_delays: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        all_sends: list[pd.DataFrame] = []
+        all_exposures: list[pd.DataFrame] = []
+        activity = _ParquetStream(settings.feature_tables_dir / f"{ACTIVITY_TABLE}.parquet")
+        with activity, Progress(disable=not progress, transient=True) as bar:
+            task = bar.add_task("labelling sends", total=count)
+            for share in range(count):
+                members = np.flatnonzero(share_members == share)
+                built = _label_share(
+                    settings,
+                    shares,
+                    share,
+                    members,
+                    ids,
+                    zones,
+                    usable,
+                    t0,
+                    categories,
+                    campaigns,
+                    offers,
+                    agents,
+                    carriers,
+                )
+                all_sends.append(built.sends)
+                all_exposures.append(built.exposures)
+                activity.write(arrow_table(with_schema(built.activity, ACTIVITY_TABLE), ACTIVITY_TABLE))
+                final = _final_evidence(len(members), built.events.streams)
+                evidence.visits[members] = final.visits
+                evidence.reads[members] = final.reads
+                evidence.read_slots[members] = final.read_slots
+                if built.read_delays is not None:
+                    read_delays.append(built.read_delays)
+                shares.keep(f"events-{share}", built.events)
+                bar.advance(task)
+            shares.forget("email_events")
+            shares.forget("site_events")
+            shares.forget("offer_events")
+        prior = fit_prior(
+            evidence,
+            zone_codes,
+            tuple(np.concatenate(parts) for parts in zip(*read_delays, strict=True)) if read_delays else None,  # type: ignore[arg-type]
+        )
+        del evidence
+
+        n_days = int(np.ceil((as_of - t0) / DAY))
+        engagement = _EngagementWriter(
+            settings.feature_tables_dir / "engagement_features.parquet", t0, categories, settings.feature_batch_rows
+        )
+        with engagement, Progress(disable=not progress, transient=True) as bar:
+            task = bar.add_task("building engagement features", total=n_days * count)
+            for share in range(count):
+                events = shares.take(f"events-{share}")
+                engagement.begin(ids[events.members], events.send_events)
+                _engagement_of_share(
+                    events,
+                    categories,
+                    n_days,
+                    prior,
+                    zone_codes,
+                    (as_of - t0).total_seconds(),
+                    engagement,
+                    lambda: bar.advance(task),
+                )
+    sends = _concat(all_sends)
+    exposures = _concat(all_exposures)
+    profile, attributes = _customer_tables(customers, as_of, ineligible)
+    offer_table = _offer_table(offers)
+    email_state_rows = pd.concat(email_states, ignore_index=True) if email_states else email_state(None)
+    settings.feature_tables_dir.mkdir(parents=True, exist_ok=True)
+    for name, frame in (
+        ("rhythm_priors", prior.zone_means()),
+        ("customer_features", profile),
+        ("customer_attributes", attributes),
+        ("offer_features", offer_table),
+        ("offer_values", offer_values(exposures, offers, as_of, settings.conversion_window_days)),
+        (EMAIL_STATE_TABLE, arrow_table(with_schema(email_state_rows, EMAIL_STATE_TABLE), EMAIL_STATE_TABLE)),
+    ):
+        write_parquet_atomic(frame, settings.feature_tables_dir / f"{name}.parquet")
+    return FeatureTables(
+        as_of=as_of,
+        customers=customers,
+        sends=sends,
+        exposures=exposures,
+        offers=offers if offers is not None else pd.DataFrame(),
+        engagement_rows=engagement.rows,
+        as_of_source=resolved.source,
+    )
+
+
+def _agents_of_everyone(
+    shares: EventShares, count: int, usable: Callable[[pd.DataFrame | None], pd.DataFrame | None]
+) -> tuple[set[str] | None, set[str] | None]:
+    """The machine agents and the proxies among them that carry their recipients' opens, decided on every
+    customer's opens before any share is labelled, so that every share is labelled alike (None, None: one
+    share, whose labelling decides them itself)."""
+    if count == 1:
+        return None, None
+    counted: list[AgentCounts] = []
+    for share in range(count):
+        mine = usable(shares.read("email_events", share))
+        if mine is not None and len(mine):
+            prepared = prepare(mine)
+            counted.append(agent_counts(prepared.opens, prepared.delivered))
+    if not counted:
+        return set(), set()
+    agents = machine_agents_of(counted)
+    carrying: list[pd.DataFrame] = []  # every share's recipients: those no machine covers set the baseline
+    for share in range(count):
+        mine = usable(shares.read("email_events", share))
+        if mine is not None and len(mine):
+            prepared = prepare(mine)
+            classify_opens(prepared.opens, agents)
+            carrying.append(carrier_counts(prepared.opens, prepared.delivered))
+    return agents, proxy_agents_of(carrying)
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """The shares' frames one after another (those without rows left out, so that they change no column's type)."""
+    full = [frame for frame in frames if len(frame)]
+    return pd.concat(full, ignore_index=True) if full else frames[0]
+
+
+def _no_sends() -> pd.DataFrame:
+    return pd.DataFrame(columns=["message_id", "customer_id", "campaign_id", "send_at", "human_open"])
+
+
+@dataclass
+class _LabelledShare:
+    sends: pd.DataFrame
+    exposures: pd.DataFrame
+    activity: pd.DataFrame
+    events: _ShareEvents
+    read_delays: tuple[np.ndarray, np.ndarray, np.ndarray] | None
+
+
+def _label_share(
+    settings: Settings,
+    shares: EventShares,
+    share: int,
+    members: np.ndarray,
+    ids: np.ndarray,
+    zones: pd.Series,
+    usable: Callable[[pd.DataFrame | None], pd.DataFrame | None],
+    t0: pd.Timestamp,
+    categories: list[str],
+    campaigns: pd.DataFrame | None,
+    offers: pd.DataFrame | None,
+    agents: set[str] | None,
+    carriers: set[str] | None,
+) -> _LabelledShare:
+    """One share's sends labelled and its events as arrays (customer codes: rows of `members`)."""
+    index = pd.Series(np.arange(len(members)), index=ids[members])
+    share_zones = zones.iloc[members].reset_index(drop=True)
+    email_events = usable(shares.read("email_events", share))
     labels = (
-        label_sends(email_events, settings.label_window_hours)
+        label_sends(email_events, settings.label_window_hours, agents, carriers)
         if email_events is not None and len(email_events)
         else None
     )
     del email_events  # what the features need of it is in the labels now
-    sends = (
-        labels.sends
-        if labels is not None
-        else pd.DataFrame(columns=["message_id", "customer_id", "campaign_id", "send_at", "human_open"])
-    )
-    opens = labels.opens if labels is not None else None
+    sends = labels.sends if labels is not None else _no_sends()
     if campaigns is not None and len(sends):
         info = campaigns.set_index("campaign_id")[["kind", "topic"]]
         sends = sends.join(info, on="campaign_id")
     if len(sends):
         sends["kind"] = sends.get("kind", pd.Series(index=sends.index, dtype=object)).fillna("promotional")
         sends["topic"] = sends.get("topic", pd.Series(index=sends.index, dtype=object))
-    exposures = _exposures(offer_events, settings.conversion_window_days, offers)
-    del offer_events
+    exposures = _exposures(usable(shares.read("offer_events", share)), settings.conversion_window_days, offers)
 
-    human_opens = opens.loc[~opens["is_machine"], ["customer_id", "occurred_at"]] if opens is not None else None
-    clicks = labels.clicks[~labels.clicks["is_machine"]] if labels is not None else None
+    human_opens = None
+    clicks = None
+    if labels is not None:
+        human_opens = labels.opens.loc[~labels.opens["is_machine"], ["customer_id", "occurred_at"]]
+        clicks = labels.clicks[~labels.clicks["is_machine"]]
+    del labels
+    site_events = usable(shares.read("site_events", share))
+    activity = latest_activity(site_events)
     sessions = None
     purchases = None
     views = None
-    categories: list[str] = []
     if site_events is not None and len(site_events):
         sessions = site_events[site_events["event"] == "session_start"]
         if sessions.empty:
             hourly = site_events.assign(_h=site_events["occurred_at"].dt.floor("h"))
             sessions = hourly.drop_duplicates(["customer_id", "_h"])
         purchases = site_events[site_events["event"] == "purchase"]
-        views = site_events[site_events["event"].isin(["product_view", "add_to_cart", "purchase"])].dropna(
-            subset=["category"]
-        )
-        categories = sorted(views["category"].astype(str).unique())
+        views = site_events[site_events["event"].isin(VIEW_EVENTS)].dropna(subset=["category"])
     del site_events
-    if offers is not None and "category" in offers.columns:
-        categories = sorted(set(categories) | set(offers["category"].dropna().astype(str)))
 
     def events(frame: pd.DataFrame | None, value: str | None = None) -> _Events:
-        return _Events.empty() if frame is None else _to_events(frame, index, zones, t0, value)
+        return _Events.empty() if frame is None else _to_events(frame, index, share_zones, t0, value)
 
     send_events = events(sends.rename(columns={"send_at": "occurred_at"}) if len(sends) else None)
     streams = {
@@ -451,14 +639,12 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
     }
     reads = _first_reads(sends)
     streams["first_read"] = (
-        _Events.empty() if reads is None else _to_events(reads, index, zones, t0, slot_column="send_at")
+        _Events.empty() if reads is None else _to_events(reads, index, share_zones, t0, slot_column="send_at")
     )
-    zone_codes = zones.to_numpy(dtype=object)
-    prior = fit_prior(
-        _final_evidence(len(customers), streams),
-        zone_codes,
-        _read_delays(reads, index, zones) if reads is not None else None,
-    )
+    read_delays = None
+    if reads is not None:
+        customer, slot, lag = _read_delays(reads, index, share_zones)
+        read_delays = (members[customer], slot, lag)
     view_events = events(views)
     view_category = np.zeros(0, dtype=np.int64)
     if views is not None and len(view_events.customer):
@@ -476,80 +662,88 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
         pairs = pd.DataFrame({"c": wanted["customer_id"].map(index).to_numpy(), "d": day.to_numpy()})
         pairs = pairs.drop_duplicates()
         snapshot_days = {int(d): g["c"].to_numpy() for d, g in pairs.groupby("d")}
+    events_of_share = _ShareEvents(members, streams, send_events, view_events, view_category, snapshot_days)
+    return _LabelledShare(sends, exposures, activity, events_of_share, read_delays)
 
-    n_days = int(np.ceil((as_of - t0) / DAY))
-    state = _State(len(customers), categories)
-    engagement = _EngagementWriter(
-        settings.feature_tables_dir / "engagement_features.parquet",
-        customers["customer_id"].to_numpy(),
-        t0,
-        categories,
-        send_events,
-        settings.feature_batch_rows,
-    )
+
+def _engagement_of_share(
+    events: _ShareEvents,
+    categories: list[str],
+    n_days: int,
+    prior: RhythmPrior,
+    zone_codes: np.ndarray,
+    final_seconds: float,
+    engagement: _EngagementWriter,
+    advance: Callable[[], object],
+) -> None:
+    """One share's customers' decayed counts advanced day by day, snapshots written where they are needed."""
+    streams, send_events, view_events = events.streams, events.send_events, events.view_events
+    state = _State(events.members, categories)
+    zones = zone_codes[events.members]
     bounds = {
         name: np.searchsorted(ev.day, np.arange(n_days + 1))
         for name, ev in {**streams, "emails": send_events, "views": view_events}.items()
     }
-    with engagement, Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task("building engagement features", total=n_days)
-        for d in range(n_days):
-            if d in snapshot_days:
-                who = snapshot_days[d]
-                engagement.add(who, d * 86400.0, state.snapshot(who, d * 86400.0, prior, zone_codes))
-            state.age()
+    for d in range(n_days):
+        if d in events.snapshot_days:
+            who = events.snapshot_days[d]
+            engagement.add(who, d * 86400.0, state.snapshot(who, d * 86400.0, prior, zones))
+        state.age()
 
-            def day_slice(name: str, d: int = d) -> slice:
-                return slice(bounds[name][d], bounds[name][d + 1])
+        def day_slice(name: str, d: int = d) -> slice:
+            return slice(bounds[name][d], bounds[name][d + 1])
 
-            for signal in SIGNALS:
-                state.add_profile(signal, streams[signal], day_slice(signal))
-            state.add_first_reads(streams["first_read"], day_slice("first_read"))
-            state.add_count("n_human_opens", streams["open"], day_slice("open"))
-            state.touch("human_open", streams["open"], day_slice("open"))
-            state.add_count("n_clicks", streams["click"], day_slice("click"))
-            state.add_count("n_sessions", streams["session"], day_slice("session"))
-            state.touch("session", streams["session"], day_slice("session"))
-            state.add_count("n_purchases", streams["purchase"], day_slice("purchase"))
-            state.add_count("purchase_value", streams["purchase"], day_slice("purchase"), use_value=True)
-            state.add_count("n_proxy_opened", streams["proxy_opened"], day_slice("proxy_opened"))
-            state.add_count("n_own_opened", streams["own_opened"], day_slice("own_opened"))
-            state.add_count("n_emails", send_events, day_slice("emails"))
-            state.touch("email", send_events, day_slice("emails"))
-            views_today = day_slice("views")
-            if len(view_category) and categories:
-                np.add.at(
-                    state.categories,
-                    (view_events.customer[views_today], view_category[views_today]),
-                    1.0,
-                )
-            bar.advance(task)
-        everyone = np.arange(len(customers))
-        final_seconds = (as_of - t0).total_seconds()
-        engagement.add(everyone, final_seconds, state.snapshot(everyone, final_seconds, prior, zone_codes))
-    profile, attributes = _customer_tables(customers, as_of, ineligible)
-    offer_table = _offer_table(offers)
-    settings.feature_tables_dir.mkdir(parents=True, exist_ok=True)
-    for name, frame in (
-        ("rhythm_priors", prior.zone_means()),
-        ("customer_features", profile),
-        ("customer_attributes", attributes),
-        ("offer_features", offer_table),
-        ("offer_values", offer_values(exposures, offers, as_of, settings.conversion_window_days)),
-        (ACTIVITY_TABLE, arrow_table(activity_rows, ACTIVITY_TABLE)),
-        (EMAIL_STATE_TABLE, arrow_table(email_state_rows, EMAIL_STATE_TABLE)),
-    ):
-        write_parquet_atomic(frame, settings.feature_tables_dir / f"{name}.parquet")
-    return FeatureTables(
-        as_of=as_of,
-        customers=customers,
-        sends=sends,
-        opens=opens if opens is not None else pd.DataFrame(),
-        exposures=exposures,
-        offers=offers if offers is not None else pd.DataFrame(),
-        engagement_rows=engagement.rows,
-        as_of_source=resolved.source,
-    )
+        for signal in SIGNALS:
+            state.add_profile(signal, streams[signal], day_slice(signal))
+        state.add_first_reads(streams["first_read"], day_slice("first_read"))
+        state.add_count("n_human_opens", streams["open"], day_slice("open"))
+        state.touch("human_open", streams["open"], day_slice("open"))
+        state.add_count("n_clicks", streams["click"], day_slice("click"))
+        state.add_count("n_sessions", streams["session"], day_slice("session"))
+        state.touch("session", streams["session"], day_slice("session"))
+        state.add_count("n_purchases", streams["purchase"], day_slice("purchase"))
+        state.add_count("purchase_value", streams["purchase"], day_slice("purchase"), use_value=True)
+        state.add_count("n_proxy_opened", streams["proxy_opened"], day_slice("proxy_opened"))
+        state.add_count("n_own_opened", streams["own_opened"], day_slice("own_opened"))
+        state.add_count("n_emails", send_events, day_slice("emails"))
+        state.touch("email", send_events, day_slice("emails"))
+        views_today = day_slice("views")
+        if len(events.view_category) and categories:
+            np.add.at(
+                state.categories,
+                (view_events.customer[views_today], events.view_category[views_today]),
+                1.0,
+            )
+        advance()
+    everyone = np.arange(len(events.members))
+    engagement.add(everyone, final_seconds, state.snapshot(everyone, final_seconds, prior, zones))
+
+
+class _ParquetStream:
+    """A Parquet file written a table at a time, appearing under its own name, whole, only when closed
+    without an error."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        self.temporary = target.with_suffix(".tmp")
+        self.writer: pq.ParquetWriter | None = None
+
+    def __enter__(self) -> _ParquetStream:
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def write(self, table: pa.Table) -> None:
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.temporary, table.schema)
+        self.writer.write_table(table)
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: object) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if kind is None and self.writer is not None:
+            self.temporary.replace(self.target)
+        else:
+            self.temporary.unlink(missing_ok=True)
 
 
 class _EngagementWriter:
@@ -558,26 +752,25 @@ class _EngagementWriter:
     table (which grows with customers × the days they were sent something). The file appears complete, under
     its own name, only when the writer is closed without an error."""
 
-    def __init__(
-        self,
-        target: Path,
-        customer_ids: np.ndarray,
-        t0: pd.Timestamp,
-        categories: list[str],
-        send_events: _Events,
-        batch_rows: int,
-    ) -> None:
+    def __init__(self, target: Path, t0: pd.Timestamp, categories: list[str], batch_rows: int) -> None:
         self.target = target
         self.temporary = target.with_suffix(".tmp")
-        self.customer_ids = customer_ids
+        self.customer_ids = np.zeros(0, dtype=object)
         self.t0 = t0
         self.category_names = np.array(categories or [""], dtype=object)
-        self.send_events = send_events
+        self.send_events = _Events.empty()
         self.batch_rows = batch_rows
         self.pending: list[tuple[np.ndarray, float, dict[str, np.ndarray]]] = []
         self.pending_rows = 0
         self.rows = 0
         self.writer: pq.ParquetWriter | None = None
+
+    def begin(self, customer_ids: np.ndarray, send_events: _Events) -> None:
+        """The snapshots that follow are of these customers (`add`'s `who` are rows of `customer_ids`), who were
+        sent `send_events` (their customer codes rows of `customer_ids` too)."""
+        self._flush()
+        self.customer_ids = customer_ids
+        self.send_events = send_events
 
     def __enter__(self) -> _EngagementWriter:
         self.target.parent.mkdir(parents=True, exist_ok=True)

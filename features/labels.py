@@ -97,27 +97,51 @@ def _flags(opens: pd.DataFrame) -> pd.Series:
     return opens["machine_open"].astype("boolean").fillna(False).astype(bool)
 
 
-def machine_agents(opens: pd.DataFrame, delivered: pd.Series) -> set[str]:
-    """User agents of machines: flagged by the ESP on a good share of their opens, or opening nearly every
-    email of their typical recipient. `delivered`: emails delivered per customer."""
+@dataclass
+class AgentCounts:
+    """What deciding the machine agents needs from the opens of some of the customers: summed over shares of
+    the customers (`machine_agents_of`), it decides as the opens of all of them would."""
+
+    flagged: pd.DataFrame
+    """Per agent (index): `sum` of the opens the ESP flagged, `size` of all its opens."""
+    coverage: pd.DataFrame
+    """One row per (agent, recipient with enough deliveries): `agent`, `ratio` of the recipient's emails it opened."""
+
+
+def agent_counts(opens: pd.DataFrame, delivered: pd.Series) -> AgentCounts:
+    """The counts `machine_agents_of` decides on, from these opens; `delivered`: emails delivered per customer."""
     agent = _agents(opens)
     known = agent != NO_AGENT
-    if not known.any():
-        return set()
-    found: set[str] = set()
-    flagged = _flags(opens)[known].groupby(agent[known]).agg(["mean", "size"])
-    found |= set(flagged.index[(flagged["mean"] >= MACHINE_AGENT_FLAGGED_SHARE) & (flagged["size"] >= MIN_AGENT_OPENS)])
+    flagged = _flags(opens)[known].groupby(agent[known]).agg(["sum", "size"])
     pairs = opens.loc[known, ["customer_id", "message_id"]].assign(agent=agent[known]).drop_duplicates()
     per_recipient = pairs.groupby(["agent", "customer_id"]).size().rename("opened").reset_index()
     per_recipient["delivered"] = per_recipient["customer_id"].map(delivered).fillna(0)
     per_recipient = per_recipient[per_recipient["delivered"] >= MIN_DELIVERIES]
-    coverage = (
-        (per_recipient["opened"] / per_recipient["delivered"]).groupby(per_recipient["agent"]).agg(["median", "size"])
-    )
+    ratio = per_recipient["opened"] / per_recipient["delivered"]
+    return AgentCounts(flagged, pd.DataFrame({"agent": per_recipient["agent"], "ratio": ratio}))
+
+
+def machine_agents_of(counts: list[AgentCounts]) -> set[str]:
+    """User agents of machines: flagged by the ESP on a good share of their opens, or opening nearly every
+    email of their typical recipient."""
+    flagged = pd.concat([c.flagged for c in counts])
+    if flagged.empty:
+        return set()
+    flagged = flagged.groupby(level=0).sum()
+    share = flagged["sum"] / flagged["size"]
+    found = set(flagged.index[(share >= MACHINE_AGENT_FLAGGED_SHARE) & (flagged["size"] >= MIN_AGENT_OPENS)])
+    ratios = pd.concat([c.coverage for c in counts])
+    coverage = ratios["ratio"].groupby(ratios["agent"]).agg(["median", "size"])
     found |= set(
         coverage.index[(coverage["median"] >= MACHINE_AGENT_COVERAGE) & (coverage["size"] >= MIN_AGENT_RECIPIENTS)]
     )
-    return found
+    return {str(agent) for agent in found}
+
+
+def machine_agents(opens: pd.DataFrame, delivered: pd.Series) -> set[str]:
+    """User agents of machines among these opens (`machine_agents_of`). `delivered`: emails delivered per
+    customer."""
+    return machine_agents_of([agent_counts(opens, delivered)])
 
 
 def _delivered_messages(email_events: pd.DataFrame, sends: pd.DataFrame) -> pd.DataFrame:
@@ -131,20 +155,12 @@ def _delivered_messages(email_events: pd.DataFrame, sends: pd.DataFrame) -> pd.D
     return sends[sends["message_id"].isin(delivered)]
 
 
-def proxy_agents(opens: pd.DataFrame, delivered: pd.Series) -> set[str]:
-    """The machine agents that carry their recipients' own opens (a privacy proxy in front of their mail app),
-    as opposed to those that only fetch beside them (a security scanner, or a proxy whose recipients' own opens
-    come from their devices' agents).
-
-    Judged by the recipients each agent opens most emails of: if about as many of them open email through
-    their own agents as the recipients no machine covers, the agent fetches beside them; if far fewer do, it
-    carries their opens. An agent with too few such recipients to judge is taken to carry them (their opens
-    are then not trusted as a person's).
-    """
-    machine = opens[opens["is_machine"]]
-    if machine.empty:
-        return set()
+def carrier_counts(opens: pd.DataFrame, delivered: pd.Series) -> pd.DataFrame:
+    """What deciding the carrying agents needs from some customers' opens (classified `is_machine`): one row per
+    recipient with enough deliveries: `deliveries`, the machine `agent` that opened most of their emails,
+    `covered` (how many it opened) and `own` (how many they opened through agents of their own)."""
     recipients = pd.DataFrame({"deliveries": delivered.astype(np.float64)})
+    machine = opens[opens["is_machine"]]
     pairs = machine[["customer_id", "message_id"]].assign(agent=_agents(machine)).drop_duplicates()
     by_agent = pairs.groupby(["customer_id", "agent"]).size().rename("opened").reset_index()
     top = by_agent.sort_values("opened", ascending=False, kind="stable").drop_duplicates("customer_id")
@@ -152,7 +168,22 @@ def proxy_agents(opens: pd.DataFrame, delivered: pd.Series) -> set[str]:
     recipients["covered"] = top.set_index("customer_id")["opened"].reindex(recipients.index).fillna(0)
     own = opens.loc[~opens["is_machine"], ["customer_id", "message_id"]].drop_duplicates().groupby("customer_id")
     recipients["own"] = own.size().reindex(recipients.index).fillna(0)
-    recipients = recipients[recipients["deliveries"] >= MIN_DELIVERIES]
+    return recipients[recipients["deliveries"] >= MIN_DELIVERIES]
+
+
+def proxy_agents_of(counts: list[pd.DataFrame]) -> set[str]:
+    """The machine agents that carry their recipients' own opens (a privacy proxy in front of their mail app),
+    as opposed to those that only fetch beside them (a security scanner, or a proxy whose recipients' own opens
+    come from their devices' agents), from `carrier_counts` of shares of the customers.
+
+    Judged by the recipients each agent opens most emails of: if about as many of them open email through
+    their own agents as the recipients no machine covers, the agent fetches beside them; if far fewer do, it
+    carries their opens. An agent with too few such recipients to judge is taken to carry them (their opens
+    are then not trusted as a person's).
+    """
+    recipients = pd.concat(counts)
+    if recipients["agent"].isna().all():
+        return set()
     reads_own = recipients["own"] / recipients["deliveries"] >= PROXIED_OWN_SHARE
     covered = recipients["covered"] / recipients["deliveries"] >= PROXIED_MACHINE_SHARE
     baseline = float(reads_own[~covered].mean()) if (~covered).sum() >= MIN_AGENT_RECIPIENTS else 1.0
@@ -163,23 +194,60 @@ def proxy_agents(opens: pd.DataFrame, delivered: pd.Series) -> set[str]:
     return found
 
 
-def label_sends(email_events: pd.DataFrame, label_hours: int = 72) -> Labels:
-    """Sends with their labels, the opens and clicks classified, and the recipients' proxy status."""
+def proxy_agents(opens: pd.DataFrame, delivered: pd.Series) -> set[str]:
+    """The carrying agents among these opens (`proxy_agents_of`)."""
+    if not opens["is_machine"].any():
+        return set()
+    return proxy_agents_of([carrier_counts(opens, delivered)])
+
+
+@dataclass
+class Prepared:
+    """The sends, the delivered emails per customer and the opens (with their send times) of some email events:
+    what deciding the agents and labelling start from."""
+
+    sends: pd.DataFrame
+    delivered: pd.Series
+    opens: pd.DataFrame
+
+
+def prepare(email_events: pd.DataFrame) -> Prepared:
     sends = message_sends(email_events)
     send_at = sends.set_index("message_id")["send_at"]
-    delivered = _delivered_messages(email_events, sends)
-    per_customer = delivered.groupby("customer_id").size()
-
+    per_customer = _delivered_messages(email_events, sends).groupby("customer_id").size()
     opens = email_events[email_events["event"] == "open"].copy()
     opens["send_at"] = opens["message_id"].map(send_at)
     opens["delay_s"] = (opens["occurred_at"] - opens["send_at"]).dt.total_seconds()
-    agents = machine_agents(opens, per_customer)
     opens["flagged"] = _flags(opens)
+    return Prepared(sends, per_customer, opens)
+
+
+def classify_opens(opens: pd.DataFrame, agents: set[str]) -> None:
+    """Mark each open a machine's (`is_machine`): flagged by the ESP, or through a machine agent."""
     opens["is_machine"] = opens["flagged"] | _agents(opens).isin(agents)
+
+
+def label_sends(
+    email_events: pd.DataFrame,
+    label_hours: int = 72,
+    agents: set[str] | None = None,
+    carriers: set[str] | None = None,
+) -> Labels:
+    """Sends with their labels, the opens and clicks classified, and the recipients' proxy status.
+
+    The machine `agents` and the proxies among them that carry their recipients' opens (`carriers`) are
+    decided from these events unless given: given, they were decided on more customers than these events have
+    (`machine_agents_of`, `proxy_agents_of` over shares of the customers) and every share is labelled alike."""
+    prepared = prepare(email_events)
+    sends, per_customer, opens = prepared.sends, prepared.delivered, prepared.opens
+    if agents is None:
+        agents = machine_agents(opens, per_customer)
+    classify_opens(opens, agents)
     clicks = email_events[email_events["event"] == "click"].copy()
     clicks["is_machine"] = _agents(clicks).isin(agents)
 
-    carriers = proxy_agents(opens, per_customer)
+    if carriers is None:
+        carriers = proxy_agents(opens, per_customer)
     opens["via_proxy"] = opens["is_machine"] & _agents(opens).isin(carriers)
     recipients = _recipients(opens, per_customer)
     window_s = pd.Timedelta(hours=label_hours).total_seconds()

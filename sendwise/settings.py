@@ -94,6 +94,13 @@ class Settings(BaseSettings):
         description="engagement rows the feature build gathers before it writes them to the feature table as one "
         "Parquet row group: the build's memory for that table is bounded by it, not by the table's size",
     )
+    feature_share_customers: int = Field(
+        default=50_000,
+        ge=1,
+        description="customers whose events the feature build holds at a time: past it the build splits the raw "
+        "event tables by customer into shares of at most this many customers and builds one share after another, "
+        "so its memory follows this number rather than the store's size",
+    )
     materialize_batch_rows: int = Field(
         default=10_000,
         ge=1,

@@ -1,0 +1,176 @@
+"""The raw event tables split by customer, so that the feature build holds one share of the customers' events
+at a time rather than every event of every customer.
+
+A customer's share is a stable hash of their id: every event of a customer, in every table, is in the same
+share, in the order the raw table has it. With one share (a store small enough for one pass, the usual case)
+the raw tables are read as they are; with more, one streaming pass over each raw table writes each share's
+rows to its own Parquet file in a temporary folder under the home, removed when the build ends.
+
+While it reads, the pass also learns what the build needs of all the events before any share is built: the
+earliest event the features use (days are counted from it) and the categories viewed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pickle
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from rich.progress import Progress
+
+from sendwise.raw import load_table, table_path
+from sendwise.settings import Settings
+
+Usable = Callable[[pd.DataFrame], pd.Series]
+"""Which of a table's rows the features may use (of customers who allow profiling, before the as-of)."""
+
+VIEW_EVENTS = ("product_view", "add_to_cart", "purchase")
+"""Site events that show interest in a category."""
+
+
+def share_of(customer_ids: pd.Series | np.ndarray, shares: int) -> np.ndarray:
+    """The share (0 .. `shares` − 1) each customer id belongs to: a stable hash, the same in every run."""
+    values = np.asarray(customer_ids, dtype=object)
+    if shares == 1:
+        return np.zeros(len(values), dtype=np.int64)
+    return (pd.util.hash_array(values, categorize=False) % np.uint64(shares)).astype(np.int64)
+
+
+def share_count(customers: int, per_share: int) -> int:
+    """How many shares `customers` make at most `per_share` each (at least one)."""
+    return max(1, -(-customers // per_share))
+
+
+@dataclass
+class EventShares:
+    """The event tables by share of the customers (`read`), with the earliest usable event and the categories
+    viewed, found in the same pass."""
+
+    settings: Settings
+    columns: dict[str, tuple[str, ...]]
+    count: int
+    folder: Path | None = None
+    earliest: pd.Timestamp | None = None
+    categories: set[str] = field(default_factory=set)
+    _cache: dict[str, pd.DataFrame | None] = field(default_factory=dict)
+    _kept: dict[str, Any] = field(default_factory=dict)
+
+    def read(self, table: str, share: int) -> pd.DataFrame | None:
+        """The rows of `table` whose customers are in `share` (None: the store has no such table)."""
+        if self.folder is None:
+            if table not in self._cache:
+                self._cache[table] = load_table(self.settings, table, self.columns[table])
+            return self._cache[table]
+        path = self.folder / table / f"{share:04d}.parquet"
+        if not path.exists():
+            return None
+        return pd.read_parquet(path)
+
+    def keep(self, name: str, value: object) -> None:
+        """Set `value` aside until `take`: on disk when the tables were split (one share's worth in memory)."""
+        if self.folder is None:
+            self._kept[name] = value
+            return
+        with (self.folder / f"{name}.pickle").open("wb") as out:
+            pickle.dump(value, out, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def take(self, name: str) -> Any:
+        """What `keep` set aside under `name`, handed back once."""
+        if self.folder is None:
+            return self._kept.pop(name)
+        path = self.folder / f"{name}.pickle"
+        with path.open("rb") as source:
+            value = pickle.load(source)
+        path.unlink()
+        return value
+
+    def forget(self, table: str) -> None:
+        """Let go of a table read whole (one share), once nothing will read it again."""
+        self._cache.pop(table, None)
+
+
+def _note(shares: EventShares, frame: pd.DataFrame, usable: np.ndarray, table: str) -> None:
+    if usable.any():
+        first = frame.loc[usable, "occurred_at"].min()
+        shares.earliest = first if shares.earliest is None else min(shares.earliest, first)
+    if table == "site_events":
+        views = usable & frame["event"].isin(VIEW_EVENTS).to_numpy() & frame["category"].notna().to_numpy()
+        shares.categories |= set(frame.loc[views, "category"].astype(str).unique())
+
+
+@contextlib.contextmanager
+def event_shares(
+    settings: Settings,
+    columns: dict[str, tuple[str, ...]],
+    shares: int,
+    usable: Usable,
+    keep_all: Iterable[str] = (),
+    progress: bool = True,
+) -> Iterator[EventShares]:
+    """The event tables (`columns`: the columns to read of each) split into `shares`; the rows `usable` does not
+    keep are left out, but for the tables in `keep_all`, kept whole (the email state needs every customer's)."""
+    found = EventShares(settings, columns, shares)
+    if shares == 1:
+        for table in columns:
+            frame = found.read(table, 0)
+            if frame is not None:
+                _note(found, frame, usable(frame).to_numpy(dtype=bool), table)
+        yield found
+        return
+    settings.home.mkdir(parents=True, exist_ok=True)
+    found.folder = Path(tempfile.mkdtemp(prefix=".feature-shares-", dir=settings.home))
+    try:
+        with Progress(disable=not progress, transient=True) as bar:
+            for table, wanted in columns.items():
+                _split(found, table, wanted, usable, table in set(keep_all), bar)
+        yield found
+    finally:
+        shutil.rmtree(found.folder, ignore_errors=True)
+
+
+def _split(
+    found: EventShares, table: str, wanted: tuple[str, ...], usable: Usable, keep_all: bool, bar: Progress
+) -> None:
+    path = table_path(found.settings, table)
+    if not path.exists():
+        return
+    assert found.folder is not None
+    file = pq.ParquetFile(path)
+    names = [c for c in file.schema_arrow.names if c in set(wanted)]
+    folder = found.folder / table
+    folder.mkdir()
+    writers: dict[int, pq.ParquetWriter] = {}
+    task = bar.add_task(f"splitting {table} by customer", total=file.metadata.num_rows)
+    try:
+        for batch in file.iter_batches(batch_size=found.settings.feature_batch_rows, columns=names):
+            frame = batch.to_pandas()
+            mask = usable(frame).to_numpy(dtype=bool)
+            _note(found, frame, mask, table)
+            if not keep_all:
+                frame = frame[mask]
+            share = share_of(frame["customer_id"], found.count)
+            order = np.argsort(share, kind="stable")
+            bounds = np.searchsorted(share[order], np.arange(found.count + 1))
+            arrow = pa.Table.from_pandas(frame.iloc[order], schema=batch.schema, preserve_index=False)
+            for s in range(found.count):
+                if bounds[s] == bounds[s + 1]:
+                    continue
+                if s not in writers:
+                    writers[s] = pq.ParquetWriter(folder / f"{s:04d}.parquet", batch.schema)
+                writers[s].write_table(arrow.slice(bounds[s], bounds[s + 1] - bounds[s]))
+            bar.advance(task, batch.num_rows)
+    finally:
+        for writer in writers.values():
+            writer.close()
+    for s in range(found.count):  # a share without rows of this table still reads as an empty table
+        if s not in writers:
+            pq.write_table(file.schema_arrow.empty_table().select(names), folder / f"{s:04d}.parquet")
