@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
 HOURS = 24
 DAY_TYPES = 2
@@ -62,7 +63,12 @@ does (the worlds it was developed on had 10,000 customers); fitted on everyone i
 feature build, growing with the customers."""
 PRIOR_FIT_SEED = 20_261_206
 DELAY_ITERATIONS = 25
-CHUNK = 2_048
+POSTERIOR_CHUNK = 256
+"""Rows whose [rows, candidates] posterior is worked on at once: small enough to stay in the processor's cache."""
+LOG_NEGLIGIBLE = -80.0
+"""A candidate whose prior weight × likelihood is less than exp(−80) of the row's likeliest counts as exactly that
+much: below it float32 numbers turn subnormal, which the processor computes with many times slower, and no
+posterior can tell the difference (2,500 candidates at exp(−80) are 4e−32 of the likeliest)."""
 NO_OWNER = -1
 
 
@@ -179,17 +185,62 @@ def candidate_rhythms(visits: np.ndarray, seed: int = CANDIDATE_SEED) -> tuple[n
     )
 
 
-def _responsibilities(
-    stacked: np.ndarray, log_terms: np.ndarray, prior: np.ndarray, rows: np.ndarray, owners: np.ndarray
+def _owner_columns(rows: np.ndarray, owners: np.ndarray) -> np.ndarray:
+    """The column of each row's own candidate (made from that customer's visits), -1 where it has none."""
+    order = np.argsort(owners, kind="stable")
+    at = np.minimum(np.searchsorted(owners[order], rows), len(order) - 1)
+    return np.where(owners[order][at] == rows, order[at], -1)
+
+
+def _sparse_evidence(stacked: np.ndarray, prior_rows: np.ndarray, priors: int) -> sparse.csr_array:
+    """[n, 216 + priors]: the evidence without its zeros (most customers have a few visits and reads in a
+    handful of hours), and a 1 in the column of each row's prior."""
+    rows, columns = np.nonzero(stacked)
+    n, width = stacked.shape
+    return sparse.csr_array(
+        (
+            np.concatenate([stacked[rows, columns], np.ones(n, np.float32)]).astype(np.float32),
+            (np.concatenate([rows, np.arange(n)]), np.concatenate([columns, width + prior_rows])),
+        ),
+        shape=(n, width + priors),
+    )
+
+
+def _prior_table(log_terms: np.ndarray, weights: list[np.ndarray]) -> np.ndarray:
+    """[216 + priors, m]: what `_sparse_evidence` multiplies to get each candidate's log prior weight plus the
+    log-likelihood of the evidence."""
+    with np.errstate(divide="ignore"):
+        log_weights = np.log(np.stack(weights).astype(np.float64))
+    return np.ascontiguousarray(np.concatenate([log_terms.T, log_weights]), dtype=np.float32)
+
+
+def _weighted_likelihoods(evidence: sparse.csr_array, table: np.ndarray, own: np.ndarray) -> np.ndarray:
+    """[n, m] each candidate's prior weight × the likelihood of the row's evidence, relative to the row's
+    largest; 0 for the row's own candidate (`own`: its column, -1 for none). Normalized, the posterior."""
+    log_posterior = np.asarray(evidence @ table)
+    mine = np.flatnonzero(own >= 0)
+    log_posterior[mine, own[mine]] = -np.inf
+    log_posterior -= log_posterior.max(axis=1, keepdims=True)
+    np.maximum(log_posterior, LOG_NEGLIGIBLE, out=log_posterior)
+    likelihoods = np.exp(log_posterior, out=log_posterior)
+    likelihoods[mine, own[mine]] = 0.0
+    return likelihoods
+
+
+def _posterior_totals(
+    stacked: np.ndarray, rows: np.ndarray, log_terms: np.ndarray, owners: np.ndarray, weights: np.ndarray
 ) -> np.ndarray:
-    """[len(rows), m] posterior weight of each candidate, a customer's own candidate left out."""
-    log_likelihood = stacked @ log_terms.T
-    own = rows[:, None] == owners[None, :]
-    log_likelihood[own] = -np.inf
-    log_likelihood -= log_likelihood.max(axis=1, keepdims=True)
-    posterior = np.exp(log_likelihood) * prior
-    posterior /= posterior.sum(axis=1, keepdims=True)
-    return posterior.astype(np.float32)
+    """[m] the posterior weight of each candidate summed over the rows of `stacked` (customers `rows`, their own
+    candidates left out), under the prior `weights`."""
+    table = _prior_table(log_terms, [weights])
+    own = _owner_columns(rows, owners)
+    evidence = _sparse_evidence(stacked, np.zeros(len(stacked), np.int64), 1)
+    total = np.zeros(len(weights), np.float64)
+    for start in range(0, len(stacked), POSTERIOR_CHUNK):
+        part = slice(start, start + POSTERIOR_CHUNK)
+        likelihoods = _weighted_likelihoods(evidence[part], table, own[part])
+        total += (1.0 / likelihoods.sum(axis=1)) @ likelihoods
+    return total
 
 
 def _log_terms(shapes: np.ndarray, delays: ReadingDelays) -> np.ndarray:
@@ -209,14 +260,6 @@ class RhythmPrior:
     zone_customers: dict[str, int]
     delays: ReadingDelays
 
-    def weights_for(self, zones: np.ndarray) -> np.ndarray:
-        """[n, m] prior weights of each row's time zone (the global prior for a zone not seen)."""
-        out = np.empty((len(zones), len(self.weights)), np.float32)
-        out[:] = self.weights
-        for zone, weights in self.zone_weights.items():
-            out[zones == zone] = weights
-        return out
-
     def relative_shapes(self) -> np.ndarray:
         """[m, 48] each candidate's activity relative to its peak, weekdays and weekends apart."""
         days = self.shapes.reshape(-1, DAY_TYPES, HOURS)
@@ -228,15 +271,17 @@ class RhythmPrior:
         from (their own candidate is left out)."""
         stacked = evidence.stacked()
         rows = np.full(len(stacked), NO_OWNER - 1) if customers is None else np.asarray(customers, dtype=np.int64)
+        own = _owner_columns(rows, self.owners)
+        known = list(self.zone_weights)
+        prior_rows = pd.Index(known, dtype=object).get_indexer(np.asarray(zones, dtype=object)) + 1  # 0: global
+        table = _prior_table(self.log_terms, [self.weights, *(self.zone_weights[z] for z in known)])
+        sparse_evidence = _sparse_evidence(stacked, prior_rows, len(known) + 1)
         out = np.empty((len(stacked), DAY_TYPES * HOURS), np.float32)
-        zones = np.asarray(zones, dtype=object)
         relative = self.relative_shapes()
-        for start in range(0, len(stacked), CHUNK):
-            part = slice(start, start + CHUNK)
-            posterior = _responsibilities(
-                stacked[part], self.log_terms, self.weights_for(zones[part]), rows[part], self.owners
-            )
-            out[part] = posterior @ relative
+        for start in range(0, len(stacked), POSTERIOR_CHUNK):
+            part = slice(start, start + POSTERIOR_CHUNK)
+            likelihoods = _weighted_likelihoods(sparse_evidence[part], table, own[part])
+            out[part] = (likelihoods @ relative) / likelihoods.sum(axis=1, keepdims=True)
         return out
 
     def zone_means(self) -> pd.DataFrame:
@@ -260,10 +305,7 @@ def _em(
 ) -> np.ndarray:
     """Mixing weights after `PRIOR_ITERATIONS` EM steps from `weights`."""
     for _ in range(PRIOR_ITERATIONS):
-        total = np.zeros(len(weights), np.float64)
-        for start in range(0, len(stacked), CHUNK):
-            part = slice(start, start + CHUNK)
-            total += _responsibilities(stacked[part], log_terms, weights, rows[part], owners).sum(axis=0)
+        total = _posterior_totals(stacked, rows, log_terms, owners, weights)
         weights = (total / max(len(stacked), 1)).astype(np.float32)
     return weights
 
@@ -316,10 +358,7 @@ def fit_prior(
     for zone in sorted(set(informed_zones)):
         everyone_there = informed[informed_zones == zone]
         members = _fit_rows(everyone_there)
-        total = np.zeros(len(shapes), np.float64)
-        for start in range(0, len(members), CHUNK):
-            part = members[start : start + CHUNK]
-            total += _responsibilities(evidence.select(part).stacked(), log_terms, weights, part, owners).sum(axis=0)
+        total = _posterior_totals(evidence.select(members).stacked(), members, log_terms, owners, weights)
         zone_weights[zone] = ((total + ZONE_SHRINKAGE * weights) / (len(members) + ZONE_SHRINKAGE)).astype(np.float32)
         zone_customers[zone] = len(everyone_there)
     return RhythmPrior(shapes, owners, log_terms, weights.astype(np.float32), zone_weights, zone_customers, delays)
