@@ -31,9 +31,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import pandas as pd
-from scipy import sparse
 
 HOURS = 24
 DAY_TYPES = 2
@@ -192,32 +192,65 @@ def _owner_columns(rows: np.ndarray, owners: np.ndarray) -> np.ndarray:
     return np.where(owners[order][at] == rows, order[at], -1)
 
 
-def _sparse_evidence(stacked: np.ndarray, prior_rows: np.ndarray, priors: int) -> sparse.csr_array:
-    """[n, 216 + priors]: the evidence without its zeros (most customers have a few visits and reads in a
-    handful of hours), and a 1 in the column of each row's prior."""
-    rows, columns = np.nonzero(stacked)
-    n, width = stacked.shape
-    return sparse.csr_array(
-        (
-            np.concatenate([stacked[rows, columns], np.ones(n, np.float32)]).astype(np.float32),
-            (np.concatenate([rows, np.arange(n)]), np.concatenate([columns, width + prior_rows])),
-        ),
-        shape=(n, width + priors),
-    )
+@dataclass
+class _SparseEvidence:
+    """The evidence without its zeros (most customers have a few visits and reads in a handful of hours), row by
+    row as in a CSR matrix, and the prior each row is weighed by."""
+
+    starts: np.ndarray  # [n + 1]: row i's nonzeros are at starts[i]:starts[i + 1]
+    columns: np.ndarray  # [nnz]
+    values: np.ndarray  # [nnz]
+    priors: np.ndarray  # [n]: row of the prior's log weights
+
+    @classmethod
+    def of(cls, stacked: np.ndarray, priors: np.ndarray) -> _SparseEvidence:
+        rows, columns = np.nonzero(stacked)
+        starts = np.zeros(len(stacked) + 1, np.int64)
+        np.cumsum(np.bincount(rows, minlength=len(stacked)), out=starts[1:])
+        return cls(starts, columns.astype(np.int64), stacked[rows, columns].astype(np.float32), priors.astype(np.int64))
+
+    def log_posterior(self, rows: slice, log_terms: np.ndarray, log_weights: np.ndarray) -> np.ndarray:
+        """[rows, m]: each candidate's log prior weight plus the log-likelihood of the row's evidence."""
+        first, last = rows.indices(len(self.priors))[:2]
+        out = np.empty((last - first, log_terms.shape[1]), np.float32)
+        _log_posterior(first, self.starts, self.columns, self.values, self.priors, log_terms, log_weights, out)
+        return out
 
 
-def _prior_table(log_terms: np.ndarray, weights: list[np.ndarray]) -> np.ndarray:
-    """[216 + priors, m]: what `_sparse_evidence` multiplies to get each candidate's log prior weight plus the
-    log-likelihood of the evidence."""
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _log_posterior(
+    first: int,
+    starts: np.ndarray,
+    columns: np.ndarray,
+    values: np.ndarray,
+    priors: np.ndarray,
+    log_terms: np.ndarray,
+    log_weights: np.ndarray,
+    out: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    """out[i] = log_weights[prior of row first + i] + Σ value × log_terms[column] over the row's nonzeros: a
+    few sums of candidate rows per customer rather than a product with all 216 columns."""
+    for i in range(out.shape[0]):
+        row = first + i
+        prior = priors[row]
+        for c in range(out.shape[1]):
+            out[i, c] = log_weights[prior, c]
+        for k in range(starts[row], starts[row + 1]):
+            value, column = values[k], columns[k]
+            for c in range(out.shape[1]):
+                out[i, c] += value * log_terms[column, c]
+
+
+def _log_weights(weights: list[np.ndarray]) -> np.ndarray:
+    """[priors, m] log prior weights (-inf for none)."""
     with np.errstate(divide="ignore"):
-        log_weights = np.log(np.stack(weights).astype(np.float64))
-    return np.ascontiguousarray(np.concatenate([log_terms.T, log_weights]), dtype=np.float32)
+        return np.log(np.stack(weights).astype(np.float64)).astype(np.float32)
 
 
-def _weighted_likelihoods(evidence: sparse.csr_array, table: np.ndarray, own: np.ndarray) -> np.ndarray:
-    """[n, m] each candidate's prior weight × the likelihood of the row's evidence, relative to the row's
-    largest; 0 for the row's own candidate (`own`: its column, -1 for none). Normalized, the posterior."""
-    log_posterior = np.asarray(evidence @ table)
+def _weighted_likelihoods(log_posterior: np.ndarray, own: np.ndarray) -> np.ndarray:
+    """[n, m] each candidate's prior weight × the likelihood of the row's evidence (`log_posterior`, overwritten),
+    relative to the row's largest; 0 for the row's own candidate (`own`: its column, -1 for none). Normalized,
+    the posterior."""
     mine = np.flatnonzero(own >= 0)
     log_posterior[mine, own[mine]] = -np.inf
     log_posterior -= log_posterior.max(axis=1, keepdims=True)
@@ -232,13 +265,13 @@ def _posterior_totals(
 ) -> np.ndarray:
     """[m] the posterior weight of each candidate summed over the rows of `stacked` (customers `rows`, their own
     candidates left out), under the prior `weights`."""
-    table = _prior_table(log_terms, [weights])
+    terms, log_weights = np.ascontiguousarray(log_terms.T, dtype=np.float32), _log_weights([weights])
     own = _owner_columns(rows, owners)
-    evidence = _sparse_evidence(stacked, np.zeros(len(stacked), np.int64), 1)
+    evidence = _SparseEvidence.of(stacked, np.zeros(len(stacked), np.int64))
     total = np.zeros(len(weights), np.float64)
     for start in range(0, len(stacked), POSTERIOR_CHUNK):
         part = slice(start, start + POSTERIOR_CHUNK)
-        likelihoods = _weighted_likelihoods(evidence[part], table, own[part])
+        likelihoods = _weighted_likelihoods(evidence.log_posterior(part, terms, log_weights), own[part])
         total += (1.0 / likelihoods.sum(axis=1)) @ likelihoods
     return total
 
@@ -274,13 +307,14 @@ class RhythmPrior:
         own = _owner_columns(rows, self.owners)
         known = list(self.zone_weights)
         prior_rows = pd.Index(known, dtype=object).get_indexer(np.asarray(zones, dtype=object)) + 1  # 0: global
-        table = _prior_table(self.log_terms, [self.weights, *(self.zone_weights[z] for z in known)])
-        sparse_evidence = _sparse_evidence(stacked, prior_rows, len(known) + 1)
+        terms = np.ascontiguousarray(self.log_terms.T, dtype=np.float32)
+        log_weights = _log_weights([self.weights, *(self.zone_weights[z] for z in known)])
+        sparse_evidence = _SparseEvidence.of(stacked, prior_rows)
         out = np.empty((len(stacked), DAY_TYPES * HOURS), np.float32)
         relative = self.relative_shapes()
         for start in range(0, len(stacked), POSTERIOR_CHUNK):
             part = slice(start, start + POSTERIOR_CHUNK)
-            likelihoods = _weighted_likelihoods(sparse_evidence[part], table, own[part])
+            likelihoods = _weighted_likelihoods(sparse_evidence.log_posterior(part, terms, log_weights), own[part])
             out[part] = (likelihoods @ relative) / likelihoods.sum(axis=1, keepdims=True)
         return out
 
