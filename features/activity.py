@@ -217,7 +217,7 @@ class _SparseEvidence:
         return out
 
 
-@numba.njit(cache=True, nogil=True, fastmath=True)
+@numba.njit(cache=True, nogil=True)
 def _log_posterior(
     first: int,
     starts: np.ndarray,
