@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import pandas as pd
 
@@ -62,7 +63,12 @@ does (the worlds it was developed on had 10,000 customers); fitted on everyone i
 feature build, growing with the customers."""
 PRIOR_FIT_SEED = 20_261_206
 DELAY_ITERATIONS = 25
-CHUNK = 2_048
+POSTERIOR_CHUNK = 256
+"""Rows whose [rows, candidates] posterior is worked on at once: small enough to stay in the processor's cache."""
+LOG_NEGLIGIBLE = -80.0
+"""A candidate whose prior weight × likelihood is less than exp(−80) of the row's likeliest counts as exactly that
+much: below it float32 numbers turn subnormal, which the processor computes with many times slower, and no
+posterior can tell the difference (2,500 candidates at exp(−80) are 4e−32 of the likeliest)."""
 NO_OWNER = -1
 
 
@@ -179,17 +185,95 @@ def candidate_rhythms(visits: np.ndarray, seed: int = CANDIDATE_SEED) -> tuple[n
     )
 
 
-def _responsibilities(
-    stacked: np.ndarray, log_terms: np.ndarray, prior: np.ndarray, rows: np.ndarray, owners: np.ndarray
+def _owner_columns(rows: np.ndarray, owners: np.ndarray) -> np.ndarray:
+    """The column of each row's own candidate (made from that customer's visits), -1 where it has none."""
+    order = np.argsort(owners, kind="stable")
+    at = np.minimum(np.searchsorted(owners[order], rows), len(order) - 1)
+    return np.where(owners[order][at] == rows, order[at], -1)
+
+
+@dataclass
+class _SparseEvidence:
+    """The evidence without its zeros (most customers have a few visits and reads in a handful of hours), row by
+    row as in a CSR matrix, and the prior each row is weighed by."""
+
+    starts: np.ndarray  # [n + 1]: row i's nonzeros are at starts[i]:starts[i + 1]
+    columns: np.ndarray  # [nnz]
+    values: np.ndarray  # [nnz]
+    priors: np.ndarray  # [n]: row of the prior's log weights
+
+    @classmethod
+    def of(cls, stacked: np.ndarray, priors: np.ndarray) -> _SparseEvidence:
+        rows, columns = np.nonzero(stacked)
+        starts = np.zeros(len(stacked) + 1, np.int64)
+        np.cumsum(np.bincount(rows, minlength=len(stacked)), out=starts[1:])
+        return cls(starts, columns.astype(np.int64), stacked[rows, columns].astype(np.float32), priors.astype(np.int64))
+
+    def log_posterior(self, rows: slice, log_terms: np.ndarray, log_weights: np.ndarray) -> np.ndarray:
+        """[rows, m]: each candidate's log prior weight plus the log-likelihood of the row's evidence."""
+        first, last = rows.indices(len(self.priors))[:2]
+        out = np.empty((last - first, log_terms.shape[1]), np.float32)
+        _log_posterior(first, self.starts, self.columns, self.values, self.priors, log_terms, log_weights, out)
+        return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _log_posterior(
+    first: int,
+    starts: np.ndarray,
+    columns: np.ndarray,
+    values: np.ndarray,
+    priors: np.ndarray,
+    log_terms: np.ndarray,
+    log_weights: np.ndarray,
+    out: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    """out[i] = log_weights[prior of row first + i] + Σ value × log_terms[column] over the row's nonzeros: a
+    few sums of candidate rows per customer rather than a product with all 216 columns."""
+    for i in range(out.shape[0]):
+        row = first + i
+        prior = priors[row]
+        for c in range(out.shape[1]):
+            out[i, c] = log_weights[prior, c]
+        for k in range(starts[row], starts[row + 1]):
+            value, column = values[k], columns[k]
+            for c in range(out.shape[1]):
+                out[i, c] += value * log_terms[column, c]
+
+
+def _log_weights(weights: list[np.ndarray]) -> np.ndarray:
+    """[priors, m] log prior weights (-inf for none)."""
+    with np.errstate(divide="ignore"):
+        return np.log(np.stack(weights).astype(np.float64)).astype(np.float32)
+
+
+def _weighted_likelihoods(log_posterior: np.ndarray, own: np.ndarray) -> np.ndarray:
+    """[n, m] each candidate's prior weight × the likelihood of the row's evidence (`log_posterior`, overwritten),
+    relative to the row's largest; 0 for the row's own candidate (`own`: its column, -1 for none). Normalized,
+    the posterior."""
+    mine = np.flatnonzero(own >= 0)
+    log_posterior[mine, own[mine]] = -np.inf
+    log_posterior -= log_posterior.max(axis=1, keepdims=True)
+    np.maximum(log_posterior, LOG_NEGLIGIBLE, out=log_posterior)
+    likelihoods = np.exp(log_posterior, out=log_posterior)
+    likelihoods[mine, own[mine]] = 0.0
+    return likelihoods
+
+
+def _posterior_totals(
+    stacked: np.ndarray, rows: np.ndarray, log_terms: np.ndarray, owners: np.ndarray, weights: np.ndarray
 ) -> np.ndarray:
-    """[len(rows), m] posterior weight of each candidate, a customer's own candidate left out."""
-    log_likelihood = stacked @ log_terms.T
-    own = rows[:, None] == owners[None, :]
-    log_likelihood[own] = -np.inf
-    log_likelihood -= log_likelihood.max(axis=1, keepdims=True)
-    posterior = np.exp(log_likelihood) * prior
-    posterior /= posterior.sum(axis=1, keepdims=True)
-    return posterior.astype(np.float32)
+    """[m] the posterior weight of each candidate summed over the rows of `stacked` (customers `rows`, their own
+    candidates left out), under the prior `weights`."""
+    terms, log_weights = np.ascontiguousarray(log_terms.T, dtype=np.float32), _log_weights([weights])
+    own = _owner_columns(rows, owners)
+    evidence = _SparseEvidence.of(stacked, np.zeros(len(stacked), np.int64))
+    total = np.zeros(len(weights), np.float64)
+    for start in range(0, len(stacked), POSTERIOR_CHUNK):
+        part = slice(start, start + POSTERIOR_CHUNK)
+        likelihoods = _weighted_likelihoods(evidence.log_posterior(part, terms, log_weights), own[part])
+        total += (1.0 / likelihoods.sum(axis=1)) @ likelihoods
+    return total
 
 
 def _log_terms(shapes: np.ndarray, delays: ReadingDelays) -> np.ndarray:
@@ -209,14 +293,6 @@ class RhythmPrior:
     zone_customers: dict[str, int]
     delays: ReadingDelays
 
-    def weights_for(self, zones: np.ndarray) -> np.ndarray:
-        """[n, m] prior weights of each row's time zone (the global prior for a zone not seen)."""
-        out = np.empty((len(zones), len(self.weights)), np.float32)
-        out[:] = self.weights
-        for zone, weights in self.zone_weights.items():
-            out[zones == zone] = weights
-        return out
-
     def relative_shapes(self) -> np.ndarray:
         """[m, 48] each candidate's activity relative to its peak, weekdays and weekends apart."""
         days = self.shapes.reshape(-1, DAY_TYPES, HOURS)
@@ -228,15 +304,18 @@ class RhythmPrior:
         from (their own candidate is left out)."""
         stacked = evidence.stacked()
         rows = np.full(len(stacked), NO_OWNER - 1) if customers is None else np.asarray(customers, dtype=np.int64)
+        own = _owner_columns(rows, self.owners)
+        known = list(self.zone_weights)
+        prior_rows = pd.Index(known, dtype=object).get_indexer(np.asarray(zones, dtype=object)) + 1  # 0: global
+        terms = np.ascontiguousarray(self.log_terms.T, dtype=np.float32)
+        log_weights = _log_weights([self.weights, *(self.zone_weights[z] for z in known)])
+        sparse_evidence = _SparseEvidence.of(stacked, prior_rows)
         out = np.empty((len(stacked), DAY_TYPES * HOURS), np.float32)
-        zones = np.asarray(zones, dtype=object)
         relative = self.relative_shapes()
-        for start in range(0, len(stacked), CHUNK):
-            part = slice(start, start + CHUNK)
-            posterior = _responsibilities(
-                stacked[part], self.log_terms, self.weights_for(zones[part]), rows[part], self.owners
-            )
-            out[part] = posterior @ relative
+        for start in range(0, len(stacked), POSTERIOR_CHUNK):
+            part = slice(start, start + POSTERIOR_CHUNK)
+            likelihoods = _weighted_likelihoods(sparse_evidence.log_posterior(part, terms, log_weights), own[part])
+            out[part] = (likelihoods @ relative) / likelihoods.sum(axis=1, keepdims=True)
         return out
 
     def zone_means(self) -> pd.DataFrame:
@@ -260,10 +339,7 @@ def _em(
 ) -> np.ndarray:
     """Mixing weights after `PRIOR_ITERATIONS` EM steps from `weights`."""
     for _ in range(PRIOR_ITERATIONS):
-        total = np.zeros(len(weights), np.float64)
-        for start in range(0, len(stacked), CHUNK):
-            part = slice(start, start + CHUNK)
-            total += _responsibilities(stacked[part], log_terms, weights, rows[part], owners).sum(axis=0)
+        total = _posterior_totals(stacked, rows, log_terms, owners, weights)
         weights = (total / max(len(stacked), 1)).astype(np.float32)
     return weights
 
@@ -316,10 +392,7 @@ def fit_prior(
     for zone in sorted(set(informed_zones)):
         everyone_there = informed[informed_zones == zone]
         members = _fit_rows(everyone_there)
-        total = np.zeros(len(shapes), np.float64)
-        for start in range(0, len(members), CHUNK):
-            part = members[start : start + CHUNK]
-            total += _responsibilities(evidence.select(part).stacked(), log_terms, weights, part, owners).sum(axis=0)
+        total = _posterior_totals(evidence.select(members).stacked(), members, log_terms, owners, weights)
         zone_weights[zone] = ((total + ZONE_SHRINKAGE * weights) / (len(members) + ZONE_SHRINKAGE)).astype(np.float32)
         zone_customers[zone] = len(everyone_there)
     return RhythmPrior(shapes, owners, log_terms, weights.astype(np.float32), zone_weights, zone_customers, delays)

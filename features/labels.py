@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 MACHINE_AGENT_FLAGGED_SHARE = 0.2
 """An agent the ESP flags on this share of its opens is a machine's: people's agents are flagged on almost none."""
@@ -75,9 +77,20 @@ class Labels:
 def message_sends(email_events: pd.DataFrame) -> pd.DataFrame:
     """One row per message: who, which campaign, when it was sent (its `delivered` time where no `sent`)."""
     sends = email_events[email_events["event"].isin(["sent", "delivered"])]
-    sends = sends.assign(_order=(sends["event"] != "sent").astype(np.int8))
-    sends = sends.sort_values(["message_id", "_order", "occurred_at"], kind="stable")
-    first = sends.drop_duplicates("message_id")
+    keys = pa.table(
+        {
+            "message_id": pa.array(sends["message_id"].to_numpy(dtype=object), pa.string()),
+            "delivered": (sends["event"] != "sent").to_numpy(dtype=np.int8),
+            "occurred_at": pa.array(sends["occurred_at"]),
+        }
+    )
+    # Arrow sorts the ids (a stable sort, in the order of their characters as pandas does) many times faster.
+    order = pc.sort_indices(keys, sort_keys=[(name, "ascending") for name in keys.column_names]).to_numpy()
+    sends = sends.take(order)
+    message = sends["message_id"].to_numpy(dtype=object)
+    first_of_message = np.ones(len(message), dtype=bool)
+    first_of_message[1:] = message[1:] != message[:-1]
+    first = sends[first_of_message]
     columns = ["message_id", "customer_id", "campaign_id", "occurred_at", "decision_id"]
     table = first[[c for c in columns if c in first.columns]].rename(columns={"occurred_at": "send_at"})
     if "decision_id" not in table.columns:
@@ -147,12 +160,11 @@ def machine_agents(opens: pd.DataFrame, delivered: pd.Series) -> set[str]:
 def _delivered_messages(email_events: pd.DataFrame, sends: pd.DataFrame) -> pd.DataFrame:
     """The sends that were delivered: those with a `delivered` event, or every send where the export has none
     (an ESP that reports sends and bounces only), less the bounced ones."""
-    if (email_events["event"] == "delivered").any():
-        delivered = set(email_events.loc[email_events["event"] == "delivered", "message_id"])
-    else:
-        delivered = set(sends["message_id"])
-    delivered -= set(email_events.loc[email_events["event"] == "bounce", "message_id"])
-    return sends[sends["message_id"].isin(delivered)]
+    event = email_events["event"]
+    kept = ~sends["message_id"].isin(email_events.loc[event == "bounce", "message_id"])
+    if (event == "delivered").any():
+        kept &= sends["message_id"].isin(email_events.loc[event == "delivered", "message_id"])
+    return sends[kept]
 
 
 def carrier_counts(opens: pd.DataFrame, delivered: pd.Series) -> pd.DataFrame:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import features.activity as activity
 from features.activity import (
     HOURS,
     READ_WINDOW_HOURS,
@@ -125,3 +126,51 @@ def test_a_prior_fitted_on_a_sample_of_the_customers_serves_everyone_as_well(mon
     assert efficiency(sampled) > 0.9
     assert efficiency(sampled) > efficiency(full) - 0.01
     assert not np.allclose(sampled.weights, full.weights)  # it was fitted on other rows
+
+
+def _exact_posteriors(
+    prior: activity.RhythmPrior, evidence: Evidence, zones: np.ndarray, rows: np.ndarray
+) -> np.ndarray:
+    """[n, m] the posterior straight from its definition, in float64: every candidate, every row's own left out."""
+    log_likelihood = evidence.stacked().astype(np.float64) @ prior.log_terms.T.astype(np.float64)
+    log_likelihood[rows[:, None] == prior.owners[None, :]] = -np.inf
+    weights = np.stack([prior.zone_weights.get(z, prior.weights) for z in zones]).astype(np.float64)
+    posterior = np.exp(log_likelihood - log_likelihood.max(axis=1, keepdims=True)) * weights
+    return posterior / posterior.sum(axis=1, keepdims=True)
+
+
+def _exact_posterior(
+    prior: activity.RhythmPrior, evidence: Evidence, zones: np.ndarray, rows: np.ndarray
+) -> np.ndarray:
+    return _exact_posteriors(prior, evidence, zones, rows) @ prior.relative_shapes().astype(np.float64)
+
+
+def test_the_fast_posterior_is_the_exact_one() -> None:
+    """The posterior is computed on the evidence's nonzeros, a few hundred rows at a time, with candidates far
+    less likely than a row's likeliest counted as exp(-80) of it: on customers with little, some and a lot of
+    (decayed, non-integer) evidence, in zones with a prior of their own and one without, it is the definition's."""
+    rng = np.random.default_rng(6)
+    _, evidence = _population(900, rng, visits=15.0)
+    evidence.visits[::7] = 0.0  # some know nothing
+    evidence.visits[1::9] *= 40.0  # some are pinned down: most candidates are far below their likeliest
+    reads = rng.poisson(0.05, evidence.read_slots.shape).astype(np.float32) * rng.uniform(0.2, 1.0, (900, 1))
+    evidence.read_slots[:] = reads
+    evidence.reads[:] = rng.poisson(0.1, evidence.reads.shape) * 0.7
+    zones = rng.choice(np.array(["UTC", "Asia/Tokyo", "Europe/Berlin"], dtype=object), 900)
+    first_reads = (rng.integers(0, 900, 2000), rng.integers(0, 7 * HOURS, 2000), rng.integers(0, 12, 2000))
+    prior = fit_prior(evidence, zones, first_reads)
+    assert len(prior.zone_weights) == 3 and (prior.owners >= 0).sum() > 100
+    asked = np.where(zones == "Europe/Berlin", "America/Lima", zones)  # a zone without a prior: the global one
+    rows = np.arange(900)
+    fast = prior.posterior_mean(evidence, asked, rows)
+    exact = _exact_posterior(prior, evidence, asked, rows)
+    # float32 log-likelihoods of hundreds of visits (thousands in log) round at about 1e-4 relative
+    assert np.abs(fast - exact).max() < 1e-4
+    strangers = prior.posterior_mean(evidence, asked)  # not the customers the candidates were made from
+    assert np.abs(strangers - _exact_posterior(prior, evidence, asked, np.full(900, -2))).max() < 1e-4
+    assert np.abs(strangers - fast).max() > 1e-2  # leaving their own candidate out does move some
+    # The prior's fit sums the posteriors over customers the same way.
+    everyone = np.full(900, "", dtype=object)
+    totals = activity._posterior_totals(evidence.stacked(), rows, prior.log_terms, prior.owners, prior.weights)
+    exact_totals = _exact_posteriors(prior, evidence, everyone, rows).sum(axis=0)
+    assert np.abs(totals - exact_totals).max() < 1e-3 and abs(totals.sum() - 900) < 1e-3
