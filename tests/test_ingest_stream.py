@@ -14,14 +14,19 @@ import hashlib
 import json
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from sendwise import asof, contract, raw
 from sendwise.ingest import ingest
-from sendwise.ingest.appended import append_events, check_events
+from sendwise.ingest.appended import append_events, check_events, pending_parts, read_parts
+from sendwise.ingest.batch import Batch
+from sendwise.ingest.merge import merge
+from sendwise.ingest.run import merge_appended
 from sendwise.ingest.spill import LOCK, PREFIX, SUFFIX, remove_stray_folders, spill_folder
 from sendwise.settings import Settings
 from sendwise.simulator import simulate
@@ -91,13 +96,14 @@ def second_export(world: Path, folder: Path) -> None:
     (folder / "campaigns.csv").write_bytes((world / "campaigns.csv").read_bytes())
 
 
-def two_ingests(root: Path) -> dict[str, str]:
-    """A seeded world ingested, events appended and a customer erased, then a second export ingested."""
+def two_ingests(root: Path, **sizes: int) -> dict[str, str]:
+    """A seeded world ingested, events appended and a customer erased, then a second export ingested (``sizes``:
+    the ingest's chunk and bucket settings)."""
     world = root / "world"
     # the digests are of the world the simulator made before its recent-activity effect, which it makes again
     # without it
     simulate(world, customers=150, days=10, seed=3, progress=False, realism=Realism(recent_activity=False))
-    settings = Settings(home=root / "home")
+    settings = Settings(home=root / "home", **sizes)
     reports = [ingest(world, settings, progress=False).model_dump(mode="json")]
     second_export(world, root / "second")
     first = pd.read_csv(world / "customers.csv", dtype=str, encoding="utf-8-sig")["customer_id"]
@@ -123,6 +129,50 @@ def two_ingests(root: Path) -> dict[str, str]:
 
 def test_the_ingest_leaves_what_the_whole_export_ingest_left(tmp_path: Path) -> None:
     assert two_ingests(tmp_path) == GOLDEN
+
+
+def test_tiny_chunks_and_buckets_leave_the_same_home(tmp_path: Path) -> None:
+    """Files read 97 rows at a time and event tables merged about 300 rows at a time (several buckets by event
+    id, several time ranges) leave what the whole-export ingest left."""
+    assert two_ingests(tmp_path, ingest_chunk_rows=97, ingest_bucket_rows=300) == GOLDEN
+    settings = Settings(home=tmp_path / "home")
+    for name in ("email_events", "site_events"):
+        written = pq.ParquetFile(raw.table_path(settings, name))
+        assert written.metadata.num_rows > 1_000
+        assert written.num_row_groups >= 4, "written a time range at a time"
+
+
+def test_materialize_merges_appended_parts_in_pieces_as_the_whole_merge_did(tmp_path: Path) -> None:
+    """`sendwise materialize` merges appended parts with the stored table in pieces of about 60 rows: the table
+    it leaves is the one merging everything at once (`merge.merge`) gives: repeats of stored events and of each
+    other dropped, new ones added, in time order."""
+    world = tmp_path / "world"
+    simulate(world, customers=60, days=5, seed=4, progress=False, realism=Realism(recent_activity=False))
+    settings = Settings(home=tmp_path / "home", ingest_bucket_rows=60)
+    ingest(world, settings, progress=False)
+    before = raw.load_table(settings, "email_events")
+    assert before is not None and len(before) > 250
+    columns = ["event_id", "customer_id", "message_id", "event"]
+    repeats = [{**before.iloc[i][columns].to_dict(), "occurred_at": "2026-11-01T09:00:00Z"} for i in (0, 50)]
+    new = [
+        {"event_id": f"new-{i}", "customer_id": before["customer_id"].iloc[i], "message_id": "m-new", "event": "open"}
+        for i in range(3)
+    ]
+    times = ["2026-10-01T00:00:00Z", "2030-01-01T00:00:00Z", str(before["occurred_at"].iloc[200].isoformat())]
+    rows = [{**row, "table": "email_events"} for row in repeats]
+    rows += [{**row, "occurred_at": time, "table": "email_events"} for row, time in zip(new, times, strict=True)]
+    append_events(settings, check_events(rows[:3], settings))
+    append_events(settings, check_events(rows[2:], settings))  # new-0 appended twice
+    parts = pending_parts(settings)["email_events"]
+    batch = Batch(contract.TABLES["email_events"], [], read_parts(parts), pd.DataFrame(), Counter(), 0, {}, 0)
+    expected = merge(batch, before).frame
+    assert merge_appended(settings) == {"email_events": 3}
+    assert not pending_parts(settings)
+    after = raw.load_table(settings, "email_events")
+    assert after is not None and len(after) == len(before) + 3
+    assert pq.ParquetFile(raw.table_path(settings, "email_events")).num_row_groups > 1, "written in pieces"
+    expected.to_parquet(tmp_path / "expected.parquet", index=False)
+    pd.testing.assert_frame_equal(after, pd.read_parquet(tmp_path / "expected.parquet"))
 
 
 def test_a_spill_folder_a_killed_ingest_left_is_removed_and_a_running_ingests_kept(tmp_path: Path) -> None:
