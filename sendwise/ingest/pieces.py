@@ -29,6 +29,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.feather as feather
 import pyarrow.parquet as pq
 
 from sendwise import contract, raw
@@ -55,10 +56,23 @@ class PieceMerge:
     last: pd.Timestamp | None
 
 
+def write_rows(rows: pd.DataFrame | pa.Table, path: Path) -> None:
+    """Rows set aside for a later pass, as an Arrow IPC file (``.arrow``; LZ4): far quicker to write and read
+    than Parquet, and the file lives only as long as the ingest."""
+    table = rows if isinstance(rows, pa.Table) else pa.Table.from_pandas(rows, preserve_index=False)
+    feather.write_feather(table, path, compression="lz4")
+
+
 def read_rows(path: Path) -> pd.DataFrame:
-    """Rows set aside in a Parquet file, with the dtypes they had (Arrow strings, which Parquet holds as large
-    strings, stay Arrow strings)."""
-    return pq.read_table(path).to_pandas(types_mapper={pa.large_string(): contract.STRING}.get)
+    """Rows set aside (``write_rows``) or appended (a Parquet part), with the dtypes they had (Arrow strings,
+    which Arrow files hold as large strings, stay Arrow strings)."""
+    table = feather.read_table(path) if path.suffix == ".arrow" else pq.read_table(path)
+    return table.to_pandas(types_mapper={pa.large_string(): contract.STRING}.get)
+
+
+def parquet_rows(paths: list[Path]) -> int:
+    """The rows of Parquet files, from their metadata."""
+    return sum(pq.ParquetFile(path).metadata.num_rows for path in paths)
 
 
 def hash_buckets(ids: pd.Series, buckets: int) -> np.ndarray:
@@ -79,6 +93,7 @@ def micros(times: pd.Series | pa.ChunkedArray | pa.Array) -> np.ndarray:
 def merge_in_pieces(
     table: Table,
     new_files: list[Path],
+    new_rows: int,
     stored: Path | None,
     tombstones: Tombstones,
     work: Path,
@@ -86,12 +101,11 @@ def merge_in_pieces(
     on_piece: Callable[[pd.DataFrame], None] | None,
     target: Path,
 ) -> PieceMerge:
-    """Merge the rows of ``new_files`` (in order) into the stored table ``stored`` (None: never ingested) in
-    pieces of about ``bucket_rows`` rows, using ``work`` for the pieces; the new table staged beside the stored
-    one, ``target`` (``raw.StagedWriter``), where rows were added."""
+    """Merge the rows of ``new_files`` (in order; ``new_rows`` of them) into the stored table ``stored`` (None:
+    never ingested) in pieces of about ``bucket_rows`` rows, using ``work`` for the pieces; the new table staged
+    beside the stored one, ``target`` (``raw.StagedWriter``), where rows were added."""
     key = table.key
     work.mkdir(parents=True, exist_ok=True)
-    new_rows = sum(pq.ParquetFile(path).metadata.num_rows for path in new_files)
     stored_rows = pq.ParquetFile(stored).metadata.num_rows if stored is not None else 0
     buckets = max(1, math.ceil((new_rows + stored_rows) / bucket_rows))
     hours: Counter[int] = Counter()
@@ -99,6 +113,8 @@ def merge_in_pieces(
 
     for number, path in enumerate(new_files):
         frame = read_rows(path)
+        if path.suffix == ".arrow":  # rows set aside by the reading: in their buckets from now on
+            path.unlink()
         if len(tombstones) and not frame.empty:
             hit = tombstones.matches(frame[CUSTOMER_KEY]).to_numpy()
             result.forgotten += int(hit.sum())
@@ -111,7 +127,7 @@ def merge_in_pieces(
         result.first = first if result.first is None else min(result.first, first)
         result.last = last if result.last is None else max(result.last, last)
         _count_hours(hours, micros(times))
-        _write_buckets(frame, hash_buckets(frame[key], buckets), work, f"new-{number:06d}")
+        _write_groups(frame, hash_buckets(frame[key], buckets), work, f"b{{group:05d}}-new-{number:06d}.arrow")
     if result.first is None:
         _scan(stored, on_piece)
         return result
@@ -121,17 +137,17 @@ def merge_in_pieces(
         for number, batch in enumerate(parquet.iter_batches(batch_size=READ_ROWS, columns=[key, TIME])):
             _count_hours(hours, micros(batch.column(TIME)))
             ids = pd.Series(batch.column(key).to_numpy(zero_copy_only=False), dtype=object, name=key)
-            _write_buckets(ids.to_frame(), hash_buckets(ids, buckets), work, f"stored-{number:06d}")
+            _write_groups(ids.to_frame(), hash_buckets(ids, buckets), work, f"b{{group:05d}}-stored-{number:06d}.arrow")
 
     cuts = _time_cuts(hours, bucket_rows)
     for bucket in range(buckets):
-        new = concat([read_rows(path) for path in sorted(work.glob(f"b{bucket:05d}-new-*.parquet"))])
+        new = concat([read_rows(path) for path in sorted(work.glob(f"b{bucket:05d}-new-*.arrow"))])
         if new.empty:
             continue
         repeated = _repeated(new[key])
         if repeated.any():
             new = new.loc[~repeated]
-        stored_ids = [pd.read_parquet(path)[key] for path in sorted(work.glob(f"b{bucket:05d}-stored-*.parquet"))]
+        stored_ids = [read_rows(path)[key] for path in sorted(work.glob(f"b{bucket:05d}-stored-*.arrow"))]
         already = (
             new[key].isin(pd.concat(stored_ids, ignore_index=True)).to_numpy()
             if stored_ids
@@ -141,9 +157,8 @@ def merge_in_pieces(
         result.duplicates += int(repeated.sum() + already.sum())
         result.added += len(added)
         ranges = np.searchsorted(cuts, micros(added[TIME]), side="right")
-        for piece in np.unique(ranges):
-            added.loc[ranges == piece].to_parquet(work / f"t{piece:05d}-b{bucket:05d}.parquet")
-        for path in work.glob(f"b{bucket:05d}-*.parquet"):
+        _write_groups(added, ranges, work, f"t{{group:05d}}-b{bucket:05d}.arrow")
+        for path in work.glob(f"b{bucket:05d}-*.arrow"):
             path.unlink()
     if result.added == 0:
         _scan(stored, on_piece)
@@ -153,7 +168,7 @@ def merge_in_pieces(
     try:
         for piece in range(len(cuts) + 1):
             parts = [_stored_range(stored, cuts, piece)] if stored is not None else []
-            parts += [read_rows(path) for path in sorted(work.glob(f"t{piece:05d}-b*.parquet"))]
+            parts += [read_rows(path) for path in sorted(work.glob(f"t{piece:05d}-b*.arrow"))]
             frame = concat([part for part in parts if not part.empty])
             if frame.empty:
                 continue
@@ -161,7 +176,7 @@ def merge_in_pieces(
             if on_piece is not None:
                 on_piece(frame)
             writer.write(_text_as_strings(raw_arrow(frame)))
-            for path in work.glob(f"t{piece:05d}-b*.parquet"):
+            for path in work.glob(f"t{piece:05d}-b*.arrow"):
                 path.unlink()
     except BaseException:
         writer.discard()
@@ -187,9 +202,18 @@ def _time_cuts(hours: Counter[int], bucket_rows: int) -> np.ndarray:
     return np.asarray(cuts, dtype=np.int64)
 
 
-def _write_buckets(frame: pd.DataFrame, buckets: np.ndarray, work: Path, name: str) -> None:
-    for bucket in np.unique(buckets):
-        frame.loc[buckets == bucket].to_parquet(work / f"b{bucket:05d}-{name}.parquet")
+def _write_groups(frame: pd.DataFrame, groups: np.ndarray, folder: Path, name: str) -> None:
+    """The rows of each group (in their order) set aside in a file of their own in ``folder``: ``name`` with the
+    group for ``{group}``."""
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    order = np.argsort(groups, kind="stable")
+    ordered = groups[order]
+    table = table.take(pa.array(order))
+    found = np.unique(ordered)
+    starts = np.searchsorted(ordered, found, side="left")
+    ends = np.searchsorted(ordered, found, side="right")
+    for group, start, end in zip(found.tolist(), starts.tolist(), ends.tolist(), strict=True):
+        write_rows(table.slice(start, end - start), folder / name.format(group=group))
 
 
 def _stored_range(stored: Path, cuts: np.ndarray, piece: int) -> pd.DataFrame:

@@ -14,7 +14,6 @@ from typing import Literal
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from sendwise import asof, contract, raw
 from sendwise.ingest import appended, pieces
@@ -188,7 +187,7 @@ class TableRun:
         self.store_latest: list[pd.Timestamp | None] = []
         self.open_counts: tuple[int, int] | None = None
         self.zone_sources: Counter[str] = Counter()
-        self.spilled: dict[str, list[Path]] = {}
+        self.spilled: dict[str, SpilledRows] = {}
 
     def read_export(self, sources: dict[str, Source], given_as_of: pd.Timestamp | None, warnings: list[str]) -> None:
         """Every table of the export read and validated; the event tables' valid rows set aside."""
@@ -207,7 +206,7 @@ class TableRun:
                 chunk_rows=self.settings.ingest_chunk_rows,
                 valid_rows=spill.add,
             )
-            self.spilled[name] = spill.files
+            self.spilled[name] = spill
             if spill.after:
                 self.late.append((spill.latest, name, spill.after, ", ".join(batch.files)))
             release_memory()
@@ -251,13 +250,16 @@ class TableRun:
         batch = self.batches.get(name) or _empty_batch(name)
         self.batches[name] = batch
         parts = self.parts.get(name, [])
+        part_rows = pieces.parquet_rows(parts)
         if parts:
             batch.files.append(_appended_label(name, parts))
-            batch.rows_read += sum(pq.ParquetFile(part).metadata.num_rows for part in parts)
+            batch.rows_read += part_rows
+        spilled = self.spilled.get(name)
         drop_tombstoned(batch, self.tombstones)  # its quarantined rows; the valid ones as they are merged
         merged = pieces.merge_in_pieces(
             batch.table,
-            self.spilled.get(name, []) + parts,
+            (spilled.files if spilled else []) + parts,
+            (spilled.rows if spilled else 0) + part_rows,
             stored,
             self.tombstones,
             self.spill / f"{name}.merge",
@@ -342,6 +344,7 @@ class SpilledRows:
         self.folder = folder
         self.as_of = as_of
         self.files: list[Path] = []
+        self.rows = 0
         self.after = 0
         self.latest: pd.Timestamp | None = None
 
@@ -353,9 +356,10 @@ class SpilledRows:
             self.after += int((times > self.as_of).sum())
             self.latest = _latest_of([self.latest, times.max()])
         self.folder.mkdir(exist_ok=True)
-        path = self.folder / f"{len(self.files):06d}.parquet"
-        valid.to_parquet(path)
+        path = self.folder / f"{len(self.files):06d}.arrow"
+        pieces.write_rows(valid, path)
         self.files.append(path)
+        self.rows += len(valid)
 
 
 class StoreFacts:
@@ -461,6 +465,7 @@ def merge_appended(settings: Settings) -> dict[str, int]:
                 merged = pieces.merge_in_pieces(
                     contract.TABLES[name],
                     paths,
+                    pieces.parquet_rows(paths),
                     path if path.exists() else None,
                     tombstones,
                     work / name,
