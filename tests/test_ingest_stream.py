@@ -17,11 +17,12 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from sendwise import asof, contract, raw
+from sendwise import asof, contract, raw, timezones
 from sendwise.ingest import ingest
 from sendwise.ingest.appended import append_events, check_events, pending_parts, read_parts
 from sendwise.ingest.batch import Batch
@@ -173,6 +174,68 @@ def test_materialize_merges_appended_parts_in_pieces_as_the_whole_merge_did(tmp_
     assert pq.ParquetFile(raw.table_path(settings, "email_events")).num_row_groups > 1, "written in pieces"
     expected.to_parquet(tmp_path / "expected.parquet", index=False)
     pd.testing.assert_frame_equal(after, pd.read_parquet(tmp_path / "expected.parquet"))
+
+
+def whole_activity_offsets(activity: pd.DataFrame, known: pd.Series, candidates: pd.Index) -> pd.Series:
+    """The offsets the inference from activity gave when it held all the activity at once (main's
+    `timezones.best_offsets`, kept here as the reference)."""
+    zones = activity["customer_id"].map(known)
+    population = activity.loc[zones.notna()]
+    local = timezones._local_hours(population["occurred_at"], zones.loc[population.index])
+    density = np.bincount(local, minlength=24).astype(float) + 1.0
+    log_density = np.log(density / density.sum())
+    mine = activity.loc[activity["customer_id"].isin(candidates)]
+    codes, customers = pd.factorize(mine["customer_id"])
+    utc_hours = mine["occurred_at"].dt.hour.to_numpy()
+    counts = np.bincount(codes * 24 + utc_hours, minlength=len(customers) * 24).reshape(-1, 24)
+    enough = counts.sum(axis=1) >= timezones.MIN_ACTIVITY_EVENTS
+    shifted = log_density[(np.arange(24)[:, None] + timezones.OFFSETS[None, :]) % 24]
+    scores = counts[enough] @ shifted
+    return pd.Series(timezones.OFFSETS[scores.argmax(axis=1)], index=customers[enough], dtype=np.int64)
+
+
+def test_activity_hours_gathered_in_parts_infer_the_zones_the_whole_activity_did() -> None:
+    """The time zones inferred from activity gathered a part at a time (as an ingest gathers it from the pieces
+    of its event tables) are those inferring from all of it at once gave."""
+    rng = np.random.default_rng(5)
+    given = ["Europe/Berlin", "America/New_York", "Asia/Tokyo", "America/Los_Angeles"]
+    customers = pd.DataFrame(
+        {
+            "customer_id": [f"c{i:03d}" for i in range(120)],
+            "timezone": [given[i % 4] if i < 80 else None for i in range(120)],
+            "country": None,
+            "consent_profiling": [i % 10 != 9 for i in range(120)],
+        }
+    )
+    offsets = {"Europe/Berlin": 1, "America/New_York": -5, "Asia/Tokyo": 9, "America/Los_Angeles": -8}
+    rows = []
+    for i, customer in enumerate(customers["customer_id"]):
+        offset = offsets[given[i % 4]]  # the unknown ones live in the same zones
+        for _ in range(int(rng.integers(3, 40))):
+            local = int(rng.normal(19, 2.5)) % 24
+            day = pd.Timestamp("2026-10-01", tz="UTC") + pd.Timedelta(days=int(rng.integers(0, 60)))
+            rows.append((customer, day + pd.Timedelta(hours=(local - offset) % 24, minutes=int(rng.integers(60)))))
+    activity = pd.DataFrame(rows, columns=["customer_id", "occurred_at"]).sample(frac=1, random_state=2)
+    activity["occurred_at"] = activity["occurred_at"].astype("datetime64[us, UTC]")
+    activity = activity.reset_index(drop=True)
+    hours = timezones.ActivityHours(customers)
+    for part in np.array_split(np.arange(len(activity)), 9):
+        hours.add(activity.iloc[part])
+    missing = customers["timezone"].isna()
+    allowed = customers["consent_profiling"]
+    known = pd.Series(customers.loc[~missing, "timezone"].to_numpy(), index=customers.loc[~missing, "customer_id"])
+    candidates = pd.Index(customers.loc[missing & allowed, "customer_id"])
+    expected = whole_activity_offsets(
+        activity.loc[activity["customer_id"].isin(customers.loc[allowed, "customer_id"])], known, candidates
+    )
+    found, note = hours.best_offsets()
+    assert note is None
+    assert len(expected) > 20
+    pd.testing.assert_series_equal(found, expected)
+    in_parts, _ = timezones.infer_timezones(customers, hours)
+    whole, _ = timezones.infer_timezones(customers, activity)
+    pd.testing.assert_frame_equal(in_parts, whole)
+    assert (in_parts["source"] == "activity").sum() == len(expected)
 
 
 def test_a_spill_folder_a_killed_ingest_left_is_removed_and_a_running_ingests_kept(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from sendwise.ingest.batch import (
     read_table,
     warn_likely_fraction,
 )
-from sendwise.ingest.derive import assign_timezones, email_activity, impute_margins, joined_activity, site_activity
+from sendwise.ingest.derive import activity_hours, assign_timezones, email_activity, impute_margins, site_activity
 from sendwise.ingest.errors import IngestError
 from sendwise.ingest.merge import (
     Merged,
@@ -55,6 +55,7 @@ from sendwise.ingest.report import (
 )
 from sendwise.ingest.spill import spill_folder
 from sendwise.settings import Settings
+from sendwise.timezones import ActivityHours
 from sendwise.tombstones import Tombstones
 
 
@@ -181,7 +182,7 @@ class TableRun:
         self.reports: dict[str, TableReport] = {}
         self.staged: dict[Path, Path] = {}
         self.late: list[LateEvents] = []
-        self.activity: dict[str, pd.DataFrame | None] = {}
+        self.hours: ActivityHours | None = None
         self.conversions: pd.DataFrame | None = None
         self.export_latest: list[pd.Timestamp | None] = []
         self.store_latest: list[pd.Timestamp | None] = []
@@ -221,6 +222,7 @@ class TableRun:
         for name in contract.TABLES:
             if not contract.TABLES[name].is_event and name in self.order:
                 self.merge_entities(name)
+        self.hours = activity_hours(self.merges["customers"].frame)
         for name in contract.TABLES:
             if contract.TABLES[name].is_event:
                 self.events(name)
@@ -241,12 +243,12 @@ class TableRun:
         path = raw.table_path(self.settings, name)
         stored = path if path.exists() else None
         if name not in self.order:
-            facts = StoreFacts(name, None)
+            facts = StoreFacts(name, None, self.hours)
             for frame in pieces.stored_pieces(stored, FACT_COLUMNS[name]):
                 facts.add(frame)
             self.keep_facts(facts if stored is not None else None)
             return
-        facts = StoreFacts(name, self.customers())
+        facts = StoreFacts(name, self.customers(), self.hours)
         batch = self.batches.get(name) or _empty_batch(name)
         self.batches[name] = batch
         parts = self.parts.get(name, [])
@@ -296,19 +298,16 @@ class TableRun:
         name = facts.name
         self.store_latest.append(facts.latest)
         if name == "email_events":
-            self.activity[name] = joined_activity(facts.activity)
             self.open_counts = facts.opens
-        elif name == "site_events":
-            self.activity[name] = joined_activity(facts.activity)
         elif name == "offer_events":
             self.conversions = concat(facts.conversions) if facts.conversions else facts.no_conversions()
 
     def derive(self, warnings: list[str]) -> None:
         """The customers' time zones and the offers' missing margins, from all the data the store will hold."""
-        activity = joined_activity([self.activity.get("email_events"), self.activity.get("site_events")])
-        self.activity.clear()
         customers = self.merges["customers"]
-        customers.frame, self.zone_sources = assign_timezones(customers.frame, activity, warnings)
+        assert self.hours is not None
+        customers.frame, self.zone_sources = assign_timezones(customers.frame, self.hours, warnings)
+        self.hours = None
         if "offers" in self.merges:
             offers = self.merges["offers"]
             offers.frame = impute_margins(offers.frame, self.conversions, warnings)
@@ -367,15 +366,15 @@ class StoreFacts:
     its size, time span and latest event, its events of unknown customers, and what the other tables need (the
     customers' activity, the opens, the offers' conversions)."""
 
-    def __init__(self, name: str, customers: pd.DataFrame | None) -> None:
+    def __init__(self, name: str, customers: pd.DataFrame | None, hours: ActivityHours | None) -> None:
         self.name = name
+        self.hours = hours
         self.known = None if customers is None else pd.Index(customers["customer_id"])
         self.rows = 0
         self.first: pd.Timestamp | None = None
         self.latest: pd.Timestamp | None = None
         self.unknown_events = 0
         self.unknown_customers: set[str] = set()
-        self.activity: list[pd.DataFrame | None] = []
         self.opens: tuple[int, int] = (0, 0)
         self.conversions: list[pd.DataFrame] = []
 
@@ -391,11 +390,13 @@ class StoreFacts:
             self.unknown_events += int(unknown.sum())
             self.unknown_customers.update(frame.loc[unknown, "customer_id"].astype(object).unique())
         if self.name == "email_events":
-            self.activity.append(email_activity(frame))
+            if self.hours is not None:
+                self.hours.add(email_activity(frame))
             opens, machine = open_counts(frame) or (0, 0)
             self.opens = (self.opens[0] + opens, self.opens[1] + machine)
         elif self.name == "site_events":
-            self.activity.append(site_activity(frame))
+            if self.hours is not None:
+                self.hours.add(site_activity(frame))
         elif self.name == "offer_events":
             self.conversions.append(frame.loc[frame["event"] == "converted", ["event", "offer_id", "value"]])
 
