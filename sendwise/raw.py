@@ -141,3 +141,36 @@ def recover(settings: Settings) -> None:
         if folder.is_dir():
             for stray in folder.glob(".*.tmp"):
                 stray.unlink(missing_ok=True)
+
+
+class StagedWriter:
+    """A raw table written piece by piece (one or more Parquet row groups each) to a temporary file beside its path,
+    to be renamed onto it (``commit``) like a file of ``stage_parquet``: its memory is that of a piece, not of the
+    table. Every piece takes the first one's schema."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.temporary: Path | None = None
+        self.writer: pq.ParquetWriter | None = None
+
+    def write(self, table: pa.Table) -> None:
+        if self.writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle, name = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.stem}-", suffix=".parquet.tmp")
+            os.close(handle)
+            self.temporary = Path(name)
+            self.writer = pq.ParquetWriter(self.temporary, table.schema)
+        self.writer.write_table(table.cast(self.writer.schema))
+
+    def close(self) -> Path | None:
+        """The temporary file, whole (None where nothing was written)."""
+        if self.writer is not None:
+            self.writer.close()
+        return self.temporary
+
+    def discard(self) -> None:
+        if self.writer is not None:
+            with contextlib.suppress(Exception):
+                self.writer.close()
+        if self.temporary is not None:
+            self.temporary.unlink(missing_ok=True)

@@ -94,6 +94,19 @@ class Settings(BaseSettings):
         description="engagement rows the feature build gathers before it writes them to the feature table as one "
         "Parquet row group: the build's memory for that table is bounded by it, not by the table's size",
     )
+    ingest_chunk_rows: int = Field(
+        default=500_000,
+        ge=1,
+        description="rows of an event file the ingest reads and checks at a time (CSV blocks and Parquet batches are "
+        "cut to it): the reading's memory is bounded by it, not by the file's size",
+    )
+    ingest_bucket_rows: int = Field(
+        default=4_000_000,
+        ge=1,
+        description="rows the ingest merges at a time when it merges an event table with the stored one: the rows "
+        "go to buckets by a hash of their event id (duplicates always meet in one bucket), then are written in "
+        "time order a time range at a time, each bucket and range holding about this many rows",
+    )
     feature_share_customers: int = Field(
         default=50_000,
         ge=1,

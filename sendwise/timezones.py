@@ -112,62 +112,109 @@ def _local_hours(times: pd.Series, zones: pd.Series) -> np.ndarray:
     return hours
 
 
-def best_offsets(activity: pd.DataFrame, known: pd.Series, candidates: pd.Index) -> tuple[pd.Series, str | None]:
-    """The whole-hour UTC offset for each candidate customer whose activity says enough.
+class ActivityHours:
+    """The customers' activity hours as the inference from activity reads them, gathered from the activity a
+    part at a time (``add``, in the activity's order): its memory grows with the customers, not the events.
 
-    ``activity`` has ``customer_id`` and ``occurred_at`` (UTC); ``known`` maps customer_id to a zone. Returns
-    offsets indexed by customer_id (only for those inferred) and, when nothing could be inferred because the
-    population is too small, the reason.
-    """
-    empty = pd.Series(dtype=np.int64)
-    if activity.empty or candidates.empty:
-        return empty, None
-    zones = activity["customer_id"].map(known)
-    population = activity.loc[zones.notna()]
-    if len(population) < MIN_POPULATION_EVENTS or population["customer_id"].nunique() < MIN_POPULATION_CUSTOMERS:
-        return empty, (
-            f"time zones were not inferred from activity: customers with a known zone have "
-            f"{len(population)} activity events (at least {MIN_POPULATION_EVENTS} from "
-            f"{MIN_POPULATION_CUSTOMERS} customers are needed)"
-        )
-    local = _local_hours(population["occurred_at"], zones.loc[population.index])
-    density = np.bincount(local, minlength=24).astype(float) + 1.0
-    log_density = np.log(density / density.sum())
+    ``customers`` are those ``infer_timezones`` is given; the activity has ``customer_id`` and ``occurred_at``
+    (UTC)."""
 
-    mine = activity.loc[activity["customer_id"].isin(candidates)]
-    codes, customers = pd.factorize(mine["customer_id"])
-    utc_hours = mine["occurred_at"].dt.hour.to_numpy()
-    counts = np.bincount(codes * 24 + utc_hours, minlength=len(customers) * 24).reshape(-1, 24)
-    enough = counts.sum(axis=1) >= MIN_ACTIVITY_EVENTS
-    # score[c, j] = sum over hours h of counts[c, h] * log p_local(h + OFFSETS[j])
-    shifted = log_density[(np.arange(24)[:, None] + OFFSETS[None, :]) % 24]
-    scores = counts[enough] @ shifted
-    return pd.Series(OFFSETS[scores.argmax(axis=1)], index=customers[enough], dtype=np.int64), None
+    def __init__(self, customers: pd.DataFrame) -> None:
+        zone, _ = _given_or_country(customers)
+        missing = zone.isna()
+        allowed = customers["consent_profiling"].fillna(False).astype(bool)
+        self.needed = bool(missing.any())
+        self.known = pd.Series(zone[~missing].to_numpy(), index=customers.loc[~missing, "customer_id"].to_numpy())
+        self.allowed = pd.Index(customers.loc[allowed, "customer_id"])
+        self.candidates = pd.Index(customers.loc[missing & allowed, "customer_id"].unique())
+        self.rows = 0  # activity of customers who allowed profiling
+        self.population_events = 0
+        self.population_customers: set[object] = set()
+        self.density = np.zeros(24, dtype=np.int64)
+        self.counts = np.zeros((len(self.candidates), 24), dtype=np.int64)
+        self.first_seen = np.full(len(self.candidates), np.iinfo(np.int64).max, dtype=np.int64)
+
+    def add(self, activity: pd.DataFrame | None) -> None:
+        if not self.needed or activity is None or activity.empty:
+            return
+        allowed = activity.loc[activity["customer_id"].isin(self.allowed)].reset_index(drop=True)
+        zones = allowed["customer_id"].map(self.known)
+        population = allowed.loc[zones.notna()]
+        self.population_events += len(population)
+        self.population_customers.update(population["customer_id"].unique())
+        if len(population):
+            local = _local_hours(population["occurred_at"], zones.loc[population.index])
+            self.density += np.bincount(local, minlength=24)
+        codes = self.candidates.get_indexer(allowed["customer_id"])
+        mine = codes >= 0
+        if mine.any():
+            hours = allowed["occurred_at"].dt.hour.to_numpy()[mine]
+            self.counts += np.bincount(codes[mine] * 24 + hours, minlength=len(self.candidates) * 24).reshape(-1, 24)
+            first, where = np.unique(codes[mine], return_index=True)
+            positions = self.rows + np.flatnonzero(mine)[where]
+            self.first_seen[first] = np.minimum(self.first_seen[first], positions)
+        self.rows += len(allowed)
+
+    def best_offsets(self) -> tuple[pd.Series, str | None]:
+        """The whole-hour UTC offset for each candidate customer whose activity says enough (indexed by
+        customer_id, only for those inferred) and, when nothing could be inferred because the population is too
+        small, the reason."""
+        empty = pd.Series(dtype=np.int64)
+        if self.rows == 0 or self.candidates.empty:
+            return empty, None
+        if self.population_events < MIN_POPULATION_EVENTS or len(self.population_customers) < MIN_POPULATION_CUSTOMERS:
+            return empty, (
+                f"time zones were not inferred from activity: customers with a known zone have "
+                f"{self.population_events} activity events (at least {MIN_POPULATION_EVENTS} from "
+                f"{MIN_POPULATION_CUSTOMERS} customers are needed)"
+            )
+        density = self.density.astype(float) + 1.0
+        log_density = np.log(density / density.sum())
+        seen = np.flatnonzero(self.first_seen < np.iinfo(np.int64).max)
+        seen = seen[np.argsort(self.first_seen[seen], kind="stable")]  # in the order the activity met them
+        counts = self.counts[seen]
+        customers = self.candidates[seen]
+        enough = counts.sum(axis=1) >= MIN_ACTIVITY_EVENTS
+        # score[c, j] = sum over hours h of counts[c, h] * log p_local(h + OFFSETS[j])
+        shifted = log_density[(np.arange(24)[:, None] + OFFSETS[None, :]) % 24]
+        scores = counts[enough] @ shifted
+        return pd.Series(OFFSETS[scores.argmax(axis=1)], index=customers[enough], dtype=np.int64), None
 
 
-def infer_timezones(customers: pd.DataFrame, activity: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """Fill in every missing zone of ``customers`` and say where each zone came from.
+def best_offsets(activity: pd.DataFrame, customers: pd.DataFrame) -> tuple[pd.Series, str | None]:
+    """``ActivityHours.best_offsets`` of the whole ``activity`` at once."""
+    hours = ActivityHours(customers)
+    hours.add(activity)
+    return hours.best_offsets()
 
-    ``customers`` has ``customer_id``, ``timezone`` (a known zone name or missing), ``country`` and
-    ``consent_profiling``; ``activity`` has ``customer_id`` and ``occurred_at``. Returns a frame on the same
-    index with ``timezone`` (always a valid zone) and ``source`` (a ``TimezoneSource`` value), and notes.
-    """
+
+def _given_or_country(customers: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """The customers' zones, given or from their country (missing where neither), and where each came from."""
     zone = customers["timezone"].astype(object).where(customers["timezone"].notna(), None)
     source = pd.Series(TimezoneSource.GIVEN.value, index=customers.index, dtype=object)
     missing = zone.isna()
-
     from_country = customers["country"].map(country_zones()).where(missing)
     zone = zone.where(~from_country.notna(), from_country)
     source[from_country.notna()] = TimezoneSource.COUNTRY.value
+    return zone, source
+
+
+def infer_timezones(customers: pd.DataFrame, activity: pd.DataFrame | ActivityHours) -> tuple[pd.DataFrame, list[str]]:
+    """Fill in every missing zone of ``customers`` and say where each zone came from.
+
+    ``customers`` has ``customer_id``, ``timezone`` (a known zone name or missing), ``country`` and
+    ``consent_profiling``; ``activity`` has ``customer_id`` and ``occurred_at``, or is their ``ActivityHours``
+    gathered a part at a time. Returns a frame on the same index with ``timezone`` (always a valid zone) and
+    ``source`` (a ``TimezoneSource`` value), and notes.
+    """
+    zone, source = _given_or_country(customers)
     missing = zone.isna()
 
     notes: list[str] = []
     if missing.any():
-        known = pd.Series(zone[~missing].to_numpy(), index=customers.loc[~missing, "customer_id"].to_numpy())
-        allowed = customers["consent_profiling"].fillna(False).astype(bool)
-        candidates = pd.Index(customers.loc[missing & allowed, "customer_id"].unique())
-        allowed_activity = activity.loc[activity["customer_id"].isin(customers.loc[allowed, "customer_id"])]
-        offsets, note = best_offsets(allowed_activity, known, candidates)
+        offsets, note = (
+            activity.best_offsets() if isinstance(activity, ActivityHours) else best_offsets(activity, customers)
+        )
         if note:
             notes.append(note)
         from_activity = customers["customer_id"].map(offsets).where(missing)

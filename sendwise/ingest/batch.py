@@ -5,6 +5,7 @@ percentages)."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pandas as pd
@@ -15,8 +16,8 @@ from sendwise.ingest.errors import IngestError
 from sendwise.ingest.options import Options
 from sendwise.ingest.parse import format_number
 from sendwise.ingest.progress import ProgressBars
-from sendwise.ingest.read import Source, canonical_columns, format_of, read_csv, read_parquet
-from sendwise.ingest.validate import Checked, FileChecker
+from sendwise.ingest.read import Source, canonical_columns, read_chunks
+from sendwise.ingest.validate import FileChecker
 from sendwise.tombstones import CUSTOMER_KEY, Tombstones
 
 
@@ -36,25 +37,71 @@ class Batch:
     """Rows of erased customers (tombstoned) dropped from this export: valid and bad rows alike."""
 
 
-def read_table(source: Source, options: Options, warnings: list[str], progress: ProgressBars) -> Batch:
-    """Read and validate every file of ``source``, in name order, into one ``Batch``."""
+ValidRows = Callable[[pd.DataFrame], None]
+"""Where an event table's valid rows go, a chunk at a time, as they are checked (``read_table``)."""
+
+
+def read_table(
+    source: Source,
+    options: Options,
+    warnings: list[str],
+    progress: ProgressBars,
+    *,
+    chunk_rows: int | None = None,
+    valid_rows: ValidRows | None = None,
+) -> Batch:
+    """Read and validate every file of ``source``, in name order, into one ``Batch``.
+
+    With ``valid_rows`` each file is read and checked in chunks of at most ``chunk_rows`` rows and each chunk's
+    valid rows are handed to it as they come, not kept (the batch's ``valid`` is then empty): the memory this
+    takes is that of a chunk and of the quarantined rows, not of the table."""
     table = contract.TABLES[source.table]
-    checked: list[Checked] = []
+    kept: list[pd.DataFrame] = []
+    bad: list[pd.DataFrame] = []
+    reasons: Counter[str] = Counter()
+    rows_read = unknown_zone_names = missing_profiling = 0
     currencies: dict[str, set[str]] = {}
     for path in source.files:
         label = source.label(path)
-        read = read_csv(path, label, options) if format_of(path) == "csv" else read_parquet(path, label)
+        checker = FileChecker(table, label, options, warnings)
+        malformed: list[str] = []
+        expected_fields = 0
+        found: set[str] = set()
+        file_reasons: Counter[str] = Counter()
+        order: dict[str, int] = {}
+        first = True
+        for read in read_chunks(path, label, options, chunk_rows if valid_rows is not None else None):
+            if first:
+                progress.advance(table.name)
+                first = False
+            read.frame = canonical_columns(table, read.frame, label, warnings if not found else [])
+            found.add(label)
+            result = checker.check_chunk(read)
+            malformed += read.malformed
+            expected_fields = read.expected_fields
+            if valid_rows is not None:
+                valid_rows(result.valid)
+            else:
+                kept.append(result.valid)
+            bad.append(result.bad)
+            file_reasons += result.reasons
+            for reason, place in result.reason_order.items():
+                order.setdefault(reason, place)
+            rows_read += result.rows
+            unknown_zone_names += result.unknown_zone_names
+            missing_profiling += result.missing_profiling
+            currencies.setdefault(label, set()).update(result.currencies)
+        reasons += Counter({reason: file_reasons[reason] for reason in sorted(file_reasons, key=order.__getitem__)})
+        lines = checker.finish(malformed, expected_fields)
+        if not lines.empty:
+            bad.append(lines)
+            reasons[str(lines["_reason"].iloc[0])] += len(lines)
+        if not currencies.get(label, True):
+            del currencies[label]
         progress.advance(table.name)
-        read.frame = canonical_columns(table, read.frame, label, warnings)
-        result = FileChecker(table, label, options, warnings).check(read)
-        checked.append(result)
-        if result.currencies:
-            currencies[label] = result.currencies
-        progress.advance(table.name)
-    valid = concat([c.valid for c in checked])
+    valid = concat(kept) if valid_rows is None else pd.DataFrame()
     if table.attributes:
         valid = unify_attributes(valid)
-    missing_profiling = sum(c.missing_profiling for c in checked)
     if missing_profiling:
         filled = {None: "denied", True: "granted", False: "denied"}[options.profiling_consent]
         warnings.append(
@@ -65,11 +112,11 @@ def read_table(source: Source, options: Options, warnings: list[str], progress: 
         table=table,
         files=[source.label(p) for p in source.files],
         valid=valid,
-        bad=concat([c.bad for c in checked]),
-        reasons=sum((c.reasons for c in checked), Counter()),
-        rows_read=sum(c.rows for c in checked),
+        bad=concat(bad),
+        reasons=reasons,
+        rows_read=rows_read,
         currencies=currencies,
-        unknown_zone_names=sum(c.unknown_zone_names for c in checked),
+        unknown_zone_names=unknown_zone_names,
     )
 
 

@@ -39,12 +39,25 @@ def joined_activity(parts: list[pd.DataFrame | None]) -> pd.DataFrame:
     return pd.concat(found, ignore_index=True)
 
 
-def assign_timezones(
-    customers: pd.DataFrame, activity: pd.DataFrame, warnings: list[str]
-) -> tuple[pd.DataFrame, Counter[str]]:
-    """Customers with their zones inferred again where none was given; and how many zones came from where."""
+def without_inferred_zones(customers: pd.DataFrame) -> pd.DataFrame:
+    """The customers as their zones are inferred again: only the given zones kept."""
     customers = customers.copy()
     customers["timezone"] = customers["timezone"].where(~customers["timezone_inferred"], None)
+    return customers
+
+
+def activity_hours(customers: pd.DataFrame) -> timezones.ActivityHours:
+    """Where ``assign_timezones`` can gather the customers' activity a part at a time."""
+    return timezones.ActivityHours(without_inferred_zones(customers))
+
+
+def assign_timezones(
+    customers: pd.DataFrame, activity: pd.DataFrame | timezones.ActivityHours, warnings: list[str]
+) -> tuple[pd.DataFrame, Counter[str]]:
+    """Customers with their zones inferred again where none was given; and how many zones came from where.
+    ``activity`` is the human activity (``human_activity``), or its ``activity_hours`` gathered from the
+    customers as they are here."""
+    customers = without_inferred_zones(customers)
     zones, notes = timezones.infer_timezones(customers, activity)
     warnings.extend(notes)
     customers["timezone"] = zones["timezone"].astype(object)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,6 +122,37 @@ def _detect_delimiter(header: str) -> str:
 
 def read_csv(path: Path, label: str, options: Options) -> Read:
     """A CSV file as text columns (UTF-8, a BOM allowed), its delimiter given or detected from the header."""
+    return _whole(read_csv_chunks(path, label, options, None))
+
+
+def read_parquet(path: Path, label: str) -> Read:
+    """A Parquet file with its own types (strings as pyarrow strings)."""
+    return _whole(read_parquet_chunks(path, label, None))
+
+
+def read_chunks(path: Path, label: str, options: Options, rows: int | None) -> Iterator[Read]:
+    """The file (CSV or Parquet, by its suffix) in chunks of at most ``rows`` rows (None: the whole file at once).
+
+    A CSV chunk's ``malformed`` lists the lines that could not be split into the header's fields read since the
+    chunk before."""
+    if format_of(path) == "csv":
+        return read_csv_chunks(path, label, options, rows)
+    return read_parquet_chunks(path, label, rows)
+
+
+def _whole(chunks: Iterator[Read]) -> Read:
+    """The chunks of a file as one ``Read``."""
+    found = list(chunks)
+    if len(found) == 1:
+        return found[0]
+    first = found[0]
+    frame = pd.concat([chunk.frame for chunk in found], ignore_index=True)
+    malformed = [line for chunk in found for line in chunk.malformed]
+    return Read(frame, malformed, first.expected_fields, first.delimiter, first.columns)
+
+
+def _csv_header(path: Path, label: str, options: Options) -> tuple[str, list[str]]:
+    """The delimiter (given or detected) and the column names of a CSV file's header."""
     with path.open("rb") as file:
         head = file.read(_SNIFF_BYTES)
     if not head.strip():
@@ -138,38 +170,86 @@ def read_csv(path: Path, label: str, options: Options) -> Read:
     doubled = sorted({name for name in names if names.count(name) > 1})
     if doubled:
         raise IngestError(f"{label}: column {doubled[0]} appears more than once; keep one and run the ingest again.")
+    return delimiter, names
+
+
+def read_csv_chunks(path: Path, label: str, options: Options, rows: int | None) -> Iterator[Read]:
+    """A CSV file as text columns in chunks of at most ``rows`` rows (``read_chunks``), read as a stream: the
+    memory it takes is that of a chunk, not of the file."""
+    delimiter, names = _csv_header(path, label, options)
     malformed: list[str] = []
 
     def skip(row: pacsv.InvalidRow) -> str:
         malformed.append(row.text or "")
         return "skip"
 
-    try:
-        table = pacsv.read_csv(
-            path,
-            read_options=pacsv.ReadOptions(column_names=names, skip_rows=1),
-            parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True, invalid_row_handler=skip),
-            convert_options=pacsv.ConvertOptions(
-                column_types=dict.fromkeys(names, pa.string()),
-                strings_can_be_null=True,
-                null_values=[""],
-                quoted_strings_can_be_null=True,
-            ),
-        )
-    except pa.ArrowInvalid as error:
+    def failed(error: pa.ArrowInvalid) -> IngestError:
         if "utf8" in str(error).lower():
-            raise IngestError(f"{label}: not UTF-8 text ({error}). Export it as UTF-8 (a BOM is fine).") from error
-        raise IngestError(f"{label}: not readable as CSV with delimiter {delimiter!r} ({error}).") from error
-    frame = table.to_pandas(types_mapper={pa.string(): STRING, pa.large_string(): STRING}.get)
-    return Read(frame, malformed, len(names), delimiter, names)
+            return IngestError(f"{label}: not UTF-8 text ({error}). Export it as UTF-8 (a BOM is fine).")
+        return IngestError(f"{label}: not readable as CSV with delimiter {delimiter!r} ({error}).")
 
-
-def read_parquet(path: Path, label: str) -> Read:
-    """A Parquet file with its own types (strings as pyarrow strings)."""
+    read_options = pacsv.ReadOptions(column_names=names, skip_rows=1)
+    parse_options = pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True, invalid_row_handler=skip)
+    convert_options = pacsv.ConvertOptions(
+        column_types=dict.fromkeys(names, pa.string()),
+        strings_can_be_null=True,
+        null_values=[""],
+        quoted_strings_can_be_null=True,
+    )
     try:
-        table = pq.read_table(path)
+        if rows is None:
+            batches: Iterable[pa.RecordBatch] = pacsv.read_csv(
+                path, read_options=read_options, parse_options=parse_options, convert_options=convert_options
+            ).to_batches()
+        else:
+            batches = pacsv.open_csv(
+                path, read_options=read_options, parse_options=parse_options, convert_options=convert_options
+            )
+        empty = True
+        for table in _cut(batches, rows, pa.schema([(name, pa.string()) for name in names])):
+            empty = False
+            frame = table.to_pandas(types_mapper={pa.string(): STRING, pa.large_string(): STRING}.get)
+            yield Read(frame, list(malformed), len(names), delimiter, names)
+            malformed.clear()
+        if empty or malformed:
+            frame = pa.table({name: pa.array([], pa.string()) for name in names}).to_pandas(
+                types_mapper={pa.string(): STRING}.get
+            )
+            yield Read(frame, list(malformed), len(names), delimiter, names)
+    except pa.ArrowInvalid as error:
+        raise failed(error) from error
+
+
+def _cut(batches: Iterable[pa.RecordBatch], rows: int | None, schema: pa.Schema) -> Iterator[pa.Table]:
+    """The batches as tables of at most ``rows`` rows (None: all of them as one table)."""
+    if rows is None:
+        yield pa.Table.from_batches(list(batches), schema=schema)
+        return
+    for batch in batches:
+        for start in range(0, batch.num_rows, rows):
+            yield pa.Table.from_batches([batch.slice(start, rows)])
+
+
+def read_parquet_chunks(path: Path, label: str, rows: int | None) -> Iterator[Read]:
+    """A Parquet file with its own types (strings as pyarrow strings) in chunks of at most ``rows`` rows."""
+    try:
+        file = pq.ParquetFile(path)
+        if rows is None:
+            tables: Iterable[pa.Table] = [file.read()]
+        else:
+            tables = (pa.Table.from_batches([batch]) for batch in file.iter_batches(batch_size=rows))
+        empty = True
+        for table in tables:
+            empty = False
+            yield _parquet_read(table, file.schema_arrow)
+        if empty:
+            yield _parquet_read(file.schema_arrow.empty_table(), file.schema_arrow)
     except (pa.ArrowException, OSError) as error:
         raise IngestError(f"{label}: not a readable Parquet file ({error}).") from error
+
+
+def _parquet_read(table: pa.Table, schema: pa.Schema) -> Read:
+    table = table.replace_schema_metadata(schema.metadata)  # the file's pandas metadata (its index) applies
     frame = table.to_pandas(types_mapper={pa.string(): STRING, pa.large_string(): STRING}.get)
     return Read(frame.reset_index(drop=True), columns=[str(c) for c in frame.columns])
 

@@ -14,10 +14,9 @@ from typing import Literal
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from sendwise import asof, contract, raw
-from sendwise.ingest import appended
+from sendwise.ingest import appended, pieces
 from sendwise.ingest.batch import (
     Batch,
     LateEvents,
@@ -29,7 +28,7 @@ from sendwise.ingest.batch import (
     read_table,
     warn_likely_fraction,
 )
-from sendwise.ingest.derive import assign_timezones, email_activity, impute_margins, joined_activity, site_activity
+from sendwise.ingest.derive import activity_hours, assign_timezones, email_activity, impute_margins, site_activity
 from sendwise.ingest.errors import IngestError
 from sendwise.ingest.merge import (
     Merged,
@@ -38,7 +37,6 @@ from sendwise.ingest.merge import (
     merge,
     quarantine_path,
     quarantine_update,
-    raw_arrow,
 )
 from sendwise.ingest.options import Options, check_options
 from sendwise.ingest.progress import ProgressBars, progress_bars
@@ -47,6 +45,7 @@ from sendwise.ingest.report import (
     IngestOptions,
     IngestReport,
     TableReport,
+    TimeSpan,
     TimezoneCoverage,
     open_counts,
     previous_currency,
@@ -56,6 +55,7 @@ from sendwise.ingest.report import (
 )
 from sendwise.ingest.spill import spill_folder
 from sendwise.settings import Settings
+from sendwise.timezones import ActivityHours
 from sendwise.tombstones import Tombstones
 
 
@@ -77,10 +77,12 @@ def ingest(
     ``latest.json``). ``as_of`` is when the export was taken (with a time zone; not before any of its events);
     it, or without it the data's end, is recorded with the raw store (``sendwise.asof``).
 
-    The tables are read and validated one at a time, then merged and staged one at a time (``TableRun``; an
-    event table's valid rows wait in a spill folder in between), and what spans tables (the customers'
-    activity, the offers' conversions, the data's end, the currency) is kept as it goes: the memory an ingest
-    needs is that of its largest table, not of the whole export.
+    The tables are read and validated one at a time, then merged and staged one at a time (``TableRun``): an
+    event table's files are read in chunks of ``settings.ingest_chunk_rows`` rows whose valid rows wait in a
+    spill folder, and it is merged with the stored table in pieces of about ``settings.ingest_bucket_rows``
+    rows (``pieces``); what spans tables (the customers' activity, the offers' conversions, the data's end, the
+    currency) is gathered as it goes. The memory an ingest needs is that of its entity tables, a chunk, a piece
+    and the quarantined rows, not that of its event tables.
     """
     clock = time.perf_counter()
     started_at = datetime.now(UTC)
@@ -152,13 +154,14 @@ class TableRun:
     """An ingest's tables, one at a time, so that it holds one large table at once, not the whole export.
 
     First (``read_export``, before the writer lock) every table of the export is read and validated, in the
-    export's order; an event table's valid rows are then set aside in a Parquet file (``spill``) and released.
+    export's order; an event table's valid rows are set aside a chunk at a time in Parquet files (``spill``).
     Then (``merge_all``, under the lock) the entity tables (customers, campaigns, offers: small) are merged
-    and kept, and each event table is loaded again, merged with the stored one, staged, reported and
-    released, keeping only what the others need of it: the customers' human activity (their time zones), the
-    offers' conversions (their margins), and the facts of the report and the as-of. Last the entity tables
-    get their zones and margins and are staged. Nothing is committed here: the caller commits ``staged`` (and
-    removes the merged appended ``parts``), or ``discard``s it.
+    and kept, and each event table is merged with the stored one in pieces (``pieces.merge_in_pieces``),
+    staged and reported, keeping only what the others need of it, gathered from its pieces (``StoreFacts``):
+    the customers' human activity (their time zones), the offers' conversions (their margins), and the facts
+    of the report and the as-of. Last the entity tables get their zones and margins and are staged. Nothing is
+    committed here: the caller commits ``staged`` (and removes the merged appended ``parts``), or ``discard``s
+    it.
     """
 
     def __init__(
@@ -179,23 +182,35 @@ class TableRun:
         self.reports: dict[str, TableReport] = {}
         self.staged: dict[Path, Path] = {}
         self.late: list[LateEvents] = []
-        self.activity: dict[str, pd.DataFrame | None] = {}
+        self.hours: ActivityHours | None = None
         self.conversions: pd.DataFrame | None = None
         self.export_latest: list[pd.Timestamp | None] = []
         self.store_latest: list[pd.Timestamp | None] = []
         self.open_counts: tuple[int, int] | None = None
         self.zone_sources: Counter[str] = Counter()
+        self.spilled: dict[str, SpilledRows] = {}
 
     def read_export(self, sources: dict[str, Source], given_as_of: pd.Timestamp | None, warnings: list[str]) -> None:
         """Every table of the export read and validated; the event tables' valid rows set aside."""
         for name, source in sources.items():
-            batch = self.batches[name] = read_table(source, self.options, warnings, self.bars)
-            if given_as_of is not None and (found := late_events(given_as_of, batch)):
-                self.late.append(found)
-            if batch.table.is_event:
-                batch.valid.to_parquet(self.spill / f"{name}.parquet")
-                batch.valid = batch.valid.iloc[:0].copy()  # a copy: a slice would keep the rows
-                release_memory()
+            if not contract.TABLES[name].is_event:
+                batch = self.batches[name] = read_table(source, self.options, warnings, self.bars)
+                if given_as_of is not None and (found := late_events(given_as_of, batch)):
+                    self.late.append(found)
+                continue
+            spill = SpilledRows(self.spill / name, given_as_of)
+            batch = self.batches[name] = read_table(
+                source,
+                self.options,
+                warnings,
+                self.bars,
+                chunk_rows=self.settings.ingest_chunk_rows,
+                valid_rows=spill.add,
+            )
+            self.spilled[name] = spill
+            if spill.after:
+                self.late.append((spill.latest, name, spill.after, ", ".join(batch.files)))
+            release_memory()
         if "offers" in self.batches:
             warn_likely_fraction(self.batches["offers"], warnings)
 
@@ -207,6 +222,7 @@ class TableRun:
         for name in contract.TABLES:
             if not contract.TABLES[name].is_event and name in self.order:
                 self.merge_entities(name)
+        self.hours = activity_hours(self.merges["customers"].frame)
         for name in contract.TABLES:
             if contract.TABLES[name].is_event:
                 self.events(name)
@@ -214,70 +230,84 @@ class TableRun:
         for name in self.merges:
             self.stage_entities(name)
 
-    def with_parts(self, name: str) -> Batch:
-        """The export's table with the appended parts after it (or the parts alone), erased customers dropped."""
-        batch = self.batches.get(name)
-        if batch is None:
-            batch = self.batches[name] = appended_batch(name, self.parts[name])
-        elif name in self.parts:
-            append_parts(batch, self.parts[name])
-        drop_tombstoned(batch, self.tombstones)
-        return batch
-
     def merge_entities(self, name: str) -> None:
-        batch = self.with_parts(name)
+        batch = self.batches[name]  # entity tables have no appended parts
+        drop_tombstoned(batch, self.tombstones)
         self.stored[name] = raw.load_table(self.settings, name)
         self.merges[name] = merge(batch, self.stored[name])
         self.bars.advance(name)
 
     def events(self, name: str) -> None:
-        """One event table merged, staged and reported; what the others need from it kept."""
-        if name in self.order:
-            if name in self.batches:
-                self.batches[name].valid = read_spilled(self.spill / f"{name}.parquet")
-            final = self.merge_events(self.with_parts(name))
-        else:
-            final = raw.load_table(self.settings, name, FACT_COLUMNS[name])
-        self.keep_facts(name, final)
-        del final
-        release_memory()
-
-    def merge_events(self, batch: Batch) -> pd.DataFrame:
-        name = batch.table.name
-        merged = merge(batch, raw.load_table(self.settings, name))
+        """One event table merged in pieces (``pieces.merge_in_pieces``), staged and reported; what the others
+        need from it gathered from its pieces."""
+        path = raw.table_path(self.settings, name)
+        stored = path if path.exists() else None
+        if name not in self.order:
+            facts = StoreFacts(name, None, self.hours)
+            for frame in pieces.stored_pieces(stored, FACT_COLUMNS[name]):
+                facts.add(frame)
+            self.keep_facts(facts if stored is not None else None)
+            return
+        facts = StoreFacts(name, self.customers(), self.hours)
+        batch = self.batches.get(name) or _empty_batch(name)
+        self.batches[name] = batch
+        parts = self.parts.get(name, [])
+        part_rows = pieces.parquet_rows(parts)
+        if parts:
+            batch.files.append(_appended_label(name, parts))
+            batch.rows_read += part_rows
+        spilled = self.spilled.get(name)
+        drop_tombstoned(batch, self.tombstones)  # its quarantined rows; the valid ones as they are merged
+        merged = pieces.merge_in_pieces(
+            batch.table,
+            (spilled.files if spilled else []) + parts,
+            (spilled.rows if spilled else 0) + part_rows,
+            stored,
+            self.tombstones,
+            self.spill / f"{name}.merge",
+            self.settings.ingest_bucket_rows,
+            facts.add,
+            path,
+        )
+        batch.forgotten += merged.forgotten
         self.bars.advance(name)
-        if merged.added > 0:
-            path = raw.table_path(self.settings, name)
-            self.staged[path] = raw.stage_parquet(raw_arrow(merged.frame), path)
+        if merged.staged is not None:
+            self.staged[path] = merged.staged
         self.stage_quarantine(batch)
         self.bars.advance(name)
-        self.reports[name] = table_report(batch, merged, {"customers": self.customers()})
-        self.export_latest.append(_latest(batch.valid.get("occurred_at")))
-        batch.valid = batch.valid.iloc[:0].copy()  # a copy: a slice would keep the rows
-        return merged.frame
+        counts = Merged(pd.DataFrame(), merged.duplicates, merged.added, 0, pd.Index([]))
+        self.reports[name] = table_report(batch, counts, {"customers": None})
+        span = TimeSpan(
+            first=None if merged.first is None else merged.first.to_pydatetime(),
+            last=None if merged.last is None else merged.last.to_pydatetime(),
+        )
+        facts.report(self.reports[name], span)
+        self.export_latest.append(merged.last)
+        self.keep_facts(facts)
+        release_memory()
 
     def customers(self) -> pd.DataFrame | None:
         """The customers the raw store will hold (their time zones not yet assigned)."""
         return self.merges["customers"].frame if "customers" in self.merges else self.stored.get("customers")
 
-    def keep_facts(self, name: str, final: pd.DataFrame | None) -> None:
-        """What the entity tables, the report and the as-of need from the event table the store will hold."""
-        if final is not None:
-            self.store_latest.append(_latest(final["occurred_at"]))
+    def keep_facts(self, facts: StoreFacts | None) -> None:
+        """What the entity tables, the report and the as-of need from an event table the store will hold (None:
+        the store will hold none)."""
+        if facts is None:
+            return
+        name = facts.name
+        self.store_latest.append(facts.latest)
         if name == "email_events":
-            self.activity[name] = email_activity(final)
-            self.open_counts = open_counts(final)
-        elif name == "site_events":
-            self.activity[name] = site_activity(final)
-        elif name == "offer_events" and final is not None:
-            self.conversions = final.loc[final["event"] == "converted", ["event", "offer_id", "value"]]
+            self.open_counts = facts.opens
+        elif name == "offer_events":
+            self.conversions = concat(facts.conversions) if facts.conversions else facts.no_conversions()
 
     def derive(self, warnings: list[str]) -> None:
         """The customers' time zones and the offers' missing margins, from all the data the store will hold."""
-        activity = joined_activity([self.activity.get("email_events"), self.activity.get("site_events")])
-        self.activity.clear()
         customers = self.merges["customers"]
-        customers.frame, self.zone_sources = assign_timezones(customers.frame, activity, warnings)
+        assert self.hours is not None
+        customers.frame, self.zone_sources = assign_timezones(customers.frame, self.hours, warnings)
+        self.hours = None
         if "offers" in self.merges:
             offers = self.merges["offers"]
             offers.frame = impute_margins(offers.frame, self.conversions, warnings)
@@ -305,6 +335,99 @@ class TableRun:
             temporary.unlink(missing_ok=True)
 
 
+class SpilledRows:
+    """Where the reading sets an event table's valid rows aside, a chunk at a time (one Parquet file each), and
+    what the as-of check needs of them: how many are after the as-of, and the latest."""
+
+    def __init__(self, folder: Path, as_of: pd.Timestamp | None) -> None:
+        self.folder = folder
+        self.as_of = as_of
+        self.files: list[Path] = []
+        self.rows = 0
+        self.after = 0
+        self.latest: pd.Timestamp | None = None
+
+    def add(self, valid: pd.DataFrame) -> None:
+        if valid.empty:
+            return
+        if self.as_of is not None and "occurred_at" in valid:
+            times = valid["occurred_at"]
+            self.after += int((times > self.as_of).sum())
+            self.latest = _latest_of([self.latest, times.max()])
+        self.folder.mkdir(exist_ok=True)
+        path = self.folder / f"{len(self.files):06d}.arrow"
+        pieces.write_rows(valid, path)
+        self.files.append(path)
+        self.rows += len(valid)
+
+
+class StoreFacts:
+    """What is derived from an event table the store will hold, gathered from its pieces in the table's order:
+    its size, time span and latest event, its events of unknown customers, and what the other tables need (the
+    customers' activity, the opens, the offers' conversions)."""
+
+    def __init__(self, name: str, customers: pd.DataFrame | None, hours: ActivityHours | None) -> None:
+        self.name = name
+        self.hours = hours
+        self.known = None if customers is None else pd.Index(customers["customer_id"])
+        self.rows = 0
+        self.first: pd.Timestamp | None = None
+        self.latest: pd.Timestamp | None = None
+        self.unknown_events = 0
+        self.unknown_customers: set[str] = set()
+        self.opens: tuple[int, int] = (0, 0)
+        self.conversions: list[pd.DataFrame] = []
+
+    def add(self, frame: pd.DataFrame) -> None:
+        if frame.empty:
+            return
+        self.rows += len(frame)
+        times = frame["occurred_at"]
+        self.first = _earliest(self.first, times.min())
+        self.latest = _latest_of([self.latest, times.max()])
+        if self.known is not None and "customer_id" in frame:
+            unknown = ~frame["customer_id"].isin(self.known)
+            self.unknown_events += int(unknown.sum())
+            self.unknown_customers.update(frame.loc[unknown, "customer_id"].astype(object).unique())
+        if self.name == "email_events":
+            if self.hours is not None:
+                self.hours.add(email_activity(frame))
+            opens, machine = open_counts(frame) or (0, 0)
+            self.opens = (self.opens[0] + opens, self.opens[1] + machine)
+        elif self.name == "site_events":
+            if self.hours is not None:
+                self.hours.add(site_activity(frame))
+        elif self.name == "offer_events":
+            self.conversions.append(frame.loc[frame["event"] == "converted", ["event", "offer_id", "value"]])
+
+    def no_conversions(self) -> pd.DataFrame:
+        return pd.DataFrame({"event": pd.Series(dtype=object), "offer_id": pd.Series(dtype=object), "value": []})
+
+    def report(self, report: TableReport, span: TimeSpan) -> None:
+        """The table's report with what the pieces say of the table the store will hold."""
+        report.rows_in_store = self.rows
+        report.span = span
+        report.store_span = (
+            TimeSpan()
+            if self.first is None or self.latest is None
+            else TimeSpan(first=self.first.to_pydatetime(), last=self.latest.to_pydatetime())
+        )
+        if self.known is not None:
+            report.unknown_customer_events = self.unknown_events
+            report.unknown_customers = len(self.unknown_customers)
+
+
+def _empty_batch(name: str) -> Batch:
+    """A table the export does not have, whose appended parts are merged (their rows are read as they are)."""
+    table = contract.TABLES[name]
+    return Batch(table, [], pd.DataFrame(), pd.DataFrame(), Counter(), 0, {}, 0)
+
+
+def _earliest(a: pd.Timestamp | None, b: pd.Timestamp | None) -> pd.Timestamp | None:
+    found = [t for t in (a, b) if t is not None and not pd.isna(t)]
+    return min(found) if found else None
+
+
 def release_memory() -> None:
     """Give the memory of a released table back to the system before the next is loaded: Arrow's pool and the
     C allocator otherwise keep it for reuse, and the next table's peak then comes on top of it."""
@@ -312,12 +435,6 @@ def release_memory() -> None:
     pa.default_memory_pool().release_unused()
     with contextlib.suppress(OSError, AttributeError):  # glibc only
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def read_spilled(path: Path) -> pd.DataFrame:
-    """Valid rows set aside by ``TableRun.read_export``, with the dtypes they had (Arrow strings, which Parquet
-    holds as large strings, stay Arrow strings)."""
-    return pq.read_table(path).to_pandas(types_mapper={pa.large_string(): contract.STRING}.get)
 
 
 def _latest(times: pd.Series | None) -> pd.Timestamp | None:
@@ -335,23 +452,31 @@ FACT_COLUMNS = {
 
 def merge_appended(settings: Settings) -> dict[str, int]:
     """Merge the appended parts into the raw store without an export (`sendwise materialize`), deduped and
-    erased customers dropped as an ingest does, the parts removed in the same commit; rows added per table."""
-    with raw.writer_lock(settings):
+    erased customers dropped as an ingest does (in pieces, ``pieces.merge_in_pieces``), the parts removed in the
+    same commit; rows added per table."""
+    with raw.writer_lock(settings), spill_folder(settings) as work:
         appended.remove_stray_temporaries(settings)
         parts = appended.pending_parts(settings)
-        batches: dict[str, Batch] = {}
-        add_appended(batches, parts)
         tombstones = Tombstones.read(settings)
         staged: dict[Path, Path] = {}
         added: dict[str, int] = {}
         try:
-            for name, batch in batches.items():
-                drop_tombstoned(batch, tombstones)
-                merged = merge(batch, raw.load_table(settings, name))
+            for name, paths in parts.items():
+                path = raw.table_path(settings, name)
+                merged = pieces.merge_in_pieces(
+                    contract.TABLES[name],
+                    paths,
+                    pieces.parquet_rows(paths),
+                    path if path.exists() else None,
+                    tombstones,
+                    work / name,
+                    settings.ingest_bucket_rows,
+                    None,
+                    path,
+                )
                 added[name] = merged.added
-                if merged.added:
-                    path = raw.table_path(settings, name)
-                    staged[path] = raw.stage_parquet(merged.frame, path)
+                if merged.staged is not None:
+                    staged[path] = merged.staged
         except BaseException:
             for temporary in staged.values():
                 temporary.unlink(missing_ok=True)
@@ -360,41 +485,8 @@ def merge_appended(settings: Settings) -> dict[str, int]:
     return added
 
 
-def add_appended(batches: dict[str, Batch], parts: dict[str, list[Path]]) -> None:
-    """The appended parts' rows (`sendwise.ingest.appended`, already checked) after the export's rows of
-    their table, or as a batch of their own where the export has none: merged like the export's."""
-    for name, paths in parts.items():
-        if name in batches:
-            append_parts(batches[name], paths)
-        else:
-            batches[name] = appended_batch(name, paths)
-
-
 def _appended_label(name: str, paths: list[Path]) -> str:
     return f"appended/{name} ({len(paths)} parts)"
-
-
-def append_parts(batch: Batch, paths: list[Path]) -> None:
-    """The appended parts' rows after the export's rows of their table."""
-    rows = appended.read_parts(paths)
-    batch.valid = concat([batch.valid, rows])
-    batch.files.append(_appended_label(batch.table.name, paths))
-    batch.rows_read += len(rows)
-
-
-def appended_batch(name: str, paths: list[Path]) -> Batch:
-    """The appended parts of a table the export does not have, as a batch of their own."""
-    rows = appended.read_parts(paths)
-    return Batch(
-        table=contract.TABLES[name],
-        files=[_appended_label(name, paths)],
-        valid=rows,
-        bad=pd.DataFrame(),
-        reasons=Counter(),
-        rows_read=len(rows),
-        currencies={},
-        unknown_zone_names=0,
-    )
 
 
 def _record_as_of(settings: Settings, data_dir: Path, given: pd.Timestamp | None, run: TableRun) -> pd.Timestamp:

@@ -33,7 +33,22 @@ def spill_folder(settings: Settings) -> Iterator[Path]:
         folder = Path(name)
         with (folder / LOCK).open("a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
-            yield folder
+            try:
+                yield folder
+            finally:
+                empty_but_lock(folder)
+
+
+def empty_but_lock(folder: Path) -> None:
+    """Remove what the folder holds but its lock, before the folder itself goes: an ingest killed while removing
+    its many files leaves a folder the next ingest knows for a killed one's (its lock held by nobody)."""
+    for entry in folder.iterdir():
+        if entry.name == LOCK:
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def remove_stray_folders(parent: Path) -> None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -46,6 +47,9 @@ class Checked:
     currencies: set[str]
     unknown_zone_names: int = 0
     missing_profiling: int = 0
+    reason_order: dict[str, int] = field(default_factory=dict)
+    """Where each reason comes in the checks (every chunk runs the same checks in the same order): the chunks'
+    reasons ordered by it are in the order the whole file's would be."""
 
 
 class Problems:
@@ -54,10 +58,14 @@ class Problems:
     def __init__(self, rows: int) -> None:
         self.rows = rows
         self.items: list[tuple[np.ndarray, str]] = []
+        self.order: dict[str, int] = {}
+        self.calls = 0
 
     def add(self, mask: np.ndarray, reason: str) -> None:
+        self.calls += 1
         if mask.any():
             self.items.append((mask, reason))
+            self.order.setdefault(reason, self.calls)
 
     def any(self) -> np.ndarray:
         result = np.zeros(self.rows, dtype=bool)
@@ -87,8 +95,30 @@ def _missing_value(column: Column, index: pd.Index) -> pd.Series:
     return pd.Series(None, index=index, dtype=object)
 
 
+@dataclass
+class Note:
+    """A warning about one column of a file, counted over all the file's chunks and given once, at its end."""
+
+    position: int  # the column's place in the table: warnings come in column order
+    say: Callable[[int, list[object]], str]
+    count: int = 0
+    examples: list[object] = field(default_factory=list)
+
+
+@dataclass
+class Zoneless:
+    """Time stamps without a zone in one column of a file: how many, and the first (its text and row)."""
+
+    column: str
+    count: int
+    example: object
+    row: int
+
+
 class FileChecker:
-    """Applies the contract to the columns of one file."""
+    """Applies the contract to the columns of one file, the whole file at once (``check``) or chunk by chunk
+    (``check_chunk`` for each, then ``finish``): rows are numbered in the file, and warnings and the error of
+    time stamps without a zone count the whole file, as if it had been checked at once."""
 
     def __init__(self, table: Table, label: str, options: Options, warnings: list[str]) -> None:
         self.table = table
@@ -96,6 +126,10 @@ class FileChecker:
         self.options = options
         self.warnings = warnings
         self.unknown_zone_names = 0
+        self.rows_before = 0
+        """Rows of the file in the chunks checked before this one."""
+        self.notes: dict[tuple[str, str], Note] = {}
+        self.zoneless: Zoneless | None = None
 
     def kept(self, text: pd.Series) -> pd.Series:
         """Text as the valid rows hold it: an event table's as Arrow strings (its ids are most of an export's
@@ -107,7 +141,70 @@ class FileChecker:
         return f"{self.label}, column {column}"
 
     def check(self, read: Read) -> Checked:
+        """The whole file at once: its rows checked, then its warnings given (``finish``)."""
+        checked = self.check_chunk(read)
+        malformed = self.finish(read.malformed, read.expected_fields)
+        if not malformed.empty:
+            checked.bad = pd.concat([checked.bad, malformed], ignore_index=True)
+            checked.reasons[str(malformed["_reason"].iloc[0])] += len(malformed)
+        return checked
+
+    def check_chunk(self, read: Read) -> Checked:
+        """The rows of a chunk of the file checked (the lines it could not split are counted in ``rows``, and
+        quarantined by ``finish``)."""
+        try:
+            return self._check_chunk(read)
+        except IngestError:
+            if self.zoneless is not None:  # found first, in an earlier column: the whole file's error
+                raise self.zoneless_error() from None
+            raise
+        finally:
+            self.rows_before += len(read.frame)
+
+    def finish(self, malformed: list[str], expected_fields: int) -> pd.DataFrame:
+        """After the file's last chunk: the error of time stamps without a zone, else the file's warnings, and
+        the quarantine rows of the lines that could not be split into the header's fields."""
+        if self.zoneless is not None:
+            raise self.zoneless_error()
+        for note in sorted(self.notes.values(), key=lambda n: n.position):
+            if note.count:
+                self.warnings.append(note.say(note.count, note.examples))
+        self.notes.clear()
+        reason = f"row: not {expected_fields} fields like the header"
+        return pd.DataFrame({"_text": malformed, "_reason": reason, "_file": self.label, "_row": None}, dtype=object)
+
+    def note(
+        self,
+        column: str,
+        kind: str,
+        count: int,
+        examples: list[object],
+        limit: int,
+        say: Callable[[int, list[object]], str],
+    ) -> None:
+        """Count a warning's cases in this chunk, keeping the file's first ``limit`` distinct examples."""
+        position = self.table.column_names.index(column) if column in self.table.column_names else len(self.notes)
+        note = self.notes.setdefault((column, kind), Note(position, say))
+        note.count += count
+        for example in examples:
+            if len(note.examples) >= limit:
+                break
+            if example not in note.examples:
+                note.examples.append(example)
+
+    def zoneless_error(self) -> IngestError:
+        found = self.zoneless
+        assert found is not None
+        return IngestError(
+            f"{self.where(found.column)}: {found.count:,} timestamps have no time zone "
+            f"(e.g. {str(found.example)!r} in row {found.row}); the contract expects ISO 8601 with Z or an "
+            "offset (2026-11-20T08:15:00Z). If they are local times of one zone, run the ingest with "
+            "--assume-tz ZONE (e.g. --assume-tz Europe/Berlin)."
+        )
+
+    def _check_chunk(self, read: Read) -> Checked:
         frame = read.frame
+        zone_names_before = self.unknown_zone_names
         problems = Problems(len(frame))
         out: dict[str, pd.Series] = {}
         for column in self.table.columns:
@@ -137,22 +234,15 @@ class FileChecker:
         valid = pd.DataFrame(out, index=frame.index).loc[~bad].reset_index(drop=True)
         if self.table.is_event:
             valid[self.table.key] = _fill_event_ids(self.table, valid)
-        quarantined = _quarantine_rows(frame, bad, problems.reasons(bad), self.label)
-        reasons = problems.counts()
-        if read.malformed:
-            reason = f"row: not {read.expected_fields} fields like the header"
-            malformed = pd.DataFrame(
-                {"_text": read.malformed, "_reason": reason, "_file": self.label, "_row": None}, dtype=object
-            )
-            quarantined = pd.concat([quarantined, malformed], ignore_index=True)
-            reasons[reason] += len(read.malformed)
+        quarantined = _quarantine_rows(frame, bad, problems.reasons(bad), self.label, self.rows_before)
         return Checked(
             valid=valid,
             bad=quarantined,
-            reasons=reasons,
+            reasons=problems.counts(),
+            reason_order=problems.order,
             rows=len(frame) + len(read.malformed),
             currencies=currencies,
-            unknown_zone_names=self.unknown_zone_names,
+            unknown_zone_names=self.unknown_zone_names - zone_names_before,
             missing_profiling=missing_profiling,
         )
 
@@ -225,9 +315,16 @@ class FileChecker:
         problems.add(invalid & broken, f"{reason} (it has whitespace or a control character inside)")
         plain = schemes == "http"
         if column.http_warning and plain.any():
-            self.warnings.append(
-                f"{self.where(column.name)}: {int(plain.sum()):,} links over plain http (e.g. "
-                f"{text[plain].iloc[0]!r}) were accepted; {column.http_warning}"
+            where, advice = self.where(column.name), column.http_warning
+            self.note(
+                column.name,
+                "http",
+                int(plain.sum()),
+                [text[plain].iloc[0]],
+                1,
+                lambda count, examples: (
+                    f"{where}: {count:,} links over plain http (e.g. {examples[0]!r}) were accepted; {advice}"
+                ),
             )
         return self.kept(text), text.isna().to_numpy()
 
@@ -240,14 +337,13 @@ class FileChecker:
                 "offset (2026-11-20T08:15:00Z) or a Parquet timestamp with a time zone."
             ) from None
         if parsed.zoneless.any() and self.options.assume_tz is None:
-            first = int(np.flatnonzero(parsed.zoneless)[0])
-            example = raw.iloc[first]
-            raise IngestError(
-                f"{self.where(column.name)}: {int(parsed.zoneless.sum()):,} timestamps have no time zone "
-                f"(e.g. {str(example)!r} in row {first + 1}); the contract expects ISO 8601 with Z or an "
-                "offset (2026-11-20T08:15:00Z). If they are local times of one zone, run the ingest with "
-                "--assume-tz ZONE (e.g. --assume-tz Europe/Berlin)."
-            )
+            # an error for the whole file (``finish``), counted over all of it
+            count = int(parsed.zoneless.sum())
+            if self.zoneless is None:
+                first = int(np.flatnonzero(parsed.zoneless)[0])
+                self.zoneless = Zoneless(column.name, 0, raw.iloc[first], self.rows_before + first + 1)
+            if self.zoneless.column == column.name:
+                self.zoneless.count += count
         problems.add(parsed.bad, f"{column.name}: not an ISO 8601 timestamp with a zone")
         return parsed.values, parsed.values.isna().to_numpy() & ~parsed.bad
 
@@ -261,11 +357,18 @@ class FileChecker:
         problems.add(bad, f"{column.name}: not a number")
         if bad.any() and text is not None and not self.options.decimal_comma:
             commas = int(as_mask(text[bad].str.contains(DECIMAL_COMMA, regex=True)).sum())
-            if commas:
-                self.warnings.append(
-                    f"{self.where(column.name)}: {commas:,} values like {text[bad].iloc[0]!r} look like "
-                    "decimal commas; if the export uses them, run the ingest with --decimal-comma"
-                )
+            where = self.where(column.name)
+            self.note(
+                column.name,
+                "decimal comma",
+                commas,
+                [text[bad].iloc[0]],  # the file's first bad value, as the warning shows it
+                1,
+                lambda count, examples: (
+                    f"{where}: {count:,} values like {examples[0]!r} look like decimal commas; if the export "
+                    "uses them, run the ingest with --decimal-comma"
+                ),
+            )
         array = values.to_numpy()
         if column.kind == Kind.INT:
             problems.add(np.isfinite(array) & (array != np.floor(array)), f"{column.name}: not a whole number")
@@ -293,10 +396,17 @@ class FileChecker:
         unknown = text.notna().to_numpy() & names.isna().to_numpy()
         if unknown.any():
             self.unknown_zone_names += int(unknown.sum())
-            examples = ", ".join(repr(v) for v in text[unknown].unique()[:3])
-            self.warnings.append(
-                f"{self.where(column.name)}: {int(unknown.sum()):,} names zoneinfo does not know "
-                f"(e.g. {examples}) were treated as missing and inferred"
+            where = self.where(column.name)
+            self.note(
+                column.name,
+                "zone",
+                int(unknown.sum()),
+                list(text[unknown].unique()[:3]),
+                3,
+                lambda count, examples: (
+                    f"{where}: {count:,} names zoneinfo does not know (e.g. "
+                    f"{', '.join(repr(v) for v in examples)}) were treated as missing and inferred"
+                ),
             )
         return names, names.isna().to_numpy()
 
@@ -309,10 +419,17 @@ class FileChecker:
         values = pd.Series(lookup[codes], index=raw.index, dtype=object)
         unknown = text.notna().to_numpy() & values.isna().to_numpy()
         if unknown.any():
-            examples = ", ".join(repr(v) for v in text[unknown].unique()[:3])
-            self.warnings.append(
-                f"{self.where(column.name)}: {int(unknown.sum()):,} values are not ISO 3166-1 alpha-2 codes "
-                f"(e.g. {examples}) and were treated as missing"
+            where = self.where(column.name)
+            self.note(
+                column.name,
+                "country",
+                int(unknown.sum()),
+                list(text[unknown].unique()[:3]),
+                3,
+                lambda count, examples: (
+                    f"{where}: {count:,} values are not ISO 3166-1 alpha-2 codes (e.g. "
+                    f"{', '.join(repr(v) for v in examples)}) and were treated as missing"
+                ),
             )
         return values, values.isna().to_numpy()
 
@@ -329,14 +446,16 @@ class FileChecker:
         return as_objects(as_text(raw))
 
 
-def _quarantine_rows(frame: pd.DataFrame, bad: np.ndarray, reasons: np.ndarray, label: str) -> pd.DataFrame:
+def _quarantine_rows(
+    frame: pd.DataFrame, bad: np.ndarray, reasons: np.ndarray, label: str, rows_before: int
+) -> pd.DataFrame:
     rows = frame.loc[bad]
     quarantined = pd.DataFrame(
         {str(name): as_objects(rows[name].astype(STRING)) for name in rows.columns}, index=rows.index
     )
     quarantined["_reason"] = reasons
     quarantined["_file"] = label
-    quarantined["_row"] = (np.flatnonzero(bad) + 1).astype(object)
+    quarantined["_row"] = (np.flatnonzero(bad) + rows_before + 1).astype(object)
     return quarantined.reset_index(drop=True)
 
 
