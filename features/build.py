@@ -32,7 +32,7 @@ from features.labels import (
 from features.latest import ACTIVITY_TABLE, EMAIL_STATE_TABLE, arrow_table, email_state, latest_activity, with_schema
 from features.localtime import is_weekend, local_hour_weekday
 from features.offer_values import offer_values
-from features.parts import VIEW_EVENTS, EventShares, event_shares, share_count, share_of
+from features.parts import VIEW_EVENTS, EventShares, Usable, event_shares, share_count, share_of
 from sendwise.asof import AsOf, Source, resolve_as_of
 from sendwise.raw import load_table, write_parquet_atomic
 from sendwise.settings import Settings
@@ -408,14 +408,11 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
     zones = customers["timezone"].fillna("UTC")
     zone_codes = zones.to_numpy(dtype=object)
     profiled = customers["consent_profiling"].fillna(False).astype(bool).to_numpy()
-    profiled_ids = set(customers.loc[profiled, "customer_id"])
-
-    def usable_rows(frame: pd.DataFrame) -> pd.Series:
-        """Events of customers who allow profiling, before `as_of`."""
-        return frame["customer_id"].isin(profiled_ids) & (frame["occurred_at"] < as_of)
+    usable_rows = Usable(pa.array(customers.loc[profiled, "customer_id"], type=pa.string()), as_of)
 
     def usable(frame: pd.DataFrame | None) -> pd.DataFrame | None:
-        return None if frame is None else frame[usable_rows(frame)]
+        """Events of customers who allow profiling, before `as_of`."""
+        return None if frame is None else frame[usable_rows.rows(frame)]
 
     count = share_count(len(customers), settings.feature_share_customers)
     share_members = share_of(ids, count)

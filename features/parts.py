@@ -16,7 +16,7 @@ import contextlib
 import pickle
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,14 +24,34 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from rich.progress import Progress
 
 from sendwise.raw import load_table, table_path
 from sendwise.settings import Settings
 
-Usable = Callable[[pd.DataFrame], pd.Series]
-"""Which of a table's rows the features may use (of customers who allow profiling, before the as-of)."""
+
+@dataclass
+class Usable:
+    """Which events the features may use: those of customers who allow profiling (`profiled`, their ids),
+    before `before`. The same rule on pandas frames (`rows`) and on Arrow tables (`arrow_rows`)."""
+
+    profiled: pa.Array
+    before: pd.Timestamp
+    _ids: pd.Index = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._ids = pd.Index(self.profiled.to_pandas())
+
+    def rows(self, frame: pd.DataFrame) -> pd.Series:
+        return frame["customer_id"].isin(self._ids) & (frame["occurred_at"] < self.before)
+
+    def arrow_rows(self, table: pa.Table) -> pa.ChunkedArray:
+        ids, times = table["customer_id"], table["occurred_at"]
+        profiled = pc.is_in(ids, value_set=self.profiled.cast(ids.type))
+        return pc.and_(profiled, pc.less(times, pa.scalar(self.before.to_pydatetime(), type=times.type)))
+
 
 VIEW_EVENTS = ("product_view", "add_to_cart", "purchase")
 """Site events that show interest in a category."""
@@ -43,6 +63,10 @@ def share_of(customer_ids: pd.Series | np.ndarray, shares: int) -> np.ndarray:
     if shares == 1:
         return np.zeros(len(values), dtype=np.int64)
     return (pd.util.hash_array(values, categorize=False) % np.uint64(shares)).astype(np.int64)
+
+
+def _view_columns(table: str) -> tuple[str, ...]:
+    return ("event", "category") if table == "site_events" else ()
 
 
 def share_count(customers: int, per_share: int) -> int:
@@ -98,13 +122,17 @@ class EventShares:
         self._cache.pop(table, None)
 
 
-def _note(shares: EventShares, frame: pd.DataFrame, usable: np.ndarray, table: str) -> None:
-    if usable.any():
-        first = frame.loc[usable, "occurred_at"].min()
+def _note(shares: EventShares, table: pa.Table, usable: pa.ChunkedArray | pa.Array, name: str) -> None:
+    """The earliest usable event and the categories usably viewed among `table`'s rows."""
+    first = pc.min(pc.filter(table["occurred_at"], usable)).as_py()
+    if first is not None:
+        first = pd.Timestamp(first)
         shares.earliest = first if shares.earliest is None else min(shares.earliest, first)
-    if table == "site_events":
-        views = usable & frame["event"].isin(VIEW_EVENTS).to_numpy() & frame["category"].notna().to_numpy()
-        shares.categories |= set(frame.loc[views, "category"].astype(str).unique())
+    if name == "site_events":
+        views = pc.and_(
+            usable, pc.and_(pc.is_in(table["event"], pa.array(VIEW_EVENTS)), pc.is_valid(table["category"]))
+        )
+        shares.categories |= {str(c) for c in pc.unique(pc.filter(table["category"], views)).to_pylist()}
 
 
 @contextlib.contextmanager
@@ -123,7 +151,8 @@ def event_shares(
         for table in columns:
             frame = found.read(table, 0)
             if frame is not None:
-                _note(found, frame, usable(frame).to_numpy(dtype=bool), table)
+                noted = pa.Table.from_pandas(frame[["customer_id", "occurred_at", *_view_columns(table)]])
+                _note(found, noted, usable.arrow_rows(noted), table)
         yield found
         return
     settings.home.mkdir(parents=True, exist_ok=True)
@@ -151,22 +180,22 @@ def _split(
     writers: dict[int, pq.ParquetWriter] = {}
     task = bar.add_task(f"splitting {table} by customer", total=file.metadata.num_rows)
     try:
-        for batch in file.iter_batches(batch_size=found.settings.feature_batch_rows, columns=names):
-            frame = batch.to_pandas()
-            mask = usable(frame).to_numpy(dtype=bool)
-            _note(found, frame, mask, table)
+        for batch in file.iter_batches(batch_size=found.settings.ingest_chunk_rows, columns=names):
+            chunk = pa.Table.from_batches([batch])
+            mask = usable.arrow_rows(chunk)
+            _note(found, chunk, mask, table)
             if not keep_all:
-                frame = frame[mask]
-            share = share_of(frame["customer_id"], found.count)
+                chunk = chunk.filter(mask)
+            share = share_of(chunk["customer_id"].to_numpy(zero_copy_only=False), found.count)
             order = np.argsort(share, kind="stable")
-            bounds = np.searchsorted(share[order], np.arange(found.count + 1))
-            arrow = pa.Table.from_pandas(frame.iloc[order], schema=batch.schema, preserve_index=False)
+            bounds = np.concatenate([[0], np.cumsum(np.bincount(share, minlength=found.count))])
+            chunk = chunk.take(pa.array(order))
             for s in range(found.count):
                 if bounds[s] == bounds[s + 1]:
                     continue
                 if s not in writers:
-                    writers[s] = pq.ParquetWriter(folder / f"{s:04d}.parquet", batch.schema)
-                writers[s].write_table(arrow.slice(bounds[s], bounds[s + 1] - bounds[s]))
+                    writers[s] = pq.ParquetWriter(folder / f"{s:04d}.parquet", chunk.schema)
+                writers[s].write_table(chunk.slice(bounds[s], bounds[s + 1] - bounds[s]))
             bar.advance(task, batch.num_rows)
     finally:
         for writer in writers.values():

@@ -84,7 +84,11 @@ def test_the_build_by_shares_of_the_customers_builds_what_one_pass_built(
     customers = len(pd.read_parquet(pipeline_home.settings.raw_dir / "customers.parquet"))
     one = _raw_copy(pipeline_home.settings, tmp_path / "one")
     shared = _raw_copy(
-        pipeline_home.settings, tmp_path / "shares", feature_share_customers=customers // 4, feature_batch_rows=5_000
+        pipeline_home.settings,
+        tmp_path / "shares",
+        feature_share_customers=customers // 4,
+        feature_batch_rows=5_000,
+        ingest_chunk_rows=5_000,
     )
     built = {
         name: build_feature_tables(settings, progress=False) for name, settings in (("one", one), ("shares", shared))
