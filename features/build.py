@@ -7,14 +7,15 @@ days keeps each customer's decayed counts; a snapshot is the state before that d
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from rich.progress import Progress
 
 from features.activity import READ_WINDOW_HOURS, Evidence, RhythmPrior, fit_prior
@@ -34,7 +35,7 @@ from features.localtime import is_weekend, local_hour_weekday
 from features.offer_values import offer_values
 from features.parts import VIEW_EVENTS, EventShares, Usable, event_shares, share_count, share_of
 from sendwise.asof import AsOf, Source, resolve_as_of
-from sendwise.raw import load_table, write_parquet_atomic
+from sendwise.raw import StagedWriter, load_table, write_parquet_atomic
 from sendwise.settings import Settings
 
 HOURS = 24
@@ -436,8 +437,10 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
         read_delays: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         all_sends: list[pd.DataFrame] = []
         all_exposures: list[pd.DataFrame] = []
-        activity = _ParquetStream(settings.feature_tables_dir / f"{ACTIVITY_TABLE}.parquet")
-        with activity, Progress(disable=not progress, transient=True) as bar:
+        with (
+            _staged(settings.feature_tables_dir / f"{ACTIVITY_TABLE}.parquet") as activity,
+            Progress(disable=not progress, transient=True) as bar,
+        ):
             task = bar.add_task("labelling sends", total=count)
             for share in range(count):
                 members = np.flatnonzero(share_members == share)
@@ -716,31 +719,19 @@ def _engagement_of_share(
     engagement.add(everyone, final_seconds, state.snapshot(everyone, final_seconds, prior, zones))
 
 
-class _ParquetStream:
-    """A Parquet file written a table at a time, appearing under its own name, whole, only when closed
+@contextlib.contextmanager
+def _staged(target: Path) -> Iterator[StagedWriter]:
+    """A Parquet file written a table at a time, appearing under its own name, whole, only when the block ends
     without an error."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-        self.temporary = target.with_suffix(".tmp")
-        self.writer: pq.ParquetWriter | None = None
-
-    def __enter__(self) -> _ParquetStream:
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        return self
-
-    def write(self, table: pa.Table) -> None:
-        if self.writer is None:
-            self.writer = pq.ParquetWriter(self.temporary, table.schema)
-        self.writer.write_table(table)
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: object) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        if kind is None and self.writer is not None:
-            self.temporary.replace(self.target)
-        else:
-            self.temporary.unlink(missing_ok=True)
+    file = StagedWriter(target)
+    try:
+        yield file
+    except BaseException:
+        file.discard()
+        raise
+    staged = file.close()
+    if staged is not None:
+        os.replace(staged, target)
 
 
 class _EngagementWriter:
@@ -751,7 +742,7 @@ class _EngagementWriter:
 
     def __init__(self, target: Path, t0: pd.Timestamp, categories: list[str], batch_rows: int) -> None:
         self.target = target
-        self.temporary = target.with_suffix(".tmp")
+        self.file = StagedWriter(target)
         self.customer_ids = np.zeros(0, dtype=object)
         self.t0 = t0
         self.category_names = np.array(categories or [""], dtype=object)
@@ -760,7 +751,6 @@ class _EngagementWriter:
         self.pending: list[tuple[np.ndarray, float, dict[str, np.ndarray]]] = []
         self.pending_rows = 0
         self.rows = 0
-        self.writer: pq.ParquetWriter | None = None
 
     def begin(self, customer_ids: np.ndarray, send_events: _Events) -> None:
         """The snapshots that follow are of these customers (`add`'s `who` are rows of `customer_ids`), who were
@@ -784,9 +774,7 @@ class _EngagementWriter:
         if not self.pending:
             return
         table = self._table()
-        if self.writer is None:
-            self.writer = pq.ParquetWriter(self.temporary, table.schema)
-        self.writer.write_table(table)
+        self.file.write(table)
         self.rows += table.num_rows
         self.pending, self.pending_rows = [], 0
 
@@ -813,10 +801,10 @@ class _EngagementWriter:
         try:
             if kind is None:
                 self._flush()
-        finally:
-            if self.writer is not None:
-                self.writer.close()
-        if kind is None and self.writer is not None:
-            self.temporary.replace(self.target)
-        else:
-            self.temporary.unlink(missing_ok=True)
+        except BaseException:
+            self.file.discard()
+            raise
+        if kind is not None:
+            self.file.discard()
+        elif (staged := self.file.close()) is not None:
+            os.replace(staged, self.target)
