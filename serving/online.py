@@ -84,6 +84,9 @@ class BatchFeatures:
     latest_read: bool = False
     """Whether the matrix has the customers' latest values (what they did last on the site, pushed events
     included): read with the features on Redis, else through `RealtimeFeatures.latest`."""
+    withdrawn: np.ndarray | None = None
+    """Per row, True where the features allow profiling but a pushed customers row withdrew it: scores computed
+    from their own features (a snapshot's offer table, Redis's kept scores) are not theirs to use."""
     kept: KeptScores | None = None
     """The offer scores kept in Redis for these customers, read with their features (`serving.offer_scores`);
     None where the features come from a snapshot (its own table holds them) or Redis could not be read."""
@@ -148,7 +151,9 @@ def batch_features(
     snapshot = state.snapshot
     known = snapshot.known[rows]
     pushed = pushed or EmailState.none(len(ids))
-    profiled = known & (snapshot.consent["profiling_allowed"][rows] > 0) & ~(pushed.consent_profiling == 0)
+    allowed = known & (snapshot.consent["profiling_allowed"][rows] > 0)
+    withdrawn = allowed & (pushed.consent_profiling == 0)
+    profiled = allowed & ~withdrawn
     unknown = np.flatnonzero(~known)
     blank = np.flatnonzero(~profiled)
     matrix = snapshot.matrix(ids, rows, blank=blank)  # no engagement features for them
@@ -171,6 +176,7 @@ def batch_features(
         any_views=profiled & (snapshot.views[rows] > 0).any(axis=1),
         degraded=degraded,
         stopped=pushed.stopped,
+        withdrawn=withdrawn,
     )
 
 

@@ -335,7 +335,8 @@ FACT_COLUMNS = {
 
 def merge_appended(settings: Settings) -> dict[str, int]:
     """Merge the appended parts into the raw store without an export (`sendwise materialize`), deduped and
-    erased customers dropped as an ingest does, the parts removed in the same commit; rows added per table."""
+    erased customers dropped as an ingest does, the parts removed in the same commit; rows added (customers:
+    added or changed) per table."""
     with raw.writer_lock(settings):
         appended.remove_stray_temporaries(settings)
         parts = appended.pending_parts(settings)
@@ -347,7 +348,11 @@ def merge_appended(settings: Settings) -> dict[str, int]:
         try:
             for name, batch in batches.items():
                 drop_tombstoned(batch, tombstones)
-                merged = merge(batch, raw.load_table(settings, name))
+                stored = raw.load_table(settings, name)
+                merged = merge(batch, stored)
+                if not batch.table.is_event:  # a customers row changes a stored row as often as it adds one
+                    count_unchanged(merged, batch.table.key, stored)
+                    merged.added += merged.updated
                 added[name] = merged.added
                 if merged.added:
                     path = raw.table_path(settings, name)
