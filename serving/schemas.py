@@ -641,6 +641,7 @@ def _event_row_schema() -> dict[str, Any]:
         }
         if name == "customers":  # profiling consent: no ingest flag says it for a row sent alone
             way["required"].append("consent_profiling")
+            properties["consent_profiling"] = {"type": "boolean"}
             way["patternProperties"] = {"^attr_": {"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "null"}]}}
         ways.append(way)
     return {"oneOf": ways, "description": "a row of the data contract and its table"}
