@@ -4,6 +4,8 @@ features, with the values Feast's own `online_read` gives."""
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -20,6 +22,7 @@ from serving.engine import Engine
 from serving.reasons import NO_CONSENT, NO_PROFILING
 from serving.redis_features import RedisFeatures
 from serving.schemas import EventsRequest, Recipient
+from tests.browser import artifacts_dir
 from tests.conftest import PipelineHome, home_with_own_decision_log, materialized_in_redis
 from tests.served import bentoml_serve
 from tests.test_consent_decisions import consent_row, customers_by_consent, decide, ids_of
@@ -110,6 +113,18 @@ def test_a_customers_row_pushed_through_one_sqlite_replica_stops_the_next_decisi
         assert result.exit_code == 0, result.output
         assert "customers: 2 rows sent, 2 appended" in result.output
         after = client.post(f"{second}/v1/decide", json=body).json()["decisions"]
+        # the time from sending a withdrawal to one replica to the other's changed decision (recorded, no bar)
+        third = {**body, "recipients": [{"customer_id": profiled[2]}]}
+        assert client.post(f"{second}/v1/decide", json=third).json()["decisions"][0]["send"] is True
+        started = time.perf_counter()
+        pushed = client.post(f"{first}/v1/events", json={"events": [consent_row(profiled[2], False)]})
+        changed = client.post(f"{second}/v1/decide", json=third).json()["decisions"][0]
+        seconds = time.perf_counter() - started
+        assert pushed.status_code == 202 and changed["send"] is False, changed
+    print(f"consent withdrawal -> changed decision on another replica: {seconds:.3f} s")
+    artifacts_dir().mkdir(parents=True, exist_ok=True)
+    measured = {"withdrawal_to_changed_decision_seconds": round(seconds, 4)}
+    (artifacts_dir() / "consent_latency.json").write_text(json.dumps(measured, indent=2) + "\n")
     assert [d["send"] for d in after] == [False, True, False], after
     assert after[0]["reasons"] == after[2]["reasons"] and after[0]["reasons"][0] == NO_CONSENT
     assert after[0]["offers"] == [] and after[0]["send_at"] is None
