@@ -7,7 +7,9 @@ Two tables, each the batch source of a Feast push source (`features.repo`):
 - `latest_activity`: the last site visit (any site event), the last category viewed (a product view, cart or
   purchase with a category), the last purchase and its category. Events of customers who allow profiling only.
 - `email_state`: whether the customer unsubscribed, complained or hard-bounced, for every customer who did
-  (consent is not profiling). A customer without a row has done none of them.
+  (consent is not profiling). A customer without a row has done none of them. Its consent columns hold the
+  consent a `customers` row pushed through `POST /v1/events` gave (`updated_at` deciding between rows, as the
+  contract says); missing where none was pushed, and in the batch build, whose consent is the customers table's.
 
 A row is the state after an event: times as seconds since the Unix epoch (missing: never), categories as
 text, flags 1 once set. One row per customer and event time where a value changed.
@@ -28,6 +30,8 @@ ACTIVITY_TIMES = ("last_session_ts", "last_purchase_ts")
 ACTIVITY_TEXTS = ("last_viewed_category", "last_purchase_category")
 ACTIVITY_COLUMNS = (*ACTIVITY_TIMES, *ACTIVITY_TEXTS)
 EMAIL_FLAGS = ("unsubscribed", "complained", "hard_bounced")
+EMAIL_CONSENTS = ("event_consent_email", "event_consent_profiling")
+"""Consent as the latest pushed `customers` row gave it: 1 given, 0 withdrawn, missing where no row was pushed."""
 
 VIEW_EVENTS = ("product_view", "add_to_cart", "purchase")
 
@@ -78,6 +82,25 @@ def email_state_changes(email_events: pd.DataFrame | None) -> pd.DataFrame:
             "hard_bounced": (stops["event"] == "bounce").to_numpy(dtype=np.float32),
         }
     )
+
+
+def consent_changes(customers: pd.DataFrame | None, received_at: pd.Timestamp) -> pd.DataFrame:
+    """One row per `customers` row, with the consent it gives, at its `updated_at` (missing: `received_at`, so
+    that it follows what was pushed before it, as a later row in file order wins)."""
+    if customers is None or customers.empty:
+        return _empty_email_state()
+    rows = customers.loc[customers[KEY].notna()]
+    updated = _utc_micros(rows["updated_at"]) if "updated_at" in rows.columns else None
+    times = pd.Series(pd.Timestamp(received_at).tz_convert("UTC"), index=rows.index).astype("datetime64[us, UTC]")
+    if updated is not None:
+        times = updated.where(updated.notna(), times)
+    frame = pd.DataFrame({KEY: rows[KEY].astype(str).to_numpy(), TIME: times.array})
+    for name, column in zip(EMAIL_CONSENTS, ("consent_email", "consent_profiling"), strict=True):
+        given = rows[column] if column in rows.columns else pd.Series(pd.NA, index=rows.index, dtype=object)
+        frame[name] = given.map(lambda v: np.nan if pd.isna(v) else float(bool(v))).to_numpy(dtype=np.float32)
+    for name in EMAIL_FLAGS:
+        frame[name] = np.float32(0.0)
+    return frame
 
 
 def accumulate(changes: pd.DataFrame, columns: tuple[str, ...], flags: tuple[str, ...] = ()) -> pd.DataFrame:
@@ -136,7 +159,7 @@ def _empty_activity() -> pd.DataFrame:
 
 def _empty_email_state() -> pd.DataFrame:
     frame = pd.DataFrame({KEY: pd.Series(dtype=object), TIME: pd.Series(dtype="datetime64[us, UTC]")})
-    for name in EMAIL_FLAGS:
+    for name in (*EMAIL_FLAGS, *EMAIL_CONSENTS):
         frame[name] = pd.Series(dtype=np.float32)
     return frame
 
@@ -162,5 +185,5 @@ def arrow_table(frame: pd.DataFrame, table: str) -> pa.Table:
         fields += [pa.field(name, pa.float64()) for name in ACTIVITY_TIMES]
         fields += [pa.field(name, pa.string()) for name in ACTIVITY_TEXTS]
     else:
-        fields += [pa.field(name, pa.float32()) for name in EMAIL_FLAGS]
+        fields += [pa.field(name, pa.float32()) for name in (*EMAIL_FLAGS, *EMAIL_CONSENTS)]
     return pa.Table.from_pandas(with_schema(frame, table), schema=pa.schema(fields), preserve_index=False)

@@ -37,8 +37,8 @@ def blocked_recipients(
     """Why each recipient is not sent, or None: consent and eligibility first, then the holdout (marketing
     email only) and the frequency cap."""
     blocked: list[str | None] = [
-        NO_CONSENT if k and not c else NOT_ELIGIBLE if not e else None
-        for k, c, e in zip(features.known.tolist(), features.consent.tolist(), features.eligible.tolist(), strict=True)
+        NO_CONSENT if not c else NOT_ELIGIBLE if not e else None
+        for c, e in zip(features.consent.tolist(), features.eligible.tolist(), strict=True)
     ]
     if kind in HELD_OUT_KINDS:
         for i in np.flatnonzero(holdout):

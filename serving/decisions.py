@@ -408,7 +408,7 @@ def decision_rows(
 
 def _why_not_sent(batch: Batch, rows: _RowValues, i: int) -> tuple[str, bool]:
     """(why row i, which has no send hour, is not sent; whether its open probabilities are still given)."""
-    if rows.known[i] and not rows.consent[i]:
+    if not rows.consent[i]:
         return reasons.NO_CONSENT, False
     if not rows.eligible[i]:
         return reasons.NOT_ELIGIBLE, True

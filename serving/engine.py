@@ -171,6 +171,8 @@ class Engine:
             self.online = OnlineFeatures(settings, store, priors, self.catalog.score_snapshot)
         self.online.blank = OnlineState.empty(models)
         self.realtime = RealtimeFeatures(store)
+        if isinstance(self.online, OnlineFeatures):  # Redis reads the email state with each batch's features
+            self.online.read_email_state = self.realtime.email_state
         self._unread_at_start = False
         """Redis could not be read at start: the offers' features and the population are read with the first
         batch it answers (`_read_what_start_could_not`)."""
@@ -593,7 +595,7 @@ class Engine:
         brand = brand_for(self.brand, campaign.kind, self.settings.brand_file)
         features = self.online.for_recipients([Recipient(customer_id=customer_id)])
         self._stop_where_pushed(features, [customer_id])  # an unsubscribe since the decision stops its email
-        no_consent = bool(features.known[0] and not features.consent[0])
+        no_consent = not bool(features.consent[0])
         if no_consent or not features.eligible[0]:
             why = reasons.NO_CONSENT if no_consent else reasons.NOT_ELIGIBLE
             return refused.model_copy(update={"reasons": [reasons.changed_since_decision(decision_id), why]})

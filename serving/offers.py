@@ -246,6 +246,8 @@ class OfferCatalog:
         if len(columns) and (columns >= 0).all():
             conversion = state.offer_table[features.rows][:, columns].astype(np.float64)
             stale = ~features.known | np.isnan(conversion).any(axis=1) | self.recent(features.matrix, at, model)
+            if features.withdrawn is not None:
+                stale |= features.withdrawn  # scored on their own features: no longer theirs to use
             missing = np.flatnonzero(stale)
         else:
             conversion = np.zeros((n, len(chosen.ids)))
@@ -274,12 +276,14 @@ class OfferCatalog:
         table, known = kept_scores[features.rows], features.known
         cells = self.latest_cells(features.matrix, at, model)
         valid = known & ~np.isnan(table).any(axis=1) & (kept_cells[features.rows] == cells).all(axis=1)
+        withdrawn = features.withdrawn if features.withdrawn is not None else np.zeros(len(valid), dtype=bool)
+        valid &= ~withdrawn  # kept scores rest on their own features: not theirs to use, nor theirs to keep
         missing = np.flatnonzero(~valid)
         if len(missing):
             table = table.astype(np.float64)
             table[missing] = offer_probabilities(features.matrix, missing, offers, model, at)
             table[known] = table[known].astype(np.float32)
-            self._keep(features, kept, missing[known[missing]], cells, table, key)
+            self._keep(features, kept, missing[known[missing] & ~withdrawn[missing]], cells, table, key)
         return table[:, columns].astype(np.float64)
 
     def _keep(

@@ -25,6 +25,7 @@ from features.transform import SCALAR_FEATURES, CustomerMatrix, set_attribute
 from sendwise.registry import LoadedModel
 from sendwise.settings import Settings
 from serving.offer_scores import KeptScores
+from serving.realtime import EmailState
 from serving.reasons import features_unavailable
 from serving.schemas import Recipient
 from serving.snapshot import FeatureSnapshot, release_memory, snapshot_signature
@@ -73,7 +74,7 @@ class BatchFeatures:
     rows: np.ndarray  # snapshot rows (its empty row for customers it does not have)
     known: np.ndarray
     profiled: np.ndarray
-    consent: np.ndarray
+    consent: np.ndarray  # False: no email consent (unknown customers: only after a pushed withdrawal)
     eligible: np.ndarray  # False: email may not go out (unknown customers: only after a pushed stop)
     any_views: np.ndarray  # product views of their own that modules may use
     degraded: bool
@@ -83,6 +84,9 @@ class BatchFeatures:
     latest_read: bool = False
     """Whether the matrix has the customers' latest values (what they did last on the site, pushed events
     included): read with the features on Redis, else through `RealtimeFeatures.latest`."""
+    withdrawn: np.ndarray | None = None
+    """Per row, True where the features allow profiling but a pushed customers row withdrew it: scores computed
+    from their own features (a snapshot's offer table, Redis's kept scores) are not theirs to use."""
     kept: KeptScores | None = None
     """The offer scores kept in Redis for these customers, read with their features (`serving.offer_scores`);
     None where the features come from a snapshot (its own table holds them) or Redis could not be read."""
@@ -135,12 +139,21 @@ def batch_features(
     recipients: Sequence[Recipient] | None,
     priors: RhythmPriors,
     degraded: bool = False,
+    pushed: EmailState | None = None,
 ) -> BatchFeatures:
     """Snapshot rows with the request's context for unknown customers (time zone, interests, attributes),
-    and, for everyone without profiling consent, their zone's rhythm in place of their own history."""
+    and, for everyone without profiling consent, their zone's rhythm in place of their own history.
+
+    `pushed` (the latest values: stops and the consent of customers rows pushed as events) narrows what the
+    batch features allow at once: a withdrawn email consent stops email, a withdrawn profiling consent leaves
+    population-level predictions only, known customer or not. A consent given by event lifts only one withdrawn
+    by event; one the customers table withholds is given by the next ingest and features build."""
     snapshot = state.snapshot
     known = snapshot.known[rows]
-    profiled = known & (snapshot.consent["profiling_allowed"][rows] > 0)
+    pushed = pushed or EmailState.none(len(ids))
+    allowed = known & (snapshot.consent["profiling_allowed"][rows] > 0)
+    withdrawn = allowed & (pushed.consent_profiling == 0)
+    profiled = allowed & ~withdrawn
     unknown = np.flatnonzero(~known)
     blank = np.flatnonzero(~profiled)
     matrix = snapshot.matrix(ids, rows, blank=blank)  # no engagement features for them
@@ -158,10 +171,12 @@ def batch_features(
         rows=rows,
         known=known,
         profiled=profiled,
-        consent=snapshot.consent["consent_email"][rows] > 0,
+        consent=np.where(known, snapshot.consent["consent_email"][rows] > 0, True) & ~(pushed.consent_email == 0),
         eligible=(snapshot.consent["email_eligible"][rows] > 0) | ~known,  # a stop pushed for them still counts
         any_views=profiled & (snapshot.views[rows] > 0).any(axis=1),
         degraded=degraded,
+        stopped=pushed.stopped,
+        withdrawn=withdrawn,
     )
 
 
@@ -201,6 +216,9 @@ class OnlineFeatures:
         """When set (the service sets it), a changed feature table is read in a thread of its own while answers
         keep coming from the last snapshot: the service decides small requests on its event loop, which must
         not stop for the seconds (a minute at a million customers) a read takes."""
+        self.read_email_state: Callable[[list[str]], EmailState] | None = None
+        """The latest values' stops and consents of a batch's customers (`RealtimeFeatures.email_state`): set by
+        the engine; None: none were pushed."""
         self.state: OnlineState | None = None
         self._lock = threading.Lock()
         self._checked = 0.0
@@ -251,6 +269,7 @@ class OnlineFeatures:
             state, twin.degraded_reasons = self.state, list(self.degraded_reasons)
             twin._failed_signature, twin._checked = self._failed_signature, self._checked
         twin.refresh_in_background = self.refresh_in_background
+        twin.read_email_state = self.read_email_state
         if state is not None and offers_changed:
             twin.state = OnlineState(state.snapshot, *score_offers(state.snapshot))
         else:
@@ -277,8 +296,11 @@ class OnlineFeatures:
         """The recipients' feature rows as the models see them (all unknown, and degraded, without a state)."""
         state = self.current()
         ids = [r.customer_id for r in recipients]
+        pushed = self.read_email_state(ids) if self.read_email_state is not None else None
         if state is None:
             empty = self.blank
-            return batch_features(empty, ids, empty.snapshot.rows(ids), recipients, self.priors, degraded=True)
+            rows = empty.snapshot.rows(ids)
+            return batch_features(empty, ids, rows, recipients, self.priors, degraded=True, pushed=pushed)
         rows = state.snapshot.rows(ids)
-        return batch_features(state, ids, rows, recipients, self.priors, degraded=bool(self.degraded_reasons))
+        degraded = bool(self.degraded_reasons)
+        return batch_features(state, ids, rows, recipients, self.priors, degraded=degraded, pushed=pushed)

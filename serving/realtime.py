@@ -21,6 +21,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,12 +40,14 @@ from features.latest import (
     ACTIVITY_TABLE,
     ACTIVITY_TEXTS,
     ACTIVITY_TIMES,
+    EMAIL_CONSENTS,
     EMAIL_FLAGS,
     EMAIL_STATE_TABLE,
     KEY,
     TIME,
     accumulate,
     activity_changes,
+    consent_changes,
     current,
     email_state_changes,
     with_schema,
@@ -64,6 +67,21 @@ Activity = tuple[float, float, str | None, str | None]
 NO_ACTIVITY: Activity = (np.nan, np.nan, None, None)
 CACHE_CUSTOMERS = 1_000_000
 """Customers whose values a process keeps between changes of the store; past it, it starts over."""
+
+
+@dataclass(frozen=True)
+class EmailState:
+    """A batch's email state from the latest values: stops, and the consent pushed customers rows gave (per
+    customer 1 given, 0 withdrawn, NaN where none was pushed: the batch features' consent holds)."""
+
+    stopped: np.ndarray
+    consent_email: np.ndarray
+    consent_profiling: np.ndarray
+
+    @classmethod
+    def none(cls, n: int) -> EmailState:
+        """Nothing pushed: no stop, no consent given or withdrawn."""
+        return cls(np.zeros(n, dtype=bool), np.full(n, np.nan), np.full(n, np.nan))
 
 
 class UnchangedReads:
@@ -158,9 +176,17 @@ class RealtimeFeatures:
             return 0
         updated: set[str] = set()
         site, emails = checked.frames.get("site_events"), checked.frames.get("email_events")
+        email_changes = pd.concat(  # stops, and the consents of customers rows
+            [
+                email_state_changes(emails),
+                consent_changes(checked.frames.get("customers"), checked.received_at),
+            ],
+            ignore_index=True,
+        )
+        email_changes = with_schema(email_changes, EMAIL_STATE_TABLE)
         plan = (
             (ACTIVITY_VIEW, ACTIVITY_TABLE, activity_changes(site), ACTIVITY_COLUMNS, ()),
-            (EMAIL_STATE_VIEW, EMAIL_STATE_TABLE, email_state_changes(emails), (), EMAIL_FLAGS),
+            (EMAIL_STATE_VIEW, EMAIL_STATE_TABLE, email_changes, EMAIL_CONSENTS, EMAIL_FLAGS),
         )
         for view, table, changes, columns, flags in plan:
             if changes.empty or self._view(view) is None:
@@ -216,22 +242,40 @@ class RealtimeFeatures:
             read.append((times[0], times[1], texts[0], texts[1]))
         return read
 
-    def stopped(self, ids: list[str]) -> np.ndarray:
-        """Per customer: True where email to them has stopped (unsubscribe, complaint, hard bounce) as far as
-        the online store knows, pushed events included. Read straight from the values (no frame), for the
-        customers not read since the store last changed: every decision pays for it."""
+    def email_state(self, ids: list[str]) -> EmailState:
+        """Per customer: whether email to them has stopped (unsubscribe, complaint, hard bounce) and the consent
+        a pushed customers row gave, as far as the online store knows. Read straight from the values (no
+        frame), for the customers not read since the store last changed: every decision pays for it."""
         view = self._view(EMAIL_STATE_VIEW)
         if view is None or self.store is None or not ids:
-            return np.zeros(len(ids), dtype=bool)
+            return EmailState.none(len(ids))
 
-        def read(missing: list[str]) -> list[bool]:
-            return [
-                values is not None and any(values[f].float_val > 0 for f in EMAIL_FLAGS if f in values)
-                for _, values in self._online_read(view, missing)
-            ]
+        def read(missing: list[str]) -> list[tuple[bool, float, float]]:
+            return [_state_of(values) for _, values in self._online_read(view, missing)]
 
         try:
-            return np.asarray(self.cache.values(EMAIL_STATE_VIEW, ids, read), dtype=bool)
+            found = self.cache.values(EMAIL_STATE_VIEW, ids, read)
         except Exception:  # the online store down: decide from the batch's eligibility, as the snapshot does
             logger.warning("reading the email state from the online store failed", exc_info=True)
-            return np.zeros(len(ids), dtype=bool)
+            return EmailState.none(len(ids))
+        return EmailState(
+            stopped=np.fromiter((f[0] for f in found), dtype=bool, count=len(ids)),
+            consent_email=np.fromiter((f[1] for f in found), dtype=np.float64, count=len(ids)),
+            consent_profiling=np.fromiter((f[2] for f in found), dtype=np.float64, count=len(ids)),
+        )
+
+    def stopped(self, ids: list[str]) -> np.ndarray:
+        """Per customer: True where email to them has stopped, pushed events included."""
+        return self.email_state(ids).stopped
+
+
+def _state_of(values: dict[str, Value] | None) -> tuple[bool, float, float]:
+    """(stopped, email consent, profiling consent) of one customer's email-state values (NaN: none pushed)."""
+    if values is None:
+        return False, np.nan, np.nan
+    stopped = any(values[f].float_val > 0 for f in EMAIL_FLAGS if f in values)
+    consents = [
+        values[f].float_val if f in values and values[f].WhichOneof("val") == "float_val" else np.nan
+        for f in EMAIL_CONSENTS
+    ]
+    return stopped, consents[0], consents[1]

@@ -53,13 +53,13 @@ from feast.protos.feast.types.Value_pb2 import FloatList, Value
 from feast.type_map import feast_value_type_to_pa, feast_value_type_to_python_type
 from feast.value_type import ValueType
 
-from features.latest import ACTIVITY_COLUMNS, ACTIVITY_TEXTS, ACTIVITY_TIMES, EMAIL_FLAGS
+from features.latest import ACTIVITY_COLUMNS, ACTIVITY_TEXTS, ACTIVITY_TIMES, EMAIL_CONSENTS, EMAIL_FLAGS
 from features.store import redis_client
 from sendwise.settings import Settings
 from serving.offer_scores import FIELD as OFFER_SCORES
 from serving.offer_scores import KeptScores, customer_digest
 from serving.online import BatchFeatures, OfferTable, OnlineState, RhythmPriors, batch_features
-from serving.realtime import ACTIVITY_VIEW, EMAIL_STATE_VIEW
+from serving.realtime import ACTIVITY_VIEW, EMAIL_STATE_VIEW, EmailState
 from serving.schemas import Recipient
 from serving.snapshot import FEW_IDS, SERVICE, USED, FeatureSnapshot
 
@@ -111,7 +111,8 @@ def redis_layout(store: FeatureStore) -> list[ViewFields]:
         activity = store.get_feature_view(ACTIVITY_VIEW)
     except FeatureViewNotFoundException:  # a home from before the latest-value views: no stop was ever pushed
         return found
-    found.append(_view_fields(state, [f for f in state.features if f.name in EMAIL_FLAGS], versioned))
+    kept = (*EMAIL_FLAGS, *EMAIL_CONSENTS)
+    found.append(_view_fields(state, [f for f in state.features if f.name in kept], versioned))
     found.append(_view_fields(activity, [f for f in activity.features if f.name in ACTIVITY_COLUMNS], versioned))
     return found
 
@@ -130,15 +131,31 @@ def _view_fields(view: FeatureView, used: Sequence[Field], versioned: bool) -> V
 
 
 def stopped_customers(table: pa.Table | None) -> set[str]:
-    """The customers of an email-state table read from Redis whose email has stopped (any flag above 0), as
-    `RealtimeFeatures.stopped` reads them through Feast."""
+    """The customers of an email-state table read from Redis whose email has stopped (any flag above 0)."""
     if table is None or table.num_rows == 0:
         return set()
-    flags = [pc.fill_null(pc.greater(table[f], 0), False) for f in table.column_names if f != "customer_id"]
-    if not flags:
-        return set()
-    stopped = functools.reduce(pc.or_, flags)
-    return set(table["customer_id"].filter(stopped).to_pylist())
+    ids = table["customer_id"].to_pylist()
+    return {c for c, stopped in zip(ids, pushed_email_state(table, ids).stopped, strict=True) if stopped}
+
+
+def pushed_email_state(table: pa.Table | None, ids: list[str]) -> EmailState:
+    """The stops and pushed consents of each of `ids` (repeats allowed) from the email-state view's rows read
+    from Redis, as `RealtimeFeatures.email_state` reads them through Feast."""
+    found = EmailState.none(len(ids))
+    if table is None or table.num_rows == 0:
+        return found
+    at = pc.index_in(pa.array(ids, type=pa.string()), value_set=table["customer_id"]).to_numpy(zero_copy_only=False)
+    has = ~np.isnan(at.astype(np.float64)) if at.dtype.kind == "f" else np.ones(len(ids), dtype=bool)
+    rows = np.where(has, np.nan_to_num(at.astype(np.float64), nan=0.0), 0).astype(np.int64)
+    flags = [pc.fill_null(pc.greater(table[f], 0), False) for f in EMAIL_FLAGS if f in table.column_names]
+    if flags:
+        stopped = functools.reduce(pc.or_, flags).to_numpy(zero_copy_only=False).astype(bool)
+        found.stopped[:] = has & stopped[rows]
+    for name, values in zip(EMAIL_CONSENTS, (found.consent_email, found.consent_profiling), strict=True):
+        if name in table.column_names:
+            given = pc.cast(table[name], pa.float64()).to_numpy(zero_copy_only=False)
+            values[:] = np.where(has, given[rows], np.nan)
+    return found
 
 
 def latest_values(table: pa.Table | None, ids: list[str]) -> dict[str, np.ndarray]:
@@ -488,9 +505,9 @@ class RedisFeatures:
             self._layout = (now, stamp, layout)
             return layout
 
-    def read(self, customer_ids: list[str]) -> tuple[FeatureSnapshot, set[str], pa.Table | None, KeptScores]:
-        """The customers' rows (distinct ids) as a snapshot of just them, those of them whose email has stopped
-        (the email-state view, pushed stops included), their latest activity and their kept offer scores
+    def read(self, customer_ids: list[str]) -> tuple[FeatureSnapshot, pa.Table | None, pa.Table | None, KeptScores]:
+        """The customers' rows (distinct ids) as a snapshot of just them, their email state (the email-state
+        view's rows: pushed stops and consents), their latest activity and their kept offer scores
         (`serving.offer_scores`), from the same round trip."""
         config = self.store.config
         layout = self.layout()
@@ -498,7 +515,7 @@ class RedisFeatures:
         keys = entity_keys(customer_ids, config.project, config.entity_key_serialization_version)
         replies = _hmget_each(self.client, keys, [*fields, OFFER_SCORES]) if keys else []
         tables = replies_as_tables(layout, customer_ids, replies)
-        stopped = stopped_customers(tables.pop(EMAIL_STATE_VIEW, None))
+        email_state = tables.pop(EMAIL_STATE_VIEW, None)
         activity = tables.pop(ACTIVITY_VIEW, None)
         snapshot = FeatureSnapshot.from_tables(tables, ())
         digested = operator.itemgetter(*digested_fields(layout))
@@ -509,7 +526,7 @@ class RedisFeatures:
             values=[reply[-1] for reply in replies],
             rows=snapshot.rows(customer_ids),
         )
-        return snapshot, stopped, activity, kept
+        return snapshot, email_state, activity, kept
 
     def for_recipients(self, recipients: Sequence[Recipient]) -> BatchFeatures:
         """The recipients' feature rows as the models see them, with their stops and their kept offer scores;
@@ -517,7 +534,7 @@ class RedisFeatures:
         online store is down)."""
         ids = [r.customer_id for r in recipients]
         try:
-            snapshot, stopped, activity, kept = self.read(list(dict.fromkeys(ids)))
+            snapshot, email_state, activity, kept = self.read(list(dict.fromkeys(ids)))
         except (redis.RedisError, OSError) as error:
             self.failed(error)
             blank = self.blank
@@ -528,8 +545,8 @@ class RedisFeatures:
         state = OnlineState(
             snapshot, np.zeros((len(snapshot) + 1, 0), dtype=np.float32), {}
         )  # offers: looked up in `kept`, or scored per batch
-        found = batch_features(state, ids, snapshot.rows(ids), recipients, self.priors)
-        found.stopped = np.fromiter((c in stopped for c in ids), dtype=bool, count=len(ids))
+        pushed = pushed_email_state(email_state, ids)
+        found = batch_features(state, ids, snapshot.rows(ids), recipients, self.priors, pushed=pushed)
         found.set_latest(latest_values(activity, ids))
         found.kept = kept
         return found

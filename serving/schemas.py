@@ -590,8 +590,9 @@ class ErrorAnswer(BaseModel):
 
 MAX_EVENTS = 10_000
 """Rows one `POST /v1/events` takes (`sendwise push` sends a longer file in chunks of this size)."""
-EVENT_TABLES = ("email_events", "site_events", "offer_events")
-"""The contract tables whose rows `POST /v1/events` takes (`sendwise.ingest.appended.APPENDABLE`)."""
+EVENT_TABLES = ("customers", "email_events", "site_events", "offer_events")
+"""The contract tables whose rows `POST /v1/events` takes (`sendwise.ingest.appended.APPENDABLE`): the event
+tables, and customers (a whole row: how a sending system says a person withdrew or gave consent now)."""
 _EVENT_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 _EVENT_TIME = WHOLE_UTC_HOUR.removesuffix(r":00:00Z$") + r":[0-5][0-9]:[0-5][0-9]Z$"
 
@@ -631,15 +632,18 @@ def _event_row_schema() -> dict[str, Any]:
         table = TABLES[name]
         properties: dict[str, Any] = {"table": {"const": name}}
         properties.update({column.name: _event_column_schema(column) for column in table.columns})
-        ways.append(
-            {
-                "type": "object",
-                "title": name,
-                "properties": properties,
-                "required": ["table", *table.required],
-                "additionalProperties": False,
-            }
-        )
+        way: dict[str, Any] = {
+            "type": "object",
+            "title": name,
+            "properties": properties,
+            "required": ["table", *table.required],
+            "additionalProperties": False,
+        }
+        if name == "customers":  # profiling consent: no ingest flag says it for a row sent alone
+            way["required"].append("consent_profiling")
+            properties["consent_profiling"] = {"type": "boolean"}
+            way["patternProperties"] = {"^attr_": {"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "null"}]}}
+        ways.append(way)
     return {"oneOf": ways, "description": "a row of the data contract and its table"}
 
 

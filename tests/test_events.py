@@ -67,12 +67,12 @@ def test_a_bad_row_is_named_by_its_index_and_field_and_nothing_is_appended(setti
         {**UNSUBSCRIBE, "occurred_at": "yesterday"},
         {**SESSION, "event": "teleport"},
         {**SESSION, "colour": "red"},
-        {**SESSION, "table": "customers"},
+        {**SESSION, "table": "campaigns"},
         {k: v for k, v in UNSUBSCRIBE.items() if k != "message_id"},
     ]
     found = problems(rows, settings)
     assert ("events[3].colour", found[0][1]) in found and "not a column of site_events" in found[0][1]
-    assert found[1] == ("events[4].table", "expected one of email_events, site_events, offer_events")
+    assert found[1] == ("events[4].table", "expected one of customers, email_events, site_events, offer_events")
     # the column problems are only looked at once every row names a table and its columns
     found = problems([rows[0], rows[1], rows[2], rows[5]], settings)
     assert found == [

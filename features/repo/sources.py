@@ -63,6 +63,6 @@ email_state_table = FileSource(
 # The same values pushed by a running service as events arrive (POST /v1/events).
 email_state_push = PushSource(
     name="email_state_push",
-    description="Whether email to the customer has stopped, pushed as email events arrive.",
+    description="Whether email to the customer has stopped, and their consent, pushed as events arrive.",
     batch_source=email_state_table,
 )

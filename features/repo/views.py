@@ -215,11 +215,22 @@ email_state_fv = FeatureView(
     name="email_state_fv",
     entities=[customer],
     ttl=timedelta(0),
-    description="Whether the customer unsubscribed, complained or hard-bounced (no row: none of them).",
+    description="Whether the customer unsubscribed, complained or hard-bounced (no row: none of them), and the "
+    "consent a customers row pushed as an event last gave.",
     schema=[
         Field(name="unsubscribed", dtype=Float32, description="1 if the customer unsubscribed, else 0."),
         Field(name="complained", dtype=Float32, description="1 if the customer reported an email as spam, else 0."),
         Field(name="hard_bounced", dtype=Float32, description="1 if email to the customer bounced for good, else 0."),
+        Field(
+            name="event_consent_email",
+            dtype=Float32,
+            description="Email consent as the latest customers row pushed as an event gave it (empty: none pushed).",
+        ),
+        Field(
+            name="event_consent_profiling",
+            dtype=Float32,
+            description="Profiling consent as the latest customers row pushed as an event gave it (empty: none).",
+        ),
     ],
     source=email_state_push,
 )

@@ -35,8 +35,12 @@ from sendwise.ingest.validate import FileChecker
 from sendwise.settings import Settings
 from sendwise.tombstones import CUSTOMER_KEY, Tombstones
 
-APPENDABLE = ("email_events", "site_events", "offer_events")
-"""The contract tables whose rows may be appended one batch at a time: the event tables."""
+APPENDABLE = ("customers", "email_events", "site_events", "offer_events")
+"""The contract tables whose rows may be appended one batch at a time: the event tables, and `customers`, whose
+row is how a sending system says that a person withdrew (or gave) consent now. A customers row is a whole row:
+merged by the next ingest as an export's row is, it replaces the customer's stored row where its `updated_at` is
+the latest."""
+CUSTOMERS = "customers"
 TABLE_FIELD = "table"
 MAX_EVENTS = 10_000
 """Rows one batch may hold (`POST /v1/events`; `sendwise push` sends a longer file in chunks of this size)."""
@@ -74,6 +78,8 @@ class CheckedEvents:
     positions: dict[str, np.ndarray] = field(default_factory=dict)
     forgotten: int = 0
     """Rows of erased customers left out."""
+    received_at: pd.Timestamp = field(default_factory=lambda: pd.Timestamp.now(tz="UTC"))
+    """When the batch was checked: the `updated_at` of customers rows that have none."""
 
     @property
     def rows(self) -> int:
@@ -113,10 +119,12 @@ def check_events(rows: Sequence[Mapping[str, object]], settings: Settings) -> Ch
         for name, value in row.items():
             if name == TABLE_FIELD:
                 continue
-            if name not in allowed:
+            if name not in allowed and not (table == CUSTOMERS and name.startswith(contract.ATTRIBUTE_PREFIX)):
                 problems.append(RowProblem(index, name, f"not a column of {table} (its columns: {', '.join(columns)})"))
             elif value is not None and not isinstance(value, str | int | float | bool):
                 problems.append(RowProblem(index, name, "expected a string, number, boolean or null"))
+        if table == CUSTOMERS and row.get("consent_profiling") is None:
+            problems.append(RowProblem(index, "consent_profiling", NO_PROFILING_CONSENT))
         by_table.setdefault(str(table), []).append(index)
     if problems:
         raise EventsError(problems)
@@ -125,6 +133,8 @@ def check_events(rows: Sequence[Mapping[str, object]], settings: Settings) -> Ch
     for table_name, indexes in by_table.items():
         table = contract.TABLES[table_name]
         names = [*table.column_names, *([contract.CURRENCY_COLUMN] if table.money else [])]
+        if table.attributes:
+            names += sorted({n for i in indexes for n in rows[i] if n.startswith(contract.ATTRIBUTE_PREFIX)})
         frame = pd.DataFrame(
             {name: pd.Series([_text(rows[i].get(name)) for i in indexes], dtype=STRING) for name in names}
         )
@@ -138,12 +148,29 @@ def check_events(rows: Sequence[Mapping[str, object]], settings: Settings) -> Ch
         if contract.CURRENCY_COLUMN in valid.columns:
             valid = valid.drop(columns=contract.CURRENCY_COLUMN)
         kept = np.asarray(indexes)[~_bad_rows(result.bad, len(indexes))]
+        if table_name == CUSTOMERS:
+            valid = _stamped(valid, checked.received_at)
         checked.frames[table_name] = valid
         checked.positions[table_name] = kept
     if problems:
         raise EventsError(sorted(problems, key=lambda p: p.index))
     _drop_forgotten(checked, Tombstones.read(settings))
     return checked
+
+
+NO_PROFILING_CONSENT = (
+    "missing: a customers row sent as an event must say whether the customer allows profiling "
+    "(true or false; the ingest's --profiling-consent does not apply to it)"
+)
+
+
+def _stamped(customers: pd.DataFrame, received_at: pd.Timestamp) -> pd.DataFrame:
+    """Customers rows without `updated_at` stamped with the time they were received: the next ingest then ranks
+    them after the rows stored before them, as the online store does (a row without one would lose to any with one)."""
+    customers = customers.copy()
+    stamp = pd.Timestamp(received_at).tz_convert("UTC")
+    customers["updated_at"] = customers["updated_at"].fillna(stamp).astype(customers["updated_at"].dtype)
+    return customers
 
 
 def _bad_rows(bad: pd.DataFrame, n: int) -> np.ndarray:

@@ -231,7 +231,9 @@ class TableRun:
             self.stage_entities(name)
 
     def merge_entities(self, name: str) -> None:
-        batch = self.batches[name]  # entity tables have no appended parts
+        batch = self.batches[name] = entity_batch(
+            self.batches.get(name) or _empty_batch(name), self.parts.get(name, [])
+        )
         drop_tombstoned(batch, self.tombstones)
         self.stored[name] = raw.load_table(self.settings, name)
         self.merges[name] = merge(batch, self.stored[name])
@@ -417,6 +419,17 @@ class StoreFacts:
             report.unknown_customers = len(self.unknown_customers)
 
 
+def entity_batch(batch: Batch, parts: list[Path]) -> Batch:
+    """An entity table's batch with its appended parts' rows (customers rows pushed as events, already checked)
+    after the export's: merged like them, a later row of a customer winning as the contract says."""
+    if parts:
+        rows = appended.read_parts(parts)
+        batch.valid = concat([batch.valid, rows])
+        batch.files.append(_appended_label(batch.table.name, parts))
+        batch.rows_read += len(rows)
+    return batch
+
+
 def _empty_batch(name: str) -> Batch:
     """A table the export does not have, whose appended parts are merged (their rows are read as they are)."""
     table = contract.TABLES[name]
@@ -452,8 +465,8 @@ FACT_COLUMNS = {
 
 def merge_appended(settings: Settings) -> dict[str, int]:
     """Merge the appended parts into the raw store without an export (`sendwise materialize`), deduped and
-    erased customers dropped as an ingest does (in pieces, ``pieces.merge_in_pieces``), the parts removed in the
-    same commit; rows added per table."""
+    erased customers dropped as an ingest does (event tables in pieces, ``pieces.merge_in_pieces``), the parts
+    removed in the same commit; rows added (customers: added or changed) per table."""
     with raw.writer_lock(settings), spill_folder(settings) as work:
         appended.remove_stray_temporaries(settings)
         parts = appended.pending_parts(settings)
@@ -463,6 +476,16 @@ def merge_appended(settings: Settings) -> dict[str, int]:
         try:
             for name, paths in parts.items():
                 path = raw.table_path(settings, name)
+                if not contract.TABLES[name].is_event:  # customers rows pushed as events: a small table, whole
+                    batch = entity_batch(_empty_batch(name), paths)
+                    drop_tombstoned(batch, tombstones)
+                    stored = raw.load_table(settings, name)
+                    entity = merge(batch, stored)
+                    count_unchanged(entity, batch.table.key, stored)  # a row changes a stored one as often as it adds
+                    added[name] = entity.added + entity.updated
+                    if added[name]:
+                        staged[path] = raw.stage_parquet(entity.frame, path)
+                    continue
                 merged = pieces.merge_in_pieces(
                     contract.TABLES[name],
                     paths,
