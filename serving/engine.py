@@ -308,8 +308,9 @@ class Engine:
             "degraded_decisions": self.degraded_decisions.value,
         }
 
-    def _measure_population(self) -> Population:
-        """Mean best-hour open probability and the median best offer value of a sample of known customers."""
+    def _measure_population(self, at: datetime | None = None) -> Population:
+        """Mean best-hour open probability and the median best offer value of a sample of known customers, for
+        the day from `at` (a whole hour; default: the hour now)."""
         path = table_path(self.settings, "customers")
         if not path.exists() or "open_propensity" not in self.models:
             return Population(FALLBACK_OPEN_PROBABILITY, 1.0)
@@ -320,7 +321,7 @@ class Engine:
             n=min(SAMPLE_FOR_POPULATION, len(customers)), random_state=self.settings.seed
         )
         features = self.online.for_recipients([Recipient(customer_id=c) for c in sample])
-        start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+        start = at or datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
         curves = self.curves.curves(features.matrix, start, 24, "promotional", None)
         _, probability = self.catalog.conversion(features, start, None)
         threshold = 1.0
