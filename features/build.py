@@ -30,10 +30,18 @@ from features.labels import (
     prepare,
     proxy_agents_of,
 )
-from features.latest import ACTIVITY_TABLE, EMAIL_STATE_TABLE, arrow_table, email_state, latest_activity, with_schema
+from features.latest import (
+    ACTIVITY_TABLE,
+    EMAIL_STATE_TABLE,
+    VIEW_EVENTS,
+    arrow_table,
+    email_state,
+    latest_activity,
+    with_schema,
+)
 from features.localtime import is_weekend, local_hour_weekday
 from features.offer_values import offer_values
-from features.parts import VIEW_EVENTS, EventShares, Usable, event_shares, share_count, share_of
+from features.parts import EventShares, Usable, event_shares, share_count, share_of
 from sendwise.asof import AsOf, Source, resolve_as_of
 from sendwise.raw import StagedWriter, load_table, write_parquet_atomic
 from sendwise.settings import Settings

@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from rich.progress import Progress
 
+from features.latest import VIEW_EVENTS
 from sendwise.raw import load_table, table_path
 from sendwise.settings import Settings
 
@@ -51,10 +52,6 @@ class Usable:
         ids, times = table["customer_id"], table["occurred_at"]
         profiled = pc.is_in(ids, value_set=self.profiled.cast(ids.type))
         return pc.and_(profiled, pc.less(times, pa.scalar(self.before.to_pydatetime(), type=times.type)))
-
-
-VIEW_EVENTS = ("product_view", "add_to_cart", "purchase")
-"""Site events that show interest in a category."""
 
 
 def share_of(customer_ids: pd.Series | np.ndarray, shares: int) -> np.ndarray:
