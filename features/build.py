@@ -21,12 +21,13 @@ from rich.progress import Progress
 from features.activity import READ_WINDOW_HOURS, Evidence, RhythmPrior, fit_prior
 from features.labels import (
     AgentCounts,
+    OpenPairs,
     agent_counts,
     carrier_counts,
-    classify_opens,
     is_proxied,
     label_sends,
     machine_agents_of,
+    open_pairs,
     prepare,
     proxy_agents_of,
 )
@@ -95,6 +96,7 @@ class FeatureTables:
     as_of: pd.Timestamp
     customers: pd.DataFrame
     sends: pd.DataFrame
+    """Every labelled send of a customer who allows profiling, with the columns of `SEND_COLUMNS`."""
     exposures: pd.DataFrame
     offers: pd.DataFrame
     engagement_rows: int
@@ -431,14 +433,7 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
         if offers is not None and "category" in offers.columns:
             categories = sorted(set(categories) | set(offers["category"].dropna().astype(str)))
 
-        ineligible: set[str] = set()
-        email_states: list[pd.DataFrame] = []
-        for share in range(count):
-            email_events = shares.read("email_events", share)
-            if email_events is not None:
-                ineligible |= _ineligible_customers(email_events)
-                email_states.append(email_state(email_events[email_events["occurred_at"] < as_of]))
-        agents, carriers = _agents_of_everyone(shares, count, usable)
+        ineligible, email_states, agents, carriers = _email_states_and_agents(shares, count, usable, as_of)
 
         # Each share labelled, its events made arrays (spilled between passes), its evidence gathered.
         evidence = Evidence.zeros(len(customers))
@@ -533,41 +528,66 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
     )
 
 
-def _agents_of_everyone(
-    shares: EventShares, count: int, usable: Callable[[pd.DataFrame | None], pd.DataFrame | None]
-) -> tuple[set[str] | None, set[str] | None]:
-    """The machine agents and the proxies among them that carry their recipients' opens, decided on every
-    customer's opens before any share is labelled, so that every share is labelled alike (None, None: one
-    share, whose labelling decides them itself)."""
-    if count == 1:
-        return None, None
+def _email_states_and_agents(
+    shares: EventShares, count: int, usable: Callable[[pd.DataFrame | None], pd.DataFrame | None], as_of: pd.Timestamp
+) -> tuple[set[str], list[pd.DataFrame], set[str] | None, set[str] | None]:
+    """In one pass over every share's email events: who may no longer be sent to, each share's email state as
+    of `as_of`, and the machine agents and the proxies among them that carry their recipients' opens.
+
+    The agents are decided on every customer's opens before any share is labelled, so that every share is
+    labelled alike; the carrying proxies need the machine agents first, so each share keeps the compact pairs
+    of its opens (`OpenPairs`) until they are known. With one share (None, None), its labelling decides them."""
+    ineligible: set[str] = set()
+    email_states: list[pd.DataFrame] = []
     counted: list[AgentCounts] = []
+    opened: list[OpenPairs] = []
     for share in range(count):
-        mine = usable(shares.read("email_events", share))
+        email_events = shares.read("email_events", share)
+        if email_events is None:
+            continue
+        ineligible |= _ineligible_customers(email_events)
+        email_states.append(email_state(email_events[email_events["occurred_at"] < as_of]))
+        mine = usable(email_events) if count > 1 else None
+        del email_events
         if mine is not None and len(mine):
             prepared = prepare(mine)
             counted.append(agent_counts(prepared.opens, prepared.delivered))
+            opened.append(open_pairs(prepared.opens, prepared.delivered))
+    if count == 1:
+        return ineligible, email_states, None, None
     if not counted:
-        return set(), set()
+        return ineligible, email_states, set(), set()
     agents = machine_agents_of(counted)
-    carrying: list[pd.DataFrame] = []  # every share's recipients: those no machine covers set the baseline
-    for share in range(count):
-        mine = usable(shares.read("email_events", share))
-        if mine is not None and len(mine):
-            prepared = prepare(mine)
-            classify_opens(prepared.opens, agents)
-            carrying.append(carrier_counts(prepared.opens, prepared.delivered))
-    return agents, proxy_agents_of(carrying)
+    # Every share's recipients: those no machine covers set the baseline.
+    return ineligible, email_states, agents, proxy_agents_of([carrier_counts(o, agents) for o in opened])
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """The shares' frames one after another (those without rows left out, so that they change no column's type)."""
+    """The shares' frames one after another (those without rows left out, so that they change no column's type),
+    emptying `frames`. Column by column, each dropped from the shares as it is joined, so that the rows are held
+    about once rather than twice (tens of millions of sends for a million customers)."""
     full = [frame for frame in frames if len(frame)]
-    return pd.concat(full, ignore_index=True) if full else frames[0]
+    first = frames[0]
+    frames.clear()
+    if not full:
+        return first
+    columns = list(dict.fromkeys(column for frame in full for column in frame.columns))
+
+    def part(frame: pd.DataFrame, column: str) -> pd.Series:
+        return frame.pop(column) if column in frame.columns else pd.Series(index=frame.index, dtype=object)
+
+    joined = {column: pd.concat([part(frame, column) for frame in full], ignore_index=True) for column in columns}
+    return pd.DataFrame(joined, columns=columns, copy=False)  # each column kept as joined, not copied into blocks
+
+
+SEND_COLUMNS = ("customer_id", "campaign_id", "send_at", "decision_id", "human_open", "proxied", "kind", "topic")
+"""What training and the reports need of each labelled send. The rest (the message id, when it was read or
+opened through a proxy) only the build needs: a million customers' sends are tens of millions of rows, and a
+unique message id each would double what they take."""
 
 
 def _no_sends() -> pd.DataFrame:
-    return pd.DataFrame(columns=["message_id", "customer_id", "campaign_id", "send_at", "human_open"])
+    return pd.DataFrame(columns=["customer_id", "campaign_id", "send_at", "human_open"])
 
 
 @dataclass
@@ -671,6 +691,7 @@ def _label_share(
         pairs = pairs.drop_duplicates()
         snapshot_days = {int(d): g["c"].to_numpy() for d, g in pairs.groupby("d")}
     events_of_share = _ShareEvents(members, streams, send_events, view_events, view_category, snapshot_days)
+    sends = sends[[column for column in SEND_COLUMNS if column in sends.columns]]
     return _LabelledShare(sends, exposures, activity, events_of_share, read_delays)
 
 

@@ -167,19 +167,54 @@ def _delivered_messages(email_events: pd.DataFrame, sends: pd.DataFrame) -> pd.D
     return sends[kept]
 
 
-def carrier_counts(opens: pd.DataFrame, delivered: pd.Series) -> pd.DataFrame:
-    """What deciding the carrying agents needs from some customers' opens (classified `is_machine`): one row per
-    recipient with enough deliveries: `deliveries`, the machine `agent` that opened most of their emails,
-    `covered` (how many it opened) and `own` (how many they opened through agents of their own)."""
-    recipients = pd.DataFrame({"deliveries": delivered.astype(np.float64)})
-    machine = opens[opens["is_machine"]]
-    pairs = machine[["customer_id", "message_id"]].assign(agent=_agents(machine)).drop_duplicates()
-    by_agent = pairs.groupby(["customer_id", "agent"]).size().rename("opened").reset_index()
+@dataclass
+class OpenPairs:
+    """What deciding the carrying agents needs of some customers' opens, compact enough to keep for every share
+    of the customers until the machine agents are known: one row per (recipient, email, agent) opened, with
+    whether the ESP flagged any and all of those opens; and the emails delivered per customer."""
+
+    pairs: pd.DataFrame
+    """`customer_id` (categorical), `message` (a number per email), `agent` (categorical), `any_flagged`,
+    `all_flagged`."""
+    delivered: pd.Series
+
+
+def open_pairs(opens: pd.DataFrame, delivered: pd.Series) -> OpenPairs:
+    """The `OpenPairs` of these opens; `delivered`: emails delivered per customer."""
+    flagged = _flags(opens)
+    keys = pd.DataFrame(
+        {
+            "customer_id": pd.Categorical(opens["customer_id"].astype(str)),
+            "message": pd.factorize(opens["message_id"])[0].astype(np.int64),
+            "agent": pd.Categorical(_agents(opens)),
+            "flagged": flagged.to_numpy(),
+        }
+    )
+    grouped = keys.groupby(["customer_id", "message", "agent"], observed=True, sort=False)["flagged"]
+    pairs = grouped.agg(any_flagged="any", all_flagged="all").reset_index()
+    return OpenPairs(pairs, delivered)
+
+
+def carrier_counts(opened: OpenPairs, agents: set[str]) -> pd.DataFrame:
+    """What deciding the carrying agents needs from some customers' opens, once the machine `agents` are known:
+    one row per recipient with enough deliveries: `deliveries`, the machine `agent` that opened most of their
+    emails, `covered` (how many it opened) and `own` (how many they opened through agents of their own).
+
+    An email was opened by a machine agent when one of its opens came through a machine agent or was flagged,
+    and by the recipient when one of them came through an agent of theirs unflagged (`classify_opens`)."""
+    pairs = opened.pairs
+    recipients = pd.DataFrame({"deliveries": opened.delivered.astype(np.float64)})
+    machine_agent = pairs["agent"].astype(str).isin(agents).to_numpy()
+    machine = pairs[machine_agent | pairs["any_flagged"].to_numpy()]
+    by_agent = machine.groupby(["customer_id", "agent"], observed=True).size().rename("opened").reset_index()
     top = by_agent.sort_values("opened", ascending=False, kind="stable").drop_duplicates("customer_id")
+    top = top.assign(customer_id=top["customer_id"].astype(str), agent=top["agent"].astype(str))
     recipients["agent"] = top.set_index("customer_id")["agent"]
     recipients["covered"] = top.set_index("customer_id")["opened"].reindex(recipients.index).fillna(0)
-    own = opens.loc[~opens["is_machine"], ["customer_id", "message_id"]].drop_duplicates().groupby("customer_id")
-    recipients["own"] = own.size().reindex(recipients.index).fillna(0)
+    own = pairs[~machine_agent & ~pairs["all_flagged"].to_numpy()].drop_duplicates(["customer_id", "message"])
+    per_customer = own.groupby("customer_id", observed=True).size()
+    per_customer.index = per_customer.index.astype(str)
+    recipients["own"] = per_customer.reindex(recipients.index).fillna(0)
     return recipients[recipients["deliveries"] >= MIN_DELIVERIES]
 
 
@@ -206,11 +241,11 @@ def proxy_agents_of(counts: list[pd.DataFrame]) -> set[str]:
     return found
 
 
-def proxy_agents(opens: pd.DataFrame, delivered: pd.Series) -> set[str]:
-    """The carrying agents among these opens (`proxy_agents_of`)."""
+def proxy_agents(opens: pd.DataFrame, delivered: pd.Series, agents: set[str]) -> set[str]:
+    """The carrying agents among these opens, classified by the machine `agents` (`proxy_agents_of`)."""
     if not opens["is_machine"].any():
         return set()
-    return proxy_agents_of([carrier_counts(opens, delivered)])
+    return proxy_agents_of([carrier_counts(open_pairs(opens, delivered), agents)])
 
 
 @dataclass
@@ -259,7 +294,7 @@ def label_sends(
     clicks["is_machine"] = _agents(clicks).isin(agents)
 
     if carriers is None:
-        carriers = proxy_agents(opens, per_customer)
+        carriers = proxy_agents(opens, per_customer, agents)
     opens["via_proxy"] = opens["is_machine"] & _agents(opens).isin(carriers)
     recipients = _recipients(opens, per_customer)
     window_s = pd.Timedelta(hours=label_hours).total_seconds()
