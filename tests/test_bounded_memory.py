@@ -94,7 +94,10 @@ def test_the_build_by_shares_of_the_customers_builds_what_one_pass_built(
         name: build_feature_tables(settings, progress=False) for name, settings in (("one", one), ("shares", shared))
     }
     assert not list(shared.home.glob(".feature-shares-*"))  # the split tables are removed after the build
-    keys = {"sends": ["customer_id", "send_at", "campaign_id", "human_open", "proxied"], "exposures": ["customer_id", "offer_id", "exposed_at"]}
+    keys = {
+        "sends": ["customer_id", "send_at", "campaign_id", "human_open", "proxied"],
+        "exposures": ["customer_id", "offer_id", "exposed_at"],
+    }
     for part, key in keys.items():
         got, expected = (
             built[n].__getattribute__(part).sort_values(key).reset_index(drop=True) for n in ("shares", "one")
