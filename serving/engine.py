@@ -170,7 +170,7 @@ class Engine:
         else:
             self.online = OnlineFeatures(settings, store, priors, self.catalog.score_snapshot)
         self.online.blank = OnlineState.empty(models)
-        self.realtime = RealtimeFeatures(store)
+        self.realtime = RealtimeFeatures(store, self.shared.client if self.shared is not None else None)
         if isinstance(self.online, OnlineFeatures):  # Redis reads the email state with each batch's features
             self.online.read_email_state = self.realtime.email_state
         self._unread_at_start = False

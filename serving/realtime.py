@@ -6,6 +6,11 @@ both the way the batch build computes them; here a batch of events (`POST /v1/ev
 current rows, read from the online store, and pushes them through the Feast push sources, online only (the
 raw store's append is the durable record, and the next feature build recomputes the batch tables from it).
 
+A push reads the customers' current rows, combines them with the events and writes them back: two replicas
+pushing for one customer at once would each write back what the other has not seen, and one event's change
+would be lost. Every replica on one store takes one lock around it (`PushLock`): a file lock beside the SQLite
+store (on the one machine that shares it), a Redis lock where the store is Redis.
+
 At decide time the email state and the latest activity of the batch's customers are read from the online store
 in one bulk read each, so that an unsubscribe, complaint or hard bounce pushed through any replica stops the next
 decision on every replica, and a visit or a purchase moves its send time and its offers (they are model inputs):
@@ -16,11 +21,13 @@ customer in one Redis hash and its own `online_read` parses each value into a pr
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import redis
 from feast import FeatureStore, FeatureView
 from feast.data_source import PushMode
 from feast.errors import FeatureViewNotFoundException
@@ -84,6 +92,14 @@ class EmailState:
         return cls(np.zeros(n, dtype=bool), np.full(n, np.nan), np.full(n, np.nan))
 
 
+def sqlite_path(store: FeatureStore | None) -> Path | None:
+    """The SQLite file of the store's online store (None: no store, or not SQLite)."""
+    if store is None or getattr(store.config.online_store, "type", None) != "sqlite":
+        return None
+    path = Path(store.config.online_store.path)
+    return path if path.is_absolute() else Path(store.repo_path) / path
+
+
 class UnchangedReads:
     """What was read from a SQLite online store since it last changed, so that deciding the same customers again
     reads nothing.
@@ -102,10 +118,8 @@ class UnchangedReads:
 
     @classmethod
     def of(cls, store: FeatureStore | None) -> UnchangedReads:
-        if store is None or getattr(store.config.online_store, "type", None) != "sqlite":
-            return cls(None)
-        path = Path(store.config.online_store.path)
-        return cls(str(path if path.is_absolute() else Path(store.repo_path) / path))
+        path = sqlite_path(store)
+        return cls(None if path is None else str(path))
 
     def values(self, view: str, ids: list[str], read: Callable[[list[str]], list[Any]]) -> list[Any]:
         """Each customer's value of `view` (what `read` makes of the store's rows for a list of customers),
@@ -128,11 +142,63 @@ class UnchangedReads:
         return [found[c] if c in found else known[c] for c in ids]
 
 
+PUSH_LOCK_KEY = "sendwise:push-lock"
+PUSH_LOCK_SECONDS = 30.0
+"""How long a replica may hold the Redis push lock: one that died holding it frees it then."""
+PUSH_WAIT_SECONDS = 10.0
+"""How long a push waits for the lock before it gives up (the events are appended already: the next
+`sendwise materialize` or ingest applies them)."""
+
+
+class PushLockTimeout(RuntimeError):
+    """Another replica held the push lock for longer than `PUSH_WAIT_SECONDS`."""
+
+
+class PushLock:
+    """One push at a time among every replica of a store: an exclusive `flock` of a file beside the SQLite store,
+    or a lock in Redis (`redis.lock.Lock`: a key set only where absent, with an expiry, freed by its holder's
+    token); without a store, a lock of this process."""
+
+    def __init__(self, path: Path | None = None, client: redis.Redis | None = None) -> None:
+        self.path = path
+        self.client = client
+        self._local = threading.Lock()
+
+    @classmethod
+    def of(cls, store: FeatureStore | None, client: redis.Redis | None) -> PushLock:
+        if client is not None:
+            return cls(client=client)
+        path = sqlite_path(store)
+        return cls() if path is None else cls(path=path.with_name(path.name + ".push-lock"))
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        with self._local:  # threads of this process queue here, not on the file or in Redis
+            if self.client is not None:
+                lock = self.client.lock(PUSH_LOCK_KEY, timeout=PUSH_LOCK_SECONDS, sleep=0.002)
+                if not lock.acquire(blocking=True, blocking_timeout=PUSH_WAIT_SECONDS):
+                    raise PushLockTimeout(f"another replica held {PUSH_LOCK_KEY} for over {PUSH_WAIT_SECONDS:g} s")
+                try:
+                    yield
+                finally:
+                    try:
+                        lock.release()
+                    except redis.exceptions.LockError:  # expired while held: the next push starts over
+                        logger.warning("the push lock expired before this push released it")
+            elif self.path is not None:
+                with self.path.open("a") as handle:
+                    fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
+                    yield
+            else:
+                yield
+
+
 class RealtimeFeatures:
     """The latest-value views of one home's Feast store: `push` a batch of events, read `stopped` customers."""
 
-    def __init__(self, store: FeatureStore | None) -> None:
+    def __init__(self, store: FeatureStore | None, redis_client: redis.Redis | None = None) -> None:
         self.store = store
+        self.lock = PushLock.of(store, redis_client)
         self.cache = UnchangedReads.of(store)
         self._views: dict[str, FeatureView] = {}
         self._missing_since: dict[str, float] = {}
@@ -192,11 +258,12 @@ class RealtimeFeatures:
             if changes.empty or self._view(view) is None:
                 continue
             ids = sorted(set(changes[KEY]))
-            now = self.read(view, ids, (*columns, *flags))
-            state = current(
-                accumulate(pd.concat([with_schema(now, table), changes], ignore_index=True), columns, flags)
-            )
-            self.store.push(PUSH_SOURCES[view], with_schema(state, table), to=PushMode.ONLINE)
+            with self.lock.held():  # read, combined and written back before another replica reads them
+                now = self.read(view, ids, (*columns, *flags))
+                state = current(
+                    accumulate(pd.concat([with_schema(now, table), changes], ignore_index=True), columns, flags)
+                )
+                self.store.push(PUSH_SOURCES[view], after_stored(with_schema(state, table), now), to=PushMode.ONLINE)
             updated.update(ids)
         return len(updated)
 
@@ -267,6 +334,23 @@ class RealtimeFeatures:
     def stopped(self, ids: list[str]) -> np.ndarray:
         """Per customer: True where email to them has stopped, pushed events included."""
         return self.email_state(ids).stopped
+
+
+def after_stored(state: pd.DataFrame, stored: pd.DataFrame) -> pd.DataFrame:
+    """`state` with each row's time moved a microsecond past the stored row it replaces where it is not later.
+
+    A row's time is that of the latest event it holds, so an event older than the customer's stored state (a
+    purchase reported after a later visit) leaves it unchanged, and Feast's Redis online store skips a write
+    that is not newer than what it holds: the purchase would be lost. The values are the ones to keep (they
+    are combined with the stored ones), so they go with a time just after it."""
+    if stored.empty or state.empty:
+        return state
+    previous = state[KEY].map(stored.drop_duplicates(KEY, keep="last").set_index(KEY)[TIME])
+    behind = (previous.notna() & (state[TIME] <= previous)).to_numpy()
+    if behind.any():
+        state = state.copy()
+        state.loc[behind, TIME] = (previous[behind] + pd.Timedelta(microseconds=1)).to_numpy()
+    return state
 
 
 def _state_of(values: dict[str, Value] | None) -> tuple[bool, float, float]:
