@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from features.store import open_store
-from sendwise.ingest.appended import check_events
+from sendwise.ingest.appended import CheckedEvents, check_events
 from sendwise.settings import Settings
 from serving.realtime import ACTIVITY_VIEW, PushLock, RealtimeFeatures
 from tests.conftest import PipelineHome, home_with_own_decision_log
@@ -48,6 +48,16 @@ def _site_event(customer: str, event: str, category: str, at: str) -> dict[str, 
     return {"table": "site_events", "customer_id": customer, "event": event, "category": category, "occurred_at": at}
 
 
+def _push_at(
+    replica: RealtimeFeatures, checked: CheckedEvents, barrier: threading.Barrier, failures: list[BaseException]
+) -> None:
+    barrier.wait()
+    try:
+        replica.push(checked)
+    except BaseException as error:  # noqa: BLE001 - reported by the test's assertion
+        failures.append(error)
+
+
 def test_pushes_of_one_customer_on_two_replicas_at_once_both_land(
     replicas: tuple[Settings, list[RealtimeFeatures]],
 ) -> None:
@@ -59,15 +69,10 @@ def test_pushes_of_one_customer_on_two_replicas_at_once_both_land(
         view = check_events([_site_event(customer, "product_view", "books", VIEWED)], settings)
         barrier = threading.Barrier(2)
         failures: list[BaseException] = []
-
-        def push(replica: RealtimeFeatures, checked: object) -> None:
-            barrier.wait()
-            try:
-                replica.push(checked)  # type: ignore[arg-type]
-            except BaseException as error:  # noqa: BLE001 - reported by the assertion below
-                failures.append(error)
-
-        threads = [threading.Thread(target=push, args=pair) for pair in ((one, purchase), (other, view))]
+        threads = [
+            threading.Thread(target=_push_at, args=(replica, checked, barrier, failures))
+            for replica, checked in ((one, purchase), (other, view))
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -94,5 +99,5 @@ def test_an_older_event_pushed_after_a_later_one_still_lands(
     assert read["last_purchase_category"].tolist() == ["garden"]
     assert read["last_viewed_category"].tolist() == ["books"]
     assert read["last_purchase_ts"].tolist() == [pd.Timestamp(PURCHASED).timestamp()]
-    # the row's time: the visit's, or on Redis a microsecond after it (the SQLite store gives it back without the microsecond)
+    # the row's time: the visit's, or on Redis a microsecond after it (SQLite's store gives it back without it)
     assert pd.Timestamp(VIEWED) <= read["event_timestamp"][0] <= pd.Timestamp(VIEWED) + pd.Timedelta(microseconds=1)
