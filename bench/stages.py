@@ -5,7 +5,8 @@ The scale benchmark (bench/scale.py) runs the pipeline's steps, the same `traini
 process because each hands the next what it built in memory (the feature tables, the held-out windows), as
 `sendwise pipeline` does; `ingest` and `materialize` need nothing but the home and run on their own.
 
-After each stage one JSON line goes to `--out`: the stage, its wall-clock seconds, its start and end
+After each stage one JSON line goes to `--out`: the stage, its wall-clock seconds, the CPU seconds of this
+process's threads (what the stage costs whatever else the machine is doing), its start and end
 (`time.time()`), and the process's peak resident set during that stage. The peak is Linux's `VmHWM`, which
 the process resets before each stage by writing 5 to `/proc/self/clear_refs`; so the `train` peak is the
 peak of the process while training, with the feature tables it holds as the pipeline holds them.
@@ -60,11 +61,12 @@ class StageLog:
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         reset = reset_peak()
-        started_at, started = time.time(), time.perf_counter()
+        started_at, started, cpu = time.time(), time.perf_counter(), time.process_time()
         yield
         record: dict[str, object] = {
             "stage": name,
             "seconds": time.perf_counter() - started,
+            "cpu_seconds": time.process_time() - cpu,
             "started_at": started_at,
             "ended_at": time.time(),
             "peak_rss": resident_peak(),
