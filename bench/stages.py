@@ -6,7 +6,7 @@ process because each hands the next what it built in memory (the feature tables,
 `sendwise pipeline` does; `ingest` and `materialize` need nothing but the home and run on their own.
 
 After each stage one JSON line goes to `--out`: the stage, its wall-clock seconds, the CPU seconds of this
-process's threads (what the stage costs whatever else the machine is doing), its start and end
+process and its finished children (what the stage costs whatever else the machine is doing), its start and end
 (`time.time()`), and the process's peak resident set during that stage. The peak is Linux's `VmHWM`, which
 the process resets before each stage by writing 5 to `/proc/self/clear_refs`; so the `train` peak is the
 peak of the process while training, with the feature tables it holds as the pipeline holds them.
@@ -42,6 +42,12 @@ def resident_peak() -> int | None:
     return None
 
 
+def cpu_seconds() -> float:
+    """CPU seconds of this process and of the child processes it has waited for (materializing's workers)."""
+    spent = os.times()
+    return spent.user + spent.system + spent.children_user + spent.children_system
+
+
 def reset_peak() -> bool:
     """Start `VmHWM` again from the current resident set (Linux 4.0+); False where it cannot."""
     try:
@@ -61,12 +67,12 @@ class StageLog:
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         reset = reset_peak()
-        started_at, started, cpu = time.time(), time.perf_counter(), time.process_time()
+        started_at, started, cpu = time.time(), time.perf_counter(), cpu_seconds()
         yield
         record: dict[str, object] = {
             "stage": name,
             "seconds": time.perf_counter() - started,
-            "cpu_seconds": time.process_time() - cpu,
+            "cpu_seconds": cpu_seconds() - cpu,
             "started_at": started_at,
             "ended_at": time.time(),
             "peak_rss": resident_peak(),
@@ -124,7 +130,8 @@ def run_stages(home: Path, stages: list[str], data: Path | None, log: StageLog) 
             promote_if_better(client, compare_versions(client, window))
 
     def materialize_online() -> None:
-        materialize(open_store(settings), resolve_as_of(settings).time.to_pydatetime())
+        as_of = resolve_as_of(settings).time.to_pydatetime()
+        materialize(open_store(settings), as_of, settings.materialize_workers, quiet=True)
 
     steps: dict[str, Callable[[], None]] = {
         "ingest": ingest,

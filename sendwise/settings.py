@@ -121,6 +121,12 @@ class Settings(BaseSettings):
         "materialization.online_write_batch_size): the materialization's memory beyond the latest rows "
         "themselves is bounded by it",
     )
+    materialize_workers: int = Field(
+        default=2,
+        ge=1,
+        description="processes that materialize the feature views into a Redis online store at once, each "
+        "converting its view's rows for Feast (a SQLite online store, one file, is written by one process)",
+    )
     trace_decide: bool = Field(
         default=False,
         description="trace and access-log every /v1/decide request as BentoML does other routes (off: at a "

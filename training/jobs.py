@@ -126,11 +126,13 @@ def build_features(settings: Settings, as_of: pd.Timestamp | None = None, progre
     return Features(tables, store)
 
 
-def materialize_online(features: Features, progress: bool = True) -> None:
+def materialize_online(settings: Settings, features: Features, progress: bool = True) -> None:
     """Load the features as of the tables' as-of into the online store, for serving (Feast prints what it
     loads unless `progress` is off)."""
     with nullcontext() if progress else redirect_stdout(io.StringIO()):
-        materialize(features.store, features.tables.as_of.to_pydatetime())
+        materialize(
+            features.store, features.tables.as_of.to_pydatetime(), settings.materialize_workers, quiet=not progress
+        )
 
 
 def keep_offer_scores(settings: Settings, progress: bool = True) -> int:
@@ -150,7 +152,7 @@ def refresh_features(settings: Settings, progress: bool = True) -> tuple[dict[st
     from it and the online store materialized, without training; rows merged per table, and the features."""
     merged = merge_appended(settings)
     features = build_features(settings, progress=progress)
-    materialize_online(features, progress)
+    materialize_online(settings, features, progress)
     keep_offer_scores(settings, progress)
     return merged, features
 
@@ -187,7 +189,7 @@ def train(
     )
     seconds["train"] = time.perf_counter() - started
     with _step("materialize", "materializing the online store", console, seconds):
-        materialize_online(features, progress)  # serving reads the features training just built
+        materialize_online(settings, features, progress)  # serving reads the features training just built
     if settings.online_store == "redis":  # the ESP's sends and exposures that caps count, for every replica
         with _step("history", "loading the send history into Redis", console, seconds):
             load_raw_history(settings, progress)

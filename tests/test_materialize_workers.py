@@ -1,0 +1,41 @@
+"""Materializing into Redis with several worker processes (`SENDWISE_MATERIALIZE_WORKERS`) writes what one
+process writes: every customer's hash, field by field, the same."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import redis
+
+from features.store import materialize, open_store
+from sendwise.asof import resolve_as_of
+from tests.conftest import PipelineHome, home_with_own_decision_log
+
+pytestmark = pytest.mark.integration
+DBS = (14, 15)  # dbs of the session's Redis of this module's own
+
+
+def _contents(client: redis.Redis) -> dict[bytes, dict[bytes, bytes]]:
+    return {key: client.hgetall(key) for key in client.scan_iter(count=10_000)}
+
+
+def test_views_materialized_by_two_processes_fill_redis_as_one_does(
+    pipeline_home: PipelineHome, tmp_path: Path, redis_url: str
+) -> None:
+    contents = []
+    for workers, db in zip((1, 2), DBS, strict=True):
+        url = f"{redis_url}/{db}"
+        client = redis.Redis.from_url(url)
+        client.flushdb()
+        settings = home_with_own_decision_log(pipeline_home.settings, tmp_path / f"home-{workers}").model_copy(
+            update={"online_store": "redis", "redis_url": url, "materialize_workers": workers}
+        )
+        store = open_store(settings)
+        materialize(store, resolve_as_of(settings).time.to_pydatetime(), settings.materialize_workers, quiet=True)
+        contents.append(_contents(client))
+        client.flushdb()
+    one, two = contents
+    views = {field for fields in one.values() for field in fields if field.startswith(b"_ts:")}
+    assert len(one) > 1000 and len(views) >= 5  # customers and offers, each view's time field
+    assert two == one
