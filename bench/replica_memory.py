@@ -1,7 +1,8 @@
 """`python -m bench.replica_memory HOME REDIS_URL`: where a Redis replica's memory goes, step by step.
 
-One process does what the service's worker does, in order (the libraries imported, the champions loaded from
-MLflow, numba's compiled walk, Feast's store opened, the offers' features read, `Engine.load`, then two decides
+One process does what the service's worker does, in order (the libraries imported, LightGBM without its
+scikit-learn estimators as the worker imports it, the champions loaded from MLflow, numba's compiled walk, Feast's
+store opened online-only, the offers' features read, `Engine.load`, then two decides
 of 10,000 customers drawn from the home's customers table), and prints its resident set after each step and its
 peak (`VmHWM`) at the end. HOME is a home whose online store is materialized in the Redis at REDIS_URL (e.g.
 benchmark 7's replica, or a copy of the benchmark's home materialized with `SENDWISE_ONLINE_STORE=redis`).
@@ -43,19 +44,20 @@ def main(
     seed: int = 0,
 ) -> None:
     _step("python")
+    from serving.service import import_lightgbm_without_sklearn
+
+    _step("+ the service module (bentoml)")
+    import_lightgbm_without_sklearn()
     import numpy as np
     import pandas  # noqa: F401
 
-    _step("+ numpy, pandas")
+    _step("+ lightgbm (no scikit-learn), numpy, pandas")
     import feast  # noqa: F401
     import lightgbm  # noqa: F401
     import mlflow  # noqa: F401
     import pyarrow  # noqa: F401
 
-    _step("+ lightgbm, pyarrow, feast, mlflow")
-    import serving.service  # noqa: F401
-
-    _step("+ the service module (bentoml)")
+    _step("+ pyarrow, feast, mlflow")
     from sendwise.raw import load_table
     from sendwise.registry import load_champions
     from sendwise.settings import Settings
@@ -70,8 +72,8 @@ def main(
     _step("+ numba's compiled walk")
     from features.store import open_store
 
-    store = open_store(settings)
-    _step("+ Feast's store opened")
+    store = open_store(settings, online_only=True)
+    _step("+ Feast's store opened (online only)")
     from serving.offers import read_offer_features
 
     offers = load_table(settings, "offers")

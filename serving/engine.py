@@ -21,6 +21,8 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import orjson
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import redis
 from feast import FeatureStore
 from tqdm import tqdm
@@ -72,6 +74,7 @@ from serving.schemas import (
     RenderResponse,
     next_whole_hour,
 )
+from serving.snapshot import release_memory
 
 logger = logging.getLogger(__name__)
 
@@ -241,8 +244,10 @@ class Engine:
     def load(cls, settings: Settings, log_decisions: bool = True) -> Engine:
         """The champions from MLflow, the Feast store, the offers and the send history of the home. Without
         `log_decisions` nothing is written to the home's decision log (its index included)."""
+        # The system allocator, as the snapshot's load sets it: what loading frees goes back by `release_memory`.
+        pa.set_memory_pool(pa.system_memory_pool())
         models = load_champions(settings)
-        store = open_store(settings) if (settings.feast_dir / "registry.db").exists() else None
+        store = open_store(settings, online_only=True) if (settings.feast_dir / "registry.db").exists() else None
         offers = load_table(settings, "offers")
         unread = None
         try:
@@ -269,6 +274,7 @@ class Engine:
         # bulk file's recipients, allocate enough to trigger one.
         gc.collect()
         gc.freeze()
+        release_memory()  # the transients of loading (tables read, the curves' grid, LightGBM's dumps)
         return engine
 
     def with_champions(self, models: dict[str, LoadedModel]) -> Engine:
@@ -314,12 +320,16 @@ class Engine:
         path = table_path(self.settings, "customers")
         if not path.exists() or "open_propensity" not in self.models:
             return Population(FALLBACK_OPEN_PROBABILITY, 1.0)
-        customers = pd.read_parquet(path, columns=["customer_id"])  # the ids alone: a sample of them is read
-        if customers.empty:
+        # The ids alone, as Arrow strings (as Python strings they cost a process tens of MB more at its peak), and
+        # the sample pandas' `Series.sample(n, random_state=seed)` draws, taken from them.
+        ids = pq.read_table(path, columns=["customer_id"], use_threads=False).column(0)
+        if not len(ids):
             return Population(FALLBACK_OPEN_PROBABILITY, 1.0)
-        sample = customers["customer_id"].sample(
-            n=min(SAMPLE_FOR_POPULATION, len(customers)), random_state=self.settings.seed
+        drawn = np.random.RandomState(self.settings.seed).choice(
+            len(ids), size=min(SAMPLE_FOR_POPULATION, len(ids)), replace=False
         )
+        sample = ids.take(pa.array(drawn)).to_pylist()
+        del ids
         features = self.online.for_recipients([Recipient(customer_id=c) for c in sample])
         start = at or datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
         curves = self.curves.curves(features.matrix, start, 24, "promotional", None)

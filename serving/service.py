@@ -25,6 +25,7 @@ exception in the engine becomes a 500 for that request only (BentoML logs it).
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -75,9 +76,27 @@ ENGINE_THREADS = 4
 REQUEST_TIMEOUT_SECONDS = 300
 
 
+def import_lightgbm_without_sklearn() -> None:
+    """Import LightGBM without its scikit-learn estimators, unless it (or scikit-learn) is already imported.
+
+    LightGBM imports scikit-learn whenever it is installed (training uses it), for its `LGBMClassifier` family,
+    which the service never uses: it loads boosters. That is about 60 MB resident in every worker. LightGBM
+    takes scikit-learn as missing when importing it fails, so it is made to fail for that one import; anything
+    imported later may still import scikit-learn itself.
+    """
+    if "lightgbm" in sys.modules or "sklearn" in sys.modules:
+        return
+    sys.modules["sklearn"] = None  # type: ignore[assignment]  # `import sklearn` raises ImportError
+    try:
+        import lightgbm  # noqa: F401
+    finally:
+        del sys.modules["sklearn"]
+
+
 def load_engine(settings: Settings) -> Engine:
     """The engine with the champions, imported here rather than at the top: LightGBM, Feast and MLflow take
     seconds to import, and `bentoml serve` imports this module in its supervisor process too."""
+    import_lightgbm_without_sklearn()
     from serving.engine import Engine
 
     return Engine.load(settings)

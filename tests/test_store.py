@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +15,7 @@ from features.build import build_feature_tables
 from features.repo import DEFINITIONS
 from features.repo.services import next_best_offer_v1, offer_feature_refs
 from features.repo.views import customer_attributes_fv
-from features.store import apply_definitions, home_definitions, open_store
+from features.store import apply_definitions, home_definitions, materialize, open_store
 from sendwise.ingest import ingest
 from sendwise.settings import Settings
 from training.datasets import historical_features
@@ -82,3 +85,29 @@ def test_offer_features_come_from_the_offer_service() -> None:
         "offer_fv:price",
         "offer_fv:margin",
     ]
+
+
+@pytest.mark.integration
+@pytest.mark.slow  # a home ingested, built, applied and materialized, and a fresh interpreter: 5 to 10 seconds
+def test_an_online_only_store_reads_what_the_full_store_does_without_opening_the_offline_store(tmp_path: Path) -> None:
+    """The store the service serves from: the same online reads, no offline store (DuckDB's module, with ibis and
+    sqlglot, is never imported), and a clear refusal of an offline read."""
+    home = _home(tmp_path, "a", "attr_first")
+    apply_definitions(open_store(home), home)
+    materialize(open_store(home), datetime(2026, 3, 1, tzinfo=UTC))
+    rows = [{"offer_id": "o1"}, {"offer_id": "unknown"}]
+    full = open_store(home).get_online_features(features=offer_feature_refs(), entity_rows=rows).to_dict()
+    online = open_store(home, online_only=True)
+    assert online.get_online_features(features=offer_feature_refs(), entity_rows=rows).to_dict() == full
+    assert full["offer_id"] == ["o1", "unknown"]
+    entity = pd.DataFrame({"customer_id": ["c1"], "offer_id": "o1", "event_timestamp": pd.Timestamp.now("UTC")})
+    with pytest.raises(NotImplementedError):
+        historical_features(online, "next_best_offer_v1", entity)
+    script = (
+        "import sys; from pathlib import Path; from features.store import open_store; "
+        "from sendwise.settings import Settings; "
+        f"open_store(Settings(home=Path({str(home.home)!r})), online_only=True); "
+        "print(sorted(m for m in ('feast.infra.offline_stores.duckdb', 'ibis', 'duckdb') if m in sys.modules))"
+    )
+    found = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert found.strip() == "[]"

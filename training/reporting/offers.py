@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from features.build import _exposures as logged_exposures
+from features.store import open_store
 from features.transform import OfferMatrix, customer_matrix, offer_design
 from serving.curves import predict
 from serving.offers import rank_offers
@@ -210,9 +211,9 @@ def offpolicy_values(inputs: ReportInputs, found: Champion, audience: Audience) 
         return None, why
     offers = inputs.table("offers")
     catalog = audience.engine.catalog
-    store = audience.engine.store
-    if offers is None or catalog.offer_features is None or store is None:
+    if offers is None or catalog.offer_features is None or audience.engine.store is None:
         return None, "the Feast store has no offer features"
+    store = open_store(inputs.settings)  # the engine's serves online only; the exposures are read offline
     offers = offers.reset_index(drop=True)
     inputs.status("scoring the logged offer exposures")
     entity = pd.DataFrame(
