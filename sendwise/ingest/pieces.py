@@ -32,7 +32,7 @@ import pyarrow.dataset as ds
 import pyarrow.feather as feather
 import pyarrow.parquet as pq
 
-from sendwise import contract, raw
+from sendwise import contract, keys, raw
 from sendwise.contract import Table
 from sendwise.ingest.batch import concat
 from sendwise.ingest.merge import _raw_frame, _repeated, _sort_events, raw_arrow
@@ -79,8 +79,7 @@ def hash_buckets(ids: pd.Series, buckets: int) -> np.ndarray:
     """The bucket of each event id: the same id always in the same bucket, whichever way its text is held."""
     if buckets == 1:
         return np.zeros(len(ids), dtype=np.int64)
-    hashed = pd.util.hash_array(ids.to_numpy(dtype=object, na_value=""), categorize=False)
-    return (hashed % np.uint64(buckets)).astype(np.int64)
+    return (keys.id_hashes(ids) % np.uint64(buckets)).astype(np.int64)
 
 
 def micros(times: pd.Series | pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -149,7 +148,7 @@ def merge_in_pieces(
             new = new.loc[~repeated]
         stored_ids = [read_rows(path)[key] for path in sorted(work.glob(f"b{bucket:05d}-stored-*.arrow"))]
         already = (
-            new[key].isin(pd.concat(stored_ids, ignore_index=True)).to_numpy()
+            keys.is_in(new[key], keys.value_set(pd.concat(stored_ids, ignore_index=True)))
             if stored_ids
             else np.zeros(len(new), dtype=bool)
         )
