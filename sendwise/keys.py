@@ -57,26 +57,30 @@ def id_hashes(values: pd.Series | pa.ChunkedArray | pa.Array) -> np.ndarray:
     return out
 
 
-def repeated(keys: pd.Series) -> np.ndarray:
+def repeated(keys: pd.Series | pa.ChunkedArray) -> np.ndarray:
     """Which keys repeat an earlier one (missing keys repeat each other): the rows whose hashes repeat are
     compared exactly, through their codes, so that Arrow strings are not made Python objects."""
     hashes = id_hashes(keys)
     candidates = np.flatnonzero(pd.Series(hashes).duplicated(keep=False).to_numpy())
     found = np.zeros(len(keys), dtype=bool)
     if len(candidates):
-        codes, _ = pd.factorize(keys.iloc[candidates], use_na_sentinel=False)
+        alike = keys.iloc[candidates] if isinstance(keys, pd.Series) else pd.Series(keys.take(candidates).to_pylist())
+        codes, _ = pd.factorize(alike, use_na_sentinel=False)
         found[candidates] = pd.Series(codes).duplicated(keep="first").to_numpy()
     return found
 
 
-def value_set(values: pd.Series | pd.Index | pa.ChunkedArray | pa.Array) -> pa.Array:
-    """Ids as the set ``is_in`` looks them up in (built once, looked up in many times)."""
+def value_set(values: pd.Series | pd.Index | pa.ChunkedArray | pa.Array | list[pa.ChunkedArray]) -> pa.Array:
+    """Ids as the set ``is_in`` looks them up in (built once, looked up in many times); a list of columns is
+    their ids together."""
     if isinstance(values, pd.Index):
         values = values.to_series()
-    return text_array(values).combine_chunks().cast(pa.string())
+    parts = values if isinstance(values, list) else [values]
+    chunks = [chunk.cast(pa.string()) for part in parts for chunk in text_array(part).chunks]
+    return pa.concat_arrays(chunks) if chunks else pa.array([], pa.string())
 
 
-def is_in(values: pd.Series, found: pa.Array) -> np.ndarray:
+def is_in(values: pd.Series | pa.ChunkedArray, found: pa.Array) -> np.ndarray:
     """A boolean per value: whether it is one of ``found`` (``value_set``); what ``Series.isin`` answers for
     text, without making the set Python strings on every call."""
     if not len(values):
