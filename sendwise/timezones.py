@@ -27,6 +27,8 @@ from importlib import resources
 import numpy as np
 import pandas as pd
 
+from sendwise import keys
+
 MIN_ACTIVITY_EVENTS = 10
 MIN_POPULATION_EVENTS = 200
 MIN_POPULATION_CUSTOMERS = 20
@@ -125,7 +127,7 @@ class ActivityHours:
         allowed = customers["consent_profiling"].fillna(False).astype(bool)
         self.needed = bool(missing.any())
         self.known = pd.Series(zone[~missing].to_numpy(), index=customers.loc[~missing, "customer_id"].to_numpy())
-        self.allowed = pd.Index(customers.loc[allowed, "customer_id"])
+        self.allowed = keys.value_set(customers.loc[allowed, "customer_id"])
         self.candidates = pd.Index(customers.loc[missing & allowed, "customer_id"].unique())
         self.rows = 0  # activity of customers who allowed profiling
         self.population_events = 0
@@ -137,7 +139,7 @@ class ActivityHours:
     def add(self, activity: pd.DataFrame | None) -> None:
         if not self.needed or activity is None or activity.empty:
             return
-        allowed = activity.loc[activity["customer_id"].isin(self.allowed)].reset_index(drop=True)
+        allowed = activity.loc[keys.is_in(activity["customer_id"], self.allowed)].reset_index(drop=True)
         zones = allowed["customer_id"].map(self.known)
         population = allowed.loc[zones.notna()]
         self.population_events += len(population)

@@ -20,6 +20,7 @@ from sendwise import contract
 from sendwise.contract import Kind, Table
 from sendwise.ingest.batch import Batch, concat, unify_attributes
 from sendwise.ingest.parse import TIMESTAMP
+from sendwise.keys import repeated
 from sendwise.settings import Settings
 
 
@@ -80,9 +81,8 @@ def _merge_events(table: Table, new: pd.DataFrame, stored: pd.DataFrame | None) 
 
 
 def _repeated(keys: pd.Series) -> np.ndarray:
-    """Which keys repeat an earlier one; through their codes, so Arrow strings are not made Python objects."""
-    codes, _ = pd.factorize(keys, use_na_sentinel=False)
-    return pd.Series(codes).duplicated(keep="first").to_numpy()
+    """Which keys repeat an earlier one (``sendwise.keys.repeated``: Arrow strings are not made Python objects)."""
+    return repeated(keys)
 
 
 def _sort_events(frame: pd.DataFrame, key: str) -> pd.DataFrame:

@@ -32,10 +32,10 @@ import pyarrow.dataset as ds
 import pyarrow.feather as feather
 import pyarrow.parquet as pq
 
-from sendwise import contract, raw
+from sendwise import contract, keys, raw
 from sendwise.contract import Table
 from sendwise.ingest.batch import concat
-from sendwise.ingest.merge import _raw_frame, _repeated, _sort_events, raw_arrow
+from sendwise.ingest.merge import _raw_frame, _sort_events, raw_arrow
 from sendwise.tombstones import CUSTOMER_KEY, Tombstones
 
 HOUR_MICROS = 3_600_000_000
@@ -75,12 +75,11 @@ def parquet_rows(paths: list[Path]) -> int:
     return sum(pq.ParquetFile(path).metadata.num_rows for path in paths)
 
 
-def hash_buckets(ids: pd.Series, buckets: int) -> np.ndarray:
+def hash_buckets(ids: pd.Series | pa.ChunkedArray, buckets: int) -> np.ndarray:
     """The bucket of each event id: the same id always in the same bucket, whichever way its text is held."""
     if buckets == 1:
         return np.zeros(len(ids), dtype=np.int64)
-    hashed = pd.util.hash_array(ids.to_numpy(dtype=object, na_value=""), categorize=False)
-    return (hashed % np.uint64(buckets)).astype(np.int64)
+    return (keys.id_hashes(ids) % np.uint64(buckets)).astype(np.int64)
 
 
 def micros(times: pd.Series | pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -136,27 +135,26 @@ def merge_in_pieces(
         parquet = pq.ParquetFile(stored)
         for number, batch in enumerate(parquet.iter_batches(batch_size=READ_ROWS, columns=[key, TIME])):
             _count_hours(hours, micros(batch.column(TIME)))
-            ids = pd.Series(batch.column(key).to_numpy(zero_copy_only=False), dtype=object, name=key)
-            _write_groups(ids.to_frame(), hash_buckets(ids, buckets), work, f"b{{group:05d}}-stored-{number:06d}.arrow")
+            ids = pa.table({key: batch.column(key)})
+            name = f"b{{group:05d}}-stored-{number:06d}.arrow"
+            _write_groups(ids, hash_buckets(ids.column(key), buckets), work, name)
 
     cuts = _time_cuts(hours, bucket_rows)
     for bucket in range(buckets):
-        new = concat([read_rows(path) for path in sorted(work.glob(f"b{bucket:05d}-new-*.arrow"))])
-        if new.empty:
+        new = _read_arrow(sorted(work.glob(f"b{bucket:05d}-new-*.arrow")))
+        if new is None or not new.num_rows:
             continue
-        repeated = _repeated(new[key])
-        if repeated.any():
-            new = new.loc[~repeated]
-        stored_ids = [read_rows(path)[key] for path in sorted(work.glob(f"b{bucket:05d}-stored-*.arrow"))]
-        already = (
-            new[key].isin(pd.concat(stored_ids, ignore_index=True)).to_numpy()
-            if stored_ids
-            else np.zeros(len(new), dtype=bool)
-        )
-        added = new.loc[~already] if already.any() else new
+        ids = new.column(key)
+        repeated = keys.repeated(ids)
+        stored_files = sorted(work.glob(f"b{bucket:05d}-stored-*.arrow"))
+        stored_ids = [feather.read_table(path).column(key) for path in stored_files]
+        already = keys.is_in(ids, keys.value_set(stored_ids)) & ~repeated if stored_ids else np.zeros_like(repeated)
+        kept = ~(repeated | already)
+        added = new if kept.all() else new.filter(pa.array(kept))
+        del new, ids
         result.duplicates += int(repeated.sum() + already.sum())
-        result.added += len(added)
-        ranges = np.searchsorted(cuts, micros(added[TIME]), side="right")
+        result.added += added.num_rows
+        ranges = np.searchsorted(cuts, micros(added.column(TIME)), side="right")
         _write_groups(added, ranges, work, f"t{{group:05d}}-b{bucket:05d}.arrow")
         for path in work.glob(f"b{bucket:05d}-*.arrow"):
             path.unlink()
@@ -202,10 +200,19 @@ def _time_cuts(hours: Counter[int], bucket_rows: int) -> np.ndarray:
     return np.asarray(cuts, dtype=np.int64)
 
 
-def _write_groups(frame: pd.DataFrame, groups: np.ndarray, folder: Path, name: str) -> None:
+def _read_arrow(paths: list[Path]) -> pa.Table | None:
+    """Files of set-aside rows (``write_rows``) one after the other, as Arrow (None: no files). A column one
+    file holds as Python strings and another as Arrow strings, or one without a value, takes the wider type."""
+    tables = [feather.read_table(path) for path in paths]
+    if not tables:
+        return None
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
+
+
+def _write_groups(frame: pd.DataFrame | pa.Table, groups: np.ndarray, folder: Path, name: str) -> None:
     """The rows of each group (in their order) set aside in a file of their own in ``folder``: ``name`` with the
     group for ``{group}``."""
-    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
     order = np.argsort(groups, kind="stable")
     ordered = groups[order]
     table = table.take(pa.array(order))

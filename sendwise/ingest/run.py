@@ -15,7 +15,7 @@ from typing import Literal
 import pandas as pd
 import pyarrow as pa
 
-from sendwise import asof, contract, raw
+from sendwise import asof, contract, keys, raw
 from sendwise.ingest import appended, pieces
 from sendwise.ingest.batch import (
     Batch,
@@ -371,7 +371,7 @@ class StoreFacts:
     def __init__(self, name: str, customers: pd.DataFrame | None, hours: ActivityHours | None) -> None:
         self.name = name
         self.hours = hours
-        self.known = None if customers is None else pd.Index(customers["customer_id"])
+        self.known = None if customers is None else keys.value_set(customers["customer_id"])
         self.rows = 0
         self.first: pd.Timestamp | None = None
         self.latest: pd.Timestamp | None = None
@@ -388,7 +388,7 @@ class StoreFacts:
         self.first = _earliest(self.first, times.min())
         self.latest = _latest_of([self.latest, times.max()])
         if self.known is not None and "customer_id" in frame:
-            unknown = ~frame["customer_id"].isin(self.known)
+            unknown = ~keys.is_in(frame["customer_id"], self.known)
             self.unknown_events += int(unknown.sum())
             self.unknown_customers.update(frame.loc[unknown, "customer_id"].astype(object).unique())
         if self.name == "email_events":
