@@ -131,7 +131,7 @@ def run_stages(home: Path, stages: list[str], data: Path | None, log: StageLog) 
 
     def materialize_online() -> None:
         as_of = resolve_as_of(settings).time.to_pydatetime()
-        materialize(open_store(settings), as_of, settings.materialize_workers, quiet=True)
+        materialize(open_store(settings), as_of, settings.materialize_workers, True, settings.offline_memory_gb)
 
     steps: dict[str, Callable[[], None]] = {
         "ingest": ingest,

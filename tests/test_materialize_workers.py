@@ -10,6 +10,7 @@ import redis
 
 from features.store import materialize, open_store
 from sendwise.asof import resolve_as_of
+from sendwise.settings import Settings
 from tests.conftest import PipelineHome, home_with_own_decision_log
 
 pytestmark = pytest.mark.integration
@@ -32,10 +33,23 @@ def test_views_materialized_by_two_processes_fill_redis_as_one_does(
             update={"online_store": "redis", "redis_url": url, "materialize_workers": workers}
         )
         store = open_store(settings)
-        materialize(store, resolve_as_of(settings).time.to_pydatetime(), settings.materialize_workers, quiet=True)
+        as_of = resolve_as_of(settings).time.to_pydatetime()
+        materialize(store, as_of, settings.materialize_workers, True, settings.offline_memory_gb)
         contents.append(_contents(client))
         client.flushdb()
     one, two = contents
     views = {field for fields in one.values() for field in fields if field.startswith(b"_ts:")}
     assert len(one) > 1000 and len(views) >= 5  # customers and offers, each view's time field
     assert two == one
+
+
+def test_opening_the_store_caps_duckdbs_memory_and_spills_into_the_home(tmp_path: Path) -> None:
+    import ibis
+
+    settings = Settings(home=tmp_path / "home", offline_memory_gb=1.5)
+    open_store(settings)
+    ((limit, spill),) = ibis.get_backend().raw_sql(
+        "select current_setting('memory_limit'), current_setting('temp_directory')"
+    ).fetchall()
+    assert limit == "1.3 GiB"  # 1.5e9 bytes, as DuckDB prints it
+    assert spill == str(settings.home / ".duckdb-spill") and (settings.home / ".duckdb-spill").is_dir()

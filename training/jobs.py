@@ -131,7 +131,11 @@ def materialize_online(settings: Settings, features: Features, progress: bool = 
     loads unless `progress` is off)."""
     with nullcontext() if progress else redirect_stdout(io.StringIO()):
         materialize(
-            features.store, features.tables.as_of.to_pydatetime(), settings.materialize_workers, quiet=not progress
+            features.store,
+            features.tables.as_of.to_pydatetime(),
+            settings.materialize_workers,
+            quiet=not progress,
+            offline_memory_gb=settings.offline_memory_gb,
         )
 
 
