@@ -48,8 +48,10 @@ def test_opening_the_store_caps_duckdbs_memory_and_spills_into_the_home(tmp_path
 
     settings = Settings(home=tmp_path / "home", offline_memory_gb=1.5)
     open_store(settings)
-    ((limit, spill),) = ibis.get_backend().raw_sql(
-        "select current_setting('memory_limit'), current_setting('temp_directory')"
-    ).fetchall()
+    ((limit, spill),) = (
+        ibis.get_backend()
+        .raw_sql("select current_setting('memory_limit'), current_setting('temp_directory')")
+        .fetchall()
+    )
     assert limit == "1.3 GiB"  # 1.5e9 bytes, as DuckDB prints it
     assert spill == str(settings.home / ".duckdb-spill") and (settings.home / ".duckdb-spill").is_dir()
