@@ -42,7 +42,8 @@ from features.latest import (
 )
 from features.localtime import is_weekend, local_hour_weekday
 from features.offer_values import offer_values
-from features.parts import EventShares, Usable, event_shares, share_count, share_of
+from features.parts import EventShares, Usable, event_shares, share_count
+from sendwise import keys
 from sendwise.asof import AsOf, Source, resolve_as_of
 from sendwise.raw import StagedWriter, load_table, write_parquet_atomic
 from sendwise.settings import Settings
@@ -426,7 +427,7 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
         return None if frame is None else frame[usable_rows.rows(frame)]
 
     count = share_count(len(customers), settings.feature_share_customers)
-    share_members = share_of(ids, count)
+    share_members = keys.buckets(pd.Series(ids, dtype=object), count)  # the split pass's shares (`features.parts`)
     with event_shares(settings, EVENT_COLUMNS, count, usable_rows, ("email_events",), progress) as shares:
         t0 = (shares.earliest if shares.earliest is not None else as_of - DAY).floor("D")
         categories = sorted(shares.categories)

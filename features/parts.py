@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 from rich.progress import Progress
 
 from features.latest import VIEW_EVENTS
+from sendwise import keys
 from sendwise.raw import load_table, table_path
 from sendwise.settings import Settings
 
@@ -52,14 +53,6 @@ class Usable:
         ids, times = table["customer_id"], table["occurred_at"]
         profiled = pc.is_in(ids, value_set=self.profiled.cast(ids.type))
         return pc.and_(profiled, pc.less(times, pa.scalar(self.before.to_pydatetime(), type=times.type)))
-
-
-def share_of(customer_ids: pd.Series | np.ndarray, shares: int) -> np.ndarray:
-    """The share (0 .. `shares` − 1) each customer id belongs to: a stable hash, the same in every run."""
-    values = np.asarray(customer_ids, dtype=object)
-    if shares == 1:
-        return np.zeros(len(values), dtype=np.int64)
-    return (pd.util.hash_array(values, categorize=False) % np.uint64(shares)).astype(np.int64)
 
 
 def _view_columns(table: str) -> tuple[str, ...]:
@@ -183,7 +176,7 @@ def _split(
             _note(found, chunk, mask, table)
             if not keep_all:
                 chunk = chunk.filter(mask)
-            share = share_of(chunk["customer_id"].to_numpy(zero_copy_only=False), found.count)
+            share = keys.buckets(chunk["customer_id"], found.count)
             order = np.argsort(share, kind="stable")
             bounds = np.concatenate([[0], np.cumsum(np.bincount(share, minlength=found.count))])
             chunk = chunk.take(pa.array(order))

@@ -57,6 +57,14 @@ def id_hashes(values: pd.Series | pa.ChunkedArray | pa.Array) -> np.ndarray:
     return out
 
 
+def buckets(values: pd.Series | pa.ChunkedArray | pa.Array, count: int) -> np.ndarray:
+    """The bucket (0 .. `count` − 1) of each id, by its hash (`id_hashes`): the same id always in the same bucket,
+    in every run and whichever way its text is held."""
+    if count == 1:
+        return np.zeros(len(values), dtype=np.int64)
+    return (id_hashes(values) % np.uint64(count)).astype(np.int64)
+
+
 def repeated(keys: pd.Series | pa.ChunkedArray) -> np.ndarray:
     """Which keys repeat an earlier one (missing keys repeat each other): the rows whose hashes repeat are
     compared exactly, through their codes, so that Arrow strings are not made Python objects."""

@@ -74,7 +74,7 @@ from serving.schemas import (
     RenderResponse,
     next_whole_hour,
 )
-from serving.snapshot import release_memory
+from serving.snapshot import release_memory, use_system_allocator
 
 logger = logging.getLogger(__name__)
 
@@ -244,8 +244,7 @@ class Engine:
     def load(cls, settings: Settings, log_decisions: bool = True) -> Engine:
         """The champions from MLflow, the Feast store, the offers and the send history of the home. Without
         `log_decisions` nothing is written to the home's decision log (its index included)."""
-        # The system allocator, as the snapshot's load sets it: what loading frees goes back by `release_memory`.
-        pa.set_memory_pool(pa.system_memory_pool())
+        use_system_allocator()  # what loading frees goes back to the system by `release_memory` below
         models = load_champions(settings)
         store = open_store(settings, online_only=True) if (settings.feast_dir / "registry.db").exists() else None
         offers = load_table(settings, "offers")

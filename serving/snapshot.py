@@ -209,9 +209,7 @@ class FeatureSnapshot:
     def load(
         cls, store: FeatureStore, settings: Settings, progress: Callable[[str], None] | None = None
     ) -> FeatureSnapshot:
-        # The system allocator: what a load frees goes back with malloc_trim (Arrow's default, mimalloc, kept
-        # about 60 MB of a million customers' load resident).
-        pa.set_memory_pool(pa.system_memory_pool())
+        use_system_allocator()
         signature = snapshot_signature(settings)  # before reading: a change while reading is seen next time
         sources = view_sources(store, settings)
         tables: dict[str, pa.Table] = {}
@@ -309,6 +307,13 @@ class FeatureSnapshot:
             attributes=attributes,
             signature=signature,
         )
+
+
+def use_system_allocator() -> None:
+    """Arrow allocates with the system's allocator from here on, so that what a load frees goes back to the
+    system with `release_memory` (Arrow's default, mimalloc, kept about 60 MB of a million customers' load
+    resident)."""
+    pa.set_memory_pool(pa.system_memory_pool())
 
 
 def release_memory() -> None:

@@ -203,10 +203,12 @@ def open_training_set(
     sends = tables.sends
     if sends is None or len(sends) == 0 or "human_open" not in sends.columns:
         return None
-    sends = sends[sends["send_at"] <= tables.as_of - pd.Timedelta(hours=label_hours)]
+    # One mask, one copy: a million customers' sends are tens of millions of rows.
+    kept = (sends["send_at"] <= tables.as_of - pd.Timedelta(hours=label_hours)).to_numpy()
     if "proxied" in sends.columns:
-        sends = sends[~sends["proxied"].astype(bool)]
-    sends = sends[sends["customer_id"].isin(tables.customers["customer_id"])].reset_index(drop=True)
+        kept &= ~sends["proxied"].astype(bool).to_numpy()
+    kept &= sends["customer_id"].isin(tables.customers["customer_id"]).to_numpy()
+    sends = sends[kept].reset_index(drop=True)
     if len(sends) < MIN_EXAMPLES or sends["human_open"].nunique() < 2:
         return None
     kept, sample = sample_rows(sends["human_open"].to_numpy(dtype=np.float32), max_rows)

@@ -68,21 +68,16 @@ def merge(batch: Batch, stored: pd.DataFrame | None) -> Merged:
 
 def _merge_events(table: Table, new: pd.DataFrame, stored: pd.DataFrame | None) -> Merged:
     key = table.key
-    repeated = _repeated(new[key])
-    if repeated.any():
-        new = new.loc[~repeated]
+    again = repeated(new[key])
+    if again.any():
+        new = new.loc[~again]
     already = new[key].isin(stored[key]).to_numpy() if stored is not None else np.zeros(len(new), dtype=bool)
     added = new.loc[~already] if already.any() else new
-    duplicates = int(repeated.sum() + already.sum())
+    duplicates = int(again.sum() + already.sum())
     if stored is not None and added.empty:
         return Merged(stored, duplicates, 0, 0, pd.Index([]))
     frame = concat([stored, added]) if stored is not None else added
     return Merged(_sort_events(frame, key), duplicates, len(added), 0, pd.Index([]))
-
-
-def _repeated(keys: pd.Series) -> np.ndarray:
-    """Which keys repeat an earlier one (``sendwise.keys.repeated``: Arrow strings are not made Python objects)."""
-    return repeated(keys)
 
 
 def _sort_events(frame: pd.DataFrame, key: str) -> pd.DataFrame:

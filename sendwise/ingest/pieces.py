@@ -75,13 +75,6 @@ def parquet_rows(paths: list[Path]) -> int:
     return sum(pq.ParquetFile(path).metadata.num_rows for path in paths)
 
 
-def hash_buckets(ids: pd.Series | pa.ChunkedArray, buckets: int) -> np.ndarray:
-    """The bucket of each event id: the same id always in the same bucket, whichever way its text is held."""
-    if buckets == 1:
-        return np.zeros(len(ids), dtype=np.int64)
-    return (keys.id_hashes(ids) % np.uint64(buckets)).astype(np.int64)
-
-
 def micros(times: pd.Series | pa.ChunkedArray | pa.Array) -> np.ndarray:
     """Time stamps as microseconds since the epoch (UTC)."""
     if isinstance(times, pd.Series):
@@ -126,7 +119,7 @@ def merge_in_pieces(
         result.first = first if result.first is None else min(result.first, first)
         result.last = last if result.last is None else max(result.last, last)
         _count_hours(hours, micros(times))
-        _write_groups(frame, hash_buckets(frame[key], buckets), work, f"b{{group:05d}}-new-{number:06d}.arrow")
+        _write_groups(frame, keys.buckets(frame[key], buckets), work, f"b{{group:05d}}-new-{number:06d}.arrow")
     if result.first is None:
         _scan(stored, on_piece)
         return result
@@ -137,7 +130,7 @@ def merge_in_pieces(
             _count_hours(hours, micros(batch.column(TIME)))
             ids = pa.table({key: batch.column(key)})
             name = f"b{{group:05d}}-stored-{number:06d}.arrow"
-            _write_groups(ids, hash_buckets(ids.column(key), buckets), work, name)
+            _write_groups(ids, keys.buckets(ids.column(key), buckets), work, name)
 
     cuts = _time_cuts(hours, bucket_rows)
     for bucket in range(buckets):
