@@ -503,8 +503,10 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
                     engagement,
                     lambda: bar.advance(task),
                 )
-    sends = _concat(all_sends)
-    exposures = _concat(all_exposures)
+    # In an order of their own, not the shares': the same data gives the same training rows, and so the same
+    # models and evaluation splits, however many shares the customers were built in.
+    sends = _in_order(_concat(all_sends), ("send_at", "customer_id", "campaign_id"))
+    exposures = _in_order(_concat(all_exposures), ("exposed_at", "customer_id", "offer_id"))
     profile, attributes = _customer_tables(customers, as_of, ineligible)
     offer_table = _offer_table(offers)
     email_state_rows = pd.concat(email_states, ignore_index=True) if email_states else email_state(None)
@@ -579,6 +581,33 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
     joined = {column: pd.concat([part(frame, column) for frame in full], ignore_index=True) for column in columns}
     return pd.DataFrame(joined, columns=columns, copy=False)  # each column kept as joined, not copied into blocks
+
+
+def _in_order(frame: pd.DataFrame, keys: tuple[str, ...]) -> pd.DataFrame:
+    """`frame`'s rows ordered by `keys` (a stable sort: rows equal in every key keep their order), column by
+    column as `_concat` joins them, each column dropped as it is reordered."""
+    keys = tuple(key for key in keys if key in frame.columns)
+    if len(frame) < 2 or not keys:
+        return frame.reset_index(drop=True)
+    ranks = [_ranks(frame[key]) for key in reversed(keys)]  # np.lexsort: the last key is the first
+    order = np.lexsort(ranks)
+    del ranks
+    columns = list(frame.columns)
+    ordered = {column: frame.pop(column).iloc[order].reset_index(drop=True) for column in columns}
+    return pd.DataFrame(ordered, columns=columns, copy=False)
+
+
+def _ranks(values: pd.Series) -> np.ndarray:
+    """Each value's place among the column's distinct values (missing values last), for `np.lexsort`."""
+    if values.dtype.kind == "M":
+        return values.to_numpy(dtype="datetime64[ns]")  # in UTC; NaT sorts last
+    if values.dtype.kind in "iufb":
+        return values.to_numpy()  # NaN sorts last
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    place = np.empty(len(uniques) + 1, dtype=np.int64)
+    place[np.argsort(np.asarray(uniques, dtype=object), kind="stable")] = np.arange(len(uniques))
+    place[-1] = len(uniques)  # code −1: missing
+    return place[codes]
 
 
 SEND_COLUMNS = ("customer_id", "campaign_id", "send_at", "decision_id", "human_open", "proxied", "kind", "topic")
