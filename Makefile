@@ -41,7 +41,7 @@ run: install
 ## Install what the tests need and run the whole suite (CI runs this): minutes, most of them the pipeline run
 ## on a small world that the slow tests share, and the real `bentoml serve`.
 test: install-dev check chromium redis postgres
-	$(UV) run --no-sync pytest -q
+	$(UV) run --no-sync pytest -q --durations=25
 
 ## The fast lane: every test that needs neither that pipeline run nor a served model (`-m "not slow"`), in under
 ## a minute. One OpenMP thread: on a busy two-core machine, LightGBM's and BLAS's threads wait on each other.
