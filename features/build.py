@@ -8,10 +8,16 @@ days keeps each customer's decayed counts; a snapshot is the state before that d
 from __future__ import annotations
 
 import contextlib
+import functools
+import multiprocessing
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -52,6 +58,7 @@ HOURS = 24
 HALF_LIFE_DAYS = 60.0
 PROFILE_HALF_LIFE_DAYS = 180.0
 """Daily rhythms change slowly: hour profiles keep a longer memory than counts and rates."""
+_T = TypeVar("_T")
 DAY = pd.Timedelta(days=1)
 STATIC_TIMESTAMP = pd.Timestamp("2000-01-01", tz="UTC")
 SIGNALS = ("open", "click", "session")
@@ -422,58 +429,60 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
     profiled = customers["consent_profiling"].fillna(False).astype(bool).to_numpy()
     usable_rows = Usable(pa.array(customers.loc[profiled, "customer_id"], type=pa.string()), as_of)
 
-    def usable(frame: pd.DataFrame | None) -> pd.DataFrame | None:
-        """Events of customers who allow profiling, before `as_of`."""
-        return None if frame is None else frame[usable_rows.rows(frame)]
+    usable = usable_rows.kept  # events of customers who allow profiling, before `as_of`
 
     count = share_count(len(customers), settings.feature_share_customers)
     share_members = keys.buckets(pd.Series(ids, dtype=object), count)  # the split pass's shares (`features.parts`)
-    with event_shares(settings, EVENT_COLUMNS, count, usable_rows, ("email_events",), progress) as shares:
+    with (
+        event_shares(settings, EVENT_COLUMNS, count, usable_rows, ("email_events",), progress) as shares,
+        _ShareWork(settings, count) as share_work,
+    ):
         t0 = (shares.earliest if shares.earliest is not None else as_of - DAY).floor("D")
         categories = sorted(shares.categories)
         if offers is not None and "category" in offers.columns:
             categories = sorted(set(categories) | set(offers["category"].dropna().astype(str)))
 
-        ineligible, email_states, agents, carriers = _email_states_and_agents(shares, count, usable, as_of)
+        ineligible, email_states, agents, carriers = _email_states_and_agents(shares, count, usable, as_of, share_work)
 
-        # Each share labelled, its events made arrays (spilled between passes), its evidence gathered.
+        # Each share labelled, its events made arrays (spilled between passes), its evidence gathered; with
+        # several shares, `feature_workers` of them at once, each in a process of its own (`_ShareWork`).
         evidence = Evidence.zeros(len(customers))
         read_delays: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         all_sends: list[pd.DataFrame] = []
         all_exposures: list[pd.DataFrame] = []
+        members_of = [np.flatnonzero(share_members == share) for share in range(count)]
+        labelling = [
+            (share, members, ids[members], zones.iloc[members].reset_index(drop=True))
+            for share, members in enumerate(members_of)
+        ]
+        label = functools.partial(
+            _label_share,
+            settings=settings,
+            shares=shares,
+            usable=usable,
+            t0=t0,
+            categories=categories,
+            campaigns=campaigns,
+            offers=offers,
+            agents=agents,
+            carriers=carriers,
+        )
         with (
             _staged(settings.feature_tables_dir / f"{ACTIVITY_TABLE}.parquet") as activity,
             Progress(disable=not progress, transient=True) as bar,
         ):
             task = bar.add_task("labelling sends", total=count)
-            for share in range(count):
-                members = np.flatnonzero(share_members == share)
-                built = _label_share(
-                    settings,
-                    shares,
-                    share,
-                    members,
-                    ids,
-                    zones,
-                    usable,
-                    t0,
-                    categories,
-                    campaigns,
-                    offers,
-                    agents,
-                    carriers,
-                )
+            for members, built in zip(members_of, share_work.each(label, labelling), strict=True):
                 all_sends.append(built.sends)
                 all_exposures.append(built.exposures)
                 activity.write(arrow_table(with_schema(built.activity, ACTIVITY_TABLE), ACTIVITY_TABLE))
-                final = _final_evidence(len(members), built.events.streams)
-                evidence.visits[members] = final.visits
-                evidence.reads[members] = final.reads
-                evidence.read_slots[members] = final.read_slots
+                evidence.visits[members] = built.evidence.visits
+                evidence.reads[members] = built.evidence.reads
+                evidence.read_slots[members] = built.evidence.read_slots
                 if built.read_delays is not None:
-                    read_delays.append(built.read_delays)
-                shares.keep(f"events-{share}", built.events)
+                    read_delays.append((members[built.read_delays[0]], *built.read_delays[1:]))
                 bar.advance(task)
+            del labelling
             shares.forget("email_events")
             shares.forget("site_events")
             shares.forget("offer_events")
@@ -485,24 +494,28 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
         del evidence
 
         n_days = int(np.ceil((as_of - t0) / DAY))
-        engagement = _EngagementWriter(
-            settings.feature_tables_dir / "engagement_features.parquet", t0, categories, settings.feature_batch_rows
-        )
-        with engagement, Progress(disable=not progress, transient=True) as bar:
+        final_seconds = (as_of - t0).total_seconds()
+        target = settings.feature_tables_dir / "engagement_features.parquet"
+        engagement = _EngagementWriter(target, t0, categories, settings.feature_batch_rows)
+        with engagement, Progress(disable=not progress, transient=True) as bar, _parts_folder(target) as folder:
             task = bar.add_task("building engagement features", total=n_days * count)
-            for share in range(count):
-                events = shares.take(f"events-{share}")
-                engagement.begin(ids[events.members], events.send_events)
-                _engagement_of_share(
-                    events,
-                    categories,
-                    n_days,
-                    prior,
-                    zone_codes,
-                    (as_of - t0).total_seconds(),
-                    engagement,
-                    lambda: bar.advance(task),
-                )
+            building = [
+                (share, folder / f"{share:04d}.arrow", ids[members], zone_codes[members])
+                for share, members in enumerate(members_of)
+            ]
+            build = functools.partial(
+                _engagement_part,
+                shares=shares,
+                t0=t0,
+                categories=categories,
+                batch_rows=settings.feature_batch_rows,
+                n_days=n_days,
+                prior=prior,
+                final_seconds=final_seconds,
+            )
+            for part in share_work.each(build, building):
+                engagement.append(part)
+                bar.advance(task, n_days)
     # In an order of their own, not the shares': the same data gives the same training rows, and so the same
     # models and evaluation splits, however many shares the customers were built in.
     sends = _in_order(_concat(all_sends), ("send_at", "customer_id", "campaign_id"))
@@ -532,7 +545,11 @@ def build_feature_tables(settings: Settings, as_of: pd.Timestamp | None = None, 
 
 
 def _email_states_and_agents(
-    shares: EventShares, count: int, usable: Callable[[pd.DataFrame | None], pd.DataFrame | None], as_of: pd.Timestamp
+    shares: EventShares,
+    count: int,
+    usable: Callable[[pd.DataFrame | None], pd.DataFrame | None],
+    as_of: pd.Timestamp,
+    share_work: _ShareWork,
 ) -> tuple[set[str], list[pd.DataFrame], set[str] | None, set[str] | None]:
     """In one pass over every share's email events: who may no longer be sent to, each share's email state as
     of `as_of`, and the machine agents and the proxies among them that carry their recipients' opens.
@@ -544,18 +561,16 @@ def _email_states_and_agents(
     email_states: list[pd.DataFrame] = []
     counted: list[AgentCounts] = []
     opened: list[OpenPairs] = []
-    for share in range(count):
-        email_events = shares.read("email_events", share)
-        if email_events is None:
+    read = functools.partial(_email_state_and_opens, shares=shares, usable=usable if count > 1 else None, as_of=as_of)
+    for found in share_work.each(read, [(share,) for share in range(count)]):
+        if found is None:
             continue
-        ineligible |= _ineligible_customers(email_events)
-        email_states.append(email_state(email_events[email_events["occurred_at"] < as_of]))
-        mine = usable(email_events) if count > 1 else None
-        del email_events
-        if mine is not None and len(mine):
-            prepared = prepare(mine)
-            counted.append(agent_counts(prepared.opens, prepared.delivered))
-            opened.append(open_pairs(prepared.opens, prepared.delivered))
+        stopped, state, opens = found
+        ineligible |= stopped
+        email_states.append(state)
+        if opens is not None:
+            counted.append(opens[0])
+            opened.append(opens[1])
     if count == 1:
         return ineligible, email_states, None, None
     if not counted:
@@ -563,6 +578,32 @@ def _email_states_and_agents(
     agents = machine_agents_of(counted)
     # Every share's recipients: those no machine covers set the baseline.
     return ineligible, email_states, agents, proxy_agents_of([carrier_counts(o, agents) for o in opened])
+
+
+def _email_state_and_opens(
+    share: int,
+    *,
+    shares: EventShares,
+    usable: Callable[[pd.DataFrame | None], pd.DataFrame | None] | None,
+    as_of: pd.Timestamp,
+) -> tuple[set[str], pd.DataFrame, tuple[AgentCounts, OpenPairs] | None] | None:
+    """One share's customers who may no longer be sent to, its email state as of `as_of`, and (given `usable`)
+    the agents' counts and the compact pairs of its usable opens; None: no email events."""
+    email_events = shares.read("email_events", share)
+    if email_events is None:
+        return None
+    stopped = _ineligible_customers(email_events)
+    state = email_state(email_events[email_events["occurred_at"] < as_of])
+    mine = usable(email_events) if usable is not None else None
+    del email_events
+    if mine is None or not len(mine):
+        return stopped, state, None
+    prepared = prepare(mine)
+    return (
+        stopped,
+        state,
+        (agent_counts(prepared.opens, prepared.delivered), open_pairs(prepared.opens, prepared.delivered)),
+    )
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -622,20 +663,60 @@ def _no_sends() -> pd.DataFrame:
 
 @dataclass
 class _LabelledShare:
+    """What the build keeps of one labelled share; its events as arrays are set aside (`EventShares.keep`) for
+    the engagement pass."""
+
     sends: pd.DataFrame
     exposures: pd.DataFrame
     activity: pd.DataFrame
-    events: _ShareEvents
-    read_delays: tuple[np.ndarray, np.ndarray, np.ndarray] | None
+    evidence: Evidence  # of the share's customers, in its order
+    read_delays: tuple[np.ndarray, np.ndarray, np.ndarray] | None  # customers: rows of the share
+
+
+class _ShareWork:
+    """Runs a function on each share, in share order: in this process, or, with several shares, in
+    `settings.feature_workers` spawned processes at once (each holds one share's events; a clean process, not a
+    copy of the build's memory), the same processes for every pass."""
+
+    def __init__(self, settings: Settings, count: int) -> None:
+        self.workers = min(settings.feature_workers, count)
+        self.pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> _ShareWork:
+        if self.workers > 1:
+            self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+    def each(self, work: Callable[..., _T], calls: list[tuple[Any, ...]]) -> Iterator[_T]:
+        """`work(*call)` for each share's call, in the calls' order."""
+        if self.pool is None:
+            return (work(*call) for call in calls)
+        return self.pool.map(work, *zip(*calls, strict=True))
+
+
+@contextlib.contextmanager
+def _parts_folder(target: Path) -> Iterator[Path]:
+    """A folder beside `target` for the shares' parts of it, removed afterwards."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f".{target.stem}-parts-", dir=target.parent))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _label_share(
-    settings: Settings,
-    shares: EventShares,
     share: int,
     members: np.ndarray,
-    ids: np.ndarray,
-    zones: pd.Series,
+    share_ids: np.ndarray,
+    share_zones: pd.Series,
+    *,
+    settings: Settings,
+    shares: EventShares,
     usable: Callable[[pd.DataFrame | None], pd.DataFrame | None],
     t0: pd.Timestamp,
     categories: list[str],
@@ -644,9 +725,9 @@ def _label_share(
     agents: set[str] | None,
     carriers: set[str] | None,
 ) -> _LabelledShare:
-    """One share's sends labelled and its events as arrays (customer codes: rows of `members`)."""
-    index = pd.Series(np.arange(len(members)), index=ids[members])
-    share_zones = zones.iloc[members].reset_index(drop=True)
+    """One share's sends labelled and its events as arrays (customer codes: rows of `members`, whose ids and time
+    zones are `share_ids` and `share_zones`), set aside as `events-SHARE` for the engagement pass."""
+    index = pd.Series(np.arange(len(members)), index=share_ids)
     email_events = usable(shares.read("email_events", share))
     labels = (
         label_sends(email_events, settings.label_window_hours, agents, carriers)
@@ -701,8 +782,7 @@ def _label_share(
     )
     read_delays = None
     if reads is not None:
-        customer, slot, lag = _read_delays(reads, index, share_zones)
-        read_delays = (members[customer], slot, lag)
+        read_delays = _read_delays(reads, index, share_zones)
     view_events = events(views)
     view_category = np.zeros(0, dtype=np.int64)
     if views is not None and len(view_events.customer):
@@ -720,9 +800,34 @@ def _label_share(
         pairs = pd.DataFrame({"c": wanted["customer_id"].map(index).to_numpy(), "d": day.to_numpy()})
         pairs = pairs.drop_duplicates()
         snapshot_days = {int(d): g["c"].to_numpy() for d, g in pairs.groupby("d")}
-    events_of_share = _ShareEvents(members, streams, send_events, view_events, view_category, snapshot_days)
+    shares.keep(
+        f"events-{share}", _ShareEvents(members, streams, send_events, view_events, view_category, snapshot_days)
+    )
     sends = sends[[column for column in SEND_COLUMNS if column in sends.columns]]
-    return _LabelledShare(sends, exposures, activity, events_of_share, read_delays)
+    return _LabelledShare(sends, exposures, activity, _final_evidence(len(members), streams), read_delays)
+
+
+def _engagement_part(
+    share: int,
+    part: Path,
+    share_ids: np.ndarray,
+    zones: np.ndarray,
+    *,
+    shares: EventShares,
+    t0: pd.Timestamp,
+    categories: list[str],
+    batch_rows: int,
+    n_days: int,
+    prior: RhythmPrior,
+    final_seconds: float,
+) -> Path:
+    """One share's engagement rows (its customers' ids and time zones: `share_ids`, `zones`) written to `part`, an
+    Arrow file of the row groups the table will have."""
+    events = shares.take(f"events-{share}")
+    with _EngagementWriter(part, t0, categories, batch_rows, _ArrowPart(part)) as engagement:
+        engagement.begin(share_ids, events.send_events)
+        _engagement_of_share(events, categories, n_days, prior, zones, final_seconds, engagement)
+    return part
 
 
 def _engagement_of_share(
@@ -730,15 +835,13 @@ def _engagement_of_share(
     categories: list[str],
     n_days: int,
     prior: RhythmPrior,
-    zone_codes: np.ndarray,
+    zones: np.ndarray,
     final_seconds: float,
     engagement: _EngagementWriter,
-    advance: Callable[[], object],
 ) -> None:
     """One share's customers' decayed counts advanced day by day, snapshots written where they are needed."""
     streams, send_events, view_events = events.streams, events.send_events, events.view_events
     state = _State(events.members, categories)
-    zones = zone_codes[events.members]
     bounds = {
         name: np.searchsorted(ev.day, np.arange(n_days + 1))
         for name, ev in {**streams, "emails": send_events, "views": view_events}.items()
@@ -773,7 +876,6 @@ def _engagement_of_share(
                 (view_events.customer[views_today], events.view_category[views_today]),
                 1.0,
             )
-        advance()
     everyone = np.arange(len(events.members))
     engagement.add(everyone, final_seconds, state.snapshot(everyone, final_seconds, prior, zones))
 
@@ -799,9 +901,16 @@ class _EngagementWriter:
     table (which grows with customers × the days they were sent something). The file appears complete, under
     its own name, only when the writer is closed without an error."""
 
-    def __init__(self, target: Path, t0: pd.Timestamp, categories: list[str], batch_rows: int) -> None:
+    def __init__(
+        self,
+        target: Path,
+        t0: pd.Timestamp,
+        categories: list[str],
+        batch_rows: int,
+        file: StagedWriter | _ArrowPart | None = None,
+    ) -> None:
         self.target = target
-        self.file = StagedWriter(target)
+        self.file = file if file is not None else StagedWriter(target)
         self.customer_ids = np.zeros(0, dtype=object)
         self.t0 = t0
         self.category_names = np.array(categories or [""], dtype=object)
@@ -828,6 +937,18 @@ class _EngagementWriter:
         self.pending_rows += len(who)
         if self.pending_rows >= self.batch_rows:
             self._flush()
+
+    def append(self, part: Path) -> None:
+        """The row groups of a share's part (`_engagement_part`), as they were built (none: no file)."""
+        if not part.exists():
+            return
+        with pa.OSFile(str(part), "rb") as source:
+            reader = pa.ipc.open_file(source)
+            for k in range(reader.num_record_batches):
+                table = pa.Table.from_batches([reader.get_batch(k)])
+                self.file.write(table)
+                self.rows += table.num_rows
+        part.unlink()
 
     def _flush(self) -> None:
         if not self.pending:
@@ -865,5 +986,34 @@ class _EngagementWriter:
             raise
         if kind is not None:
             self.file.discard()
-        elif (staged := self.file.close()) is not None:
+        elif (staged := self.file.close()) is not None and staged != self.target:
             os.replace(staged, self.target)
+
+
+class _ArrowPart:
+    """A share's part of the engagement table: an Arrow file (LZ4), one record batch per row group to be."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sink: pa.OSFile | None = None
+        self.writer: pa.ipc.RecordBatchFileWriter | None = None
+
+    def write(self, table: pa.Table) -> None:
+        if self.writer is None:
+            self.sink = pa.OSFile(str(self.path), "wb")
+            options = pa.ipc.IpcWriteOptions(compression="lz4")
+            self.writer = pa.ipc.new_file(self.sink, table.schema, options=options)
+        batches = table.combine_chunks().to_batches()
+        self.writer.write_batch(batches[0] if batches else pa.RecordBatch.from_pylist([], schema=table.schema))
+
+    def close(self) -> Path | None:
+        if self.writer is None or self.sink is None:
+            return None
+        self.writer.close()
+        self.sink.close()
+        return self.path
+
+    def discard(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+        self.path.unlink(missing_ok=True)

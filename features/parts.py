@@ -49,6 +49,10 @@ class Usable:
     def rows(self, frame: pd.DataFrame) -> pd.Series:
         return frame["customer_id"].isin(self._ids) & (frame["occurred_at"] < self.before)
 
+    def kept(self, frame: pd.DataFrame | None) -> pd.DataFrame | None:
+        """The rows of `frame` the features may use (None: no table)."""
+        return None if frame is None else frame[self.rows(frame)]
+
     def arrow_rows(self, table: pa.Table) -> pa.ChunkedArray:
         ids, times = table["customer_id"], table["occurred_at"]
         profiled = pc.is_in(ids, value_set=self.profiled.cast(ids.type))

@@ -114,6 +114,12 @@ class Settings(BaseSettings):
         "event tables by customer into shares of at most this many customers and builds one share after another, "
         "so its memory follows this number rather than the store's size",
     )
+    feature_workers: int = Field(
+        default=2,
+        ge=1,
+        description="processes that label and build shares of the customers at once when the feature build splits "
+        "them (each holds one share's events); 1 builds every share in the build's own process",
+    )
     materialize_batch_rows: int = Field(
         default=10_000,
         ge=1,

@@ -111,6 +111,35 @@ def test_the_build_by_shares_of_the_customers_builds_what_one_pass_built(
         )
 
 
+def test_shares_built_by_two_processes_are_what_one_process_builds(pipeline_home: PipelineHome, tmp_path: Path) -> None:
+    """The shares labelled and built by two worker processes at once give the very tables one process gives
+    share after share: the same labelled rows in the same order, every feature file with the same row groups
+    and values."""
+    customers = len(pd.read_parquet(pipeline_home.settings.raw_dir / "customers.parquet"))
+    homes = {
+        workers: _raw_copy(
+            pipeline_home.settings,
+            tmp_path / f"workers-{workers}",
+            feature_share_customers=customers // 3,
+            feature_batch_rows=5_000,
+            feature_workers=workers,
+        )
+        for workers in (1, 2)
+    }
+    built = {workers: build_feature_tables(settings, progress=False) for workers, settings in homes.items()}
+    for part in ("sends", "exposures"):
+        pd.testing.assert_frame_equal(getattr(built[2], part), getattr(built[1], part), obj=part)
+    assert built[2].engagement_rows == built[1].engagement_rows > 0
+    files = sorted(path.name for path in homes[1].feature_tables_dir.glob("*.parquet"))
+    assert files == sorted(path.name for path in homes[2].feature_tables_dir.glob("*.parquet"))
+    assert "engagement_features.parquet" in files
+    for name in files:
+        one, two = (pq.ParquetFile(homes[w].feature_tables_dir / name) for w in (1, 2))
+        assert two.metadata.num_row_groups == one.metadata.num_row_groups, name
+        assert_same_table(two.read(), one.read())
+    assert not list(homes[2].feature_tables_dir.glob(".*"))  # no parts or staged files left behind
+
+
 def assert_same_table(got: pa.Table, expected: pa.Table, rtol: float = 0.0) -> None:
     """The same schema and the same values row by row (NaN where NaN: `Table.equals` takes NaN for unequal);
     floats within `rtol` of each other where given."""
