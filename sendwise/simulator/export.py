@@ -237,7 +237,9 @@ def _messages_truth(
             "propensity": m["propensity"].astype(np.float64),
             "conversion_probability": m["p_conv"].astype(np.float64),
             "converted_7d": m["converted"].astype(bool),
-            "last_visit_at": pd.to_datetime(m["last_visit"], unit="s", utc=True),
+            # Whole microseconds, as every other time here: pandas' float path rounds under an overflow trap
+            # that failed on NaN rows in a long test run (the same values passed in a fresh process).
+            "last_visit_at": pd.Series(_timestamps(m["last_visit"], np.isnan(m["last_visit"])).to_pandas()),
         }
     )
 
