@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -695,7 +696,18 @@ class _ShareWork:
         """`work(*call)` for each share's call, in the calls' order."""
         if self.pool is None:
             return (work(*call) for call in calls)
-        return self.pool.map(work, *zip(*calls, strict=True))
+        return self._answered(self.pool.map(work, *zip(*calls, strict=True)))
+
+    def _answered(self, results: Iterator[_T]) -> Iterator[_T]:
+        try:
+            yield from results
+        except BrokenProcessPool as error:
+            raise FeatureBuildError(
+                f"a feature build worker process stopped abruptly ({error}): it was killed (out of memory?), or "
+                "the build was called from a script without `if __name__ == '__main__':` (each worker imports "
+                "the main script, which then builds again). Guard the script, or set SENDWISE_FEATURE_WORKERS=1 "
+                "to build every share in this process"
+            ) from error
 
 
 @contextlib.contextmanager

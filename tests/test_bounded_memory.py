@@ -8,8 +8,11 @@ small world, to exact equality.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -138,6 +141,35 @@ def test_shares_built_by_two_processes_are_what_one_process_builds(pipeline_home
         assert two.metadata.num_row_groups == one.metadata.num_row_groups, name
         assert_same_table(two.read(), one.read())
     assert not list(homes[2].feature_tables_dir.glob(".*"))  # no parts or staged files left behind
+
+
+def test_a_script_without_a_main_guard_is_told_how_to_build(pipeline_home: PipelineHome, tmp_path: Path) -> None:
+    """Worker processes import the main script: one that builds at its top level would build again in each. The
+    build then fails with an error that says so and what to do, and the setting it names builds in process."""
+    customers = len(pd.read_parquet(pipeline_home.settings.raw_dir / "customers.parquet"))
+    home = _raw_copy(pipeline_home.settings, tmp_path / "home").home
+    script = tmp_path / "build_features.py"
+    script.write_text(
+        "from pathlib import Path\n"
+        "from features.build import build_feature_tables\n"
+        "from sendwise.settings import Settings\n"
+        f"settings = Settings(home=Path({str(home)!r}), feature_share_customers={customers // 2})\n"
+        "print('rows', build_feature_tables(settings, progress=False).engagement_rows)\n"
+    )
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    environment.pop("SENDWISE_FEATURE_WORKERS", None)
+    unguarded = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=environment)
+    assert unguarded.returncode != 0
+    assert "FeatureBuildError: a feature build worker process stopped abruptly" in unguarded.stderr
+    assert "SENDWISE_FEATURE_WORKERS=1" in unguarded.stderr
+    in_process = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        env={**environment, "SENDWISE_FEATURE_WORKERS": "1"},
+    )
+    assert in_process.returncode == 0, in_process.stderr[-2000:]
+    assert int(in_process.stdout.split("rows")[-1]) > 0
 
 
 def assert_same_table(got: pa.Table, expected: pa.Table, rtol: float = 0.0) -> None:
