@@ -111,8 +111,8 @@ class Settings(BaseSettings):
         default=50_000,
         ge=1,
         description="customers whose events the feature build holds at a time: past it the build splits the raw "
-        "event tables by customer into shares of at most this many customers and builds `feature_workers` shares at a time, "
-        "so its memory follows this number rather than the store's size",
+        "event tables by customer into shares of at most this many customers and builds `feature_workers` shares "
+        "at a time, so its memory follows this number rather than the store's size",
     )
     feature_workers: int = Field(
         default=2,
