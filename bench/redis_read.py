@@ -3,7 +3,7 @@ store, timed on a home already materialized there (`SENDWISE_ONLINE_STORE=redis`
 
 Three ways, the same customers (drawn at random from the home's customers table, afresh for every call),
 median of `--repeats` calls per batch size:
-- `serving.redis_features.read_tables`: one HMGET per customer of the fields decisions read from every view
+- `serving.redis_features.read_views`: one HMGET per customer of the fields decisions read from every view
   (the email-state view's stop flags included), pipelined, decoded column by column (what the service runs),
   and the arrays and the stopped customers built from them;
 - Feast's `RedisOnlineStore.online_read`, once per view, on the same features (one HMGET per customer and view,
@@ -27,7 +27,7 @@ from features.store import open_store, redis_client
 from sendwise.raw import load_table
 from sendwise.settings import Settings
 from serving.realtime import EMAIL_STATE_VIEW
-from serving.redis_features import read_tables, redis_layout, stopped_customers
+from serving.redis_features import read_views, redis_layout, stopped_customers
 from serving.snapshot import SERVICE, FeatureSnapshot
 
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -68,9 +68,9 @@ def main(
     rng = np.random.default_rng(seed)
 
     def ours(batch: list[str]) -> None:
-        tables = read_tables(client, layout, batch, project, version)
-        stopped_customers(tables.pop(EMAIL_STATE_VIEW, None))
-        FeatureSnapshot.from_tables(tables, ())
+        views = read_views(client, layout, batch, project, version)
+        stopped_customers(views.pop(EMAIL_STATE_VIEW, None))
+        FeatureSnapshot.from_columns(views)
 
     def feast_online_read(batch: list[str]) -> None:
         keys = [EntityKey(join_keys=["customer_id"], entity_values=[Value(string_val=c)]) for c in batch]
@@ -80,7 +80,7 @@ def main(
     def feast_service(batch: list[str]) -> None:
         store.get_online_features(features=service, entity_rows=[{"customer_id": c} for c in batch])
 
-    ways = {"read_tables + arrays": ours, "Feast online_read": feast_online_read, "get_online_features": feast_service}
+    ways = {"read_views + arrays": ours, "Feast online_read": feast_online_read, "get_online_features": feast_service}
     for size in (1, 100, 10_000):
         batches = [rng.choice(ids, size, replace=False).tolist() for _ in range(repeats)]
         ours(batches[0])  # warm: the client's connection, the layout

@@ -2,9 +2,10 @@
 
 With `SENDWISE_ONLINE_STORE=redis` the engine keeps no snapshot of every customer. Each batch reads its own
 customers' rows from the Redis that Feast materialized into, in one pipelined round trip, and turns them into the
-arrays the SQLite mode's snapshot holds (`FeatureSnapshot.from_tables` on just these customers): the models see
-exactly what they see there. The batch's offers are scored with the batch (`OfferCatalog.conversion`, its
-eligible offers only), where the SQLite mode scores every customer's offers once per snapshot.
+arrays the SQLite mode's snapshot holds (`FeatureSnapshot.from_columns` on just these customers, the same
+constructor the snapshot's tables go through): the models see exactly what they see there. The batch's offers
+are scored with the batch (`OfferCatalog.conversion`, its eligible offers only), where the SQLite mode scores
+every customer's offers once per snapshot.
 
 Feast stays the definition. The views, their features and their types come from the registry's
 `open_propensity_v1` feature service (as `serving.snapshot.view_sources`); keys and hash fields are made by
@@ -42,7 +43,6 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import redis
 from feast import FeatureStore, FeatureView, Field
 from feast.errors import FeatureViewNotFoundException
@@ -56,6 +56,7 @@ from feast.value_type import ValueType
 from features.latest import ACTIVITY_COLUMNS, ACTIVITY_TEXTS, ACTIVITY_TIMES, EMAIL_CONSENTS, EMAIL_FLAGS
 from features.store import redis_client
 from sendwise.settings import Settings
+from serving.columns import ArrowColumns, ValueColumns, ViewColumns
 from serving.offer_scores import FIELD as OFFER_SCORES
 from serving.offer_scores import KeptScores, customer_digest
 from serving.online import BatchFeatures, OfferTable, OnlineState, RhythmPriors, batch_features
@@ -130,53 +131,48 @@ def _view_fields(view: FeatureView, used: Sequence[Field], versioned: bool) -> V
     )
 
 
-def stopped_customers(table: pa.Table | None) -> set[str]:
-    """The customers of an email-state table read from Redis whose email has stopped (any flag above 0)."""
-    if table is None or table.num_rows == 0:
+def stopped_customers(view: ViewColumns | None) -> set[str]:
+    """The customers of an email-state view read from Redis whose email has stopped (any flag above 0)."""
+    if view is None or len(view) == 0:
         return set()
-    ids = table["customer_id"].to_pylist()
-    return {c for c, stopped in zip(ids, pushed_email_state(table, ids).stopped, strict=True) if stopped}
+    keys = view.customer_ids()
+    ids = keys.to_pylist() if isinstance(keys, pa.Array) else keys
+    return {c for c, stopped in zip(ids, pushed_email_state(view, ids).stopped, strict=True) if stopped}
 
 
-def pushed_email_state(table: pa.Table | None, ids: list[str]) -> EmailState:
+def pushed_email_state(view: ViewColumns | None, ids: list[str]) -> EmailState:
     """The stops and pushed consents of each of `ids` (repeats allowed) from the email-state view's rows read
     from Redis, as `RealtimeFeatures.email_state` reads them through Feast."""
     found = EmailState.none(len(ids))
-    if table is None or table.num_rows == 0:
+    if view is None or len(view) == 0:
         return found
-    at = pc.index_in(pa.array(ids, type=pa.string()), value_set=table["customer_id"]).to_numpy(zero_copy_only=False)
-    has = ~np.isnan(at.astype(np.float64)) if at.dtype.kind == "f" else np.ones(len(ids), dtype=bool)
-    rows = np.where(has, np.nan_to_num(at.astype(np.float64), nan=0.0), 0).astype(np.int64)
-    flags = [pc.fill_null(pc.greater(table[f], 0), False) for f in EMAIL_FLAGS if f in table.column_names]
+    rows = view.rows_of(ids)
+    has = rows >= 0
+    flags = [np.nan_to_num(view.numbers(f, np.float64), nan=0.0) > 0 for f in EMAIL_FLAGS if f in view.names]
     if flags:
-        stopped = functools.reduce(pc.or_, flags).to_numpy(zero_copy_only=False).astype(bool)
-        found.stopped[:] = has & stopped[rows]
+        found.stopped[:] = has & np.logical_or.reduce(flags)[rows]
     for name, values in zip(EMAIL_CONSENTS, (found.consent_email, found.consent_profiling), strict=True):
-        if name in table.column_names:
-            given = pc.cast(table[name], pa.float64()).to_numpy(zero_copy_only=False)
-            values[:] = np.where(has, given[rows], np.nan)
+        if name in view.names:
+            values[:] = np.where(has, view.numbers(name, np.float64)[rows], np.nan)
     return found
 
 
-def latest_values(table: pa.Table | None, ids: list[str]) -> dict[str, np.ndarray]:
+def latest_values(view: ViewColumns | None, ids: list[str]) -> dict[str, np.ndarray]:
     """The latest activity of each of `ids` (repeats allowed) from the activity view's rows read from Redis, as
     `RealtimeFeatures.latest` reads them through Feast."""
     found = {name: np.full(len(ids), np.nan) for name in ACTIVITY_TIMES}
     found.update({name: np.full(len(ids), None, dtype=object) for name in ACTIVITY_TEXTS})
-    if table is None or table.num_rows == 0:
+    if view is None or len(view) == 0:
         return found
-    at = pc.index_in(pa.array(ids, type=pa.string()), value_set=table["customer_id"]).to_numpy(zero_copy_only=False)
-    has = ~np.isnan(at.astype(np.float64)) if at.dtype.kind == "f" else np.ones(len(ids), dtype=bool)
-    rows = np.where(has, np.nan_to_num(at.astype(np.float64), nan=0.0), 0).astype(np.int64)
+    rows = view.rows_of(ids)
+    has = rows >= 0
     for name in ACTIVITY_TIMES:
-        if name in table.column_names:
-            values = pc.cast(table[name], pa.float64()).to_numpy(zero_copy_only=False)
-            found[name] = np.where(has, values[rows], np.nan)
+        if name in view.names:
+            found[name] = np.where(has, view.numbers(name, np.float64)[rows], np.nan)
     for name in ACTIVITY_TEXTS:
-        if name in table.column_names:
-            texts = np.asarray(table[name].to_pylist(), dtype=object)[rows]
-            texts[~has] = None
-            found[name] = texts
+        if name in view.names:
+            texts = np.array([*view.texts(name), None], dtype=object)  # the last: customers without a row
+            found[name] = texts[rows]
     return found
 
 
@@ -405,26 +401,28 @@ def _column(column: RawColumn, rows: np.ndarray, kind: ValueType, kind_pa: pa.Da
     return pa.array(_decoded(column.values(rows), kind), type=kind_pa)
 
 
-def read_tables(
+def read_views(
     client: redis.Redis, layout: list[ViewFields], customer_ids: list[str], project: str, version: int
-) -> dict[str, pa.Table]:
-    """Each view's rows of `customer_ids` (distinct) in Redis, as tables: every field of every customer read in
-    one round trip and decoded column by column, with numpy where the kind allows; a few customers (a single
-    recipient, a few merged requests) value by value, where numpy's fixed cost per call would be most of it."""
+) -> dict[str, ViewColumns]:
+    """Each view's rows of `customer_ids` (distinct) in Redis: every field of every customer read in one round
+    trip, decoded column by column into Arrow, with numpy where the kind allows; a few customers (a single
+    recipient, a few merged requests) value by value into Python values, where the fixed cost of each numpy and
+    Arrow call would be most of it."""
     fields = [f for view in layout for f in (view.timestamp_field, *view.fields)]
     keys = entity_keys(customer_ids, project, version)
     replies = _hmget_each(client, keys, fields) if keys else []
-    return replies_as_tables(layout, customer_ids, replies)
+    return replies_as_views(layout, customer_ids, replies)
 
 
-def replies_as_tables(
+def replies_as_views(
     layout: list[ViewFields], customer_ids: list[str], replies: list[list[bytes | None]]
-) -> dict[str, pa.Table]:
-    """The HMGET replies of `read_tables` (the layout's fields first, in order) as each view's table."""
+) -> dict[str, ViewColumns]:
+    """The HMGET replies of `read_views` (the layout's fields first, in order) as each view's rows."""
     if len(replies) <= FEW_IDS:
-        return _few_tables(layout, customer_ids, replies)
+        return _few_views(layout, customer_ids, replies)
     columns = _as_columns(replies, len(replies[0]))
-    tables, at = {}, 0
+    views: dict[str, ViewColumns] = {}
+    at = 0
     for view in layout:
         rows = np.flatnonzero(columns[at].lengths > 0)
         at += 1
@@ -432,8 +430,8 @@ def replies_as_tables(
         for name, kind, kind_pa in zip(view.features, view.kinds, view.types, strict=True):
             data[name] = _column(columns[at], rows, kind, kind_pa)
             at += 1
-        tables[view.view] = pa.table(data)
-    return tables
+        views[view.view] = ArrowColumns(pa.table(data))
+    return views
 
 
 def digested_fields(layout: list[ViewFields]) -> list[int]:
@@ -449,20 +447,23 @@ def digested_fields(layout: list[ViewFields]) -> list[int]:
     return positions
 
 
-def _few_tables(
+def _few_views(
     layout: list[ViewFields], customer_ids: list[str], replies: list[list[bytes | None]]
-) -> dict[str, pa.Table]:
-    """`read_tables` of a few customers: each value parsed on its own."""
-    tables, at = {}, 0
+) -> dict[str, ViewColumns]:
+    """`read_views` of a few customers: each value parsed on its own, kept as Python values."""
+    views: dict[str, ViewColumns] = {}
+    at = 0
     for view in layout:
         rows = [i for i, reply in enumerate(replies) if reply[at]]
         at += 1
-        data: dict[str, pa.Array] = {"customer_id": pa.array([customer_ids[i] for i in rows], type=pa.string())}
-        for name, kind, kind_pa in zip(view.features, view.kinds, view.types, strict=True):
-            data[name] = pa.array(_decoded([replies[i][at] for i in rows], kind), type=kind_pa)
+        values: dict[str, list[Any]] = {}
+        for name, kind in zip(view.features, view.kinds, strict=True):
+            values[name] = _decoded([replies[i][at] for i in rows], kind)
             at += 1
-        tables[view.view] = pa.table(data)
-    return tables
+        views[view.view] = ValueColumns(
+            [customer_ids[i] for i in rows], values, dict(zip(view.features, view.types, strict=True))
+        )
+    return views
 
 
 class RedisFeatures:
@@ -505,7 +506,9 @@ class RedisFeatures:
             self._layout = (now, stamp, layout)
             return layout
 
-    def read(self, customer_ids: list[str]) -> tuple[FeatureSnapshot, pa.Table | None, pa.Table | None, KeptScores]:
+    def read(
+        self, customer_ids: list[str]
+    ) -> tuple[FeatureSnapshot, ViewColumns | None, ViewColumns | None, KeptScores]:
         """The customers' rows (distinct ids) as a snapshot of just them, their email state (the email-state
         view's rows: pushed stops and consents), their latest activity and their kept offer scores
         (`serving.offer_scores`), from the same round trip."""
@@ -514,10 +517,10 @@ class RedisFeatures:
         fields = [f for view in layout for f in (view.timestamp_field, *view.fields)]
         keys = entity_keys(customer_ids, config.project, config.entity_key_serialization_version)
         replies = _hmget_each(self.client, keys, [*fields, OFFER_SCORES]) if keys else []
-        tables = replies_as_tables(layout, customer_ids, replies)
-        email_state = tables.pop(EMAIL_STATE_VIEW, None)
-        activity = tables.pop(ACTIVITY_VIEW, None)
-        snapshot = FeatureSnapshot.from_tables(tables, ())
+        views = replies_as_views(layout, customer_ids, replies)
+        email_state = views.pop(EMAIL_STATE_VIEW, None)
+        activity = views.pop(ACTIVITY_VIEW, None)
+        snapshot = FeatureSnapshot.from_columns(views)
         digested = operator.itemgetter(*digested_fields(layout))
         kept = KeptScores(
             client=self.client,

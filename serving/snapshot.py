@@ -31,6 +31,7 @@ from feast import FeatureStore, FileSource
 
 from features.transform import ENGAGEMENT_FEATURES, HOURS, SCALAR_FEATURES, CustomerMatrix
 from sendwise.settings import Settings
+from serving.columns import ArrowColumns, ViewColumns, customer_rows
 
 SERVICE = "open_propensity_v1"
 BATCH_ROWS = 100_000
@@ -124,14 +125,13 @@ def latest_rows(source: ViewSource, key: str = "customer_id", with_timestamp: bo
     return pa.Table.from_batches(parts)
 
 
-def _fixed_lists(column: pa.ChunkedArray, rows: np.ndarray, out: np.ndarray) -> None:
+def _fixed_lists(columns: ViewColumns, name: str, rows: np.ndarray, out: np.ndarray) -> None:
     """Write the lists of length HOURS into `out[rows]` (other lengths and nulls stay zero, as online)."""
-    array = column.combine_chunks()
-    lengths = pc.fill_null(pc.list_value_length(array), 0).to_numpy()
+    lengths, values = columns.float_lists(name)
     whole = lengths == HOURS
     if whole.any():
-        values = pc.list_flatten(array.filter(pa.array(whole))).to_numpy(zero_copy_only=False)
-        out[rows[whole]] = values.astype(np.float32).reshape(-1, HOURS)
+        kept = np.repeat(whole, np.maximum(lengths, 0))
+        out[rows[whole]] = values[kept].reshape(-1, HOURS)
 
 
 @dataclass
@@ -224,19 +224,20 @@ class FeatureSnapshot:
         return cls.from_tables(tables, signature)
 
     @classmethod
-    def from_tables(
-        cls,
-        tables: dict[str, pa.Table],
-        signature: tuple[tuple[str, int], ...],
+    def from_tables(cls, tables: dict[str, pa.Table], signature: tuple[tuple[str, int], ...]) -> FeatureSnapshot:
+        """The snapshot of each view's latest rows (`customer_id` and the view's features; one row per customer),
+        as `latest_rows` reads them from the sources."""
+        return cls.from_columns({view: ArrowColumns(table) for view, table in tables.items()}, signature)
+
+    @classmethod
+    def from_columns(
+        cls, views: Mapping[str, ViewColumns], signature: tuple[tuple[str, int], ...] = ()
     ) -> FeatureSnapshot:
-        """The snapshot of each view's latest rows (`customer_id` and the view's features; one row per customer):
-        as `latest_rows` reads them from the sources, or as an online store returns them (`serving.redis_features`)."""
-        keys = {view: pc.cast(t["customer_id"], pa.string()).combine_chunks() for view, t in tables.items()}
-        unique = (
-            pc.unique(pa.chunked_array(list(keys.values()), type=pa.string())) if keys else pa.array([], pa.string())
-        )
-        unique = unique.drop_null()
-        ids = pd.Index(unique.to_numpy(zero_copy_only=False), dtype=object)
+        """The snapshot of each view's rows (one per customer), in either form `serving.columns` reads: the
+        feature tables' latest rows, or what an online store returns (`serving.redis_features`)."""
+        views = {view: columns for view, columns in views.items() if len(columns)}
+        distinct, positions = customer_rows(list(views.values()))
+        ids = pd.Index(distinct, dtype=object)
         n = len(ids)
         scalars = np.full((n + 1, len(SCALAR_FEATURES)), np.nan, dtype=np.float32)
         rhythm = np.zeros((n + 1, 2, HOURS), dtype=np.float32)
@@ -247,50 +248,33 @@ class FeatureSnapshot:
         interest_codes = np.zeros(n + 1, dtype=np.int32)
         known = np.zeros(n + 1, dtype=bool)
         categories: list[str] = []
-        views = np.zeros((n + 1, 0), dtype=np.float32)
+        views_per_category = np.zeros((n + 1, 0), dtype=np.float32)
         has_views = np.zeros(n + 1, dtype=bool)
         attributes: dict[str, _PlainColumn] = {}
-        for view, table in tables.items():
-            if table.num_rows == 0:
-                continue
-            at = pc.index_in(keys[view], value_set=unique).to_numpy(zero_copy_only=False)
-            names = set(table.column_names)
+        for columns, at in zip(views.values(), positions, strict=True):
+            names = columns.names
             for k, name in enumerate(SCALAR_FEATURES):
                 if name in names:
-                    scalars[at, k] = pc.cast(table[name], pa.float32()).to_numpy(zero_copy_only=False)
+                    scalars[at, k] = columns.numbers(name, np.float32)
             for k, name in enumerate(RHYTHMS):
                 if name in names:
-                    _fixed_lists(table[name], at, rhythm[:, k])
+                    _fixed_lists(columns, name, at, rhythm[:, k])
             for name in CONSENT_COLUMNS:
                 if name in names:
-                    consent[name][at] = np.nan_to_num(
-                        pc.cast(table[name], pa.float32()).to_numpy(zero_copy_only=False), nan=0.0
-                    )
+                    consent[name][at] = np.nan_to_num(columns.numbers(name, np.float32), nan=0.0)
             if "timezone" in names:
-                codes, uniques = _coded(table["timezone"])
+                codes, uniques = columns.coded("timezone")
                 zone_names = np.array([None, *uniques], dtype=object)
                 zone_codes[at] = codes + 1
                 known[at] = codes >= 0
             if "interests" in names:
-                codes, uniques = _coded(table["interests"])
+                codes, uniques = columns.coded("interests")
                 interest_values = [None, *uniques]
                 interest_codes[at] = codes + 1
             if "category_names" in names and "category_views" in names:
-                categories, views, has_views = _category_views(table, at, n + 1)
-            attribute_columns = sorted(c for c in names if c.startswith("attr_"))
-            for column in attribute_columns:
-                values = table[column].combine_chunks()
-                kind = values.type
-                if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
-                    numbers = np.full(n + 1, np.nan)
-                    numbers[at] = pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False)
-                    attributes[column] = _PlainColumn(numbers, None)
-                else:  # labels, coded in Arrow (a Python string per customer would be a million of them)
-                    encoded = pc.dictionary_encode(pc.cast(values, pa.string()))
-                    codes = np.full(n + 1, -1, dtype=np.int32)
-                    codes[at] = pc.fill_null(encoded.indices, -1).to_numpy()
-                    labels = np.array([*encoded.dictionary.to_pylist(), np.nan], dtype=object)
-                    attributes[column] = _PlainColumn(labels, codes)
+                categories, views_per_category, has_views = _category_views(columns, at, n + 1)
+            for column in sorted(c for c in names if c.startswith("attr_")):
+                attributes[column] = _attribute(columns, column, at, n + 1)
         return cls(
             index=ids,
             known=known,
@@ -302,7 +286,7 @@ class FeatureSnapshot:
             scalars=scalars,
             rhythm=rhythm,
             categories=categories,
-            views=views,
+            views=views_per_category,
             has_views=has_views,
             attributes=attributes,
             signature=signature,
@@ -338,12 +322,17 @@ class _PlainColumn:
         return self.values[rows] if self.codes is None else self.values[self.codes[rows]]
 
 
-def _coded(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
-    """(codes, -1 for null; the distinct strings): coded in Arrow, without a Python string per row."""
-    encoded = pc.dictionary_encode(pc.cast(column, pa.string()).combine_chunks())
-    return pc.fill_null(encoded.indices, -1).to_numpy().astype(np.int32), [
-        str(v) for v in encoded.dictionary.to_pylist()
-    ]
+def _attribute(columns: ViewColumns, name: str, at: np.ndarray, rows: int) -> _PlainColumn:
+    """An `attr_*` column over the snapshot's rows: numbers as they are, labels coded (a Python string per
+    customer would be a million of them)."""
+    if columns.is_numeric(name):
+        numbers = np.full(rows, np.nan)
+        numbers[at] = columns.numbers(name, np.float64)
+        return _PlainColumn(numbers, None)
+    found, labels = columns.coded(name)
+    codes = np.full(rows, -1, dtype=np.int32)
+    codes[at] = found
+    return _PlainColumn(np.array([*labels, np.nan], dtype=object), codes)
 
 
 def _interest_set(value: str | None) -> frozenset[str]:
@@ -353,23 +342,20 @@ def _interest_set(value: str | None) -> frozenset[str]:
     return frozenset(s.strip().lower() for s in value.split("|") if s.strip())
 
 
-def _category_views(table: pa.Table, at: np.ndarray, rows: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+def _category_views(columns: ViewColumns, at: np.ndarray, rows: int) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Product views per category over the union of the categories named, one row per customer."""
-    names = table["category_names"].combine_chunks()
-    counts = table["category_views"].combine_chunks()
-    name_lengths = pc.fill_null(pc.list_value_length(names), -1).to_numpy()
-    view_lengths = pc.fill_null(pc.list_value_length(counts), -2).to_numpy()
-    usable = name_lengths == view_lengths
+    name_lengths, name_codes, found = columns.coded_lists("category_names")
+    view_lengths, counts = columns.float_lists("category_views")
+    usable = (name_lengths == view_lengths) & (name_lengths >= 0)
     has_views = np.zeros(rows, dtype=bool)
     has_views[at[usable & (name_lengths > 0)]] = True
-    # coded in Arrow: a million customers name several categories each, too many to make Python strings of
-    encoded = pc.dictionary_encode(pc.list_flatten(names.filter(pa.array(usable))))
-    flat_views = pc.list_flatten(counts.filter(pa.array(usable))).to_numpy(zero_copy_only=False)
-    found = [str(v) for v in encoded.dictionary.to_pylist()]
-    vocabulary = sorted(found)
-    position = np.array([vocabulary.index(v) for v in found], dtype=np.int64)
-    codes = position[pc.fill_null(encoded.indices, 0).to_numpy()] if len(found) else np.zeros(0, dtype=np.int64)
+    codes = name_codes[np.repeat(usable, np.maximum(name_lengths, 0))]
+    flat_views = counts[np.repeat(usable, np.maximum(view_lengths, 0))]
+    named = np.unique(codes)
+    vocabulary = sorted(found[i] for i in named.tolist())
+    position = np.zeros(len(found), dtype=np.int64)
+    position[named] = [vocabulary.index(found[i]) for i in named.tolist()]
     views = np.zeros((rows, len(vocabulary)), dtype=np.float32)
     owners = np.repeat(at[usable], name_lengths[usable])
-    np.add.at(views, (owners, codes), np.nan_to_num(flat_views.astype(np.float32)))
+    np.add.at(views, (owners, position[codes]), np.nan_to_num(flat_views))
     return vocabulary, views, has_views
