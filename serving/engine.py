@@ -10,6 +10,7 @@ them (`serving.decision_log`). An explanation takes a served prediction apart (`
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import logging
@@ -429,18 +430,19 @@ class Engine:
         decisions = decision_rows(batch, request.recipients, self._notes(batch), self.population)
         if not self.log_decisions:
             return batch, decisions
-        self.log.append(
-            self.settings.decisions_dir,
-            decisions,
-            batch.ranked_offers,
-            batch.shown_offers,
-            request.campaign.model_dump(),
-            self.model_versions(),
-            dict(batch.window_times),
-            batch.render_facts,
-            batch.logged_hours,
-            sink=self.shared.record if self.shared is not None else None,
-        )
+        with self.shared.recording() if self.shared is not None else contextlib.nullcontext() as sink:
+            self.log.append(
+                self.settings.decisions_dir,
+                decisions,
+                batch.ranked_offers,
+                batch.shown_offers,
+                request.campaign.model_dump(),
+                self.model_versions(),
+                dict(batch.window_times),
+                batch.render_facts,
+                batch.logged_hours,
+                sink=sink,
+            )
         return batch, decisions
 
     def _batch(self, request: DecideRequest) -> Batch:

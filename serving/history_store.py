@@ -29,8 +29,9 @@ says when it was made and that it expired, as the log's index does; after it, th
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections import defaultdict, deque
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -39,12 +40,13 @@ import numpy as np
 import orjson
 import pandas as pd
 import redis
+from redis.exceptions import NoScriptError
 from tqdm import tqdm
 
 from features.labels import message_sends
 from sendwise.raw import load_table
 from sendwise.settings import Settings
-from serving.decision_log import LoggedDecision, logged_send
+from serving.decision_log import DecisionSink, LoggedDecision, logged_send
 from serving.errors import PastDecisionsUnavailable
 from serving.redis_features import redis_location
 
@@ -188,6 +190,9 @@ class SharedHistory:
         self.history_ms = settings.history_days * MS_PER_DAY
         self._read_script = self.client.register_script(READ_SCRIPT)
         self._record_script = self.client.register_script(RECORD_SCRIPT)
+        self.record_script_loaded = False
+        """Whether this replica loaded `RECORD_SCRIPT` into Redis: a batch's records are sent before any answer
+        is read, so a missing script is not found out chunk by chunk."""
         self.where = redis_location(settings.redis_url)
         self.degraded_reasons: list[str] = []
         """Set while Redis cannot be reached: caps and no-repeat rules then count no past decision (the answers
@@ -236,6 +241,29 @@ class SharedHistory:
     def record(self, entries: list[dict[str, object]], lines: bytes) -> None:
         """A chunk of a batch's decisions (the log's entries and their JSON lines), in one atomic script: each
         decision under its id for render by id, and each send in its customer's decided sends."""
+        with self.recording() as sink:
+            sink(entries, lines)
+
+    @contextmanager
+    def recording(self) -> Iterator[DecisionSink]:
+        """A sink for one batch's chunks (`DecisionLog.append`'s `sink`): each chunk's script is sent as soon
+        as the chunk is made and its answer read once the next chunk is sent; every answer is read before this
+        ends, so that a batch is in Redis before its answer goes out. Redis runs a chunk's script while the next
+        chunk is made and written to the log, where sending a chunk and waiting for its answer in turn left each
+        side idle while the other worked. A Redis that fails degrades the answers; the log file still gets every
+        line, so nothing decided is lost."""
+        pending = _PendingRecords(self)
+        try:
+            yield pending.send
+        finally:
+            error = pending.finish()
+            if error is not None:
+                self._failed(error)
+            elif pending.sent:
+                self._reached()
+
+    def script_arguments(self, entries: list[dict[str, object]], lines: bytes) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of `RECORD_SCRIPT` for a chunk of decisions and their JSON lines."""
         keys: list[str] = []
         args: list[bytes | str | int] = [
             decision_ttl_seconds(self.settings),
@@ -250,14 +278,7 @@ class SharedHistory:
                 args += [line, decision_id, b"", 0]
             else:
                 args += [line, decision_id, orjson.dumps([decision_id, list(send.offers)]), send.at // 1_000_000]
-        if not keys:
-            return
-        try:
-            self._record_script(keys=keys, args=args)
-        except redis.RedisError as error:  # the log file still gets the lines: nothing decided is lost
-            self._failed(error)
-        else:
-            self._reached()
+        return keys, args
 
     def find(self, decision_id: str) -> LoggedDecision | None:
         """The decision with this id as the log keeps it, or None (never made, erased, or expired)."""
@@ -290,6 +311,66 @@ class SharedHistory:
         for lo in range(0, len(keys), 10_000):
             removed += int(cast(int, self.client.delete(*keys[lo : lo + 10_000])))
         return removed
+
+
+class _PendingRecords:
+    """The record scripts of one batch sent on one connection, their answers not yet read."""
+
+    def __init__(self, history: SharedHistory) -> None:
+        self.history = history
+        self.script = history._record_script
+        self.connection: Any = None
+        self.sent = 0
+        self.unread: deque[tuple[list[str], list[Any]]] = deque()  # at most two chunks' keys and arguments held
+        self.error: redis.RedisError | None = None
+
+    def send(self, entries: list[dict[str, object]], lines: bytes) -> None:
+        keys, args = self.history.script_arguments(entries, lines)
+        if not keys or self.error is not None:  # after a failure the rest goes to the log file only
+            return
+        try:
+            if self.connection is None:
+                if not self.history.record_script_loaded:  # EVALSHA of a script Redis lacks fails
+                    self.history.client.script_load(RECORD_SCRIPT)
+                    self.history.record_script_loaded = True
+                self.connection = self.history.client.connection_pool.get_connection()
+            self.connection.send_command("EVALSHA", self.script.sha, len(keys), *keys, *args)
+        except redis.RedisError as error:
+            self.error = error
+            if self.connection is not None:
+                self.connection.disconnect()  # a command may be half sent: the connection is not reused
+            return
+        self.sent += 1
+        self.unread.append((keys, args))
+        if len(self.unread) > 1:  # the chunk before this one has had the time this one took to be made
+            self._read(1)
+
+    def _read(self, answers: int) -> None:
+        """Read the oldest unread answers: a script Redis no longer has is loaded and run again; an error answer
+        is kept (the connection reads on); a broken connection stops the reading and is let go."""
+        try:
+            for _ in range(answers):
+                keys, args = self.unread.popleft()
+                try:
+                    self.connection.read_response()
+                except NoScriptError:  # Redis restarted or its scripts were flushed: run it the usual way
+                    self.script(keys=keys, args=args)
+                except redis.ResponseError as error:
+                    self.error = self.error or error
+        except redis.RedisError as error:
+            self.error = self.error or error
+            self.unread.clear()
+            self.connection.disconnect()  # answers may be left unread: the connection is not reused
+
+    def finish(self) -> redis.RedisError | None:
+        """Read every answer left; the first error, if any."""
+        if self.connection is None:
+            return self.error
+        try:
+            self._read(len(self.unread))
+        finally:
+            self.history.client.connection_pool.release(self.connection)
+        return self.error
 
 
 # --- the raw store's sends and exposures, loaded by the pipeline host -------------------------------------

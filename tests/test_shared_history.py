@@ -18,7 +18,7 @@ import redis
 
 from sendwise.raw import table_path
 from sendwise.settings import Settings
-from serving.decision_log import DecisionLog, DecisionLogReader, log_files, parse_log_name, read_entries
+from serving.decision_log import DecisionLog, DecisionLogReader, DecisionSink, log_files, parse_log_name, read_entries
 from serving.forget import forget_customers
 from serving.history import SendHistory
 from serving.history_store import (
@@ -97,8 +97,14 @@ Row = tuple[str, str, datetime | None, list[str]]
 """A decision: its id, customer, send_at (None: not sent) and the offers its email carries."""
 
 
-def _append(log: DecisionLog, decisions_dir: Path, rows: list[Row], shared: SharedHistory | None = None) -> None:
-    """The decisions of `rows` appended to the log as a decide does, into `shared` first where given."""
+def _append(
+    log: DecisionLog,
+    decisions_dir: Path,
+    rows: list[Row],
+    shared: SharedHistory | None = None,
+    sink: DecisionSink | None = None,
+) -> None:
+    """The decisions of `rows` appended to the log as a decide does, into `shared` (or `sink`) first where given."""
     decisions = [
         {
             "decision_id": d,
@@ -117,7 +123,8 @@ def _append(log: DecisionLog, decisions_dir: Path, rows: list[Row], shared: Shar
     facts: list[dict[str, object] | None] = [
         {"template": "promotional", "modules": ["hero_offer"]} if at else None for _, _, at, _ in rows
     ]
-    sink = shared.record if shared is not None else None
+    if sink is None and shared is not None:
+        sink = shared.record
     log.append(decisions_dir, decisions, shown, shown, {"kind": "promotional"}, {}, times, facts, sink=sink)
 
 
@@ -164,6 +171,47 @@ def test_raw_history_is_loaded_once_and_counted_once_as_on_one_machine(home: Set
         found = SharedHistory(home).find(str(entry["decision_id"]))
         assert found is not None and found.entry == entry
     assert shared.find("d-never-made") is None
+
+
+def _rows(prefix: str, n: int) -> list[Row]:
+    return [
+        (f"d-{prefix}-{i}", f"cust-{i % 7}", T + timedelta(days=1, hours=i % 24), [f"of-{i % 3}"]) for i in range(n)
+    ]
+
+
+def _logged_with_recording(log: DecisionLog, shared: SharedHistory, settings: Settings, rows: list[Row]) -> None:
+    """`rows` appended as a decide appends a batch: every chunk's script sent first, the answers read after."""
+    with shared.recording() as sink:
+        _append(log, settings.decisions_dir, rows, sink=sink)
+
+
+def test_a_batch_of_many_chunks_is_in_redis_when_its_recording_ends(home: Settings) -> None:
+    shared = SharedHistory(home)
+    log = DecisionLog(per_process=True, indexed=False)
+    first = _rows("a", 2_500)  # three chunks of the log, sent before any answer is read
+    _logged_with_recording(log, shared, home, first)
+    assert not shared.degraded_reasons
+    for decision_id, customer_id, _, _ in (first[0], first[1_499], first[-1]):
+        found = shared.find(decision_id)
+        assert found is not None and found.entry["customer_id"] == customer_id
+    decided, counted = shared.sends_before([f"cust-{k}" for k in range(7)], T + timedelta(days=3), 7)
+    assert decided.tolist() == [0] * 7 and counted.sum() == 2_500
+    shared.client.script_flush()  # Redis lost its scripts (a restart): each chunk is run again the usual way
+    second = _rows("b", 1_200)
+    _logged_with_recording(log, shared, home, second)
+    assert not shared.degraded_reasons
+    assert shared.find(second[-1][0]) is not None and shared.find(second[0][0]) is not None
+    lines = [e["decision_id"] for path in log_files(home.decisions_dir) for e, _ in read_entries(path)]
+    assert len(lines) == 3_700 and lines[-1] == second[-1][0]
+
+
+def test_a_recording_to_a_redis_gone_degrades_and_the_log_keeps_every_line(home: Settings) -> None:
+    gone = Settings(home=home.home, online_store="redis", redis_url="redis://127.0.0.1:1/0")
+    shared = SharedHistory(gone)
+    log = DecisionLog(per_process=True, indexed=False)
+    _logged_with_recording(log, shared, gone, _rows("c", 1_500))
+    assert shared.degraded_reasons and "127.0.0.1:1/0 cannot be reached" in shared.degraded_reasons[0]
+    assert sum(1 for path in log_files(gone.decisions_dir) for _ in read_entries(path)) == 1_500
 
 
 def test_every_key_has_a_ttl_and_history_is_trimmed(home: Settings) -> None:
