@@ -4,9 +4,9 @@ id need of them, shared by every replica on one Redis (`SENDWISE_REDIS_URL`, its
 `SharedHistory` answers what `serving.history.SendHistory` answers on one machine, without any replica loading
 the raw store or reading the others' decision logs: the ESP's sends and offer exposures are loaded into Redis
 by the pipeline host (`load_raw_history`, after materializing the features), and the replica that decides
-writes each decision into Redis (`SharedHistory.record`, one transaction per chunk of a batch, before its lines
-go to the log and before the answer). The counting rule is `SendHistory`'s: a decided send counts only after
-the raw store's sends end and only if its decision_id is not among the raw sends.
+writes each decision into Redis (`SharedHistory.recording`, one script per chunk of a batch, sent before its
+lines go to the log and confirmed before the answer). The counting rule is `SendHistory`'s: a decided send
+counts only after the raw store's sends end and only if its decision_id is not among the raw sends.
 
 Keys (customer and decision ids as given; times as milliseconds since the epoch):
 - `sendwise:sent:<customer>`: sorted set, the raw store's sends scored by send time; members `d:<decision_id>`
