@@ -12,6 +12,7 @@ import copy
 import io
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import nullcontext, redirect_stdout
 from datetime import UTC, datetime
 from pathlib import Path
@@ -198,6 +199,10 @@ def apply_definitions(store: FeatureStore, settings: Settings) -> None:
     store.apply(objects)
 
 
+class MaterializeError(RuntimeError):
+    """The online store could not be filled, with what to do about it."""
+
+
 def materialize(
     store: FeatureStore, as_of: datetime, workers: int = 1, quiet: bool = False, offline_memory_gb: float | None = None
 ) -> None:
@@ -232,12 +237,21 @@ def materialize(
     order = sorted(windows, key=lambda name: -sizes[name])
     spawn = multiprocessing.get_context("spawn")  # a clean process: not a copy of a pipeline's memory
     repo = str(store.repo_path)
-    with ProcessPoolExecutor(max_workers=min(workers, len(order)), mp_context=spawn) as pool:
-        done = [
-            pool.submit(_materialize_view, repo, name, windows[name], as_of, quiet, offline_memory_gb) for name in order
-        ]
-        for future in done:
-            future.result()  # a worker's error raised here, as it would be in process
+    try:
+        with ProcessPoolExecutor(max_workers=min(workers, len(order)), mp_context=spawn) as pool:
+            done = [
+                pool.submit(_materialize_view, repo, name, windows[name], as_of, quiet, offline_memory_gb)
+                for name in order
+            ]
+            for future in done:
+                future.result()  # a worker's error raised here, as it would be in process
+    except BrokenProcessPool as error:
+        raise MaterializeError(
+            f"a materialize worker process stopped abruptly ({error}): it was killed (out of memory?), or "
+            "materialize was called from a script without `if __name__ == '__main__':` (each worker imports the "
+            "main script, which then runs again). Guard the script, or set SENDWISE_MATERIALIZE_WORKERS=1 to "
+            "materialize every view in this process"
+        ) from error
 
 
 def _materialize_view(

@@ -21,7 +21,7 @@ from feast import FeatureStore
 from rich.console import Console
 
 from features.build import FeatureBuildError, FeatureTables, build_feature_tables
-from features.store import apply_definitions, materialize, open_store
+from features.store import MaterializeError, apply_definitions, materialize, open_store
 from sendwise.asof import AsOfError, resolve_as_of
 from sendwise.ingest import IngestError, IngestReport
 from sendwise.ingest import ingest as ingest_files
@@ -37,7 +37,7 @@ from training.tuning import DEFAULT_TIMEOUT_S
 if TYPE_CHECKING:
     from training.report import ReportResult
 
-JOB_ERRORS = (AsOfError, IngestError, FeatureBuildError, DaskSchedulerError)
+JOB_ERRORS = (AsOfError, IngestError, FeatureBuildError, MaterializeError, DaskSchedulerError)
 """What a job raises for a problem with the data or the options, with a sentence a user can act on."""
 
 
