@@ -8,11 +8,8 @@ small world, to exact equality.
 
 from __future__ import annotations
 
-import os
 import shutil
 import sqlite3
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,6 +27,7 @@ from features.store import materialize, open_store
 from sendwise.asof import resolve_as_of
 from sendwise.settings import Settings
 from tests.conftest import PipelineHome
+from tests.scripts import run_unguarded
 
 ENGAGEMENT = "engagement_features.parquet"
 
@@ -156,20 +154,9 @@ def test_a_script_without_a_main_guard_is_told_how_to_build(pipeline_home: Pipel
         f"settings = Settings(home=Path({str(home)!r}), feature_share_customers={customers // 2})\n"
         "print('rows', build_feature_tables(settings, progress=False).engagement_rows)\n"
     )
-    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    environment.pop("SENDWISE_FEATURE_WORKERS", None)
-    unguarded = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=environment)
-    assert unguarded.returncode != 0
-    assert "FeatureBuildError: a feature build worker process stopped abruptly" in unguarded.stderr
-    assert "SENDWISE_FEATURE_WORKERS=1" in unguarded.stderr
-    in_process = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        env={**environment, "SENDWISE_FEATURE_WORKERS": "1"},
-    )
-    assert in_process.returncode == 0, in_process.stderr[-2000:]
-    assert int(in_process.stdout.split("rows")[-1]) > 0
+    error = "FeatureBuildError: a feature build worker process stopped abruptly"
+    printed = run_unguarded(script, "SENDWISE_FEATURE_WORKERS", error)
+    assert int(printed.split("rows")[-1]) > 0
 
 
 def assert_same_table(got: pa.Table, expected: pa.Table, rtol: float = 0.0) -> None:

@@ -1,5 +1,5 @@
 """Materializing into Redis with several worker processes (`SENDWISE_MATERIALIZE_WORKERS`) writes what one
-process writes: every customer's hash, field by field, the same."""
+process writes: every customer's hash, field by field, the same; a worker that dies is explained."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import redis
 
 from features.store import materialize, open_store
 from sendwise.asof import resolve_as_of
+from sendwise.raw import load_table
 from sendwise.settings import Settings
 from tests.conftest import PipelineHome, home_with_own_decision_log
+from tests.scripts import run_unguarded
 
 pytestmark = pytest.mark.integration
 DBS = (14, 15)  # dbs of the session's Redis of this module's own
@@ -41,6 +43,31 @@ def test_views_materialized_by_two_processes_fill_redis_as_one_does(
     views = {field for fields in one.values() for field in fields if field.startswith(b"_ts:")}
     assert len(one) > 1000 and len(views) >= 5  # customers and offers, each view's time field
     assert two == one
+
+
+def test_a_script_without_a_main_guard_is_told_how_to_materialize(
+    pipeline_home: PipelineHome, tmp_path: Path, redis_url: str
+) -> None:
+    home = home_with_own_decision_log(pipeline_home.settings, tmp_path / "home").home
+    url = f"{redis_url}/{DBS[0]}"
+    redis.Redis.from_url(url).flushdb()
+    script = tmp_path / "fill_redis.py"
+    script.write_text(
+        "from pathlib import Path\n"
+        "from features.store import materialize, open_store\n"
+        "from sendwise.asof import resolve_as_of\n"
+        "from sendwise.settings import Settings\n"
+        f"settings = Settings(home=Path({str(home)!r}), online_store='redis', redis_url={url!r})\n"
+        "as_of = resolve_as_of(settings).time.to_pydatetime()\n"
+        "materialize(open_store(settings), as_of, settings.materialize_workers, True)\n"
+    )
+    error = "MaterializeError: a materialize worker process stopped abruptly"
+    run_unguarded(script, "SENDWISE_MATERIALIZE_WORKERS", error)
+    customers, offers = load_table(pipeline_home.settings, "customers"), load_table(pipeline_home.settings, "offers")
+    assert customers is not None and offers is not None
+    keys = list(redis.Redis.from_url(url).scan_iter(count=10_000))
+    assert len(keys) == customers["customer_id"].nunique() + offers["offer_id"].nunique()  # a hash per entity
+    redis.Redis.from_url(url).flushdb()
 
 
 def test_opening_the_store_caps_duckdbs_memory_and_spills_into_the_home(tmp_path: Path) -> None:

@@ -4,9 +4,6 @@ degrades the answers (never fails them) until it is back."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,7 +19,7 @@ from sendwise.raw import load_table
 from sendwise.settings import Settings
 from serving.errors import PastDecisionsUnavailable
 from serving.schemas import Campaign, DecideRequest, Recipient, RenderRequest
-from tests.conftest import REDIS_DB, home_with_own_decision_log, materialized_in_redis
+from tests.conftest import REDIS_DB, materialized_in_redis
 
 pytestmark = [pytest.mark.integration]
 START = datetime(2026, 12, 5, 3, tzinfo=UTC)
@@ -64,44 +61,6 @@ def test_materialize_writes_into_the_db_of_the_url(redis_home: Settings, redis_u
     feast_keys = [k for k in keys if not k.startswith(b"sendwise:")]  # not the past decisions' keys beside them
     assert len(feast_keys) == customers["customer_id"].nunique() + offers["offer_id"].nunique()  # a hash per entity
     assert redis.Redis.from_url(f"{redis_url}/0").dbsize() == 0
-
-
-def test_a_script_without_a_main_guard_is_told_how_to_materialize(pipeline_home, redis_url, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """Materialize's worker processes import the main script: one that materializes at its top level would start
-    again in each. It then fails with an error that says so and what to do, and the setting it names fills Redis
-    in process."""
-    home = home_with_own_decision_log(pipeline_home.settings, tmp_path / "home").home
-    url = f"{redis_url}/9"
-    redis.Redis.from_url(url).flushdb()
-    script = tmp_path / "fill_redis.py"
-    script.write_text(
-        "from pathlib import Path\n"
-        "from features.store import materialize, open_store\n"
-        "from sendwise.asof import resolve_as_of\n"
-        "from sendwise.settings import Settings\n"
-        f"settings = Settings(home=Path({str(home)!r}), online_store='redis', redis_url={url!r})\n"
-        "as_of = resolve_as_of(settings).time.to_pydatetime()\n"
-        "materialize(open_store(settings), as_of, settings.materialize_workers, True)\n"
-        "print('materialized')\n"
-    )
-    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    environment["MLFLOW_DISABLE_TELEMETRY"] = "true"
-    environment.pop("SENDWISE_MATERIALIZE_WORKERS", None)  # two workers, the default
-    unguarded = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=environment)
-    assert unguarded.returncode != 0
-    assert "MaterializeError: a materialize worker process stopped abruptly" in unguarded.stderr
-    assert "SENDWISE_MATERIALIZE_WORKERS=1" in unguarded.stderr
-    in_process = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        env={**environment, "SENDWISE_MATERIALIZE_WORKERS": "1"},
-    )
-    assert in_process.returncode == 0, in_process.stderr[-2000:]
-    customers, offers = load_table(pipeline_home.settings, "customers"), load_table(pipeline_home.settings, "offers")
-    assert customers is not None and offers is not None
-    keys = list(redis.Redis.from_url(url).scan_iter(count=10_000))
-    assert len(keys) == customers["customer_id"].nunique() + offers["offer_id"].nunique()
 
 
 @pytest.fixture(scope="module")
