@@ -8,7 +8,6 @@ days keeps each customer's decayed counts; a snapshot is the state before that d
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import multiprocessing
 import os
@@ -113,11 +112,6 @@ class FeatureTables:
     as_of_source: Source = "given"
     """Where `as_of` came from: "given" (by the caller), "recorded" (by an ingest's --as-of) or "data" (the
     data's end), for the sentences that say why a label window is not closed yet."""
-
-    def without_training_rows(self) -> FeatureTables:
-        """These tables without the labelled sends and exposures (their columns kept, no rows): what is left
-        to hold once the models are trained."""
-        return dataclasses.replace(self, sends=self.sends.iloc[:0], exposures=self.exposures.iloc[:0])
 
 
 @dataclass

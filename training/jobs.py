@@ -30,7 +30,6 @@ from sendwise.raw import load_table
 from sendwise.settings import Settings
 from serving.engine import Engine
 from serving.history_store import load_raw_history
-from serving.snapshot import release_memory
 from training.cluster import DaskSchedulerError
 from training.train import ModelChoice, TrainResult, train_models
 from training.tuning import DEFAULT_TIMEOUT_S
@@ -77,8 +76,6 @@ class PipelineResult:
 
     settings: Settings
     features: Features
-    """The features trained on; without their training rows (the labelled sends and exposures) where the job
-    built them itself: it lets those go once the models are trained, before the online store is filled."""
     training: TrainResult
     ingest: IngestReport | None = None
     seconds: dict[str, float] = field(default_factory=dict)
@@ -179,7 +176,6 @@ def train(
     """
     options = options or TrainOptions()
     seconds: dict[str, float] = {}
-    built_here = features is None
     if features is None:
         with _step("features", "building features and registering them with Feast", console, seconds):
             features = build_features(settings, as_of=as_of, progress=progress)
@@ -196,9 +192,6 @@ def train(
         promote=options.promote,
     )
     seconds["train"] = time.perf_counter() - started
-    if built_here:  # no one else holds the training rows: their memory goes to the materialize workers
-        features = Features(features.tables.without_training_rows(), features.store)
-        release_memory()
     with _step("materialize", "materializing the online store", console, seconds):
         materialize_online(settings, features, progress)  # serving reads the features training just built
     if settings.online_store == "redis":  # the ESP's sends and exposures that caps count, for every replica
