@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import io
 import multiprocessing
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import nullcontext, redirect_stdout
@@ -26,6 +27,7 @@ from feast.data_source import DataSource
 from feast.feast_object import FeastObject
 from feast.infra.offline_stores.offline_store import OfflineStore
 from feast.repo_config import FeastConfigBaseModel
+from google.protobuf.message import DecodeError
 
 from features.repo import DEFINITIONS, Definition
 from sendwise.settings import Settings
@@ -254,11 +256,26 @@ def materialize(
         ) from error
 
 
+REGISTRY_READ_ATTEMPTS = 5
+"""How often a materialize worker tries a view whose registry read failed. Feast's file registry is rewritten in
+place (truncated, then written) and each worker writes it as it finishes a view, so another worker reading it at
+that moment finds it cut short (protobuf's `DecodeError`): it waits and tries again (writing a view's rows twice
+writes the same values). The writes themselves still race, the last one winning: a view's materialization
+interval may go unrecorded in the registry, which the Redis online store sendwise reads does not consult."""
+
+
 def _materialize_view(
     repo_path: str, name: str, start: datetime, end: datetime, quiet: bool, offline_memory_gb: float | None
 ) -> None:
     """One view materialized by a worker process (`materialize`)."""
     if offline_memory_gb is not None:
         bound_offline_memory(offline_memory_gb, spill_dir(Path(repo_path)))
-    with redirect_stdout(io.StringIO()) if quiet else nullcontext():
-        FeatureStore(repo_path=repo_path).materialize(start_date=start, end_date=end, feature_views=[name])
+    for attempt in range(1, REGISTRY_READ_ATTEMPTS + 1):
+        try:
+            with redirect_stdout(io.StringIO()) if quiet else nullcontext():
+                FeatureStore(repo_path=repo_path).materialize(start_date=start, end_date=end, feature_views=[name])
+            return
+        except DecodeError:
+            if attempt == REGISTRY_READ_ATTEMPTS:
+                raise
+            time.sleep(0.5 * attempt)
