@@ -176,6 +176,13 @@ def bound_offline_memory(memory_gb: float, spill: Path) -> None:
     connection.raw_sql(f"SET temp_directory = '{spill}'")
 
 
+def offline_memory_cap() -> str:
+    """This process's DuckDB memory cap (`bound_offline_memory`), as DuckDB prints it ("7.4 GiB")."""
+    import ibis
+
+    return str(ibis.get_backend().raw_sql("select current_setting('memory_limit')").fetchone()[0])
+
+
 def spill_dir(feast_dir: Path) -> Path:
     """Where DuckDB spills past its memory cap: beside the home's Feast repository, in the home."""
     return feast_dir.parent / ".duckdb-spill"
@@ -207,8 +214,9 @@ class MaterializeError(RuntimeError):
 
 def materialize(
     store: FeatureStore, as_of: datetime, workers: int = 1, quiet: bool = False, offline_memory_gb: float | None = None
-) -> None:
-    """Load each online view's latest rows up to `as_of` into the online store, through Feast.
+) -> dict[str, str]:
+    """Load each online view's latest rows up to `as_of` into the online store, through Feast; the DuckDB memory
+    cap each view was read under, as DuckDB prints it (worker processes have their share of this process's).
 
     A view with a TTL reads only its rows of the TTL before `as_of` (the window Feast's
     `materialize_incremental` starts with): older rows are expired by the view's own definition, and the
@@ -220,7 +228,10 @@ def materialize(
     at once, each handed the next view as it finishes one (the views with the most features first); a SQLite
     online store is one file that one process writes at a time, so it is materialized here, a view at a time.
     `quiet`: the worker processes do not print Feast's progress (in this process, redirect stdout);
-    `offline_memory_gb`: the workers' DuckDB memory cap (`bound_offline_memory`; `open_store` sets this process's).
+    `offline_memory_gb`: the DuckDB memory the workers share (`bound_offline_memory`; `open_store` sets this
+    process's): each worker's cap is its share, so that more workers do not add up to more memory (at a million
+    customers two workers capped at the whole of it took the pipeline past 16 GB); they spill into one folder,
+    DuckDB naming its files by process.
     """
     windows: dict[str, datetime] = {}
     sizes: dict[str, int] = {}
@@ -235,18 +246,16 @@ def materialize(
             by_start.setdefault(start, []).append(name)
         for start, names in sorted(by_start.items()):
             store.materialize(start_date=start, end_date=as_of, feature_views=names)
-        return
+        return dict.fromkeys(windows, offline_memory_cap())
     order = sorted(windows, key=lambda name: -sizes[name])
+    processes = min(workers, len(order))
+    share = offline_memory_gb / processes if offline_memory_gb is not None else None
     spawn = multiprocessing.get_context("spawn")  # a clean process: not a copy of a pipeline's memory
     repo = str(store.repo_path)
     try:
-        with ProcessPoolExecutor(max_workers=min(workers, len(order)), mp_context=spawn) as pool:
-            done = [
-                pool.submit(_materialize_view, repo, name, windows[name], as_of, quiet, offline_memory_gb)
-                for name in order
-            ]
-            for future in done:
-                future.result()  # a worker's error raised here, as it would be in process
+        with ProcessPoolExecutor(max_workers=processes, mp_context=spawn) as pool:
+            done = [pool.submit(_materialize_view, repo, name, windows[name], as_of, quiet, share) for name in order]
+            caps = {name: future.result() for name, future in zip(order, done, strict=True)}  # errors raised here
     except BrokenProcessPool as error:
         raise MaterializeError(
             f"a materialize worker process stopped abruptly ({error}): it was killed (out of memory?), or "
@@ -254,6 +263,7 @@ def materialize(
             "main script, which then runs again). Guard the script, or set SENDWISE_MATERIALIZE_WORKERS=1 to "
             "materialize every view in this process"
         ) from error
+    return caps
 
 
 REGISTRY_READ_ATTEMPTS = 5
@@ -266,16 +276,17 @@ interval may go unrecorded in the registry, which the Redis online store sendwis
 
 def _materialize_view(
     repo_path: str, name: str, start: datetime, end: datetime, quiet: bool, offline_memory_gb: float | None
-) -> None:
-    """One view materialized by a worker process (`materialize`)."""
+) -> str:
+    """One view materialized by a worker process (`materialize`); the DuckDB memory cap it ran under."""
     if offline_memory_gb is not None:
         bound_offline_memory(offline_memory_gb, spill_dir(Path(repo_path)))
     for attempt in range(1, REGISTRY_READ_ATTEMPTS + 1):
         try:
             with redirect_stdout(io.StringIO()) if quiet else nullcontext():
                 FeatureStore(repo_path=repo_path).materialize(start_date=start, end_date=end, feature_views=[name])
-            return
+            break
         except DecodeError:
             if attempt == REGISTRY_READ_ATTEMPTS:
                 raise
             time.sleep(0.5 * attempt)
+    return offline_memory_cap()

@@ -130,9 +130,9 @@ class Settings(BaseSettings):
     offline_memory_gb: float = Field(
         default=8.0,
         gt=0,
-        description="memory DuckDB (Feast's offline store) may use in each process before it spills to "
+        description="memory DuckDB (Feast's offline store) may use before it spills to "
         "SENDWISE_HOME/.duckdb-spill: point-in-time joins for training and each view's latest rows for "
-        "materializing (its own default is 80% of the machine's memory)",
+        "materializing, materialize's worker processes sharing it (its own default is 80% of the machine's memory)",
     )
     materialize_workers: int = Field(
         default=2,

@@ -32,11 +32,12 @@ def test_views_materialized_by_two_processes_fill_redis_as_one_does(
         client = redis.Redis.from_url(url)
         client.flushdb()
         settings = home_with_own_decision_log(pipeline_home.settings, tmp_path / f"home-{workers}").model_copy(
-            update={"online_store": "redis", "redis_url": url, "materialize_workers": workers}
+            update={"online_store": "redis", "redis_url": url, "materialize_workers": workers, "offline_memory_gb": 3.0}
         )
         store = open_store(settings)
         as_of = resolve_as_of(settings).time.to_pydatetime()
-        materialize(store, as_of, settings.materialize_workers, True, settings.offline_memory_gb)
+        caps = materialize(store, as_of, settings.materialize_workers, True, settings.offline_memory_gb)
+        assert set(caps.values()) == {"2.7 GiB" if workers == 1 else "1.3 GiB"}, caps  # 3e9 bytes, shared by 2
         contents.append(_contents(client))
         client.flushdb()
     one, two = contents
