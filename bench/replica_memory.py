@@ -1,7 +1,8 @@
 """`python -m bench.replica_memory HOME REDIS_URL`: where a Redis replica's memory goes, step by step.
 
 One process does what the service's worker does, in order (the libraries imported, LightGBM without its
-scikit-learn estimators as the worker imports it, the champions loaded from MLflow, numba's compiled walk, Feast's
+scikit-learn estimators as the worker imports it, the champions loaded from MLflow, numba's compiled walk where
+the settings compile the trees (not on Redis unless `SENDWISE_COMPILED_TREES=on`), Feast's
 store opened online-only, the offers' features read, `Engine.load`, then two decides
 of 10,000 customers drawn from the home's customers table), and prints its resident set after each step and its
 peak (`VmHWM`) at the end. HOME is a home whose online store is materialized in the Redis at REDIS_URL (e.g.
@@ -66,10 +67,10 @@ def main(
     settings.activate()
     models = load_champions(settings)
     _step("+ the champions from MLflow")
-    from serving.compiled import warm_up
+    from serving.curves import use_compiled_trees
 
-    warm_up()
-    _step("+ numba's compiled walk")
+    use_compiled_trees(settings.uses_compiled_trees)
+    _step("+ numba's compiled walk" if settings.uses_compiled_trees else "+ no compiled walk (LightGBM predicts)")
     from features.store import open_store
 
     store = open_store(settings, online_only=True)

@@ -6,24 +6,10 @@ collision costs time, never a wrong answer."""
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-
-_OFFSET_BASIS = np.uint64(14695981039346656037)
-_PRIME = np.uint64(1099511628211)
-
-
-@numba.njit(cache=True, nogil=True)
-def _fnv1a(offsets: np.ndarray, data: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
-    for row in range(out.shape[0]):
-        hashed = _OFFSET_BASIS
-        for at in range(offsets[row], offsets[row + 1]):
-            hashed ^= np.uint64(data[at])
-            hashed *= _PRIME
-        out[row] = hashed
 
 
 def text_array(values: pd.Series | pa.ChunkedArray | pa.Array) -> pa.ChunkedArray:
@@ -42,6 +28,8 @@ def text_array(values: pd.Series | pa.ChunkedArray | pa.Array) -> pa.ChunkedArra
 def id_hashes(values: pd.Series | pa.ChunkedArray | pa.Array) -> np.ndarray:
     """A 64-bit hash (FNV-1a) of each id's UTF-8 bytes: the same id always the same hash, whichever way its text
     is held (a missing id hashes as the empty one)."""
+    from sendwise.fnv import fnv1a  # numba: not imported where ids are never hashed (a service replica)
+
     chunks = text_array(values).chunks
     out = np.empty(sum(len(chunk) for chunk in chunks), dtype=np.uint64)
     start = 0
@@ -52,7 +40,7 @@ def id_hashes(values: pd.Series | pa.ChunkedArray | pa.Array) -> np.ndarray:
         _, offsets, data = chunk.buffers()
         positions = np.frombuffer(offsets, dtype=kind)[chunk.offset : chunk.offset + len(chunk) + 1]
         payload = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, dtype=np.uint8)
-        _fnv1a(positions, payload, out[start : start + len(chunk)])
+        fnv1a(positions, payload, out[start : start + len(chunk)])
         start += len(chunk)
     return out
 

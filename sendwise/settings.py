@@ -140,6 +140,14 @@ class Settings(BaseSettings):
         description="processes that materialize the feature views into a Redis online store at once, each "
         "converting its view's rows for Feast (a SQLite online store, one file, is written by one process)",
     )
+    compiled_trees: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="score with the champions' trees compiled to machine code (numba) rather than LightGBM's own "
+        "predict: the same predictions, about a tenth faster where a batch scores every offer of every recipient "
+        "(the in-memory snapshot), for about 130 MB of compiler in the process; `auto` compiles them unless the "
+        "online store is Redis, whose replicas read each customer's offer scores kept in Redis and score only "
+        "the first hour of each send-time curve",
+    )
     trace_decide: bool = Field(
         default=False,
         description="trace and access-log every /v1/decide request as BentoML does other routes (off: at a "
@@ -219,6 +227,11 @@ class Settings(BaseSettings):
     def tracking_uri(self) -> str:
         """MLflow's tracking and registry URI: `SENDWISE_MLFLOW_TRACKING_URI`, else the home's SQLite store."""
         return self.mlflow_tracking_uri or f"sqlite:///{self.mlruns_dir / 'mlflow.db'}"
+
+    @property
+    def uses_compiled_trees(self) -> bool:
+        """Whether serving scores with compiled trees (`compiled_trees`, `auto` resolved by the online store)."""
+        return self.compiled_trees == "on" or (self.compiled_trees == "auto" and self.online_store != "redis")
 
     @property
     def tracking_server(self) -> bool:

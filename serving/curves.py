@@ -35,7 +35,6 @@ from features.transform import (
 )
 from sendwise.registry import LoadedModel
 from serving.assign import local_window_clock
-from serving.compiled import compiled
 
 AT_HOUR, VS_PEAK, WEEKDAY, WEEKEND = "rhythm_at_hour", "rhythm_vs_peak", "local_weekday", "is_weekend"
 FALLBACK_OPEN_PROBABILITY = 0.2
@@ -47,6 +46,8 @@ CHECK_CUSTOMERS = 50
 CHECK_HOURS = 48
 MAX_TABLE_CELLS = 3_000_000
 """A model whose hour features have more cells than this together is scored hour by hour instead."""
+GRID_CHUNK_ROWS = 50_000
+"""Rows of the tabulated grid's design scored at a time (a grid of 3,000,000 cells made whole held about 1 GB)."""
 CURVE_TOLERANCE = 1e-9
 """Curves from the tabulated hour part must equal scoring every hour (to rounding) or are not used."""
 SMALL_BATCH_ROWS = 2_000
@@ -55,6 +56,19 @@ thread start-up on a busy machine for a 0.1 ms prediction)."""
 
 
 _one_thread = False
+_compiled_trees = True
+
+
+def use_compiled_trees(on: bool) -> None:
+    """Whether `predict` scores matrices with the boosters' compiled trees (`serving.compiled`, which imports
+    numba: about 130 MB of compiler resident) or with LightGBM's own predict (`Settings.compiled_trees`); when on,
+    the walk is compiled (or read from numba's cache) now rather than in the first request that predicts."""
+    global _compiled_trees
+    _compiled_trees = on
+    if on:
+        from serving.compiled import warm_up  # numba: only in a process that scores with it
+
+        warm_up()
 
 
 def predict_on_one_thread() -> None:
@@ -73,8 +87,11 @@ def prediction_threads(rows: int, small: int = SMALL_BATCH_ROWS) -> int:
 def predict(booster: lgb.Booster, rows: pd.DataFrame | np.ndarray, *, raw_score: bool = False) -> np.ndarray:
     """`booster.predict` on the threads `prediction_threads` gives: every prediction the service and the bulk
     path make goes through here, so none can start OpenMP's team in a forked worker. A matrix is scored by the
-    booster's compiled trees (`serving.compiled`, checked equal to LightGBM first) where they can be made."""
-    if isinstance(rows, np.ndarray):
+    booster's compiled trees (`serving.compiled`, checked equal to LightGBM first) where they can be made, unless
+    `use_compiled_trees` turned them off."""
+    if _compiled_trees and isinstance(rows, np.ndarray):
+        from serving.compiled import compiled  # imported by `use_compiled_trees` already: a dictionary lookup
+
         trees = compiled(booster, rows)
         if trees is not None:
             return trees.predict(rows, raw_score=raw_score, threads=1 if _one_thread else 2)
@@ -132,14 +149,26 @@ class CurveScorer:
         at, vs, visit = (_representatives(t) for t in found)
         if len(at) * len(vs) * len(visit) * 7 > MAX_TABLE_CELLS:
             return None
-        grid_at, grid_vs, grid_visit, grid_day = np.meshgrid(at, vs, visit, np.arange(7), indexing="ij")
-        rows = reference.iloc[np.zeros(grid_at.size, dtype=np.int64)].reset_index(drop=True)
-        rows[AT_HOUR] = grid_at.ravel().astype(np.float32)
-        rows[VS_PEAK] = grid_vs.ravel().astype(np.float32)
-        rows[HOURS_SINCE_VISIT] = grid_visit.ravel().astype(np.float32)
-        rows[WEEKDAY] = grid_day.ravel().astype(np.float32)
-        rows[WEEKEND] = (grid_day.ravel() >= 5).astype(np.float32)
-        raw = predict(booster, rows[feature_names(booster)], raw_score=True)
+        at_hour, vs_peak, since_visit, day = (
+            g.ravel() for g in np.meshgrid(at, vs, visit, np.arange(7), indexing="ij")
+        )
+        names = feature_names(booster)
+        reference = reference[names]
+        raw = np.empty(at_hour.size)
+        for first in range(0, raw.size, GRID_CHUNK_ROWS):  # the design a chunk at a time: a grid's rows are many
+            cut = slice(first, min(first + GRID_CHUNK_ROWS, raw.size))
+            rows = reference.iloc[np.zeros(cut.stop - cut.start, dtype=np.int64)].reset_index(drop=True)
+            hour_columns = {
+                AT_HOUR: at_hour[cut],
+                VS_PEAK: vs_peak[cut],
+                HOURS_SINCE_VISIT: since_visit[cut],
+                WEEKDAY: day[cut],
+                WEEKEND: day[cut] >= 5,
+            }
+            for name, values in hour_columns.items():
+                if name in rows:
+                    rows[name] = values.astype(np.float32)
+            raw[cut] = predict(booster, rows, raw_score=True)
         at_thresholds, vs_thresholds, visit_thresholds = found
         return cls(
             booster, at_thresholds, vs_thresholds, visit_thresholds, raw.reshape(len(at), len(vs), len(visit), 7)

@@ -39,9 +39,8 @@ from sendwise.settings import Settings
 from serving import reasons
 from serving.assign import in_holdout, plan_hours
 from serving.brand import Brand, brand_for, load_brand
-from serving.compiled import warm_up
 from serving.constraints import allowed_hours, blocked_recipients, repeated_offers
-from serving.curves import FALLBACK_OPEN_PROBABILITY, OpenCurves, predict_on_one_thread
+from serving.curves import FALLBACK_OPEN_PROBABILITY, OpenCurves, predict_on_one_thread, use_compiled_trees
 from serving.decision_log import DecisionLog, LoggedDecision
 from serving.decisions import Batch, LoggedRender, Population, decision_rows
 from serving.errors import NoChampion, NothingToExplain, UnknownCustomer, UnknownDecision, UnknownOffer
@@ -259,7 +258,7 @@ class Engine:
         priors_path = settings.feature_tables_dir / "rhythm_priors.parquet"
         priors = pd.read_parquet(priors_path) if priors_path.exists() else None
         values = OfferValues.read(settings.feature_tables_dir / f"{OFFER_VALUES_TABLE}.parquet")
-        warm_up()  # the compiled tree walk, before any request waits for it
+        use_compiled_trees(settings.uses_compiled_trees)
         history = None if settings.online_store == "redis" else SendHistory.from_raw(settings)
         engine = cls(settings, store, models, offers, offer_features, history, priors, values, log_decisions)
         if unread is not None and isinstance(engine.online, RedisFeatures):

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
 from features.transform import lightgbm_matrix, open_columns
+from sendwise.settings import Settings
 from serving.compiled import CompiledTrees, compiled
-from serving.schemas import Recipient
+from serving.curves import use_compiled_trees
+from serving.schemas import DecideRequest, Recipient
 
 START = pd.Timestamp("2026-03-02 07:00", tz="UTC")
 
@@ -56,3 +61,55 @@ def test_a_booster_the_walk_does_not_read_stays_with_lightgbm(engine, customers)
     assert compiled(regression, x) is None
     booster = engine.models["open_propensity"].booster
     assert compiled(booster, _rows(engine, customers, booster)) is not None
+
+
+def test_decisions_are_the_same_with_the_trees_compiled_or_scored_by_lightgbm(engine, customers) -> None:  # type: ignore[no-untyped-def]
+    """`SENDWISE_COMPILED_TREES`: LightGBM's own predict gives every curve and offer the compiled walk gives."""
+    ids = customers.loc[customers["consent_email"], "customer_id"].head(200).tolist()
+    request = DecideRequest(recipients=[Recipient(customer_id=c) for c in ids], window_start=START.to_pydatetime())
+    answers = []
+    try:
+        for on in (True, False):
+            use_compiled_trees(on)
+            engine.reseed(7)
+            answers.append(engine.decide(request).decisions)
+    finally:
+        use_compiled_trees(True)
+    compiled_answer, lightgbm_answer = answers
+    curves = [np.array([d.hourly_open_probability for d in a], dtype=object) for a in answers]
+    assert sum(len(c) for c in curves[0]) > 1000  # curves were scored
+    for one, other in zip(compiled_answer, lightgbm_answer, strict=True):
+        assert np.allclose(one.hourly_open_probability, other.hourly_open_probability, rtol=0, atol=1e-12)
+        assert [o.offer_id for o in one.offers] == [o.offer_id for o in other.offers]
+        assert one.send_at == other.send_at
+
+
+def test_compiled_trees_follow_the_online_store_unless_set() -> None:
+    assert Settings().uses_compiled_trees and not Settings(online_store="redis").uses_compiled_trees
+    assert Settings(online_store="redis", compiled_trees="on").uses_compiled_trees
+    assert not Settings(compiled_trees="off").uses_compiled_trees
+
+
+def test_a_replica_on_redis_never_imports_the_compiler(redis_home: Settings) -> None:
+    """A Redis replica scores with LightGBM: numba (and LLVM, about 130 MB resident) stays out of its process,
+    through loading and a decide."""
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from sendwise.raw import load_table\n"
+        "from sendwise.settings import Settings\n"
+        "from serving.engine import Engine\n"
+        "from serving.schemas import DecideRequest, Recipient\n"
+        f"settings = Settings(home=Path({str(redis_home.home)!r}), online_store='redis', "
+        f"redis_url={redis_home.redis_url!r})\n"
+        "settings.activate()\n"
+        "engine = Engine.load(settings, log_decisions=False)\n"
+        "customers = load_table(settings, 'customers')\n"
+        "ids = customers.loc[customers['consent_email'], 'customer_id'].head(50).tolist()\n"
+        "answer = engine.decide(DecideRequest(recipients=[Recipient(customer_id=c) for c in ids]))\n"
+        "scored = sum(len(d.hourly_open_probability) == 24 for d in answer.decisions)\n"
+        "print(scored, 'numba' in sys.modules, 'llvmlite' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-3:] == ["50", "False", "False"], done.stdout

@@ -332,3 +332,19 @@ def test_the_matrix_serving_scores_equals_the_frame_training_reads(engine, custo
         assert lightgbm_matrix(columns, booster) is None
     finally:
         booster.pandas_categorical = trained
+
+
+def test_the_hour_table_made_a_chunk_at_a_time_is_the_table_made_whole(engine, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The grid's design is scored `GRID_CHUNK_ROWS` at a time (its whole design held about 1 GB): the same table."""
+    import serving.curves as curves_module
+
+    booster = engine.models["send_time"].booster
+    matrix = engine.online.for_recipients([Recipient(customer_id="c-000001")]).matrix
+    reference = curves_module.window_design(
+        matrix, np.arange(1), datetime(2026, 12, 5, 3, tzinfo=UTC), 1, "promotional", None
+    )
+    whole = curves_module.CurveScorer.build(booster, reference)
+    monkeypatch.setattr(curves_module, "GRID_CHUNK_ROWS", 997)  # a prime: chunks end mid-way through every axis
+    chunked = curves_module.CurveScorer.build(booster, reference)
+    assert whole is not None and chunked is not None and whole.table.size > 3 * 997
+    assert np.array_equal(chunked.table, whole.table)
