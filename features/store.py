@@ -11,7 +11,8 @@ from __future__ import annotations
 import copy
 import io
 import multiprocessing
-import time
+import shutil
+import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import nullcontext, redirect_stdout
@@ -27,7 +28,6 @@ from feast.data_source import DataSource
 from feast.feast_object import FeastObject
 from feast.infra.offline_stores.offline_store import OfflineStore
 from feast.repo_config import FeastConfigBaseModel
-from google.protobuf.message import DecodeError
 
 from features.repo import DEFINITIONS, Definition
 from sendwise.settings import Settings
@@ -263,30 +263,29 @@ def materialize(
             "main script, which then runs again). Guard the script, or set SENDWISE_MATERIALIZE_WORKERS=1 to "
             "materialize every view in this process"
         ) from error
+    for name in order:  # what each worker recorded in its own copy of the registry, recorded once, here
+        store.registry.apply_materialization(store.get_feature_view(name), store.project, windows[name], as_of)
     return caps
-
-
-REGISTRY_READ_ATTEMPTS = 5
-"""How often a materialize worker tries a view whose registry read failed. Feast's file registry is rewritten in
-place (truncated, then written) and each worker writes it as it finishes a view, so another worker reading it at
-that moment finds it cut short (protobuf's `DecodeError`): it waits and tries again (writing a view's rows twice
-writes the same values). The writes themselves still race, the last one winning: a view's materialization
-interval may go unrecorded in the registry, which the Redis online store sendwise reads does not consult."""
 
 
 def _materialize_view(
     repo_path: str, name: str, start: datetime, end: datetime, quiet: bool, offline_memory_gb: float | None
 ) -> str:
-    """One view materialized by a worker process (`materialize`); the DuckDB memory cap it ran under."""
+    """One view materialized by a worker process (`materialize`); the DuckDB memory cap it ran under.
+
+    The worker reads and writes a copy of the registry of its own: Feast's file registry is rewritten in place
+    as each materialization is recorded, so workers sharing it read each other's half-written file and overwrote
+    each other's records. The parent records every view's interval once the workers are done."""
     if offline_memory_gb is not None:
         bound_offline_memory(offline_memory_gb, spill_dir(Path(repo_path)))
-    for attempt in range(1, REGISTRY_READ_ATTEMPTS + 1):
-        try:
-            with redirect_stdout(io.StringIO()) if quiet else nullcontext():
-                FeatureStore(repo_path=repo_path).materialize(start_date=start, end_date=end, feature_views=[name])
-            break
-        except DecodeError:
-            if attempt == REGISTRY_READ_ATTEMPTS:
-                raise
-            time.sleep(0.5 * attempt)
+    with tempfile.TemporaryDirectory(prefix="sendwise-registry-") as folder:
+        config = yaml.safe_load((Path(repo_path) / "feature_store.yaml").read_text())
+        private = Path(folder) / "registry.db"
+        shutil.copyfile(config["registry"]["path"], private)
+        config["registry"] = {**config["registry"], "path": str(private)}
+        repo_config = RepoConfig(**config)
+        repo_config.repo_path = Path(repo_path)  # as Feast's own loading of the yaml sets it
+        with redirect_stdout(io.StringIO()) if quiet else nullcontext():
+            store = FeatureStore(repo_path=repo_path, config=repo_config)
+            store.materialize(start_date=start, end_date=end, feature_views=[name])
     return offline_memory_cap()

@@ -3,10 +3,12 @@ process writes: every customer's hash, field by field, the same; a worker that d
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 import redis
+from feast import FeatureStore
 
 from features.store import materialize, open_store
 from sendwise.asof import resolve_as_of
@@ -23,6 +25,12 @@ def _contents(client: redis.Redis) -> dict[bytes, dict[bytes, bytes]]:
     return {key: client.hgetall(key) for key in client.scan_iter(count=10_000)}
 
 
+def _recorded(store: FeatureStore) -> dict[str, list[datetime]]:
+    """Each online view's materialization ends as the registry file holds them (read afresh)."""
+    views = FeatureStore(repo_path=str(store.repo_path)).list_feature_views()
+    return {view.name: [end for _, end in view.materialization_intervals] for view in views if view.online}
+
+
 def test_views_materialized_by_two_processes_fill_redis_as_one_does(
     pipeline_home: PipelineHome, tmp_path: Path, redis_url: str
 ) -> None:
@@ -36,8 +44,11 @@ def test_views_materialized_by_two_processes_fill_redis_as_one_does(
         )
         store = open_store(settings)
         as_of = resolve_as_of(settings).time.to_pydatetime()
+        before = _recorded(store)
         caps = materialize(store, as_of, settings.materialize_workers, True, settings.offline_memory_gb)
         assert set(caps.values()) == {"2.7 GiB" if workers == 1 else "1.3 GiB"}, caps  # 3e9 bytes, shared by 2
+        # Every view's materialization recorded in the registry, none lost to another worker's write.
+        assert _recorded(store) == {name: [*before.get(name, []), as_of] for name in caps}
         contents.append(_contents(client))
         client.flushdb()
     one, two = contents
