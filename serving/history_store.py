@@ -29,22 +29,27 @@ says when it was made and that it expired, as the log's index does; after it, th
 from __future__ import annotations
 
 import logging
-from collections import defaultdict, deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, cast
 
+import duckdb
 import numpy as np
 import orjson
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import redis
 from redis.exceptions import NoScriptError
 from tqdm import tqdm
 
-from features.labels import message_sends
-from sendwise.raw import load_table
+from features.store import spill_dir
+from sendwise.raw import table_path
 from sendwise.settings import Settings
 from serving.decision_log import DecisionSink, LoggedDecision, logged_send
 from serving.errors import PastDecisionsUnavailable
@@ -89,11 +94,6 @@ def connect(settings: Settings) -> redis.Redis:
 
 def _ms(stamp: datetime) -> int:
     return int(pd.Timestamp(stamp).value // 1_000_000)
-
-
-def _ms_column(times: pd.Series) -> np.ndarray:
-    stamps = pd.to_datetime(times, utc=True).dt.tz_convert(None).to_numpy().astype("datetime64[ms]")
-    return np.asarray(stamps.view(np.int64))
 
 
 def history_ttl_seconds(settings: Settings) -> int:
@@ -384,44 +384,81 @@ class RawHistoryLoad:
     removed_keys: int
 
 
-def _grouped(customers: pd.Series, members: Sequence[str], scores: np.ndarray) -> dict[str, dict[str, int]]:
-    found: dict[str, dict[str, int]] = defaultdict(dict)
-    for c, m, s in zip(customers.astype(str).tolist(), members, scores.tolist(), strict=True):
-        found[c][m] = s
-    return found
+SENDS_SQL = """
+CREATE TEMP TABLE sends AS
+SELECT CAST(customer_id AS VARCHAR) AS customer_id, CAST(message_id AS VARCHAR) AS message_id,
+       CAST({decision} AS VARCHAR) AS decision_id, epoch_us(timezone('UTC', CAST(occurred_at AS TIMESTAMPTZ))) // 1000 AS at_ms
+FROM read_parquet('{path}')
+WHERE event IN ('sent', 'delivered')
+QUALIFY row_number() OVER (
+    PARTITION BY message_id ORDER BY event <> 'sent', occurred_at, customer_id, decision_id
+) = 1
+"""
+"""A message's send as `features.labels.message_sends` finds it: its first `sent` event, else its first
+`delivered` one."""
+
+EXPOSURES_SQL = """
+CREATE TEMP TABLE shown AS
+SELECT CAST(customer_id AS VARCHAR) AS customer_id, CAST(offer_id AS VARCHAR) AS offer_id,
+       epoch_us(timezone('UTC', CAST(occurred_at AS TIMESTAMPTZ))) // 1000 AS at_ms
+FROM read_parquet('{path}')
+WHERE event = 'exposed'
+"""
+
+EMPTY = {
+    "sends": "CREATE TEMP TABLE sends (customer_id VARCHAR, message_id VARCHAR, decision_id VARCHAR, at_ms BIGINT)",
+    "shown": "CREATE TEMP TABLE shown (customer_id VARCHAR, offer_id VARCHAR, at_ms BIGINT)",
+}
+"""The tables of a raw store that never ingested email or offer events."""
+
+HISTORY_SQL = """
+SELECT customer_id, s.members AS sent, s.ats AS sent_at, e.members AS shown, e.ats AS shown_at
+FROM (
+    SELECT customer_id, list(CASE WHEN coalesce(decision_id, '') <> '' THEN 'd:' || decision_id
+                                  ELSE 'm:' || message_id END) AS members, list(at_ms) AS ats
+    FROM sends WHERE at_ms >= {sends_from} GROUP BY customer_id
+) s
+FULL OUTER JOIN (
+    SELECT customer_id, list(CAST(at_ms AS VARCHAR) || ':' || offer_id) AS members, list(at_ms) AS ats
+    FROM shown WHERE at_ms >= {shown_from} GROUP BY customer_id
+) e USING (customer_id)
+ORDER BY customer_id
+"""
+"""A row per customer with raw sends or exposures in their windows, in customer order: each set's members and
+their times (milliseconds)."""
 
 
-def _raw_sends(settings: Settings) -> tuple[dict[str, dict[str, int]], int | None]:
-    events = load_table(settings, "email_events")
-    if events is None or not len(events):
-        return {}, None
-    table = message_sends(events)
-    if not len(table):
-        return {}, None
-    at = _ms_column(table["send_at"])
-    end = int(at.max())
-    keep = at >= end - settings.history_days * MS_PER_DAY
-    table = table[keep]
-    members = [
-        f"d:{d}" if isinstance(d, str) and d else f"m:{m}"
-        for d, m in zip(table["decision_id"].tolist(), table["message_id"].tolist(), strict=True)
-    ]
-    return _grouped(table["customer_id"], members, at[keep]), end
+def _raw_history(settings: Settings) -> tuple[pa.Table, int | None, int | None]:
+    """Every customer's raw sends and exposures of the last `history_days` before each ends (`HISTORY_SQL`), and
+    where they end. DuckDB reads the raw store's files and keeps each message's send, capped at
+    `SENDWISE_OFFLINE_MEMORY_GB` and spilling beside Feast's store past it: a million customers' 70 million email
+    events held as a pandas frame took this step past 16 GB."""
+    connection = duckdb.connect()
+    spill = spill_dir(settings.feast_dir)
+    spill.mkdir(parents=True, exist_ok=True)
+    connection.execute("SET TimeZone = 'UTC'")  # a time without a zone is UTC, as everywhere in sendwise
+    connection.execute(f"SET memory_limit = '{settings.offline_memory_gb:g}GB'")
+    connection.execute(f"SET temp_directory = '{_quoted(spill)}'")
+    ends: dict[str, int | None] = {"sends": None, "shown": None}
+    try:
+        for name, table, sql in (("sends", "email_events", SENDS_SQL), ("shown", "offer_events", EXPOSURES_SQL)):
+            path = table_path(settings, name=table)
+            columns = pq.read_schema(path).names if path.exists() else []
+            decision = "decision_id" if "decision_id" in columns else "NULL"
+            connection.execute(sql.format(path=_quoted(path), decision=decision) if columns else EMPTY[name])
+            (end,) = cast("tuple[int | None]", connection.execute(f"SELECT max(at_ms) FROM {name}").fetchone())
+            ends[name] = end
+        window = settings.history_days * MS_PER_DAY
+        rows = connection.execute(
+            HISTORY_SQL.format(sends_from=(ends["sends"] or 0) - window, shown_from=(ends["shown"] or 0) - window)
+        ).to_arrow_table()
+    finally:
+        connection.close()
+    return rows, ends["sends"], ends["shown"]
 
 
-def _raw_exposures(settings: Settings) -> tuple[dict[str, dict[str, int]], int | None]:
-    events = load_table(settings, "offer_events")
-    if events is None or not len(events):
-        return {}, None
-    shown = events[events["event"] == "exposed"]
-    if not len(shown):
-        return {}, None
-    at = _ms_column(shown["occurred_at"])
-    end = int(at.max())
-    keep = at >= end - settings.history_days * MS_PER_DAY
-    shown = shown[keep]
-    members = [f"{t}:{o}" for t, o in zip(at[keep].tolist(), shown["offer_id"].astype(str).tolist(), strict=True)]
-    return _grouped(shown["customer_id"], members, at[keep]), end
+def _quoted(path: Path) -> str:
+    return str(path).replace("'", "''")
 
 
 def _stale_keys(client: redis.Redis, pattern: str, written: set[str]) -> list[str]:
@@ -435,23 +472,25 @@ def load_raw_history(settings: Settings, progress: bool = True) -> RawHistoryLoa
     if settings.online_store != "redis":
         return RawHistoryLoad(0, 0, 0, 0)
     client = connect(settings)
-    sends, sends_end = _raw_sends(settings)
-    exposures, exposures_end = _raw_exposures(settings)
+    rows, sends_end, exposures_end = _raw_history(settings)
     ttl = history_ttl_seconds(settings)
-    customers = sorted(set(sends) | set(exposures))
     written: set[str] = set()
-    with tqdm(total=len(customers), desc="send history into Redis", unit="customer", disable=not progress) as bar:
-        for lo in range(0, len(customers), LOAD_CHUNK):
+    with tqdm(total=rows.num_rows, desc="send history into Redis", unit="customer", disable=not progress) as bar:
+        for lo in range(0, rows.num_rows, LOAD_CHUNK):  # Python values for a chunk of customers at a time
             pipe = client.pipeline(transaction=True)
-            for c in customers[lo : lo + LOAD_CHUNK]:
-                for key, mapping in ((sent_key(c), sends.get(c)), (shown_key(c), exposures.get(c))):
+            for row in rows.slice(lo, LOAD_CHUNK).to_pylist():
+                c = row["customer_id"]
+                for key, members, times in (
+                    (sent_key(c), row["sent"], row["sent_at"]),
+                    (shown_key(c), row["shown"], row["shown_at"]),
+                ):
                     pipe.delete(key)
-                    if mapping:
-                        pipe.zadd(key, cast("dict[str, float]", mapping))
+                    if members:
+                        pipe.zadd(key, dict(zip(members, times, strict=True)))
                         pipe.expire(key, ttl)
                         written.add(key)
             pipe.execute()
-            bar.update(min(LOAD_CHUNK, len(customers) - lo))
+            bar.update(min(LOAD_CHUNK, rows.num_rows - lo))
     ends = {name: end for name, end in (("sent", sends_end), ("shown", exposures_end)) if end is not None}
     pipe = client.pipeline(transaction=True)
     pipe.delete(RAW_END)
@@ -463,8 +502,8 @@ def load_raw_history(settings: Settings, progress: bool = True) -> RawHistoryLoa
     if stale:
         client.delete(*stale)
     return RawHistoryLoad(
-        customers=len(customers),
-        sends=sum(len(m) for m in sends.values()),
-        exposures=sum(len(m) for m in exposures.values()),
+        customers=rows.num_rows,
+        sends=int(pc.sum(pc.list_value_length(rows["sent"])).as_py() or 0),
+        exposures=int(pc.sum(pc.list_value_length(rows["shown"])).as_py() or 0),
         removed_keys=len(stale),
     )
