@@ -387,7 +387,8 @@ class RawHistoryLoad:
 SENDS_SQL = """
 CREATE TEMP TABLE sends AS
 SELECT CAST(customer_id AS VARCHAR) AS customer_id, CAST(message_id AS VARCHAR) AS message_id,
-       CAST({decision} AS VARCHAR) AS decision_id, epoch_us(timezone('UTC', CAST(occurred_at AS TIMESTAMPTZ))) // 1000 AS at_ms
+       CAST({decision} AS VARCHAR) AS decision_id,
+       epoch_us(timezone('UTC', CAST(occurred_at AS TIMESTAMPTZ))) // 1000 AS at_ms
 FROM read_parquet('{path}')
 WHERE event IN ('sent', 'delivered')
 QUALIFY row_number() OVER (
