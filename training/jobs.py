@@ -147,6 +147,8 @@ def keep_offer_scores(settings: Settings, progress: bool = True) -> int:
     customers = load_table(settings, "customers")
     if customers is None or not len(customers):
         return 0
+    if settings.compiled_trees == "auto":  # every customer's offers are scored here: worth the compiled walk
+        settings = settings.model_copy(update={"compiled_trees": "on"})
     engine = Engine.load(settings, log_decisions=False)
     return engine.keep_offer_scores(customers["customer_id"].astype(str).unique().tolist(), progress=progress)
 
