@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import redis
 
+from features.labels import message_sends
 from sendwise.raw import table_path
 from sendwise.settings import Settings
 from serving.decision_log import DecisionLog, DecisionLogReader, DecisionSink, log_files, parse_log_name, read_entries
@@ -327,3 +328,41 @@ def test_each_process_appends_to_parts_of_its_own_and_readers_read_every_part(tm
     assert read == ["d-child-0", "d-child-1", "d-child-2", "d-parent-0", "d-parent-1"]
     sends = DecisionLogReader(decisions_dir).new_sends()
     assert sorted(s.decision_id or "" for s in sends) == read
+
+
+def test_the_load_finds_each_messages_send_as_the_labels_do(tmp_path: Path, redis_db: str) -> None:
+    """The load reads the raw store through DuckDB; each message's send is still `message_sends`'s (its first
+    `sent` event, else its first `delivered` one), in milliseconds, within `history_days` of where sends end."""
+    settings = Settings(home=tmp_path / "home", online_store="redis", redis_url=redis_db, history_days=10)
+    cutoff = T - timedelta(days=10)
+    rows = [  # (event, customer, message, decision_id, time)
+        ("sent", "cust-a", "m-edge", None, cutoff - timedelta(minutes=1)),  # sent before the window, delivered in it
+        ("delivered", "cust-a", "m-edge", None, cutoff + timedelta(minutes=1)),
+        ("delivered", "cust-a", "m-delivered-only", "", T - timedelta(days=2, microseconds=1500)),
+        ("sent", "cust-b", "m-twice", "d-9", T - timedelta(days=1)),
+        ("sent", "cust-b", "m-twice", "d-9", T - timedelta(days=1, hours=-1)),  # the second sent event: later
+        ("open", "cust-b", "m-twice", "d-9", T),  # not a send, and after where sends end
+        ("sent", "cust-c", "m-last", None, T - timedelta(microseconds=999)),
+        ("sent", "cust-c", "m-old", None, cutoff - timedelta(days=1)),
+    ]
+    events = pd.DataFrame(rows, columns=["event", "customer_id", "message_id", "decision_id", "occurred_at"])
+    events["campaign_id"] = "spring"
+    path = table_path(settings, "email_events")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    events.to_parquet(path, index=False)  # no offer events were ever ingested
+
+    loaded = load_raw_history(settings, progress=False)
+
+    sends = message_sends(events)
+    at = sends["send_at"].astype("datetime64[ns, UTC]").astype("int64") // 1_000_000
+    kept = sends[at >= at.max() - 10 * 86_400_000]
+    expected: dict[str, list[tuple[bytes, float]]] = {}
+    for row, ms in zip(kept.itertuples(), at[kept.index], strict=True):
+        member = f"d:{row.decision_id}" if row.decision_id else f"m:{row.message_id}"
+        expected.setdefault(f"sendwise:sent:{row.customer_id}", []).append((member.encode(), float(ms)))
+    client = redis.Redis.from_url(redis_db)
+    found = {key: client.zrange(key, 0, -1, withscores=True) for key in expected}
+    assert found == {key: sorted(members, key=lambda m: m[1]) for key, members in expected.items()}
+    assert {m.decode() for ms in found.values() for m, _ in ms} == {"m:m-delivered-only", "d:d-9", "m:m-last"}
+    assert (loaded.customers, loaded.sends, loaded.exposures) == (3, 3, 0)
+    assert found["sendwise:sent:cust-c"][0][1] == int(T.timestamp() * 1000) - 1  # 999 µs before T: a millisecond
