@@ -447,10 +447,10 @@ def _raw_history(settings: Settings) -> tuple[pa.Table, int | None, int | None]:
             columns = pq.read_schema(path).names if path.exists() else []
             decision = "decision_id" if "decision_id" in columns else "NULL"
             connection.execute(sql.format(path=_quoted(path), decision=decision) if columns else EMPTY[name])
-            (end,) = cast("tuple[int | None]", connection.execute(f"SELECT max(at_ms) FROM {name}").fetchone())
+            ((end,),) = cast("list[tuple[int | None]]", connection.execute(f"SELECT max(at_ms) FROM {name}").fetchall())
             ends[name] = end
         window = settings.history_days * MS_PER_DAY
-        rows = connection.execute(
+        rows = connection.sql(  # a relation's Arrow, not a DB-API result's (which copies the rows once more)
             HISTORY_SQL.format(sends_from=(ends["sends"] or 0) - window, shown_from=(ends["shown"] or 0) - window)
         ).to_arrow_table()
     finally:
