@@ -170,10 +170,16 @@ def bound_offline_memory(memory_gb: float, spill: Path) -> None:
     machine's memory: choosing each customer's latest of a hundred million rows to materialize took about 10 GB."""
     import ibis  # not at the top: a service replica opens its store online only and never imports it
 
-    spill.mkdir(parents=True, exist_ok=True)
     connection = ibis.get_backend()
-    connection.raw_sql(f"SET memory_limit = '{memory_gb:g}GB'")
-    connection.raw_sql(f"SET temp_directory = '{spill}'")
+    for statement in memory_bounds(memory_gb, spill):
+        connection.raw_sql(statement)
+
+
+def memory_bounds(memory_gb: float, spill: Path) -> list[str]:
+    """The statements that cap a DuckDB connection at `memory_gb`, spilling to `spill` (made here) past it."""
+    spill.mkdir(parents=True, exist_ok=True)
+    folder = str(spill).replace("'", "''")
+    return [f"SET memory_limit = '{memory_gb:g}GB'", f"SET temp_directory = '{folder}'"]
 
 
 def offline_memory_cap() -> str:
@@ -197,6 +203,11 @@ def open_store(settings: Settings, online_only: bool = False) -> FeatureStore:
         return FeatureStore(repo_path=str(repository))
     config = yaml.safe_load(feature_store_yaml(settings))
     config["offline_store"] = {"type": OnlineOnlyOfflineStoreConfig().type}
+    return store_with(repository, config)
+
+
+def store_with(repository: Path, config: dict[str, object]) -> FeatureStore:
+    """The Feast store of `repository` with `config` (a `feature_store.yaml` as a dict) in place of its file's."""
     repo_config = RepoConfig(**config)
     repo_config.repo_path = repository  # as Feast's own loading of the yaml sets it
     return FeatureStore(repo_path=str(repository), config=repo_config)
@@ -283,9 +294,6 @@ def _materialize_view(
         private = Path(folder) / "registry.db"
         shutil.copyfile(config["registry"]["path"], private)
         config["registry"] = {**config["registry"], "path": str(private)}
-        repo_config = RepoConfig(**config)
-        repo_config.repo_path = Path(repo_path)  # as Feast's own loading of the yaml sets it
         with redirect_stdout(io.StringIO()) if quiet else nullcontext():
-            store = FeatureStore(repo_path=repo_path, config=repo_config)
-            store.materialize(start_date=start, end_date=end, feature_views=[name])
+            store_with(Path(repo_path), config).materialize(start_date=start, end_date=end, feature_views=[name])
     return offline_memory_cap()

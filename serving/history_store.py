@@ -48,7 +48,7 @@ import redis
 from redis.exceptions import NoScriptError
 from tqdm import tqdm
 
-from features.store import spill_dir
+from features.store import memory_bounds, spill_dir
 from sendwise.raw import table_path
 from sendwise.settings import Settings
 from serving.decision_log import DecisionSink, LoggedDecision, logged_send
@@ -435,11 +435,9 @@ def _raw_history(settings: Settings) -> tuple[pa.Table, int | None, int | None]:
     `SENDWISE_OFFLINE_MEMORY_GB` and spilling beside Feast's store past it: a million customers' 70 million email
     events held as a pandas frame took this step past 16 GB."""
     connection = duckdb.connect()
-    spill = spill_dir(settings.feast_dir)
-    spill.mkdir(parents=True, exist_ok=True)
     connection.execute("SET TimeZone = 'UTC'")  # a time without a zone is UTC, as everywhere in sendwise
-    connection.execute(f"SET memory_limit = '{settings.offline_memory_gb:g}GB'")
-    connection.execute(f"SET temp_directory = '{_quoted(spill)}'")
+    for statement in memory_bounds(settings.offline_memory_gb, spill_dir(settings.feast_dir)):
+        connection.execute(statement)
     ends: dict[str, int | None] = {"sends": None, "shown": None}
     try:
         for name, table, sql in (("sends", "email_events", SENDS_SQL), ("shown", "offer_events", EXPOSURES_SQL)):
