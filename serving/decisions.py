@@ -1,13 +1,16 @@
 """A batch's decisions as plain data in the shape of `DecideResponse`'s, from what the engine computed for the
 whole batch at once (`Batch`).
 
-What varies by row is turned into plain lists for the whole batch first (`_RowValues`, `_RankedOffers`:
-indexing numpy arrays one element at a time is what made the per-recipient loop slow); the loop only picks
-from them and writes the reasons.
+What varies by row is turned into plain lists first (`_RowValues`, `_RankedOffers`: indexing numpy arrays one
+element at a time is what made the per-recipient loop slow); the loop only picks from them and writes the
+reasons. `decision_rows` makes the decisions of a range of the batch's rows, so that a big batch's answer can be
+made, logged and encoded a piece at a time (`serving.engine`): its plain objects, not its arrays, are what a
+decide holds most of.
 """
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property, lru_cache
@@ -84,12 +87,12 @@ class Batch:
         kinds, margins = self.offers["kind"].to_numpy(), self.offers["margin"].to_numpy(dtype=np.float64)
         return rank_offers(self.value, self.control, kinds, margins, self.logged_values)
 
-    @property
-    def logged_hours(self) -> LoggedHours:
-        """The window's start and each row's policy hour and allowed hours, as the decision log keeps them."""
+    def logged_hours(self, rows: slice) -> LoggedHours:
+        """The window's start and the policy hour and allowed hours of each of `rows`, as the decision log keeps
+        them."""
         plan = self.plan
-        policy = np.where(plan.hours >= 0, plan.choice, -1)
-        return LoggedHours(self.start.isoformat(), policy.tolist(), plan.allowed_hours.tolist())
+        policy = np.where(plan.hours[rows] >= 0, plan.choice[rows], -1)
+        return LoggedHours(self.start.isoformat(), policy.tolist(), plan.allowed_hours[rows].tolist())
 
     @property
     def window_times(self) -> list[tuple[str, str]]:
@@ -110,8 +113,10 @@ def _window_times(start: datetime, hours: int) -> list[tuple[str, str]]:
 
 @dataclass(slots=True)
 class _RowValues:
-    """Every row's hours, probabilities, history counts and flags, as plain lists."""
+    """The hours, probabilities, history counts and flags of a range of a batch's rows (from `first`), as plain
+    lists indexed from 0."""
 
+    first: int
     curves: list[list[float]]
     chosen_hours: list[int]
     best_hours: list[int]
@@ -134,62 +139,72 @@ class _RowValues:
     propensity: list[float]
     categories: list[bool]
     views: list[dict[str, float]]
+    zones: list[str]
+    blocked: list[str | None]
+    excluded: list[np.ndarray]
+    interests: list[AbstractSet[str]]
 
     @classmethod
-    def of(cls, batch: Batch) -> _RowValues:
-        features, plan, curves = batch.features, batch.plan, batch.curves
+    def of(cls, batch: Batch, rows: slice) -> _RowValues:
+        features, plan, curves = batch.features, batch.plan, batch.curves[rows]
         n = len(curves)
         everyone = np.arange(n)
         hours = curves.shape[1]
         engagement = features.engagement
-        known = features.known.tolist()
+        known = features.known[rows].tolist()
+        chosen, best = plan.hours[rows], plan.best[rows]
+        interests = list(features.matrix.interests[rows])
         return cls(
+            first=rows.start or 0,
             curves=curves.tolist(),
-            chosen_hours=plan.hours.tolist(),
-            best_hours=plan.best.tolist(),
-            chosen_p=curves[everyone, np.maximum(plan.hours, 0)].tolist() if n else [],
-            best_p=curves[everyone, np.maximum(plan.best, 0)].tolist() if n else [],
+            chosen_hours=chosen.tolist(),
+            best_hours=best.tolist(),
+            chosen_p=curves[everyone, np.maximum(chosen, 0)].tolist() if n else [],
+            best_p=curves[everyone, np.maximum(best, 0)].tolist() if n else [],
             mean_p=curves.mean(axis=1).tolist() if hours else [0.0] * n,
-            overall=batch.ranked.argmax(axis=1).tolist() if hours else [0] * n,
+            overall=batch.ranked[rows].argmax(axis=1).tolist() if hours else [0] * n,
             overall_p=curves.max(axis=1).tolist() if hours else [0.0] * n,
-            emails=engagement["n_emails"].tolist(),
-            opens=engagement["n_human_opens"].tolist(),
-            visits=engagement["n_sessions"].tolist(),
-            clicks=engagement["n_clicks"].tolist(),
-            hidden=engagement["opens_hidden"].tolist(),
+            emails=engagement["n_emails"][rows].tolist(),
+            opens=engagement["n_human_opens"][rows].tolist(),
+            visits=engagement["n_sessions"][rows].tolist(),
+            clicks=engagement["n_clicks"][rows].tolist(),
+            hidden=engagement["opens_hidden"][rows].tolist(),
             known=known,
-            profiled=features.profiled.tolist(),
-            consent=features.consent.tolist(),
-            eligible=features.eligible.tolist(),
-            holdout=batch.holdout.tolist(),
-            explore=batch.explore.tolist(),
-            propensity=plan.propensity.tolist(),
+            profiled=features.profiled[rows].tolist(),
+            consent=features.consent[rows].tolist(),
+            eligible=features.eligible[rows].tolist(),
+            holdout=batch.holdout[rows].tolist(),
+            explore=batch.explore[rows].tolist(),
+            propensity=plan.propensity[rows].tolist(),
             categories=[
-                has_category_picks(not k, batch.topic, list(interests), views)
-                for k, interests, views in zip(
-                    known, features.matrix.interests, features.any_views.tolist(), strict=True
-                )
+                has_category_picks(not k, batch.topic, list(row_interests), views)
+                for k, row_interests, views in zip(known, interests, features.any_views[rows].tolist(), strict=True)
             ],
-            views=_top_views(features),
+            views=_top_views(features, rows),
+            zones=batch.zones[rows],
+            blocked=batch.blocked[rows],
+            excluded=batch.excluded[rows],
+            interests=interests,
         )
 
 
-def _top_views(features: BatchFeatures) -> list[dict[str, float]]:
-    """Each row's most viewed categories (MAX_CATEGORIES of them, ties included) with their share of its product
-    views: all that choosing category picks can read of the views, kept with the decision so that rendering it
-    later picks the same categories."""
+def _top_views(features: BatchFeatures, rows: slice) -> list[dict[str, float]]:
+    """The most viewed categories of each of `rows` (MAX_CATEGORIES of them, ties included) with their share of
+    its product views: all that choosing category picks can read of the views, kept with the decision so that
+    rendering it later picks the same categories."""
     snapshot = features.state.snapshot
-    n, width = len(features.rows), len(snapshot.categories)
+    at, any_views = features.rows[rows], features.any_views[rows]
+    n, width = len(at), len(snapshot.categories)
     found: list[dict[str, float]] = [NO_VIEWS] * n  # shared and never changed: a row with views gets its own
-    if width == 0 or not features.any_views.any():
+    if width == 0 or not any_views.any():
         return found
-    views = np.where(features.any_views[:, None], snapshot.views[features.rows], 0.0)
+    views = np.where(any_views[:, None], snapshot.views[at], 0.0)
     keep = min(MAX_CATEGORIES, width)
     kth = -np.partition(-views, keep - 1, axis=1)[:, keep - 1]
     shares = views / np.maximum(views.sum(axis=1), 1e-30)[:, None]
-    rows, columns = np.nonzero((views > 0) & (views >= kth[:, None]))
+    viewed, columns = np.nonzero((views > 0) & (views >= kth[:, None]))
     names = snapshot.categories
-    for r, c, share in zip(rows.tolist(), columns.tolist(), shares[rows, columns].tolist(), strict=True):
+    for r, c, share in zip(viewed.tolist(), columns.tolist(), shares[viewed, columns].tolist(), strict=True):
         if found[r] is NO_VIEWS:
             found[r] = {}
         found[r][names[c]] = share
@@ -246,9 +261,9 @@ shows are logged as they were chosen, never chosen again from the rounded figure
 
 @dataclass(slots=True)
 class _RankedOffers:
-    """Every row's top offers as flat lists (row i's are [i * width, (i + 1) * width)), their answer objects
-    made in one pass (a comprehension per recipient was a sixth of a campaign's decide), and where each row's
-    offers go in the email, for the whole ranking at once."""
+    """The top offers of a range of a batch's rows as flat lists (its row i's are [i * width, (i + 1) * width)),
+    their answer objects made in one pass (a comprehension per recipient was a sixth of a campaign's decide),
+    and where each row's offers go in the email, for the whole range at once."""
 
     width: int
     ids: list[str]
@@ -264,8 +279,10 @@ class _RankedOffers:
     logged_iv: list[float] | None
 
     @classmethod
-    def of(cls, batch: Batch, template: str, threshold: float) -> _RankedOffers:
+    def of(cls, batch: Batch, template: str, threshold: float, rows: slice) -> _RankedOffers:
         order, incremental = batch.ranking
+        order, value, conversion_all = order[rows], batch.value[rows], batch.conversion[rows]
+        incremental = incremental[rows] if incremental is not None else None
         n = len(order)
         top = order[:, : max(batch.k_offers, 0)]
         width = top.shape[1]
@@ -273,9 +290,9 @@ class _RankedOffers:
         offer_ids = np.array([s.offer_id for s in summaries] or [""], dtype=object)
         offer_kinds = np.array([s.kind for s in summaries] or [""], dtype=object)
         ids_2d, kinds_2d = offer_ids[top], offer_kinds[top]
-        value_2d = np.take_along_axis(batch.value, top, axis=1)
+        value_2d = np.take_along_axis(value, top, axis=1)
         ids, kinds = ids_2d.ravel().tolist(), kinds_2d.ravel().tolist()
-        conversion_2d = np.take_along_axis(batch.conversion, top, axis=1)
+        conversion_2d = np.take_along_axis(conversion_all, top, axis=1)
         gains_2d = np.take_along_axis(incremental, top, axis=1) if incremental is not None else None
         conversion = conversion_2d.ravel().tolist()
         gains = gains_2d.ravel().tolist() if gains_2d is not None else [None] * len(ids)
@@ -372,14 +389,18 @@ def logged_threshold(threshold: float) -> float:
 
 
 def decision_rows(
-    batch: Batch, recipients: list[Recipient], notes: list[str], population: Population
+    batch: Batch, recipients: list[Recipient], notes: list[str], population: Population, part: slice | None = None
 ) -> list[dict[str, object]]:
-    """Every recipient's decision, in request order. `notes` are the reasons every sent decision gives (how the
-    models ranked, or why they could not)."""
+    """The decisions of the batch's rows in `part` (default: all of them), in request order; the batch's
+    `ranked_offers`, `shown_offers` and `render_facts` get theirs appended. `recipients` are the whole
+    request's; `notes` the reasons every sent decision gives (how the models ranked, or why they could not).
+    The decisions of one call share their ids' batch part (`new_decision_ids`)."""
+    part = part if part is not None else slice(0, len(recipients))
+    recipients = recipients[part]
     template = batch.template
     threshold = max(population.high_value_threshold, 0.0)
-    rows = _RowValues.of(batch)
-    offers = _RankedOffers.of(batch, template, threshold)
+    rows = _RowValues.of(batch, part)
+    offers = _RankedOffers.of(batch, template, threshold, part)
     hour_reasons = HourReasons(batch.start, batch.explore_share, batch.plan.capacity, batch.constraints.quiet_hours)
     context = _Context(
         notes,
@@ -412,7 +433,7 @@ def _why_not_sent(batch: Batch, rows: _RowValues, i: int) -> tuple[str, bool]:
         return reasons.NO_CONSENT, False
     if not rows.eligible[i]:
         return reasons.NOT_ELIGIBLE, True
-    return batch.blocked[i] or reasons.no_room(batch.plan.capacity), True
+    return rows.blocked[i] or reasons.no_room(batch.plan.capacity), True
 
 
 def _not_sent(
@@ -456,7 +477,7 @@ def _sent(
     recipient: Recipient,
     decision_id: str,
 ) -> dict[str, object]:
-    chosen, zone, chosen_p, emails = rows.chosen_hours[i], batch.zones[i], rows.chosen_p[i], rows.emails[i]
+    chosen, zone, chosen_p, emails = rows.chosen_hours[i], rows.zones[i], rows.chosen_p[i], rows.emails[i]
     cold, explore, holdout = not rows.known[i], rows.explore[i], rows.holdout[i]
     why = [_prediction_basis(rows, i, recipient, zone), *context.notes]
     if holdout:
@@ -467,10 +488,10 @@ def _sent(
             zone, explore, chosen, rows.best_hours[i], probabilities, rows.overall[i], rows.overall_p[i]
         )
     )
-    excluded = batch.excluded[i]
+    excluded = rows.excluded[i]
     if len(excluded):
         left_out = set(excluded.tolist())
-        ranked = _without(batch, i, left_out, context.template, context.threshold)
+        ranked = _without(batch, rows.first + i, left_out, context.template, context.threshold)
         names = [batch.offer_summaries[j].offer_id for j in sorted(left_out)]
         why.append(reasons.left_out(batch.constraints.no_repeat_offer_days, names))
     else:
@@ -501,7 +522,7 @@ def _sent(
             "incremental": ranked.logged[2],
             "modules": modules,
             "category_views": rows.views[i],
-            "interests": sorted(interests) if (interests := batch.features.matrix.interests[i]) else NONE,
+            "interests": sorted(interests) if (interests := rows.interests[i]) else NONE,
             "cold_start": cold,
             "history_emails": emails,
             "recipient": recipient.model_dump(exclude_defaults=True) if cold else None,

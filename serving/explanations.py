@@ -89,16 +89,19 @@ def decision_drivers(
     hours: np.ndarray,
     kind: str,
     topic: str | None,
+    first: int = 0,
 ) -> None:
-    """Add `drivers` to every decision of a batch (its rows in `matrix`, in order): the top three drivers of a
-    sent decision's open probability at its send hour (`start` + `hours[i]`), by the model its curve came from
-    (`model`; no drivers without one); None on a decision not to send."""
+    """Add `drivers` to every decision of a part of a batch (its rows in `matrix` from row `first`, in order;
+    `hours` the part's): the top three drivers of a sent decision's open probability at its send hour (`start`
+    + `hours[i]`), by the model its curve came from (`model`; no drivers without one); None on a decision not
+    to send."""
     sent = [i for i, d in enumerate(decisions) if d["send"]]
     found: list[list[DriverFacts]] = [[] for _ in sent]
     if model is not None and sent:
         offsets = pd.to_timedelta(hours[sent], unit="h")
         send_at = list(pd.Timestamp(start) + offsets)
-        explained = explain_opens(model, matrix, np.array(sent), send_at, kind, topic, DECISION_DRIVERS)
+        rows = np.array(sent) + first
+        explained = explain_opens(model, matrix, rows, send_at, kind, topic, DECISION_DRIVERS)
         found = [e.drivers for e in explained]
     for d in decisions:
         d["drivers"] = None

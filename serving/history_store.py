@@ -37,7 +37,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
-import duckdb
 import numpy as np
 import orjson
 import pandas as pd
@@ -433,7 +432,10 @@ def _raw_history(settings: Settings) -> tuple[pa.Table, int | None, int | None]:
     """Every customer's raw sends and exposures of the last `history_days` before each ends (`HISTORY_SQL`), and
     where they end. DuckDB reads the raw store's files and keeps each message's send, capped at
     `SENDWISE_OFFLINE_MEMORY_GB` and spilling beside Feast's store past it: a million customers' 70 million email
-    events held as a pandas frame took this step past 16 GB."""
+    events held as a pandas frame took this step past 16 GB. DuckDB is imported here: a replica never loads the
+    history, and the library is about 10 MB resident."""
+    import duckdb
+
     connection = duckdb.connect()
     connection.execute("SET TimeZone = 'UTC'")  # a time without a zone is UTC, as everywhere in sendwise
     for statement in memory_bounds(settings.offline_memory_gb, spill_dir(settings.feast_dir)):

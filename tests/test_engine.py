@@ -348,3 +348,45 @@ def test_the_hour_table_made_a_chunk_at_a_time_is_the_table_made_whole(engine, m
     chunked = curves_module.CurveScorer.build(booster, reference)
     assert whole is not None and chunked is not None and whole.table.size > 3 * 997
     assert np.array_equal(chunked.table, whole.table)
+
+
+def test_a_decide_made_in_parts_answers_and_logs_as_one_made_whole(engine, customers, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A decide's answer is made, logged and encoded `DECIDE_PART` recipients at a time: the answer (drivers,
+    exploration and the per-hour cap included) equals the one made in one part, ids aside; every decision is
+    logged once, as answered, and renders by its id."""
+    import serving.engine as engine_module
+
+    ids = customers["customer_id"].head(300).tolist()  # with and without consent
+    request = DecideRequest(
+        recipients=[Recipient(customer_id=i) for i in ids],
+        window_start=START,
+        explore_share=0.2,
+        explain=True,
+        constraints={"max_share_per_hour": 0.1},
+    )
+    engine.reseed(7)
+    whole = orjson.loads(engine.decide_json(request))
+    monkeypatch.setattr(engine_module, "DECIDE_PART", 37)  # parts end mid-way, the last one short
+    engine.reseed(7)
+    parted = orjson.loads(engine.decide_json(request))
+    engine.reseed(7)
+    as_data = engine.decide_payload(request)
+
+    def without_ids(answer: dict) -> dict:  # type: ignore[type-arg]
+        return {**answer, "decisions": [{**d, "decision_id": None} for d in answer["decisions"]]}
+
+    assert list(parted) == ["model_versions", "status", "reasons", "decisions"]
+    assert without_ids(parted) == without_ids(whole) == without_ids(orjson.loads(orjson.dumps(as_data)))
+    sent = [d for d in parted["decisions"] if d["send"]]
+    assert len(sent) > 30 and any(d["explore"] for d in sent) and all(d["drivers"] for d in sent)
+    assert len({d["decision_id"][2:18] for d in parted["decisions"]}) == -(-len(ids) // 37)  # a batch part each
+    logged = _logged(engine)
+    assert len(logged) == 3 * len(ids)
+    for d in parted["decisions"]:
+        entry = logged[d["decision_id"]]
+        assert (entry["customer_id"], entry["send"], entry["explore"]) == (d["customer_id"], d["send"], d["explore"])
+        assert entry["offer_ids"] == ([o["offer_id"] for o in d["offers"]] if d["send"] else [])
+    last = sent[-1]
+    email = engine.render(RenderRequest(decision_id=last["decision_id"]))
+    assert email.send and email.customer_id == last["customer_id"]
+    assert [m.name for m in email.modules] == last["modules"]
