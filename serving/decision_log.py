@@ -46,6 +46,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -471,11 +472,18 @@ class LoggedSend:
     offers: tuple[str, ...]
 
 
+@lru_cache(maxsize=4096)
+def _epoch_seconds(stamp: str) -> int:
+    """A logged send time (isoformat) in seconds since the epoch: a batch's sends fall on a few window hours, so
+    each is parsed once (parsing every entry's was 4% of recording a 10,000-recipient batch in Redis)."""
+    return int(datetime.fromisoformat(stamp).timestamp())
+
+
 def logged_send(entry: dict[str, Any]) -> LoggedSend | None:
     """The send one log entry decided, or None (not a send, or no send time)."""
     if not entry.get("send") or not entry.get("send_at"):
         return None
-    at = int(datetime.fromisoformat(entry["send_at"]).timestamp()) * 10**9
+    at = _epoch_seconds(str(entry["send_at"])) * 10**9
     shown = entry.get("exposed_offer_ids")
     if shown is None:  # written before the log said which offers the email carried: the top one did
         shown = entry.get("offer_ids", [])[:1]

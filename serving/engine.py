@@ -389,24 +389,30 @@ class Engine:
         """The answer of `/v1/decide` as a model (the service sends `decide_payload` encoded as it is)."""
         return DecideResponse.model_validate(self.decide_payload(request))
 
-    def decide_json(self, request: DecideRequest) -> memoryview:
+    def decide_json(self, request: DecideRequest) -> bytes:
         """The answer of `/v1/decide`, encoded: what the service sends. Made `DECIDE_PART` recipients at a time:
-        each part's decisions are logged and encoded into one growing buffer, then dropped, so a big batch never
-        holds all its answer's objects at once (the answer's fields come in `DecideResponse`'s order)."""
+        each part's decisions are logged and encoded, then dropped, so a big batch never holds all its answer's
+        objects at once; the encoded parts are joined once the batch is done (the answer's fields in
+        `DecideResponse`'s order)."""
         with collector_paused():  # until the answer is bytes: its objects are gone before a collection runs
-            body = bytearray()
+            encoded: list[bytes] = []
             batch: Batch | None = None
             for batch, decisions, part in self._decided(request, self._family(request)):
                 if request.explain:
                     self._explain(batch, decisions, part)
-                body += b"," if body else b',"decisions":['
-                body += orjson.dumps(decisions)[1:-1]
+                encoded.append(orjson.dumps(decisions))
             assert batch is not None  # `_decided` yields at least one part
-            body += b"]}"
-            body[0:0] = orjson.dumps(self._answer_head(batch, len(request.recipients)))[:-1]  # its closing brace
+            head = orjson.dumps(self._answer_head(batch, len(request.recipients)))
+            del batch  # its arrays go before the answer is joined
+            inner = [memoryview(p)[1:-1] for p in encoded if len(p) > 2]  # without brackets ("[]": nobody)
+            separated: list[bytes | memoryview] = []
+            for part_json in inner:
+                separated += [b",", part_json] if separated else [part_json]
+            body = b"".join([memoryview(head)[:-1], b',"decisions":[', *separated, b"]}"])  # the head without its }
         if len(request.recipients) > DECIDE_PART:
+            del encoded, inner, separated
             release_memory()  # what the batch freed goes back to the system: about 60 MB of 10,000, in 5-10 ms
-        return memoryview(body)
+        return body
 
     def decide_payload(self, request: DecideRequest) -> dict[str, object]:
         """One decision per recipient, in request order, as plain data in the shape of `DecideResponse`."""

@@ -536,8 +536,9 @@ class RedisFeatures:
         all unknown, and degraded, with nothing stopped, without Redis (as the SQLite mode decides while its
         online store is down)."""
         ids = [r.customer_id for r in recipients]
+        distinct = list(dict.fromkeys(ids))
         try:
-            snapshot, email_state, activity, kept = self.read(list(dict.fromkeys(ids)))
+            snapshot, email_state, activity, kept = self.read(distinct)
         except (redis.RedisError, OSError) as error:
             self.failed(error)
             blank = self.blank
@@ -549,7 +550,8 @@ class RedisFeatures:
             snapshot, np.zeros((len(snapshot) + 1, 0), dtype=np.float32), {}
         )  # offers: looked up in `kept`, or scored per batch
         pushed = pushed_email_state(email_state, ids)
-        found = batch_features(state, ids, snapshot.rows(ids), recipients, self.priors, pushed=pushed)
+        rows = kept.rows if len(distinct) == len(ids) else snapshot.rows(ids)  # no id twice: the same rows
+        found = batch_features(state, ids, rows, recipients, self.priors, pushed=pushed)
         found.set_latest(latest_values(activity, ids))
         found.kept = kept
         return found

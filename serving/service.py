@@ -161,9 +161,8 @@ class Sendwise:
         `ENGINE_THREADS` at once, so the event loop keeps answering while a big batch is decided."""
         return Response(await self.decide_body(request), media_type="application/json")
 
-    async def decide_body(self, request: DecideRequest) -> bytes | memoryview:
-        """The encoded answer of `/v1/decide` (the route's, and `DecideLane`'s): a merged decide's bytes, or a
-        view of the buffer a big batch's answer was encoded into a part at a time (`Engine.decide_json`)."""
+    async def decide_body(self, request: DecideRequest) -> bytes:
+        """The encoded answer of `/v1/decide` (the route's, and `DecideLane`'s)."""
         limiter, coalescer = self._decide_workers()
         if coalescer.takes(request):
             return await coalescer.decide(request)
