@@ -80,10 +80,10 @@ logger = logging.getLogger(__name__)
 
 SAMPLE_FOR_POPULATION = 400
 KEEP_CHUNK = 20_000
+"""Customers read, scored and written at a time by `Engine.keep_offer_scores`."""
 DECIDE_PART = 1_000
 """A decide's answer is made, logged and encoded this many recipients at a time: made whole, a 10,000-recipient
 answer's plain objects (about 70 MB, beside its 26 MB of JSON) were the most a replica's worker held."""
-"""Customers read, scored and written at a time by `Engine.keep_offer_scores`."""
 
 
 _gc_pauses = 0
@@ -454,9 +454,9 @@ class Engine:
         batch.template = family
         notes = self._notes(batch)
         n = len(request.recipients)
-        recording = self.shared is not None and self.log_decisions
         # one recording for the whole batch: Redis records a part while the next one is made (`recording`)
-        with self.shared.recording() if recording and self.shared else contextlib.nullcontext() as sink:
+        recording = self.shared.recording() if self.shared is not None and self.log_decisions else None
+        with recording or contextlib.nullcontext() as sink:
             for lo in range(0, max(n, 1), DECIDE_PART):
                 part = slice(lo, min(lo + DECIDE_PART, n))
                 batch.ranked_offers.clear()
