@@ -15,6 +15,7 @@ import copy
 import gc
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -79,6 +80,8 @@ from serving.snapshot import release_memory, use_system_allocator
 logger = logging.getLogger(__name__)
 
 SAMPLE_FOR_POPULATION = 400
+POPULATIONS_KEPT = 48
+"""Populations kept, by the hour they were measured from: every hour of two days of windows."""
 KEEP_CHUNK = 20_000
 """Customers read, scored and written at a time by `Engine.keep_offer_scores`."""
 DECIDE_PART = 1_000
@@ -169,6 +172,10 @@ class Engine:
         self._rng = np.random.default_rng()
         self._rng_lock = threading.Lock()
         self.population = Population(FALLBACK_OPEN_PROBABILITY, 1.0)
+        """The population for the hour the engine loaded (or Redis answered) in: what a decide falls back on
+        while the features cannot be read (`population_at`)."""
+        self._populations: OrderedDict[datetime, Population] = OrderedDict()
+        self._population_lock = threading.Lock()
         self.degraded_decisions = Tally()
         self.online: OnlineFeatures | RedisFeatures
         if store is not None and settings.online_store == "redis":  # each batch reads Redis: no snapshot
@@ -183,8 +190,7 @@ class Engine:
         """Redis could not be read at start: the offers' features and the population are read with the first
         batch it answers (`_read_what_start_could_not`)."""
         self._start_lock = threading.Lock()
-        if store is not None:
-            self.population = self._measure_population()
+        self.population = self.population_at(datetime.now(UTC))
 
     def _use_past_decisions(self, settings: Settings, history: History | None) -> None:
         """Where this engine counts and logs past decisions: with Redis, the shared history and a log part of
@@ -291,8 +297,8 @@ class Engine:
         same_offer_model = models.get("next_best_offer") is self.models.get("next_best_offer")
         twin.online = self.online.rescored(twin.catalog.score_snapshot, offers_changed=not same_offer_model)
         twin.online.blank = OnlineState.empty(models)
-        if self.store is not None:
-            twin.population = twin._measure_population()
+        twin._populations, twin._population_lock = OrderedDict(), threading.Lock()  # measured by its own models
+        twin.population = twin.population_at(datetime.now(UTC))
         return twin
 
     def model_versions(self) -> dict[str, str | None]:
@@ -315,6 +321,27 @@ class Engine:
             "models": self.model_versions(),
             "degraded_decisions": self.degraded_decisions.value,
         }
+
+    def population_at(self, start: datetime) -> Population:
+        """The population for the day from `start`'s hour: measured the first time a decide asks for that hour
+        (a sample's features, curves and offers: tens of milliseconds) and kept for the last `POPULATIONS_KEPT`
+        hours, so that a campaign for next week compares with next week's hours and eligible offers rather than
+        today's. Where the features cannot be read (or there are none), `population`."""
+        if self.store is None:
+            return self.population
+        hour = start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        with self._population_lock:
+            found = self._populations.get(hour)
+            if found is not None:
+                self._populations.move_to_end(hour)
+                return found
+            measured = self._measure_population(hour)
+            if self.online.degraded_reasons:  # measured on no customer's features: not kept
+                return self.population
+            self._populations[hour] = measured
+            if len(self._populations) > POPULATIONS_KEPT:
+                self._populations.popitem(last=False)
+            return measured
 
     def _measure_population(self, at: datetime | None = None) -> Population:
         """Mean best-hour open probability and the median best offer value of a sample of known customers, for
@@ -453,6 +480,7 @@ class Engine:
         batch = self._batch(request)
         batch.template = family
         notes = self._notes(batch)
+        population = self.population_at(batch.start)
         n = len(request.recipients)
         # one recording for the whole batch: Redis records a part while the next one is made (`recording`)
         recording = self.shared.recording() if self.shared is not None and self.log_decisions else None
@@ -462,7 +490,7 @@ class Engine:
                 batch.ranked_offers.clear()
                 batch.shown_offers.clear()
                 batch.render_facts.clear()
-                decisions = decision_rows(batch, request.recipients, notes, self.population, part)
+                decisions = decision_rows(batch, request.recipients, notes, population, part)
                 if self.log_decisions:
                     self.log.append(
                         self.settings.decisions_dir,
@@ -542,7 +570,9 @@ class Engine:
                 return
             catalog = self.catalog
             self.catalog = OfferCatalog(self.offers, offer_features, catalog.offer_values, self.models, catalog.priors)
-            self.population = self._measure_population()
+            with self._population_lock:
+                self._populations.clear()  # any kept were measured without the offers' features
+            self.population = self.population_at(datetime.now(UTC))
             self._unread_at_start = False
             logger.warning("the offers' features were read from Redis: offers are ranked again")
 

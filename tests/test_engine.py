@@ -390,3 +390,33 @@ def test_a_decide_made_in_parts_answers_and_logs_as_one_made_whole(engine, custo
     email = engine.render(RenderRequest(decision_id=last["decision_id"]))
     assert email.send and email.customer_id == last["customer_id"]
     assert [m.name for m in email.modules] == last["modules"]
+
+
+def test_a_decide_compares_with_the_population_of_its_own_window(engine, customers, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The population a decision is compared with (the re-engagement block, the high-value offer threshold) is
+    the one of the day from its window's start hour, measured once per hour asked for, not the load's."""
+    from collections import OrderedDict
+
+    import serving.engine as engine_module
+    from serving.decisions import logged_threshold
+
+    monkeypatch.setattr(engine, "_populations", OrderedDict())
+    monkeypatch.setattr(engine_module, "POPULATIONS_KEPT", 2)
+    measured: list[datetime | None] = []
+    measure = engine._measure_population
+    monkeypatch.setattr(engine, "_measure_population", lambda at=None: measured.append(at) or measure(at))
+    ids = customers.loc[customers["consent_email"], "customer_id"].head(30).tolist()
+    saturday = START + timedelta(days=4, hours=5)
+    sunday = START + timedelta(days=40)  # weeks on
+    used = {}
+    for start in (START, saturday, START, sunday, saturday):
+        answer = engine.decide(DecideRequest(recipients=[Recipient(customer_id=i) for i in ids], window_start=start))
+        logged = _logged(engine)
+        facts = [logged[d.decision_id]["render"] for d in answer.decisions if d.send]
+        assert facts
+        used[start] = {(f["population_open_probability"], f["high_value_threshold"]) for f in facts}
+    assert measured == [START, saturday, sunday, saturday]  # START kept (asked again); Saturday the least recent
+    populations = {start: measure(start) for start in (START, saturday, sunday)}
+    assert len({(p.open_probability, p.high_value_threshold) for p in populations.values()}) == 3  # days differ
+    for start, expected in populations.items():
+        assert used[start] == {(expected.open_probability, logged_threshold(max(expected.high_value_threshold, 0)))}
