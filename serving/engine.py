@@ -327,7 +327,7 @@ class Engine:
         (a sample's features, curves and offers: tens of milliseconds) and kept for the last `POPULATIONS_KEPT`
         hours, so that a campaign for next week compares with next week's hours and eligible offers rather than
         today's. Where the features cannot be read (or there are none), `population`."""
-        if self.store is None:
+        if self.store is None or self.online.degraded_reasons:  # no features, or not readable now
             return self.population
         hour = start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
         with self._population_lock:
@@ -336,7 +336,7 @@ class Engine:
                 self._populations.move_to_end(hour)
                 return found
             measured = self._measure_population(hour)
-            if self.online.degraded_reasons:  # measured on no customer's features: not kept
+            if self.online.degraded_reasons:  # the features failed while it was measured: not kept
                 return self.population
             self._populations[hour] = measured
             if len(self._populations) > POPULATIONS_KEPT:
