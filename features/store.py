@@ -178,8 +178,12 @@ def bound_offline_memory(memory_gb: float, spill: Path) -> None:
 def memory_bounds(memory_gb: float, spill: Path) -> list[str]:
     """The statements that cap a DuckDB connection at `memory_gb`, spilling to `spill` (made here) past it."""
     spill.mkdir(parents=True, exist_ok=True)
-    folder = str(spill).replace("'", "''")
-    return [f"SET memory_limit = '{memory_gb:g}GB'", f"SET temp_directory = '{folder}'"]
+    return [f"SET memory_limit = '{memory_gb:g}GB'", f"SET temp_directory = '{sql_quoted(spill)}'"]
+
+
+def sql_quoted(path: Path) -> str:
+    """A path as the inside of a SQL string literal (its quotes doubled)."""
+    return str(path).replace("'", "''")
 
 
 def offline_memory_cap() -> str:

@@ -422,13 +422,8 @@ class Engine:
         objects at once; the encoded parts are joined once the batch is done (the answer's fields in
         `DecideResponse`'s order)."""
         with collector_paused():  # until the answer is bytes: its objects are gone before a collection runs
-            encoded: list[bytes] = []
-            batch: Batch | None = None
-            for batch, decisions, part in self._decided(request, self._family(request)):
-                if request.explain:
-                    self._explain(batch, decisions, part)
-                encoded.append(orjson.dumps(decisions))
-            assert batch is not None  # `_decided` yields at least one part
+            batch, parts = self._decided(request, self._family(request))
+            encoded = [orjson.dumps(decisions) for decisions in parts]
             head = orjson.dumps(self._answer_head(batch, len(request.recipients)))
             del batch  # its arrays go before the answer is joined
             inner = [memoryview(p)[1:-1] for p in encoded if len(p) > 2]  # without brackets ("[]": nobody)
@@ -444,13 +439,8 @@ class Engine:
     def decide_payload(self, request: DecideRequest) -> dict[str, object]:
         """One decision per recipient, in request order, as plain data in the shape of `DecideResponse`."""
         with collector_paused():
-            decisions: list[dict[str, object]] = []
-            batch: Batch | None = None
-            for batch, part_decisions, part in self._decided(request, self._family(request)):
-                if request.explain:
-                    self._explain(batch, part_decisions, part)
-                decisions += part_decisions
-            assert batch is not None  # `_decided` yields at least one part
+            batch, parts = self._decided(request, self._family(request))
+            decisions = [decision for part in parts for decision in part]
             return {**self._answer_head(batch, len(decisions)), "decisions": decisions}
 
     @staticmethod
@@ -473,12 +463,17 @@ class Engine:
             self.degraded_decisions.add(decided)
         return {"model_versions": self.model_versions(), "status": "degraded" if found else "ok", "reasons": found}
 
-    def _decided(self, request: DecideRequest, family: str) -> Iterator[tuple[Batch, list[dict[str, object]], slice]]:
-        """The batch (computed whole) and its decisions `DECIDE_PART` rows at a time, each part logged (where
-        the engine logs) before it is yielded, with its rows' range: `family` says which modules the emails
-        get. The batch's `ranked_offers`, `shown_offers` and `render_facts` are the yielded part's."""
+    def _decided(self, request: DecideRequest, family: str) -> tuple[Batch, Iterator[list[dict[str, object]]]]:
+        """The batch, computed whole, and its decisions `DECIDE_PART` rows at a time (`_parts`): `family` says
+        which modules the emails get."""
         batch = self._batch(request)
         batch.template = family
+        return batch, self._parts(batch, request)
+
+    def _parts(self, batch: Batch, request: DecideRequest) -> Iterator[list[dict[str, object]]]:
+        """The batch's decisions a part at a time, each logged (where the engine logs) and then explained (where
+        the request asks) before it is yielded. The batch's `ranked_offers`, `shown_offers` and `render_facts`
+        are the yielded part's."""
         notes = self._notes(batch)
         population = self.population_at(batch.start)
         n = len(request.recipients)
@@ -504,7 +499,9 @@ class Engine:
                         batch.logged_hours(part),
                         sink=sink,
                     )
-                yield batch, decisions, part
+                if request.explain:
+                    self._explain(batch, decisions, part)
+                yield decisions
 
     def _batch(self, request: DecideRequest) -> Batch:
         """Everything a decide computes for the whole batch at once: features, curves, offers, rules, hours."""
@@ -611,8 +608,8 @@ class Engine:
             update={"customer_id": request.customer_id}
         )
         family = "newsletter" if request.template == "newsletter" or campaign.kind == "newsletter" else "promotional"
-        ((batch, decisions, _),) = self._decided(DecideRequest(recipients=[recipient], campaign=campaign), family)
-        decision = decisions[0]
+        batch, parts = self._decided(DecideRequest(recipients=[recipient], campaign=campaign), family)
+        ((decision,),) = parts  # one recipient: one part
         entry = {
             **decision,
             "campaign": campaign.model_dump(),

@@ -34,7 +34,6 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -47,7 +46,7 @@ import redis
 from redis.exceptions import NoScriptError
 from tqdm import tqdm
 
-from features.store import memory_bounds, spill_dir
+from features.store import memory_bounds, spill_dir, sql_quoted
 from sendwise.raw import table_path
 from sendwise.settings import Settings
 from serving.decision_log import DecisionSink, LoggedDecision, logged_send
@@ -446,7 +445,7 @@ def _raw_history(settings: Settings) -> tuple[pa.Table, int | None, int | None]:
             path = table_path(settings, name=table)
             columns = pq.read_schema(path).names if path.exists() else []
             decision = "decision_id" if "decision_id" in columns else "NULL"
-            connection.execute(sql.format(path=_quoted(path), decision=decision) if columns else EMPTY[name])
+            connection.execute(sql.format(path=sql_quoted(path), decision=decision) if columns else EMPTY[name])
             ((end,),) = cast("list[tuple[int | None]]", connection.execute(f"SELECT max(at_ms) FROM {name}").fetchall())
             ends[name] = end
         window = settings.history_days * MS_PER_DAY
@@ -456,10 +455,6 @@ def _raw_history(settings: Settings) -> tuple[pa.Table, int | None, int | None]:
     finally:
         connection.close()
     return rows, ends["sends"], ends["shown"]
-
-
-def _quoted(path: Path) -> str:
-    return str(path).replace("'", "''")
 
 
 def _stale_keys(client: redis.Redis, pattern: str, written: set[str]) -> list[str]:
