@@ -45,7 +45,7 @@ def main(
     seed: int = 0,
 ) -> None:
     _step("python")
-    from serving.service import import_lightgbm_without_sklearn
+    from sendwise.champions import import_lightgbm_without_sklearn
 
     _step("+ the service module (bentoml)")
     import_lightgbm_without_sklearn()

@@ -2,30 +2,38 @@
 
 Training (`training.registry`) logs, registers and promotes versions; serving only reads the `champion` alias.
 Both point MLflow at the tracking store of the settings (the home's, or `SENDWISE_MLFLOW_TRACKING_URI`) through
-`connect`.
+`connect`. A service keeps MLflow out of its own process: the `child` commands, run as `python -m
+sendwise.champions export FOLDER`, write the champions' boosters into FOLDER for it, and `... versions` prints
+where the aliases point (`sendwise.champions`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from pathlib import Path
+from typing import Annotated
 
 import lightgbm as lgb
 import mlflow
+import typer
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from sendwise.champions import ALIAS, MODEL_NAMES, LoadedModel
 from sendwise.settings import Settings
 
 EXPERIMENT = "sendwise"
-MODEL_NAMES = ("open_propensity", "send_time", "next_best_offer")
-
-
-@dataclass
-class LoadedModel:
-    """A champion as it serves: its registered version and its booster."""
-
-    version: str
-    booster: lgb.Booster
+__all__ = [  # the models' names and their loaded form are `sendwise.champions`', which has no MLflow in it
+    "EXPERIMENT",
+    "MODEL_NAMES",
+    "LoadedModel",
+    "champion",
+    "champion_version",
+    "champion_versions",
+    "connect",
+    "load_champions",
+    "load_version",
+]
 
 
 def connect(settings: Settings) -> MlflowClient:
@@ -43,7 +51,7 @@ def connect(settings: Settings) -> MlflowClient:
 def champion_version(client: MlflowClient, name: str) -> str | None:
     """The version `name`'s champion alias points at, if any."""
     try:
-        return str(client.get_model_version_by_alias(name, "champion").version)
+        return str(client.get_model_version_by_alias(name, ALIAS).version)
     except MlflowException:
         return None
 
@@ -77,3 +85,33 @@ def load_champions(settings: Settings) -> dict[str, LoadedModel]:
         if found is not None:
             models[name] = LoadedModel(version=found[0], booster=found[1])
     return models
+
+
+child = typer.Typer(add_completion=False, help="The registry read for a service that keeps MLflow out of its process.")
+TrackingUri = Annotated[str, typer.Option(help="the tracking store to read")]
+
+
+def _client(tracking_uri: str) -> MlflowClient:
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+@child.command()
+def versions(tracking_uri: TrackingUri) -> None:
+    """Print where each model's champion alias points, as JSON."""
+    print(json.dumps(champion_versions(_client(tracking_uri))))
+
+
+@child.command()
+def export(
+    folder: Annotated[Path, typer.Argument(help="where each booster is written, as NAME.txt")],
+    pinned: Annotated[list[str] | None, typer.Argument(help="NAME=VERSION to export (default: the champions)")] = None,
+    tracking_uri: TrackingUri = "",
+) -> None:
+    """Write the champions' boosters (or the versions pinned) into FOLDER; print their versions as JSON."""
+    client = _client(tracking_uri)
+    wanted = dict(item.split("=", 1) for item in pinned) if pinned else champion_versions(client)
+    for name, version in wanted.items():
+        load_version(name, version).booster.save_model(folder / f"{name}.txt")
+    print(json.dumps(wanted))

@@ -5,7 +5,8 @@ points at a version other than the one served, it loads the changed versions (th
 are), builds an engine serving them (`Engine.with_champions`: the same features, offers and logs) and hands it
 to the service, which swaps it in with one assignment. A request holds the engine it started with to its end,
 so none is dropped and each is decided by one set of models. A registry that cannot be read, or a version that
-cannot be loaded, leaves the engine as it is (logged) and is tried again at the next look.
+cannot be loaded, leaves the engine as it is (logged) and is tried again at the next look. Neither the look nor
+the load brings MLflow into the service's process (`sendwise.champions`).
 """
 
 from __future__ import annotations
@@ -15,9 +16,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from mlflow import MlflowClient
-
-from sendwise.registry import champion_versions, load_version
+from sendwise.champions import ChampionAliases, load_champions_apart
 from sendwise.settings import Settings
 
 if TYPE_CHECKING:
@@ -35,7 +34,7 @@ class ChampionWatcher:
         self.settings = settings
         self.current = current
         self.swap = swap
-        self._client: MlflowClient | None = None
+        self.aliases = ChampionAliases(settings.tracking_uri)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="champion-watcher", daemon=True)
 
@@ -54,18 +53,14 @@ class ChampionWatcher:
 
     def check(self) -> bool:
         """Serve the registry's champions if they are not the ones served; whether the engine was swapped."""
-        if self._client is None:
-            uri = self.settings.tracking_uri
-            self._client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-        wanted = champion_versions(self._client)
+        wanted = self.aliases.versions()
         engine = self.current()
         served = {name: model.version for name, model in engine.models.items()}
         if wanted == served:
             return False
-        models = {
-            name: engine.models[name] if served.get(name) == version else load_version(name, version)
-            for name, version in wanted.items()
-        }
+        changed = {name: version for name, version in wanted.items() if served.get(name) != version}
+        loaded = load_champions_apart(self.settings.tracking_uri, changed) if changed else {}
+        models = {name: loaded[name] if name in changed else engine.models[name] for name in wanted}
         self.swap(engine.with_champions(models))
         logger.info("now serving %s (was %s)", wanted, served)
         return True

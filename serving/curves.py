@@ -33,7 +33,7 @@ from features.transform import (
     open_design,
     rhythm_features,
 )
-from sendwise.registry import LoadedModel
+from sendwise.champions import LoadedModel
 from serving.assign import local_window_clock
 
 AT_HOUR, VS_PEAK, WEEKDAY, WEEKEND = "rhythm_at_hour", "rhythm_vs_peak", "local_weekday", "is_weekend"

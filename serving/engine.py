@@ -16,7 +16,7 @@ import gc
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
@@ -33,9 +33,9 @@ from features.offer_values import TABLE as OFFER_VALUES_TABLE
 from features.offer_values import OfferValues
 from features.store import open_store
 from features.transform import CustomerMatrix
+from sendwise.champions import MODEL_NAMES, LoadedModel
 from sendwise.explain import sigmoid
 from sendwise.raw import load_table, table_path
-from sendwise.registry import MODEL_NAMES, LoadedModel, load_champions
 from sendwise.settings import Settings
 from serving import reasons
 from serving.assign import in_holdout, plan_hours
@@ -137,6 +137,12 @@ def customer_attributes(matrix: CustomerMatrix, row: int) -> dict[str, object]:
             continue
         found[name] = value.item() if isinstance(value, np.generic) else value
     return found
+
+
+def _champions_in_process(settings: Settings) -> dict[str, LoadedModel]:
+    from sendwise.registry import load_champions  # MLflow: imported where it is used
+
+    return load_champions(settings)
 
 
 class Engine:
@@ -250,11 +256,17 @@ class Engine:
 
     # --- loading ---------------------------------------------------------------------------------
     @classmethod
-    def load(cls, settings: Settings, log_decisions: bool = True) -> Engine:
+    def load(
+        cls,
+        settings: Settings,
+        log_decisions: bool = True,
+        champions: Callable[[], dict[str, LoadedModel]] | None = None,
+    ) -> Engine:
         """The champions from MLflow, the Feast store, the offers and the send history of the home. Without
-        `log_decisions` nothing is written to the home's decision log (its index included)."""
+        `log_decisions` nothing is written to the home's decision log (its index included). `champions` gives
+        the models where MLflow is not to be imported here (the service: `sendwise.champions`); it is called
+        once the rest is loaded. Without it they are loaded in this process."""
         use_system_allocator()  # what loading frees goes back to the system by `release_memory` below
-        models = load_champions(settings)
         store = open_store(settings, online_only=True) if (settings.feast_dir / "registry.db").exists() else None
         offers = load_table(settings, "offers")
         unread = None
@@ -269,6 +281,7 @@ class Engine:
         values = OfferValues.read(settings.feature_tables_dir / f"{OFFER_VALUES_TABLE}.parquet")
         use_compiled_trees(settings.uses_compiled_trees)
         history = None if settings.online_store == "redis" else SendHistory.from_raw(settings)
+        models = champions() if champions is not None else _champions_in_process(settings)
         engine = cls(settings, store, models, offers, offer_features, history, priors, values, log_decisions)
         if unread is not None and isinstance(engine.online, RedisFeatures):
             logger.error("the offers' features cannot be read from Redis (%s): they are read when it answers", unread)
@@ -417,24 +430,30 @@ class Engine:
         return DecideResponse.model_validate(self.decide_payload(request))
 
     def decide_json(self, request: DecideRequest) -> bytes:
-        """The answer of `/v1/decide`, encoded: what the service sends. Made `DECIDE_PART` recipients at a time:
-        each part's decisions are logged and encoded, then dropped, so a big batch never holds all its answer's
-        objects at once; the encoded parts are joined once the batch is done (the answer's fields in
-        `DecideResponse`'s order)."""
+        """The answer of `/v1/decide`, encoded, in one piece (`decide_chunks` joined)."""
+        return b"".join(self.decide_chunks(request))
+
+    def decide_chunks(self, request: DecideRequest) -> list[bytes | memoryview]:
+        """The answer of `/v1/decide`, encoded in pieces that make it when sent one after the other: what the
+        service sends. Made `DECIDE_PART` recipients at a time: each part's decisions are logged and encoded,
+        then dropped, so a big batch never holds all its answer's objects at once; the encoded parts are not
+        joined either (that would hold the answer twice: 27 MB more for 10,000 recipients), but framed by
+        the answer's other fields (in `DecideResponse`'s order) and commas. All of it is made before the
+        first piece is sent, so a failure is still answered as an error of its own."""
         with collector_paused():  # until the answer is bytes: its objects are gone before a collection runs
             batch, parts = self._decided(request, self._family(request))
             encoded = [orjson.dumps(decisions) for decisions in parts]
             head = orjson.dumps(self._answer_head(batch, len(request.recipients)))
-            del batch  # its arrays go before the answer is joined
+            del batch  # its arrays go before the memory is released
+            chunks: list[bytes | memoryview] = [memoryview(head)[:-1], b',"decisions":[']  # the head without its }
             inner = [memoryview(p)[1:-1] for p in encoded if len(p) > 2]  # without brackets ("[]": nobody)
-            separated: list[bytes | memoryview] = []
-            for part_json in inner:
-                separated += [b",", part_json] if separated else [part_json]
-            body = b"".join([memoryview(head)[:-1], b',"decisions":[', *separated, b"]}"])  # the head without its }
+            for k, part_json in enumerate(inner):
+                chunks += [b",", part_json] if k else [part_json]
+            chunks.append(b"]}")
         if len(request.recipients) > DECIDE_PART:
-            del encoded, inner, separated
+            del encoded, inner
             release_memory()  # what the batch freed goes back to the system: about 60 MB of 10,000, in 5-10 ms
-        return body
+        return chunks
 
     def decide_payload(self, request: DecideRequest) -> dict[str, object]:
         """One decision per recipient, in request order, as plain data in the shape of `DecideResponse`."""

@@ -24,8 +24,8 @@ from features.transform import (
     offer_columns,
     open_columns,
 )
+from sendwise.champions import LoadedModel
 from sendwise.explain import CONVERSION, OPEN, DriverFacts, Explanation, explain_rows
-from sendwise.registry import LoadedModel
 from serving.curves import prediction_threads
 
 DECISION_DRIVERS = 3

@@ -30,8 +30,8 @@ from features.transform import (
     offer_columns,
     offer_latest_columns,
 )
+from sendwise.champions import LoadedModel
 from sendwise.contract import OFFER_CONTENT
-from sendwise.registry import LoadedModel
 from serving.curves import predict, thresholds
 from serving.modules import OfferFact
 from serving.offer_scores import KeptScores, scores_key

@@ -22,7 +22,7 @@ import pandas as pd
 from feast import FeatureStore
 
 from features.transform import SCALAR_FEATURES, CustomerMatrix, set_attribute
-from sendwise.registry import LoadedModel
+from sendwise.champions import LoadedModel
 from sendwise.settings import Settings
 from serving.offer_scores import KeptScores
 from serving.realtime import EmailState

@@ -25,7 +25,6 @@ exception in the engine becomes a 500 for that request only (BentoML logs it).
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -37,6 +36,7 @@ from pydantic import ValidationError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from sendwise.champions import PendingChampions, import_lightgbm_without_sklearn
 from sendwise.settings import Settings
 from serving.coalesce import DecideCoalescer
 from serving.errors import ServingError
@@ -76,30 +76,15 @@ ENGINE_THREADS = 4
 REQUEST_TIMEOUT_SECONDS = 300
 
 
-def import_lightgbm_without_sklearn() -> None:
-    """Import LightGBM without its scikit-learn estimators, unless it (or scikit-learn) is already imported.
-
-    LightGBM imports scikit-learn whenever it is installed (training uses it), for its `LGBMClassifier` family,
-    which the service never uses: it loads boosters. That is about 60 MB resident in every worker. LightGBM
-    takes scikit-learn as missing when importing it fails, so it is made to fail for that one import; anything
-    imported later may still import scikit-learn itself.
-    """
-    if "lightgbm" in sys.modules or "sklearn" in sys.modules:
-        return
-    sys.modules["sklearn"] = None  # type: ignore[assignment]  # `import sklearn` raises ImportError
-    try:
-        import lightgbm  # noqa: F401
-    finally:
-        del sys.modules["sklearn"]
-
-
 def load_engine(settings: Settings) -> Engine:
-    """The engine with the champions, imported here rather than at the top: LightGBM, Feast and MLflow take
-    seconds to import, and `bentoml serve` imports this module in its supervisor process too."""
+    """The engine with the champions, imported here rather than at the top: LightGBM and Feast take seconds to
+    import, and `bentoml serve` imports this module in its supervisor process too. MLflow is never imported
+    here: a child process exports the champions while the rest loads (`sendwise.champions`)."""
     import_lightgbm_without_sklearn()
+    pending = PendingChampions(settings.tracking_uri)
     from serving.engine import Engine
 
-    return Engine.load(settings)
+    return Engine.load(settings, champions=pending.result)
 
 
 fix_request_timeout()
@@ -141,7 +126,7 @@ class Sendwise:
         self._coalescer: DecideCoalescer | None = None
         quiet_client_errors()
         if settings.champion_poll_seconds > 0:  # new champions swapped in without a restart
-            from serving.champions import ChampionWatcher  # imports MLflow: not in the supervisor process
+            from serving.champions import ChampionWatcher
 
             ChampionWatcher(settings, lambda: self.engine, self._serve_engine).start()
 
@@ -159,14 +144,15 @@ class Sendwise:
         deciding them. Small requests that arrive together are decided together, on the event loop
         (`serving.coalesce`: a few milliseconds a call); larger ones in worker threads, at most
         `ENGINE_THREADS` at once, so the event loop keeps answering while a big batch is decided."""
-        return Response(await self.decide_body(request), media_type="application/json")
+        return Response(b"".join(await self.decide_body(request)), media_type="application/json")
 
-    async def decide_body(self, request: DecideRequest) -> bytes:
-        """The encoded answer of `/v1/decide` (the route's, and `DecideLane`'s)."""
+    async def decide_body(self, request: DecideRequest) -> list[bytes | memoryview]:
+        """The encoded answer of `/v1/decide` in pieces, to be sent in order (the route's, and `DecideLane`'s,
+        which does not join them: `Engine.decide_chunks`)."""
         limiter, coalescer = self._decide_workers()
         if coalescer.takes(request):
-            return await coalescer.decide(request)
-        return await anyio.to_thread.run_sync(self.engine.decide_json, request, limiter=limiter)
+            return [await coalescer.decide(request)]
+        return await anyio.to_thread.run_sync(self.engine.decide_chunks, request, limiter=limiter)
 
     def _decide_workers(self) -> tuple[anyio.CapacityLimiter, DecideCoalescer]:
         """Made in the event loop on first use (anyio binds a limiter to the running loop)."""
@@ -279,7 +265,7 @@ class DecideLane:
             await self.app(scope, replay(message, receive), send)
             return
         try:
-            body = await cast("Sendwise", bentoml.get_current_service()).decide_body(request)
+            chunks = await cast("Sendwise", bentoml.get_current_service()).decide_body(request)
         except ServingError as error:
             await send_answer(send, error.status, error_answer(error))
             return
@@ -287,9 +273,12 @@ class DecideLane:
             logger.exception("POST %s failed", DECIDE_PATH)
             await send_answer(send, 500, INTERNAL_ERROR)
             return
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        length = sum(len(chunk) for chunk in chunks)
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(length).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": body, "more_body": False})
+        chunks.reverse()  # each piece is let go once sent
+        while chunks:
+            await send({"type": "http.response.body", "body": bytes(chunks.pop()), "more_body": bool(chunks)})
 
 
 def _document() -> dict[str, Any]:

@@ -202,11 +202,11 @@ def test_the_watcher_swaps_in_a_new_offer_champion_and_keeps_serving_when_one_ca
 
     broken = str(registry.copy_model_version(f"models:/next_best_offer/{new}", "next_best_offer").version)
     make_champion(registry, "next_best_offer", broken, "a version that cannot be loaded")
-    monkeypatch.setattr("serving.champions.load_version", _gone)
+    monkeypatch.setattr("serving.champions.load_champions_apart", _gone)
     with pytest.raises(OSError, match="gone"):
         watcher.check()
     assert served[-1] is swapped and swapped.model_versions()["next_best_offer"] == new
 
 
-def _gone(name: str, version: str) -> None:
-    raise OSError(f"the files of {name} version {version} are gone")
+def _gone(tracking_uri: str, versions: dict[str, str]) -> None:
+    raise OSError(f"the files of {versions} are gone from {tracking_uri}")

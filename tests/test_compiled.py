@@ -92,10 +92,12 @@ def test_compiled_trees_follow_the_online_store_unless_set() -> None:
 
 def test_a_replica_on_redis_never_imports_the_compiler(redis_home: Settings) -> None:
     """A Redis replica scores with LightGBM: numba (and LLVM, about 130 MB resident) stays out of its process,
-    through loading and a decide; so does DuckDB (about 10 MB), which only the pipeline host's loads use."""
+    through loading and a decide; so does DuckDB (about 10 MB), which only the pipeline host's loads use, and
+    MLflow (about 70 MB) when the champions are exported by a child process, as the service loads them."""
     script = (
         "import sys\n"
         "from pathlib import Path\n"
+        "from sendwise.champions import PendingChampions\n"
         "from sendwise.raw import load_table\n"
         "from sendwise.settings import Settings\n"
         "from serving.engine import Engine\n"
@@ -103,13 +105,14 @@ def test_a_replica_on_redis_never_imports_the_compiler(redis_home: Settings) -> 
         f"settings = Settings(home=Path({str(redis_home.home)!r}), online_store='redis', "
         f"redis_url={redis_home.redis_url!r})\n"
         "settings.activate()\n"
-        "engine = Engine.load(settings, log_decisions=False)\n"
+        "exported = PendingChampions(settings.tracking_uri)\n"
+        "engine = Engine.load(settings, log_decisions=False, champions=exported.result)\n"
         "customers = load_table(settings, 'customers')\n"
         "ids = customers.loc[customers['consent_email'], 'customer_id'].head(50).tolist()\n"
         "answer = engine.decide(DecideRequest(recipients=[Recipient(customer_id=c) for c in ids]))\n"
         "scored = sum(len(d.hourly_open_probability) == 24 for d in answer.decisions)\n"
-        "print(scored, 'numba' in sys.modules, 'llvmlite' in sys.modules, 'duckdb' in sys.modules)\n"
+        "print(scored, len(engine.models), *(m in sys.modules for m in ('numba', 'llvmlite', 'duckdb', 'mlflow')))\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split()[-4:] == ["50", "False", "False", "False"], done.stdout
+    assert done.stdout.split()[-6:] == ["50", "3", "False", "False", "False", "False"], done.stdout

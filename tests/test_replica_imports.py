@@ -13,7 +13,7 @@ def test_the_worker_imports_lightgbm_without_scikit_learn_and_its_boosters_predi
     script = """
 import json
 import sys
-from serving.service import import_lightgbm_without_sklearn
+from sendwise.champions import import_lightgbm_without_sklearn
 import_lightgbm_without_sklearn()
 import lightgbm as lgb
 import numpy as np

@@ -86,8 +86,11 @@ class FakeEngine:
             )
         return DecideResponse(model_versions=VERSIONS, status=self._status()["status"], decisions=decisions)
 
-    def decide_json(self, request: DecideRequest) -> bytes:
-        return self.decide(request).model_dump_json().encode()
+    def decide_chunks(self, request: DecideRequest) -> list[bytes | memoryview]:
+        """The answer in three pieces cut anywhere, as the service must send them: one after the other."""
+        body = self.decide(request).model_dump_json().encode()
+        third = len(body) // 3
+        return [body[:third], memoryview(body)[third : 2 * third], body[2 * third :]]
 
     def decide_payload(self, request: DecideRequest) -> dict[str, Any]:
         return self.decide(request).model_dump(mode="json")

@@ -231,6 +231,31 @@ def test_the_artifacts_went_through_the_server_and_nothing_into_the_homes_mlruns
         assert any(served.model_to_string() == booster.model_to_string() for booster in uploaded), name
 
 
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_service_reads_the_servers_champions_without_mlflow(server_world: ServerWorld) -> None:
+    """What the service does instead of importing MLflow: the aliases over the server's REST API, the boosters
+    exported by a child process; the same versions and models as MLflow's own client gives."""
+    from sendwise.champions import ChampionAliases, load_champions_apart
+
+    server = server_world.server
+    client = _server_client(server)
+    champions = _champions(client)
+    aliases = ChampionAliases(server.url)
+    assert aliases.versions() == champions
+    exported = load_champions_apart(server.url)
+    assert {name: model.version for name, model in exported.items()} == champions
+    for name, version in champions.items():
+        expected = mlflow.lightgbm.load_model(f"models:/{name}/{version}").model_to_string()
+        assert exported[name].booster.model_to_string() == expected, name
+    client.delete_registered_model_alias("send_time", "champion")
+    try:
+        assert aliases.versions() == {k: v for k, v in champions.items() if k != "send_time"}  # no champion: none
+    finally:
+        client.set_registered_model_alias("send_time", "champion", champions["send_time"])
+    assert aliases.versions() == champions
+
+
 @pytest.mark.e2e
 @pytest.mark.integration
 @pytest.mark.slow
