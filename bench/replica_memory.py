@@ -1,7 +1,8 @@
 """`python -m bench.replica_memory HOME REDIS_URL`: where a Redis replica's memory goes, step by step.
 
 One process does what the service's worker does, in order (the libraries imported, LightGBM without its
-scikit-learn estimators as the worker imports it, the champions loaded from MLflow, numba's compiled walk where
+scikit-learn estimators as the worker imports it, the champions exported by a child process and their boosters
+loaded, as the worker keeps MLflow out of its process, numba's compiled walk where
 the settings compile the trees (not on Redis unless `SENDWISE_COMPILED_TREES=on`), Feast's
 store opened online-only, the offers' features read, `Engine.load`, then two decides
 of 10,000 customers drawn from the home's customers table), and prints its resident set after each step and its
@@ -45,6 +46,7 @@ def main(
     seed: int = 0,
 ) -> None:
     _step("python")
+    import serving.service  # noqa: F401
     from sendwise.champions import import_lightgbm_without_sklearn
 
     _step("+ the service module (bentoml)")
@@ -55,18 +57,17 @@ def main(
     _step("+ lightgbm (no scikit-learn), numpy, pandas")
     import feast  # noqa: F401
     import lightgbm  # noqa: F401
-    import mlflow  # noqa: F401
     import pyarrow  # noqa: F401
 
-    _step("+ pyarrow, feast, mlflow")
+    _step("+ pyarrow, feast")
+    from sendwise.champions import load_champions_apart
     from sendwise.raw import load_table
-    from sendwise.registry import load_champions
     from sendwise.settings import Settings
 
     settings = Settings(home=home, online_store="redis", redis_url=redis_url)
     settings.activate()
-    models = load_champions(settings)
-    _step("+ the champions from MLflow")
+    models = load_champions_apart(settings.tracking_uri)
+    _step("+ the champions (exported by a child process)")
     from serving.curves import use_compiled_trees
 
     use_compiled_trees(settings.uses_compiled_trees)
@@ -84,7 +85,7 @@ def main(
     from bench.inprocess import decide_request
     from serving.engine import Engine
 
-    engine = Engine.load(settings, log_decisions=False)
+    engine = Engine.load(settings, log_decisions=False, champions=lambda: load_champions_apart(settings.tracking_uri))
     _step("+ Engine.load (its own champions and store)")
     customers = load_table(settings, "customers")
     if customers is None:
@@ -93,7 +94,7 @@ def main(
     start = (window_start or datetime.now(UTC)).replace(minute=0, second=0, microsecond=0, tzinfo=UTC)
     rng = np.random.default_rng(seed)
     for k in range(2):
-        engine.decide_json(decide_request(rng.choice(ids, min(10_000, len(ids)), replace=False).tolist(), start))
+        engine.decide_chunks(decide_request(rng.choice(ids, min(10_000, len(ids)), replace=False).tolist(), start))
         _step(f"+ decide {k + 1} of 10,000")
     print(f"{'peak (VmHWM)':<48} {_status('VmHWM'):7.0f} MB")
 

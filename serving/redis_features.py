@@ -36,7 +36,7 @@ import operator
 import struct
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -68,6 +68,9 @@ logger = logging.getLogger(__name__)
 
 REGISTRY_CHECK_SECONDS = 10.0
 """How often a batch looks whether the Feast registry changed (a new pipeline run may add attributes)."""
+READ_CHUNK = 1_000
+"""Customers whose hashes are read in one round trip: their replies are turned into columns before the next
+chunk is read."""
 
 _STRING_VALUE = struct.Struct("<II")  # a key's value: its type and its length
 _SCALARS: dict[ValueType, str] = {
@@ -219,8 +222,8 @@ class RawColumn:
 
 
 def read_columns(client: redis.Redis, keys: list[bytes], fields: list[bytes]) -> list[RawColumn]:
-    """Every field of every key (one HMGET a key, all in one round trip), as one `RawColumn` per field."""
-    return _as_columns(_hmget_each(client, keys, fields) if keys else [], len(fields))
+    """Every field of every key (one HMGET a key, `READ_CHUNK` keys a round trip), as one `RawColumn` per field."""
+    return _hmget_columns(client, keys, fields)
 
 
 def _as_columns(replies: list[list[bytes | None]], width: int) -> list[RawColumn]:
@@ -231,18 +234,50 @@ def _as_columns(replies: list[list[bytes | None]], width: int) -> list[RawColumn
     return [RawColumn(np.ascontiguousarray(lengths[:, j]), b"".join(flat[j::width])) for j in range(width)]
 
 
-def _hmget_each(client: redis.Redis, keys: list[bytes], fields: list[bytes]) -> list[list[bytes | None]]:
-    """`HMGET key *fields` for each key, packed into one write and read back reply by reply on one connection of
-    the client's pool: what a pipeline sends, without building a command object per key and parsing its answer
-    through the pipeline's layers (two thirds of a 10,000-key read went there)."""
+def _hmget_columns(
+    client: redis.Redis,
+    keys: list[bytes],
+    fields: list[bytes],
+    each: Callable[[list[list[bytes | None]]], None] | None = None,
+) -> list[RawColumn]:
+    """`read_columns`, handing each chunk's replies to `each` (if given) before they are let go: a batch's
+    replies are never all held as Python objects at once (10,000 customers' were about 40 MB)."""
+    pieces = [_as_columns(replies, len(fields)) for replies in _hmget_chunks(client, keys, fields, each)]
+    if len(pieces) == 1:
+        return pieces[0]
+    return [
+        RawColumn(np.concatenate([p[j].lengths for p in pieces]), b"".join([p[j].data for p in pieces]))
+        for j in range(len(fields))
+    ]
+
+
+def _hmget_chunks(
+    client: redis.Redis,
+    keys: list[bytes],
+    fields: list[bytes],
+    each: Callable[[list[list[bytes | None]]], None] | None = None,
+) -> Iterator[list[list[bytes | None]]]:
+    """The replies of `HMGET key *fields` for each key, `READ_CHUNK` keys at a time (at least one chunk, empty
+    without keys), each chunk handed to `each` first. Each chunk's commands are packed into one write and read
+    back reply by reply on one connection of the client's pool: what a pipeline sends, without building a
+    command object per key and parsing its answer through the pipeline's layers (two thirds of a 10,000-key
+    read went there)."""
     command = b"*%d\r\n$5\r\nHMGET\r\n" % (len(fields) + 2)
     tail = b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in fields)
-    packed = b"".join([b"%s$%d\r\n%s\r\n%s" % (command, len(k), k, tail) for k in keys])
+    if not keys:
+        yield []
+        return
     pool = client.connection_pool
     connection = pool.get_connection()
     try:
-        connection.send_packed_command([packed])
-        return [connection.read_response() for _ in keys]
+        for first in range(0, len(keys), READ_CHUNK):
+            chunk = keys[first : first + READ_CHUNK]
+            packed = b"".join([b"%s$%d\r\n%s\r\n%s" % (command, len(k), k, tail) for k in chunk])
+            connection.send_packed_command([packed])
+            replies = [connection.read_response() for _ in chunk]
+            if each is not None:
+                each(replies)
+            yield replies
     except BaseException:
         connection.disconnect()  # replies may be left unread: the connection is not reused
         raise
@@ -410,17 +445,16 @@ def read_views(
     Arrow call would be most of it."""
     fields = [f for view in layout for f in (view.timestamp_field, *view.fields)]
     keys = entity_keys(customer_ids, project, version)
-    replies = _hmget_each(client, keys, fields) if keys else []
-    return replies_as_views(layout, customer_ids, replies)
-
-
-def replies_as_views(
-    layout: list[ViewFields], customer_ids: list[str], replies: list[list[bytes | None]]
-) -> dict[str, ViewColumns]:
-    """The HMGET replies of `read_views` (the layout's fields first, in order) as each view's rows."""
-    if len(replies) <= FEW_IDS:
+    if len(keys) <= FEW_IDS:
+        (replies,) = _hmget_chunks(client, keys, fields)
         return _few_views(layout, customer_ids, replies)
-    columns = _as_columns(replies, len(replies[0]))
+    return columns_as_views(layout, customer_ids, _hmget_columns(client, keys, fields))
+
+
+def columns_as_views(
+    layout: list[ViewFields], customer_ids: list[str], columns: list[RawColumn]
+) -> dict[str, ViewColumns]:
+    """The HMGET columns of `read_views` (the layout's fields first, in order) as each view's rows."""
     views: dict[str, ViewColumns] = {}
     at = 0
     for view in layout:
@@ -516,19 +550,25 @@ class RedisFeatures:
         layout = self.layout()
         fields = [f for view in layout for f in (view.timestamp_field, *view.fields)]
         keys = entity_keys(customer_ids, config.project, config.entity_key_serialization_version)
-        replies = _hmget_each(self.client, keys, [*fields, OFFER_SCORES]) if keys else []
-        views = replies_as_views(layout, customer_ids, replies)
+        digested = operator.itemgetter(*digested_fields(layout))
+        digests: list[bytes] = []
+        values: list[bytes | None] = []
+
+        def keep_scores(replies: list[list[bytes | None]]) -> None:
+            digests.extend(customer_digest(digested(reply)) for reply in replies)
+            values.extend(reply[-1] for reply in replies)
+
+        if len(keys) <= FEW_IDS:
+            (replies,) = _hmget_chunks(self.client, keys, [*fields, OFFER_SCORES], keep_scores)
+            views = _few_views(layout, customer_ids, replies)
+        else:
+            columns = _hmget_columns(self.client, keys, [*fields, OFFER_SCORES], keep_scores)
+            views = columns_as_views(layout, customer_ids, columns[:-1])
         email_state = views.pop(EMAIL_STATE_VIEW, None)
         activity = views.pop(ACTIVITY_VIEW, None)
         snapshot = FeatureSnapshot.from_columns(views)
-        digested = operator.itemgetter(*digested_fields(layout))
-        kept = KeptScores(
-            client=self.client,
-            keys=keys,
-            digests=[customer_digest(digested(reply)) for reply in replies],
-            values=[reply[-1] for reply in replies],
-            rows=snapshot.rows(customer_ids),
-        )
+        rows = snapshot.rows(customer_ids)
+        kept = KeptScores(client=self.client, keys=keys, digests=digests, values=values, rows=rows)
         return snapshot, email_state, activity, kept
 
     def for_recipients(self, recipients: Sequence[Recipient]) -> BatchFeatures:

@@ -97,7 +97,11 @@ def client(redis_url: str) -> Iterator[redis.Redis]:
     found.flushdb()
 
 
-def test_read_columns_reads_every_field_of_every_key_in_order(client: redis.Redis) -> None:
+@pytest.mark.parametrize("chunk", [1_000, 64])  # one round trip, or eight (the last one short)
+def test_read_columns_reads_every_field_of_every_key_in_order(
+    client: redis.Redis, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("serving.redis_features.READ_CHUNK", chunk)
     keys = [f"k{i}".encode() for i in range(500)]
     with client.pipeline(transaction=False) as pipe:
         for i, key in enumerate(keys):
@@ -115,7 +119,11 @@ def test_read_columns_reads_every_field_of_every_key_in_order(client: redis.Redi
     assert [c.data for c in read_columns(client, [], [b"a"])] == [b""]
 
 
-def test_a_wrong_reply_fails_the_read_and_the_client_reads_on(client: redis.Redis) -> None:
+@pytest.mark.parametrize("chunk", [1_000, 1])  # the wrong reply in the only chunk, or in the second
+def test_a_wrong_reply_fails_the_read_and_the_client_reads_on(
+    client: redis.Redis, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("serving.redis_features.READ_CHUNK", chunk)
     client.set(b"plain", b"not a hash")
     client.hset(b"hash", b"a", b"1")
     with pytest.raises(redis.ResponseError, match="WRONGTYPE"):

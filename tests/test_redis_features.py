@@ -79,7 +79,11 @@ def _ids(settings: Settings, n: int) -> list[str]:
     return customers["customer_id"].sample(n=n, random_state=11).tolist()
 
 
-def test_redis_rows_are_the_snapshots_rows(engine, redis_engine, pipeline_home) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("chunk", [1_000, 37])  # read in one round trip, or in chunks that end mid-way
+def test_redis_rows_are_the_snapshots_rows(  # type: ignore[no-untyped-def]
+    engine, redis_engine, pipeline_home, chunk, monkeypatch
+) -> None:
+    monkeypatch.setattr("serving.redis_features.READ_CHUNK", chunk)
     ids = [*_ids(pipeline_home.settings, 400), "nobody-1", "nobody-2"]
     recipients = [Recipient(customer_id=c) for c in ids]
     ours, theirs = redis_engine.online.for_recipients(recipients), engine.online.for_recipients(recipients)
@@ -111,7 +115,11 @@ def test_redis_rows_are_the_snapshots_rows(engine, redis_engine, pipeline_home) 
     )
 
 
-def test_decisions_from_redis_equal_those_from_the_snapshot(engine, redis_engine, pipeline_home) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("chunk", [1_000, 37])
+def test_decisions_from_redis_equal_those_from_the_snapshot(  # type: ignore[no-untyped-def]
+    engine, redis_engine, pipeline_home, chunk, monkeypatch
+) -> None:
+    monkeypatch.setattr("serving.redis_features.READ_CHUNK", chunk)
     ids = [*_ids(pipeline_home.settings, 300), "nobody-1"]
     request = DecideRequest(
         recipients=[Recipient(customer_id=c) for c in ids[:-1]]
