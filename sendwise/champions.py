@@ -57,6 +57,14 @@ def import_lightgbm_without_sklearn() -> None:
         del sys.modules["sklearn"]
 
 
+def shown_uri(uri: str) -> str:
+    """A tracking URI as messages show it: without the password a database URI may carry."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
+
+
 class RegistryUnreadable(RuntimeError):
     """The model registry could not be read (the message says where and why)."""
 
@@ -66,13 +74,13 @@ class _RegistryChild:
     answer (the last line it prints) and turns a failure into `RegistryUnreadable`, saying what it printed."""
 
     def __init__(self, arguments: list[str], tracking_uri: str) -> None:
-        self.what = f"{arguments[0]} from the model registry at {tracking_uri}"
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "sendwise.champions", *arguments, "--tracking-uri", tracking_uri],
+        self.what = f"{arguments[0]} from the model registry at {shown_uri(tracking_uri)}"
+        self._process = subprocess.Popen(  # the URI goes by environment: a database's may hold its password
+            [sys.executable, "-m", "sendwise.champions", *arguments],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+            env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_DISABLE_TELEMETRY": "true"},
         )
 
     def output(self) -> str:
@@ -150,19 +158,19 @@ class ChampionAliases:
 
     def _from_server(self) -> dict[str, str]:
         url = f"{self.tracking_uri.rstrip('/')}/api/2.0/mlflow/registered-models/alias"
+        server = f"the tracking server at {shown_uri(self.tracking_uri)}"
         found: dict[str, str] = {}
         with httpx.Client(timeout=REST_TIMEOUT_SECONDS, auth=_server_auth(), headers=_server_headers()) as http:
             for name in MODEL_NAMES:
                 try:
                     answer = http.get(url, params={"name": name, "alias": ALIAS})
                 except httpx.HTTPError as error:
-                    raise RegistryUnreadable(f"the tracking server at {self.tracking_uri}: {error}") from None
+                    raise RegistryUnreadable(f"{server}: {error}") from None
                 if _no_champion(answer):
                     continue
                 if answer.status_code != 200:
                     raise RegistryUnreadable(
-                        f"the tracking server at {self.tracking_uri} answered {answer.status_code} for {name}'s "
-                        f"champion: {answer.text[:200]}"
+                        f"{server} answered {answer.status_code} for {name}'s champion: {answer.text[:200]}"
                     )
                 found[name] = str(answer.json()["model_version"]["version"])
         return found

@@ -87,8 +87,12 @@ def load_champions(settings: Settings) -> dict[str, LoadedModel]:
     return models
 
 
-child = typer.Typer(add_completion=False, help="The registry read for a service that keeps MLflow out of its process.")
-TrackingUri = Annotated[str, typer.Option(help="the tracking store to read")]
+child = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_show_locals=False,  # a failure's locals would print the tracking URI, password and all
+    help="The registry read for a service that keeps MLflow out of its process.",
+)
+TrackingUri = Annotated[str, typer.Option(envvar="MLFLOW_TRACKING_URI", help="the tracking store to read")]
 
 
 def _client(tracking_uri: str) -> MlflowClient:
