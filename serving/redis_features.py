@@ -444,11 +444,23 @@ def read_views(
     recipient, a few merged requests) value by value into Python values, where the fixed cost of each numpy and
     Arrow call would be most of it."""
     fields = [f for view in layout for f in (view.timestamp_field, *view.fields)]
-    keys = entity_keys(customer_ids, project, version)
+    return _read_views(client, layout, customer_ids, entity_keys(customer_ids, project, version), fields)
+
+
+def _read_views(
+    client: redis.Redis,
+    layout: list[ViewFields],
+    customer_ids: list[str],
+    keys: list[bytes],
+    fields: list[bytes],
+    each: Callable[[list[list[bytes | None]]], None] | None = None,
+) -> dict[str, ViewColumns]:
+    """`fields` of each key (the layout's first, in order; any after them are not the views') as each view's
+    rows: a few customers value by value, more as columns; each chunk's replies handed to `each` first."""
     if len(keys) <= FEW_IDS:
-        (replies,) = _hmget_chunks(client, keys, fields)
+        (replies,) = _hmget_chunks(client, keys, fields, each)
         return _few_views(layout, customer_ids, replies)
-    return columns_as_views(layout, customer_ids, _hmget_columns(client, keys, fields))
+    return columns_as_views(layout, customer_ids, _hmget_columns(client, keys, fields, each))
 
 
 def columns_as_views(
@@ -558,12 +570,7 @@ class RedisFeatures:
             digests.extend(customer_digest(digested(reply)) for reply in replies)
             values.extend(reply[-1] for reply in replies)
 
-        if len(keys) <= FEW_IDS:
-            (replies,) = _hmget_chunks(self.client, keys, [*fields, OFFER_SCORES], keep_scores)
-            views = _few_views(layout, customer_ids, replies)
-        else:
-            columns = _hmget_columns(self.client, keys, [*fields, OFFER_SCORES], keep_scores)
-            views = columns_as_views(layout, customer_ids, columns[:-1])
+        views = _read_views(self.client, layout, customer_ids, keys, [*fields, OFFER_SCORES], keep_scores)
         email_state = views.pop(EMAIL_STATE_VIEW, None)
         activity = views.pop(ACTIVITY_VIEW, None)
         snapshot = FeatureSnapshot.from_columns(views)
